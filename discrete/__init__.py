@@ -1,0 +1,1 @@
+"""discrete: D3PM categorical diffusion (see issue: discrete domain)."""

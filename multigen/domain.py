@@ -1,0 +1,148 @@
+"""What a domain provides to the core, and where the core finds domains.
+
+A domain is a :class:`Domain` subclass with a ``name`` and a ``config_class``.
+The core looks domains up by name among the ``multigen.domains`` entry points
+(declared in the domain's ``pyproject.toml``), or by ``package.module:Class``, so
+adding a domain touches no core file.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from . import samplers
+from .diffusion import GaussianDiffusion
+from .samplers import Known
+from .schedules import NoiseSchedule
+
+ENTRY_POINT_GROUP = "multigen.domains"
+
+
+class UnknownDomainError(LookupError):
+    """No domain of that name is installed."""
+
+
+class Domain(ABC):
+    """Everything the trainer and the tools need from a domain, built from its config."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+
+    @abstractmethod
+    def build_model(self) -> nn.Module:
+        """A freshly initialised network."""
+
+    @abstractmethod
+    def build_dataset(self, split: str) -> Dataset:
+        """The ``"train"`` or ``"val"`` dataset; items are tensors or dicts of tensors."""
+
+    @abstractmethod
+    def training_loss(self, model: nn.Module, batch: Any) -> Tensor:
+        """Scalar loss of ``model`` on a collated ``batch`` already on the model's device."""
+
+    @abstractmethod
+    def sample(
+        self,
+        model: nn.Module,
+        n: int,
+        *,
+        known: Known | None = None,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """``n`` samples from ``model`` (in the domain's data convention)."""
+
+    @abstractmethod
+    def save_samples(self, samples: Tensor, path: Path) -> Path:
+        """Write ``samples`` as something a person can look at (``path`` without suffix); return the file."""
+
+    def evaluate(self, model: nn.Module, dataset: Dataset) -> dict[str, float]:
+        """Named metrics of ``model`` on ``dataset`` (none by default)."""
+        return {}
+
+    collate_fn: ClassVar[Any] = None
+    """``collate_fn`` for the DataLoader (None: PyTorch's default)."""
+
+
+class GaussianDomain(Domain):
+    """A domain over continuous data that uses the core's Gaussian diffusion and samplers.
+
+    The config must have ``diffusion`` (:class:`~multigen.config.DiffusionConfig`) and
+    ``sample`` (:class:`~multigen.config.SampleConfig`) sections. Subclasses give the
+    shape of one sample; the model is called as ``model(x_t, t)``.
+    """
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        d = cfg.diffusion
+        schedule = NoiseSchedule(d.schedule, d.timesteps, beta_start=d.beta_start, beta_end=d.beta_end)
+        self.diffusion = GaussianDiffusion(schedule, d.parameterization, d.loss_weighting, d.min_snr_gamma, d.clip_x0)
+
+    @abstractmethod
+    def sample_shape(self) -> tuple[int, ...]:
+        """Shape of one sample, without the batch dimension."""
+
+    def training_loss(self, model: nn.Module, batch: Tensor) -> Tensor:
+        return self.diffusion.loss(model, batch).mean()
+
+    def sample(
+        self,
+        model: nn.Module,
+        n: int,
+        *,
+        known: Known | None = None,
+        steps: int | None = None,
+        sampler: str | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        s = self.cfg.sample
+        device = next(model.parameters()).device
+        return samplers.sample(
+            self.diffusion.denoiser(model),
+            (n, *self.sample_shape()),
+            self.diffusion.schedule,
+            sampler=sampler or s.sampler,
+            steps=steps or s.steps,
+            eta=s.eta,
+            known=known,
+            generator=generator,
+            device=device,
+            progress=progress,
+        )
+
+
+def available_domains() -> list[str]:
+    """Names of the installed domains."""
+    return sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+
+
+def get_domain(name: str) -> type[Domain]:
+    """The domain class registered as ``name``, or given as ``package.module:Class``."""
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        try:
+            obj = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise UnknownDomainError(f"cannot load domain {name!r}: {e}") from None
+    else:
+        found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+        if not found:
+            names = ", ".join(available_domains()) or "none (is multigen-diffusion installed?)"
+            raise UnknownDomainError(f"unknown domain {name!r}; available domains: {names}")
+        obj = found[0].load()
+    if not (isinstance(obj, type) and issubclass(obj, Domain)):
+        raise UnknownDomainError(f"{name!r} does not name a multigen Domain subclass")
+    return obj

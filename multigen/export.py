@@ -1,0 +1,76 @@
+"""Exported models: EMA weights as safetensors plus the resolved config, loadable without training code."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_model, save_model
+from torch import Tensor, nn
+
+from .config import load_config, to_yaml
+from .domain import Domain, get_domain
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.yaml"
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move the finished directory ``tmp`` to ``final``, replacing any previous one."""
+    old = final.with_name(final.name + ".old")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def export_model(model: nn.Module, domain: Domain, out_dir: str | Path) -> Path:
+    """Write ``out_dir/model.safetensors`` and ``out_dir/config.yaml`` (written aside, then renamed)."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / WEIGHTS))
+    (tmp / CONFIG).write_text(f"domain: {domain.name}\n" + to_yaml(domain.cfg))
+    replace_dir(tmp, out_dir)
+    return out_dir
+
+
+@dataclass
+class Pretrained:
+    """A model loaded from an export, with the domain object that knows how to use it."""
+
+    model: nn.Module
+    domain: Domain
+
+    @property
+    def config(self) -> Any:
+        return self.domain.cfg
+
+    def sample(self, n: int, **kwargs: Any) -> Tensor:
+        """``n`` samples; keyword arguments go to the domain's ``sample``."""
+        return self.domain.sample(self.model, n, **kwargs)
+
+
+def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> Pretrained:
+    """Load an export directory written by :func:`export_model` (or the trainer) onto ``device``."""
+    path = Path(path)
+    for name in (CONFIG, WEIGHTS):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{path / name} not found: {path} is not a multigen export directory")
+    raw = OmegaConf.to_container(OmegaConf.load(path / CONFIG))
+    if not isinstance(raw, dict) or "domain" not in raw:
+        raise ValueError(f"{path / CONFIG} has no 'domain' key")
+    domain_cls = get_domain(raw.pop("domain"))
+    domain = domain_cls(load_config(domain_cls.config_class, values=raw))
+    model = domain.build_model()
+    missing, unexpected = load_model(model, str(path / WEIGHTS), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path / WEIGHTS} does not match the model: missing {missing}, unexpected {unexpected}")
+    return Pretrained(model.to(device).eval(), domain)

@@ -1,0 +1,16 @@
+"""Network parts shared by the domains: time embeddings, attention, residual blocks."""
+
+from .attention import Attention, attention, xformers_available
+from .blocks import FeedForward, ResBlock, group_norm
+from .embeddings import TimestepEmbedding, sinusoidal_embedding
+
+__all__ = [
+    "Attention",
+    "FeedForward",
+    "ResBlock",
+    "TimestepEmbedding",
+    "attention",
+    "group_norm",
+    "sinusoidal_embedding",
+    "xformers_available",
+]

@@ -1,0 +1,131 @@
+"""Variance-preserving noise schedules.
+
+Conventions
+-----------
+A sample at noise level ``t`` is ``x_t = alpha(t) * x_0 + sigma(t) * eps`` with
+``alpha(t)**2 + sigma(t)**2 = 1`` and ``alpha_bar(t) = alpha(t)**2``.
+
+Time comes in two forms and every method accepts both:
+
+* **discrete** — an integer tensor of steps ``i`` in ``{0, ..., T}``. ``i = 0`` is
+  clean data (``alpha_bar = 1``) and ``alpha_bar(i) = prod_{s=1..i} (1 - beta_s)``,
+  as in DDPM.
+* **continuous** — a floating tensor ``t`` in ``[0, 1]`` evaluated in closed form
+  (the VP-SDE integral for ``linear``, Nichol & Dhariwal's cosine, the sigmoid
+  schedule of Jabri et al.). For ``cosine`` and ``sigmoid`` the discrete table is
+  built from the continuous function, so ``alpha_bar(i) == alpha_bar(i / T)``
+  up to the ``max_beta`` clip; for ``linear`` they agree to ``O(1/T)``.
+
+Models receive time as a float in ``[0, 1]`` (``i / T`` for discrete steps).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+SCHEDULES = ("linear", "cosine", "sigmoid")
+
+
+@dataclass
+class NoiseSchedule:
+    """A VP noise schedule; see the module docstring for the time conventions.
+
+    Args:
+        kind: ``"linear"``, ``"cosine"`` or ``"sigmoid"``.
+        timesteps: number of discrete steps ``T``.
+        beta_start, beta_end: betas of the linear schedule at steps 1 and T.
+        cosine_s: offset ``s`` of the cosine schedule.
+        sigmoid_start, sigmoid_end, sigmoid_tau: the sigmoid schedule's range and temperature.
+        max_beta: upper clip of discrete betas (avoids a singular last step).
+    """
+
+    kind: str = "cosine"
+    timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    cosine_s: float = 0.008
+    sigmoid_start: float = -3.0
+    sigmoid_end: float = 3.0
+    sigmoid_tau: float = 1.0
+    max_beta: float = 0.999
+    _alpha_bars: Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCHEDULES:
+            raise ValueError(f"unknown noise schedule {self.kind!r}; choose one of {SCHEDULES}")
+        if self.timesteps < 1:
+            raise ValueError(f"timesteps must be >= 1, got {self.timesteps}")
+        betas = self._discrete_betas().clamp(max=self.max_beta)
+        alpha_bars = torch.cumprod(1.0 - betas, dim=0)
+        # index 0 is clean data
+        self._alpha_bars = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bars])
+
+    # ------------------------------------------------------------------ tables
+    def _discrete_betas(self) -> Tensor:
+        T = self.timesteps
+        if self.kind == "linear":
+            return torch.linspace(self.beta_start, self.beta_end, T, dtype=torch.float64)
+        steps = torch.arange(T + 1, dtype=torch.float64) / T
+        abar = self._continuous_alpha_bar(steps)
+        return 1.0 - abar[1:] / abar[:-1]
+
+    @property
+    def betas(self) -> Tensor:
+        """Discrete betas ``beta_1..beta_T``, shape ``(T,)``, float64."""
+        return 1.0 - self._alpha_bars[1:] / self._alpha_bars[:-1]
+
+    @property
+    def alpha_bars(self) -> Tensor:
+        """Discrete ``alpha_bar`` for steps ``0..T``, shape ``(T+1,)``, float64."""
+        return self._alpha_bars
+
+    # ------------------------------------------------------- closed-form curves
+    def _continuous_alpha_bar(self, t: Tensor) -> Tensor:
+        t = t.to(torch.float64)
+        if self.kind == "linear":
+            # VP-SDE with beta(t) = T * (beta_start + t (beta_end - beta_start)).
+            b0, b1 = self.beta_start * self.timesteps, self.beta_end * self.timesteps
+            return torch.exp(-(b0 * t + 0.5 * (b1 - b0) * t**2))
+        if self.kind == "cosine":
+            s = self.cosine_s
+            f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+            return (f / math.cos(s / (1 + s) * math.pi / 2) ** 2).clamp(0.0, 1.0)
+        # sigmoid (Jabri et al., 2022): monotone decreasing from 1 to 0
+        start, end, tau = self.sigmoid_start, self.sigmoid_end, self.sigmoid_tau
+        v_start = torch.sigmoid(torch.tensor(start / tau, dtype=torch.float64))
+        v_end = torch.sigmoid(torch.tensor(end / tau, dtype=torch.float64))
+        out = (v_end - torch.sigmoid((t * (end - start) + start) / tau)) / (v_end - v_start)
+        return out.clamp(0.0, 1.0)
+
+    # ------------------------------------------------------------ public views
+    def alpha_bar(self, t: Tensor) -> Tensor:
+        """``alpha_bar`` at integer steps (table) or float times in ``[0, 1]`` (closed form).
+
+        Returns float64 with the shape of ``t``.
+        """
+        if not torch.is_floating_point(t):
+            if (t < 0).any() or (t > self.timesteps).any():
+                raise ValueError(f"discrete steps must lie in [0, {self.timesteps}]")
+            return self._alpha_bars.to(t.device)[t]
+        return self._continuous_alpha_bar(t)
+
+    def alpha(self, t: Tensor) -> Tensor:
+        """Signal scale ``sqrt(alpha_bar)``."""
+        return self.alpha_bar(t).sqrt()
+
+    def sigma(self, t: Tensor) -> Tensor:
+        """Noise scale ``sqrt(1 - alpha_bar)``."""
+        return (1.0 - self.alpha_bar(t)).clamp(min=0.0).sqrt()
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        """``log(alpha_bar / (1 - alpha_bar))``; ``+inf`` at clean data, ``-inf`` at pure noise."""
+        abar = self.alpha_bar(t)
+        return torch.log(abar) - torch.log1p(-abar)
+
+    def model_time(self, steps: Tensor) -> Tensor:
+        """Float time in ``[0, 1]`` that a model receives for integer ``steps``."""
+        return steps.to(torch.float32) / self.timesteps

@@ -1,0 +1,73 @@
+"""Command line for the shared trainer.
+
+    accelerate launch multigen/train.py --domain NAME [--config FILE|NAME] [key.sub=value ...]
+    python multigen/train.py --domain NAME ...
+    multigen-train --domain NAME ...
+
+``--config tiny`` means ``configs/<domain>/tiny.yaml`` of the source checkout;
+without ``--config`` the domain's schema defaults are used (``configs/<domain>/default.yaml``
+lists them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and __package__ in (None, ""):
+    # Run as a file: put the checkout root, not multigen/, first on the path.
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from multigen.config import ConfigError, load_config, to_yaml  # noqa: E402
+from multigen.domain import UnknownDomainError, available_domains, get_domain  # noqa: E402
+
+CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
+
+
+def resolve_config_file(domain: str, config: str | None) -> Path | None:
+    """``--config`` as a path, or as a name under ``configs/<domain>/``."""
+    if config is None:
+        return None
+    path = Path(config)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    named = CONFIG_ROOT / domain / f"{config}.yaml"
+    if named.is_file():
+        return named
+    raise ConfigError(f"config {config!r} is neither a file nor a name in {CONFIG_ROOT / domain}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="multigen-train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--domain", required=True, help="domain name (%(prog)s --domain list shows them)")
+    parser.add_argument("--config", help="YAML file, or a name under configs/<domain>/ (e.g. tiny)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="dotted config overrides")
+    args = parser.parse_args(argv)
+
+    if args.domain == "list":
+        print("\n".join(available_domains()))
+        return 0
+    try:
+        domain_cls = get_domain(args.domain)
+        cfg = load_config(domain_cls.config_class, resolve_config_file(args.domain, args.config), args.overrides)
+    except (ConfigError, UnknownDomainError) as e:
+        print(f"multigen-train: error: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+
+    from multigen.trainer import NonFiniteLossError, train
+
+    try:
+        train(domain_cls, cfg)
+    except NonFiniteLossError as e:
+        print(f"multigen-train: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""video: factorised space-time U-Net with masked conditioning (see issue: video domain)."""
