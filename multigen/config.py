@@ -50,6 +50,7 @@ class TrainConfig:
     ema_decay: float = at_least(0.999, 0.0)
     mixed_precision: str = choice("no", "no", "fp16", "bf16")
     seed: int = 0
+    cpu: bool = False  # force the CPU even when a GPU is present
     num_workers: int = at_least(0, 0)
     log_every: int = at_least(50, 1)
     sample_every: int = at_least(500, 0)  # 0: only at the end

@@ -9,6 +9,7 @@ export the EMA weights.
 Output directory layout (``train.output_dir``)::
 
     config.yaml                  the resolved config of the run
+    log.jsonl                    training loss, learning rate and evaluation metrics, one JSON record a line
     logs/                        TensorBoard event files
     samples/step_000500.png      what the EMA model draws (domain-specific format)
     checkpoints/step_500/        Accelerate state (written as .tmp_step_500, then renamed)
@@ -109,6 +110,11 @@ def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, step: int, k
     return final
 
 
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def _write_samples(domain: Domain, model: torch.nn.Module, path: Path, accelerator: Accelerator) -> Path:
     s = domain.cfg.sample
     g = torch.Generator(device=accelerator.device).manual_seed(s.seed)  # same noise every time: comparable
@@ -122,6 +128,9 @@ def train(domain_cls: type[Domain], cfg: Any) -> Path:
     t = cfg.train
     out = Path(t.output_dir)
     accelerator = Accelerator(
+        # With no accelerator present, processes started by torchrun or `accelerate launch --multi_gpu`
+        # form a CPU (gloo) group; Accelerate only does that when told it runs on the CPU.
+        cpu=t.cpu or not torch.accelerator.is_available(),
         mixed_precision=t.mixed_precision,
         log_with="tensorboard" if t.tensorboard else None,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
@@ -215,6 +224,8 @@ def train(domain_cls: type[Domain], cfg: Any) -> Path:
             logs = {"loss": mean_loss.item(), "lr": scheduler.get_last_lr()[0]}
             bar.set_postfix(loss=f"{logs['loss']:.4f}")
             accelerator.log(logs, step=step)
+            if main:
+                _append_jsonl(out / "log.jsonl", {"step": step, **logs})
         if main and ((t.sample_every and step % t.sample_every == 0) or step == t.max_steps):
             _write_samples(domain, ema.module, out / "samples" / f"step_{step:06d}", accelerator)
         if main and ((t.eval_every and step % t.eval_every == 0) or step == t.max_steps):
@@ -222,10 +233,10 @@ def train(domain_cls: type[Domain], cfg: Any) -> Path:
             with accelerator.autocast():
                 metrics = domain.evaluate(ema.module, val_set)
             if metrics:
-                accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+                logs = {f"eval/{k}": v for k, v in metrics.items()}
+                accelerator.log(logs, step=step)
+                _append_jsonl(out / "log.jsonl", {"step": step, **logs})
                 bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-                with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps({"step": step, **metrics}) + "\n")
         if t.checkpoint_every and (step % t.checkpoint_every == 0 or step == t.max_steps):
             save_checkpoint(accelerator, checkpoint_dir, step, t.keep_checkpoints)
     bar.close()

@@ -1,0 +1,50 @@
+"""Shared fixtures: fresh Accelerate state per in-process training run, and a quiet toy2d config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+
+from multigen.config import load_config
+from multigen.toy2d import Toy2DConfig
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Accelerate keeps process-wide singletons; each test starts from none."""
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    torch.set_num_threads(2)
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+@pytest.fixture
+def toy_cfg(tmp_path: Path):
+    """A fast toy2d config writing into ``tmp_path``; pass extra overrides as arguments."""
+
+    def make(*overrides: str, out: str = "run") -> Toy2DConfig:
+        base = [
+            f"train.output_dir={tmp_path / out}",
+            "train.max_steps=30",
+            "train.batch_size=64",
+            "train.log_every=10",
+            "train.sample_every=0",
+            "train.eval_every=0",
+            "train.checkpoint_every=10",
+            "train.tensorboard=false",
+            "data.num_train=2000",
+            "data.num_val=500",
+            "sample.num=64",
+            "sample.steps=10",
+            "model.hidden=64",
+        ]
+        return load_config(Toy2DConfig, overrides=[*base, *overrides])
+
+    return make

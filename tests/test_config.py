@@ -1,0 +1,76 @@
+"""Typed configs: errors name the key, files and overrides merge, shipped YAML files stay valid."""
+
+import subprocess
+import sys
+
+import pytest
+
+from multigen.config import ConfigError, load_config, to_yaml
+from multigen.domain import UnknownDomainError, get_domain
+from multigen.toy2d import Toy2DConfig
+
+from .conftest import REPO
+
+
+@pytest.mark.parametrize(
+    "override,named",
+    [
+        ("train.max_stepz=5", "train.max_stepz"),
+        ("train.max_steps=abc", "train.max_steps"),
+        ("train.mixed_precision=fp8", "train.mixed_precision"),
+        ("train.lr=-1", "train.lr"),
+        ("nosuchsection.x=1", "nosuchsection"),
+        ("model.hidden=1.5", "model.hidden"),
+    ],
+)
+def test_bad_override_names_the_key(override, named):
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_config(Toy2DConfig, overrides=[override])
+
+
+def test_file_then_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  max_steps: 7\n  lr: 0.5\n")
+    cfg = load_config(Toy2DConfig, f, ["train.lr=0.25", "data.distribution=rings"])
+    assert (cfg.train.max_steps, cfg.train.lr, cfg.data.distribution) == (7, 0.25, "rings")
+    assert load_config(Toy2DConfig, values={"train": {"max_steps": 9}}).train.max_steps == 9
+
+
+def test_missing_file_and_bad_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        load_config(Toy2DConfig, tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  batch_sise: 3\n")
+    with pytest.raises(ConfigError, match=r"train\.batch_sise"):
+        load_config(Toy2DConfig, bad)
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        load_config(Toy2DConfig, overrides=["justakey"])
+
+
+def test_yaml_round_trip():
+    cfg = load_config(Toy2DConfig, overrides=["train.lr=0.125"])
+    assert load_config(Toy2DConfig, values=__import__("yaml").safe_load(to_yaml(cfg))) == cfg
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_configs_load(path):
+    cfg = load_config(get_domain(path.parent.name).config_class, path)
+    if path.name == "default.yaml":
+        assert cfg == get_domain(path.parent.name).config_class(), "default.yaml must list the schema defaults"
+
+
+def test_unknown_domain_lists_available():
+    with pytest.raises(UnknownDomainError, match="available domains: .*toy2d"):
+        get_domain("nosuchdomain")
+
+
+def test_cli_errors_exit_nonzero_naming_the_problem():
+    run = lambda *a: subprocess.run([sys.executable, str(REPO / "multigen/train.py"), *a], capture_output=True, text=True)  # noqa: E731
+    r = run("--domain", "toy2d", "train.bach_size=3")
+    assert r.returncode == 2 and "train.bach_size" in r.stderr
+    r = run("--domain", "nosuch")
+    assert r.returncode == 2 and "toy2d" in r.stderr
+    r = run("--domain", "toy2d", "--config", "nosuchname")
+    assert r.returncode == 2 and "nosuchname" in r.stderr
+    r = run("--domain", "toy2d", "--print-config", "train.max_steps=3")
+    assert r.returncode == 0 and "max_steps: 3" in r.stdout

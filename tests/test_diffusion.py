@@ -1,0 +1,154 @@
+"""Gaussian diffusion: parameterisations, posterior, loss weighting, masks and the variational bound."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from multigen.diffusion import PARAMETERIZATIONS, GaussianDiffusion, convert, gaussian_posterior
+from multigen.schedules import NoiseSchedule
+
+
+@pytest.mark.parametrize("src,dst", list(itertools.permutations(PARAMETERIZATIONS, 2)))
+def test_conversions_round_trip_and_match_definitions(src, dst):
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(8, 3, generator=g, dtype=torch.float64), torch.randn(8, 3, generator=g, dtype=torch.float64)
+    abar = torch.rand(8, 1, generator=g, dtype=torch.float64) * 0.98 + 0.01
+    a, s = abar.sqrt(), (1 - abar).sqrt()
+    x_t = a * x0 + s * eps
+    truth = {"eps": eps, "x0": x0, "v": a * eps - s * x0}
+    torch.testing.assert_close(convert(truth[src], x_t, a, s, src, dst), truth[dst])
+    torch.testing.assert_close(convert(convert(truth[src], x_t, a, s, src, dst), x_t, a, s, dst, src), truth[src])
+
+
+def test_posterior_is_bayes_rule_for_gaussians():
+    """q(x_s | x_t, x0) ∝ q(x_t | x_s) q(x_s | x0), multiplied out as Gaussian densities."""
+    sched = NoiseSchedule("linear", 100)
+    x0, x_t = torch.tensor([0.7], dtype=torch.float64), torch.tensor([-0.3], dtype=torch.float64)
+    for s, t in [(0, 1), (3, 4), (10, 60), (50, 100)]:
+        abar_s, abar_t = sched.alpha_bar(torch.tensor([s])), sched.alpha_bar(torch.tensor([t]))
+        mean, var = gaussian_posterior(x0, x_t, abar_s, abar_t)
+        a_ts, v_ts = (abar_t / abar_s).sqrt(), 1 - abar_t / abar_s  # x_t | x_s
+        m0, v0 = abar_s.sqrt() * x0, 1 - abar_s  # x_s | x0
+        if s == 0:
+            assert mean.item() == pytest.approx(x0.item()) and var.item() == 0
+            continue
+        prec = a_ts**2 / v_ts + 1 / v0
+        torch.testing.assert_close(var, 1 / prec)
+        torch.testing.assert_close(mean, (a_ts * x_t / v_ts + m0 / v0) / prec)
+
+
+def test_q_sample_moments():
+    d = GaussianDiffusion(NoiseSchedule("cosine", 1000))
+    x0 = torch.full((200000, 1), 0.5)
+    steps = torch.full((200000,), 400)
+    xt = d.q_sample(x0, steps, torch.randn_like(x0))
+    abar = d.schedule.alpha_bar(torch.tensor(400)).item()
+    assert xt.mean().item() == pytest.approx(0.5 * math.sqrt(abar), abs=0.01)
+    assert xt.var().item() == pytest.approx(1 - abar, abs=0.01)
+
+
+def _loss_with_model_error(param, weighting, steps):
+    """Loss of a model whose x0 estimate is off by exactly 0.1 everywhere."""
+    d = GaussianDiffusion(NoiseSchedule("cosine", 1000), param, weighting, min_snr_gamma=5.0)
+    x0 = torch.randn(len(steps), 4, dtype=torch.float64)
+    noise = torch.randn_like(x0)
+
+    def model(x_t, t):
+        a, s = d.coefficients(steps, x_t)
+        return convert(x0 + 0.1, x_t, a, s, "x0", param)
+
+    return d, d.loss(model, x0, steps=steps, noise=noise)
+
+
+@pytest.mark.parametrize("param", PARAMETERIZATIONS)
+def test_loss_weightings_in_x0_terms(param):
+    steps = torch.tensor([10, 200, 500, 900])
+    d, _ = _loss_with_model_error(param, "uniform", steps)
+    snr = torch.exp(d.schedule.log_snr(steps))
+    x0_mse = 0.01
+    _, snr_loss = _loss_with_model_error(param, "snr", steps)
+    torch.testing.assert_close(snr_loss, snr * x0_mse, check_dtype=False, rtol=1e-4, atol=0)
+    _, min_snr_loss = _loss_with_model_error(param, "min_snr", steps)
+    torch.testing.assert_close(min_snr_loss, snr.clamp(max=5.0) * x0_mse, check_dtype=False, rtol=1e-4, atol=0)
+    _, uniform = _loss_with_model_error(param, "uniform", steps)
+    native = {"eps": snr, "x0": torch.ones_like(snr), "v": snr + 1}[param]
+    torch.testing.assert_close(uniform, native * x0_mse, check_dtype=False, rtol=1e-4, atol=0)
+
+
+def test_loss_mask_ignores_masked_elements():
+    d = GaussianDiffusion(NoiseSchedule("cosine", 100), "eps")
+    x0 = torch.randn(4, 6)
+    mask = torch.zeros(4, 6, dtype=torch.bool)
+    mask[:, :3] = True
+    steps, noise = torch.tensor([5, 20, 50, 90]), torch.randn(4, 6)
+    good = lambda x, t: noise.clone()  # noqa: E731  perfect eps everywhere
+
+    def bad_outside_mask(x, t):
+        out = noise.clone()
+        out[:, 3:] += 100.0
+        return out
+
+    assert d.loss(good, x0, mask, steps, noise).abs().max() == 0
+    assert d.loss(bad_outside_mask, x0, mask, steps, noise).abs().max() == 0
+    assert d.loss(bad_outside_mask, x0, None, steps, noise).min() > 1.0
+
+
+def _gaussian_x0_model(d, mu, var):
+    """Exact x0 predictor (in d's parameterisation) for data N(mu, var) per dimension."""
+
+    def model(x_t, t):
+        steps = torch.round(t.double() * d.timesteps).long()
+        a, s = d.coefficients(steps, x_t)
+        x0 = mu + a * var / (a**2 * var + s**2) * (x_t - a * mu)
+        return convert(x0, x_t, a, s, "x0", d.parameterization)
+
+    return model
+
+
+def _expected_bound(d, mu, var, x0):
+    """The bound's expectation over every x_t given x0, in closed form (all terms are Gaussian)."""
+    sched, T = d.schedule, d.timesteps
+    abar = sched.alpha_bars
+    total = 0.5 * (abar[T] * x0**2 + (1 - abar[T]) - 1 - torch.log(1 - abar[T]))  # prior, exact
+    for t in range(1, T + 1):
+        a, s = abar[t].sqrt(), (1 - abar[t]).sqrt()
+        k = a * var / (a**2 * var + s**2)  # x0_hat = mu + k (x_t - a mu)
+        sq_err = (1 - k * a) ** 2 * (x0 - mu) ** 2 + (k * s) ** 2  # E[(x0 - x0_hat)^2 | x0]
+        if t == 1:
+            beta1 = 1 - abar[1]
+            total = total + 0.5 * torch.log(2 * math.pi * beta1) + sq_err / (2 * beta1)
+        else:
+            beta_t = 1 - abar[t] / abar[t - 1]
+            c0 = abar[t - 1].sqrt() * beta_t / (1 - abar[t])
+            post_var = (1 - abar[t - 1]) / (1 - abar[t]) * beta_t
+            total = total + c0**2 * sq_err / (2 * post_var)
+    return total.sum(1)
+
+
+def test_variational_bound_matches_its_closed_form_expectation_and_bounds_the_nll():
+    torch.manual_seed(0)
+    mu, var = 0.3, 0.25
+    d = GaussianDiffusion(NoiseSchedule("linear", 200, beta_start=5e-4, beta_end=0.1), "eps")
+    x0 = mu + math.sqrt(var) * torch.randn(4000, 2, dtype=torch.float64)
+    vb = d.variational_bound(_gaussian_x0_model(d, mu, var), x0)
+    expected = _expected_bound(d, mu, var, x0)
+    diff = vb["total"] - expected
+    stderr = diff.std() / math.sqrt(len(diff))
+    assert diff.mean().abs() < 4 * stderr + 1e-6, (diff.mean(), stderr)
+    true_nll = (0.5 * (math.log(2 * math.pi * var) + (x0 - mu) ** 2 / var)).sum(1)
+    assert expected.mean() > true_nll.mean(), "a variational bound never beats the true NLL"
+    for key in ("prior", "transitions", "decoder"):
+        assert torch.isfinite(vb[key]).all()
+    assert (vb["prior"] >= 0).all() and (vb["transitions"] >= 0).all()
+    torch.testing.assert_close(vb["bits_per_dim"], vb["total"] / (2 * math.log(2)))
+    worse = d.variational_bound(_gaussian_x0_model(d, mu + 0.5, var), x0)
+    assert worse["total"].mean() > vb["total"].mean() + 0.5
+
+
+def test_discretized_decoder_gives_probabilities():
+    d = GaussianDiffusion(NoiseSchedule("linear", 50), "x0")
+    x0 = (torch.randint(0, 256, (16, 3)).double() / 127.5) - 1
+    vb = d.variational_bound(lambda x, t: x0, x0, decoder="discretized")
+    assert (vb["decoder"] >= 0).all(), "a discrete NLL is never negative"
