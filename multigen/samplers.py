@@ -182,12 +182,13 @@ def sample(
     known: Known | None = None,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
     progress: bool = False,
 ) -> Tensor:
     """Draw ``x_T ~ N(0, I)`` of ``shape`` and run the named sampler over ``steps`` levels."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
-    noise = torch.randn(shape, generator=generator, device=device)
+    noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
     extra = {"eta": eta} if sampler == "ddim" else {}
     grid = sampling_grid(schedule, steps)
     return SAMPLERS[sampler](denoiser, noise, grid, known=known, generator=generator, progress=progress, **extra)
