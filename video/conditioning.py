@@ -1,0 +1,68 @@
+"""Masked conditioning: which frames of a clip are observed, and how the network sees them.
+
+A mask is bool ``(B, T)``: True = the frame is observed (given clean), False = generated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+TASKS = ("unconditional", "future", "past", "interpolate", "random")
+
+
+@dataclass
+class TaskMix:
+    """Probabilities of the training tasks (normalised; need not sum to 1)."""
+
+    unconditional: float = 0.1
+    future: float = 0.4
+    past: float = 0.15
+    interpolate: float = 0.2
+    random: float = 0.15
+
+    def weights(self) -> Tensor:
+        w = torch.tensor([getattr(self, name) for name in TASKS], dtype=torch.float)
+        if (w < 0).any() or w.sum() <= 0:
+            raise ValueError(f"task probabilities must be >= 0 and not all 0, got {w.tolist()}")
+        return w / w.sum()
+
+
+def sample_masks(batch: int, frames: int, mix: TaskMix, generator: torch.Generator | None = None) -> Tensor:
+    """Draw one task per clip and return its observed-frame mask ``(batch, frames)``.
+
+    * future: the first ``k`` frames observed, ``1 <= k < T``
+    * past: the last ``k`` frames observed
+    * interpolate: the first ``a`` and last ``b`` observed, ``a, b >= 1``, ``a + b < T``
+    * random: each frame observed with probability 1/2
+    * unconditional: nothing observed
+
+    Every clip keeps at least one generated frame.
+    """
+    if frames < 2:
+        raise ValueError("masked conditioning needs clips of at least 2 frames")
+    task = torch.multinomial(mix.weights(), batch, replacement=True, generator=generator)
+    idx = torch.arange(frames).expand(batch, frames)
+    k = torch.randint(1, frames, (batch, 1), generator=generator)
+    a = torch.randint(1, max(frames - 1, 2), (batch, 1), generator=generator).clamp(max=frames - 2)
+    b = (torch.rand(batch, 1, generator=generator) * (frames - 1 - a)).floor().long().clamp(min=1)
+    rand = torch.rand(batch, frames, generator=generator) < 0.5
+    rand[torch.arange(batch), torch.randint(0, frames, (batch,), generator=generator)] = False
+    options = torch.stack(
+        [
+            torch.zeros(batch, frames, dtype=torch.bool),
+            idx < k,
+            idx >= frames - k,
+            (idx < a) | (idx >= frames - b) if frames > 2 else idx < 1,
+            rand,
+        ]
+    )
+    return options[task, torch.arange(batch)]
+
+
+def pack_condition(observed: Tensor, mask: Tensor) -> Tensor:
+    """Network conditioning ``(B, T, C + 1, H, W)`` = ``[mask * observed, mask]`` from clips and ``(B, T)`` masks."""
+    m = mask.to(observed.dtype)[:, :, None, None, None]
+    return torch.cat([observed * m, m.expand(-1, -1, 1, *observed.shape[3:])], dim=2)

@@ -1,0 +1,201 @@
+"""Factorised space-time U-Net for masked video diffusion.
+
+Shapes: clips are ``(B, T, C, H, W)``; ``t`` is the diffusion time ``(B,)`` in ``[0, 1]``;
+``cond`` packs the conditioning as ``(B, T, C + 1, H, W)`` = ``[mask * x0, mask]``
+(observed clean frames and a per-frame observed flag; all zeros = unconditional);
+``frame_index`` ``(B, T)`` holds the frames' actual positions in the video, so the
+temporal attention sees real distances between frames (keyframes far apart, a
+sliding window) rather than slot numbers.
+
+Every spatial layer (convolutions, GroupNorm, spatial attention, resampling) works
+on each frame separately; frames only exchange information through temporal
+attention, which runs at every resolution with a relative-position bias that is a
+function of frame-index differences only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from multigen.nn import Attention, ResBlock, TimestepEmbedding, group_norm
+
+
+class RelativeFrameBias(nn.Module):
+    """Attention bias per head from signed frame-index differences ``j - i``.
+
+    An MLP of ``sign(d) * log(1 + |d|)`` so that distances never seen in training
+    (keyframes far apart) still get a sensible, smoothly extrapolated bias.
+    Returns ``(B, heads, T, T)``.
+    """
+
+    def __init__(self, heads: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(1, hidden), nn.SiLU(), nn.Linear(hidden, heads))
+
+    def forward(self, frame_index: Tensor) -> Tensor:
+        d = (frame_index[:, None, :] - frame_index[:, :, None]).float()
+        feat = torch.sign(d) * torch.log1p(d.abs())
+        return self.mlp(feat[..., None]).permute(0, 3, 1, 2)
+
+
+class SpatialAttention(nn.Module):
+    """Self-attention over the ``H * W`` positions of each frame: ``(N, C, H, W) -> (N, C, H, W)``."""
+
+    def __init__(self, channels: int, heads: int) -> None:
+        super().__init__()
+        self.norm = group_norm(channels)
+        self.attn = Attention(channels, heads)
+        nn.init.zeros_(self.attn.out.weight)
+        nn.init.zeros_(self.attn.out.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, _, h, w = x.shape
+        seq = rearrange(self.norm(x), "n c h w -> n (h w) c")
+        return x + rearrange(self.attn(seq), "n (h w) c -> n c h w", h=h, w=w)
+
+
+class TemporalAttention(nn.Module):
+    """Self-attention across the frames at every spatial position, with a relative frame bias.
+
+    ``x`` is ``(B * T, C, H, W)``; ``bias`` is ``(B, heads, T, T)`` (``-inf`` blocks a pair).
+    """
+
+    def __init__(self, channels: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm = group_norm(channels)
+        self.attn = Attention(channels, heads)
+        nn.init.zeros_(self.attn.out.weight)
+        nn.init.zeros_(self.attn.out.bias)
+
+    def forward(self, x: Tensor, bias: Tensor) -> Tensor:
+        b, _, _, t = bias.shape
+        _, c, h, w = x.shape
+        seq = rearrange(self.norm(x), "(b t) c h w -> (b h w) t c", b=b, t=t)
+        bias = bias.repeat_interleave(h * w, dim=0)
+        out = self.attn(seq, bias)
+        return x + rearrange(out, "(b h w) t c -> (b t) c h w", b=b, h=h, w=w)
+
+
+class Level(nn.Module):
+    """ResBlocks at one resolution, each followed by optional spatial and temporal attention."""
+
+    def __init__(
+        self, in_ch: int, out_ch: int, emb_dim: int, blocks: int, spatial: bool, temporal: bool, heads: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.res = nn.ModuleList(
+            ResBlock(in_ch if i == 0 else out_ch, out_ch, emb_dim, dims=2, dropout=dropout) for i in range(blocks)
+        )
+        self.spatial = nn.ModuleList(SpatialAttention(out_ch, heads) if spatial else nn.Identity() for _ in range(blocks))
+        self.temporal = nn.ModuleList(TemporalAttention(out_ch, heads) for _ in range(blocks)) if temporal else None
+
+    def forward(self, x: Tensor, emb: Tensor, bias: Tensor) -> Tensor:
+        for i, res in enumerate(self.res):
+            x = self.spatial[i](res(x, emb))
+            if self.temporal is not None:
+                x = self.temporal[i](x, bias)
+        return x
+
+
+class SpaceTimeUNet(nn.Module):
+    """U-Net over clips: 2-D layers per frame, attention across frames at every resolution.
+
+    Args:
+        channels: image channels ``C`` of the clips.
+        base: channels of the first level; level ``i`` has ``base * mults[i]``.
+        mults: channel multipliers, one per resolution (each after the first halves H and W).
+        blocks: ResBlocks per level (the decoder uses one more, for the skip connection).
+        attn_levels: indices of the levels with spatial self-attention (low resolutions).
+        heads: attention heads.
+        temporal_attention: False gives a per-frame image model (for ablations and tests).
+    """
+
+    def __init__(
+        self,
+        channels: int = 1,
+        base: int = 64,
+        mults: tuple[int, ...] = (1, 2, 2),
+        blocks: int = 1,
+        attn_levels: tuple[int, ...] = (2,),
+        heads: int = 4,
+        dropout: float = 0.0,
+        temporal_attention: bool = True,
+    ) -> None:
+        super().__init__()
+        self.channels, self.heads = channels, heads
+        emb_dim = base * 4
+        self.time_embed = TimestepEmbedding(emb_dim)
+        self.frame_bias = RelativeFrameBias(heads)
+        self.inp = nn.Conv2d(2 * channels + 1, base, 3, padding=1)
+        widths = [base * m for m in mults]
+        self.down = nn.ModuleList()
+        self.downsample = nn.ModuleList()
+        ch = base
+        for i, w in enumerate(widths):
+            self.down.append(Level(ch, w, emb_dim, blocks, i in attn_levels, temporal_attention, heads, dropout))
+            ch = w
+            last = i == len(widths) - 1
+            self.downsample.append(nn.Identity() if last else nn.Conv2d(w, w, 3, stride=2, padding=1))
+        self.mid = Level(ch, ch, emb_dim, 2, True, temporal_attention, heads, dropout)
+        self.up = nn.ModuleList()
+        self.upsample = nn.ModuleList()
+        for i, w in reversed(list(enumerate(widths))):
+            self.up.append(Level(ch + w, w, emb_dim, blocks + 1, i in attn_levels, temporal_attention, heads, dropout))
+            ch = w
+            self.upsample.append(nn.Identity() if i == 0 else nn.Conv2d(w, w, 3, padding=1))
+        self.out = nn.Sequential(group_norm(ch), nn.SiLU(), nn.Conv2d(ch, channels, 3, padding=1))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        cond: Tensor | None = None,
+        frame_index: Tensor | None = None,
+        independent_frames: Tensor | None = None,
+    ) -> Tensor:
+        """Predict the diffusion target for every frame.
+
+        Args:
+            x: noisy clips ``(B, T, C, H, W)``.
+            t: diffusion time ``(B,)`` in ``[0, 1]``.
+            cond: ``(B, T, C + 1, H, W)`` = ``[mask * x0, mask]``; None = unconditional.
+            frame_index: ``(B, T)`` frame positions; None = ``0..T-1``.
+            independent_frames: ``(B,)`` bool; True makes that clip a batch of
+                independent images (temporal attention sees only the frame itself).
+
+        Returns:
+            ``(B, T, C, H, W)``.
+        """
+        B, T, C, H, W = x.shape
+        if cond is None:
+            cond = x.new_zeros(B, T, C + 1, H, W)
+        if frame_index is None:
+            frame_index = torch.arange(T, device=x.device).expand(B, T)
+        bias = self.frame_bias(frame_index).to(x.dtype)
+        if independent_frames is not None:
+            eye = torch.eye(T, dtype=torch.bool, device=x.device)
+            blocked = independent_frames.view(B, 1, 1, 1) & ~eye
+            bias = bias.masked_fill(blocked, -math.inf)
+        emb = self.time_embed(t).repeat_interleave(T, dim=0)
+
+        h = self.inp(rearrange(torch.cat([x, cond.to(x.dtype)], dim=2), "b t c h w -> (b t) c h w"))
+        skips = []
+        for level, down in zip(self.down, self.downsample):
+            h = level(h, emb, bias)
+            skips.append(h)
+            h = down(h)
+        h = self.mid(h, emb, bias)
+        for level, up in zip(self.up, self.upsample):
+            h = level(torch.cat([h, skips.pop()], dim=1), emb, bias)
+            if not isinstance(up, nn.Identity):
+                h = up(F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        return rearrange(self.out(h), "(b t) c h w -> b t c h w", b=B)
