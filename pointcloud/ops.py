@@ -1,0 +1,143 @@
+"""Point operations in pure PyTorch, batched, with no Python loop over points.
+
+Conventions: coordinates are ``(B, N, 3)``; features are channels-first ``(B, C, N)``
+as the convolutional networks want them; index tensors are ``int64``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def square_distance(a: Tensor, b: Tensor) -> Tensor:
+    """Pairwise squared distances ``(B, N, M)`` between ``a`` ``(B, N, D)`` and ``b`` ``(B, M, D)``."""
+    d = (a * a).sum(-1)[:, :, None] + (b * b).sum(-1)[:, None, :] - 2 * a @ b.transpose(1, 2)
+    return d.clamp_(min=0)
+
+
+def farthest_point_sample(xyz: Tensor, m: int, start: Tensor | None = None) -> Tensor:
+    """Indices ``(B, m)`` of ``m`` points chosen by iterative farthest-point sampling.
+
+    Starts at index ``start`` ``(B,)`` (default 0, as PointNet++ does); each step is
+    vectorised over batch and points, so the loop runs ``m`` times, not ``N * m``.
+    """
+    B, N, _ = xyz.shape
+    if not 0 < m <= N:
+        raise ValueError(f"cannot sample {m} of {N} points")
+    idx = torch.empty(B, m, dtype=torch.long, device=xyz.device)
+    nearest = torch.full((B, N), float("inf"), device=xyz.device, dtype=xyz.dtype)
+    current = torch.zeros(B, dtype=torch.long, device=xyz.device) if start is None else start.long()
+    batch = torch.arange(B, device=xyz.device)
+    for i in range(m):
+        idx[:, i] = current
+        d = ((xyz - xyz[batch, current][:, None]) ** 2).sum(-1)
+        nearest = torch.minimum(nearest, d)
+        current = nearest.argmax(-1)
+    return idx
+
+
+def gather_points(x: Tensor, idx: Tensor) -> Tensor:
+    """Select points: ``x`` ``(B, N, D)`` and ``idx`` ``(B, *S)`` -> ``(B, *S, D)``."""
+    B = x.shape[0]
+    flat = idx.reshape(B, -1)
+    out = torch.gather(x, 1, flat[..., None].expand(-1, -1, x.shape[-1]))
+    return out.reshape(*idx.shape, x.shape[-1])
+
+
+def knn(query: Tensor, ref: Tensor, k: int, chunk: int = 4096) -> tuple[Tensor, Tensor]:
+    """The ``k`` nearest ``ref`` points of each ``query`` point.
+
+    ``query`` ``(B, M, 3)``, ``ref`` ``(B, N, 3)`` -> squared distances and indices
+    ``(B, M, k)``, nearest first. Queries are processed in chunks of ``chunk`` so
+    at most ``B * chunk * N`` distances exist at once.
+    """
+    if k > ref.shape[1]:
+        raise ValueError(f"k = {k} exceeds the {ref.shape[1]} reference points")
+    dists, idxs = [], []
+    for q in query.split(chunk, dim=1):
+        d, i = square_distance(q, ref).topk(k, dim=-1, largest=False, sorted=True)
+        dists.append(d)
+        idxs.append(i)
+    return torch.cat(dists, 1), torch.cat(idxs, 1)
+
+
+def ball_query(centres: Tensor, xyz: Tensor, radius: float, k: int) -> Tensor:
+    """Up to ``k`` points within ``radius`` of each centre, as PointNet++ groups them.
+
+    ``centres`` ``(B, M, 3)``, ``xyz`` ``(B, N, 3)`` -> indices ``(B, M, k)``: the
+    in-radius points in index order, padded by repeating the first one; a centre
+    with no point in range gets its nearest point (PointNet++'s CUDA kernel would
+    use index 0).
+    """
+    N = xyz.shape[1]
+    d = square_distance(centres, xyz)
+    inside = d <= radius * radius
+    order = torch.where(inside, torch.arange(N, device=xyz.device), N)
+    kk = min(k, N)
+    first = order.topk(kk, dim=-1, largest=False, sorted=True).values
+    if kk < k:
+        first = torch.cat([first, first.new_full((*first.shape[:2], k - kk), N)], dim=-1)
+    nearest = d.argmin(-1, keepdim=True)
+    head = torch.where(first[..., :1] == N, nearest, first[..., :1])
+    return torch.where(first == N, head, first)
+
+
+def group(features: Tensor, idx: Tensor) -> Tensor:
+    """Gather features ``(B, C, N)`` at ``idx`` ``(B, M, K)`` -> ``(B, C, M, K)``."""
+    B, C, _ = features.shape
+    M, K = idx.shape[1:]
+    out = torch.gather(features, 2, idx.reshape(B, 1, M * K).expand(-1, C, -1))
+    return out.reshape(B, C, M, K)
+
+
+def normalize_coords(coords: Tensor, resolution: int, eps: float = 0.0) -> Tensor:
+    """PVCNN's voxel coordinates: centre each cloud, scale into the grid ``[0, R - 1]``.
+
+    ``coords`` ``(B, 3, N)`` -> ``(B, 3, N)`` float.
+    """
+    centred = coords - coords.mean(dim=2, keepdim=True)
+    scale = centred.norm(dim=1, keepdim=True).amax(dim=2, keepdim=True) * 2.0 + eps
+    norm = centred / scale.clamp(min=1e-12) + 0.5
+    return (norm * resolution).clamp(0, resolution - 1)
+
+
+def voxelize(features: Tensor, coords: Tensor, resolution: int, eps: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Average point features into a ``R^3`` grid.
+
+    ``features`` ``(B, C, N)``, ``coords`` ``(B, 3, N)`` -> grid ``(B, C, R, R, R)``
+    (axes in x, y, z order; empty voxels are 0) and the normalised coordinates
+    ``(B, 3, N)`` that :func:`trilinear_devoxelize` takes.
+    """
+    B, C, N = features.shape
+    R = resolution
+    norm = normalize_coords(coords, R, eps)
+    vox = norm.round().long()
+    flat = (vox[:, 0] * R + vox[:, 1]) * R + vox[:, 2] + torch.arange(B, device=coords.device)[:, None] * R**3
+    flat = flat.reshape(-1)
+    feats = features.transpose(1, 2).reshape(B * N, C)
+    sums = feats.new_zeros(B * R**3, C).index_add_(0, flat, feats)
+    counts = feats.new_zeros(B * R**3).index_add_(0, flat, feats.new_ones(B * N))
+    grid = sums / counts.clamp(min=1)[:, None]
+    return grid.reshape(B, R, R, R, C).permute(0, 4, 1, 2, 3).contiguous(), norm
+
+
+def trilinear_devoxelize(grid: Tensor, norm_coords: Tensor) -> Tensor:
+    """Trilinearly interpolate grid features ``(B, C, R, R, R)`` at ``norm_coords`` ``(B, 3, N)`` -> ``(B, C, N)``."""
+    R = grid.shape[-1]
+    # grid_sample wants (x, y, z) with x indexing the last grid axis and values in [-1, 1].
+    pos = norm_coords.flip(1).transpose(1, 2) / (R - 1) * 2 - 1
+    out = F.grid_sample(grid, pos[:, None, None], mode="bilinear", padding_mode="border", align_corners=True)
+    return out[:, :, 0, 0]
+
+
+def chamfer_distance(x: Tensor, y: Tensor, chunk: int = 2048) -> Tensor:
+    """Chamfer distance as PointFlow defines it: mean squared distance to the nearest neighbour, both ways.
+
+    ``x`` ``(B, N, 3)``, ``y`` ``(B, M, 3)`` -> ``(B,)``. Chunked in both directions
+    so that at most ``B * chunk * max(N, M)`` distances exist at once.
+    """
+    x_to_y = knn(x, y, 1, chunk)[0][..., 0].mean(1)
+    y_to_x = knn(y, x, 1, chunk)[0][..., 0].mean(1)
+    return x_to_y + y_to_x
