@@ -81,6 +81,7 @@ class SampleConfig:
 
     sampler: str = choice("dpm_solver_pp", "ddpm", "ddim", "dpm_solver_pp")
     steps: int = at_least(25, 1)
+    spacing: str = choice("auto", "auto", "time", "log_snr", "karras")  # spread of the steps; auto: per sampler
     eta: float = at_least(0.0, 0.0)
     num: int = at_least(16, 1)  # samples drawn at every sample_every
     seed: int = 1234

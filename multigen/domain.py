@@ -116,6 +116,7 @@ class GaussianDomain(Domain):
             self.diffusion.schedule,
             sampler=sampler or s.sampler,
             steps=steps or s.steps,
+            spacing=s.spacing,
             eta=s.eta,
             known=known,
             generator=generator,

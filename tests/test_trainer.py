@@ -41,7 +41,8 @@ def crashing_domain(after_calls: int, nan: bool = False) -> type[Toy2D]:
 @pytest.mark.slow
 def test_toy2d_learns_the_distribution(toy_cfg):
     cfg = toy_cfg("train.max_steps=1500", "train.log_every=100", "model.hidden=128", "train.checkpoint_every=0",
-                  "train.lr=3e-3", "train.batch_size=256", "data.num_train=20000", "data.num_val=3000")
+                  "train.lr=3e-3", "train.batch_size=256", "data.num_train=20000", "data.num_val=3000",
+                  "sample.steps=25")
     domain = Toy2D(cfg)
     model = domain.build_model()
     val = domain.build_dataset("val")

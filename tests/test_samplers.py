@@ -1,0 +1,149 @@
+"""Samplers with the exact denoiser of Gaussian data: right distribution, equivalences, known part kept."""
+
+import math
+
+import pytest
+import torch
+
+from multigen.samplers import DEFAULT_SPACING, SAMPLERS, SPACINGS, Known, ddim, ddpm, dpm_solver_pp, sample, sampling_grid
+from multigen.schedules import NoiseSchedule
+from multigen.testing import gaussian_mixture_denoiser, sample_gaussian_mixture
+
+N = 20000
+SCHEDULE = NoiseSchedule("cosine", 1000)
+MEAN = torch.tensor([[0.5, -0.3]], dtype=torch.float64)
+COV = torch.tensor([[[0.5, 0.2], [0.2, 0.3]]], dtype=torch.float64)
+ONE = torch.ones(1, dtype=torch.float64)
+
+
+def _noise(seed=0):
+    return torch.randn(N, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _run(sampler, steps, denoiser, seed=0, **kw):
+    grid = sampling_grid(SCHEDULE, steps, DEFAULT_SPACING[sampler.__name__])
+    return sampler(denoiser, _noise(seed), grid, generator=torch.Generator().manual_seed(seed + 1), **kw)
+
+
+@pytest.mark.parametrize(
+    "name,sampler,steps,kw",
+    [("ddpm-1000", ddpm, 1000, {}), ("ddim-50", ddim, 50, {}), ("ddim-eta1-200", ddim, 200, {"eta": 1.0}),
+     ("dpm++-20", dpm_solver_pp, 20, {})],
+)
+def test_samples_of_gaussian_data_have_its_mean_and_covariance(name, sampler, steps, kw):
+    x = _run(sampler, steps, gaussian_mixture_denoiser(ONE, MEAN, COV, SCHEDULE), **kw)
+    # sampling error of N = 20000 draws: ~0.005 on the mean, ~0.01 on the covariance entries
+    assert (x.mean(0) - MEAN[0]).abs().max() < 0.02, (name, x.mean(0))
+    assert (torch.cov(x.T) - COV[0]).abs().max() < 0.03, (name, torch.cov(x.T))
+
+
+def _bimodal(var=0.05):
+    """1-D mixture 0.3 N(-1, var) + 0.7 N(1, var) and its exact CDF."""
+    w = torch.tensor([0.3, 0.7], dtype=torch.float64)
+    m = torch.tensor([[-1.0], [1.0]], dtype=torch.float64)
+    c = torch.full((2, 1, 1), var, dtype=torch.float64)
+    cdf = lambda x: sum(w[k] * 0.5 * (1 + torch.erf((x - m[k, 0]) / math.sqrt(2 * var))) for k in range(2))  # noqa: E731
+    return (w, m, c), cdf
+
+
+def _ode_cdf_error(sampler, steps, D, cdf, **kw):
+    """Exact Kolmogorov distance of a deterministic sampler's output to the data, without sampling noise.
+
+    In 1-D the probability-flow ODE is a monotone map z -> x, so P(x_out <= x(z)) = Phi(z):
+    push a fine grid of z through the sampler and compare Phi(z) with the data CDF at x(z).
+    """
+    z = torch.linspace(-4.5, 4.5, 3001, dtype=torch.float64)[:, None]
+    x = sampler(D, z, sampling_grid(SCHEDULE, steps, **kw))[:, 0]
+    assert (x[1:] >= x[:-1]).all(), "the ODE map must be monotone"
+    phi = 0.5 * (1 + torch.erf(z[:, 0] / math.sqrt(2)))
+    return float((phi - cdf(x)).abs().max())
+
+
+def _ks(x, cdf):
+    x = x.sort().values
+    emp = torch.arange(1, len(x) + 1, dtype=torch.float64) / len(x)
+    F = cdf(x)
+    return float(torch.maximum(emp - F, F - emp + 1 / len(x)).max())
+
+
+def test_dpm_solver_converges_on_a_bimodal_mixture_faster_than_ddim():
+    mix, cdf = _bimodal()
+    D = gaussian_mixture_denoiser(*mix, SCHEDULE)
+    err = {n: _ode_cdf_error(dpm_solver_pp, n, D, cdf, spacing="log_snr") for n in (10, 20, 50)}
+    ddim50 = min(_ode_cdf_error(ddim, 50, D, cdf, spacing=sp) for sp in ("time", "log_snr"))
+    print("DPM-Solver++ Kolmogorov error by steps", err, "DDIM-50", ddim50)
+    assert err[10] > err[20] > err[50]
+    assert err[20] < 0.012 and err[50] < 0.003
+    assert ddim50 > err[20], "second order: 20 DPM-Solver++ steps beat 50 DDIM steps"
+    # 1000 ancestral steps, measured on 5000 samples: DPM-Solver++ at 20 steps is within its sampling error
+    n = 5000
+    x = ddpm(D, torch.randn(n, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64),
+             sampling_grid(SCHEDULE, 1000, "time"), generator=torch.Generator().manual_seed(1))[:, 0]
+    ks_ddpm = _ks(x, cdf)
+    assert ks_ddpm < 1.6 / math.sqrt(n), "DDPM-1000 samples the mixture (KS test at the 1% level)"
+    assert err[20] < 1.6 / math.sqrt(n)
+
+
+def test_ddim_eta_one_is_ancestral_ddpm():
+    mix, cdf = _bimodal(0.1)
+    D = gaussian_mixture_denoiser(*mix, SCHEDULE)
+    for steps in (1000, 37):
+        noise = torch.randn(2000, 1, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        grid = sampling_grid(SCHEDULE, steps)
+        a = ddpm(D, noise, grid, generator=torch.Generator().manual_seed(4))
+        b = ddim(D, noise, grid, eta=1.0, generator=torch.Generator().manual_seed(4))
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)  # same noise draws, same path
+    # and in distribution: it passes a KS test against the mixture (1% level)
+    noise = torch.randn(5000, 1, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    x = ddim(D, noise, sampling_grid(SCHEDULE, 1000), eta=1.0, generator=torch.Generator().manual_seed(6))[:, 0]
+    assert _ks(x, cdf) < 1.6 / math.sqrt(5000)
+
+
+def test_ddim_eta_zero_is_deterministic_given_the_start_noise():
+    D = gaussian_mixture_denoiser(ONE, MEAN, COV, SCHEDULE)
+    grid = sampling_grid(SCHEDULE, 25)
+    a = ddim(D, _noise(0), grid, generator=torch.Generator().manual_seed(1))  # noqa: E501
+    b = ddim(D, _noise(0), grid, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, ddim(D, _noise(1), grid))
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_known_entries_are_kept_bit_exactly(name, dtype):
+    D = gaussian_mixture_denoiser(ONE, MEAN, COV, SCHEDULE)
+    g = torch.Generator().manual_seed(0)
+    values = torch.randn(64, 2, generator=g, dtype=dtype)
+    mask = torch.rand(64, 2, generator=g) < 0.5
+    denoise = lambda x, t: D(x.double(), t).to(x.dtype)  # noqa: E731
+    out = sample(denoise, (64, 2), SCHEDULE, sampler=name, steps=15, known=Known(mask, values),
+                 generator=torch.Generator().manual_seed(1), dtype=dtype)
+    assert torch.equal(out[mask], values[mask])
+    assert not torch.equal(out[~mask], values[~mask])
+    # a broadcast mask: the first coordinate of every sample is known
+    out = sample(denoise, (64, 2), SCHEDULE, sampler=name, steps=15,
+                 known=Known(torch.tensor([True, False]), values), generator=torch.Generator().manual_seed(1),
+                 dtype=dtype)
+    assert torch.equal(out[:, 0], values[:, 0])
+
+
+@pytest.mark.parametrize("spacing", SPACINGS)
+def test_grids_are_strictly_decreasing_from_T_to_clean(spacing):
+    for steps in (1, 2, 5, 20, 200, 999, 1000):
+        grid = sampling_grid(SCHEDULE, steps, spacing)
+        assert grid.steps == steps and grid.t[0] == 1.0 and grid.t[-1] == 0.0 and grid.alpha_bar[-1] == 1.0
+        assert (grid.t[1:] < grid.t[:-1]).all()
+    grid = sampling_grid(SCHEDULE, 20, spacing)
+    log_snr = torch.log(grid.alpha_bar) - torch.log1p(-grid.alpha_bar)
+    if spacing == "log_snr":  # evenly spaced between the clip level and step 1, up to integer rounding
+        gaps = log_snr[2:-1].diff()
+        assert gaps.max() < 1.5 * gaps.min() + 0.05
+
+
+def test_grid_and_argument_errors():
+    with pytest.raises(ValueError, match=r"\[1, 1000\]"):
+        sampling_grid(SCHEDULE, 1001)
+    with pytest.raises(ValueError, match="unknown grid spacing"):
+        sampling_grid(SCHEDULE, 10, "cubic")
+    with pytest.raises(ValueError, match="unknown sampler"):
+        sample(lambda x, t: x, (2, 2), SCHEDULE, sampler="euler")
