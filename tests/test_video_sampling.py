@@ -1,0 +1,75 @@
+"""Video sampling: observed frames kept bit-exactly by every sampler and by long-video chaining; the loss."""
+
+import pytest
+import torch
+from torch import nn
+
+from multigen.config import load_config
+from multigen.samplers import SAMPLERS
+from video.domain import Video, VideoConfig
+from video.sampling import SamplerSettings, extend_autoregressive, extend_hierarchical, generate, interpolate
+
+from .test_video_model import tiny_unet
+
+
+@pytest.fixture(scope="module")
+def setup():
+    cfg = load_config(VideoConfig, overrides=["data.frames=5", "data.size=16", "diffusion.timesteps=100"])
+    return tiny_unet(), Video(cfg)
+
+
+def _clips(b=2, t=5, seed=0):
+    return torch.rand(b, t, 1, 16, 16, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_observed_frames_kept_by_every_sampler(setup, sampler):
+    model, domain = setup
+    clips = _clips()
+    mask = torch.tensor([[1, 1, 0, 0, 0], [1, 0, 0, 0, 1]], dtype=torch.bool)
+    for guidance in (1.0, 2.0):
+        out = generate(model, domain.diffusion, clips, mask, SamplerSettings(sampler, 6, guidance=guidance),
+                       generator=torch.Generator().manual_seed(0))
+        assert torch.equal(out[mask], clips[mask])
+        assert not torch.equal(out[~mask], clips[~mask])
+        assert out.abs().max() <= 1.0 + 1e-5
+
+
+def test_long_video_chaining_keeps_context_and_keyframes(setup):
+    model, domain = setup
+    context = _clips(t=3)
+    s = SamplerSettings("ddim", 4)
+    auto = extend_autoregressive(model, domain.diffusion, context, 12, window=5, settings=s)
+    assert auto.shape == (2, 12, 1, 16, 16) and torch.equal(auto[:, :3], context)
+    hier = extend_hierarchical(model, domain.diffusion, context, 17, window=5, settings=s)
+    assert hier.shape == (2, 17, 1, 16, 16) and torch.equal(hier[:, :3], context)
+    assert (hier.flatten(2).abs().amax(2) > 0).all(), "every frame was generated"
+    keys = _clips(t=3, seed=1)
+    filled = interpolate(model, domain.diffusion, keys, between=2, settings=s)
+    assert filled.shape == (2, 7, 1, 16, 16)
+    assert torch.equal(filled[:, [0, 3, 6]], keys)
+    uncond = extend_hierarchical(model, domain.diffusion, context[:, :0], 9, window=5, settings=s)
+    assert uncond.shape == (2, 9, 1, 16, 16)
+
+
+class Shouts(nn.Module):
+    """Wraps a video model and adds a huge error on observed (or on generated) frames only."""
+
+    def __init__(self, inner, on_observed: bool):
+        super().__init__()
+        self.inner, self.on_observed = inner, on_observed
+
+    def forward(self, x, t, cond, frame_index=None, independent=None):
+        observed = cond[:, :, -1:]
+        return self.inner(x, t, cond, frame_index, independent) + 1e3 * (observed if self.on_observed else 1 - observed)
+
+
+def test_loss_ignores_observed_frames(setup):
+    model, domain = setup
+    batch = _clips(b=16)
+    losses = {}
+    for name, m in [("plain", model), ("observed", Shouts(model, True)), ("generated", Shouts(model, False))]:
+        torch.manual_seed(0)  # same masks, steps and noise for all three
+        losses[name] = domain.training_loss(m, batch)
+    assert torch.equal(losses["plain"], losses["observed"])
+    assert losses["generated"] > losses["plain"] + 100

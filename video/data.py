@@ -1,0 +1,197 @@
+"""Video datasets: built-in moving handwritten digits, and folders of real videos.
+
+Items are float clips ``(T, C, H, W)`` in ``[-1, 1]``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from .io import READ_SUFFIXES, VideoReadError, count_frames, from_uint8, read_video
+
+
+def frames_to_clip(frames: np.ndarray, size: int, channels: int) -> Tensor:
+    """uint8 ``(T, H, W, C)`` -> ``(T, channels, size, size)`` in ``[-1, 1]``.
+
+    The shorter side is resized to ``size`` (antialiased bilinear), then the centre is
+    cropped; frames already ``size x size`` are not resampled, so they convert exactly.
+    RGB becomes grey by ITU-R 601 luma; grey becomes RGB by repetition.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    clip = from_uint8(frames)
+    _, c, h, w = clip.shape
+    if (h, w) != (size, size):
+        scale = size / min(h, w)
+        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+        clip = F.interpolate(clip, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+        top, left = (nh - size) // 2, (nw - size) // 2
+        clip = clip[:, :, top : top + size, left : left + size].clamp(-1, 1)
+    if c == 3 and channels == 1:
+        clip = (clip * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    elif c == 1 and channels == 3:
+        clip = clip.expand(-1, 3, -1, -1)
+    return clip.contiguous()
+
+
+@lru_cache(maxsize=1)
+def _digit_images() -> Tensor:
+    """scikit-learn's 1 797 bundled 8x8 handwritten digits, ``(N, 8, 8)`` in ``[0, 1]``."""
+    from sklearn.datasets import load_digits
+
+    return torch.from_numpy(load_digits().images).float() / 16.0
+
+
+def _bounce(start: Tensor, velocity: Tensor, steps: Tensor, limit: float) -> Tensor:
+    """Positions ``start + velocity * t`` reflected into ``[0, limit]``, for all ``t`` at once."""
+    u = (start + velocity * steps) % (2 * limit)
+    return torch.where(u <= limit, u, 2 * limit - u)
+
+
+class MovingDigits(Dataset):
+    """Bouncing handwritten digits (scikit-learn's bundled digits; nothing is downloaded).
+
+    Item ``i`` is generated from ``(seed, i)`` alone, so the dataset costs no memory and
+    repeats exactly. ``digit_split`` picks a fixed 80 % (``"train"``) or 20 % (``"val"``)
+    of the handwriting, so validation clips show unseen digits.
+    """
+
+    def __init__(
+        self,
+        length: int,
+        frames: int = 8,
+        size: int = 32,
+        channels: int = 1,
+        num_digits: tuple[int, int] = (1, 2),
+        seed: int = 0,
+        digit_split: str = "all",
+    ) -> None:
+        if digit_split not in ("train", "val", "all"):
+            raise ValueError(f"digit_split must be 'train', 'val' or 'all', got {digit_split!r}")
+        if not 1 <= num_digits[0] <= num_digits[1]:
+            raise ValueError(f"num_digits must be (min, max) with 1 <= min <= max, got {num_digits}")
+        self.length, self.frames, self.size, self.channels = length, frames, size, channels
+        self.num_digits, self.seed = num_digits, seed
+        images = _digit_images()
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+        cut = int(0.8 * len(images))
+        chosen = {"train": order[:cut], "val": order[cut:], "all": order}[digit_split]
+        self.digit = max(4, round(size * 0.45))
+        self.images = F.interpolate(images[chosen, None], size=(self.digit, self.digit), mode="bilinear",
+                                    align_corners=False).clamp(0, 1)[:, 0]
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> Tensor:
+        if not 0 <= i < self.length:
+            raise IndexError(i)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        lo, hi = self.num_digits
+        n = int(torch.randint(lo, hi + 1, (1,), generator=g))
+        T, S, d = self.frames, self.size, self.digit
+        limit = float(S - d)
+        canvas = torch.zeros(T, S, S)
+        steps = torch.arange(T, dtype=torch.float32)[:, None]
+        rows, cols = torch.arange(d), torch.arange(d)
+        t_idx = torch.arange(T)[:, None, None]
+        for _ in range(n):
+            img = self.images[int(torch.randint(len(self.images), (1,), generator=g))]
+            start = torch.rand(2, generator=g) * limit
+            angle = torch.rand(1, generator=g) * 2 * torch.pi
+            speed = 1.0 + 2.0 * torch.rand(1, generator=g)
+            velocity = torch.cat([torch.sin(angle), torch.cos(angle)]) * speed
+            pos = _bounce(start, velocity, steps, limit).round().long()  # (T, 2): row, col of the corner
+            r = (pos[:, :1] + rows)[:, :, None]
+            c = (pos[:, 1:] + cols)[:, None, :]
+            canvas[t_idx, r, c] = torch.maximum(canvas[t_idx, r, c], img)
+        clip = canvas[:, None] * 2 - 1
+        return clip.expand(-1, self.channels, -1, -1).contiguous()
+
+
+class VideoFolder(Dataset):
+    """Clips from every video under ``root`` (recursive; ``.mp4 .avi .webm .mov .mkv .npy``).
+
+    Each video gives all its non-overlapping clips of ``frames`` frames taken every
+    ``stride`` frames. Frame counts are cached in ``cache_path`` (default
+    ``<root>/.multigen_index.json``), keyed by file size and modification time. A file
+    that cannot be decoded, is empty or is too short raises :class:`VideoReadError`
+    naming it, or with ``skip_corrupt=True`` is skipped with a warning.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        frames: int = 8,
+        size: int = 32,
+        channels: int = 3,
+        stride: int = 1,
+        skip_corrupt: bool = False,
+        cache_path: str | Path | None = None,
+    ) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"video folder not found: {self.root}")
+        self.frames, self.size, self.channels, self.stride = frames, size, channels, stride
+        files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in READ_SUFFIXES and p.is_file())
+        if not files:
+            raise FileNotFoundError(f"no videos in {self.root} (searched recursively for {', '.join(READ_SUFFIXES)})")
+        counts = self._index(files, Path(cache_path) if cache_path else self.root / ".multigen_index.json")
+        span = (frames - 1) * stride + 1
+        self.clips: list[tuple[Path, int]] = []
+        for path in files:
+            n = counts.get(str(path.relative_to(self.root)))
+            problem = "cannot be decoded" if n is None else f"has {n} frames, fewer than the {span} a clip needs" \
+                if n < span else None
+            if problem:
+                if not skip_corrupt:
+                    raise VideoReadError(f"{path} {problem} (set data.skip_corrupt=true to skip such files)")
+                warnings.warn(f"skipping {path}: it {problem}", stacklevel=2)
+                continue
+            self.clips.extend((path, s) for s in range(0, n - span + 1, span))
+        if not self.clips:
+            raise VideoReadError(f"no usable clips of {frames} frames (stride {stride}) in {self.root}")
+
+    def _index(self, files: list[Path], cache: Path) -> dict[str, int | None]:
+        """Frame count per file (None: unreadable), reusing the cache where size and mtime match."""
+        try:
+            cached = json.loads(cache.read_text()) if cache.is_file() else {}
+        except (OSError, ValueError):
+            cached = {}
+        out: dict[str, int | None] = {}
+        fresh: dict[str, dict] = {}
+        for path in tqdm(files, desc="indexing videos", disable=len(files) < 50):
+            key, st = str(path.relative_to(self.root)), path.stat()
+            entry = cached.get(key)
+            if not (entry and entry["size"] == st.st_size and entry["mtime"] == st.st_mtime):
+                try:
+                    frames: int | None = count_frames(path)
+                except VideoReadError:
+                    frames = None
+                entry = {"size": st.st_size, "mtime": st.st_mtime, "frames": frames}
+            fresh[key] = entry
+            out[key] = entry["frames"]
+        if fresh != cached:
+            try:
+                cache.write_text(json.dumps(fresh))
+            except OSError as e:
+                warnings.warn(f"could not write the video index cache {cache}: {e}", stacklevel=3)
+        return out
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int) -> Tensor:
+        path, start = self.clips[i]
+        indices = list(range(start, start + (self.frames - 1) * self.stride + 1, self.stride))
+        return frames_to_clip(read_video(path, indices), self.size, self.channels)

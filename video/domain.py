@@ -1,0 +1,196 @@
+"""The ``video`` domain: config schema, data, masked-conditioning loss, sampling and evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from multigen.config import DiffusionConfig, SampleConfig, TrainConfig, at_least, choice
+from multigen.domain import GaussianDomain
+from multigen.samplers import Known
+
+from .conditioning import TaskMix, pack_condition, sample_masks
+from .data import MovingDigits, VideoFolder
+from .io import save_clip_grid
+from .metrics import best_and_mean, copy_last_frame, linear_blend
+from .model import SpaceTimeUNet
+from .sampling import SamplerSettings, generate
+
+
+@dataclass
+class VideoDataConfig:
+    source: str = choice("moving_digits", "moving_digits", "folder")
+    root: str = ""  # folder of videos (.mp4/.avi/.webm/.mov/.mkv/.npy) when source=folder
+    val_root: str = ""  # held-out folder; empty: the validation set is drawn from `root`
+    frames: int = at_least(8, 2)
+    size: int = at_least(32, 8)
+    channels: int = at_least(1, 1)  # 1 (grayscale) or 3 (RGB)
+    stride: int = at_least(1, 1)  # take every `stride`-th frame of a video
+    num_train: int = at_least(20000, 1)  # moving digits: clips per epoch (generated on the fly)
+    num_val: int = at_least(256, 1)
+    num_digits: list[int] = field(default_factory=lambda: [1, 2])  # moving digits: min and max per clip
+    seed: int = 0  # moving digits: the validation set uses seed + 1 and unseen handwriting
+    skip_corrupt: bool = False  # folder: skip unreadable/too-short videos with a warning instead of failing
+
+
+@dataclass
+class VideoModelConfig:
+    base_channels: int = at_least(64, 8)
+    channel_mults: list[int] = field(default_factory=lambda: [1, 2, 2])
+    blocks: int = at_least(1, 1)
+    attn_levels: list[int] = field(default_factory=lambda: [2])  # levels with spatial attention
+    heads: int = at_least(4, 1)
+    dropout: float = at_least(0.0, 0.0)
+    temporal_attention: bool = True
+
+
+@dataclass
+class VideoTaskConfig:
+    """Training-time masked conditioning (probabilities are normalised)."""
+
+    unconditional: float = 0.1  # also the conditioning dropout that classifier-free guidance needs
+    future: float = 0.4
+    past: float = 0.15
+    interpolate: float = 0.2
+    random: float = 0.15
+    image_prob: float = 0.0  # joint image-video training: fraction of clips made of independent frames
+    guidance: float = 1.0  # classifier-free guidance scale when sampling with observed frames
+
+
+@dataclass
+class VideoEvalConfig:
+    num_clips: int = at_least(32, 1)  # held-out clips evaluated
+    samples_per_clip: int = at_least(2, 1)  # MCVD protocol: best and mean over this many samples
+    context: int = at_least(4, 1)  # observed frames for future prediction
+
+
+@dataclass
+class VideoConfig:
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            output_dir="runs/video", max_steps=3000, batch_size=16, lr=5e-4, warmup_steps=200,
+            sample_every=1000, eval_every=0, checkpoint_every=500, ema_decay=0.995,
+        )
+    )
+    diffusion: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(parameterization="v", clip_x0=1.0))
+    sample: SampleConfig = field(default_factory=lambda: SampleConfig(num=8, steps=25))
+    data: VideoDataConfig = field(default_factory=VideoDataConfig)
+    model: VideoModelConfig = field(default_factory=VideoModelConfig)
+    task: VideoTaskConfig = field(default_factory=VideoTaskConfig)
+    eval: VideoEvalConfig = field(default_factory=VideoEvalConfig)
+
+
+class Video(GaussianDomain):
+    """Clips ``(T, C, H, W)`` in ``[-1, 1]``; batches ``(B, T, C, H, W)``."""
+
+    name = "video"
+    config_class = VideoConfig
+
+    def build_model(self) -> nn.Module:
+        m, d = self.cfg.model, self.cfg.data
+        return SpaceTimeUNet(
+            channels=d.channels, base=m.base_channels, mults=tuple(m.channel_mults), blocks=m.blocks,
+            attn_levels=tuple(m.attn_levels), heads=m.heads, dropout=m.dropout,
+            temporal_attention=m.temporal_attention,
+        )
+
+    def build_dataset(self, split: str) -> Dataset:
+        d = self.cfg.data
+        if split not in ("train", "val"):
+            raise ValueError(f"unknown split {split!r}; use 'train' or 'val'")
+        if d.source == "moving_digits":
+            lo, hi = d.num_digits
+            return MovingDigits(
+                length=d.num_train if split == "train" else d.num_val, frames=d.frames, size=d.size,
+                channels=d.channels, num_digits=(lo, hi), seed=d.seed if split == "train" else d.seed + 1,
+                digit_split=split,
+            )
+        root = d.val_root if split == "val" and d.val_root else d.root
+        if not root:
+            raise ValueError("data.root must name a folder of videos when data.source=folder")
+        return VideoFolder(root, frames=d.frames, size=d.size, channels=d.channels, stride=d.stride,
+                           skip_corrupt=d.skip_corrupt)
+
+    def sample_shape(self) -> tuple[int, ...]:
+        d = self.cfg.data
+        return (d.frames, d.channels, d.size, d.size)
+
+    def settings(self, steps: int | None = None, sampler: str | None = None) -> SamplerSettings:
+        s = self.cfg.sample
+        return SamplerSettings(sampler or s.sampler, steps or s.steps, s.spacing, s.eta, self.cfg.task.guidance)
+
+    def training_loss(self, model: nn.Module, batch: Tensor) -> Tensor:
+        B, T = batch.shape[:2]
+        task = self.cfg.task
+        mix = TaskMix(task.unconditional, task.future, task.past, task.interpolate, task.random)
+        mask = sample_masks(B, T, mix).to(batch.device)
+        independent = None
+        if task.image_prob > 0:
+            independent = torch.rand(B, device=batch.device) < task.image_prob
+            # Those clips become T independent images drawn from anywhere in the batch, unconditioned.
+            pick = torch.randint(0, B * T, (B, T), device=batch.device)
+            shuffled = batch.flatten(0, 1)[pick]
+            batch = torch.where(independent[:, None, None, None, None], shuffled, batch)
+            mask = mask & ~independent[:, None]
+        cond = pack_condition(batch, mask)
+        loss = self.diffusion.loss(
+            lambda x, t: model(x, t, cond, None, independent), batch, loss_mask=~mask[:, :, None, None, None]
+        )
+        return loss.mean()
+
+    def sample(
+        self,
+        model: nn.Module,
+        n: int,
+        *,
+        known: Known | None = None,
+        steps: int | None = None,
+        sampler: str | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """``n`` clips; with ``known`` (mask ``(n, T, 1, 1, 1)`` or ``(n, T)``) those frames are kept."""
+        shape = (n, *self.sample_shape())
+        device = next(model.parameters()).device
+        if known is None:
+            observed, mask = torch.zeros(shape, device=device), torch.zeros(n, shape[1], dtype=torch.bool)
+        else:
+            observed, mask = known.values.expand(shape), known.mask.reshape(n, shape[1], -1)[..., 0].bool()
+        return generate(model, self.diffusion, observed, mask, self.settings(steps, sampler), generator=generator,
+                        progress=progress)
+
+    def evaluate(self, model: nn.Module, dataset: Dataset) -> dict[str, float]:
+        """Future prediction and interpolation on held-out clips, MCVD protocol, with trivial baselines.
+
+        PSNR/SSIM average over the generated frames; ``*_best``/``*_mean`` are the best
+        and mean over ``eval.samples_per_clip`` samples per clip.
+        """
+        e, T = self.cfg.eval, self.cfg.data.frames
+        device = next(model.parameters()).device
+        n = min(e.num_clips, len(dataset))  # type: ignore[arg-type]
+        clips = torch.stack([dataset[i] for i in range(n)]).to(device)
+        g = torch.Generator(device=device).manual_seed(self.cfg.sample.seed + 2)
+        idx = torch.arange(T, device=device)
+        tasks = {
+            "future": (idx < min(e.context, T - 1), lambda m: copy_last_frame(clips, int(m.sum()))),
+            "interp": ((idx == 0) | (idx == T - 1), lambda m: linear_blend(clips, m)),
+        }
+        metrics: dict[str, float] = {}
+        for name, (frame_mask, baseline) in tasks.items():
+            mask = frame_mask.expand(n, T)
+            reps = clips.repeat(e.samples_per_clip, 1, 1, 1, 1)
+            out = generate(model, self.diffusion, reps, mask.repeat(e.samples_per_clip, 1), self.settings(),
+                           generator=g)
+            samples = out.float().reshape(e.samples_per_clip, n, *clips.shape[1:])
+            scores = best_and_mean(samples, clips.float(), ~frame_mask)
+            base = best_and_mean(baseline(frame_mask)[None].float(), clips.float(), ~frame_mask)
+            metrics.update({f"{name}/{k}": v for k, v in scores.items()})
+            metrics.update({f"{name}/baseline_{k.removesuffix('_mean')}": v for k, v in base.items() if "mean" in k})
+        return metrics
+
+    def save_samples(self, samples: Tensor, path: Path) -> Path:
+        return save_clip_grid(samples, path)

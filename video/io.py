@@ -1,0 +1,148 @@
+"""Reading and writing videos.
+
+On disk and in numpy a video is uint8 ``(T, H, W, C)``; inside multigen a clip is a
+float tensor ``(T, C, H, W)`` in ``[-1, 1]``. Video files are decoded with decord and
+written with PyAV; ``.npy`` holds the uint8 array exactly; ``.gif`` is written with Pillow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".webm", ".mov", ".mkv")
+READ_SUFFIXES = VIDEO_SUFFIXES + (".npy",)
+WRITE_SUFFIXES = (".mp4", ".gif", ".npy")
+
+
+class VideoReadError(ValueError):
+    """A video file could not be decoded, is empty, or has the wrong layout; the message names it."""
+
+
+def _check(path: Path) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(f"video not found: {path}")
+    if path.suffix.lower() not in READ_SUFFIXES:
+        raise VideoReadError(f"{path}: unsupported video type {path.suffix!r}; supported: {', '.join(READ_SUFFIXES)}")
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (ValueError, OSError) as e:
+        raise VideoReadError(f"{path}: not a readable .npy array ({e})") from None
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] not in (1, 3):
+        raise VideoReadError(f"{path}: expected uint8 (T, H, W, C) with C in (1, 3), got {arr.dtype} {arr.shape}")
+    if arr.shape[0] == 0:
+        raise VideoReadError(f"{path}: the video has no frames")
+    return arr
+
+
+def _reader(path: Path):
+    import decord
+
+    try:
+        vr = decord.VideoReader(str(path), num_threads=1)
+    except Exception as e:  # decord raises its own DECORDError and RuntimeError
+        raise VideoReadError(f"{path}: cannot decode video ({str(e).splitlines()[0][:200]})") from None
+    if len(vr) == 0:
+        raise VideoReadError(f"{path}: the video has no frames")
+    return vr
+
+
+def count_frames(path: str | Path) -> int:
+    """Number of frames, without decoding them."""
+    path = Path(path)
+    _check(path)
+    return _load_npy(path).shape[0] if path.suffix.lower() == ".npy" else len(_reader(path))
+
+
+def read_video(path: str | Path, indices: list[int] | None = None) -> np.ndarray:
+    """uint8 ``(T, H, W, C)`` frames of a video file or ``.npy`` (all, or those at ``indices``)."""
+    path = Path(path)
+    _check(path)
+    if path.suffix.lower() == ".npy":
+        arr = _load_npy(path)
+        return np.ascontiguousarray(arr if indices is None else arr[indices])
+    vr = _reader(path)
+    try:
+        frames = vr.get_batch(list(range(len(vr))) if indices is None else indices).asnumpy()
+    except Exception as e:
+        raise VideoReadError(f"{path}: decoding failed ({str(e).splitlines()[0][:200]})") from None
+    return frames
+
+
+def to_uint8(clip: Tensor) -> np.ndarray:
+    """Float clip ``(T, C, H, W)`` in ``[-1, 1]`` -> uint8 ``(T, H, W, C)`` (rounded, so it inverts :func:`from_uint8`)."""
+    x = ((clip.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def from_uint8(frames: np.ndarray) -> Tensor:
+    """uint8 ``(T, H, W, C)`` -> float clip ``(T, C, H, W)`` in ``[-1, 1]``."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: int = 8) -> Path:
+    """Write uint8 ``(T, H, W, C)`` frames as ``.mp4`` (H.264), ``.gif`` (looping) or ``.npy`` (exact)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in WRITE_SUFFIXES:
+        raise ValueError(f"cannot write {path}: use one of {', '.join(WRITE_SUFFIXES)}")
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] not in (1, 3):
+        raise ValueError(f"expected uint8 (T, H, W, C) frames with C in (1, 3), got {frames.dtype} {frames.shape}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".npy":
+        np.save(path, frames)
+        return path
+    rgb = np.repeat(frames, 3, axis=-1) if frames.shape[-1] == 1 else frames
+    if suffix == ".gif":
+        from PIL import Image
+
+        images = [Image.fromarray(f) for f in rgb]
+        images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+        return path
+    import av
+
+    # yuv420p needs even sizes: pad by repeating the last row/column
+    pad_h, pad_w = rgb.shape[1] % 2, rgb.shape[2] % 2
+    rgb = np.pad(rgb, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = rgb.shape[2], rgb.shape[1], "yuv420p"
+        stream.options = {"crf": "17"}
+        for f in rgb:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def save_clip_grid(clips: Tensor, path: str | Path, fps: int = 8) -> Path:
+    """Write clips ``(N, T, C, H, W)`` in ``[-1, 1]`` as ``path.png`` (one row per clip, one column
+    per frame) and ``path.gif`` (the clips side by side, animated). Returns the PNG path."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    N, T, C, H, W = clips.shape
+    frames = np.stack([to_uint8(c) for c in clips])  # (N, T, H, W, C)
+    if C == 1:
+        frames = np.repeat(frames, 3, axis=-1)
+    gap = 2
+    strip = np.full((N * (H + gap) - gap, T * (W + gap) - gap, 3), 255, np.uint8)
+    for n in range(N):
+        for t in range(T):
+            strip[n * (H + gap) : n * (H + gap) + H, t * (W + gap) : t * (W + gap) + W] = frames[n, t]
+    png = path.with_suffix(".png")
+    Image.fromarray(strip).save(png)
+    cols = int(np.ceil(np.sqrt(N)))
+    rows = int(np.ceil(N / cols))
+    grid = np.full((T, rows * (H + gap) - gap, cols * (W + gap) - gap, 3), 255, np.uint8)
+    for n in range(N):
+        r, c = divmod(n, cols)
+        grid[:, r * (H + gap) : r * (H + gap) + H, c * (W + gap) : c * (W + gap) + W] = frames[n]
+    write_video(path.with_suffix(".gif"), grid, fps=fps)
+    return png

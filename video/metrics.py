@@ -1,0 +1,77 @@
+"""Frame-quality metrics (PSNR, SSIM), the MCVD evaluation protocol, and trivial baselines.
+
+Frames are ``(..., C, H, W)`` in ``[-1, 1]``; clips ``(B, T, C, H, W)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def psnr(x: Tensor, y: Tensor, data_range: float = 2.0) -> Tensor:
+    """Peak signal-to-noise ratio per frame, ``(...)``; ``inf`` for identical frames."""
+    mse = ((x.float() - y.float()) ** 2).flatten(-3).mean(-1)
+    return 10 * torch.log10(data_range**2 / mse)
+
+
+def ssim(x: Tensor, y: Tensor, data_range: float = 2.0) -> Tensor:
+    """Structural similarity per frame, ``(...)``, via ``pytorch_msssim``.
+
+    The Gaussian window is 11 px (the standard) or, for frames smaller than that, the
+    largest odd size that fits.
+    """
+    from pytorch_msssim import ssim as _ssim
+
+    lead = x.shape[:-3]
+    C, H, W = x.shape[-3:]
+    win = min(11, H - (1 - H % 2), W - (1 - W % 2))
+    a = x.float().reshape(-1, C, H, W)
+    b = y.float().reshape(-1, C, H, W)
+    return _ssim(a + 1, b + 1, data_range=data_range, size_average=False, win_size=win).reshape(lead)
+
+
+def best_and_mean(samples: Tensor, target: Tensor, generated: Tensor) -> dict[str, float]:
+    """MCVD protocol: per clip, the best and the mean over ``S`` samples of the frame-averaged score.
+
+    Args:
+        samples: ``(S, B, T, C, H, W)``.
+        target: ``(B, T, C, H, W)``.
+        generated: bool ``(T,)`` or ``(B, T)``: the frames that were generated (scored).
+
+    Returns:
+        ``psnr_best``, ``psnr_mean``, ``ssim_best``, ``ssim_mean``, averaged over clips.
+    """
+    gen = generated.to(target.device).expand(target.shape[:2])
+    out = {}
+    for name, fn in (("psnr", psnr), ("ssim", ssim)):
+        per_frame = fn(samples, target.expand_as(samples))  # (S, B, T); observed frames may be inf
+        per_clip = torch.where(gen, per_frame, 0.0).sum(-1) / gen.sum(-1)  # (S, B)
+        out[f"{name}_best"] = per_clip.amax(0).mean().item()
+        out[f"{name}_mean"] = per_clip.mean().item()
+    return out
+
+
+def copy_last_frame(clip: Tensor, context: int) -> Tensor:
+    """Baseline for prediction: every frame after the first ``context`` repeats frame ``context - 1``."""
+    out = clip.clone()
+    out[:, context:] = clip[:, context - 1 : context]
+    return out
+
+
+def linear_blend(clip: Tensor, observed: Tensor) -> Tensor:
+    """Baseline for interpolation: unobserved frames blend linearly between the nearest observed ones.
+
+    ``observed`` is bool ``(T,)``; frames outside the observed range copy the nearest observed frame.
+    """
+    T = clip.shape[1]
+    idx = torch.arange(T, device=clip.device)
+    obs = idx[observed.to(clip.device)]
+    if len(obs) == 0:
+        raise ValueError("linear_blend needs at least one observed frame")
+    right = torch.searchsorted(obs, idx).clamp(max=len(obs) - 1)
+    left = (right - (obs[right] > idx).long()).clamp(min=0)
+    lo, hi = obs[left], obs[right]
+    w = torch.where(hi > lo, (idx - lo).float() / (hi - lo).clamp(min=1).float(), torch.zeros(T, device=clip.device))
+    w = w.view(1, T, 1, 1, 1).to(clip.dtype)
+    return (1 - w) * clip[:, lo] + w * clip[:, hi]

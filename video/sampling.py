@@ -1,0 +1,176 @@
+"""Video generation with observed frames held fixed: prediction, interpolation, long videos.
+
+All functions take clips ``(B, T, C, H, W)`` in ``[-1, 1]`` and return the same
+layout. Observed frames come out bit-exactly equal to the input (the core
+samplers' known-part constraint).
+
+Long videos are built from windows of the model's training length ``T``:
+
+* :func:`extend_autoregressive` slides a window, conditioning on the last frames;
+* :func:`extend_hierarchical` first draws sparse keyframes (their real indices far
+  apart, which the relative frame encoding understands), then fills the gaps
+  between consecutive keyframes, as in Flexible Diffusion Models (Harvey et al., 2022).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from multigen import Known, sample
+from multigen.diffusion import GaussianDiffusion
+from multigen.guidance import classifier_free_guidance
+
+from .conditioning import pack_condition
+
+
+@dataclass
+class SamplerSettings:
+    """Which core sampler to run, and how."""
+
+    sampler: str = "dpm_solver_pp"
+    steps: int = 25
+    spacing: str = "auto"
+    eta: float = 0.0
+    guidance: float = 1.0  # classifier-free guidance scale on the observed frames
+
+
+def generate(
+    model: nn.Module,
+    diffusion: GaussianDiffusion,
+    observed: Tensor,
+    mask: Tensor,
+    settings: SamplerSettings,
+    frame_index: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> Tensor:
+    """Generate the frames where ``mask`` (bool ``(B, T)``) is False; keep the others exactly.
+
+    ``observed`` ``(B, T, C, H, W)`` holds the observed frames (other entries are ignored);
+    ``frame_index`` ``(B, T)`` gives the frames' positions in the video (default ``0..T-1``).
+    """
+    B, T = mask.shape
+    observed = observed.to(next(model.parameters()).device)
+    mask = mask.to(observed.device)
+    cond = pack_condition(observed, mask)
+
+    def conditional(x: Tensor, t: Tensor, c: Tensor) -> Tensor:
+        fi = None if frame_index is None else frame_index.to(x.device).repeat(len(x) // B, 1)
+        return model(x, t, c, fi)
+
+    guided = classifier_free_guidance(conditional, cond, torch.zeros_like(cond[0]), settings.guidance)
+    known = Known(mask[:, :, None, None, None], observed) if mask.any() else None
+    return sample(
+        diffusion.denoiser(guided),
+        tuple(observed.shape),
+        diffusion.schedule,
+        sampler=settings.sampler,
+        steps=settings.steps,
+        spacing=settings.spacing,
+        eta=settings.eta,
+        known=known,
+        generator=generator,
+        device=observed.device,
+        dtype=observed.dtype,
+        progress=progress,
+    )
+
+
+def predict(model, diffusion, context: Tensor, frames: int, settings: SamplerSettings, **kw) -> Tensor:
+    """Continue ``context`` ``(B, K, C, H, W)`` by ``frames - K`` frames in one window of ``frames``."""
+    B, K = context.shape[:2]
+    if not 0 < K < frames:
+        raise ValueError(f"need 0 < context ({K}) < frames ({frames})")
+    observed = torch.cat([context, context.new_zeros(B, frames - K, *context.shape[2:])], dim=1)
+    mask = torch.arange(frames, device=context.device).expand(B, frames) < K
+    return generate(model, diffusion, observed, mask, settings, **kw)
+
+
+def interpolate(model, diffusion, keyframes: Tensor, between: int, settings: SamplerSettings, **kw) -> Tensor:
+    """Insert ``between`` frames between each pair of consecutive ``keyframes`` ``(B, K, C, H, W)``.
+
+    Each gap is one window ``[key_i, between frames, key_{i+1}]``; returns
+    ``(B, (K - 1) * (between + 1) + 1, C, H, W)`` with the keyframes unchanged.
+    """
+    B, K = keyframes.shape[:2]
+    if K < 2 or between < 1:
+        raise ValueError("interpolation needs at least 2 keyframes and between >= 1")
+    out = [keyframes[:, :1]]
+    for i in range(K - 1):
+        window = torch.zeros(B, between + 2, *keyframes.shape[2:], device=keyframes.device, dtype=keyframes.dtype)
+        window[:, 0], window[:, -1] = keyframes[:, i], keyframes[:, i + 1]
+        mask = torch.zeros(B, between + 2, dtype=torch.bool, device=keyframes.device)
+        mask[:, [0, -1]] = True
+        filled = generate(model, diffusion, window, mask, settings, **kw)
+        out.append(filled[:, 1:])
+    return torch.cat(out, dim=1)
+
+
+def extend_autoregressive(
+    model, diffusion, context: Tensor, length: int, window: int, settings: SamplerSettings, progress: bool = False,
+    **kw,
+) -> Tensor:
+    """Extend ``context`` ``(B, K, C, H, W)`` to ``length`` frames with windows of ``window`` frames.
+
+    Every window conditions on the last ``K`` frames produced so far (``0 < K < window``).
+    """
+    B, K = context.shape[:2]
+    if not 0 < K < window:
+        raise ValueError(f"need 0 < context ({K}) < window ({window})")
+    video = context
+    with tqdm(total=length, initial=K, desc="frames", disable=not progress) as bar:
+        while video.shape[1] < length:
+            new = min(window - K, length - video.shape[1])
+            clip = predict(model, diffusion, video[:, -K:], K + new, settings, **kw)
+            video = torch.cat([video, clip[:, K:]], dim=1)
+            bar.update(new)
+    return video
+
+
+def extend_hierarchical(
+    model, diffusion, first: Tensor, length: int, window: int, settings: SamplerSettings, progress: bool = False,
+    **kw,
+) -> Tensor:
+    """Generate ``length`` frames from observed ``first`` frames ``(B, K, C, H, W)`` in two passes.
+
+    Pass 1 places ``window`` keyframes at evenly spaced real indices over
+    ``[0, length)`` (the first ``K`` observed, the rest generated) in one window;
+    pass 2 fills each gap between consecutive keyframes, with the gap's real indices.
+    """
+    B, K = first.shape[:2]
+    device = first.device
+    if length <= window:
+        observed = torch.cat([first, first.new_zeros(B, length - K, *first.shape[2:])], dim=1)
+        mask = (torch.arange(length, device=device) < K).expand(B, length)
+        return generate(model, diffusion, observed, mask, settings, **kw)
+    # Keyframe positions: the K observed frames, then evenly spaced up to the last frame.
+    rest = torch.linspace(K, length - 1, window - K).round().long()
+    key_index = torch.cat([torch.arange(K), rest]).to(device)
+    if len(set(key_index.tolist())) != window:
+        raise ValueError(f"length {length} is too short for {window - K} keyframes after {K} observed frames")
+    observed = torch.cat([first, first.new_zeros(B, window - K, *first.shape[2:])], dim=1)
+    mask = (torch.arange(window, device=device) < K).expand(B, window)
+    keys = generate(model, diffusion, observed, mask, settings, frame_index=key_index.expand(B, window), **kw)
+
+    video = first.new_zeros(B, length, *first.shape[2:])
+    video[:, key_index] = keys
+    filled = torch.zeros(length, dtype=torch.bool, device=device)
+    filled[key_index] = True
+    gaps = [(int(a), int(b)) for a, b in zip(key_index[:-1], key_index[1:]) if b - a > 1]
+    for a, b in tqdm(gaps, desc="gaps", disable=not progress):
+        # Fill [a, b] in windows of at most `window` frames that keep both ends observed.
+        start = a
+        while start < b:
+            end = min(start + window - 1, b)
+            idx = torch.arange(start, end + 1, device=device)
+            known = filled[idx].expand(B, -1).clone()
+            known[:, -1] = filled[end]
+            out = generate(model, diffusion, video[:, idx], known, settings, frame_index=idx.expand(B, -1), **kw)
+            video[:, idx] = out
+            filled[idx] = True
+            start = end
+    return video
