@@ -74,12 +74,11 @@ class TemporalAttention(nn.Module):
         nn.init.zeros_(self.attn.out.bias)
 
     def forward(self, x: Tensor, bias: Tensor) -> Tensor:
-        b, _, _, t = bias.shape
-        _, c, h, w = x.shape
-        seq = rearrange(self.norm(x), "(b t) c h w -> (b h w) t c", b=b, t=t)
-        bias = bias.repeat_interleave(h * w, dim=0)
-        out = self.attn(seq, bias)
-        return x + rearrange(out, "(b h w) t c -> (b t) c h w", b=b, h=h, w=w)
+        b = bias.shape[0]
+        h, w = x.shape[-2:]
+        seq = rearrange(self.norm(x), "(b t) c h w -> b (h w) t c", b=b)
+        out = self.attn(seq, bias[:, None])  # the bias broadcasts over positions
+        return x + rearrange(out, "b (h w) t c -> (b t) c h w", h=h, w=w)
 
 
 class Level(nn.Module):
