@@ -68,11 +68,30 @@ def read_video(path: str | Path, indices: list[int] | None = None) -> np.ndarray
         arr = _load_npy(path)
         return np.ascontiguousarray(arr if indices is None else arr[indices])
     vr = _reader(path)
+    wanted = list(range(len(vr))) if indices is None else indices
     try:
-        frames = vr.get_batch(list(range(len(vr))) if indices is None else indices).asnumpy()
+        return vr.get_batch(wanted).asnumpy()
+    except Exception as e:  # decord 0.6 fails on frame widths that are not 32-aligned
+        first_error = str(e).splitlines()[0][:200]
+    try:
+        return _read_with_pyav(path, wanted)
     except Exception as e:
-        raise VideoReadError(f"{path}: decoding failed ({str(e).splitlines()[0][:200]})") from None
-    return frames
+        raise VideoReadError(f"{path}: decoding failed ({first_error}; PyAV: {e})") from None
+
+
+def _read_with_pyav(path: Path, indices: list[int]) -> np.ndarray:
+    """Decode the frames at ``indices`` with PyAV (the fallback where decord cannot convert a frame)."""
+    import av
+
+    wanted = set(indices)
+    frames = {}
+    with av.open(str(path)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i in wanted:
+                frames[i] = frame.to_ndarray(format="rgb24")
+            if i >= max(indices):
+                break
+    return np.stack([frames[i] for i in indices])
 
 
 def to_uint8(clip: Tensor) -> np.ndarray:
