@@ -66,7 +66,7 @@ def read_video(path: str | Path, indices: list[int] | None = None) -> np.ndarray
     _check(path)
     if path.suffix.lower() == ".npy":
         arr = _load_npy(path)
-        return np.ascontiguousarray(arr if indices is None else arr[indices])
+        return np.array(arr if indices is None else arr[indices])  # a writable copy of the memory map
     vr = _reader(path)
     wanted = list(range(len(vr))) if indices is None else indices
     try:
