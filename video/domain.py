@@ -39,7 +39,7 @@ class VideoDataConfig:
 
 @dataclass
 class VideoModelConfig:
-    base_channels: int = at_least(64, 8)
+    base_channels: int = at_least(32, 8)
     channel_mults: list[int] = field(default_factory=lambda: [1, 2, 2])
     blocks: int = at_least(1, 1)
     attn_levels: list[int] = field(default_factory=lambda: [2])  # levels with spatial attention
@@ -72,8 +72,8 @@ class VideoEvalConfig:
 class VideoConfig:
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            output_dir="runs/video", max_steps=3000, batch_size=16, lr=5e-4, warmup_steps=200,
-            sample_every=1000, eval_every=0, checkpoint_every=500, ema_decay=0.995,
+            output_dir="runs/video", max_steps=500, batch_size=8, lr=1e-3, warmup_steps=50,
+            sample_every=250, eval_every=0, checkpoint_every=250, ema_decay=0.99, log_every=25,
         )
     )
     diffusion: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(parameterization="v", clip_x0=1.0))
