@@ -20,24 +20,25 @@ from .schedules import NoiseSchedule
 def gaussian_mixture_denoiser(weights: Tensor, means: Tensor, covs: Tensor, schedule: NoiseSchedule) -> Denoiser:
     """``D(x_t, t) = E[x0 | x_t]`` for a mixture: ``weights`` ``(K,)``, ``means`` ``(K, D)``, ``covs`` ``(K, D, D)``.
 
-    ``x_t`` is ``(B, D)`` (any float dtype; computed in float64), ``t`` the float time
-    ``(B,)``, mapped to the schedule's discrete step ``round(t * T)``.
+    ``x_t`` is ``(B, D)`` (any float dtype and device; computed in float64), ``t`` the
+    float time ``(B,)``, mapped to the schedule's discrete step ``round(t * T)``.
+    Covariances must be positive definite. Each ``S_k = U_k diag(lam_k) U_k^T`` is
+    diagonalised once, so ``alpha^2 S_k + sigma^2 I`` is inverted in its eigenbasis.
     """
-    w, mu, cov = weights.double(), means.double(), covs.double()
-    eye = torch.eye(mu.shape[1], dtype=torch.float64)
+    lam, U = torch.linalg.eigh(covs.double())  # (K, D), (K, D, D)
+    log_w, mu = weights.double().log(), means.double()
 
     def denoise(x_t: Tensor, t: Tensor) -> Tensor:
-        abar = schedule.alpha_bar(torch.round(t.double() * schedule.timesteps).long().cpu())
-        a, s2 = abar.sqrt()[:, None, None, None], (1 - abar)[:, None, None, None]  # (B, 1, 1, 1)
-        x = x_t.double().cpu()
-        marg = a**2 * cov + s2 * eye  # (B, K, D, D)
-        diff = x[:, None, :] - a[..., 0] * mu  # (B, K, D)
-        sol = torch.linalg.solve(marg, diff[..., None])[..., 0]  # marg^{-1} (x_t - a mu)
-        logdet = torch.linalg.slogdet(marg).logabsdet
-        log_resp = torch.log(w) - 0.5 * (diff * sol).sum(-1) - 0.5 * logdet
-        resp = torch.softmax(log_resp, dim=1)  # (B, K)
-        comp = mu + a[..., 0] * (cov @ sol[..., None])[..., 0]  # (B, K, D)
-        return (resp[..., None] * comp).sum(1).to(device=x_t.device, dtype=x_t.dtype)
+        dev = x_t.device
+        abar = schedule.alpha_bar(torch.round(t.double() * schedule.timesteps).long().to(dev))
+        a, s2 = abar.sqrt()[:, None, None], (1 - abar)[:, None, None]  # (B, 1, 1)
+        diff = x_t.double()[:, None, :] - a * mu.to(dev)  # (B, K, D)
+        z = torch.einsum("kdj,bkd->bkj", U.to(dev), diff)  # diff in each component's eigenbasis
+        var = a**2 * lam.to(dev) + s2  # eigenvalues of alpha^2 S_k + sigma^2 I, (B, K, D)
+        log_resp = log_w.to(dev) - 0.5 * (z**2 / var + var.log()).sum(-1)
+        resp = torch.softmax(log_resp, dim=1)[..., None]  # (B, K, 1)
+        shift = torch.einsum("kdj,bkj->bkd", U.to(dev), lam.to(dev) * z / var)  # S_k (..)^{-1} diff
+        return (resp * (mu.to(dev) + a * shift)).sum(1).to(x_t.dtype)
 
     return denoise
 
@@ -45,8 +46,9 @@ def gaussian_mixture_denoiser(weights: Tensor, means: Tensor, covs: Tensor, sche
 def sample_gaussian_mixture(
     weights: Tensor, means: Tensor, covs: Tensor, n: int, generator: torch.Generator | None = None
 ) -> Tensor:
-    """``n`` float64 draws ``(n, D)`` from the mixture."""
-    k = torch.multinomial(weights.double(), n, replacement=True, generator=generator)
-    chol = torch.linalg.cholesky(covs.double())[k]
-    z = torch.randn(n, means.shape[1], 1, generator=generator, dtype=torch.float64)
-    return means.double()[k] + (chol @ z)[..., 0]
+    """``n`` float64 draws ``(n, D)`` from the mixture, on the generator's device (CPU by default)."""
+    dev = generator.device if generator is not None else torch.device("cpu")
+    k = torch.multinomial(weights.double().to(dev), n, replacement=True, generator=generator)
+    chol = torch.linalg.cholesky(covs.double().to(dev))[k]
+    z = torch.randn(n, means.shape[1], 1, generator=generator, dtype=torch.float64, device=dev)
+    return means.double().to(dev)[k] + (chol @ z)[..., 0]
