@@ -9,7 +9,7 @@ from video.model import SpaceTimeUNet
 
 def tiny_unet(**kw):
     torch.manual_seed(0)
-    m = SpaceTimeUNet(channels=1, base=16, mults=(1, 2), blocks=1, attn_levels=(1,), heads=2, **kw)
+    m = SpaceTimeUNet(channels=1, base=16, mults=(1, 2), blocks=1, attn_levels=(1,), head_channels=8, **kw)
     # The output and attention projections start at zero; give them weights so every path carries signal.
     for p in m.parameters():
         if p.abs().sum() == 0 and p.ndim > 1:

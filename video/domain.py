@@ -43,7 +43,7 @@ class VideoModelConfig:
     channel_mults: list[int] = field(default_factory=lambda: [1, 2, 2])
     blocks: int = at_least(1, 1)
     attn_levels: list[int] = field(default_factory=lambda: [2])  # levels with spatial attention
-    heads: int = at_least(4, 1)
+    head_channels: int = at_least(32, 1)  # channels per attention head
     dropout: float = at_least(0.0, 0.0)
     temporal_attention: bool = True
 
@@ -63,7 +63,8 @@ class VideoTaskConfig:
 
 @dataclass
 class VideoEvalConfig:
-    num_clips: int = at_least(32, 1)  # held-out clips evaluated
+    num_clips: int = at_least(16, 1)  # held-out clips evaluated
+    batch_size: int = at_least(16, 1)  # clips generated at once
     samples_per_clip: int = at_least(2, 1)  # MCVD protocol: best and mean over this many samples
     context: int = at_least(4, 1)  # observed frames for future prediction
 
@@ -72,11 +73,13 @@ class VideoEvalConfig:
 class VideoConfig:
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            output_dir="runs/video", max_steps=500, batch_size=8, lr=1e-3, warmup_steps=50,
+            output_dir="runs/video", max_steps=500, batch_size=8, lr=2e-3, warmup_steps=50,
             sample_every=250, eval_every=0, checkpoint_every=250, ema_decay=0.99, log_every=25,
         )
     )
-    diffusion: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(parameterization="v", clip_x0=1.0))
+    diffusion: DiffusionConfig = field(
+        default_factory=lambda: DiffusionConfig(parameterization="v", loss_weighting="min_snr", clip_x0=1.0)
+    )
     sample: SampleConfig = field(default_factory=lambda: SampleConfig(num=8, steps=25))
     data: VideoDataConfig = field(default_factory=VideoDataConfig)
     model: VideoModelConfig = field(default_factory=VideoModelConfig)
@@ -94,7 +97,7 @@ class Video(GaussianDomain):
         m, d = self.cfg.model, self.cfg.data
         return SpaceTimeUNet(
             channels=d.channels, base=m.base_channels, mults=tuple(m.channel_mults), blocks=m.blocks,
-            attn_levels=tuple(m.attn_levels), heads=m.heads, dropout=m.dropout,
+            attn_levels=tuple(m.attn_levels), head_channels=m.head_channels, dropout=m.dropout,
             temporal_attention=m.temporal_attention,
         )
 
@@ -181,10 +184,11 @@ class Video(GaussianDomain):
         }
         metrics: dict[str, float] = {}
         for name, (frame_mask, baseline) in tasks.items():
-            mask = frame_mask.expand(n, T)
             reps = clips.repeat(e.samples_per_clip, 1, 1, 1, 1)
-            out = generate(model, self.diffusion, reps, mask.repeat(e.samples_per_clip, 1), self.settings(),
-                           generator=g)
+            out = torch.cat([
+                generate(model, self.diffusion, chunk, frame_mask.expand(len(chunk), T), self.settings(), generator=g)
+                for chunk in reps.split(e.batch_size)
+            ])
             samples = out.float().reshape(e.samples_per_clip, n, *clips.shape[1:])
             scores = best_and_mean(samples, clips.float(), ~frame_mask)
             base = best_and_mean(baseline(frame_mask)[None].float(), clips.float(), ~frame_mask)

@@ -25,22 +25,26 @@ from torch import Tensor, nn
 from multigen.nn import Attention, ResBlock, TimestepEmbedding, group_norm
 
 
-class RelativeFrameBias(nn.Module):
-    """Attention bias per head from signed frame-index differences ``j - i``.
+def frame_distances(frame_index: Tensor) -> Tensor:
+    """Signed log distances ``sign(d) log(1 + |d|)`` of ``d = j - i``: ``(B, T)`` -> ``(B, T, T, 1)``."""
+    d = (frame_index[:, None, :] - frame_index[:, :, None]).float()
+    return (torch.sign(d) * torch.log1p(d.abs()))[..., None]
 
-    An MLP of ``sign(d) * log(1 + |d|)`` so that distances never seen in training
+
+class RelativeFrameBias(nn.Module):
+    """Attention bias per head from frame distances (see :func:`frame_distances`).
+
+    An MLP of the signed log distance, so that distances never seen in training
     (keyframes far apart) still get a sensible, smoothly extrapolated bias.
-    Returns ``(B, heads, T, T)``.
+    ``(B, T, T, 1)`` -> ``(B, heads, T, T)``.
     """
 
-    def __init__(self, heads: int, hidden: int = 64) -> None:
+    def __init__(self, heads: int, hidden: int = 32) -> None:
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(1, hidden), nn.SiLU(), nn.Linear(hidden, heads))
 
-    def forward(self, frame_index: Tensor) -> Tensor:
-        d = (frame_index[:, None, :] - frame_index[:, :, None]).float()
-        feat = torch.sign(d) * torch.log1p(d.abs())
-        return self.mlp(feat[..., None]).permute(0, 3, 1, 2)
+    def forward(self, distances: Tensor) -> Tensor:
+        return self.mlp(distances).permute(0, 3, 1, 2)
 
 
 class SpatialAttention(nn.Module):
@@ -60,22 +64,26 @@ class SpatialAttention(nn.Module):
 
 
 class TemporalAttention(nn.Module):
-    """Self-attention across the frames at every spatial position, with a relative frame bias.
+    """Self-attention across the frames at every spatial position, with its own relative frame bias.
 
-    ``x`` is ``(B * T, C, H, W)``; ``bias`` is ``(B, heads, T, T)`` (``-inf`` blocks a pair).
+    ``x`` is ``(B * T, C, H, W)``; ``distances`` ``(B, T, T, 1)`` from :func:`frame_distances`;
+    ``blocked`` bool ``(B, 1, T, T)`` or None marks pairs that may not attend.
     """
 
     def __init__(self, channels: int, heads: int) -> None:
         super().__init__()
-        self.heads = heads
         self.norm = group_norm(channels)
         self.attn = Attention(channels, heads)
+        self.bias = RelativeFrameBias(heads)
         nn.init.zeros_(self.attn.out.weight)
         nn.init.zeros_(self.attn.out.bias)
 
-    def forward(self, x: Tensor, bias: Tensor) -> Tensor:
-        b = bias.shape[0]
+    def forward(self, x: Tensor, distances: Tensor, blocked: Tensor | None) -> Tensor:
+        b = distances.shape[0]
         h, w = x.shape[-2:]
+        bias = self.bias(distances).to(x.dtype)
+        if blocked is not None:
+            bias = bias.masked_fill(blocked, -math.inf)
         seq = rearrange(self.norm(x), "(b t) c h w -> b (h w) t c", b=b)
         out = self.attn(seq, bias[:, None])  # the bias broadcasts over positions
         return x + rearrange(out, "b (h w) t c -> (b t) c h w", h=h, w=w)
@@ -85,21 +93,22 @@ class Level(nn.Module):
     """ResBlocks at one resolution, each followed by optional spatial and temporal attention."""
 
     def __init__(
-        self, in_ch: int, out_ch: int, emb_dim: int, blocks: int, spatial: bool, temporal: bool, heads: int,
+        self, in_ch: int, out_ch: int, emb_dim: int, blocks: int, spatial: bool, temporal: bool, head_channels: int,
         dropout: float,
     ) -> None:
         super().__init__()
+        heads = max(1, out_ch // head_channels)
         self.res = nn.ModuleList(
             ResBlock(in_ch if i == 0 else out_ch, out_ch, emb_dim, dims=2, dropout=dropout) for i in range(blocks)
         )
         self.spatial = nn.ModuleList(SpatialAttention(out_ch, heads) if spatial else nn.Identity() for _ in range(blocks))
         self.temporal = nn.ModuleList(TemporalAttention(out_ch, heads) for _ in range(blocks)) if temporal else None
 
-    def forward(self, x: Tensor, emb: Tensor, bias: Tensor) -> Tensor:
+    def forward(self, x: Tensor, emb: Tensor, distances: Tensor, blocked: Tensor | None) -> Tensor:
         for i, res in enumerate(self.res):
             x = self.spatial[i](res(x, emb))
             if self.temporal is not None:
-                x = self.temporal[i](x, bias)
+                x = self.temporal[i](x, distances, blocked)
         return x
 
 
@@ -112,7 +121,7 @@ class SpaceTimeUNet(nn.Module):
         mults: channel multipliers, one per resolution (each after the first halves H and W).
         blocks: ResBlocks per level (the decoder uses one more, for the skip connection).
         attn_levels: indices of the levels with spatial self-attention (low resolutions).
-        heads: attention heads.
+        head_channels: channels per attention head (a level of C channels has C // head_channels heads).
         temporal_attention: False gives a per-frame image model (for ablations and tests).
     """
 
@@ -123,30 +132,29 @@ class SpaceTimeUNet(nn.Module):
         mults: tuple[int, ...] = (1, 2, 2),
         blocks: int = 1,
         attn_levels: tuple[int, ...] = (2,),
-        heads: int = 4,
+        head_channels: int = 32,
         dropout: float = 0.0,
         temporal_attention: bool = True,
     ) -> None:
         super().__init__()
-        self.channels, self.heads = channels, heads
+        self.channels = channels
         emb_dim = base * 4
         self.time_embed = TimestepEmbedding(emb_dim)
-        self.frame_bias = RelativeFrameBias(heads)
         self.inp = nn.Conv2d(2 * channels + 1, base, 3, padding=1)
         widths = [base * m for m in mults]
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
         ch = base
         for i, w in enumerate(widths):
-            self.down.append(Level(ch, w, emb_dim, blocks, i in attn_levels, temporal_attention, heads, dropout))
+            self.down.append(Level(ch, w, emb_dim, blocks, i in attn_levels, temporal_attention, head_channels, dropout))
             ch = w
             last = i == len(widths) - 1
             self.downsample.append(nn.Identity() if last else nn.Conv2d(w, w, 3, stride=2, padding=1))
-        self.mid = Level(ch, ch, emb_dim, 2, True, temporal_attention, heads, dropout)
+        self.mid = Level(ch, ch, emb_dim, 2, True, temporal_attention, head_channels, dropout)
         self.up = nn.ModuleList()
         self.upsample = nn.ModuleList()
         for i, w in reversed(list(enumerate(widths))):
-            self.up.append(Level(ch + w, w, emb_dim, blocks + 1, i in attn_levels, temporal_attention, heads, dropout))
+            self.up.append(Level(ch + w, w, emb_dim, blocks + 1, i in attn_levels, temporal_attention, head_channels, dropout))
             ch = w
             self.upsample.append(nn.Identity() if i == 0 else nn.Conv2d(w, w, 3, padding=1))
         self.out = nn.Sequential(group_norm(ch), nn.SiLU(), nn.Conv2d(ch, channels, 3, padding=1))
@@ -179,22 +187,22 @@ class SpaceTimeUNet(nn.Module):
             cond = x.new_zeros(B, T, C + 1, H, W)
         if frame_index is None:
             frame_index = torch.arange(T, device=x.device).expand(B, T)
-        bias = self.frame_bias(frame_index).to(x.dtype)
+        distances = frame_distances(frame_index)
+        blocked = None
         if independent_frames is not None:
             eye = torch.eye(T, dtype=torch.bool, device=x.device)
             blocked = independent_frames.view(B, 1, 1, 1) & ~eye
-            bias = bias.masked_fill(blocked, -math.inf)
         emb = self.time_embed(t).repeat_interleave(T, dim=0)
 
         h = self.inp(rearrange(torch.cat([x, cond.to(x.dtype)], dim=2), "b t c h w -> (b t) c h w"))
         skips = []
         for level, down in zip(self.down, self.downsample):
-            h = level(h, emb, bias)
+            h = level(h, emb, distances, blocked)
             skips.append(h)
             h = down(h)
-        h = self.mid(h, emb, bias)
+        h = self.mid(h, emb, distances, blocked)
         for level, up in zip(self.up, self.upsample):
-            h = level(torch.cat([h, skips.pop()], dim=1), emb, bias)
+            h = level(torch.cat([h, skips.pop()], dim=1), emb, distances, blocked)
             if not isinstance(up, nn.Identity):
                 h = up(F.interpolate(h, scale_factor=2.0, mode="nearest"))
         return rearrange(self.out(h), "(b t) c h w -> b t c h w", b=B)
