@@ -51,6 +51,7 @@ class TrainConfig:
     mixed_precision: str = choice("no", "no", "fp16", "bf16")
     seed: int = 0
     cpu: bool = False  # force the CPU even when a GPU is present
+    cpu_threads: int = at_least(0, 0)  # torch threads per process on a CPU; 0: the cores / local processes
     num_workers: int = at_least(0, 0)
     log_every: int = at_least(50, 1)
     sample_every: int = at_least(500, 0)  # 0: only at the end
