@@ -1,0 +1,94 @@
+"""Denoisers for categorical diffusion: ``(x_t tokens, t) -> logits of x_0``.
+
+Both take int64 tokens in ``[0, vocab)`` (the absorbing mask included in ``vocab``)
+and integer time ``t`` ``(B,)`` in ``1..timesteps``, and return logits with a
+trailing ``vocab`` dimension.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from multigen.nn import Attention, FeedForward, ResBlock, TimestepEmbedding, group_norm
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm bidirectional self-attention + MLP, modulated (scale, shift, gate) by the time embedding."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim, elementwise_affine=False), nn.LayerNorm(dim, elementwise_affine=False)
+        self.attn, self.mlp = Attention(dim, heads), FeedForward(dim, dropout=dropout)
+        self.modulation = nn.Linear(dim, 6 * dim)
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        s1, b1, g1, s2, b2, g2 = self.modulation(emb)[:, None].chunk(6, dim=-1)
+        x = x + (1 + g1) * self.dropout(self.attn(self.norm1(x) * (1 + s1) + b1))
+        return x + (1 + g2) * self.mlp(self.norm2(x) * (1 + s2) + b2)
+
+
+class SequenceTransformer(nn.Module):
+    """Bidirectional transformer over sequences: ``(B, L)`` tokens -> ``(B, L, vocab)`` logits.
+
+    Learned absolute positions up to ``max_length``; any ``L <= max_length`` works.
+    """
+
+    def __init__(self, vocab: int, max_length: int, timesteps: int, dim: int = 256, depth: int = 6,
+                 heads: int = 4, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.timesteps = timesteps
+        self.tokens = nn.Embedding(vocab, dim)
+        self.positions = nn.Parameter(torch.randn(max_length, dim) * 0.02)
+        self.time = TimestepEmbedding(dim)
+        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, dropout) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        L = x.shape[1]
+        if L > len(self.positions):
+            raise ValueError(f"sequence of {L} tokens exceeds the model's maximum length {len(self.positions)}")
+        h = self.tokens(x) + self.positions[:L]
+        emb = self.time(t.float() / self.timesteps)
+        for block in self.blocks:
+            h = block(h, emb)
+        return self.head(self.norm(h))
+
+
+class GridUNet(nn.Module):
+    """Small 2-D U-Net over token grids: ``(B, H, W)`` tokens -> ``(B, H, W, vocab)`` logits.
+
+    Token embeddings are the input channels; one downsampling level (``H``, ``W`` even).
+    """
+
+    def __init__(self, vocab: int, timesteps: int, base: int = 64, blocks: int = 2) -> None:
+        super().__init__()
+        self.timesteps = timesteps
+        emb_dim = 4 * base
+        self.time = TimestepEmbedding(emb_dim)
+        self.tokens = nn.Embedding(vocab, base)
+        self.down = nn.ModuleList(ResBlock(base, base, emb_dim) for _ in range(blocks))
+        self.pool = nn.Conv2d(base, 2 * base, 3, stride=2, padding=1)
+        self.mid = nn.ModuleList(ResBlock(2 * base, 2 * base, emb_dim) for _ in range(blocks))
+        self.up = nn.ConvTranspose2d(2 * base, base, 2, stride=2)
+        self.out_blocks = nn.ModuleList(ResBlock(2 * base if i == 0 else base, base, emb_dim) for i in range(blocks))
+        self.head = nn.Sequential(group_norm(base), nn.SiLU(), nn.Conv2d(base, vocab, 1))
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        if x.shape[-1] % 2 or x.shape[-2] % 2:
+            raise ValueError(f"grid {tuple(x.shape[-2:])} must have even height and width")
+        emb = self.time(t.float() / self.timesteps)
+        h = self.tokens(x).permute(0, 3, 1, 2)
+        for block in self.down:
+            h = block(h, emb)
+        skip, h = h, self.pool(h)
+        for block in self.mid:
+            h = block(h, emb)
+        h = torch.cat([skip, self.up(h)], dim=1)
+        for block in self.out_blocks:
+            h = block(h, emb)
+        return self.head(h).permute(0, 2, 3, 1)

@@ -1,0 +1,67 @@
+"""Discrete data (tokenizer, token files, built-in text and digit grids) and denoiser shapes."""
+
+import numpy as np
+import pytest
+import torch
+
+from discrete.data import CharTokenizer, DigitGrids, TokenError, TokenWindows, builtin_text, read_text, read_tokens
+from discrete.model import GridUNet, SequenceTransformer
+
+
+def test_tokenizer_round_trip_and_unknown_characters():
+    tok = CharTokenizer.from_text("hello world")
+    assert tok.chars == " dehlorw"
+    ids = tok.encode("hello")
+    assert ids.dtype == torch.long and tok.decode(ids) == "hello"
+    assert tok.decode(torch.tensor([0, len(tok)])) == " _"  # the absorbing mask id prints as the mask character
+    with pytest.raises(TokenError, match=r"\['!', 'x'\]"):
+        tok.encode("hex!", source="prompt")
+
+
+def test_builtin_text_is_english_and_splits_disjoint():
+    train, val = builtin_text("train"), builtin_text("val")
+    assert len(train) > 300_000 and len(val) > 30_000
+    assert " the " in train and " the " in val
+    assert val[:2000] not in train
+
+
+def test_read_tokens_checks_range_and_names_position(tmp_path):
+    path = tmp_path / "tokens.npy"
+    np.save(path, np.array([0, 3, 9, 2]))
+    assert read_tokens(path, 10).tolist() == [0, 3, 9, 2]
+    with pytest.raises(TokenError, match=r"token 9 at position 2 .*tokens\.npy|tokens\.npy.*token 9 at position 2"):
+        read_tokens(path, 9)
+    np.save(path, np.zeros((2, 2), dtype=np.int64))
+    with pytest.raises(TokenError, match="1-D integer"):
+        read_tokens(path, 9)
+    with pytest.raises(FileNotFoundError, match="missing.npy"):
+        read_tokens(tmp_path / "missing.npy", 9)
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(TokenError, match="empty"):
+        read_text(tmp_path / "empty.txt")
+
+
+def test_token_windows():
+    tokens = torch.arange(100)
+    held_out = TokenWindows(tokens, 32)
+    assert len(held_out) == 3 and held_out[1].tolist() == list(range(32, 64))
+    rand = TokenWindows(tokens, 32, num=50, seed=1)
+    assert len(rand) == 50 and all(len(w) == 32 for w in rand)
+    with pytest.raises(TokenError):
+        TokenWindows(tokens[:10], 32)
+
+
+def test_digit_grids_quantised_and_split():
+    train, val = DigitGrids(levels=4), DigitGrids(levels=4, split="val")
+    assert len(train) + len(val) == 1797 and len(val) == 359
+    assert train[0].shape == (8, 8) and int(train.grids.max()) == 3 and int(train.grids.min()) == 0
+
+
+def test_denoiser_shapes():
+    x = torch.randint(0, 28, (3, 20))
+    t = torch.tensor([1, 500, 1000])
+    assert SequenceTransformer(28, 64, 1000, dim=32, depth=2)(x, t).shape == (3, 20, 28)
+    with pytest.raises(ValueError, match="maximum length"):
+        SequenceTransformer(28, 16, 1000, dim=32, depth=1)(x, t)
+    grid = torch.randint(0, 9, (3, 8, 8))
+    assert GridUNet(9, 1000, base=16, blocks=1)(grid, t).shape == (3, 8, 8, 9)
