@@ -78,7 +78,7 @@ class VideoConfig:
         )
     )
     diffusion: DiffusionConfig = field(
-        default_factory=lambda: DiffusionConfig(parameterization="v", loss_weighting="min_snr", clip_x0=1.0)
+        default_factory=lambda: DiffusionConfig(parameterization="v", loss_weighting="uniform", clip_x0=1.0)
     )
     sample: SampleConfig = field(default_factory=lambda: SampleConfig(num=8, steps=25))
     data: VideoDataConfig = field(default_factory=VideoDataConfig)
