@@ -13,7 +13,12 @@ its dependencies (they would replace the CPU torch):
 It imports ``torchvision`` only for its data utilities; when torchvision is missing
 a stand-in module is registered so that the network can be built.
 
+With ``--quality EXPORT_DIR``, a trained model's held-out future prediction and
+interpolation (PSNR/SSIM, MCVD best/mean of samples, next to copy-last-frame and linear
+blend) is measured for each sampler setting (DDPM 250, DDIM 50, DPM-Solver++ 10/25).
+
     python benchmarks/video.py [--device cpu|cuda] [--configs tiny default gpu] [--batch N] [--peer] [--out ...]
+    python benchmarks/video.py --quality runs/video/export [--clips 8] [--out ...]
 """
 
 from __future__ import annotations
@@ -126,6 +131,27 @@ def peer_model(cfg, target_params: int, clips: torch.Tensor):
     return diffusion, lambda: diffusion(videos)
 
 
+SAMPLER_SETTINGS = [("ddpm", 250), ("ddim", 50), ("dpm_solver_pp", 10), ("dpm_solver_pp", 25)]
+
+
+def quality(export: str, device: str, clips: int) -> list[dict]:
+    """Held-out prediction/interpolation scores of the model in ``export`` for each sampler setting."""
+    from multigen import load_pretrained
+
+    p = load_pretrained(export, device=device)
+    p.domain.cfg.eval.num_clips = clips
+    val = p.domain.build_dataset("val")
+    rows = []
+    for sampler, steps in SAMPLER_SETTINGS:
+        p.domain.cfg.sample.sampler, p.domain.cfg.sample.steps = sampler, steps
+        start = time.perf_counter()
+        with torch.no_grad():
+            metrics = p.domain.evaluate(p.model, val)
+        rows.append({"sampler": sampler, "steps": steps, "seconds": time.perf_counter() - start, **metrics})
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -133,11 +159,26 @@ def main() -> None:
     parser.add_argument("--batch", type=int, help="override every config's batch size")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--peer", action="store_true", help="also measure video-diffusion-pytorch at equal size")
+    parser.add_argument("--quality", metavar="EXPORT_DIR", help="sample quality against sampler steps")
+    parser.add_argument("--clips", type=int, default=8, help="--quality: held-out clips")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one config, print JSON
     parser.add_argument("--out", default="benchmarks/out/video.json")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.one, args.device, args.batch, args.steps, args.peer)))
+        return
+
+    if args.quality:
+        rows = quality(args.quality, args.device, args.clips)
+        print("| sampler | steps | future PSNR best / mean | copy-last PSNR | future SSIM best | copy-last SSIM | "
+              "interp PSNR best / mean | linear-blend PSNR | seconds |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['sampler']} | {r['steps']} | {r['future/psnr_best']:.2f} / {r['future/psnr_mean']:.2f} | "
+                  f"{r['future/baseline_psnr']:.2f} | {r['future/ssim_best']:.3f} | {r['future/baseline_ssim']:.3f} | "
+                  f"{r['interp/psnr_best']:.2f} / {r['interp/psnr_mean']:.2f} | {r['interp/baseline_psnr']:.2f} | "
+                  f"{r['seconds']:.0f} |")
+        write_json(args, rows)
         return
 
     rows = []
@@ -155,6 +196,10 @@ def main() -> None:
     for r in rows:
         print(f"| {r['config']} | {r['model']} | {r['clip']} | {r['params_M']:.2f} M | {r['batch']} | "
               f"{r['step_seconds']:.3f} | {r['clips_per_second']:.2f} | {r['peak_memory_MB']:.0f} MB |")
+    write_json(args, rows)
+
+
+def write_json(args: argparse.Namespace, rows: list[dict]) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"date": datetime.date.today().isoformat(), "torch": torch.__version__,

@@ -121,7 +121,9 @@ def _write_samples(domain: Domain, model: torch.nn.Module, path: Path, accelerat
     g = torch.Generator(device=accelerator.device).manual_seed(s.seed)  # same noise every time: comparable
     with accelerator.autocast():
         samples = domain.sample(model, s.num, generator=g)
-    return domain.save_samples(samples.float().cpu(), path)
+    samples = samples.cpu()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return domain.save_samples(samples.float() if samples.is_floating_point() else samples, path)
 
 
 def train(domain_cls: type[Domain], cfg: Any) -> Path:

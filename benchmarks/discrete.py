@@ -1,0 +1,166 @@
+"""D3PM cost: closed-form transitions against dense K x K matrices, and training throughput.
+
+Part 1 times ``q(x_t | x_0)`` and the posterior ``q(x_{t-1} | x_t, x_0)`` for a batch of
+tokens with our O(K) closed forms (uniform and absorbing) and with the dense-matrix
+computation they replace (one-hot rows times ``Q̄_t``, columns of ``Q_t``), at several
+vocabulary sizes K, with the peak memory of each (CUDA: allocator peak; CPU: the size
+of the tensors each method materialises, computed from their shapes).
+
+Part 2 (``--throughput``) measures training tokens per second of the shipped text
+configs' transformer.
+
+    python benchmarks/discrete.py [--device cpu|cuda] [--vocab 27 256 8192] [--tokens 16384] [--throughput]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parent.parent
+# This script shares its name with the package it measures: import the package, not the script.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
+
+from discrete.d3pm import D3PM, Absorbing, Uniform, d3pm_betas  # noqa: E402
+
+
+def timed(fn, device: str, repeats: int = 5) -> float:
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats
+
+
+def dense_matrices(process: D3PM, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``Q̄_{t-1}``, ``Q_t``, ``Q̄_t`` as dense K x K float64 matrices (what the closed forms avoid)."""
+    tr = process.transition
+    K, eye = tr.K, torch.eye(tr.K, dtype=torch.float64)
+    pi = tr.pi[None, :].expand(K, K)
+
+    def bar(s: int) -> torch.Tensor:
+        a = float(tr.alpha_bar[s])
+        return a * eye + (1 - a) * pi
+
+    beta = float(tr.betas[t - 1])
+    return bar(t - 1), (1 - beta) * eye + beta * pi, bar(t)
+
+
+def compare(kind: str, K: int, tokens: int, device: str) -> dict:
+    cls, schedule = {"uniform": (Uniform, "cosine"), "absorbing": (Absorbing, "jsd")}[kind]
+    T, t = 1000, 500
+    process = D3PM(cls(K, d3pm_betas(schedule, T)))
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randint(0, K - 1, (1, tokens), generator=g).to(device)
+    x_t = process.q_sample(x0, torch.tensor([t], device=device))
+    tt, ss = torch.tensor([t], device=device), torch.tensor([t - 1], device=device)
+    onehot = F.one_hot(x0, K).double()
+
+    def closed_q():
+        return process.q_probs(x0, tt)
+
+    def closed_posterior():
+        return process.posterior_log_probs(x_t, onehot, ss, tt)
+
+    # A dense implementation cannot keep Q̄_t for all T at large K (T·K²·8 bytes), so it builds the
+    # matrices of the step it needs; both timings include that.
+    def dense_q():
+        return dense_matrices(process, t)[2].to(device)[x0]
+
+    def dense_posterior():
+        bar_s, step, _ = (m.to(device) for m in dense_matrices(process, t))
+        joint = step[:, x_t].movedim(0, -1) * bar_s[x0]  # q(x_t | x_{t-1}=k) q(x_{t-1}=k | x_0)
+        return torch.log_softmax(joint.clamp_min(1e-30).log(), -1)
+
+    assert torch.allclose(closed_q(), dense_q(), atol=1e-12)
+    assert torch.allclose(closed_posterior().exp(), dense_posterior().exp(), atol=1e-9)
+    row = {"transition": kind, "K": K, "tokens": tokens}
+    for name, fn in [("q_closed", closed_q), ("q_dense", dense_q), ("posterior_closed", closed_posterior),
+                     ("posterior_dense", dense_posterior)]:
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        row[f"{name}_ms"] = timed(fn, device) * 1e3
+        if device == "cuda":
+            row[f"{name}_peak_MB"] = torch.cuda.max_memory_allocated() / 2**20
+    # Memory each method needs beyond its (tokens, K) output: the dense path holds three K x K
+    # float64 matrices and gathers (tokens, K) rows from two of them; the closed form holds (K,) vectors.
+    row["dense_matrices_MB"] = 3 * K * K * 8 / 2**20
+    row["dense_all_T_GB"] = T * K * K * 8 / 2**30
+    row["output_MB"] = tokens * K * 8 / 2**20
+    row["speedup_q"] = row["q_dense_ms"] / row["q_closed_ms"]
+    row["speedup_posterior"] = row["posterior_dense_ms"] / row["posterior_closed_ms"]
+    return row
+
+
+def throughput(device: str, steps: int) -> list[dict]:
+    from multigen.config import load_config
+    from discrete.domain import Discrete, DiscreteConfig
+
+    rows = []
+    for config in ("tiny", "default"):
+        cfg = load_config(DiscreteConfig, REPO / "configs" / "discrete" / f"{config}.yaml")
+        domain = Discrete(cfg)
+        model = domain.build_model().to(device)
+        data = domain.build_dataset("train")
+        batch = torch.stack([data[i] for i in range(cfg.train.batch_size)]).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step():
+            loss = domain.training_loss(model, batch)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        seconds = timed(step, device, repeats=steps)
+        rows.append({"config": config, "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+                     "objective": domain.objective, "batch_tokens": batch.numel(), "step_seconds": seconds,
+                     "tokens_per_second": batch.numel() / seconds})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--vocab", type=int, nargs="+", default=[27, 256, 8192])
+    parser.add_argument("--tokens", type=int, default=16384)
+    parser.add_argument("--throughput", action="store_true")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--out", default="benchmarks/out/discrete.json")
+    args = parser.parse_args()
+
+    rows = [compare(kind, K, args.tokens, args.device) for kind in ("uniform", "absorbing") for K in args.vocab]
+    print("| transition | K | q(x_t|x_0) closed / dense (ms) | speed-up | posterior closed / dense (ms) | speed-up | "
+          "dense matrices (one step / all T) | output |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['transition']} | {r['K']} | {r['q_closed_ms']:.2f} / {r['q_dense_ms']:.2f} | "
+              f"{r['speedup_q']:.1f}x | {r['posterior_closed_ms']:.1f} / {r['posterior_dense_ms']:.1f} | "
+              f"{r['speedup_posterior']:.1f}x | {r['dense_matrices_MB']:.1f} MB / {r['dense_all_T_GB']:.1f} GB | "
+              f"{r['output_MB']:.1f} MB |")
+    result = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "device": args.device,
+              "threads": torch.get_num_threads(), "command": " ".join(["python", *sys.argv]), "transitions": rows}
+    if args.throughput:
+        result["throughput"] = throughput(args.device, args.steps)
+        print("\n| config | params | objective | tokens/step | s/step | tokens/s |\n|---|---|---|---|---|---|")
+        for r in result["throughput"]:
+            print(f"| {r['config']} | {r['params_M']:.2f} M | {r['objective']} | {r['batch_tokens']} | "
+                  f"{r['step_seconds']:.3f} | {r['tokens_per_second']:.0f} |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,333 @@
+"""D3PM: categorical diffusion (Austin et al., 2021), readable top to bottom.
+
+Conventions: tokens are int64 ``(B, *S)`` in ``[0, K)``; probability and logit
+tensors add a trailing ``K`` dimension. Time is an int64 ``(B,)`` in ``0..T``
+(0 is data). The denoiser is ``model(x_t, t) -> logits of x_0`` ``(B, *S, K)``.
+
+A transition answers two questions for times ``s < t``:
+
+* ``marginal(p, s)``  = ``p Q̄_s``: the distribution of ``x_s`` when ``x_0 ~ p``;
+* ``column(x_t, s, t)`` = ``q(x_t | x_s = k)`` for every ``k``.
+
+Everything else follows from Bayes: ``q(x_s | x_t, x_0) ∝ column(x_t, s, t) ·
+marginal(onehot(x_0), s)``. The model's reverse step mixes these posteriors over its
+x0 prediction, ``p(x_s | x_t) = Σ_x̃0 q(x_s | x_t, x̃0) p̃(x̃0 | x_t)``; since
+``q(x_s | x_t, x̃0) = q(x_t | x_s) q(x_s | x̃0) / q(x_t | x̃0)`` this is the Bayes formula
+applied to the weights ``w = p̃ / q(x_t | ·)`` (linear in ``w``, so still O(K)). With the
+exact ``p̃ = q(x_0 | x_t)`` it is the exact reverse step. (The D3PM paper's eq. 4 weighs by
+the joint ``q(x_s, x_t | x̃0)`` instead, i.e. without the ``1/q(x_t | x̃0)``; that form is
+not exact for the true posterior, and the tests show the difference.)
+
+Uniform and absorbing transitions are mixtures ``Q_t = (1-β_t) I + β_t 1 πᵀ`` with
+a fixed ``π`` (uniform, or the mask token), so every quantity is O(K) per token
+with ``ᾱ_t = Π(1-β)``; no K×K matrix is built. The discretised Gaussian uses dense
+matrices (K ≤ 256).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+LN2 = math.log(2.0)
+TINY = 1e-30  # floor inside logs: probabilities that are exactly zero stay ~ -69
+
+
+# ------------------------------------------------------------------ schedules
+def d3pm_betas(kind: str, T: int) -> Tensor:
+    """β_1..β_T as float64 ``(T,)``.
+
+    * ``cosine`` (uniform): β_t = 1 − ᾱ_t/ᾱ_{t−1} with ᾱ(t) = cos((t/T + 0.008)/1.008 · π/2)²;
+    * ``jsd`` (absorbing): β_t = 1/(T − t + 1), so every token is masked exactly at t = T;
+    * ``linear`` (discretised Gaussian): β_t evenly from 0.02 to 1.
+    """
+    t = torch.arange(T + 1, dtype=torch.float64)
+    if kind == "cosine":
+        abar = torch.cos((t / T + 0.008) / 1.008 * math.pi / 2) ** 2
+        return (1 - abar[1:] / abar[:-1]).clamp(max=0.999)
+    if kind == "jsd":
+        return 1.0 / (T - t[1:] + 1)
+    if kind == "linear":
+        return torch.linspace(0.02, 1.0, T, dtype=torch.float64)
+    raise ValueError(f"unknown D3PM schedule {kind!r}; choose 'cosine', 'jsd' or 'linear'")
+
+
+def _per_sample(v: Tensor, like: Tensor) -> Tensor:
+    """``v`` ``(B,)`` shaped to broadcast against ``like`` ``(B, *S, K)``."""
+    return v.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+# ---------------------------------------------------------------- transitions
+class Transition(ABC):
+    """``Q_1..Q_T`` over ``K`` categories."""
+
+    def __init__(self, K: int, betas: Tensor) -> None:
+        if K < 2:
+            raise ValueError(f"a categorical process needs K >= 2 categories, got {K}")
+        self.K, self.T = K, len(betas)
+        self.betas = betas.double()
+
+    @abstractmethod
+    def marginal(self, p: Tensor, s: Tensor) -> Tensor:
+        """``p Q̄_s`` for nonnegative weights ``p`` ``(B, *S, K)``; ``s`` ``(B,)`` in ``0..T``."""
+
+    @abstractmethod
+    def column(self, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        """``q(x_t | x_s = k)`` for all ``k``: ``(B, *S, K)``, for ``0 <= s < t``."""
+
+    @abstractmethod
+    def stationary(self) -> Tensor:
+        """The distribution of ``x_T`` ``(K,)`` (whatever ``x_0``)."""
+
+    def marginal_of_tokens(self, x0: Tensor, s: Tensor) -> Tensor:
+        """``q(x_s | x_0)`` for token ids ``x0`` ``(B, *S)``: ``(B, *S, K)`` float64."""
+        return self.marginal(F.one_hot(x0, self.K).double(), s)
+
+
+class MixtureTransition(Transition):
+    """``Q_t = (1-β_t) I + β_t 1 πᵀ``: keep the token, or redraw it from ``π``."""
+
+    def __init__(self, K: int, betas: Tensor, pi: Tensor) -> None:
+        super().__init__(K, betas)
+        self.pi = pi.double()
+        self.alpha_bar = torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - self.betas, 0)])
+
+    def _abar(self, s: Tensor, like: Tensor) -> Tensor:
+        return _per_sample(self.alpha_bar[s.cpu()].to(like.device, like.dtype), like)
+
+    def marginal(self, p: Tensor, s: Tensor) -> Tensor:
+        a = self._abar(s, p)
+        return a * p + (1 - a) * p.sum(-1, keepdim=True) * self.pi.to(p)  # linear in p (p need not sum to 1)
+
+    def marginal_of_tokens(self, x0: Tensor, s: Tensor) -> Tensor:
+        like = torch.empty((*x0.shape, 1), dtype=torch.float64, device=x0.device)
+        a = self._abar(s, like)
+        out = ((1 - a) * self.pi.to(like)).expand(*x0.shape, self.K).contiguous()
+        return out.scatter_add_(-1, x0[..., None], a.expand(*x0.shape, 1))
+
+    def column(self, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        like = torch.empty((*x_t.shape, 1), dtype=torch.float64, device=x_t.device)
+        a = self._abar(t, like) / self._abar(s, like)  # ᾱ_{t|s}; ᾱ_s > 0 for s < T
+        onehot = F.one_hot(x_t, self.K).to(like.dtype)
+        return a * onehot + (1 - a) * self.pi.to(like)[x_t][..., None]
+
+    def stationary(self) -> Tensor:
+        return self.pi.float()
+
+
+class Uniform(MixtureTransition):
+    """Uniform noise: ``π = 1/K``."""
+
+    def __init__(self, K: int, betas: Tensor) -> None:
+        super().__init__(K, betas, torch.full((K,), 1.0 / K, dtype=torch.float64))
+
+
+class Absorbing(MixtureTransition):
+    """Absorbing state: tokens turn into the mask token ``K - 1`` and stay there."""
+
+    def __init__(self, K: int, betas: Tensor) -> None:
+        super().__init__(K, betas, F.one_hot(torch.tensor(K - 1), K).double())
+        self.mask_id = K - 1
+
+
+class DiscretizedGaussian(Transition):
+    """Ordinal noise (D3PM appendix A.2.1): mass moves to nearby categories, dense ``K x K`` matrices."""
+
+    MAX_K = 256
+
+    def __init__(self, K: int, betas: Tensor) -> None:
+        if K > self.MAX_K:
+            raise ValueError(f"the discretised Gaussian transition builds dense K x K matrices; K = {K} > {self.MAX_K}")
+        super().__init__(K, betas)
+        idx = torch.arange(K, dtype=torch.float64)
+        diff = idx[None, :] - idx[:, None]
+        n = torch.arange(-(K - 1), K, dtype=torch.float64)
+        Q = []
+        for beta in self.betas:
+            w = torch.exp(-4 * diff**2 / ((K - 1) ** 2 * beta))
+            w = w / torch.exp(-4 * n**2 / ((K - 1) ** 2 * beta)).sum()
+            w.fill_diagonal_(0)
+            Q.append(w + torch.diag(1 - w.sum(1)))
+        self.Q = torch.stack(Q)  # (T, K, K), Q[t-1] is Q_t
+        bars = [torch.eye(K, dtype=torch.float64)]
+        for q in self.Q:
+            bars.append(bars[-1] @ q)
+        self.Q_bar = torch.stack(bars)  # (T + 1, K, K), Q_bar[s] = Q_1 ... Q_s
+        self._products: dict[tuple[int, int], Tensor] = {}
+
+    def _between(self, s: int, t: int) -> Tensor:
+        """``Q_{s+1} ... Q_t`` (other than ``Q̄_t`` and ``Q_t`` computed once and cached)."""
+        if s == 0:
+            return self.Q_bar[t]
+        if t == s + 1:
+            return self.Q[s]
+        if (s, t) not in self._products:
+            m = torch.eye(self.K, dtype=torch.float64)
+            for q in self.Q[s:t]:
+                m = m @ q
+            self._products[(s, t)] = m
+        return self._products[(s, t)]
+
+    def marginal(self, p: Tensor, s: Tensor) -> Tensor:
+        bars = self.Q_bar[s.cpu()].to(p)  # (B, K, K)
+        return torch.bmm(p.reshape(len(p), -1, self.K), bars).reshape(p.shape)
+
+    def column(self, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        pairs = {(int(a), int(b)) for a, b in zip(s.tolist(), t.tolist())}
+        mats = {pair: self._between(*pair).to(x_t.device) for pair in pairs}
+        out = torch.empty((*x_t.shape, self.K), dtype=torch.float64, device=x_t.device)
+        for (a, b), m in mats.items():
+            rows = (s == a) & (t == b)
+            out[rows] = m.T[x_t[rows]]  # m[k, x_t] for every k
+        return out
+
+    def stationary(self) -> Tensor:
+        return torch.full((self.K,), 1.0 / self.K)  # doubly stochastic Q_t: the uniform is stationary
+
+
+TRANSITIONS: dict[str, type[Transition]] = {
+    "uniform": Uniform, "absorbing": Absorbing, "gaussian": DiscretizedGaussian,
+}
+
+
+# -------------------------------------------------------------------- process
+def _kl(log_q: Tensor, log_p: Tensor) -> Tensor:
+    """``KL(q || p)`` over the last dim from log-probabilities; ``0 · log 0 = 0``."""
+    q = log_q.exp()
+    return torch.where(q > 0, q * (log_q - log_p), torch.zeros_like(q)).sum(-1)
+
+
+def _gumbel_sample(logits: Tensor, generator: torch.Generator | None) -> Tensor:
+    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64).clamp_(1e-30, 1.0)
+    return (logits.double() - torch.log(-torch.log(u))).argmax(-1)
+
+
+class D3PM:
+    """The categorical process, its hybrid loss, exact ELBO and (skip-step) ancestral sampler."""
+
+    def __init__(self, transition: Transition, hybrid_lambda: float = 0.01) -> None:
+        self.transition, self.hybrid_lambda = transition, hybrid_lambda
+        self.K, self.T = transition.K, transition.T
+
+    # -- closed forms
+    def q_probs(self, x0: Tensor, t: Tensor) -> Tensor:
+        """``q(x_t | x_0)`` ``(B, *S, K)`` (float64)."""
+        return self.transition.marginal_of_tokens(x0, t)
+
+    def q_sample(self, x0: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return _gumbel_sample(self.q_probs(x0, t).clamp_min(TINY).log(), generator)
+
+    def posterior_log_probs(self, x_t: Tensor, x0_probs: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        """``log q(x_s | x_t, x_0)`` for a one-hot ``x0_probs``, or the model's reverse step
+        ``log p(x_s | x_t) = log Σ_x̃0 q(x_s | x_t, x̃0) p̃(x̃0)`` for predicted probabilities; float64."""
+        likelihood = self.transition.column(x_t, torch.zeros_like(t), t)  # q(x_t | x_0 = k)
+        possible = likelihood > 0  # x̃0 that can produce x_t; a zero divisor would poison the gradient
+        w = torch.where(possible, x0_probs.double().clamp_min(TINY) / torch.where(possible, likelihood, 1.0), 0.0)
+        joint = self.transition.column(x_t, s, t) * self.transition.marginal(w, s)
+        return torch.log_softmax(joint.clamp_min(TINY).log(), dim=-1)
+
+    def model_probs(self, logits: Tensor, temperature: float = 1.0) -> Tensor:
+        """``p̃(x_0 | x_t)`` from the model's logits; the absorbing mask is never a data token."""
+        logits = logits.double() / temperature
+        if isinstance(self.transition, Absorbing):
+            logits = logits.clone()
+            logits[..., self.transition.mask_id] = -math.inf
+        return torch.softmax(logits, dim=-1)
+
+    # -- training
+    def loss_terms(self, model, x0: Tensor, t: Tensor, generator: torch.Generator | None = None):
+        """Per-sample ``(L_vb, CE)`` at times ``t`` ``(B,)``, each a mean over tokens (nats)."""
+        x_t = self.q_sample(x0, t, generator)
+        probs = self.model_probs(model(x_t, t))
+        log_p = self.posterior_log_probs(x_t, probs, t - 1, t)
+        log_q = self.posterior_log_probs(x_t, F.one_hot(x0, self.K).double(), t - 1, t)
+        nll = -log_p.gather(-1, x0[..., None])[..., 0]  # t = 1: -log p(x_0 | x_1)
+        vb = torch.where(_per_sample(t, nll) == 1, nll, _kl(log_q, log_p))
+        ce = -probs.clamp_min(TINY).log().gather(-1, x0[..., None])[..., 0]
+        return vb.flatten(1).mean(1), ce.flatten(1).mean(1)
+
+    def loss(self, model, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Hybrid loss ``L_vb + λ·CE`` at a uniformly drawn t, per sample ``(B,)``."""
+        t = torch.randint(1, self.T + 1, (len(x0),), device=x0.device, generator=generator)
+        vb, ce = self.loss_terms(model, x0, t, generator)
+        return (vb + self.hybrid_lambda * ce).float()
+
+    def masked_diffusion_loss(self, model, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Continuous-time masked diffusion (MDLM / MD4), absorbing only, per sample ``(B,)``.
+
+        With ``α(u) = 1 − u``, each token is masked with probability ``u ~ U(0, 1]`` and the
+        loss is ``(1/u) · Σ_masked CE / L``, an upper bound on the negative log-likelihood.
+        The model sees time ``u·T`` (the matching discrete step of the ``jsd`` schedule).
+        """
+        if not isinstance(self.transition, Absorbing):
+            raise ValueError("the masked-diffusion objective needs the absorbing transition")
+        B = len(x0)
+        u = torch.rand(B, device=x0.device, generator=generator).clamp_min(1e-3)
+        masked = torch.rand(x0.shape, device=x0.device, generator=generator) < _per_sample(u, x0)
+        x_t = torch.where(masked, torch.full_like(x0, self.transition.mask_id), x0)
+        probs = self.model_probs(model(x_t, u * self.T))
+        ce = -probs.clamp_min(TINY).log().gather(-1, x0[..., None])[..., 0]
+        return ((ce * masked).flatten(1).sum(1) / u / x0[0].numel()).float()
+
+    # -- likelihood
+    @torch.no_grad()
+    def elbo_bits(self, model, x0: Tensor, progress: bool = False) -> Tensor:
+        """Exact negative ELBO per sample in bits per token ``(B,)``:
+        ``KL(q(x_T|x_0) || stationary) + Σ_{t=2..T} KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) − log p(x_0|x_1)``.
+        One model call per timestep; the ``x_t`` of each term is drawn from ``q(x_t | x_0)``."""
+        B, tokens = len(x0), x0[0].numel()
+        g = torch.Generator(device=x0.device).manual_seed(0)
+        T_all = torch.full((B,), self.T, device=x0.device)
+        log_prior = self.transition.stationary().double().to(x0.device).clamp_min(TINY).log()
+        log_qT = self.q_probs(x0, T_all).clamp_min(TINY).log()
+        total = _kl(log_qT, log_prior.expand_as(log_qT)).flatten(1).sum(1)
+        for step in tqdm(range(1, self.T + 1), desc="ELBO", disable=not progress, leave=False):
+            t = torch.full((B,), step, device=x0.device)
+            vb, _ = self.loss_terms(model, x0, t, g)
+            total = total + vb * tokens
+        return (total / (tokens * LN2)).float()
+
+    # -- sampling
+    @torch.no_grad()
+    def sample(
+        self,
+        model,
+        shape: tuple[int, ...],
+        steps: int | None = None,
+        temperature: float = 1.0,
+        known: tuple[Tensor, Tensor] | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """Ancestral sampling over ``steps`` evenly spaced times (default every one of the T).
+
+        From ``t`` to ``s < t`` it draws from ``p(x_s | x_t)`` built with ``q(x_t | x_s)``, so
+        skipping steps needs no retraining. ``temperature`` divides the model's x0 logits.
+        ``known = (mask, values)`` (bool and int64, ``shape``) fixes those tokens: the model
+        always sees them, and they are returned bit-exactly.
+        """
+        steps = steps or self.T
+        if not 1 <= steps <= self.T:
+            raise ValueError(f"steps must be between 1 and the process's {self.T} timesteps, got {steps}")
+        device = device or next(model.parameters()).device
+        B = shape[0]
+        x = _gumbel_sample(self.transition.stationary().double().clamp_min(TINY).log().to(device).expand(*shape, -1),
+                           generator)
+        if known is not None:
+            mask, values = (v.to(device) for v in known)
+            x = torch.where(mask, values, x)
+        times = torch.linspace(self.T, 0, steps + 1).round().long().tolist()
+        for t_now, t_next in tqdm(list(zip(times[:-1], times[1:])), desc="sample", disable=not progress, leave=False):
+            t = torch.full((B,), t_now, device=device)
+            probs = self.model_probs(model(x, t), temperature)
+            log_p = self.posterior_log_probs(x, probs, torch.full_like(t, t_next), t)
+            x = _gumbel_sample(log_p, generator)
+            if known is not None:
+                x = torch.where(mask, values, x)
+        return x

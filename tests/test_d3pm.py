@@ -1,0 +1,215 @@
+"""D3PM closed forms against a dense-matrix reference, Bayes by enumeration, ELBO limits, sampling."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from discrete.d3pm import D3PM, Absorbing, DiscretizedGaussian, Uniform, d3pm_betas
+
+K, T = 5, 10
+
+
+def dense_Q(kind: str, K: int, betas: torch.Tensor) -> torch.Tensor:
+    """Reference one-step matrices ``(T, K, K)``, built entry by entry."""
+    eye = torch.eye(K, dtype=torch.float64)
+    if kind == "uniform":
+        return torch.stack([(1 - b) * eye + b / K for b in betas])
+    if kind == "absorbing":
+        to_mask = torch.zeros(K, K, dtype=torch.float64)
+        to_mask[:, K - 1] = 1
+        return torch.stack([(1 - b) * eye + b * to_mask for b in betas])
+    return DiscretizedGaussian(K, betas).Q  # dense by construction; checked for stochasticity below
+
+
+def product(Q: torch.Tensor, s: int, t: int) -> torch.Tensor:
+    """``Q_{s+1} ... Q_t``."""
+    m = torch.eye(Q.shape[1], dtype=torch.float64)
+    for q in Q[s:t]:
+        m = m @ q
+    return m
+
+
+CASES = {
+    "uniform": (Uniform, "cosine"),
+    "absorbing": (Absorbing, "jsd"),
+    "gaussian": (DiscretizedGaussian, "linear"),
+}
+
+
+def build(kind: str, K: int = K, T: int = T) -> tuple[D3PM, torch.Tensor]:
+    cls, schedule = CASES[kind]
+    betas = d3pm_betas(schedule, T)
+    return D3PM(cls(K, betas)), dense_Q(kind, K, betas)
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+def test_closed_forms_equal_dense_reference(kind):
+    process, Q = build(kind)
+    assert torch.allclose(Q.sum(-1), torch.ones(T, K, dtype=torch.float64))
+    x = torch.arange(K).repeat(2)[None]  # every category as x_0 and as x_t
+    for s, t in [(0, 1), (2, 3), (0, T), (T - 1, T), (3, 7), (1, T)]:
+        st, tt = torch.tensor([s]), torch.tensor([t])
+        # q(x_t | x_0): rows of Q̄_t
+        assert torch.allclose(process.q_probs(x, tt)[0], product(Q, 0, t)[x[0]], atol=1e-12)
+        # q(x_t | x_s = k) for all k: columns of Q_{s+1}..Q_t
+        assert torch.allclose(process.transition.column(x, st, tt)[0], product(Q, s, t)[:, x[0]].T, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+def test_posterior_is_bayes_by_enumeration(kind):
+    process, Q = build(kind)
+    for s, t in [(0, 1), (4, 5), (T - 1, T), (2, 8)]:
+        bar_s, between, bar_t = product(Q, 0, s), product(Q, s, t), product(Q, 0, t)
+        for x0 in range(K):
+            for xt in range(K):
+                if bar_t[x0, xt] == 0:
+                    continue  # x_t impossible from this x_0
+                expected = torch.tensor([between[k, xt] * bar_s[x0, k] / bar_t[x0, xt] for k in range(K)])
+                got = process.posterior_log_probs(
+                    torch.tensor([[xt]]), F.one_hot(torch.tensor([[x0]]), K).double(), torch.tensor([s]), torch.tensor([t])
+                ).exp()[0, 0]
+                assert torch.allclose(got, expected, atol=1e-9), (s, t, x0, xt)
+                assert abs(float(got.sum()) - 1) < 1e-9
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+def test_model_reverse_step_mixes_posteriors_over_predicted_x0(kind):
+    process, Q = build(kind)
+    g = torch.Generator().manual_seed(0)
+    for s, t in [(0, 1), (3, 4), (2, 9)]:
+        p = torch.softmax(torch.randn(K, generator=g, dtype=torch.float64), 0)
+        if kind == "absorbing":
+            p[K - 1] = 0
+            p /= p.sum()
+        bar_s, between, bar_t = product(Q, 0, s), product(Q, s, t), product(Q, 0, t)
+        for xt in range(K):
+            expected = torch.zeros(K, dtype=torch.float64)
+            for x0 in range(K):
+                if bar_t[x0, xt] > 0:
+                    expected += p[x0] * torch.tensor([between[k, xt] * bar_s[x0, k] / bar_t[x0, xt] for k in range(K)])
+            got = process.posterior_log_probs(torch.tensor([[xt]]), p[None, None], torch.tensor([s]), torch.tensor([t]))
+            assert torch.allclose(got.exp()[0, 0], expected / expected.sum(), atol=1e-9)
+
+
+def test_marginal_at_T_is_stationary():
+    x0 = torch.arange(K)[None]
+    absorbing, _ = build("absorbing")
+    assert torch.equal(absorbing.q_probs(x0, torch.tensor([T]))[0], F.one_hot(torch.full((K,), K - 1), K).double())
+    uniform, _ = build("uniform", T=100)
+    assert torch.allclose(uniform.q_probs(x0, torch.tensor([100]))[0], torch.full((K, K), 1 / K, dtype=torch.float64),
+                          atol=1e-3)
+    gaussian, Q = build("gaussian", T=100)
+    assert torch.allclose(Q.sum(1), torch.ones(100, K, dtype=torch.float64))  # doubly stochastic
+    assert torch.allclose(gaussian.q_probs(x0, torch.tensor([100]))[0], torch.full((K, K), 1 / K, dtype=torch.float64),
+                          atol=1e-2)
+
+
+def test_gaussian_rejects_large_vocabularies():
+    with pytest.raises(ValueError, match="K = 300"):
+        DiscretizedGaussian(300, d3pm_betas("linear", 4))
+
+
+class LogitModel(torch.nn.Module):
+    """A fixed predictor ``(x_t, t) -> logits``; a dummy parameter gives it a device."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn, self.anchor = fn, torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, t):
+        return self.fn(x, t)
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+def test_kl_terms_nonnegative_and_perfect_predictor_elbo(kind):
+    process, _ = build(kind)
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randint(0, K - 1, (8, 16), generator=g)
+    noisy = LogitModel(lambda x, t: torch.randn(*x.shape, K, generator=g))
+    for t in range(1, T + 1):
+        vb, ce = process.loss_terms(noisy, x0, torch.full((8,), t), g)
+        assert (vb >= -1e-12).all() and (ce >= 0).all()
+    oracle = LogitModel(lambda x, t: 50.0 * F.one_hot(x0, K).double())
+    bits = process.elbo_bits(oracle, x0)
+    prior = process.transition.stationary().double()
+    q_T = process.q_probs(x0, torch.full((8,), T))
+    terms = torch.where(q_T > 0, q_T * (q_T.clamp_min(1e-300).log() - prior.clamp_min(1e-300).log()), 0.0)
+    prior_bits = terms.sum(-1).mean(-1) / math.log(2)
+    # a perfect x0 predictor leaves only the prior term (0 for absorbing; tiny otherwise)
+    assert torch.allclose(bits.double(), prior_bits, atol=1e-6)
+
+
+def iid_posterior_model(process: D3PM, p: torch.Tensor) -> LogitModel:
+    """The exact ``q(x_0 | x_t)`` of i.i.d. tokens with distribution ``p``: ``p(k) q(x_t | x_0 = k)``."""
+
+    def logits(x, t):
+        like = process.transition.column(x, torch.zeros_like(t), t)
+        return (p.log() + like.clamp_min(1e-300).log()).float()
+
+    return LogitModel(logits)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "absorbing"])
+def test_exact_predictor_samples_the_data_and_its_elbo_is_the_entropy(kind):
+    process, _ = build(kind, T=20)
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0 if kind == "absorbing" else 0.0], dtype=torch.float64)
+    p = p[:K] / p[:K].sum()
+    model = iid_posterior_model(process, p)
+    g = torch.Generator().manual_seed(2)
+    for steps in (20, 5):
+        x = process.sample(model, (400, 50), steps=steps, generator=g)
+        freq = torch.bincount(x.flatten(), minlength=K).double() / x.numel()
+        assert (freq - p).abs().max() < 0.01, (steps, freq)  # 20 000 tokens: std of a frequency <= 0.0035
+    x0 = torch.multinomial(p.float(), 64 * 64, replacement=True, generator=g).reshape(64, 64)
+    entropy = -(p[p > 0] * p[p > 0].log2()).sum()
+    assert abs(process.elbo_bits(model, x0).mean() - entropy) < 0.03
+
+
+def test_joint_weighting_is_not_exact():
+    """The D3PM paper's joint weighting q(x_s, x_t | x̃0) p̃ is biased for the exact posterior; ours is not."""
+    process, _ = build("uniform", T=20)
+    p = torch.tensor([0.6, 0.25, 0.1, 0.04, 0.01], dtype=torch.float64)
+    model = iid_posterior_model(process, p)
+    mix = process.posterior_log_probs  # ours
+
+    def joint(x_t, x0_probs, s, t):
+        j = process.transition.column(x_t, s, t) * process.transition.marginal(x0_probs.double(), s)
+        return torch.log_softmax(j.log(), -1)
+
+    g = torch.Generator().manual_seed(3)
+    freqs = []
+    for posterior in (mix, joint):
+        process.posterior_log_probs = posterior
+        x = process.sample(model, (400, 50), generator=g)
+        freqs.append(torch.bincount(x.flatten(), minlength=K).double() / x.numel())
+    del process.posterior_log_probs
+    assert (freqs[0] - p).abs().max() < 0.01
+    assert (freqs[1] - p).abs().max() > 0.05
+
+
+@pytest.mark.parametrize("kind", ["uniform", "absorbing", "gaussian"])
+@pytest.mark.parametrize("steps", [T, 3])
+def test_infilling_keeps_given_tokens(kind, steps):
+    process, _ = build(kind)
+    g = torch.Generator().manual_seed(4)
+    values = torch.randint(0, K - 1, (6, 30), generator=g)
+    mask = torch.rand(6, 30, generator=g) < 0.4
+    seen = []
+    model = LogitModel(lambda x, t: (seen.append(x.clone()), torch.randn(*x.shape, K, generator=g))[1])
+    out = process.sample(model, (6, 30), steps=steps, known=(mask, values), generator=g)
+    assert torch.equal(out[mask], values[mask])
+    assert len(seen) == steps and all(torch.equal(x[mask], values[mask]) for x in seen)  # the model sees them clean
+    assert out.min() >= 0 and out.max() < K
+
+
+def test_masked_diffusion_loss_is_an_upper_bound_scale():
+    process, _ = build("absorbing", T=100)
+    x0 = torch.randint(0, K - 1, (256, 32), generator=torch.Generator().manual_seed(5))
+    uniform = LogitModel(lambda x, t: torch.zeros(*x.shape, K))
+    loss = process.masked_diffusion_loss(uniform, x0, torch.Generator().manual_seed(6)).mean()
+    # E_u[(1/u) · u · log(K-1)] = log(K-1) nats per token for a uniform predictor
+    assert abs(float(loss) - math.log(K - 1)) < 0.1
+    with pytest.raises(ValueError, match="absorbing"):
+        build("uniform")[0].masked_diffusion_loss(uniform, x0)
