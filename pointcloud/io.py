@@ -1,0 +1,102 @@
+"""Point-cloud files: read ``.npy/.xyz/.txt/.ply`` points and ``.obj/.off/.stl/.ply`` meshes, write ``.ply``,
+render clouds to PNG. Points are ``(N, 3)`` arrays; errors name the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+POINT_SUFFIXES = (".npy", ".xyz", ".txt", ".ply")
+MESH_SUFFIXES = (".obj", ".off", ".stl", ".ply")
+
+
+class PointCloudError(ValueError):
+    """A point cloud that cannot be used: unreadable, empty, non-finite or too small."""
+
+
+def check_points(points: np.ndarray, source: str) -> np.ndarray:
+    """``points`` as ``(N, 3)``; empty, one-point or non-finite clouds are errors naming ``source``."""
+    if points.ndim != 2 or points.shape[1] < 3:
+        raise PointCloudError(f"{source}: expected points of shape (N, 3), got {points.shape}")
+    points = points[:, :3]
+    if len(points) == 0:
+        raise PointCloudError(f"{source} has no points")
+    if not np.isfinite(points).all():
+        bad = int(np.flatnonzero(~np.isfinite(points).all(1))[0])
+        raise PointCloudError(f"{source}: point {bad} is not finite (NaN or inf)")
+    if len(points) < 2:
+        raise PointCloudError(f"{source} has only one point; a shape needs at least 2")
+    return points
+
+
+def read_points(path: str | Path, num_points: int = 2048, seed: int = 0) -> np.ndarray:
+    """Points of a point file, or ``num_points`` area-weighted samples of a mesh's surface."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"point cloud file {path} not found")
+    suffix = path.suffix.lower()
+    if suffix not in POINT_SUFFIXES + MESH_SUFFIXES:
+        raise PointCloudError(f"{path}: unknown suffix {suffix!r}; use {sorted(set(POINT_SUFFIXES + MESH_SUFFIXES))}")
+    try:
+        if suffix == ".npy":
+            points = np.load(path, allow_pickle=False)
+        elif suffix in (".xyz", ".txt"):
+            points = np.loadtxt(path, ndmin=2)
+        else:
+            import trimesh
+
+            geometry = trimesh.load(path, process=False)
+            if isinstance(geometry, trimesh.Scene):
+                geometry = geometry.to_geometry()
+            if isinstance(geometry, trimesh.Trimesh) and len(geometry.faces):
+                points, _ = trimesh.sample.sample_surface(geometry, num_points, seed=seed)
+            else:
+                points = np.asarray(geometry.vertices)
+    except (OSError, ValueError, IndexError, KeyError, AttributeError) as e:
+        raise PointCloudError(f"{path} could not be read: {e}") from e
+    return check_points(np.asarray(points), str(path))
+
+
+def write_ply(path: str | Path, points: np.ndarray) -> Path:
+    """Write ``points`` ``(N, 3)`` as a binary little-endian PLY (float32, or float64 if given float64)."""
+    path = Path(path)
+    points = np.ascontiguousarray(points)
+    kind = "double" if points.dtype == np.float64 else "float"
+    data = points.astype("<f8" if kind == "double" else "<f4")
+    header = (f"ply\nformat binary_little_endian 1.0\nelement vertex {len(data)}\n"
+              f"property {kind} x\nproperty {kind} y\nproperty {kind} z\nend_header\n")
+    with open(path, "wb") as f:
+        f.write(header.encode("ascii"))
+        f.write(data.tobytes())
+    return path
+
+
+def render_clouds(clouds: list[np.ndarray], path: str | Path, colors: list[np.ndarray] | None = None,
+                  titles: list[str] | None = None, point_size: float = 2.0) -> Path:
+    """One 3-D scatter per cloud (y up, same view and limits) in a PNG; ``colors`` are per-point RGB ``(N, 3)``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(clouds)
+    cols = min(n, 4)
+    rows = (n + cols - 1) // cols
+    fig = plt.figure(figsize=(3 * cols, 3 * rows), dpi=100)
+    limit = max(float(np.abs(c).max()) for c in clouds)
+    for i, cloud in enumerate(clouds):
+        ax = fig.add_subplot(rows, cols, i + 1, projection="3d")
+        c = None if colors is None else colors[i]
+        ax.scatter(cloud[:, 0], cloud[:, 2], cloud[:, 1], s=point_size, c=c if c is not None else "tab:blue",
+                   depthshade=False)
+        ax.set_xlim(-limit, limit), ax.set_ylim(-limit, limit), ax.set_zlim(-limit, limit)
+        ax.set_box_aspect((1, 1, 1))
+        ax.view_init(elev=20, azim=-60)
+        ax.set_axis_off()
+        if titles:
+            ax.set_title(titles[i], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
