@@ -73,7 +73,9 @@ class PointCloudConfig:
     diffusion: DiffusionConfig = field(
         default_factory=lambda: DiffusionConfig(schedule="linear", parameterization="eps", clip_x0=1.0)
     )
-    sample: SampleConfig = field(default_factory=lambda: SampleConfig(num=8, steps=50))
+    # Ancestral DDPM: early in training DPM-Solver++ at 25-50 steps piles points onto the x0 clip (measured:
+    # MMD-CD 0.52 against 0.088 for DDPM-250 on the same tiny model); `sample.sampler=dpm_solver_pp` when trained.
+    sample: SampleConfig = field(default_factory=lambda: SampleConfig(sampler="ddpm", num=8, steps=250))
     data: PointDataConfig = field(default_factory=PointDataConfig)
     model: PointModelConfig = field(default_factory=PointModelConfig)
     task: PointTaskConfig = field(default_factory=PointTaskConfig)

@@ -1,5 +1,7 @@
 """The point-cloud domain: masked loss, partial kept exactly, CLI completion and its errors."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from multigen import Known
 from multigen.config import load_config
 from multigen.export import export_model
 from multigen.samplers import SAMPLERS
+from multigen.trainer import train
 from pointcloud.cli import complete_main, main as pointcloud_cli
 from pointcloud.domain import PointCloud, PointCloudConfig
 from pointcloud.io import read_points
@@ -96,3 +99,18 @@ def test_cli_rejects_bad_partials(export_dir, tmp_path, capsys, points, message)
                           "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert message in err and "bad.npy" in err
+
+
+@pytest.mark.slow
+def test_tiny_generator_beats_gaussian_blob(tmp_path):
+    """800 CPU steps (about 3 minutes), against a Gaussian blob with the data's mean and covariance: the samples
+    cover more held-out shapes (measured COV-CD 0.42 vs 0.17) and are no farther from them (MMD-CD 0.124 vs 0.126;
+    a diverged sampler gives ~100). Not yet a strong model: see the README."""
+    cfg = load_config(PointCloudConfig, "configs/pointcloud/tiny.yaml", [
+        "train.max_steps=800", "train.checkpoint_every=0", "train.tensorboard=false", "eval.num_shapes=24",
+        f"train.output_dir={tmp_path}",
+    ])
+    train(PointCloud, cfg)
+    metrics = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines() if "eval/" in line][-1]
+    assert metrics["eval/COV-CD"] > 1.5 * metrics["eval/baseline_gaussian/COV-CD"], metrics
+    assert metrics["eval/MMD-CD"] < 1.2 * metrics["eval/baseline_gaussian/MMD-CD"], metrics
