@@ -1,8 +1,11 @@
 """D3PM cost: closed-form transitions against dense K x K matrices, and training throughput.
 
-Part 1 times ``q(x_t | x_0)`` and the posterior ``q(x_{t-1} | x_t, x_0)`` for a batch of
-tokens with our O(K) closed forms (uniform and absorbing) and with the dense-matrix
-computation they replace (one-hot rows times ``Q̄_t``, columns of ``Q_t``), at several
+Part 1 times drawing from ``q(x_t | x_0)``, the posterior ``q(x_{t-1} | x_t, x_0)`` and the model's
+reverse step ``p(x_{t-1} | x_t)`` (the posterior mixed over a predicted x0 distribution)
+for a batch of tokens with our O(K) closed forms (uniform and absorbing) and with the
+dense-matrix computation they replace (rows and columns of ``Q̄_t`` and ``Q_t``, and for
+the reverse step the product of the x0 distribution with ``Q̄_{t-1}``; the posterior of a
+token x0 is three numbers per token, which is what the loss's KL term uses), at several
 vocabulary sizes K, with the peak memory of each (CUDA: allocator peak; CPU: the size
 of the tensors each method materialises, computed from their shapes).
 
@@ -57,7 +60,7 @@ def dense_matrices(process: D3PM, t: int) -> tuple[torch.Tensor, torch.Tensor, t
     return bar(t - 1), (1 - beta) * eye + beta * pi, bar(t)
 
 
-def compare(kind: str, K: int, tokens: int, device: str) -> dict:
+def compare(kind: str, K: int, tokens: int, predicted_tokens: int, device: str) -> dict:
     cls, schedule = {"uniform": (Uniform, "cosine"), "absorbing": (Absorbing, "jsd")}[kind]
     T, t = 1000, 500
     process = D3PM(cls(K, d3pm_betas(schedule, T)))
@@ -65,32 +68,53 @@ def compare(kind: str, K: int, tokens: int, device: str) -> dict:
     x0 = torch.randint(0, K - 1, (1, tokens), generator=g).to(device)
     x_t = process.q_sample(x0, torch.tensor([t], device=device))
     tt, ss = torch.tensor([t], device=device), torch.tensor([t - 1], device=device)
-    onehot = F.one_hot(x0, K).double()
+    onehot = F.one_hot(x0, K).double()  # only to check the closed-form posterior against the dense one
+    # A model's x0 prediction (what L_vb and sampling feed the reverse step), on fewer tokens:
+    # the dense path multiplies it by a K x K matrix.
+    n = min(predicted_tokens, tokens)
+    probs = process.model_probs(torch.randn(1, n, K, generator=g, dtype=torch.float64).to(device) * 3)
+    x_t_few = x_t[:, :n]
 
-    def closed_q():
-        return process.q_probs(x0, tt)
+    def closed_q():  # draw x_t ~ q(x_t | x_0): keep with probability ᾱ_t, else redraw from π
+        return process.q_sample(x0, tt)
 
-    def closed_posterior():
-        return process.posterior_log_probs(x_t, onehot, ss, tt)
+    def closed_posterior():  # three numbers per token: q = c π + u [k = x_t] + v [k = x_0]
+        return process.transition.posterior_of_tokens(x_t, x0, ss, tt)
+
+    def closed_reverse():
+        return process.posterior_log_probs(x_t_few, probs, ss, tt)
 
     # A dense implementation cannot keep Q̄_t for all T at large K (T·K²·8 bytes), so it builds the
-    # matrices of the step it needs; both timings include that.
-    def dense_q():
-        return dense_matrices(process, t)[2].to(device)[x0]
+    # matrices of the step it needs; all dense timings include that.
+    def dense_q():  # rows of Q̄_t, then a categorical draw from each
+        rows = dense_matrices(process, t)[2].to(device)[x0]
+        return (rows.clamp_min(1e-30).log() - torch.empty_like(rows).exponential_().log()).argmax(-1)
 
     def dense_posterior():
         bar_s, step, _ = (m.to(device) for m in dense_matrices(process, t))
         joint = step[:, x_t].movedim(0, -1) * bar_s[x0]  # q(x_t | x_{t-1}=k) q(x_{t-1}=k | x_0)
         return torch.log_softmax(joint.clamp_min(1e-30).log(), -1)
 
-    assert torch.allclose(closed_q(), dense_q(), atol=1e-12)
-    assert torch.allclose(closed_posterior().exp(), dense_posterior().exp(), atol=1e-9)
-    row = {"transition": kind, "K": K, "tokens": tokens}
+    def dense_reverse():  # the D3PM reference's form: Σ_x̃0 q(x_s | x_t, x̃0) p̃(x̃0) with w = p̃ / q(x_t | x̃0)
+        bar_s, step, bar_t = (m.to(device) for m in dense_matrices(process, t))
+        w = probs / bar_t[:, x_t_few].movedim(0, -1).clamp_min(1e-300)
+        joint = step[:, x_t_few].movedim(0, -1) * (w @ bar_s)
+        return torch.log_softmax(joint.clamp_min(1e-30).log(), -1)
+
+    assert torch.allclose(process.q_probs(x0, tt), dense_matrices(process, t)[2].to(device)[x0], atol=1e-12)
+    c, u, v = closed_posterior()
+    pi = process.transition.pi.to(device)
+    densified = c[..., None] * pi + u[..., None] * F.one_hot(x_t, K) + v[..., None] * onehot
+    assert torch.allclose(densified, dense_posterior().exp(), atol=1e-9)
+    del densified, c, u, v
+    assert torch.allclose(closed_reverse().exp(), dense_reverse().exp(), atol=1e-9)
+    row = {"transition": kind, "K": K, "tokens": tokens, "predicted_tokens": n}
     for name, fn in [("q_closed", closed_q), ("q_dense", dense_q), ("posterior_closed", closed_posterior),
-                     ("posterior_dense", dense_posterior)]:
+                     ("posterior_dense", dense_posterior), ("reverse_closed", closed_reverse),
+                     ("reverse_dense", dense_reverse)]:
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        row[f"{name}_ms"] = timed(fn, device) * 1e3
+        row[f"{name}_ms"] = timed(fn, device, repeats=2 if name == "reverse_dense" else 5) * 1e3
         if device == "cuda":
             row[f"{name}_peak_MB"] = torch.cuda.max_memory_allocated() / 2**20
     # Memory each method needs beyond its (tokens, K) output: the dense path holds three K x K
@@ -98,8 +122,8 @@ def compare(kind: str, K: int, tokens: int, device: str) -> dict:
     row["dense_matrices_MB"] = 3 * K * K * 8 / 2**20
     row["dense_all_T_GB"] = T * K * K * 8 / 2**30
     row["output_MB"] = tokens * K * 8 / 2**20
-    row["speedup_q"] = row["q_dense_ms"] / row["q_closed_ms"]
-    row["speedup_posterior"] = row["posterior_dense_ms"] / row["posterior_closed_ms"]
+    for name in ("q", "posterior", "reverse"):
+        row[f"speedup_{name}"] = row[f"{name}_dense_ms"] / row[f"{name}_closed_ms"]
     return row
 
 
@@ -134,20 +158,24 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--vocab", type=int, nargs="+", default=[27, 256, 8192])
     parser.add_argument("--tokens", type=int, default=16384)
+    parser.add_argument("--predicted-tokens", type=int, default=1024,
+                        help="tokens for the reverse step from a predicted x0 (its dense form is a K x K matmul)")
     parser.add_argument("--throughput", action="store_true")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--out", default="benchmarks/out/discrete.json")
     args = parser.parse_args()
 
-    rows = [compare(kind, K, args.tokens, args.device) for kind in ("uniform", "absorbing") for K in args.vocab]
-    print("| transition | K | q(x_t|x_0) closed / dense (ms) | speed-up | posterior closed / dense (ms) | speed-up | "
-          "dense matrices (one step / all T) | output |")
-    print("|---|---|---|---|---|---|---|---|")
+    rows = [compare(kind, K, args.tokens, args.predicted_tokens, args.device)
+            for kind in ("uniform", "absorbing") for K in args.vocab]
+    print(f"| transition | K | x_t ~ q(x_t|x_0) closed / dense (ms) | speed-up | q(x_s|x_t,x_0) closed / dense (ms) | "
+          f"speed-up | p(x_s|x_t), {rows[0]['predicted_tokens']} tokens, closed / dense (ms) | speed-up | "
+          "dense matrices (one step / all T) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['transition']} | {r['K']} | {r['q_closed_ms']:.2f} / {r['q_dense_ms']:.2f} | "
               f"{r['speedup_q']:.1f}x | {r['posterior_closed_ms']:.1f} / {r['posterior_dense_ms']:.1f} | "
-              f"{r['speedup_posterior']:.1f}x | {r['dense_matrices_MB']:.1f} MB / {r['dense_all_T_GB']:.1f} GB | "
-              f"{r['output_MB']:.1f} MB |")
+              f"{r['speedup_posterior']:.1f}x | {r['reverse_closed_ms']:.1f} / {r['reverse_dense_ms']:.1f} | "
+              f"{r['speedup_reverse']:.0f}x | {r['dense_matrices_MB']:.1f} MB / {r['dense_all_T_GB']:.1f} GB |")
     result = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "device": args.device,
               "threads": torch.get_num_threads(), "command": " ".join(["python", *sys.argv]), "transitions": rows}
     if args.throughput:

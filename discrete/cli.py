@@ -85,10 +85,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = torch.stack([windows[i] for i in range(len(windows))])
     if args.max_sequences:
         data = data[: args.max_sequences]
-    bits = domain.elbo_bits(p.model, data, args.batch_size, progress=True)
+    bits = domain.elbo_bits(p.model, data, args.batch_size, steps=args.steps, progress=True)
     unit = "bits/char" if d.source == "text" else "bits/token"
     print(f"{args.data}: {bits:.4f} {unit} (exact negative ELBO over {data.numel()} tokens, "
-          f"{domain.cfg.process.timesteps} steps)")
+          f"{args.steps or domain.cfg.process.timesteps} steps)")
     return 0
 
 
@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length", type=int, help="tokens per scored sequence (default: the model's length)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-sequences", type=int, help="score only the first N sequences")
+    p.add_argument("--steps", type=int,
+                   help="score the chain that sampling with this many steps runs (default: every timestep)")
     p.set_defaults(func=cmd_eval)
     return parser
 

@@ -62,6 +62,17 @@ def _per_sample(v: Tensor, like: Tensor) -> Tensor:
     return v.reshape(-1, *([1] * (like.ndim - 1)))
 
 
+def _kl(log_q: Tensor, log_p: Tensor) -> Tensor:
+    """``KL(q || p)`` over the last dim from log-probabilities; ``0 · log 0 = 0``."""
+    q = log_q.exp()
+    return torch.where(q > 0, q * (log_q - log_p), torch.zeros_like(q)).sum(-1)
+
+
+def _xlogx(y: Tensor) -> Tensor:
+    """``y log y`` with ``0 log 0 = 0``."""
+    return torch.where(y > 0, y * y.clamp_min(TINY).log(), torch.zeros_like(y))
+
+
 # ---------------------------------------------------------------- transitions
 class Transition(ABC):
     """``Q_1..Q_T`` over ``K`` categories."""
@@ -87,6 +98,22 @@ class Transition(ABC):
     def marginal_of_tokens(self, x0: Tensor, s: Tensor) -> Tensor:
         """``q(x_s | x_0)`` for token ids ``x0`` ``(B, *S)``: ``(B, *S, K)`` float64."""
         return self.marginal(F.one_hot(x0, self.K).double(), s)
+
+    def sample_marginal(self, x0: Tensor, s: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Draw ``x_s ~ q(x_s | x_0)`` for token ids ``x0`` ``(B, *S)``."""
+        return _gumbel_sample(self.marginal_of_tokens(x0, s).clamp_min(TINY).log(), generator)
+
+    def posterior_log_probs(self, x_t: Tensor, x0_probs: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        """``log Σ_x̃0 q(x_s | x_t, x̃0) p(x̃0)`` ``(B, *S, K)`` float64, by Bayes on ``w = p / q(x_t | ·)``."""
+        likelihood = self.column(x_t, torch.zeros_like(t), t)  # q(x_t | x_0 = k)
+        possible = likelihood > 0  # x̃0 that can produce x_t; a zero divisor would poison the gradient
+        w = torch.where(possible, x0_probs.double().clamp_min(TINY) / torch.where(possible, likelihood, 1.0), 0.0)
+        joint = self.column(x_t, s, t) * self.marginal(w, s)
+        return torch.log_softmax(joint.clamp_min(TINY).log(), dim=-1)
+
+    def posterior_kl(self, x_t: Tensor, x0: Tensor, log_p: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        """``KL(q(x_s | x_t, x_0) || p)`` per token ``(B, *S)`` for token ids ``x0`` and ``log_p`` ``(B, *S, K)``."""
+        return _kl(self.posterior_log_probs(x_t, F.one_hot(x0, self.K).double(), s, t), log_p)
 
 
 class MixtureTransition(Transition):
@@ -118,6 +145,65 @@ class MixtureTransition(Transition):
 
     def stationary(self) -> Tensor:
         return self.pi.float()
+
+    def sample_marginal(self, x0: Tensor, s: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Keep each token with probability ``ᾱ_s``, else redraw it from ``π``: O(1) per token."""
+        like = torch.empty(x0.shape, dtype=torch.float64, device=x0.device)
+        keep = torch.rand(x0.shape, generator=generator, device=x0.device, dtype=torch.float64) < self._abar(s, like)
+        redraw = torch.multinomial(self.pi.to(x0.device), x0.numel(), replacement=True, generator=generator)
+        return torch.where(keep, x0, redraw.view(x0.shape))
+
+    def posterior_log_probs(self, x_t: Tensor, x0_probs: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        """The generic Bayes step fused into a few O(K) passes.
+
+        With ``d = (1-ᾱ_t) π(x_t)`` and ``e = (1-ᾱ_{t|s}) π(x_t)``, every ``k ≠ x_t`` has
+        ``q(x_t | x_0=k) = d`` and ``q(x_t | x_s=k) = e``, so the joint is ``e·(ᾱ_s w_k + (1-ᾱ_s) W π_k)``
+        with ``w = p/d`` and ``W = Σw``; only the entry ``k = x_t`` differs, and is set alone.
+        """
+        like = torch.empty((*x_t.shape, 1), dtype=torch.float64, device=x_t.device)
+        a_t, a_s = self._abar(t, like), self._abar(s, like)
+        a_ts = a_t / a_s
+        pi = self.pi.to(like)
+        idx = x_t[..., None]
+        pi_xt = pi[idx]
+        p = x0_probs.double()
+        p_xt = p.gather(-1, idx).clamp_min(TINY)
+        d = (1 - a_t) * pi_xt
+        inv_d = torch.where(d > 0, 1 / torch.where(d > 0, d, 1.0), 0.0)  # absorbing, x_t unmasked: only x̃0 = x_t
+        w_xt = p_xt / (a_t + d)
+        W = inv_d * (p.sum(-1, keepdim=True) - p_xt) + w_xt
+        e = (1 - a_ts) * pi_xt
+        m_xt = a_s * w_xt + (1 - a_s) * W * pi_xt
+        joint = torch.addcmul((e * a_s * inv_d) * p, e * (1 - a_s) * W, pi)
+        joint = joint.scatter(-1, idx, (e + a_ts) * m_xt)
+        return joint.clamp_min(TINY).log() - (e * W + a_ts * m_xt).log()
+
+    def posterior_of_tokens(self, x_t: Tensor, x0: Tensor, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``q(x_s = k | x_t, x_0) = c π_k + u [k = x_t] + v [k = x_0]`` for token ids: ``(c, u, v)``, each
+        float64 shaped like ``x_t``. Three numbers per token; the ``K`` values are never formed."""
+        like = torch.empty(x_t.shape, dtype=torch.float64, device=x_t.device)
+        a_t, a_s = self._abar(t, like), self._abar(s, like)
+        a_ts = a_t / a_s
+        pi_xt = self.pi.to(like)[x_t]
+        e = (1 - a_ts) * pi_xt  # q(x_t | x_s = k) for k != x_t
+        u = a_ts * (a_s * (x_t == x0) + (1 - a_s) * pi_xt)
+        v, c = e * a_s, e * (1 - a_s)
+        z = u + v + c  # q(x_t | x_0)
+        return c / z, u / z, v / z
+
+    def posterior_kl(self, x_t: Tensor, x0: Tensor, log_p: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        """The KL from the three-number posterior: one pass over ``log_p`` (for ``Σ π_k log p_k``)."""
+        c, u, v = self.posterior_of_tokens(x_t, x0, s, t)
+        same = x_t == x0
+        u, v = torch.where(same, u + v, u), torch.where(same, 0.0, v)
+        pi = self.pi.to(c)
+        c_xt, c_x0 = c * pi[x_t], c * pi[x0]
+        neg_entropy = (_xlogx(c) + c * _xlogx(pi).sum() - _xlogx(c_xt) + _xlogx(c_xt + u)
+                       - _xlogx(c_x0) + _xlogx(c_x0 + v))
+        log_p = log_p.double()
+        cross = (c * (log_p @ pi) + u * log_p.gather(-1, x_t[..., None])[..., 0]
+                 + v * log_p.gather(-1, x0[..., None])[..., 0])
+        return neg_entropy - cross
 
 
 class Uniform(MixtureTransition):
@@ -196,12 +282,6 @@ TRANSITIONS: dict[str, type[Transition]] = {
 
 
 # -------------------------------------------------------------------- process
-def _kl(log_q: Tensor, log_p: Tensor) -> Tensor:
-    """``KL(q || p)`` over the last dim from log-probabilities; ``0 · log 0 = 0``."""
-    q = log_q.exp()
-    return torch.where(q > 0, q * (log_q - log_p), torch.zeros_like(q)).sum(-1)
-
-
 def _gumbel_sample(logits: Tensor, generator: torch.Generator | None) -> Tensor:
     u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64).clamp_(1e-30, 1.0)
     return (logits.double() - torch.log(-torch.log(u))).argmax(-1)
@@ -220,16 +300,12 @@ class D3PM:
         return self.transition.marginal_of_tokens(x0, t)
 
     def q_sample(self, x0: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        return _gumbel_sample(self.q_probs(x0, t).clamp_min(TINY).log(), generator)
+        return self.transition.sample_marginal(x0, t, generator)
 
     def posterior_log_probs(self, x_t: Tensor, x0_probs: Tensor, s: Tensor, t: Tensor) -> Tensor:
         """``log q(x_s | x_t, x_0)`` for a one-hot ``x0_probs``, or the model's reverse step
         ``log p(x_s | x_t) = log Σ_x̃0 q(x_s | x_t, x̃0) p̃(x̃0)`` for predicted probabilities; float64."""
-        likelihood = self.transition.column(x_t, torch.zeros_like(t), t)  # q(x_t | x_0 = k)
-        possible = likelihood > 0  # x̃0 that can produce x_t; a zero divisor would poison the gradient
-        w = torch.where(possible, x0_probs.double().clamp_min(TINY) / torch.where(possible, likelihood, 1.0), 0.0)
-        joint = self.transition.column(x_t, s, t) * self.transition.marginal(w, s)
-        return torch.log_softmax(joint.clamp_min(TINY).log(), dim=-1)
+        return self.transition.posterior_log_probs(x_t, x0_probs, s, t)
 
     def model_probs(self, logits: Tensor, temperature: float = 1.0) -> Tensor:
         """``p̃(x_0 | x_t)`` from the model's logits; the absorbing mask is never a data token."""
@@ -240,14 +316,16 @@ class D3PM:
         return torch.softmax(logits, dim=-1)
 
     # -- training
-    def loss_terms(self, model, x0: Tensor, t: Tensor, generator: torch.Generator | None = None):
-        """Per-sample ``(L_vb, CE)`` at times ``t`` ``(B,)``, each a mean over tokens (nats)."""
+    def loss_terms(self, model, x0: Tensor, t: Tensor, generator: torch.Generator | None = None,
+                   s: Tensor | None = None):
+        """Per-sample ``(L_vb, CE)`` for the step ``t -> s`` (default ``s = t - 1``), each a mean over
+        tokens (nats). ``L_vb`` is ``KL(q(x_s | x_t, x_0) || p(x_s | x_t))``, or ``−log p(x_0 | x_t)`` at ``s = 0``."""
+        s = t - 1 if s is None else s
         x_t = self.q_sample(x0, t, generator)
         probs = self.model_probs(model(x_t, t))
-        log_p = self.posterior_log_probs(x_t, probs, t - 1, t)
-        log_q = self.posterior_log_probs(x_t, F.one_hot(x0, self.K).double(), t - 1, t)
-        nll = -log_p.gather(-1, x0[..., None])[..., 0]  # t = 1: -log p(x_0 | x_1)
-        vb = torch.where(_per_sample(t, nll) == 1, nll, _kl(log_q, log_p))
+        log_p = self.posterior_log_probs(x_t, probs, s, t)
+        nll = -log_p.gather(-1, x0[..., None])[..., 0]
+        vb = torch.where(_per_sample(s, nll) == 0, nll, self.transition.posterior_kl(x_t, x0, log_p, s, t))
         ce = -probs.clamp_min(TINY).log().gather(-1, x0[..., None])[..., 0]
         return vb.flatten(1).mean(1), ce.flatten(1).mean(1)
 
@@ -276,21 +354,30 @@ class D3PM:
 
     # -- likelihood
     @torch.no_grad()
-    def elbo_bits(self, model, x0: Tensor, progress: bool = False) -> Tensor:
-        """Exact negative ELBO per sample in bits per token ``(B,)``:
-        ``KL(q(x_T|x_0) || stationary) + Σ_{t=2..T} KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) − log p(x_0|x_1)``.
-        One model call per timestep; the ``x_t`` of each term is drawn from ``q(x_t | x_0)``."""
+    def elbo_bits(self, model, x0: Tensor, steps: int | None = None, progress: bool = False) -> Tensor:
+        """Exact negative ELBO per sample in bits per token ``(B,)`` of the ``steps``-step chain that
+        :meth:`sample` runs (default all T) on times ``T = τ_S > … > τ_1 > τ_0 = 0``:
+        ``KL(q(x_T|x_0) || stationary) + Σ_{i≥2} KL(q(x_{τ_{i-1}}|x_{τ_i},x_0) || p(x_{τ_{i-1}}|x_{τ_i})) − log p(x_0|x_{τ_1})``.
+        One model call per step; the ``x_t`` of each term is drawn from ``q(x_t | x_0)``."""
         B, tokens = len(x0), x0[0].numel()
         g = torch.Generator(device=x0.device).manual_seed(0)
         T_all = torch.full((B,), self.T, device=x0.device)
         log_prior = self.transition.stationary().double().to(x0.device).clamp_min(TINY).log()
         log_qT = self.q_probs(x0, T_all).clamp_min(TINY).log()
         total = _kl(log_qT, log_prior.expand_as(log_qT)).flatten(1).sum(1)
-        for step in tqdm(range(1, self.T + 1), desc="ELBO", disable=not progress, leave=False):
-            t = torch.full((B,), step, device=x0.device)
-            vb, _ = self.loss_terms(model, x0, t, g)
+        for t_now, t_next in tqdm(self.grid(steps), desc="ELBO", disable=not progress, leave=False):
+            t = torch.full((B,), t_now, device=x0.device)
+            vb, _ = self.loss_terms(model, x0, t, g, s=torch.full_like(t, t_next))
             total = total + vb * tokens
         return (total / (tokens * LN2)).float()
+
+    def grid(self, steps: int | None = None) -> list[tuple[int, int]]:
+        """The ``(t, s)`` pairs of a ``steps``-step chain from ``T`` to 0, evenly spaced (default: every step)."""
+        steps = steps or self.T
+        if not 1 <= steps <= self.T:
+            raise ValueError(f"steps must be between 1 and the process's {self.T} timesteps, got {steps}")
+        times = torch.linspace(self.T, 0, steps + 1).round().long().tolist()
+        return list(zip(times[:-1], times[1:]))
 
     # -- sampling
     @torch.no_grad()
@@ -312,9 +399,7 @@ class D3PM:
         ``known = (mask, values)`` (bool and int64, ``shape``) fixes those tokens: the model
         always sees them, and they are returned bit-exactly.
         """
-        steps = steps or self.T
-        if not 1 <= steps <= self.T:
-            raise ValueError(f"steps must be between 1 and the process's {self.T} timesteps, got {steps}")
+        grid = self.grid(steps)
         device = device or next(model.parameters()).device
         B = shape[0]
         x = _gumbel_sample(self.transition.stationary().double().clamp_min(TINY).log().to(device).expand(*shape, -1),
@@ -322,8 +407,7 @@ class D3PM:
         if known is not None:
             mask, values = (v.to(device) for v in known)
             x = torch.where(mask, values, x)
-        times = torch.linspace(self.T, 0, steps + 1).round().long().tolist()
-        for t_now, t_next in tqdm(list(zip(times[:-1], times[1:])), desc="sample", disable=not progress, leave=False):
+        for t_now, t_next in tqdm(grid, desc="sample", disable=not progress, leave=False):
             t = torch.full((B,), t_now, device=device)
             probs = self.model_probs(model(x, t), temperature)
             log_p = self.posterior_log_probs(x, probs, torch.full_like(t, t_next), t)

@@ -176,10 +176,11 @@ class Discrete(Domain):
                                    known=known, generator=generator, progress=progress)
 
     @torch.no_grad()
-    def elbo_bits(self, model: nn.Module, data: Tensor, batch_size: int, progress: bool = False) -> float:
-        """Mean exact negative ELBO in bits per token over ``data`` ``(N, *shape)``."""
+    def elbo_bits(self, model: nn.Module, data: Tensor, batch_size: int, steps: int | None = None,
+                  progress: bool = False) -> float:
+        """Mean exact negative ELBO in bits per token over ``data`` ``(N, *shape)`` of the ``steps``-step chain."""
         device = next(model.parameters()).device
-        total = [self.process.elbo_bits(model, chunk.to(device), progress=progress).cpu()
+        total = [self.process.elbo_bits(model, chunk.to(device), steps=steps, progress=progress).cpu()
                  for chunk in data.split(batch_size)]
         return torch.cat(total).mean().item()
 

@@ -93,6 +93,60 @@ def test_model_reverse_step_mixes_posteriors_over_predicted_x0(kind):
             assert torch.allclose(got.exp()[0, 0], expected / expected.sum(), atol=1e-9)
 
 
+@pytest.mark.parametrize("kind", ["uniform", "absorbing"])
+def test_fused_mixture_posterior_equals_generic_bayes_with_gradients(kind):
+    """The fused O(K) reverse step equals the generic Bayes formula in value and gradient."""
+    from discrete.d3pm import Transition
+
+    process, _ = build(kind, K=7, T=50)
+    g = torch.Generator().manual_seed(1)
+    t = torch.tensor([1, 2, 17, 49, 50])
+    s = torch.tensor([0, 1, 3, 48, 20])
+    x_t = process.q_sample(torch.randint(0, 6, (5, 11), generator=g), t, g)
+    logits = torch.randn(5, 11, 7, dtype=torch.float64, generator=g, requires_grad=True)
+    outs = []
+    for fn in (process.transition.posterior_log_probs,
+               lambda *a: Transition.posterior_log_probs(process.transition, *a)):
+        out = fn(x_t, process.model_probs(logits), s, t)
+        (grad,) = torch.autograd.grad((out.exp() * torch.arange(7.0)).sum(), logits)
+        outs.append((out.exp(), grad))
+    assert torch.allclose(outs[0][0], outs[1][0], atol=1e-12)
+    assert torch.allclose(outs[0][1], outs[1][1], atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "absorbing"])
+def test_three_number_posterior_and_its_kl_equal_the_dense_forms(kind):
+    """``c π + u [k = x_t] + v [k = x_0]`` is the posterior; the KL from it equals the KL of dense vectors."""
+    from discrete.d3pm import Transition, _kl
+
+    process, _ = build(kind, K=6, T=40)
+    tr = process.transition
+    g = torch.Generator().manual_seed(2)
+    t = torch.tensor([2, 5, 17, 39, 40, 40])
+    s = torch.tensor([1, 0, 9, 38, 39, 1])
+    x0 = torch.randint(0, 5, (6, 30), generator=g)
+    x0[:, :5] = torch.arange(5)
+    x_t = process.q_sample(x0, t, g)
+    x_t[:4, :3] = x0[:4, :3]  # x_t = x_0 (possible for t < T: every transition keeps a token with some probability)
+    c, u, v = tr.posterior_of_tokens(x_t, x0, s, t)
+    dense = c[..., None] * tr.pi + u[..., None] * F.one_hot(x_t, 6) + v[..., None] * F.one_hot(x0, 6)
+    exact = Transition.posterior_log_probs(tr, x_t, F.one_hot(x0, 6).double(), s, t).exp()
+    assert torch.allclose(dense, exact, atol=1e-12)
+    log_p = torch.log_softmax(torch.randn(6, 30, 6, dtype=torch.float64, generator=g), -1)
+    assert torch.allclose(tr.posterior_kl(x_t, x0, log_p, s, t), _kl(exact.clamp_min(1e-300).log(), log_p), atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+def test_q_sample_draws_from_q_probs(kind):
+    process, _ = build(kind, K=6, T=20)
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.arange(6).repeat(20000, 1)  # every category, 20k draws each
+    t = torch.full((20000,), 7)
+    freq = F.one_hot(process.q_sample(x0, t, g), 6).double().mean(0)
+    expected = process.q_probs(x0[:1], t[:1])[0]
+    assert (freq - expected).abs().max() < 4 * (0.25 / 20000) ** 0.5  # 4 standard errors at worst p = 1/2
+
+
 def test_marginal_at_T_is_stationary():
     x0 = torch.arange(K)[None]
     absorbing, _ = build("absorbing")
@@ -164,7 +218,8 @@ def test_exact_predictor_samples_the_data_and_its_elbo_is_the_entropy(kind):
         assert (freq - p).abs().max() < 0.01, (steps, freq)  # 20 000 tokens: std of a frequency <= 0.0035
     x0 = torch.multinomial(p.float(), 64 * 64, replacement=True, generator=g).reshape(64, 64)
     entropy = -(p[p > 0] * p[p > 0].log2()).sum()
-    assert abs(process.elbo_bits(model, x0).mean() - entropy) < 0.03
+    for steps in (None, 7, 1):  # every step, skipping steps (the sampler's chain), one step
+        assert abs(process.elbo_bits(model, x0, steps=steps).mean() - entropy) < 0.03, steps
 
 
 def test_joint_weighting_is_not_exact():

@@ -57,6 +57,9 @@ def test_cli_infill_prompt_and_eval(text_export, tmp_path, capsys):
     assert discrete_cli(["eval", "--checkpoint", ckpt, "--data", str(held_out)]) == 0
     line = capsys.readouterr().out
     assert "bits/char" in line and 0 < float(line.split(": ")[1].split()[0]) < 8
+    assert discrete_cli(["eval", "--checkpoint", ckpt, "--data", str(held_out), "--steps", "4"]) == 0
+    line = capsys.readouterr().out
+    assert "4 steps" in line and 0 < float(line.split(": ")[1].split()[0]) < 8
     assert discrete_cli(["sample", "--checkpoint", ckpt, "--prompt", "Ωmega"]) == 2
     assert "'Ω'" in capsys.readouterr().err
 
