@@ -18,7 +18,6 @@ configs' transformer.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 import time
@@ -32,18 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
 from discrete.d3pm import D3PM, Absorbing, Uniform, d3pm_betas  # noqa: E402
-
-
-def timed(fn, device: str, repeats: int = 5) -> float:
-    fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats
+from multigen.benchmarking import timed, write_results  # noqa: E402
 
 
 def dense_matrices(process: D3PM, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -153,6 +141,34 @@ def throughput(device: str, steps: int) -> list[dict]:
     return rows
 
 
+def curve(device: str, out_dir: Path, eval_every: int, sampling_steps: list[int], sequences: int) -> dict:
+    """Train the default text config, logging held-out bits/char every ``eval_every`` steps, then score
+    the export's held-out ELBO for the chains that sampling with fewer steps runs."""
+    from multigen.export import load_pretrained
+    from multigen.train import main as train
+
+    overrides = [f"train.output_dir={out_dir}", f"train.eval_every={eval_every}", "train.resume=false",
+                 f"eval.num_sequences={sequences}", "train.tensorboard=false"]
+    if device == "cpu":
+        overrides.append("train.cpu=true")
+    start = time.perf_counter()
+    assert train(["--domain", "discrete", "--config", "default", *overrides]) == 0
+    train_minutes = (time.perf_counter() - start) / 60
+    log = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
+    by_step = [{"step": r["step"], "bits_per_char": r["eval/elbo_bits_per_token"],
+                "unigram_bits": r["eval/baseline_unigram_bits"]} for r in log if "eval/elbo_bits_per_token" in r]
+    p = load_pretrained(out_dir / "export", device)
+    val = p.domain.build_dataset("val")
+    data = torch.stack([val[i] for i in range(min(sequences, len(val)))])
+    by_sampling = []
+    for steps in sampling_steps:
+        start = time.perf_counter()
+        bits = p.domain.elbo_bits(p.model, data, batch_size=32, steps=steps)
+        by_sampling.append({"steps": steps, "bits_per_char": bits, "seconds": time.perf_counter() - start})
+    return {"train_minutes": train_minutes, "held_out_sequences": len(data), "by_training_step": by_step,
+            "by_sampling_steps": by_sampling}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -162,11 +178,42 @@ def main() -> None:
                         help="tokens for the reverse step from a predicted x0 (its dense form is a K x K matmul)")
     parser.add_argument("--throughput", action="store_true")
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--curve", action="store_true",
+                        help="train configs/discrete/default.yaml and report held-out bits/char against training "
+                             "steps and against sampling steps")
+    parser.add_argument("--eval-every", type=int, default=150)
+    parser.add_argument("--sampling-steps", type=int, nargs="+", default=[256, 128, 64, 32, 16, 8, 4])
+    parser.add_argument("--sequences", type=int, default=64, help="held-out sequences scored for the curves")
+    parser.add_argument("--skip-transitions", action="store_true")
     parser.add_argument("--out", default="benchmarks/out/discrete.json")
     args = parser.parse_args()
 
-    rows = [compare(kind, K, args.tokens, args.predicted_tokens, args.device)
-            for kind in ("uniform", "absorbing") for K in args.vocab]
+    rows = [] if args.skip_transitions else [compare(kind, K, args.tokens, args.predicted_tokens, args.device)
+                                             for kind in ("uniform", "absorbing") for K in args.vocab]
+    if rows:
+        print_transitions(rows)
+    result = {"device": args.device, "transitions": rows}
+    if args.throughput:
+        result["throughput"] = throughput(args.device, args.steps)
+        print("\n| config | params | objective | tokens/step | s/step | tokens/s |\n|---|---|---|---|---|---|")
+        for r in result["throughput"]:
+            print(f"| {r['config']} | {r['params_M']:.2f} M | {r['objective']} | {r['batch_tokens']} | "
+                  f"{r['step_seconds']:.3f} | {r['tokens_per_second']:.0f} |")
+    if args.curve:
+        c = result["curve"] = curve(args.device, Path(args.out).parent / "discrete_run", args.eval_every, args.sampling_steps,
+                                    args.sequences)
+        print(f"\ntrained in {c['train_minutes']:.1f} min; held-out bits/char ({c['held_out_sequences']} sequences)")
+        print("| training step | " + " | ".join(str(r["step"]) for r in c["by_training_step"]) + " |")
+        print("|---|" + "---|" * len(c["by_training_step"]))
+        print("| bits/char | " + " | ".join(f"{r['bits_per_char']:.3f}" for r in c["by_training_step"]) + " |")
+        print("| unigram | " + " | ".join(f"{r['unigram_bits']:.3f}" for r in c["by_training_step"]) + " |")
+        print("\n| sampling steps | " + " | ".join(str(r["steps"]) for r in c["by_sampling_steps"]) + " |")
+        print("|---|" + "---|" * len(c["by_sampling_steps"]))
+        print("| bits/char | " + " | ".join(f"{r['bits_per_char']:.3f}" for r in c["by_sampling_steps"]) + " |")
+    write_results(args.out, result)
+
+
+def print_transitions(rows: list[dict]) -> None:
     print(f"| transition | K | x_t ~ q(x_t|x_0) closed / dense (ms) | speed-up | q(x_s|x_t,x_0) closed / dense (ms) | "
           f"speed-up | p(x_s|x_t), {rows[0]['predicted_tokens']} tokens, closed / dense (ms) | speed-up | "
           "dense matrices (one step / all T) |")
@@ -176,18 +223,6 @@ def main() -> None:
               f"{r['speedup_q']:.1f}x | {r['posterior_closed_ms']:.1f} / {r['posterior_dense_ms']:.1f} | "
               f"{r['speedup_posterior']:.1f}x | {r['reverse_closed_ms']:.1f} / {r['reverse_dense_ms']:.1f} | "
               f"{r['speedup_reverse']:.0f}x | {r['dense_matrices_MB']:.1f} MB / {r['dense_all_T_GB']:.1f} GB |")
-    result = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "device": args.device,
-              "threads": torch.get_num_threads(), "command": " ".join(["python", *sys.argv]), "transitions": rows}
-    if args.throughput:
-        result["throughput"] = throughput(args.device, args.steps)
-        print("\n| config | params | objective | tokens/step | s/step | tokens/s |\n|---|---|---|---|---|---|")
-        for r in result["throughput"]:
-            print(f"| {r['config']} | {r['params_M']:.2f} M | {r['objective']} | {r['batch_tokens']} | "
-                  f"{r['step_seconds']:.3f} | {r['tokens_per_second']:.0f} |")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -24,21 +24,20 @@ blend) is measured for each sampler setting (DDPM 250, DDIM 50, DPM-Solver++ 10/
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import resource
 import subprocess
 import sys
 import time
 import types
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
 # This script shares its name with the package it measures: import the package, not the script.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
+
+from multigen.benchmarking import time_train_steps, write_results  # noqa: E402
 
 
 def video_config(config: str, batch: int | None):
@@ -47,32 +46,6 @@ def video_config(config: str, batch: int | None):
 
     overrides = [f"train.batch_size={batch}"] if batch else []
     return load_config(VideoConfig, REPO / "configs" / "video" / f"{config}.yaml", overrides)
-
-
-def time_steps(loss_fn: Callable[[], torch.Tensor], params, device: str, dtype, steps: int) -> tuple[float, float]:
-    """Seconds per optimiser step of ``loss_fn`` (after 2 warm-up steps) and peak memory in bytes."""
-    opt = torch.optim.AdamW(params, lr=1e-4)
-
-    def step() -> None:
-        with torch.autocast(device_type=device, dtype=dtype, enabled=dtype is not None):
-            loss = loss_fn()
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    for _ in range(2):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / steps
-    peak = torch.cuda.max_memory_allocated() if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return seconds, peak
 
 
 def measure(config: str, device: str, batch: int | None, steps: int, peer: bool = False) -> dict:
@@ -91,7 +64,7 @@ def measure(config: str, device: str, batch: int | None, steps: int, peer: bool 
         model.to(device)
     else:
         loss_fn = lambda: domain.training_loss(model, clips)  # noqa: E731
-    seconds, peak = time_steps(loss_fn, model.parameters(), device, dtype, steps)
+    seconds, peak = time_train_steps(loss_fn, model.parameters(), device, dtype, steps)
     d = cfg.data
     return {
         "config": config, "model": "video-diffusion-pytorch Unet3D" if peer else "multigen SpaceTimeUNet",
@@ -200,12 +173,7 @@ def main() -> None:
 
 
 def write_json(args: argparse.Namespace, rows: list[dict]) -> None:
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"date": datetime.date.today().isoformat(), "torch": torch.__version__,
-                               "threads": torch.get_num_threads(), "command": " ".join(["python", *sys.argv]),
-                               "results": rows}, indent=2))
-    print(f"wrote {out}")
+    write_results(args.out, {"results": rows})
 
 
 if __name__ == "__main__":

@@ -5,9 +5,11 @@
     multigen-pointcloud complete ...  (the same as multigen-complete)
 
 PARTIAL is ``.ply/.npy/.xyz/.obj/.off/.stl`` (meshes are sampled). The partial is
-mapped into the model's frame (``--normalize partial``: centred on its bounding box,
-its half-diagonal scaled to ``--partial-radius``; ``none``: taken as is), completed,
-and the generated points are mapped back. Every output ``.ply`` holds every input
+mapped into the model's frame (``--normalize data``: with the centre and scale recorded
+from the training data, for models trained with global normalisation; ``partial``: centred
+on its bounding box, its half-diagonal scaled to ``--partial-radius``; ``none``: taken as
+is; ``auto``, the default: ``data`` when recorded, else ``partial``), completed, and the
+generated points are mapped back. Every output ``.ply`` holds every input
 point unchanged followed by the generated points; ``completions.png`` shows the
 partial in red and the generated points in blue.
 """
@@ -40,8 +42,14 @@ def _generator(args: argparse.Namespace) -> torch.Generator:
     return torch.Generator(device=args.device).manual_seed(args.seed)
 
 
-def _to_model_frame(points: np.ndarray, how: str, radius: float) -> tuple[np.ndarray, float]:
+def _to_model_frame(points: np.ndarray, how: str, radius: float, normalizer) -> tuple[np.ndarray, float]:
     """``(centre (3,), scale)`` with model-frame points ``(points - centre) / scale``."""
+    if how == "auto":
+        how = "data" if normalizer.mode == "global" else "partial"
+    if how == "data":
+        if normalizer.mode != "global":
+            raise PointCloudError("--normalize data needs a model trained with data.normalization=global")
+        return normalizer.centre.double().numpy(), normalizer.scale
     if how == "none":
         return np.zeros(3), 1.0
     lo, hi = points.min(0), points.max(0)
@@ -61,7 +69,7 @@ def cmd_complete(args: argparse.Namespace) -> Path:
     if p.domain.cfg.task.completion == 0:
         print("note: this model was trained for generation only (task.completion=0); completions keep the partial "
               "exactly but were not trained for it")
-    centre, scale = _to_model_frame(partial, args.normalize, args.partial_radius)
+    centre, scale = _to_model_frame(partial, args.normalize, args.partial_radius, p.domain.normalizer)
     observed = torch.from_numpy((partial - centre) / scale).float()
     if len(observed) > limit:
         print(f"note: {args.input} has {len(observed)} points; conditioning on {limit} of them chosen by farthest "
@@ -95,7 +103,8 @@ def cmd_sample(args: argparse.Namespace) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         clouds = p.domain.sample(p.model, args.num, steps=args.steps, sampler=args.sampler,
-                                 generator=_generator(args), progress=True).float().cpu().numpy()
+                                 generator=_generator(args), progress=True).float().cpu()
+    clouds = p.domain.normalizer.invert(clouds).numpy()  # in the training data's units (global normalization)
     for i, c in enumerate(clouds):
         write_ply(out / f"sample_{i:03d}.ply", c)
     render_clouds(list(clouds), out / "samples.png", titles=[f"sample {i}" for i in range(len(clouds))])
@@ -115,8 +124,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _complete_args(p: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("--input", required=True, help="partial cloud: .ply/.npy/.xyz or a mesh .obj/.off/.stl")
-    p.add_argument("--normalize", choices=["partial", "none"], default="partial",
-                   help="partial: fit the partial's bounding box into the model's frame; none: input is in it")
+    p.add_argument("--normalize", choices=["auto", "data", "partial", "none"], default="auto",
+                   help="data: the training data's recorded centre/scale (input in the data's units); partial: fit "
+                        "the partial's bounding box into the model's frame; none: input is in it; auto: data when "
+                        "the model recorded them, else partial")
     p.add_argument("--partial-radius", type=float, default=0.8,
                    help="--normalize partial: half-diagonal of the partial in the model's frame")
     p.add_argument("--max-partial", type=int, help="most input points conditioned on (default: the model's)")

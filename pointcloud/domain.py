@@ -21,6 +21,7 @@ from multigen import Known, sample
 from multigen.config import DiffusionConfig, SampleConfig, TrainConfig, at_least, choice
 from multigen.domain import GaussianDomain
 
+from .datasets import NormalizedClouds, Normalizer, ShapeFolder, ShapeNetPC15k
 from .io import render_clouds
 from .metrics import chamfer, set_metrics
 from .model import PVCNNUNet, pvd_spec
@@ -34,12 +35,22 @@ GENERATED_COLOR = (0.2, 0.4, 0.8)
 
 @dataclass
 class PointDataConfig:
-    source: str = choice("procedural", "procedural")  # built-in shapes (file loaders: not yet)
+    # procedural: built-in shapes; shapenet: PointFlow's <root>/<synset>/<split>/*.npy (ShapeNetCore.v2.PC15k);
+    # folder: meshes (.obj/.off/.stl/.ply) and point files (.npy/.xyz/.txt/.ply) under root, recursively
+    source: str = choice("procedural", "procedural", "shapenet", "folder")
+    root: str = ""  # shapenet / folder
+    categories: list[str] = field(default_factory=lambda: ["chair"])  # shapenet: names or synset ids
+    cache_dir: str = ""  # folder: where sampled meshes are cached (default <root>/.multigen_cache)
+    # File data into the model's unit-ball frame: per shape, or one global centre/scale fitted on the
+    # training clouds and recorded below (so exports return samples in the data's units), or as is.
+    normalization: str = choice("global", "global", "shape", "none")
+    centre: list[float] = field(default_factory=list)  # recorded by training (global normalization)
+    scale: float = at_least(0.0, 0.0)  # recorded by training (global normalization)
     families: list[str] = field(default_factory=lambda: list(FAMILIES))  # procedural shape families
     points: int = at_least(1024, 16)  # PVD uses 2048 (configs/pointcloud/gpu.yaml)
     num_train: int = at_least(4000, 1)  # procedural shapes per epoch
     num_val: int = at_least(200, 1)
-    seed: int = 0  # the validation shapes come from an independent stream
+    seed: int = 0  # procedural: validation shapes come from an independent stream; files: point subsets
 
 
 @dataclass
@@ -88,6 +99,27 @@ class PointCloud(GaussianDomain):
     name = "pointcloud"
     config_class = PointCloudConfig
 
+    def __init__(self, cfg: PointCloudConfig) -> None:
+        super().__init__(cfg)
+        d = cfg.data
+        if d.source == "procedural":
+            self.normalizer = Normalizer("none")  # the built-in shapes are made in the unit sphere
+        elif d.normalization == "global":
+            if not d.scale > 0:
+                fitted = Normalizer.fit(self._raw_dataset("train"))
+                d.centre, d.scale = fitted.centre.tolist(), fitted.scale
+            self.normalizer = Normalizer("global", list(d.centre), d.scale)
+        else:
+            self.normalizer = Normalizer(d.normalization)
+
+    def _raw_dataset(self, split: str) -> Dataset:
+        d = self.cfg.data
+        if not d.root:
+            raise ValueError(f"data.source={d.source} needs data.root (the dataset's folder)")
+        if d.source == "shapenet":
+            return ShapeNetPC15k(d.root, list(d.categories), split, d.points, d.seed)
+        return ShapeFolder(d.root, split, d.points, d.seed, d.cache_dir)
+
     def build_model(self) -> nn.Module:
         m = self.cfg.model
         return PVCNNUNet(pvd_spec(m.width, m.voxel_resolution, self.cfg.data.points), extra_channels=1)
@@ -96,6 +128,8 @@ class PointCloud(GaussianDomain):
         d = self.cfg.data
         if split not in ("train", "val"):
             raise ValueError(f"unknown split {split!r}; use 'train' or 'val'")
+        if d.source != "procedural":
+            return NormalizedClouds(self._raw_dataset(split), self.normalizer)
         n = d.num_train if split == "train" else d.num_val
         return ProceduralShapes(families=d.families, num_shapes=n, points=d.points, seed=d.seed, split=split)
 

@@ -1,0 +1,193 @@
+"""Point-cloud cost and quality: denoiser train steps, point ops against their loop references,
+Chamfer/EMD against exact, and 1-NNA against sampler steps.
+
+* Train steps (each config in its own process, so peak memory is its own): seconds per
+  optimiser step and peak memory at 2 048 points for ``configs/pointcloud/{tiny,default,gpu}``.
+* Ops: each op of :mod:`pointcloud.ops` against the plain-loop reference it is tested
+  equal to (:mod:`pointcloud.reference`), at a size the loops finish (1 024 points), and
+  the vectorised op alone at the model's size (a batch of 2 048-point clouds).
+* Metrics: Chamfer chunked against the dense ``(B, N, M)`` form; Sinkhorn EMD against the
+  exact assignment (time and relative gap).
+* ``--quality EXPORT_DIR``: MMD/COV/1-NNA (Chamfer) of a trained model's samples against
+  held-out shapes for each sampler setting, next to a Gaussian blob of the data.
+
+    python benchmarks/pointcloud.py [--device cpu|cuda] [--configs tiny default gpu] [--batch 8]
+    python benchmarks/pointcloud.py --quality runs/pointcloud/export [--shapes 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+# This script shares its name with the package it measures: import the package, not the script.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
+
+from multigen.benchmarking import timed, time_train_steps, write_results  # noqa: E402
+from pointcloud import ops, reference  # noqa: E402
+from pointcloud.metrics import emd_approx, emd_exact  # noqa: E402
+
+SAMPLER_SETTINGS = [("ddpm", 250), ("ddpm", 100), ("ddim", 50), ("dpm_solver_pp", 50), ("dpm_solver_pp", 25)]
+
+
+def measure_config(config: str, device: str, batch: int, points: int, steps: int) -> dict:
+    """Train-step time and peak memory of ``configs/pointcloud/<config>.yaml`` at ``points`` points."""
+    from multigen.config import load_config
+    from pointcloud.domain import PointCloud, PointCloudConfig
+
+    cfg = load_config(PointCloudConfig, REPO / "configs" / "pointcloud" / f"{config}.yaml",
+                      [f"data.points={points}", f"train.batch_size={batch}"])
+    domain = PointCloud(cfg)
+    model = domain.build_model().to(device)
+    data = domain.build_dataset("train")
+    clouds = torch.stack([data[i] for i in range(batch)]).to(device)
+    dtype = torch.bfloat16 if cfg.train.mixed_precision == "bf16" and device == "cuda" else None
+    seconds, peak = time_train_steps(lambda: domain.training_loss(model, clouds), model.parameters(), device,
+                                     dtype, steps)
+    return {"config": config, "device": device, "points": points, "batch": batch,
+            "params_M": sum(p.numel() for p in model.parameters()) / 1e6, "step_seconds": seconds,
+            "clouds_per_second": batch / seconds, "peak_memory_MB": peak / 2**20}
+
+
+def op_rows(device: str, batch: int) -> list[dict]:
+    """Each op against its loop reference (1 024 points, one cloud), and alone at the model's size."""
+    g = torch.Generator().manual_seed(0)
+    small = torch.rand(1, 1024, 3, generator=g) * 2 - 1
+    centres = small[:, :128]
+    feats = torch.randn(1, 32, 1024, generator=g)
+    R = 16
+    vox = ops.normalize_coords(small.transpose(1, 2), R).round().long()
+    cases = {
+        "farthest point sampling (1024 -> 128)": (lambda: ops.farthest_point_sample(small, 128),
+                                                  lambda: reference.fps_loop(small, 128)),
+        "kNN (128 queries, k = 16)": (lambda: ops.knn(centres, small, 16), lambda: reference.knn_loop(centres, small, 16)),
+        "ball query (128 centres, r = 0.2, k = 32)": (lambda: ops.ball_query(centres, small, 0.2, 32),
+                                                      lambda: reference.ball_query_loop(centres, small, 0.2, 32)),
+        "voxelize (32 channels, 16^3)": (lambda: ops.voxelize(feats, small.transpose(1, 2), R),
+                                         lambda: reference.voxelize_loop(feats, vox, R)),
+    }
+    rows = []
+    for name, (fast, loop) in cases.items():
+        t_fast, t_loop = timed(fast, "cpu", repeats=10), timed(loop, "cpu", repeats=1, warmup=0)
+        rows.append({"op": name, "vectorised_ms": t_fast * 1e3, "loop_ms": t_loop * 1e3, "speedup": t_loop / t_fast})
+
+    big = (torch.rand(batch, 2048, 3, generator=g) * 2 - 1).to(device)
+    big_feats = torch.randn(batch, 64, 2048, generator=g).to(device)
+    grid, norm = ops.voxelize(big_feats, big.transpose(1, 2), 32)
+    at_scale = {
+        "farthest point sampling (2048 -> 1024)": lambda: ops.farthest_point_sample(big, 1024),
+        "kNN (1024 queries, k = 16)": lambda: ops.knn(big[:, :1024], big, 16),
+        "ball query (1024 centres, r = 0.1, k = 32)": lambda: ops.ball_query(big[:, :1024], big, 0.1, 32),
+        "voxelize (64 channels, 32^3)": lambda: ops.voxelize(big_feats, big.transpose(1, 2), 32),
+        "trilinear devoxelize (64 channels, 32^3)": lambda: ops.trilinear_devoxelize(grid, norm),
+    }
+    for name, fn in at_scale.items():
+        rows.append({"op": name, "batch": batch, "points": 2048, "vectorised_ms": timed(fn, device) * 1e3})
+    return rows
+
+
+def metric_rows(device: str) -> list[dict]:
+    """Chamfer chunked vs dense; Sinkhorn EMD vs exact assignment, with the relative gap."""
+    g = torch.Generator().manual_seed(1)
+    rows = []
+    for n in (256, 1024, 2048):
+        x = (torch.rand(4, n, 3, generator=g) * 2 - 1).to(device)
+        y = (torch.rand(4, n, 3, generator=g) * 2 - 1).to(device)
+        exact = emd_exact(x, y)
+        approx = emd_approx(x, y)
+        rows.append({
+            "points": n, "pairs": 4,
+            "chamfer_chunked_ms": timed(lambda: ops.chamfer_distance(x, y), device) * 1e3,
+            "chamfer_dense_ms": timed(lambda: reference.chamfer_dense(x, y), device) * 1e3,
+            "chamfer_dense_matrix_MB": 4 * n * n * 3 * 4 / 2**20,  # the (B, N, M, 3) difference tensor
+            "emd_exact_ms": timed(lambda: emd_exact(x, y), device, repeats=1) * 1e3,
+            "emd_sinkhorn_ms": timed(lambda: emd_approx(x, y), device, repeats=1) * 1e3,
+            "emd_relative_gap": ((approx - exact).abs() / exact).max().item(),
+        })
+    return rows
+
+
+def quality(export: str, device: str, shapes: int) -> list[dict]:
+    """MMD/COV/1-NNA (Chamfer) of samples against ``shapes`` held-out shapes for each sampler setting."""
+    from multigen import load_pretrained
+
+    p = load_pretrained(export, device=device)
+    p.domain.cfg.eval.num_shapes = shapes
+    val = p.domain.build_dataset("val")
+    rows = []
+    for sampler, steps in SAMPLER_SETTINGS:
+        p.domain.cfg.sample.sampler, p.domain.cfg.sample.steps = sampler, steps
+        start = time.perf_counter()
+        with torch.no_grad():
+            metrics = p.domain.evaluate(p.model, val)
+        rows.append({"sampler": sampler, "steps": steps, "seconds": time.perf_counter() - start, **metrics})
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--configs", nargs="+", default=["tiny", "default", "gpu"])
+    parser.add_argument("--batch", type=int, default=8, help="clouds per train step and per op call")
+    parser.add_argument("--points", type=int, default=2048)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--quality", metavar="EXPORT_DIR", help="sample quality against sampler steps")
+    parser.add_argument("--shapes", type=int, default=64, help="--quality: held-out shapes (and samples)")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one config, print JSON
+    parser.add_argument("--out", default="benchmarks/out/pointcloud.json")
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure_config(args.one, args.device, args.batch, args.points, args.steps)))
+        return
+
+    if args.quality:
+        rows = quality(args.quality, args.device, args.shapes)
+        print("| sampler | steps | MMD-CD | COV-CD | 1-NNA-CD | blob MMD-CD | blob COV-CD | blob 1-NNA-CD | seconds |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['sampler']} | {r['steps']} | {r['MMD-CD']:.4f} | {r['COV-CD']:.2f} | {r['1-NNA-CD']:.2f} | "
+                  f"{r['baseline_gaussian/MMD-CD']:.4f} | {r['baseline_gaussian/COV-CD']:.2f} | "
+                  f"{r['baseline_gaussian/1-NNA-CD']:.2f} | {r['seconds']:.0f} |")
+        write_results(args.out.replace(".json", "_quality.json"), {"export": args.quality, "results": rows})
+        return
+
+    train = []
+    for config in args.configs:
+        cmd = [sys.executable, __file__, "--one", config, "--device", args.device, "--steps", str(args.steps),
+               "--batch", str(args.batch), "--points", str(args.points)]
+        result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        if result.returncode != 0:
+            print(f"{config}: failed\n{result.stderr[-2000:]}", file=sys.stderr)
+            continue
+        train.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    print("| config | params | points | batch | s/step | clouds/s | peak memory |\n|---|---|---|---|---|---|---|")
+    for r in train:
+        print(f"| {r['config']} | {r['params_M']:.2f} M | {r['points']} | {r['batch']} | {r['step_seconds']:.3f} | "
+              f"{r['clouds_per_second']:.2f} | {r['peak_memory_MB']:.0f} MB |")
+
+    op_table = op_rows(args.device, args.batch)
+    print("\n| op | vectorised (ms) | loop reference (ms) | speed-up |\n|---|---|---|---|")
+    for r in op_table:
+        loop = f"{r['loop_ms']:.0f} | {r['speedup']:.0f}x" if "loop_ms" in r else "– | –"
+        print(f"| {r['op']}{' x' + str(r['batch']) if 'batch' in r else ''} | {r['vectorised_ms']:.2f} | {loop} |")
+
+    metrics = metric_rows(args.device)
+    print("\n| points | Chamfer chunked / dense (ms) | dense difference tensor | EMD exact / Sinkhorn (ms) | "
+          "Sinkhorn gap |\n|---|---|---|---|---|")
+    for r in metrics:
+        print(f"| {r['points']} | {r['chamfer_chunked_ms']:.1f} / {r['chamfer_dense_ms']:.1f} | "
+              f"{r['chamfer_dense_matrix_MB']:.0f} MB | {r['emd_exact_ms']:.0f} / {r['emd_sinkhorn_ms']:.0f} | "
+              f"{100 * r['emd_relative_gap']:.2f}% |")
+    write_results(args.out, {"device": args.device, "train": train, "ops": op_table, "metrics": metrics})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Timing, memory and result files shared by the scripts in ``benchmarks/``.
+
+CPU memory is the process's peak resident set size (run each measurement in its own
+process when it must be its own); CUDA memory is the allocator's peak.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], Any], device: str = "cpu", repeats: int = 5, warmup: int = 1) -> float:
+    """Mean seconds per call of ``fn`` over ``repeats`` calls, after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def peak_memory(device: str) -> int:
+    """Peak bytes: the CUDA allocator's since its last reset, or this process's peak RSS on the CPU."""
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def time_train_steps(loss_fn: Callable[[], torch.Tensor], params, device: str, dtype: torch.dtype | None,
+                     steps: int) -> tuple[float, int]:
+    """Seconds per AdamW step of ``loss_fn`` (autocast to ``dtype`` when given; 2 warm-up steps) and peak bytes."""
+    opt = torch.optim.AdamW(params, lr=1e-4)
+
+    def step() -> None:
+        with torch.autocast(device_type=device, dtype=dtype, enabled=dtype is not None):
+            loss = loss_fn()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(2):
+        step()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    return timed(step, device, repeats=steps, warmup=0), peak_memory(device)
+
+
+def write_results(path: str | Path, results: dict) -> Path:
+    """``results`` as JSON at ``path``, with the date, torch version, thread count and command line."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {"date": datetime.date.today().isoformat(), "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "command": " ".join(["python", *sys.argv])}
+    path.write_text(json.dumps({**header, **results}, indent=2))
+    print(f"wrote {path}")
+    return path

@@ -1,0 +1,183 @@
+"""Point-cloud datasets from files: PointFlow's ShapeNetCore.v2.PC15k layout and folders of meshes/points.
+
+Both return raw clouds ``(points, 3)`` float32 in the files' units; :class:`Normalizer`
+maps them into the model's frame (the unit ball) and back. A cloud is a fixed,
+seeded subset of its file's points (or surface samples of its mesh), so an epoch is
+the same at every resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from .io import MESH_SUFFIXES, POINT_SUFFIXES, PointCloudError, check_points, read_points
+from .shapes import normalize
+
+# ShapeNetCore.v2 synset ids of the common categories (others can be given by id).
+SHAPENET_SYNSETS = {
+    "airplane": "02691156", "bench": "02828884", "bottle": "02876657", "bus": "02924116", "cabinet": "02933112",
+    "car": "02958343", "chair": "03001627", "display": "03211117", "guitar": "03467517", "lamp": "03636649",
+    "laptop": "03642806", "loudspeaker": "03691459", "motorcycle": "03790512", "mug": "03797390",
+    "rifle": "04090263", "sofa": "04256520", "table": "04379243", "telephone": "04401088", "vessel": "04530566",
+}
+
+
+def _subsample(points: np.ndarray, n: int, seed: int, source: str) -> np.ndarray:
+    """``n`` of ``points`` without replacement, the same subset for the same ``seed``."""
+    if len(points) < n:
+        raise PointCloudError(f"{source} has {len(points)} points; the model takes {n}")
+    idx = np.random.default_rng(seed).choice(len(points), n, replace=False)
+    return points[np.sort(idx)].astype(np.float32)
+
+
+def _seed_of(path: Path, seed: int) -> int:
+    return int.from_bytes(hashlib.sha1(f"{path.name}:{seed}".encode()).digest()[:4], "little")
+
+
+class ShapeNetPC15k(Dataset):
+    """``<root>/<synset>/<split>/*.npy`` (15 000 points each), ``categories`` by name or synset id.
+
+    ``split`` is ``train``, ``val`` or ``test``; ``val`` falls back to ``test`` when a category has no
+    ``val`` folder (PointFlow ships train/val/test).
+    """
+
+    def __init__(self, root: str | Path, categories: list[str], split: str, points: int, seed: int = 0) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"ShapeNet PC15k root {root} not found (expected <root>/<synset>/<split>/*.npy)")
+        if not categories:
+            raise ValueError("data.categories is empty: name at least one category (e.g. chair) or synset id")
+        self.files: list[Path] = []
+        for category in categories:
+            synset = SHAPENET_SYNSETS.get(category, category)
+            folder = root / synset
+            if not folder.is_dir():
+                known = ", ".join(sorted(SHAPENET_SYNSETS))
+                raise FileNotFoundError(f"category {category!r}: {folder} not found (names: {known}; or a synset id)")
+            split_dir = folder / split
+            if split == "val" and not split_dir.is_dir():
+                split_dir = folder / "test"
+            files = sorted(split_dir.glob("*.npy"))
+            if not files:
+                raise FileNotFoundError(f"category {category!r}: no .npy clouds in {split_dir}")
+            self.files += files
+        self.points, self.seed = points, seed
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> Tensor:
+        path = self.files[i]
+        try:
+            cloud = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise PointCloudError(f"{path} could not be read: {e}") from e
+        cloud = check_points(np.asarray(cloud, dtype=np.float64), str(path))
+        return torch.from_numpy(_subsample(cloud, self.points, _seed_of(path, self.seed), str(path)))
+
+
+class ShapeFolder(Dataset):
+    """Every mesh (``.obj/.off/.stl/.ply``) and point file (``.npy/.xyz/.txt/.ply``) under ``root``,
+    recursively. Meshes are sampled to ``points`` surface points (area-weighted) once and cached as
+    ``.npy`` under ``cache_dir`` (default ``<root>/.multigen_cache``), keyed by path, size, mtime and
+    ``points``. ``root/train`` and ``root/val`` are the splits when they exist; otherwise every tenth
+    file (sorted) is validation.
+    """
+
+    def __init__(self, root: str | Path, split: str, points: int, seed: int = 0, cache_dir: str | Path = "") -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"shape folder {root} not found")
+        if split not in ("train", "val"):
+            raise ValueError(f"unknown split {split!r}; use 'train' or 'val'")
+        suffixes = set(POINT_SUFFIXES + MESH_SUFFIXES)
+        cache = Path(cache_dir) if cache_dir else root / ".multigen_cache"
+
+        def shapes(folder: Path) -> list[Path]:
+            return sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and cache not in p.parents)
+
+        if (root / "train").is_dir() and (root / "val").is_dir():
+            self.files = shapes(root / split)
+        else:
+            every = shapes(root)
+            self.files = [p for i, p in enumerate(every) if (i % 10 == 9) == (split == "val")]
+        if not self.files:
+            raise FileNotFoundError(f"no {split} shapes ({', '.join(sorted(suffixes))}) under {root}")
+        self.points, self.seed, self.cache = points, seed, cache
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> Tensor:
+        path = self.files[i]
+        stat = path.stat()
+        key = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{self.points}:{self.seed}".encode())
+        cached = self.cache / f"{key.hexdigest()}.npy"
+        if cached.is_file():
+            return torch.from_numpy(np.load(cached))
+        seed = _seed_of(path, self.seed)
+        cloud = _subsample(read_points(path, num_points=self.points, seed=seed), self.points, seed, str(path))
+        self.cache.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp.npy")
+        np.save(tmp, cloud)
+        tmp.replace(cached)
+        return torch.from_numpy(cloud)
+
+
+class Normalizer:
+    """Raw clouds to the model's frame and back.
+
+    * ``shape``: each cloud centred on its bounding box and scaled into the unit sphere (PointFlow's
+      per-shape normalisation; the units of a generated shape are lost);
+    * ``global``: one ``centre`` (3,) and ``scale`` for the whole dataset (training clouds' mean, and the
+      largest distance from it), stored in the config so outputs return to the data's units;
+    * ``none``: clouds are used as they are (they should lie in the unit ball).
+    """
+
+    def __init__(self, mode: str, centre: list[float] | None = None, scale: float = 0.0) -> None:
+        if mode not in ("shape", "global", "none"):
+            raise ValueError(f"unknown normalization {mode!r}; choose 'shape', 'global' or 'none'")
+        if mode == "global" and not scale > 0:
+            raise ValueError("global normalization needs its statistics: use Normalizer.fit on the training clouds")
+        self.mode, self.scale = mode, scale
+        self.centre = torch.tensor(centre or [0.0, 0.0, 0.0], dtype=torch.float32)
+
+    @classmethod
+    def fit(cls, clouds: Dataset, max_shapes: int = 2000) -> Normalizer:
+        """Global statistics from (up to ``max_shapes`` evenly spread) training clouds."""
+        n = len(clouds)  # type: ignore[arg-type]
+        picks = np.unique(np.linspace(0, n - 1, min(n, max_shapes)).round().astype(int))
+        points = torch.cat([clouds[int(i)].double() for i in picks])
+        centre = points.mean(0)
+        scale = float((points - centre).norm(dim=1).max())
+        return cls("global", centre.tolist(), scale)
+
+    def __call__(self, cloud: Tensor) -> Tensor:
+        if self.mode == "shape":
+            return torch.from_numpy(normalize(cloud.double().numpy()).astype(np.float32))
+        if self.mode == "global":
+            return ((cloud - self.centre) / self.scale).float()
+        return cloud.float()
+
+    def invert(self, cloud: Tensor) -> Tensor:
+        """Model-frame clouds ``(..., 3)`` back in the data's units (``shape``: unit-sphere frame)."""
+        return cloud * self.scale + self.centre.to(cloud) if self.mode == "global" else cloud
+
+
+class NormalizedClouds(Dataset):
+    """``clouds`` mapped by ``normalizer``."""
+
+    def __init__(self, clouds: Dataset, normalizer: Normalizer) -> None:
+        self.clouds, self.normalizer = clouds, normalizer
+
+    def __len__(self) -> int:
+        return len(self.clouds)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self.normalizer(self.clouds[i])

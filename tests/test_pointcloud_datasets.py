@@ -1,0 +1,118 @@
+"""File datasets: PointFlow's ShapeNet PC15k layout, mesh/point folders with a cache, normalisation round trips."""
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from multigen.config import load_config
+from multigen.export import export_model, load_pretrained
+from pointcloud import datasets
+from pointcloud.cli import main as pointcloud_cli
+from pointcloud.datasets import SHAPENET_SYNSETS, Normalizer, ShapeFolder, ShapeNetPC15k
+from pointcloud.domain import PointCloud, PointCloudConfig
+from pointcloud.io import PointCloudError, read_points
+
+
+@pytest.fixture
+def pc15k(tmp_path):
+    """A miniature PC15k tree: chairs (train/val/test) and airplanes (train/test only)."""
+    rng = np.random.default_rng(0)
+    for synset, splits in [(SHAPENET_SYNSETS["chair"], ("train", "val", "test")),
+                           (SHAPENET_SYNSETS["airplane"], ("train", "test"))]:
+        for split in splits:
+            folder = tmp_path / synset / split
+            folder.mkdir(parents=True)
+            for i in range(3):
+                np.save(folder / f"{split}_{i}.npy", rng.normal(size=(600, 3)).astype(np.float32))
+    return tmp_path
+
+
+def test_shapenet_by_name_or_synset_with_fixed_subsets(pc15k):
+    train = ShapeNetPC15k(pc15k, ["chair", SHAPENET_SYNSETS["airplane"]], "train", points=128)
+    assert len(train) == 6 and train[0].shape == (128, 3) and train[0].dtype == torch.float32
+    assert torch.equal(train[4], train[4])  # the same subset at every access (exact resume)
+    full = np.load(train.files[0])
+    assert np.isin(train[0].numpy(), full).all()  # points are the file's, unchanged
+    # airplanes have no val folder: val falls back to test
+    val = ShapeNetPC15k(pc15k, ["airplane"], "val", points=64)
+    assert all(f.parent.name == "test" for f in val.files)
+    assert {f.parent.name for f in ShapeNetPC15k(pc15k, ["chair"], "val", points=64).files} == {"val"}
+
+
+def test_shapenet_errors_name_the_problem(pc15k, tmp_path):
+    with pytest.raises(FileNotFoundError, match="category 'sofa'"):
+        ShapeNetPC15k(pc15k, ["sofa"], "train", points=64)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        ShapeNetPC15k(tmp_path / "nowhere", ["chair"], "train", points=64)
+    with pytest.raises(PointCloudError, match="600 points; the model takes 1000"):
+        ShapeNetPC15k(pc15k, ["chair"], "train", points=1000)[0]
+    bad = pc15k / SHAPENET_SYNSETS["chair"] / "train" / "train_0.npy"
+    arr = np.load(bad)
+    arr[5, 1] = np.nan
+    np.save(bad, arr)
+    with pytest.raises(PointCloudError, match="train_0.npy: point 5 is not finite"):
+        ShapeNetPC15k(pc15k, ["chair"], "train", points=64)[0]
+
+
+@pytest.fixture
+def mesh_folder(tmp_path):
+    """Boxes and cylinders as .obj/.off/.stl/.ply meshes, offset to (5, 5, 5) and about 3 units large."""
+    root = tmp_path / "meshes"
+    (root / "sub").mkdir(parents=True)
+    for i in range(10):
+        mesh = trimesh.creation.box(extents=(3, 2, 1 + 0.1 * i)) if i % 2 else trimesh.creation.cylinder(1.5, 2.5)
+        mesh.apply_translation((5, 5, 5))
+        mesh.export(root / ("sub" if i % 3 else "") / f"shape_{i}.{['obj', 'off', 'stl', 'ply'][i % 4]}")
+    np.save(root / "points.npy", np.random.default_rng(0).normal(5, 1, (500, 3)))
+    return root
+
+
+def test_shape_folder_splits_samples_meshes_and_caches(mesh_folder, monkeypatch):
+    train, val = ShapeFolder(mesh_folder, "train", 256), ShapeFolder(mesh_folder, "val", 256)
+    assert len(train) + len(val) == 11 and len(val) == 1 and not set(train.files) & set(val.files)
+    first = [train[i] for i in range(len(train))]
+    assert all(c.shape == (256, 3) and torch.isfinite(c).all() for c in first)
+    assert len(list((mesh_folder / ".multigen_cache").glob("*.npy"))) == len(train)
+    assert len(ShapeFolder(mesh_folder, "train", 128)[0]) == 128  # another size is another cache entry
+    monkeypatch.setattr(datasets, "read_points", lambda *a, **k: pytest.fail("read a cached shape again"))
+    again = ShapeFolder(mesh_folder, "train", 256)
+    assert all(torch.equal(a, again[i]) for i, a in enumerate(first))
+
+
+def test_shape_folder_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no train shapes"):
+        ShapeFolder(tmp_path, "train", 64)
+    (tmp_path / "broken.obj").write_text("v 0 0 0\nf 1 2 3\n")
+    with pytest.raises(PointCloudError, match="broken.obj"):
+        ShapeFolder(tmp_path, "train", 64)[0]
+
+
+def test_normalizers_round_trip():
+    cloud = torch.randn(300, 3, dtype=torch.float64) * 4 + 7
+    for mode in ("shape", "global", "none"):
+        n = Normalizer.fit([cloud, cloud + 1]) if mode == "global" else Normalizer(mode)
+        out = n(cloud)
+        if mode != "none":
+            assert out.norm(dim=1).max() <= 1 + 1e-5
+        if mode != "shape":
+            assert torch.allclose(n.invert(out).double(), cloud, atol=1e-4)
+    with pytest.raises(ValueError, match="unknown normalization"):
+        Normalizer("minmax")
+
+
+def test_folder_domain_records_global_normalization_and_samples_in_data_units(mesh_folder, tmp_path):
+    cfg = load_config(PointCloudConfig, None, [f"data.root={mesh_folder}", "data.source=folder", "data.points=128",
+                                               "model.width=0.25", "model.voxel_resolution=0.25"])
+    domain = PointCloud(cfg)
+    centre, scale = np.array(cfg.data.centre), cfg.data.scale
+    assert np.abs(centre - 5).max() < 0.5 and 1.5 < scale < 4.5
+    train = domain.build_dataset("train")
+    assert max(float(train[i].norm(dim=1).max()) for i in range(len(train))) <= 1 + 1e-5
+    export = export_model(domain.build_model(), domain, tmp_path / "export")
+    again = load_pretrained(export).domain
+    assert again.cfg.data.scale == scale and again.normalizer.mode == "global"
+    assert pointcloud_cli(["sample", "--checkpoint", str(export), "--num", "1", "--steps", "2",
+                           "--out", str(tmp_path / "s")]) == 0
+    points = read_points(tmp_path / "s" / "sample_000.ply")
+    assert np.abs(points.mean(0) - centre).max() < scale  # in the data's units, around the data's centre
