@@ -21,7 +21,6 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -30,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 # This script shares its name with the package it measures: import the package, not the script.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
-from multigen.benchmarking import timed, time_train_steps, write_results  # noqa: E402
+from multigen.benchmarking import quality_by_sampler, timed, time_train_steps, write_results  # noqa: E402
 from pointcloud import ops, reference  # noqa: E402
 from pointcloud.metrics import emd_approx, emd_exact  # noqa: E402
 
@@ -114,24 +113,6 @@ def metric_rows(device: str) -> list[dict]:
     return rows
 
 
-def quality(export: str, device: str, shapes: int) -> list[dict]:
-    """MMD/COV/1-NNA (Chamfer) of samples against ``shapes`` held-out shapes for each sampler setting."""
-    from multigen import load_pretrained
-
-    p = load_pretrained(export, device=device)
-    p.domain.cfg.eval.num_shapes = shapes
-    val = p.domain.build_dataset("val")
-    rows = []
-    for sampler, steps in SAMPLER_SETTINGS:
-        p.domain.cfg.sample.sampler, p.domain.cfg.sample.steps = sampler, steps
-        start = time.perf_counter()
-        with torch.no_grad():
-            metrics = p.domain.evaluate(p.model, val)
-        rows.append({"sampler": sampler, "steps": steps, "seconds": time.perf_counter() - start, **metrics})
-        print(json.dumps(rows[-1]), file=sys.stderr)
-    return rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -149,7 +130,7 @@ def main() -> None:
         return
 
     if args.quality:
-        rows = quality(args.quality, args.device, args.shapes)
+        rows = quality_by_sampler(args.quality, args.device, SAMPLER_SETTINGS, num_shapes=args.shapes)
         print("| sampler | steps | MMD-CD | COV-CD | 1-NNA-CD | blob MMD-CD | blob COV-CD | blob 1-NNA-CD | seconds |")
         print("|---|---|---|---|---|---|---|---|---|")
         for r in rows:

@@ -27,7 +27,6 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -37,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 # This script shares its name with the package it measures: import the package, not the script.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
-from multigen.benchmarking import time_train_steps, write_results  # noqa: E402
+from multigen.benchmarking import quality_by_sampler, time_train_steps, write_results  # noqa: E402
 
 
 def video_config(config: str, batch: int | None):
@@ -107,24 +106,6 @@ def peer_model(cfg, target_params: int, clips: torch.Tensor):
 SAMPLER_SETTINGS = [("ddpm", 250), ("ddim", 50), ("dpm_solver_pp", 10), ("dpm_solver_pp", 25)]
 
 
-def quality(export: str, device: str, clips: int) -> list[dict]:
-    """Held-out prediction/interpolation scores of the model in ``export`` for each sampler setting."""
-    from multigen import load_pretrained
-
-    p = load_pretrained(export, device=device)
-    p.domain.cfg.eval.num_clips = clips
-    val = p.domain.build_dataset("val")
-    rows = []
-    for sampler, steps in SAMPLER_SETTINGS:
-        p.domain.cfg.sample.sampler, p.domain.cfg.sample.steps = sampler, steps
-        start = time.perf_counter()
-        with torch.no_grad():
-            metrics = p.domain.evaluate(p.model, val)
-        rows.append({"sampler": sampler, "steps": steps, "seconds": time.perf_counter() - start, **metrics})
-        print(json.dumps(rows[-1]), file=sys.stderr)
-    return rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -142,7 +123,7 @@ def main() -> None:
         return
 
     if args.quality:
-        rows = quality(args.quality, args.device, args.clips)
+        rows = quality_by_sampler(args.quality, args.device, SAMPLER_SETTINGS, num_clips=args.clips)
         print("| sampler | steps | future PSNR best / mean | copy-last PSNR | future SSIM best | copy-last SSIM | "
               "interp PSNR best / mean | linear-blend PSNR | seconds |")
         print("|---|---|---|---|---|---|---|---|---|")

@@ -60,6 +60,27 @@ def time_train_steps(loss_fn: Callable[[], torch.Tensor], params, device: str, d
     return timed(step, device, repeats=steps, warmup=0), peak_memory(device)
 
 
+def quality_by_sampler(export: str | Path, device: str, settings: list[tuple[str, int]],
+                       **eval_settings: Any) -> list[dict]:
+    """The domain's held-out ``evaluate`` of the model in ``export`` for each ``(sampler, steps)``,
+    with ``eval_settings`` overriding fields of its ``eval`` config (e.g. ``num_clips=8``)."""
+    from .export import load_pretrained
+
+    p = load_pretrained(export, device=device)
+    for key, value in eval_settings.items():
+        setattr(p.domain.cfg.eval, key, value)
+    val = p.domain.build_dataset("val")
+    rows = []
+    for sampler, steps in settings:
+        p.domain.cfg.sample.sampler, p.domain.cfg.sample.steps = sampler, steps
+        start = time.perf_counter()
+        with torch.no_grad():
+            metrics = p.domain.evaluate(p.model, val)
+        rows.append({"sampler": sampler, "steps": steps, "seconds": time.perf_counter() - start, **metrics})
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    return rows
+
+
 def write_results(path: str | Path, results: dict) -> Path:
     """``results`` as JSON at ``path``, with the date, torch version, thread count and command line."""
     path = Path(path)
