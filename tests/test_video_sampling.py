@@ -6,6 +6,7 @@ from torch import nn
 
 from multigen.config import load_config
 from multigen.samplers import SAMPLERS
+from video.conditioning import nearest_observed
 from video.domain import Video, VideoConfig
 from video.sampling import SamplerSettings, extend_autoregressive, extend_hierarchical, generate, interpolate
 
@@ -27,8 +28,9 @@ def test_observed_frames_kept_by_every_sampler(setup, sampler):
     model, domain = setup
     clips = _clips()
     mask = torch.tensor([[1, 1, 0, 0, 0], [1, 0, 0, 0, 1]], dtype=torch.bool)
-    for guidance in (1.0, 2.0):
-        out = generate(model, domain.diffusion, clips, mask, SamplerSettings(sampler, 6, guidance=guidance),
+    for guidance, residual in [(1.0, False), (2.0, False), (1.0, True)]:
+        out = generate(model, domain.diffusion, clips, mask,
+                       SamplerSettings(sampler, 6, guidance=guidance, residual=residual),
                        generator=torch.Generator().manual_seed(0))
         assert torch.equal(out[mask], clips[mask])
         assert not torch.equal(out[~mask], clips[~mask])
@@ -38,11 +40,11 @@ def test_observed_frames_kept_by_every_sampler(setup, sampler):
 def test_long_video_chaining_keeps_context_and_keyframes(setup):
     model, domain = setup
     context = _clips(t=3)
-    s = SamplerSettings("ddim", 4)
-    auto = extend_autoregressive(model, domain.diffusion, context, 12, window=5, settings=s)
-    assert auto.shape == (2, 12, 1, 16, 16) and torch.equal(auto[:, :3], context)
-    hier = extend_hierarchical(model, domain.diffusion, context, 17, window=5, settings=s)
-    assert hier.shape == (2, 17, 1, 16, 16) and torch.equal(hier[:, :3], context)
+    for s in (SamplerSettings("ddim", 4), SamplerSettings("ddim", 4, residual=True)):
+        auto = extend_autoregressive(model, domain.diffusion, context, 12, window=5, settings=s)
+        assert auto.shape == (2, 12, 1, 16, 16) and torch.equal(auto[:, :3], context)
+        hier = extend_hierarchical(model, domain.diffusion, context, 17, window=5, settings=s)
+        assert hier.shape == (2, 17, 1, 16, 16) and torch.equal(hier[:, :3], context)
     assert (hier.flatten(2).abs().amax(2) > 0).all(), "every frame was generated"
     keys = _clips(t=3, seed=1)
     filled = interpolate(model, domain.diffusion, keys, between=2, settings=s)
@@ -64,8 +66,13 @@ class Shouts(nn.Module):
         return self.inner(x, t, cond, frame_index, independent) + 1e3 * (observed if self.on_observed else 1 - observed)
 
 
-def test_loss_ignores_observed_frames(setup):
+@pytest.mark.parametrize("residual", [False, True])
+def test_loss_ignores_observed_frames(setup, residual):
     model, domain = setup
+    if residual:
+        domain = Video(load_config(VideoConfig, overrides=[
+            "data.frames=5", "data.size=16", "diffusion.timesteps=100", "model.residual=true"]))
+        assert domain.diffusion.clip_x0 == 2.0  # residuals of [-1, 1] frames
     batch = _clips(b=16)
     losses = {}
     for name, m in [("plain", model), ("observed", Shouts(model, True)), ("generated", Shouts(model, False))]:
@@ -73,3 +80,15 @@ def test_loss_ignores_observed_frames(setup):
         losses[name] = domain.training_loss(m, batch)
     assert torch.equal(losses["plain"], losses["observed"])
     assert losses["generated"] > losses["plain"] + 100
+
+
+def test_nearest_observed_frame_reference():
+    clips = _clips(b=3, t=6)
+    mask = torch.tensor([[1, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    ref = nearest_observed(clips, mask)
+    assert all(torch.equal(ref[0, i], clips[0, 0]) for i in range(6))  # future prediction: copy the last context
+    assert [int(torch.equal(ref[1, i], clips[1, 5])) for i in range(6)] == [0, 0, 0, 1, 1, 1]  # frames 3-5 are nearer 5
+    assert torch.equal(ref[1, :3], clips[1, :1].expand(3, -1, -1, -1))
+    assert torch.equal(ref[2], torch.zeros_like(ref[2]))  # nothing observed
+    far = torch.tensor([[0, 10, 11, 12, 13, 30]]).expand(3, 6)  # real frame indices: frame 5 is far away
+    assert torch.equal(nearest_observed(clips, mask, far)[1, 4], clips[1, 0])

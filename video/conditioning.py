@@ -66,3 +66,15 @@ def pack_condition(observed: Tensor, mask: Tensor) -> Tensor:
     """Network conditioning ``(B, T, C + 1, H, W)`` = ``[mask * observed, mask]`` from clips and ``(B, T)`` masks."""
     m = mask.to(observed.dtype)[:, :, None, None, None]
     return torch.cat([observed * m, m.expand(-1, -1, 1, *observed.shape[3:])], dim=2)
+
+
+def nearest_observed(observed: Tensor, mask: Tensor, frame_index: Tensor | None = None) -> Tensor:
+    """Each frame's nearest observed frame ``(B, T, C, H, W)``: by distance in ``frame_index`` ``(B, T)``
+    (default ``0..T-1``; the earlier frame on ties); observed frames map to themselves; all zeros in a
+    clip with no observed frame."""
+    B, T = mask.shape
+    fi = frame_index if frame_index is not None else torch.arange(T, device=mask.device).expand(B, T)
+    dist = (fi[:, :, None] - fi[:, None, :]).abs().float().masked_fill(~mask[:, None, :], float("inf"))
+    source = dist.argmin(-1)  # (B, T); argmin keeps the first (earlier) of equal distances
+    ref = observed[torch.arange(B, device=mask.device)[:, None], source]
+    return torch.where(mask.any(1)[:, None, None, None, None], ref, torch.zeros_like(ref))

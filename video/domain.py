@@ -13,7 +13,7 @@ from multigen.config import DiffusionConfig, SampleConfig, TrainConfig, at_least
 from multigen.domain import GaussianDomain
 from multigen.samplers import Known
 
-from .conditioning import TaskMix, pack_condition, sample_masks
+from .conditioning import TaskMix, nearest_observed, pack_condition, sample_masks
 from .data import MovingDigits, VideoFolder
 from .io import save_clip_grid
 from .metrics import best_and_mean, copy_last_frame, linear_blend
@@ -46,6 +46,9 @@ class VideoModelConfig:
     head_channels: int = at_least(32, 1)  # channels per attention head
     dropout: float = at_least(0.0, 0.0)
     temporal_attention: bool = True
+    # Generate each frame as a residual to its nearest observed frame (unconditional clips: to zero),
+    # so "copy the context" is the untrained model's answer and training learns the change.
+    residual: bool = False
 
 
 @dataclass
@@ -93,6 +96,11 @@ class Video(GaussianDomain):
     name = "video"
     config_class = VideoConfig
 
+    def __init__(self, cfg: VideoConfig) -> None:
+        super().__init__(cfg)
+        if cfg.model.residual and self.diffusion.clip_x0 is not None:
+            self.diffusion.clip_x0 *= 2  # a residual of two frames in [-1, 1] lies in [-2, 2]
+
     def build_model(self) -> nn.Module:
         m, d = self.cfg.model, self.cfg.data
         return SpaceTimeUNet(
@@ -124,7 +132,8 @@ class Video(GaussianDomain):
 
     def settings(self, steps: int | None = None, sampler: str | None = None) -> SamplerSettings:
         s = self.cfg.sample
-        return SamplerSettings(sampler or s.sampler, steps or s.steps, s.spacing, s.eta, self.cfg.task.guidance)
+        return SamplerSettings(sampler or s.sampler, steps or s.steps, s.spacing, s.eta, self.cfg.task.guidance,
+                               self.cfg.model.residual)
 
     def training_loss(self, model: nn.Module, batch: Tensor) -> Tensor:
         B, T = batch.shape[:2]
@@ -140,8 +149,9 @@ class Video(GaussianDomain):
             batch = torch.where(independent[:, None, None, None, None], shuffled, batch)
             mask = mask & ~independent[:, None]
         cond = pack_condition(batch, mask)
+        target = batch - nearest_observed(batch, mask) if self.cfg.model.residual else batch
         loss = self.diffusion.loss(
-            lambda x, t: model(x, t, cond, None, independent), batch, loss_mask=~mask[:, :, None, None, None]
+            lambda x, t: model(x, t, cond, None, independent), target, loss_mask=~mask[:, :, None, None, None]
         )
         return loss.mean()
 

@@ -24,7 +24,7 @@ from multigen import Known, sample
 from multigen.diffusion import GaussianDiffusion
 from multigen.guidance import classifier_free_guidance
 
-from .conditioning import pack_condition
+from .conditioning import nearest_observed, pack_condition
 
 
 @dataclass
@@ -36,6 +36,7 @@ class SamplerSettings:
     spacing: str = "auto"
     eta: float = 0.0
     guidance: float = 1.0  # classifier-free guidance scale on the observed frames
+    residual: bool = False  # the model generates residuals to each frame's nearest observed frame
 
 
 def generate(
@@ -52,19 +53,23 @@ def generate(
 
     ``observed`` ``(B, T, C, H, W)`` holds the observed frames (other entries are ignored);
     ``frame_index`` ``(B, T)`` gives the frames' positions in the video (default ``0..T-1``).
+    With ``settings.residual`` the sampler draws ``x - nearest_observed(x)`` (exactly 0 on observed
+    frames), and the output is that plus the reference, clamped to ``[-1, 1]``.
     """
     B, T = mask.shape
     observed = observed.to(next(model.parameters()).device)
     mask = mask.to(observed.device)
     cond = pack_condition(observed, mask)
+    reference = nearest_observed(observed, mask, frame_index) if settings.residual else None
 
     def conditional(x: Tensor, t: Tensor, c: Tensor) -> Tensor:
         fi = None if frame_index is None else frame_index.to(x.device).repeat(len(x) // B, 1)
         return model(x, t, c, fi)
 
     guided = classifier_free_guidance(conditional, cond, torch.zeros_like(cond[0]), settings.guidance)
-    known = Known(mask[:, :, None, None, None], observed) if mask.any() else None
-    return sample(
+    target = observed if reference is None else observed - reference  # residual: exactly 0 where observed
+    known = Known(mask[:, :, None, None, None], target) if mask.any() else None
+    out = sample(
         diffusion.denoiser(guided),
         tuple(observed.shape),
         diffusion.schedule,
@@ -78,6 +83,7 @@ def generate(
         dtype=observed.dtype,
         progress=progress,
     )
+    return out if reference is None else (out + reference).clamp(-1, 1)  # observed frames: 0 + themselves
 
 
 def predict(model, diffusion, context: Tensor, frames: int, settings: SamplerSettings, **kw) -> Tensor:
