@@ -15,7 +15,8 @@ from .test_video_model import tiny_unet
 
 @pytest.fixture(scope="module")
 def setup():
-    cfg = load_config(VideoConfig, overrides=["data.frames=5", "data.size=16", "diffusion.timesteps=100"])
+    cfg = load_config(VideoConfig, overrides=["data.frames=5", "data.size=16", "diffusion.timesteps=100",
+                                              "model.residual=false"])  # x0 clipped to [-1, 1]
     return tiny_unet(), Video(cfg)
 
 
