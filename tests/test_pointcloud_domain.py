@@ -103,9 +103,9 @@ def test_cli_rejects_bad_partials(export_dir, tmp_path, capsys, points, message)
 
 @pytest.mark.slow
 def test_tiny_generator_beats_gaussian_blob(tmp_path):
-    """800 CPU steps (about 3 minutes), against a Gaussian blob with the data's mean and covariance: the samples
-    cover more held-out shapes (measured COV-CD 0.42 vs 0.17) and are no farther from them (MMD-CD 0.124 vs 0.126;
-    a diverged sampler gives ~100). Not yet a strong model: see the README."""
+    """800 CPU steps (about 3-4 minutes), against a Gaussian blob with the data's mean and covariance. Measured
+    (with half of the shapes given partial views): MMD-CD 0.027 vs 0.126, COV-CD 0.50 vs 0.17, 1-NNA-CD 0.83 vs
+    1.0; with eps prediction instead of v the same run reached only MMD-CD 0.10 and 1-NNA 0.96."""
     cfg = load_config(PointCloudConfig, "configs/pointcloud/tiny.yaml", [
         "train.max_steps=800", "train.checkpoint_every=0", "train.tensorboard=false", "eval.num_shapes=24",
         f"train.output_dir={tmp_path}",
@@ -113,4 +113,5 @@ def test_tiny_generator_beats_gaussian_blob(tmp_path):
     train(PointCloud, cfg)
     metrics = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines() if "eval/" in line][-1]
     assert metrics["eval/COV-CD"] > 1.5 * metrics["eval/baseline_gaussian/COV-CD"], metrics
-    assert metrics["eval/MMD-CD"] < 1.2 * metrics["eval/baseline_gaussian/MMD-CD"], metrics
+    assert metrics["eval/MMD-CD"] < 0.5 * metrics["eval/baseline_gaussian/MMD-CD"], metrics
+    assert metrics["eval/1-NNA-CD"] < 0.95, metrics
