@@ -18,7 +18,6 @@ configs' transformer.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -146,6 +145,7 @@ def curve(device: str, out_dir: Path, eval_every: int, sampling_steps: list[int]
     the export's held-out ELBO for the chains that sampling with fewer steps runs."""
     from multigen.export import load_pretrained
     from multigen.train import main as train
+    from multigen.trainer import read_log
 
     overrides = [f"train.output_dir={out_dir}", f"train.eval_every={eval_every}", "train.resume=false",
                  f"eval.num_sequences={sequences}", "train.tensorboard=false"]
@@ -154,7 +154,7 @@ def curve(device: str, out_dir: Path, eval_every: int, sampling_steps: list[int]
     start = time.perf_counter()
     assert train(["--domain", "discrete", "--config", "default", *overrides]) == 0
     train_minutes = (time.perf_counter() - start) / 60
-    log = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
+    log = read_log(out_dir)
     by_step = [{"step": r["step"], "bits_per_char": r["eval/elbo_bits_per_token"],
                 "unigram_bits": r["eval/baseline_unigram_bits"]} for r in log if "eval/elbo_bits_per_token" in r]
     p = load_pretrained(out_dir / "export", device)

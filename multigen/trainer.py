@@ -116,6 +116,11 @@ def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def read_log(output_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of a run's ``<output_dir>/log.jsonl`` (loss, learning rate, ``eval/*`` metrics), in order."""
+    return [json.loads(line) for line in (Path(output_dir) / "log.jsonl").read_text().splitlines()]
+
+
 def _write_samples(domain: Domain, model: torch.nn.Module, path: Path, accelerator: Accelerator) -> Path:
     s = domain.cfg.sample
     g = torch.Generator(device=accelerator.device).manual_seed(s.seed)  # same noise every time: comparable

@@ -86,8 +86,9 @@ class PointCloudConfig:
     diffusion: DiffusionConfig = field(
         default_factory=lambda: DiffusionConfig(schedule="linear", parameterization="v", clip_x0=1.0)
     )
-    # Ancestral DDPM: early in training DPM-Solver++ at 25-50 steps piles points onto the x0 clip (measured:
-    # MMD-CD 0.52 against 0.088 for DDPM-250 on the same tiny model); `sample.sampler=dpm_solver_pp` when trained.
+    # Ancestral DDPM: the few-step samplers are close but not level with it (measured on one overfitted shape:
+    # Chamfer 0.043 for DDPM-250, 0.067 for DDIM-50, 0.068 for DPM-Solver++ 25); `sample.sampler=dpm_solver_pp`
+    # for speed.
     sample: SampleConfig = field(default_factory=lambda: SampleConfig(sampler="ddpm", num=8, steps=250))
     data: PointDataConfig = field(default_factory=PointDataConfig)
     model: PointModelConfig = field(default_factory=PointModelConfig)

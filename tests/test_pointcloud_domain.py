@@ -1,7 +1,5 @@
 """The point-cloud domain: masked loss, partial kept exactly, CLI completion and its errors."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -11,7 +9,7 @@ from multigen import Known
 from multigen.config import load_config
 from multigen.export import export_model
 from multigen.samplers import SAMPLERS
-from multigen.trainer import train
+from multigen.trainer import read_log, train
 from pointcloud.cli import complete_main, main as pointcloud_cli
 from pointcloud.domain import PointCloud, PointCloudConfig
 from pointcloud.io import read_points
@@ -111,7 +109,7 @@ def test_tiny_generator_beats_gaussian_blob(tmp_path):
         f"train.output_dir={tmp_path}",
     ])
     train(PointCloud, cfg)
-    metrics = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines() if "eval/" in line][-1]
+    metrics = [r for r in read_log(tmp_path) if "eval/MMD-CD" in r][-1]
     assert metrics["eval/COV-CD"] > 1.5 * metrics["eval/baseline_gaussian/COV-CD"], metrics
     assert metrics["eval/MMD-CD"] < 0.5 * metrics["eval/baseline_gaussian/MMD-CD"], metrics
     assert metrics["eval/1-NNA-CD"] < 0.95, metrics

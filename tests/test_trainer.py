@@ -1,6 +1,5 @@
 """The Accelerate trainer on the toy2d domain: learning, exact resume, NaN stop, export, 2 processes."""
 
-import json
 import os
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from safetensors.torch import load_file
 
 from multigen import load_pretrained
 from multigen.toy2d import Toy2D
-from multigen.trainer import NonFiniteLossError, latest_checkpoint, train
+from multigen.trainer import NonFiniteLossError, latest_checkpoint, read_log, train
 
 from .conftest import REPO
 
@@ -55,8 +54,7 @@ def test_toy2d_learns_the_distribution(toy_cfg):
     assert metrics["sliced_w2"] < 0.15
     assert metrics["sliced_w2"] < 0.5 * metrics["sliced_w2_gaussian_baseline"]
     assert metrics["sliced_w2"] < 0.4 * untrained["sliced_w2"]
-    records = [json.loads(line) for line in (export.parent / "log.jsonl").read_text().splitlines()]
-    losses = [r["loss"] for r in records if "loss" in r]
+    losses = [r["loss"] for r in read_log(export.parent) if "loss" in r]
     assert len(losses) == 15 and sum(losses[-3:]) < sum(losses[:3]), losses
     samples = sorted((export.parent / "samples").glob("*.png"))
     assert samples, "the run writes a sample picture"
