@@ -12,7 +12,7 @@ Chamfer/EMD against exact, and 1-NNA against sampler steps.
   held-out shapes for each sampler setting, next to a Gaussian blob of the data.
 
     python benchmarks/pointcloud.py [--device cpu|cuda] [--configs tiny default gpu] [--batch 8]
-    python benchmarks/pointcloud.py --quality runs/pointcloud/export [--shapes 64]
+    python benchmarks/pointcloud.py --quality runs/pointcloud/export [--shapes 64] [--samplers ddim:50 ...]
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ REPO = Path(__file__).resolve().parent.parent
 # This script shares its name with the package it measures: import the package, not the script.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
-from multigen.benchmarking import quality_by_sampler, timed, time_train_steps, write_results  # noqa: E402
+from multigen.benchmarking import (  # noqa: E402
+    quality_by_sampler, sampler_setting, time_train_steps, timed, write_results,
+)
 from pointcloud import ops, reference  # noqa: E402
 from pointcloud.metrics import emd_approx, emd_exact  # noqa: E402
 
@@ -126,6 +128,8 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=2048)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--quality", metavar="EXPORT_DIR", help="sample quality against sampler steps")
+    parser.add_argument("--samplers", nargs="+", type=sampler_setting, default=SAMPLER_SETTINGS,
+                        metavar="SAMPLER:STEPS", help="--quality: the sampler settings to compare")
     parser.add_argument("--shapes", type=int, default=64, help="--quality: held-out shapes (and samples)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one config, print JSON
     parser.add_argument("--out", default="benchmarks/out/pointcloud.json")
@@ -135,7 +139,7 @@ def main() -> None:
         return
 
     if args.quality:
-        rows = quality_by_sampler(args.quality, args.device, SAMPLER_SETTINGS, num_shapes=args.shapes)
+        rows = quality_by_sampler(args.quality, args.device, args.samplers, num_shapes=args.shapes)
         print("| sampler | steps | MMD-CD | COV-CD | 1-NNA-CD | blob MMD-CD | blob COV-CD | blob 1-NNA-CD | seconds |")
         print("|---|---|---|---|---|---|---|---|---|")
         for r in rows:

@@ -18,7 +18,7 @@ interpolation (PSNR/SSIM, MCVD best/mean of samples, next to copy-last-frame and
 blend) is measured for each sampler setting (DDPM 250, DDIM 50, DPM-Solver++ 10/25).
 
     python benchmarks/video.py [--device cpu|cuda] [--configs tiny default gpu] [--batch N] [--peer] [--out ...]
-    python benchmarks/video.py --quality runs/video/export [--clips 8] [--out ...]
+    python benchmarks/video.py --quality runs/video/export [--clips 8] [--samplers ddim:50 ...] [--out ...]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 # This script shares its name with the package it measures: import the package, not the script.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
-from multigen.benchmarking import quality_by_sampler, time_train_steps, write_results  # noqa: E402
+from multigen.benchmarking import quality_by_sampler, sampler_setting, time_train_steps, write_results  # noqa: E402
 
 
 def video_config(config: str, batch: int | None):
@@ -114,6 +114,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--peer", action="store_true", help="also measure video-diffusion-pytorch at equal size")
     parser.add_argument("--quality", metavar="EXPORT_DIR", help="sample quality against sampler steps")
+    parser.add_argument("--samplers", nargs="+", type=sampler_setting, default=SAMPLER_SETTINGS,
+                        metavar="SAMPLER:STEPS", help="--quality: the sampler settings to compare")
     parser.add_argument("--clips", type=int, default=8, help="--quality: held-out clips")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one config, print JSON
     parser.add_argument("--out", default="benchmarks/out/video.json")
@@ -123,7 +125,7 @@ def main() -> None:
         return
 
     if args.quality:
-        rows = quality_by_sampler(args.quality, args.device, SAMPLER_SETTINGS, num_clips=args.clips)
+        rows = quality_by_sampler(args.quality, args.device, args.samplers, num_clips=args.clips)
         print("| sampler | steps | future PSNR best / mean | copy-last PSNR | future SSIM best | copy-last SSIM | "
               "interp PSNR best / mean | linear-blend PSNR | seconds |")
         print("|---|---|---|---|---|---|---|---|---|")

@@ -6,6 +6,7 @@ process when it must be its own); CUDA memory is the allocator's peak.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import resource
@@ -79,6 +80,16 @@ def quality_by_sampler(export: str | Path, device: str, settings: list[tuple[str
         rows.append({"sampler": sampler, "steps": steps, "seconds": time.perf_counter() - start, **metrics})
         print(json.dumps(rows[-1]), file=sys.stderr)
     return rows
+
+
+def sampler_setting(text: str) -> tuple[str, int]:
+    """``"ddim:50"`` as ``("ddim", 50)``: an argparse ``type`` for choosing sampler settings."""
+    from .samplers import SAMPLERS
+
+    name, _, steps = text.partition(":")
+    if name not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not SAMPLER:STEPS with SAMPLER one of {sorted(SAMPLERS)}")
+    return name, int(steps)
 
 
 def write_results(path: str | Path, results: dict) -> Path:

@@ -1,10 +1,12 @@
 """Samplers with the exact denoiser of Gaussian data: right distribution, equivalences, known part kept."""
 
+import argparse
 import math
 
 import pytest
 import torch
 
+from multigen.benchmarking import sampler_setting
 from multigen.samplers import DEFAULT_SPACING, SAMPLERS, SPACINGS, Known, ddim, ddpm, dpm_solver_pp, sample, sampling_grid
 from multigen.schedules import NoiseSchedule
 from multigen.testing import gaussian_mixture_denoiser, sample_gaussian_mixture
@@ -147,3 +149,10 @@ def test_grid_and_argument_errors():
         sampling_grid(SCHEDULE, 10, "cubic")
     with pytest.raises(ValueError, match="unknown sampler"):
         sample(lambda x, t: x, (2, 2), SCHEDULE, sampler="euler")
+
+
+def test_benchmark_sampler_setting_parses_and_names_the_choices():
+    assert sampler_setting("ddim:50") == ("ddim", 50)
+    for bad in ["ddim", "nope:5", "ddim:0", "ddim:x"]:
+        with pytest.raises(argparse.ArgumentTypeError, match="SAMPLER:STEPS with SAMPLER one of"):
+            sampler_setting(bad)
