@@ -88,7 +88,13 @@ class GaussianDomain(Domain):
         super().__init__(cfg)
         d = cfg.diffusion
         schedule = NoiseSchedule(d.schedule, d.timesteps, beta_start=d.beta_start, beta_end=d.beta_end)
-        self.diffusion = GaussianDiffusion(schedule, d.parameterization, d.loss_weighting, d.min_snr_gamma, d.clip_x0)
+        clip = None if d.clip_x0 is None else d.clip_x0 * self.clip_scale()
+        self.diffusion = GaussianDiffusion(schedule, d.parameterization, d.loss_weighting, d.min_snr_gamma, clip)
+
+    def clip_scale(self) -> float:
+        """Factor on ``diffusion.clip_x0``, which is given in the data's units: a domain that diffuses
+        something wider than its data (residuals, rescaled data) returns how much wider."""
+        return 1.0
 
     @abstractmethod
     def sample_shape(self) -> tuple[int, ...]:

@@ -120,8 +120,9 @@ class PointCloud(GaussianDomain):
         else:
             self.normalizer = Normalizer(d.normalization)
         self.scale = cfg.model.diffusion_scale
-        if self.diffusion.clip_x0 is not None:
-            self.diffusion.clip_x0 *= self.scale  # diffusion.clip_x0 is given in the unit-sphere frame
+
+    def clip_scale(self) -> float:
+        return self.cfg.model.diffusion_scale  # diffusion.clip_x0 is given in the unit-sphere frame
 
     def _raw_dataset(self, split: str) -> Dataset:
         d = self.cfg.data

@@ -97,10 +97,8 @@ class Video(GaussianDomain):
     name = "video"
     config_class = VideoConfig
 
-    def __init__(self, cfg: VideoConfig) -> None:
-        super().__init__(cfg)
-        if cfg.model.residual and self.diffusion.clip_x0 is not None:
-            self.diffusion.clip_x0 *= 2  # a residual of two frames in [-1, 1] lies in [-2, 2]
+    def clip_scale(self) -> float:
+        return 2.0 if self.cfg.model.residual else 1.0  # a residual of two frames in [-1, 1] lies in [-2, 2]
 
     def build_model(self) -> nn.Module:
         m, d = self.cfg.model, self.cfg.data
