@@ -74,7 +74,11 @@ def write_ply(path: str | Path, points: np.ndarray) -> Path:
 
 def render_clouds(clouds: list[np.ndarray], path: str | Path, colors: list[np.ndarray] | None = None,
                   titles: list[str] | None = None, point_size: float = 2.0) -> Path:
-    """One 3-D scatter per cloud (y up, same view and limits) in a PNG; ``colors`` are per-point RGB ``(N, 3)``."""
+    """One 3-D scatter per cloud (y up, same view and limits) in a PNG; ``colors`` are per-point RGB ``(N, 3)``.
+
+    Without ``colors``, points are shaded by their distance from the viewer (near: dark, far: light) and
+    drawn far to near, so that the shape reads in depth.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,14 +89,21 @@ def render_clouds(clouds: list[np.ndarray], path: str | Path, colors: list[np.nd
     rows = (n + cols - 1) // cols
     fig = plt.figure(figsize=(3 * cols, 3 * rows), dpi=100)
     limit = max(float(np.abs(c).max()) for c in clouds)
+    elev, azim = np.radians(20), np.radians(-60)
+    towards_viewer = np.array([np.cos(elev) * np.cos(azim), np.cos(elev) * np.sin(azim), np.sin(elev)])
     for i, cloud in enumerate(clouds):
         ax = fig.add_subplot(rows, cols, i + 1, projection="3d")
-        c = None if colors is None else colors[i]
-        ax.scatter(cloud[:, 0], cloud[:, 2], cloud[:, 1], s=point_size, c=c if c is not None else "tab:blue",
-                   depthshade=False)
+        xyz = cloud[:, [0, 2, 1]]  # plotted axes: x, z, y (y up)
+        if colors is None:
+            depth = xyz @ towards_viewer
+            order = np.argsort(depth)
+            xyz, c = xyz[order], plt.cm.viridis_r(np.clip((depth[order] + limit) / (2 * limit), 0, 1) * 0.85)
+        else:
+            c = colors[i]
+        ax.scatter(xyz[:, 0], xyz[:, 1], xyz[:, 2], s=point_size, c=c, depthshade=False)
         ax.set_xlim(-limit, limit), ax.set_ylim(-limit, limit), ax.set_zlim(-limit, limit)
         ax.set_box_aspect((1, 1, 1))
-        ax.view_init(elev=20, azim=-60)
+        ax.view_init(elev=np.degrees(elev), azim=np.degrees(azim))
         ax.set_axis_off()
         if titles:
             ax.set_title(titles[i], fontsize=9)

@@ -146,16 +146,21 @@ def pvd_spec(width: float = 1.0, resolution: float = 1.0, points: int = 2048) ->
     """PVD's layout for ``points`` input points, channels scaled by ``width``, voxel resolutions by ``resolution``.
 
     ``width = resolution = 1`` is Point-Voxel Diffusion's network (centres 1024/256/64/16
-    at radii 0.1/0.2/0.4/0.8 for 2 048 points; voxel resolutions 32/16/8).
+    at radii 0.1/0.2/0.4/0.8 for 2 048 points; voxel resolutions 32/16/8). For other point
+    counts the centres scale with ``points`` and the radii with ``sqrt(2048 / points)``, so a
+    ball holds about as many points as in PVD (on the procedural shapes at diffusion scale 2:
+    5 in the first stage; PVD's radii at 256 points held 1.3, little more than the centre).
     """
     c = lambda n: max(8, int(round(n * width / 8)) * 8)  # noqa: E731
     r = lambda n: max(2, int(round(n * resolution)))  # noqa: E731
     centres = [max(4, points * k // 2048) for k in (1024, 256, 64, 16)]
+    # Points on a surface lie ~1/sqrt(N) apart: widen the balls for fewer points.
+    radii = [rad * (2048 / points) ** 0.5 for rad in (0.1, 0.2, 0.4, 0.8)]
     stages = [
-        StageSpec(c(32), 2, r(32), centres[0], 0.1, 32, (c(32), c(64))),
-        StageSpec(c(64), 3, r(16), centres[1], 0.2, 32, (c(64), c(128))),
-        StageSpec(c(128), 3, r(8), centres[2], 0.4, 32, (c(128), c(256))),
-        StageSpec(0, 0, 0, centres[3], 0.8, 32, (c(256), c(256), c(512))),
+        StageSpec(c(32), 2, r(32), centres[0], radii[0], 32, (c(32), c(64))),
+        StageSpec(c(64), 3, r(16), centres[1], radii[1], 32, (c(64), c(128))),
+        StageSpec(c(128), 3, r(8), centres[2], radii[2], 32, (c(128), c(256))),
+        StageSpec(0, 0, 0, centres[3], radii[3], 32, (c(256), c(256), c(512))),
     ]
     decoder = [
         ((c(256), c(256)), (c(256), 3, r(8))),
