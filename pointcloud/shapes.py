@@ -92,14 +92,27 @@ def normalize(points: np.ndarray) -> np.ndarray:
     return centred / np.linalg.norm(centred, axis=1).max()
 
 
-def make_shape(family: str, points: int, seed: int) -> np.ndarray:
-    """One shape of ``family`` as a float32 ``(points, 3)`` cloud, deterministic by ``seed``."""
+def _mesh_and_cloud(family: str, points: int, seed: int) -> tuple[trimesh.Trimesh, np.ndarray]:
     if family not in BUILDERS:
         raise ValueError(f"unknown shape family {family!r}; choose from {FAMILIES}")
     rng = np.random.default_rng(seed)
     mesh = trimesh.util.concatenate(BUILDERS[family](rng))
     cloud, _ = trimesh.sample.sample_surface(mesh, points, seed=rng)
-    return normalize(np.asarray(cloud)).astype(np.float32)
+    return mesh, np.asarray(cloud)
+
+
+def make_shape(family: str, points: int, seed: int) -> np.ndarray:
+    """One shape of ``family`` as a float32 ``(points, 3)`` cloud, deterministic by ``seed``."""
+    return normalize(_mesh_and_cloud(family, points, seed)[1]).astype(np.float32)
+
+
+def make_surface(family: str, points: int, seed: int, dense: int = 20_000) -> np.ndarray:
+    """``dense`` points of the surface behind ``make_shape(family, points, seed)``, in that cloud's
+    frame: float32 ``(dense, 3)``, for distances to the true surface rather than to a sparse sampling."""
+    mesh, cloud = _mesh_and_cloud(family, points, seed)
+    centre = (cloud.min(0) + cloud.max(0)) / 2
+    surface, _ = trimesh.sample.sample_surface(mesh, dense, seed=seed + 1)
+    return ((np.asarray(surface) - centre) / np.linalg.norm(cloud - centre, axis=1).max()).astype(np.float32)
 
 
 class ProceduralShapes(Dataset):
@@ -124,6 +137,10 @@ class ProceduralShapes(Dataset):
 
     def family(self, i: int) -> str:
         return self.families[i % len(self.families)]
+
+    def surface(self, i: int, dense: int = 20_000) -> Tensor:
+        """A dense sampling ``(dense, 3)`` of shape ``i``'s surface in the frame of ``self[i]``."""
+        return torch.from_numpy(make_surface(self.family(i), self.points, self.base + i, dense))
 
     def __getitem__(self, i: int) -> Tensor:
         if i not in self.cache:

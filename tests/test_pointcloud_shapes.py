@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from pointcloud.shapes import FAMILIES, ProceduralShapes, make_shape
+from pointcloud.ops import knn
+from pointcloud.shapes import FAMILIES, ProceduralShapes, make_shape, make_surface
 from pointcloud.views import partial_masks, visible_points
 
 
@@ -20,6 +21,18 @@ def test_shapes_deterministic_normalised_and_split():
         assert centre.abs().max() < 1e-5
     with pytest.raises(ValueError, match="unknown shape families"):
         ProceduralShapes(families=["spaceship"])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_surface_is_dense_and_in_the_cloud_frame(family):
+    cloud = torch.from_numpy(make_shape(family, 256, 5))[None]
+    surface = torch.from_numpy(make_surface(family, 256, 5))[None]
+    to_surface = knn(cloud, surface, 1)[0][..., 0]  # squared distances
+    from_surface = knn(surface, cloud, 1)[0][..., 0]
+    assert to_surface.mean() < 0.1 * from_surface.mean()  # the cloud lies on the surface, which is denser
+    assert knn(cloud * 1.05, surface, 1)[0].mean() > 3 * to_surface.mean()  # another frame is detected
+    shapes = ProceduralShapes([family], 1, 256, seed=2)
+    assert torch.equal(shapes.surface(0, 100), torch.from_numpy(make_surface(family, 256, shapes.base, dense=100)))
 
 
 def test_families_differ_in_shape_statistics():
