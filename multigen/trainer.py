@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -82,6 +83,17 @@ class ShardedStreamSampler(Sampler[int]):
             perm = torch.randperm(self.size, generator=g)[: self.per_rank * self.world]
             yield from perm[self.rank :: self.world][offset:].tolist()
             epoch, offset = epoch + 1, 0
+
+
+def lr_factor(step: int, warmup: int, max_steps: int, decay: str) -> float:
+    """Multiplier of ``train.lr`` at optimiser step ``step`` (0-based): linear warmup over ``warmup`` steps,
+    then constant (``decay="none"``) or a half cosine reaching 0 at ``max_steps`` (``"cosine"``)."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if decay == "none":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
@@ -158,7 +170,8 @@ def train(domain_cls: type[Domain], cfg: Any) -> Path:
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True).eval()
     ema.requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (t.warmup_steps + 1)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, t.warmup_steps, t.max_steps, t.lr_decay))
     raw_model = model
     model, optimizer = accelerator.prepare(model, optimizer)
     ema.to(accelerator.device)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from multigen import load_pretrained
 from multigen.toy2d import Toy2D
-from multigen.trainer import NonFiniteLossError, latest_checkpoint, read_log, train
+from multigen.trainer import NonFiniteLossError, latest_checkpoint, lr_factor, read_log, train
 
 from .conftest import REPO
 
@@ -122,3 +122,12 @@ def test_two_process_cpu_launch(tmp_path):
     assert (out / "export" / "model.safetensors").is_file()
     assert {p.name for p in (out / "checkpoints" / "step_20").glob("random_states_*.pkl")} == {
         "random_states_0.pkl", "random_states_1.pkl"}
+
+
+def test_lr_factor_warmup_then_constant_or_cosine():
+    assert [lr_factor(s, 3, 10, "none") for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert lr_factor(9, 3, 10, "none") == 1.0
+    cosine = [lr_factor(s, 2, 12, "cosine") for s in range(14)]
+    assert cosine[:2] == [1 / 3, 2 / 3] and cosine[2] == 1.0  # warmup, then the top of the cosine
+    assert cosine[7] == pytest.approx(0.5) and cosine[12] == pytest.approx(0.0) and cosine[13] == pytest.approx(0.0)
+    assert all(a > b for a, b in zip(cosine[2:12], cosine[3:13]))  # strictly decreasing to 0 at max_steps
