@@ -90,8 +90,12 @@ class PointCloudConfig:
     # x0 estimate at high noise is eps's error times 1/alpha (~160 at t = T), so deterministic few-step
     # samplers pile points onto the x0 clip (measured on one overfitted shape: DDIM-50 Chamfer 0.61 with eps,
     # 0.067 with v; DDPM-250 0.089 -> 0.043). `diffusion.parameterization=eps` is PVD's setting.
+    # Loss weighted by SNR (x0 error times SNR, less weight at high noise than v's SNR + 1): on the CPU default
+    # it brought the off-surface error of the x0 estimate at t = 30 from 0.00102 to 0.00088 and 1-NNA from
+    # 0.85 to 0.81 (64 shapes, one run each).
     diffusion: DiffusionConfig = field(
-        default_factory=lambda: DiffusionConfig(schedule="linear", parameterization="v", clip_x0=1.0)
+        default_factory=lambda: DiffusionConfig(schedule="linear", parameterization="v", loss_weighting="snr",
+                                                clip_x0=1.0)
     )
     # Ancestral DDPM: the few-step samplers are close but not level with it (measured on one overfitted shape:
     # Chamfer 0.043 for DDPM-250, 0.067 for DDIM-50, 0.068 for DPM-Solver++ 25); `sample.sampler=dpm_solver_pp`
