@@ -87,7 +87,8 @@ def off_surface_rows(export: str, device: str, num_shapes: int, steps: tuple[int
     observed = torch.zeros(clean.shape[:2], dtype=torch.bool, device=device)
     denoise = domain.diffusion.denoiser(domain.network(model, clean * domain.scale, observed))
     g = torch.Generator(device=device).manual_seed(seed)
-    rows = [{"step": 0, "noisy_over_alpha": off_surface(clean), "model": off_surface(clean)}]
+    floor = off_surface(clean)
+    rows = [{"step": 0, "noisy_over_alpha": floor, "model": floor}]
     for step in steps:
         t = torch.full((n,), step, device=device)
         alpha, sigma = domain.diffusion.coefficients(t, clean)

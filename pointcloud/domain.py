@@ -58,7 +58,7 @@ class PointDataConfig:
 class PointModelConfig:
     width: float = at_least(0.25, 0.01)  # channel multiplier of PVD's network (1.0: ~27 M parameters)
     # Multiplier of PVD's voxel grids 32/16/8. On the CPU default (256 points, 1 500 steps) 0.5 was 1.8x slower
-    # per step than 0.25 and no better (1-NNA 0.80 against 0.85 on 20 shapes, MMD-CD 0.063 against 0.032).
+    # per step than 0.25 and not clearly better (1-NNA 0.80 against 0.85 on 20 shapes, but MMD-CD 0.063 against 0.032).
     voxel_resolution: float = at_least(0.25, 0.01)
     # Clouds are diffused (and seen by the network) multiplied by this: unit-sphere shapes have a std of about
     # 0.4, PVD diffuses data of unit std. Measured in the CI setting (tiny, 800 steps, half completion):

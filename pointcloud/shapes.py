@@ -86,10 +86,16 @@ def vase(rng: np.random.Generator) -> list[trimesh.Trimesh]:
 BUILDERS = {"chair": chair, "table": table, "airplane": airplane, "torus": torus, "vase": vase}
 
 
+def unit_sphere_frame(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The bounding-box centre of ``points`` and the distance of the farthest point from it."""
+    centre = (points.min(0) + points.max(0)) / 2
+    return centre, np.linalg.norm(points - centre, axis=1).max()
+
+
 def normalize(points: np.ndarray) -> np.ndarray:
     """Centre at the bounding-box centre and scale the farthest point onto the unit sphere."""
-    centred = points - (points.min(0) + points.max(0)) / 2
-    return centred / np.linalg.norm(centred, axis=1).max()
+    centre, scale = unit_sphere_frame(points)
+    return (points - centre) / scale
 
 
 def _mesh_and_cloud(family: str, points: int, seed: int) -> tuple[trimesh.Trimesh, np.ndarray]:
@@ -110,9 +116,9 @@ def make_surface(family: str, points: int, seed: int, dense: int = 20_000) -> np
     """``dense`` points of the surface behind ``make_shape(family, points, seed)``, in that cloud's
     frame: float32 ``(dense, 3)``, for distances to the true surface rather than to a sparse sampling."""
     mesh, cloud = _mesh_and_cloud(family, points, seed)
-    centre = (cloud.min(0) + cloud.max(0)) / 2
+    centre, scale = unit_sphere_frame(cloud)
     surface, _ = trimesh.sample.sample_surface(mesh, dense, seed=seed + 1)
-    return ((np.asarray(surface) - centre) / np.linalg.norm(cloud - centre, axis=1).max()).astype(np.float32)
+    return ((np.asarray(surface) - centre) / scale).astype(np.float32)
 
 
 class ProceduralShapes(Dataset):
