@@ -222,21 +222,29 @@ class PointCloud(GaussianDomain):
 
     def evaluate_completion(self, model: nn.Module, shapes: Tensor, generator: torch.Generator) -> dict[str, float]:
         """Chamfer of completed partial views to the full shapes, and of the nearest training shape."""
-        device = next(model.parameters()).device
         mask = partial_masks(shapes, self.cfg.task.partial_points, seed=self.cfg.sample.seed)
-        done = torch.cat([
-            self.sample(model, len(s), known=Known(m, s.to(device)), generator=generator).float().cpu()
-            for s, m in zip(shapes.split(self.cfg.eval.batch_size), mask.split(self.cfg.eval.batch_size))
-        ])
-        train = self.build_dataset("train")
-        bank = torch.stack([train[i] for i in range(min(len(train), 4 * len(shapes)))]).float()  # type: ignore
-        partials = [s[m] for s, m in zip(shapes, mask)]
-        # Nearest training shape: the one closest to the partial (partial -> shape one-sided Chamfer).
-        nearest = torch.stack([bank[chamfer_to(p, bank).argmin()] for p in partials])
+        done = self.complete(model, shapes, mask, generator)
+        nearest = self.nearest_training_shapes([s[m] for s, m in zip(shapes, mask)], 4 * len(shapes))
         return {
             "completion/chamfer": chamfer(done, shapes).mean().item(),
             "completion/baseline_nearest_train_chamfer": chamfer(nearest, shapes).mean().item(),
         }
+
+    def complete(self, model: nn.Module, shapes: Tensor, mask: Tensor, generator: torch.Generator) -> Tensor:
+        """Completions ``(B, N, 3)`` (on the CPU) of ``shapes`` ``(B, N, 3)`` observed where ``mask`` ``(B, N)``."""
+        device = next(model.parameters()).device
+        b = self.cfg.eval.batch_size
+        return torch.cat([
+            self.sample(model, len(s), known=Known(m, s.to(device)), generator=generator).float().cpu()
+            for s, m in zip(shapes.split(b), mask.split(b))
+        ])
+
+    def nearest_training_shapes(self, partials: list[Tensor], max_bank: int) -> Tensor:
+        """For each partial ``(P_i, 3)``, the training shape ``(N, 3)`` it is closest to (partial -> shape
+        one-sided Chamfer), searched among the first ``max_bank`` training shapes: ``(len(partials), N, 3)``."""
+        train = self.build_dataset("train")
+        bank = torch.stack([train[i] for i in range(min(len(train), max_bank))]).float()  # type: ignore[arg-type]
+        return torch.stack([bank[chamfer_to(p, bank).argmin()] for p in partials])
 
     def save_samples(self, samples: Tensor, path: Path) -> Path:
         out = path.with_suffix(".png")
