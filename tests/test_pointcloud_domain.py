@@ -50,6 +50,21 @@ def test_partial_is_kept_exactly(sampler):
     assert torch.equal(out[mask], shapes[mask]) and torch.isfinite(out).all()
 
 
+def test_completion_evaluation_keeps_the_partial_and_retrieves_the_shape_it_came_from():
+    domain = small_domain("task.completion=1.0", "sample.steps=2", "eval.batch_size=3")
+    model = domain.build_model().eval()
+    train_shapes = torch.stack([domain.build_dataset("train")[i] for i in (5, 0, 9)])
+    mask = torch.zeros(3, 256, dtype=torch.bool)
+    mask[:, 100:140] = True
+    # A partial of a training shape lies exactly on that shape: the nearest training shape is the shape itself.
+    nearest = domain.nearest_training_shapes([s[m] for s, m in zip(train_shapes, mask)], max_bank=12)
+    assert torch.equal(nearest, train_shapes)
+    done = domain.complete(model, train_shapes, mask, torch.Generator().manual_seed(0))
+    assert done.shape == (3, 256, 3) and torch.equal(done[mask], train_shapes[mask])
+    metrics = domain.evaluate_completion(model, train_shapes, torch.Generator().manual_seed(0))
+    assert metrics["completion/baseline_nearest_train_chamfer"] < 1e-6 < metrics["completion/chamfer"]
+
+
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("pc_export")
