@@ -19,6 +19,7 @@ Chamfer/EMD against exact, and 1-NNA against sampler steps.
     python benchmarks/pointcloud.py --quality runs/pointcloud/export [--shapes 64] [--samplers ddim:50 ...]
     python benchmarks/pointcloud.py --denoising runs/pointcloud/export [--shapes 64]
     python benchmarks/pointcloud.py --completion runs/pointcloud-completion/export [--shapes 64] [--bank 4000]
+        [--sample steps=100 resample=3]
 """
 
 from __future__ import annotations
@@ -110,14 +111,16 @@ def off_surface_rows(export: str, device: str, num_shapes: int, steps: tuple[int
     return rows
 
 
-def completion_rows(export: str, device: str, num_shapes: int, bank: int, seed: int = 0) -> list[dict]:
+def completion_rows(export: str, device: str, num_shapes: int, bank: int, sample: list[str] = (),
+                    seed: int = 0) -> list[dict]:
     """Completion of held-out partial views against the nearest of ``bank`` training shapes, per family.
 
     Both are scored by Chamfer to the held-out cloud (as in training's evaluation), paired per view
     (mean difference, its standard error, the share of views the model wins), and by the mean squared
     distance of their points to the true surface (a dense sampling of the mesh): what the sampling of
     the reference cloud does not blur. For the model's generated points the median of that distance and
-    the share of it that comes from their worst 10% (stray points) are also given.
+    the share of it that comes from their worst 10% (stray points) are also given. ``sample``
+    overrides fields of the export's sample config, e.g. ``["steps=100", "resample=3"]``.
     """
     from multigen.export import load_pretrained
     from pointcloud.metrics import chamfer
@@ -125,6 +128,11 @@ def completion_rows(export: str, device: str, num_shapes: int, bank: int, seed: 
     from pointcloud.views import partial_masks
 
     p = load_pretrained(export, device=device)
+    for item in sample:
+        key, _, value = item.partition("=")
+        if not hasattr(p.domain.cfg.sample, key):
+            raise SystemExit(f"--sample {item}: the sample config has no field {key!r}")
+        setattr(p.domain.cfg.sample, key, type(getattr(p.domain.cfg.sample, key))(value))
     domain, model = p.domain, p.model.eval()
     data = domain.build_dataset("val")
     if not isinstance(data, ProceduralShapes):
@@ -143,6 +151,8 @@ def completion_rows(export: str, device: str, num_shapes: int, bank: int, seed: 
     model_cd, near_cd = chamfer(done, shapes), chamfer(nearest, shapes)
     model_off, near_off = to_surface(done), to_surface(nearest)
     families = [data.family(i) for i in range(n)]
+    s = domain.cfg.sample
+    sampler = f"{s.sampler}-{s.steps}" + (f" x{s.resample} passes" if s.resample > 1 else "")
     rows = []
     for fam in ["all", *(dict.fromkeys(families) if len(set(families)) > 1 else [])]:
         idx = torch.tensor([i for i in range(n) if fam in ("all", families[i])])
@@ -157,7 +167,7 @@ def completion_rows(export: str, device: str, num_shapes: int, bank: int, seed: 
             "model_to_surface": model_off[idx].mean().item(), "nearest_to_surface": near_off[idx].mean().item(),
             "generated_to_surface_median": generated.median().item(),
             "generated_worst_10pct_share": (worst.sum() / generated.sum()).item(),
-            "bank": min(bank, len(domain.build_dataset("train"))), "seconds": seconds,
+            "bank": min(bank, len(domain.build_dataset("train"))), "seconds": seconds, "sampler": sampler,
         })
     return rows
 
@@ -240,6 +250,8 @@ def main() -> None:
     parser.add_argument("--completion", metavar="EXPORT_DIR",
                         help="completion of held-out partial views against the nearest training shape")
     parser.add_argument("--bank", type=int, default=4000, help="--completion: training shapes searched")
+    parser.add_argument("--sample", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="--completion: override the export's sample settings, e.g. steps=100 resample=3")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one config, print JSON
     parser.add_argument("--out", default="benchmarks/out/pointcloud.json")
     args = parser.parse_args()
@@ -259,7 +271,7 @@ def main() -> None:
         return
 
     if args.completion:
-        rows = completion_rows(args.completion, args.device, args.shapes, args.bank)
+        rows = completion_rows(args.completion, args.device, args.shapes, args.bank, args.sample)
         print("| family | views | completion Chamfer | nearest training shape | paired difference | model closer | "
               "to surface: model / nearest | generated points: median, worst 10% share |")
         print("|---|---|---|---|---|---|---|---|")
@@ -268,7 +280,8 @@ def main() -> None:
                   f"{r['paired_diff']:+.4f} ± {r['paired_se']:.4f} | {100 * r['model_wins']:.0f}% | "
                   f"{r['model_to_surface']:.4f} / {r['nearest_to_surface']:.4f} | "
                   f"{r['generated_to_surface_median']:.5f}, {100 * r['generated_worst_10pct_share']:.0f}% |")
-        print(f"nearest of {rows[0]['bank']} training shapes; completions took {rows[0]['seconds']:.0f} s")
+        print(f"nearest of {rows[0]['bank']} training shapes; {rows[0]['sampler']}; completions took "
+              f"{rows[0]['seconds']:.0f} s")
         write_results(args.out.replace(".json", "_completion.json"), {"export": args.completion, "results": rows})
         return
 

@@ -85,6 +85,9 @@ class SampleConfig:
     steps: int = at_least(25, 1)
     spacing: str = choice("auto", "auto", "time", "log_snr", "karras")  # spread of the steps; auto: per sampler
     eta: float = at_least(0.0, 0.0)
+    # ddpm with a known part (completion, prediction): take every step this many times (RePaint's resampling);
+    # other samplers and unconditional sampling ignore it
+    resample: int = at_least(1, 1)
     num: int = at_least(16, 1)  # samples drawn at every sample_every
     seed: int = 1234
 

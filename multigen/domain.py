@@ -124,6 +124,7 @@ class GaussianDomain(Domain):
             steps=steps or s.steps,
             spacing=s.spacing,
             eta=s.eta,
+            resample=s.resample,
             known=known,
             generator=generator,
             device=device,

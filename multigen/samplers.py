@@ -135,19 +135,33 @@ def ddpm(
     known: Known | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    resample: int = 1,
 ) -> Tensor:
     """Ancestral sampling: draw ``x_s ~ q(x_s | x_t, x0 = D(x_t))`` at every step (Ho et al., 2020).
 
     With a grid that skips steps this is the generalised posterior between the
     visited levels. ``noise`` is ``x_T``, shape ``(B, ...)``.
+
+    ``resample = r > 1`` takes each step ``r`` times, noising the result back to the step's
+    level with ``q(x_t | x_s)`` in between: RePaint's resampling (Lugmayr et al., 2022) with jumps
+    of one step. Going back is exact, so with an exact denoiser the marginals stay as right as the
+    steps themselves (exact as steps get small). With a known part, imposing it alone does not
+    sample the true conditional however many steps are taken; each extra pass lets the generated
+    part move toward agreeing with it (tested on Gaussian data).
     """
+    if resample < 1:
+        raise ValueError(f"resample must be >= 1, got {resample}")
     x = _impose(noise, known, grid.alpha_bar[0], generator)
     for k in tqdm(range(grid.steps), desc="ddpm", disable=not progress):
         abar_t, abar_s = grid.alpha_bar[k], grid.alpha_bar[k + 1]
-        x0 = denoiser(x, _time(grid, k, x))
-        mean, var = gaussian_posterior(x0, x, expand_like(abar_s, x), expand_like(abar_t, x))
-        x = mean + var.sqrt() * _randn_like(x, generator) if float(var) > 0 else mean
-        x = _impose(x, known, abar_s, generator)
+        for r in range(resample):
+            if r:
+                back = float(abar_t / abar_s)
+                x = back**0.5 * x + (1 - back) ** 0.5 * _randn_like(x, generator)
+            x0 = denoiser(x, _time(grid, k, x))
+            mean, var = gaussian_posterior(x0, x, expand_like(abar_s, x), expand_like(abar_t, x))
+            x = mean + var.sqrt() * _randn_like(x, generator) if float(var) > 0 else mean
+            x = _impose(x, known, abar_s, generator)
     return x
 
 
@@ -224,6 +238,7 @@ def sample(
     steps: int = 25,
     spacing: str = "auto",
     eta: float = 0.0,
+    resample: int = 1,
     known: Known | None = None,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
@@ -232,11 +247,16 @@ def sample(
 ) -> Tensor:
     """Draw ``x_T ~ N(0, I)`` of ``shape`` and run the named sampler over ``steps`` levels.
 
-    ``spacing="auto"`` takes the sampler's :data:`DEFAULT_SPACING`.
+    ``spacing="auto"`` takes the sampler's :data:`DEFAULT_SPACING`. With a ``known`` part, the
+    ddpm sampler takes every step ``resample`` times (see :func:`ddpm`); the other samplers, and
+    ddpm without a known part, ignore it (on unconditional point clouds it cost diversity,
+    benchmarks/RESULTS.md).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
     noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
     extra = {"eta": eta} if sampler == "ddim" else {}
+    if sampler == "ddpm":
+        extra = {"resample": resample if known is not None else 1}
     grid = sampling_grid(schedule, steps, DEFAULT_SPACING[sampler] if spacing == "auto" else spacing)
     return SAMPLERS[sampler](denoiser, noise, grid, known=known, generator=generator, progress=progress, **extra)

@@ -100,7 +100,10 @@ class PointCloudConfig:
     # Ancestral DDPM: the few-step samplers are close but not level with it (measured on one overfitted shape:
     # Chamfer 0.043 for DDPM-250, 0.067 for DDIM-50, 0.068 for DPM-Solver++ 25); `sample.sampler=dpm_solver_pp`
     # for speed.
-    sample: SampleConfig = field(default_factory=lambda: SampleConfig(sampler="ddpm", num=8, steps=250))
+    # Completions take every DDPM step twice (RePaint's resampling): on 96 held-out torus/table views the
+    # 6 000-step completion model went from 0.0133 (behind the nearest of 4 000 training shapes, 0.0127) to
+    # 0.0125, ahead by 2 standard errors; stray points fell from 60% to 52% of the off-surface error.
+    sample: SampleConfig = field(default_factory=lambda: SampleConfig(sampler="ddpm", num=8, steps=250, resample=2))
     data: PointDataConfig = field(default_factory=PointDataConfig)
     model: PointModelConfig = field(default_factory=PointModelConfig)
     task: PointTaskConfig = field(default_factory=PointTaskConfig)
@@ -195,6 +198,7 @@ class PointCloud(GaussianDomain):
         out = sample(
             self.diffusion.denoiser(self.network(model, scaled, mask)), shape, self.diffusion.schedule,
             sampler=sampler or s.sampler, steps=steps or s.steps, spacing=s.spacing, eta=s.eta,
+            resample=s.resample,
             known=Known(mask[..., None], scaled) if mask.any() else None,
             generator=generator, device=device, progress=progress,
         )

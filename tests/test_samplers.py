@@ -29,7 +29,7 @@ def _run(sampler, steps, denoiser, seed=0, **kw):
 
 @pytest.mark.parametrize(
     "name,sampler,steps,kw",
-    [("ddpm-1000", ddpm, 1000, {}), ("ddim-50", ddim, 50, {}), ("ddim-eta1-200", ddim, 200, {"eta": 1.0}),
+    [("ddpm-1000", ddpm, 1000, {}), ("ddpm-1000-resample-3", ddpm, 1000, {"resample": 3}), ("ddim-50", ddim, 50, {}), ("ddim-eta1-200", ddim, 200, {"eta": 1.0}),
      ("dpm++-20", dpm_solver_pp, 20, {})],
 )
 def test_samples_of_gaussian_data_have_its_mean_and_covariance(name, sampler, steps, kw):
@@ -149,6 +149,20 @@ def test_grid_and_argument_errors():
         sampling_grid(SCHEDULE, 10, "cubic")
     with pytest.raises(ValueError, match="unknown sampler"):
         sample(lambda x, t: x, (2, 2), SCHEDULE, sampler="euler")
+    with pytest.raises(ValueError, match="resample must be >= 1"):
+        ddpm(lambda x, t: x, torch.zeros(2, 2), sampling_grid(SCHEDULE, 4), resample=0)
+
+
+def test_resampling_moves_replacement_inpainting_toward_the_true_conditional():
+    """Imposing the noised known part at every step (replacement) does not sample p(x2 | x1) exactly, however
+    many steps; RePaint's resampling corrects most of it. Gaussian data with correlation 0.9, x1 = 1.2 known."""
+    cov = torch.tensor([[[0.5, 0.45], [0.45, 0.5]]], dtype=torch.float64)
+    D = gaussian_mixture_denoiser(ONE, MEAN, cov, SCHEDULE)
+    true_mean = float(MEAN[0, 1] + cov[0, 1, 0] / cov[0, 0, 0] * (1.2 - MEAN[0, 0]))  # 0.33
+    known = Known(torch.tensor([True, False]), torch.tensor([[1.2, 0.0]], dtype=torch.float64))
+    error = {r: abs(float(_run(ddpm, 50, D, known=known, resample=r)[:, 1].mean()) - true_mean) for r in (1, 10)}
+    # measured: replacement alone 0.20 off (0.13 against 0.33), with 10 passes per step 0.014; sampling error ~0.003
+    assert error[1] > 0.15 and error[10] < 0.05, error
 
 
 def test_benchmark_sampler_setting_parses_and_names_the_choices():

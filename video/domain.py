@@ -132,7 +132,7 @@ class Video(GaussianDomain):
     def settings(self, steps: int | None = None, sampler: str | None = None) -> SamplerSettings:
         s = self.cfg.sample
         return SamplerSettings(sampler or s.sampler, steps or s.steps, s.spacing, s.eta, self.cfg.task.guidance,
-                               self.cfg.model.residual)
+                               self.cfg.model.residual, s.resample)
 
     def training_loss(self, model: nn.Module, batch: Tensor) -> Tensor:
         B, T = batch.shape[:2]

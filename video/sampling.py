@@ -37,6 +37,7 @@ class SamplerSettings:
     eta: float = 0.0
     guidance: float = 1.0  # classifier-free guidance scale on the observed frames
     residual: bool = False  # the model generates residuals to each frame's nearest observed frame
+    resample: int = 1  # ddpm with observed frames only: take every step this many times (RePaint's resampling)
 
 
 def generate(
@@ -77,6 +78,7 @@ def generate(
         steps=settings.steps,
         spacing=settings.spacing,
         eta=settings.eta,
+        resample=settings.resample,
         known=known,
         generator=generator,
         device=observed.device,
