@@ -94,8 +94,11 @@ def off_surface_rows(export: str, device: str, num_shapes: int, steps: tuple[int
     denoise = domain.diffusion.denoiser(domain.network(model, clean * domain.scale, observed))
     g = torch.Generator(device=device).manual_seed(seed)
     floor = off_surface(clean)
-    def knn_mean(cloud: torch.Tensor, k: int) -> torch.Tensor:
-        return ops.gather_points(cloud, ops.knn(cloud, cloud, k)[1]).mean(2)
+
+    def best_knn_mean(cloud: torch.Tensor, ks: tuple[int, ...] = (4, 6, 8, 12, 16)) -> float:
+        """The lowest off-surface error of ``cloud`` with each point replaced by the mean of its k nearest."""
+        neighbours = ops.gather_points(cloud, ops.knn(cloud, cloud, max(ks))[1])  # (n, N, max k, 3), nearest first
+        return min(off_surface(neighbours[:, :, :k].mean(2)) for k in ks)
 
     rows = [{"step": 0, "noisy_over_alpha": floor, "knn_mean": floor, "model": floor}]
     for step in steps:
@@ -106,7 +109,7 @@ def off_surface_rows(export: str, device: str, num_shapes: int, steps: tuple[int
             x0 = denoise(x_t, domain.diffusion.schedule.model_time(t))
         noisy = x_t / alpha / domain.scale
         rows.append({"step": step, "noisy_over_alpha": off_surface(noisy),
-                     "knn_mean": min(off_surface(knn_mean(noisy, k)) for k in (4, 6, 8, 12, 16)),
+                     "knn_mean": best_knn_mean(noisy),
                      "model": off_surface(x0 / domain.scale)})
     return rows
 
@@ -122,18 +125,20 @@ def completion_rows(export: str, device: str, num_shapes: int, bank: int, sample
     the share of it that comes from their worst 10% (stray points) are also given. ``sample``
     overrides fields of the export's sample config, e.g. ``["steps=100", "resample=3"]``.
     """
+    import dataclasses
+
+    from multigen.config import ConfigError, SampleConfig, load_config
     from multigen.export import load_pretrained
     from pointcloud.metrics import chamfer
     from pointcloud.shapes import ProceduralShapes
     from pointcloud.views import partial_masks
 
     p = load_pretrained(export, device=device)
-    for item in sample:
-        key, _, value = item.partition("=")
-        if not hasattr(p.domain.cfg.sample, key):
-            raise SystemExit(f"--sample {item}: the sample config has no field {key!r}")
-        setattr(p.domain.cfg.sample, key, type(getattr(p.domain.cfg.sample, key))(value))
     domain, model = p.domain, p.model.eval()
+    try:
+        domain.cfg.sample = load_config(SampleConfig, values=dataclasses.asdict(domain.cfg.sample), overrides=sample)
+    except ConfigError as e:
+        raise SystemExit(f"--sample: {e}") from None
     data = domain.build_dataset("val")
     if not isinstance(data, ProceduralShapes):
         raise SystemExit(f"--completion needs a model trained on the procedural shapes; {export} was not")
@@ -147,6 +152,7 @@ def completion_rows(export: str, device: str, num_shapes: int, bank: int, sample
         done = domain.complete(model, shapes, mask, g)
     seconds = time.perf_counter() - start
     nearest = domain.nearest_training_shapes([s[m] for s, m in zip(shapes, mask)], bank)
+    bank = min(bank, len(domain.build_dataset("train")))
     to_surface = lambda c: ops.knn(c.contiguous(), surface, 1)[0][..., 0]  # noqa: E731  (n, N)
     model_cd, near_cd = chamfer(done, shapes), chamfer(nearest, shapes)
     model_off, near_off = to_surface(done), to_surface(nearest)
@@ -167,7 +173,7 @@ def completion_rows(export: str, device: str, num_shapes: int, bank: int, sample
             "model_to_surface": model_off[idx].mean().item(), "nearest_to_surface": near_off[idx].mean().item(),
             "generated_to_surface_median": generated.median().item(),
             "generated_worst_10pct_share": (worst.sum() / generated.sum()).item(),
-            "bank": min(bank, len(domain.build_dataset("train"))), "seconds": seconds, "sampler": sampler,
+            "bank": bank, "seconds": seconds, "sampler": sampler,
         })
     return rows
 

@@ -29,8 +29,8 @@ def _run(sampler, steps, denoiser, seed=0, **kw):
 
 @pytest.mark.parametrize(
     "name,sampler,steps,kw",
-    [("ddpm-1000", ddpm, 1000, {}), ("ddpm-1000-resample-3", ddpm, 1000, {"resample": 3}), ("ddim-50", ddim, 50, {}), ("ddim-eta1-200", ddim, 200, {"eta": 1.0}),
-     ("dpm++-20", dpm_solver_pp, 20, {})],
+    [("ddpm-1000", ddpm, 1000, {}), ("ddpm-1000-resample-3", ddpm, 1000, {"resample": 3}),
+     ("ddim-50", ddim, 50, {}), ("ddim-eta1-200", ddim, 200, {"eta": 1.0}), ("dpm++-20", dpm_solver_pp, 20, {})],
 )
 def test_samples_of_gaussian_data_have_its_mean_and_covariance(name, sampler, steps, kw):
     x = _run(sampler, steps, gaussian_mixture_denoiser(ONE, MEAN, COV, SCHEDULE), **kw)
