@@ -114,11 +114,30 @@ class GaussianDomain(Domain):
         generator: torch.Generator | None = None,
         progress: bool = False,
     ) -> Tensor:
-        s = self.cfg.sample
         device = next(model.parameters()).device
+        return self.run_sampler(
+            model, (n, *self.sample_shape()), known=known, steps=steps, sampler=sampler, generator=generator,
+            device=device, progress=progress,
+        )
+
+    def run_sampler(
+        self,
+        model_fn: Any,
+        shape: tuple[int, ...],
+        *,
+        known: Known | None,
+        steps: int | None,
+        sampler: str | None,
+        generator: torch.Generator | None,
+        device: torch.device,
+        progress: bool,
+    ) -> Tensor:
+        """The configured core sampler (``sample.*``; ``steps``/``sampler`` override) over the network
+        ``model_fn(x_t, t)``, drawing a batch of ``shape``; ``known`` parts are held fixed."""
+        s = self.cfg.sample
         return samplers.sample(
-            self.diffusion.denoiser(model),
-            (n, *self.sample_shape()),
+            self.diffusion.denoiser(model_fn),
+            shape,
             self.diffusion.schedule,
             sampler=sampler or s.sampler,
             steps=steps or s.steps,

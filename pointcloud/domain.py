@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from multigen import Known, sample
+from multigen import Known
 from multigen.config import DiffusionConfig, SampleConfig, TrainConfig, at_least, choice
 from multigen.domain import GaussianDomain
 
@@ -186,7 +186,6 @@ class PointCloud(GaussianDomain):
         progress: bool = False,
     ) -> Tensor:
         """``n`` clouds; with ``known`` (mask ``(n, N)`` or ``(n, N, 1)``, values ``(n, N, 3)``) those points are kept."""
-        s = self.cfg.sample
         device = next(model.parameters()).device
         shape = (n, *self.sample_shape())
         if known is None:
@@ -195,12 +194,9 @@ class PointCloud(GaussianDomain):
             observed = known.values.to(device).expand(shape)
             mask = known.mask.to(device).reshape(n, shape[1], -1)[..., 0].bool()
         scaled = observed * self.scale
-        out = sample(
-            self.diffusion.denoiser(self.network(model, scaled, mask)), shape, self.diffusion.schedule,
-            sampler=sampler or s.sampler, steps=steps or s.steps, spacing=s.spacing, eta=s.eta,
-            resample=s.resample,
-            known=Known(mask[..., None], scaled) if mask.any() else None,
-            generator=generator, device=device, progress=progress,
+        out = self.run_sampler(
+            self.network(model, scaled, mask), shape, known=Known(mask[..., None], scaled) if mask.any() else None,
+            steps=steps, sampler=sampler, generator=generator, device=device, progress=progress,
         )
         return torch.where(mask[..., None], observed, out / self.scale)  # observed points bit-exact
 
