@@ -86,13 +86,15 @@ def cmd_complete(args: argparse.Namespace) -> Path:
     generated = done[:, P:].double().cpu().numpy() * scale + centre
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    # a dense scan would hide the generated points: draw it faint when it outnumbers them
+    partial_rgba = np.array([[*PARTIAL_COLOR, min(1.0, max(0.15, generated.shape[1] / len(partial)))]] * len(partial))
     clouds, colors = [], []
     for i, g in enumerate(generated):
         cloud = np.concatenate([partial, g.astype(partial.dtype)])
         write_ply(out / f"completion_{i:03d}.ply", cloud)
         clouds.append(cloud)
-        colors.append(np.array([PARTIAL_COLOR] * len(partial) + [GENERATED_COLOR] * len(g)))
-    render_clouds([partial, *clouds], out / "completions.png", colors=[np.array([PARTIAL_COLOR] * len(partial)), *colors],
+        colors.append(np.concatenate([partial_rgba, np.array([[*GENERATED_COLOR, 1.0]] * len(g))]))
+    render_clouds([partial, *clouds], out / "completions.png", colors=[partial_rgba, *colors],
                   titles=["partial", *[f"completion {i}" for i in range(len(clouds))]])
     return out
 

@@ -74,7 +74,8 @@ def write_ply(path: str | Path, points: np.ndarray) -> Path:
 
 def render_clouds(clouds: list[np.ndarray], path: str | Path, colors: list[np.ndarray] | None = None,
                   titles: list[str] | None = None, point_size: float = 2.0) -> Path:
-    """One 3-D scatter per cloud (y up, same view and limits) in a PNG; ``colors`` are per-point RGB ``(N, 3)``.
+    """One 3-D scatter per cloud (y up, same view and limits, centred on the clouds' common bounding box) in a
+    PNG; ``colors`` are per-point RGB ``(N, 3)`` or RGBA ``(N, 4)``.
 
     Without ``colors``, points are shaded by their distance from the viewer (near: dark, far: light) and
     drawn far to near, so that the shape reads in depth.
@@ -88,6 +89,9 @@ def render_clouds(clouds: list[np.ndarray], path: str | Path, colors: list[np.nd
     cols = min(n, 4)
     rows = (n + cols - 1) // cols
     fig = plt.figure(figsize=(3 * cols, 3 * rows), dpi=100)
+    everything = np.concatenate(clouds)
+    centre = (everything.max(0) + everything.min(0)) / 2
+    clouds = [c - centre for c in clouds]
     limit = max(float(np.abs(c).max()) for c in clouds)
     elev, azim = np.radians(20), np.radians(-60)
     towards_viewer = np.array([np.cos(elev) * np.cos(azim), np.cos(elev) * np.sin(azim), np.sin(elev)])

@@ -12,7 +12,7 @@ from multigen.samplers import SAMPLERS
 from multigen.trainer import read_log, train
 from pointcloud.cli import complete_main, main as pointcloud_cli
 from pointcloud.domain import PointCloud, PointCloudConfig
-from pointcloud.io import read_points
+from pointcloud.io import read_points, render_clouds
 
 SMALL = ["data.points=256", "model.width=0.25", "model.voxel_resolution=0.25", "task.partial_points=40"]
 
@@ -100,6 +100,19 @@ def test_cli_on_a_real_mesh_and_sampling(export_dir, tmp_path):
     assert pointcloud_cli(["sample", "--checkpoint", str(export_dir), "--num", "2", "--steps", "2",
                            "--out", str(tmp_path / "samples")]) == 0
     assert (tmp_path / "samples" / "samples.png").is_file()
+
+
+def test_render_frames_clouds_far_from_the_origin(tmp_path):
+    """Scans come in their own units: a cloud at (100, 50, -80) fills its panel as it does at the origin."""
+    from PIL import Image
+
+    cloud = np.random.default_rng(0).normal(size=(500, 3))
+    spans = []
+    for offset in ([0, 0, 0], [100, 50, -80]):
+        with Image.open(render_clouds([cloud + offset], tmp_path / "c.png")) as png:
+            ink = np.flatnonzero((np.asarray(png.convert("L")) < 200).any(0))
+        spans.append(ink.max() - ink.min())
+    assert spans[1] == pytest.approx(spans[0], rel=0.05) and spans[0] > 100
 
 
 @pytest.mark.parametrize("points, message", [
