@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar, get_type_hints
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -100,10 +100,20 @@ def _validate(obj: Any, prefix: str = "") -> None:
             continue
         options = f.metadata.get("choices")
         if options is not None and value not in options:
-            raise ConfigError(f"{key}: must be one of {list(options)}, got {value!r}")
+            hint = " (YAML reads an unquoted no/yes/off/on as a boolean: quote it)" if value in ("True", "False") else ""
+            raise ConfigError(f"{key}: must be one of {list(options)}, got {value!r}{hint}")
         minimum = f.metadata.get("min")
         if minimum is not None and value < minimum:
             raise ConfigError(f"{key}: must be >= {minimum}, got {value!r}")
+
+
+def _is_text_field(schema: type, dotted: str) -> bool:
+    """Whether ``dotted`` (``"train.mixed_precision"``) names a plain ``str`` field of ``schema``."""
+    cls: Any = schema
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        cls = get_type_hints(cls).get(part) if dataclasses.is_dataclass(cls) else None
+    return dataclasses.is_dataclass(cls) and get_type_hints(cls).get(leaf) is str
 
 
 def load_config(
@@ -133,7 +143,14 @@ def load_config(
         for item in overrides:
             if "=" not in item or item.startswith("="):
                 raise ConfigError(f"override {item!r} is not of the form key.sub=value")
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+            parsed = OmegaConf.from_dotlist([item])
+            key, _, text = item.partition("=")
+            if _is_text_field(schema, key) and not isinstance(OmegaConf.select(parsed, key), str):
+                nested: Any = text  # a string field takes `no`, `1e-3` as typed, not as YAML's false, 0.001
+                for part in reversed(key.split(".")):
+                    nested = {part: nested}
+                parsed = OmegaConf.create(nested)
+            merged = OmegaConf.merge(merged, parsed)
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)

@@ -36,6 +36,18 @@ def test_file_then_overrides(tmp_path):
     assert load_config(Toy2DConfig, values={"train": {"max_steps": 9}}).train.max_steps == 9
 
 
+def test_string_fields_take_override_text_as_typed(tmp_path):
+    """YAML would read `no` as false and `1e-3` as a number; a string field keeps what was typed."""
+    cfg = load_config(Toy2DConfig, overrides=["train.mixed_precision=no", "train.output_dir=1e-3", "train.lr=1e-3"])
+    assert (cfg.train.mixed_precision, cfg.train.output_dir, cfg.train.lr) == ("no", "1e-3", 0.001)
+    with pytest.raises(ConfigError, match="train.max_steps"):
+        load_config(Toy2DConfig, overrides=["train.max_steps=no"])
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  mixed_precision: no\n")  # unquoted in a file: a boolean, and the error says so
+    with pytest.raises(ConfigError, match="train.mixed_precision: .*got 'False' .*quote it"):
+        load_config(Toy2DConfig, f)
+
+
 def test_missing_file_and_bad_file(tmp_path):
     with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
         load_config(Toy2DConfig, tmp_path / "nope.yaml")
