@@ -3,6 +3,10 @@
     multigen-complete --checkpoint EXPORT --input PARTIAL --num K --out OUT_DIR
     multigen-pointcloud sample   --checkpoint EXPORT --num N --out OUT_DIR
     multigen-pointcloud complete ...  (the same as multigen-complete)
+    multigen-pointcloud scan     --input MESH --out scan.ply [--view X Y Z]
+
+``scan`` makes a partial to try completion on: the points of a mesh (or cloud) that a depth
+sensor looking from ``--view`` (a direction from the shape's centre) would see.
 
 PARTIAL is ``.ply/.npy/.xyz/.obj/.off/.stl`` (meshes are sampled). The partial is
 mapped into the model's frame (``--normalize data``: with the centre and scale recorded
@@ -29,6 +33,7 @@ from multigen.samplers import SAMPLERS
 from .domain import GENERATED_COLOR, PARTIAL_COLOR
 from .io import PointCloudError, read_points, render_clouds, write_ply
 from .ops import farthest_point_sample, gather_points
+from .views import visible_points, viewpoint_towards
 
 
 def _load(args: argparse.Namespace):
@@ -113,6 +118,21 @@ def cmd_sample(args: argparse.Namespace) -> Path:
     return out
 
 
+def cmd_scan(args: argparse.Namespace) -> Path:
+    if Path(args.out).suffix.lower() != ".ply":
+        raise PointCloudError(f"--out {args.out}: the scan is written as .ply")
+    points = read_points(args.input, num_points=args.points, seed=args.seed)
+    direction = np.random.default_rng(args.seed).normal(size=3) if args.view is None else np.array(args.view)
+    eye = viewpoint_towards(points, direction)
+    scan = points[visible_points(points, eye)]
+    print(f"{args.input}: {len(scan)} of {len(points)} points visible from {np.round(eye, 4).tolist()}")
+    out = write_ply(args.out, scan)
+    colors = np.array([PARTIAL_COLOR] * len(scan))
+    render_clouds([points, scan], out.with_suffix(".png"), colors=[np.array([GENERATED_COLOR] * len(points)), colors],
+                  titles=["input", "scan"])
+    return out
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="export directory (model.safetensors + config.yaml)")
     p.add_argument("--num", type=int, default=4)
@@ -143,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_sample)
     _complete_args(sub.add_parser("complete", help="complete a partial scan"))
+    p = sub.add_parser("scan", help="the part of a mesh or cloud visible from one viewpoint, as a .ply")
+    p.add_argument("--input", required=True, help="a mesh (.obj/.off/.stl/.ply, sampled) or points (.npy/.xyz/.ply)")
+    p.add_argument("--out", required=True, help="output .ply (a .png view is written next to it)")
+    p.add_argument("--view", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                   help="direction from the shape's centre to the sensor (default: random by --seed)")
+    p.add_argument("--points", type=int, default=8192, help="points sampled from a mesh's surface")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_scan)
     return parser
 
 

@@ -36,6 +36,17 @@ def random_viewpoint(rng: np.random.Generator, distance: float = 2.5) -> np.ndar
     return distance * d / np.linalg.norm(d)
 
 
+def viewpoint_towards(points: np.ndarray, direction: np.ndarray, distance: float = 2.5) -> np.ndarray:
+    """The viewpoint ``(3,)`` in ``direction`` from the bounding-box centre of ``points`` ``(N, 3)``, at
+    ``distance`` times the cloud's radius (as :func:`random_viewpoint` for clouds in the unit sphere)."""
+    direction = np.asarray(direction, dtype=np.float64)
+    if direction.shape != (3,) or not np.linalg.norm(direction) > 0:
+        raise ValueError(f"a view direction needs 3 numbers, not all zero; got {direction.tolist()}")
+    centre = (points.max(0) + points.min(0)) / 2
+    radius = np.linalg.norm(points - centre, axis=1).max()
+    return centre + distance * radius * direction / np.linalg.norm(direction)
+
+
 def partial_mask(points: np.ndarray, num_partial: int, rng: np.random.Generator) -> np.ndarray:
     """Boolean ``(N,)`` with exactly ``num_partial`` True: a random subset of the points visible from a
     random viewpoint; if fewer are visible, the non-visible points nearest the viewpoint fill up."""

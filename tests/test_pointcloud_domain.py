@@ -102,6 +102,20 @@ def test_cli_on_a_real_mesh_and_sampling(export_dir, tmp_path):
     assert (tmp_path / "samples" / "samples.png").is_file()
 
 
+def test_cli_scans_the_visible_side_of_a_mesh(tmp_path, capsys):
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=2.0)
+    sphere.apply_translation([10.0, 0.0, 0.0])
+    sphere.export(tmp_path / "sphere.obj")
+    out = tmp_path / "scan.ply"
+    assert pointcloud_cli(["scan", "--input", str(tmp_path / "sphere.obj"), "--out", str(out), "--view", "1", "0", "0",
+                           "--points", "4000"]) == 0
+    scan = read_points(out)
+    assert 0.2 * 4000 < len(scan) < 0.5 * 4000 and (scan[:, 0] > 10.0).all()  # the cap that faces +x
+    assert "of 4000 points visible from [15.0" in capsys.readouterr().out and out.with_suffix(".png").is_file()
+    assert pointcloud_cli(["scan", "--input", str(out), "--out", str(tmp_path / "s.npy")]) == 2
+    assert pointcloud_cli(["scan", "--input", str(out), "--out", str(out), "--view", "0", "0", "0"]) == 2
+
+
 def test_render_frames_clouds_far_from_the_origin(tmp_path):
     """Scans come in their own units: a cloud at (100, 50, -80) fills its panel as it does at the origin."""
     from PIL import Image
