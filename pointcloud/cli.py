@@ -1,4 +1,4 @@
-"""Shape completion and generation with an exported point-cloud model.
+"""Shape completion and generation with an exported point-cloud model, and partial scans to try it on.
 
     multigen-complete --checkpoint EXPORT --input PARTIAL --num K --out OUT_DIR
     multigen-pointcloud sample   --checkpoint EXPORT --num N --out OUT_DIR
