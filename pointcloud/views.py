@@ -13,6 +13,8 @@ import torch
 from scipy.spatial import ConvexHull
 from torch import Tensor
 
+from .shapes import unit_sphere_frame
+
 
 def visible_points(points: np.ndarray, viewpoint: np.ndarray, gamma: float = 2.0) -> np.ndarray:
     """Boolean ``(N,)``: which of ``points`` ``(N, 3)`` are visible from ``viewpoint`` ``(3,)``.
@@ -42,8 +44,7 @@ def viewpoint_towards(points: np.ndarray, direction: np.ndarray, distance: float
     direction = np.asarray(direction, dtype=np.float64)
     if direction.shape != (3,) or not np.linalg.norm(direction) > 0:
         raise ValueError(f"a view direction needs 3 numbers, not all zero; got {direction.tolist()}")
-    centre = (points.max(0) + points.min(0)) / 2
-    radius = np.linalg.norm(points - centre, axis=1).max()
+    centre, radius = unit_sphere_frame(points)
     return centre + distance * radius * direction / np.linalg.norm(direction)
 
 
