@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,23 @@ def toy_cfg(tmp_path: Path):
         return load_config(Toy2DConfig, overrides=[*base, *overrides])
 
     return make
+
+
+TEST_DEVICE = os.environ.get("MULTIGEN_TEST_DEVICE", "")
+"""``MULTIGEN_TEST_DEVICE=cuda python -m pytest`` runs the device tests on that device too."""
+
+
+def _device_params() -> list:
+    params: list = [pytest.param("meta", id="meta")]
+    if TEST_DEVICE and TEST_DEVICE != "meta":
+        params.append(pytest.param(TEST_DEVICE, id=TEST_DEVICE))
+    elif torch.cuda.is_available():
+        params.append(pytest.param("cuda", id="cuda"))
+    return params
+
+
+@pytest.fixture(params=_device_params())
+def device(request) -> torch.device:
+    """A device that is not the CPU: always ``meta`` (shapes only: any tensor made on the CPU by
+    mistake meets a meta tensor and raises), and ``cuda`` or ``$MULTIGEN_TEST_DEVICE`` when present."""
+    return torch.device(request.param)
