@@ -69,8 +69,15 @@ class DiffusionConfig:
 
     schedule: str = choice("cosine", "linear", "cosine", "sigmoid")
     timesteps: int = at_least(1000, 1)
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
+    # The schedule's every parameter is recorded here, so an export rebuilds exactly the schedule it was
+    # trained with even if a code default changes (multigen.schedules.NoiseSchedule has the same fields).
+    beta_start: float = 1e-4  # linear
+    beta_end: float = 0.02  # linear; must bring alpha_bar_T near 0 at the chosen timesteps
+    cosine_s: float = 0.008  # cosine
+    sigmoid_start: float = -3.0  # sigmoid
+    sigmoid_end: float = 3.0
+    sigmoid_tau: float = 1.0
+    max_beta: float = 0.999  # upper clip of discrete betas
     parameterization: str = choice("v", "eps", "x0", "v")  # v stays well-conditioned where alpha -> 0
     loss_weighting: str = choice("uniform", "uniform", "snr", "min_snr")
     min_snr_gamma: float = at_least(5.0, 0.0)

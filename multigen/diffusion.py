@@ -27,8 +27,8 @@ LOSS_WEIGHTINGS = ("uniform", "snr", "min_snr")
 
 
 def expand_like(v: Tensor, x: Tensor) -> Tensor:
-    """Reshape per-sample ``v`` of shape ``(B,)`` to ``(B, 1, ..., 1)`` in ``x``'s dtype."""
-    return v.to(x.dtype).reshape(v.shape + (1,) * (x.ndim - v.ndim))
+    """Reshape per-sample ``v`` of shape ``(B,)`` to ``(B, 1, ..., 1)`` on ``x``'s device, in its dtype."""
+    return v.to(device=x.device, dtype=x.dtype).reshape(v.shape + (1,) * (x.ndim - v.ndim))
 
 
 def convert(out: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor, src: str, dst: str) -> Tensor:
@@ -79,9 +79,9 @@ def _discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, std: Tensor, b
 
     The outermost bins extend to infinity (Ho et al., 2020).
     """
-    normal = torch.distributions.Normal(mean, std)
-    upper = normal.cdf(x + bin_width / 2)
-    lower = normal.cdf(x - bin_width / 2)
+    cdf = lambda v: 0.5 * (1.0 + torch.erf((v - mean) / (std * math.sqrt(2.0))))  # noqa: E731 (no validation sync)
+    upper = cdf(x + bin_width / 2)
+    lower = cdf(x - bin_width / 2)
     edge = 1.0 - bin_width / 2
     upper = torch.where(x > edge, torch.ones_like(upper), upper)
     lower = torch.where(x < -edge, torch.zeros_like(lower), lower)
@@ -160,7 +160,7 @@ class GaussianDiffusion:
         alpha, sigma = self.coefficients(steps, x0)
         x_t = alpha * x0 + sigma * noise
         out = model_fn(x_t, self.schedule.model_time(steps)).float()
-        target = convert(noise, x_t, alpha, sigma, "eps", self.parameterization).float()
+        target = self.target(x0, noise, alpha, sigma).float()
         err = (out - target) ** 2
         if loss_mask is None:
             per_sample = err.flatten(1).mean(1)
@@ -168,6 +168,15 @@ class GaussianDiffusion:
             m = loss_mask.to(err.dtype).expand_as(err)
             per_sample = (err * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp(min=1.0)
         return per_sample * self.loss_weight(steps).to(per_sample)
+
+    def target(self, x0: Tensor, noise: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """The network's regression target, computed from ``x0`` and ``noise`` directly (no division by
+        ``alpha``, which is near 0 at ``t = T``): ``eps``, ``x0`` or ``v = alpha eps - sigma x0``."""
+        if self.parameterization == "eps":
+            return noise
+        if self.parameterization == "x0":
+            return x0
+        return alpha * noise - sigma * x0
 
     def loss_weight(self, steps: Tensor) -> Tensor:
         """Factor applied to the network-target MSE at ``steps`` for the chosen weighting."""
@@ -224,7 +233,7 @@ class GaussianDiffusion:
         flat_sum = lambda v: v.flatten(1).sum(1)  # noqa: E731
         denoise = self.denoiser(model_fn)
 
-        abar_T = expand_like(sched.alpha_bar(torch.full((B,), T)).to(x0.device), x0)
+        abar_T = expand_like(sched.alpha_bar(torch.full((B,), T)), x0)
         prior = flat_sum(_normal_kl(abar_T.sqrt() * x0, 1.0 - abar_T, torch.zeros_like(x0), torch.ones_like(x0)))
 
         transitions = torch.zeros(B, dtype=x0.dtype, device=x0.device)
@@ -240,7 +249,7 @@ class GaussianDiffusion:
         steps = torch.ones(B, dtype=torch.long, device=x0.device)
         x_1 = self.q_sample(x0, steps, torch.randn_like(x0))
         mean = denoise(x_1, sched.model_time(steps))
-        var = expand_like(sched.betas[:1].to(x0.device).expand(B), x0)
+        var = expand_like(sched.betas[:1].expand(B), x0)
         if decoder == "gaussian":
             nll = 0.5 * (torch.log(2 * math.pi * var) + (x0 - mean) ** 2 / var)
         else:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .diffusion import Denoiser, expand_like, gaussian_posterior
+from .diffusion import Denoiser, gaussian_posterior
 from .schedules import NoiseSchedule
 
 
@@ -159,7 +159,8 @@ def ddpm(
                 back = float(abar_t / abar_s)
                 x = back**0.5 * x + (1 - back) ** 0.5 * _randn_like(x, generator)
             x0 = denoiser(x, _time(grid, k, x))
-            mean, var = gaussian_posterior(x0, x, expand_like(abar_s, x), expand_like(abar_t, x))
+            # 0-dim CPU levels: scalars that combine with tensors on any device, and `var` is read without a sync
+            mean, var = gaussian_posterior(x0, x, abar_s, abar_t)
             x = mean + var.sqrt() * _randn_like(x, generator) if float(var) > 0 else mean
             x = _impose(x, known, abar_s, generator)
     return x

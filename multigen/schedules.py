@@ -28,6 +28,9 @@ import torch
 from torch import Tensor
 
 SCHEDULES = ("linear", "cosine", "sigmoid")
+MAX_TERMINAL_ALPHA_BAR = 1e-3
+"""A schedule must end this close to pure noise: samplers start from ``N(0, I)``. The linear
+schedule's default betas (DDPM's, for ``T = 1000``) end at 4e-5 but at 0.36 for ``T = 100``."""
 
 
 @dataclass
@@ -53,6 +56,7 @@ class NoiseSchedule:
     sigmoid_tau: float = 1.0
     max_beta: float = 0.999
     _alpha_bars: Tensor = field(init=False, repr=False)
+    _on_device: dict[torch.device, Tensor] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULES:
@@ -63,6 +67,18 @@ class NoiseSchedule:
         alpha_bars = torch.cumprod(1.0 - betas, dim=0)
         # index 0 is clean data
         self._alpha_bars = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bars])
+        terminal = float(self._alpha_bars[-1])
+        if terminal > MAX_TERMINAL_ALPHA_BAR:
+            # samplers start from N(0, I): a schedule that ends far from pure noise samples from the wrong prior
+            advice = "check the schedule's parameters"
+            if self.kind == "linear":
+                needed = 2 * math.log(1 / MAX_TERMINAL_ALPHA_BAR) / self.timesteps - self.beta_start
+                example = f" (e.g. beta_end >= {needed:.3g} at T = {self.timesteps})" if needed < 1 else ""
+                advice = f"raise beta_end{example}, use more timesteps, or the cosine schedule"
+            raise ValueError(
+                f"the {self.kind} schedule with {self.timesteps} timesteps ends at alpha_bar_T = {terminal:.3g}, "
+                f"not near pure noise (<= {MAX_TERMINAL_ALPHA_BAR:g}): {advice}"
+            )
 
     # ------------------------------------------------------------------ tables
     def _discrete_betas(self) -> Tensor:
@@ -108,10 +124,24 @@ class NoiseSchedule:
         Returns float64 with the shape of ``t``.
         """
         if not torch.is_floating_point(t):
-            if (t < 0).any() or (t > self.timesteps).any():
-                raise ValueError(f"discrete steps must lie in [0, {self.timesteps}]")
-            return self._alpha_bars.to(t.device)[t]
+            in_range = ((t >= 0) & (t <= self.timesteps)).all()
+            message = f"discrete steps must lie in [0, {self.timesteps}]"
+            if t.device.type == "cpu":
+                if not in_range:
+                    raise ValueError(message)
+            else:  # checked on the device without waiting for it (no host sync in a training step)
+                torch._assert_async(in_range, message)
+            return self.table(t.device)[t]
         return self._continuous_alpha_bar(t)
+
+    def table(self, device: torch.device) -> Tensor:
+        """:attr:`alpha_bars` on ``device``, copied there once and kept (no host-to-device copy per call)."""
+        device = torch.device(device)
+        if device.type == "cpu":
+            return self._alpha_bars
+        if device not in self._on_device:
+            self._on_device[device] = self._alpha_bars.to(device)
+        return self._on_device[device]
 
     def alpha(self, t: Tensor) -> Tensor:
         """Signal scale ``sqrt(alpha_bar)``."""

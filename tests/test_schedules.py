@@ -1,6 +1,7 @@
 """Noise schedules against their closed forms."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -41,7 +42,7 @@ def test_cosine_closed_form_and_discrete_table_agree():
 
 @pytest.mark.parametrize("kind", SCHEDULES)
 def test_views_are_consistent_and_monotone(kind):
-    s = NoiseSchedule(kind, 200)
+    s = NoiseSchedule(kind, 200, beta_end=0.1)  # beta_end: the linear schedule's, reaching noise at T = 200
     for t in (torch.arange(0, 201), torch.linspace(0, 1, 101, dtype=torch.float64)):
         abar = s.alpha_bar(t)
         torch.testing.assert_close(s.alpha(t) ** 2 + s.sigma(t) ** 2, torch.ones_like(abar))
@@ -66,3 +67,45 @@ def test_model_time_and_errors():
         NoiseSchedule("quadratic")
     with pytest.raises(ValueError, match=r"\[0, 50\]"):
         s.alpha_bar(torch.tensor([51]))
+
+
+@pytest.mark.parametrize("kind", SCHEDULES)
+@pytest.mark.parametrize("T", [10, 50, 100, 250, 1000])
+def test_every_schedule_ends_near_pure_noise_or_is_rejected(kind, T):
+    """Samplers start from N(0, I). DDPM's linear betas end at alpha_bar_T = 0.36 with T = 100: rejected, with
+    the beta_end that would do; raising beta_end as told gives a valid schedule."""
+    try:
+        s = NoiseSchedule(kind, T)
+    except ValueError as e:
+        assert kind == "linear" and T < 1000, e
+        assert f"{T} timesteps" in str(e) and "beta_end" in str(e)
+        needed = re.search(r"beta_end >= ([0-9.e-]+)", str(e))
+        if needed:
+            s = NoiseSchedule(kind, T, beta_end=float(needed.group(1)) * 1.01)
+        else:
+            return
+    assert s.alpha_bar(torch.tensor(T)).item() <= 1e-3
+
+
+def test_an_export_records_and_rebuilds_the_whole_schedule(tmp_path):
+    """Every parameter of the schedule is written into the export's config, so loading it rebuilds the same
+    schedule whatever the code's defaults are then."""
+    import dataclasses
+
+    import yaml
+
+    from multigen.config import load_config
+    from multigen.export import export_model, load_pretrained
+    from multigen.toy2d import Toy2D, Toy2DConfig
+
+    cfg = load_config(Toy2DConfig, overrides=["model.hidden=8", "diffusion.cosine_s=0.02", "diffusion.max_beta=0.99"])
+    domain = Toy2D(cfg)
+    export_model(domain.build_model(), domain, tmp_path / "export")
+    written = yaml.safe_load((tmp_path / "export" / "config.yaml").read_text())["diffusion"]
+    names = {f.name for f in dataclasses.fields(NoiseSchedule) if f.init} - {"kind"}
+    assert names <= written.keys(), names - written.keys()
+    assert written["schedule"] == "cosine" and written["cosine_s"] == 0.02
+    rebuilt = load_pretrained(tmp_path / "export").domain.diffusion.schedule
+    expected = NoiseSchedule("cosine", 1000, cosine_s=0.02, max_beta=0.99)
+    torch.testing.assert_close(rebuilt.alpha_bars, expected.alpha_bars, rtol=0, atol=0)
+    assert not torch.equal(rebuilt.alpha_bars, NoiseSchedule("cosine", 1000).alpha_bars)
