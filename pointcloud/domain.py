@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate.utils import send_to_device
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -163,14 +164,25 @@ class PointCloud(GaussianDomain):
         keep = mask[..., None]
         return lambda x, t: model(torch.where(keep, observed.to(x.dtype), x), t, flag.to(x.dtype))
 
-    def training_loss(self, model: nn.Module, batch: Tensor) -> Tensor:
-        B, N = batch.shape[:2]
-        mask = torch.zeros(B, N, dtype=torch.bool)
-        partial = torch.rand(B) < self.cfg.task.completion
+    def collate_fn(self, items: list[Tensor]) -> dict[str, Tensor]:
+        """A training batch, made on the CPU in the data loader: ``points`` ``(B, N, 3)`` and ``observed``
+        ``(B, N)`` bool, a partial view (hidden-point removal from a random viewpoint) for a share
+        ``task.completion`` of the clouds and nothing for the others. Drawn here rather than in the training
+        step, which then has no round trip to the host."""
+        points = torch.stack(items)
+        observed = torch.zeros(points.shape[:2], dtype=torch.bool)
+        partial = torch.rand(len(points)) < self.cfg.task.completion
         if partial.any():
-            mask[partial] = partial_masks(batch[partial].detach().float().cpu(), self.cfg.task.partial_points)
-        mask = mask.to(batch.device)
-        x0 = batch * self.scale
+            observed[partial] = partial_masks(points[partial].float(), self.cfg.task.partial_points)
+        return {"points": points, "observed": observed}
+
+    def training_loss(self, model: nn.Module, batch: dict[str, Tensor] | Tensor) -> Tensor:
+        """Loss on the unobserved points of a :meth:`collate_fn` batch (a bare ``(B, N, 3)`` tensor gets its
+        partial views drawn here, on the CPU)."""
+        if isinstance(batch, Tensor):
+            batch = send_to_device(self.collate_fn(list(batch.detach().cpu())), batch.device)
+        mask = batch["observed"]
+        x0 = batch["points"] * self.scale
         loss = self.diffusion.loss(self.network(model, x0, mask), x0, loss_mask=~mask[..., None])
         return loss.mean()
 
@@ -195,7 +207,7 @@ class PointCloud(GaussianDomain):
             mask = known.mask.to(device).reshape(n, shape[1], -1)[..., 0].bool()
         scaled = observed * self.scale
         out = self.run_sampler(
-            self.network(model, scaled, mask), shape, known=Known(mask[..., None], scaled) if mask.any() else None,
+            self.network(model, scaled, mask), shape, known=None if known is None else Known(mask[..., None], scaled),
             steps=steps, sampler=sampler, generator=generator, device=device, progress=progress,
         )
         return torch.where(mask[..., None], observed, out / self.scale)  # observed points bit-exact

@@ -172,3 +172,40 @@ def test_completion_of_unseen_airplanes_beats_the_nearest_training_airplane(tmp_
     metrics = [r for r in read_log(tmp_path) if "eval/completion/chamfer" in r][-1]
     retrieval = metrics["eval/completion/baseline_nearest_train_chamfer"]
     assert metrics["eval/completion/chamfer"] < 0.95 * retrieval, metrics
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_loss_and_sampling_keep_to_the_device(device, sampler):
+    """Training loss on a collated batch and sampling with and without a partial, on ``device`` (meta: shapes)."""
+    domain = small_domain("task.completion=0.5", "sample.steps=2", f"sample.sampler={sampler}")
+    model = domain.build_model().to(device)
+    train = domain.build_dataset("train")
+    torch.manual_seed(0)
+    collated = domain.collate_fn([train[i] for i in range(4)])
+    assert collated["observed"].any(1).sum() > 0  # some clouds carry a partial view
+    batch = {k: v.to(device) for k, v in collated.items()}
+    loss = domain.training_loss(model, batch)
+    assert loss.device == device and loss.shape == ()
+    generator = None if device.type == "meta" else torch.Generator(device=device).manual_seed(0)
+    assert domain.sample(model, 2, generator=generator).shape == (2, 256, 3)
+    mask = torch.zeros(2, 256, dtype=torch.bool, device=device)
+    mask[:, :40] = True
+    values = torch.randn(2, 256, 3, device=device)
+    out = domain.sample(model, 2, known=Known(mask, values), generator=generator)
+    assert out.device == device
+    if device.type != "meta":
+        assert torch.equal(out[mask], values[mask])
+
+
+def test_cli_and_evaluation_on_the_device(device, export_dir, tmp_path):
+    """The CLIs and the evaluation end on the host (files, floats): they run on a real device only."""
+    if device.type == "meta":
+        pytest.skip("writes files and floats: needs a real device (the sampling it runs is tested on meta)")
+    np.save(tmp_path / "partial.npy", np.random.default_rng(0).normal(size=(30, 3)))
+    assert complete_main(["--checkpoint", str(export_dir), "--input", str(tmp_path / "partial.npy"), "--num", "1",
+                          "--steps", "2", "--out", str(tmp_path / "c"), "--device", str(device)]) == 0
+    assert pointcloud_cli(["sample", "--checkpoint", str(export_dir), "--num", "2", "--steps", "2",
+                           "--out", str(tmp_path / "s"), "--device", str(device)]) == 0
+    domain = small_domain("task.completion=0.5", "sample.steps=2", "eval.num_shapes=4")
+    metrics = domain.evaluate(domain.build_model().to(device), domain.build_dataset("val"))
+    assert all(np.isfinite(v) for v in metrics.values()) and "completion/chamfer" in metrics
