@@ -56,7 +56,8 @@ def measure_config(config: str, device: str, batch: int, points: int, steps: int
     domain = PointCloud(cfg)
     model = domain.build_model().to(device)
     data = domain.build_dataset("train")
-    clouds = torch.stack([data[i] for i in range(batch)]).to(device)
+    # a batch as the trainer's data loader makes it (partial views drawn on the CPU, outside the step)
+    clouds = {k: v.to(device) for k, v in domain.collate_fn([data[i] for i in range(batch)]).items()}
     dtype = torch.bfloat16 if cfg.train.mixed_precision == "bf16" and device == "cuda" else None
     seconds, peak = time_train_steps(lambda: domain.training_loss(model, clouds), model.parameters(), device,
                                      dtype, steps)
