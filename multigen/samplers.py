@@ -230,6 +230,17 @@ def dpm_solver_pp(
 SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": ddpm, "ddim": ddim, "dpm_solver_pp": dpm_solver_pp}
 
 
+def check_settings(sampler: str, eta: float = 0.0, resample: int = 1) -> None:
+    """Reject a sampler name that does not exist and a setting that the chosen sampler never uses:
+    ``eta`` (not 0) is ddim's, ``resample`` (not 1) is ddpm's. Raises ``ValueError`` naming the setting."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+    if eta != 0.0 and sampler != "ddim":
+        raise ValueError(f"eta={eta} only applies to the ddim sampler, not to {sampler!r}")
+    if resample != 1 and sampler != "ddpm":
+        raise ValueError(f"resample={resample} only applies to the ddpm sampler (with a known part), not to {sampler!r}")
+
+
 def sample(
     denoiser: Denoiser,
     shape: tuple[int, ...],
@@ -248,13 +259,12 @@ def sample(
 ) -> Tensor:
     """Draw ``x_T ~ N(0, I)`` of ``shape`` and run the named sampler over ``steps`` levels.
 
-    ``spacing="auto"`` takes the sampler's :data:`DEFAULT_SPACING`. With a ``known`` part, the
-    ddpm sampler takes every step ``resample`` times (see :func:`ddpm`); the other samplers, and
-    ddpm without a known part, ignore it (on unconditional point clouds it cost diversity,
-    benchmarks/RESULTS.md).
+    ``spacing="auto"`` takes the sampler's :data:`DEFAULT_SPACING`. ``eta`` belongs to ddim alone and
+    ``resample`` to ddpm alone (:func:`check_settings`: giving one to another sampler is an error). With a
+    ``known`` part ddpm takes every step ``resample`` times (see :func:`ddpm`); without one it takes each
+    once (on unconditional point clouds resampling cost diversity, benchmarks/RESULTS.md).
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+    check_settings(sampler, eta, resample)
     noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
     extra = {"eta": eta} if sampler == "ddim" else {}
     if sampler == "ddpm":

@@ -170,3 +170,18 @@ def test_benchmark_sampler_setting_parses_and_names_the_choices():
     for bad in ["ddim", "nope:5", "ddim:0", "ddim:x"]:
         with pytest.raises(argparse.ArgumentTypeError, match="SAMPLER:STEPS with SAMPLER one of"):
             sampler_setting(bad)
+
+
+@pytest.mark.parametrize("sampler,setting", [("dpm_solver_pp", {"eta": 0.5}), ("ddpm", {"eta": 1.0}),
+                                             ("ddim", {"resample": 2}), ("dpm_solver_pp", {"resample": 3})])
+def test_a_setting_the_sampler_never_uses_is_an_error(sampler, setting):
+    """Dropping eta or resample silently made a user believe it acted."""
+    (name,) = setting
+    with pytest.raises(ValueError, match=f"{name}=.* only applies to the {'ddim' if name == 'eta' else 'ddpm'}"):
+        sample(lambda x, t: x, (2, 2), SCHEDULE, sampler=sampler, steps=3, **setting)
+
+
+def test_resample_without_a_known_part_is_valid_and_takes_each_step_once():
+    calls = []
+    sample(lambda x, t: calls.append(1) or x, (2, 2), SCHEDULE, sampler="ddpm", steps=3, resample=2)
+    assert len(calls) == 3
