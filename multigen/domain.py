@@ -138,6 +138,9 @@ class GaussianDomain(Domain):
         """The configured core sampler (``sample.*``; ``steps``/``sampler`` override) over the network
         ``model_fn(x_t, t)``, drawing a batch of ``shape``; ``known`` parts are held fixed."""
         s = self.cfg.sample
+        samplers.check_settings(s.sampler, s.eta, s.resample)  # the config is consistent in itself
+        # the config's eta/resample belong to its sampler: another sampler asked for here starts from its defaults
+        own = sampler in (None, s.sampler)
         return samplers.sample(
             self.diffusion.denoiser(model_fn),
             shape,
@@ -145,8 +148,8 @@ class GaussianDomain(Domain):
             sampler=sampler or s.sampler,
             steps=steps or s.steps,
             spacing=s.spacing,
-            eta=s.eta,
-            resample=s.resample,
+            eta=s.eta if own else 0.0,
+            resample=s.resample if own else 1,
             known=known,
             generator=generator,
             device=device,

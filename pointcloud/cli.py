@@ -8,14 +8,16 @@
 ``scan`` makes a partial to try completion on: the points of a mesh (or cloud) that a depth
 sensor looking from ``--view`` (a direction from the shape's centre) would see.
 
-PARTIAL is ``.ply/.npy/.xyz/.obj/.off/.stl`` (meshes are sampled). The partial is
+PARTIAL is ``.ply/.npy/.xyz/.obj/.off/.stl`` (meshes are sampled) or a ``.pt`` file holding a
+torch_geometric ``Data`` (its ``pos``). The partial is
 mapped into the model's frame (``--normalize data``: with the centre and scale recorded
 from the training data, for models trained with global normalisation; ``partial``: centred
 on its bounding box, its half-diagonal scaled to ``--partial-radius``; ``none``: taken as
 is; ``auto``, the default: ``data`` when recorded, else ``partial``), completed, and the
 generated points are mapped back. Every output ``.ply`` holds every input
-point unchanged followed by the generated points; ``completions.png`` shows the
-partial in red and the generated points in blue.
+point unchanged followed by the generated points; ``completions.pt`` holds them all as a
+torch_geometric ``Batch`` (``pos``, ``batch``, ``observed``; ``samples.pt`` for ``sample``);
+``completions.png`` shows the partial in red and the generated points in blue.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from multigen.samplers import SAMPLERS
 from .domain import GENERATED_COLOR, PARTIAL_COLOR
 from .io import PointCloudError, read_points, render_clouds, write_ply
 from .ops import farthest_point_sample, gather_points
+from .pyg import to_batch
 from .views import visible_points, viewpoint_towards
 
 
@@ -99,6 +102,8 @@ def cmd_complete(args: argparse.Namespace) -> Path:
         write_ply(out / f"completion_{i:03d}.ply", cloud)
         clouds.append(cloud)
         colors.append(np.concatenate([partial_rgba, np.array([[*GENERATED_COLOR, 1.0]] * len(g))]))
+    observed = torch.arange(len(clouds[0])) < len(partial)
+    torch.save(to_batch(torch.from_numpy(np.stack(clouds)), observed.expand(len(clouds), -1)), out / "completions.pt")
     render_clouds([partial, *clouds], out / "completions.png", colors=[partial_rgba, *colors],
                   titles=["partial", *[f"completion {i}" for i in range(len(clouds))]])
     return out
@@ -114,6 +119,7 @@ def cmd_sample(args: argparse.Namespace) -> Path:
     clouds = p.domain.normalizer.invert(clouds).numpy()  # in the training data's units (global normalization)
     for i, c in enumerate(clouds):
         write_ply(out / f"sample_{i:03d}.ply", c)
+    torch.save(to_batch(torch.from_numpy(clouds)), out / "samples.pt")
     render_clouds(list(clouds), out / "samples.png", titles=[f"sample {i}" for i in range(len(clouds))])
     return out
 

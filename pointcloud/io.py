@@ -1,5 +1,6 @@
-"""Point-cloud files: read ``.npy/.xyz/.txt/.ply`` points and ``.obj/.off/.stl/.ply`` meshes, write ``.ply``,
-render clouds to PNG. Points are ``(N, 3)`` arrays; errors name the file."""
+"""Point-cloud files: read ``.npy/.xyz/.txt/.ply`` points, ``.pt`` torch_geometric ``Data`` (its ``pos``) and
+``.obj/.off/.stl/.ply`` meshes, write ``.ply``, render clouds to PNG. Points are ``(N, 3)`` arrays; errors
+name the file."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-POINT_SUFFIXES = (".npy", ".xyz", ".txt", ".ply")
+POINT_SUFFIXES = (".npy", ".xyz", ".txt", ".ply", ".pt")
 MESH_SUFFIXES = (".obj", ".off", ".stl", ".ply")
 
 
@@ -43,6 +44,8 @@ def read_points(path: str | Path, num_points: int = 2048, seed: int = 0) -> np.n
             points = np.load(path, allow_pickle=False)
         elif suffix in (".xyz", ".txt"):
             points = np.loadtxt(path, ndmin=2)
+        elif suffix == ".pt":
+            points = _read_torch(path)
         else:
             import trimesh
 
@@ -53,9 +56,37 @@ def read_points(path: str | Path, num_points: int = 2048, seed: int = 0) -> np.n
                 points, _ = trimesh.sample.sample_surface(geometry, num_points, seed=seed)
             else:
                 points = np.asarray(geometry.vertices)
-    except (OSError, ValueError, IndexError, KeyError, AttributeError) as e:
+    except PointCloudError:
+        raise
+    except (OSError, ValueError, IndexError, KeyError, AttributeError, RuntimeError) as e:
         raise PointCloudError(f"{path} could not be read: {e}") from e
     return check_points(np.asarray(points), str(path))
+
+
+def _read_torch(path: Path) -> np.ndarray:
+    """The points of a ``torch.save``d torch_geometric ``Data`` (its ``pos``) or ``(N, 3)`` tensor, loaded with
+    ``weights_only=True`` (no arbitrary code runs)."""
+    import pickle
+
+    import torch
+    from torch_geometric.data import Data
+    from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
+    from torch_geometric.data.storage import EdgeStorage, GlobalStorage, NodeStorage
+
+    try:
+        with torch.serialization.safe_globals([Data, DataEdgeAttr, DataTensorAttr, GlobalStorage, NodeStorage,
+                                               EdgeStorage]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise PointCloudError(f"{path} holds something other than one torch_geometric Data or a tensor (a Batch? "
+                              f"save one cloud: batch.get_example(i)): {str(e).splitlines()[0]}") from None
+    if isinstance(obj, Data):
+        if obj.pos is None:
+            raise PointCloudError(f"{path}: the torch_geometric Data has no `pos` (its points)")
+        obj = obj.pos
+    if not isinstance(obj, torch.Tensor):
+        raise PointCloudError(f"{path} holds a {type(obj).__name__}, not a torch_geometric Data or a tensor")
+    return obj.detach().double().cpu().numpy()
 
 
 def write_ply(path: str | Path, points: np.ndarray) -> Path:
