@@ -59,7 +59,8 @@ def compare(kind: str, K: int, tokens: int, predicted_tokens: int, device: str) 
     # A model's x0 prediction (what L_vb and sampling feed the reverse step), on fewer tokens:
     # the dense path multiplies it by a K x K matrix.
     n = min(predicted_tokens, tokens)
-    probs = process.model_probs(torch.randn(1, n, K, generator=g, dtype=torch.float64).to(device) * 3)
+    log_probs = process.model_log_probs(torch.randn(1, n, K, generator=g, dtype=torch.float64).to(device) * 3)
+    probs = log_probs.exp()
     x_t_few = x_t[:, :n]
 
     def closed_q():  # draw x_t ~ q(x_t | x_0): keep with probability ᾱ_t, else redraw from π
@@ -69,7 +70,7 @@ def compare(kind: str, K: int, tokens: int, predicted_tokens: int, device: str) 
         return process.transition.posterior_of_tokens(x_t, x0, ss, tt)
 
     def closed_reverse():
-        return process.posterior_log_probs(x_t_few, probs, ss, tt)
+        return process.posterior_log_probs(x_t_few, log_probs, ss, tt)
 
     # A dense implementation cannot keep Q̄_t for all T at large K (T·K²·8 bytes), so it builds the
     # matrices of the step it needs; all dense timings include that.
@@ -143,6 +144,7 @@ def throughput(device: str, steps: int) -> list[dict]:
 def curve(device: str, out_dir: Path, eval_every: int, sampling_steps: list[int], sequences: int) -> dict:
     """Train the default text config, logging held-out bits/char every ``eval_every`` steps, then score
     the export's held-out ELBO for the chains that sampling with fewer steps runs."""
+    from discrete.domain import mean_and_stderr
     from multigen.export import load_pretrained
     from multigen.train import main as train
     from multigen.trainer import read_log
@@ -163,8 +165,9 @@ def curve(device: str, out_dir: Path, eval_every: int, sampling_steps: list[int]
     by_sampling = []
     for steps in sampling_steps:
         start = time.perf_counter()
-        bits = p.domain.elbo_bits(p.model, data, batch_size=32, steps=steps)
-        by_sampling.append({"steps": steps, "bits_per_char": bits, "seconds": time.perf_counter() - start})
+        bits, stderr = mean_and_stderr(p.domain.elbo_bits(p.model, data, batch_size=32, steps=steps))
+        by_sampling.append({"steps": steps, "bits_per_char": bits, "stderr": stderr,
+                            "seconds": time.perf_counter() - start})
     return {"train_minutes": train_minutes, "held_out_sequences": len(data), "by_training_step": by_step,
             "by_sampling_steps": by_sampling}
 

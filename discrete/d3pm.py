@@ -2,7 +2,9 @@
 
 Conventions: tokens are int64 ``(B, *S)`` in ``[0, K)``; probability and logit
 tensors add a trailing ``K`` dimension. Time is an int64 ``(B,)`` in ``0..T``
-(0 is data). The denoiser is ``model(x_t, t) -> logits of x_0`` ``(B, *S, K)``.
+(0 is data); an earlier time ``s`` given as ``None`` means ``t - 1`` (one step, the
+training loss's case, which the dense transition then takes from a device table
+without a host sync). The denoiser is ``model(x_t, t) -> logits of x_0`` ``(B, *S, K)``.
 
 A transition answers two questions for times ``s < t``:
 
@@ -14,7 +16,10 @@ marginal(onehot(x_0), s)``. The model's reverse step mixes these posteriors over
 x0 prediction, ``p(x_s | x_t) = Σ_x̃0 q(x_s | x_t, x̃0) p̃(x̃0 | x_t)``; since
 ``q(x_s | x_t, x̃0) = q(x_t | x_s) q(x_s | x̃0) / q(x_t | x̃0)`` this is the Bayes formula
 applied to the weights ``w = p̃ / q(x_t | ·)`` (linear in ``w``, so still O(K)). With the
-exact ``p̃ = q(x_0 | x_t)`` it is the exact reverse step. (The D3PM paper's eq. 4 weighs by
+exact ``p̃ = q(x_0 | x_t)`` it is the exact reverse step. Only the x̃0 that can produce ``x_t``
+enter, so ``p̃`` is first restricted to them and renormalised in log space: the weights then
+sum to one and the step stays exact however sure the model is of an impossible x̃0 (an
+absorbing step keeps a visible token even when the model gives it probability 1e-44). (The D3PM paper's eq. 4 weighs by
 the joint ``q(x_s, x_t | x̃0)`` instead, i.e. without the ``1/q(x_t | x̃0)``; that form is
 not exact for the true posterior, and the tests show the difference.)
 
@@ -34,8 +39,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from multigen.samplers import Known
+
 LN2 = math.log(2.0)
-TINY = 1e-30  # floor inside logs: probabilities that are exactly zero stay ~ -69
+TINY = 1e-30  # floor inside logs of normalised probabilities: an impossible entry gets log-probability ~ -69
 
 
 # ------------------------------------------------------------------ schedules
@@ -68,6 +75,11 @@ def _kl(log_q: Tensor, log_p: Tensor) -> Tensor:
     return torch.where(q > 0, q * (log_q - log_p), torch.zeros_like(q)).sum(-1)
 
 
+def _before(s: Tensor | None, t: Tensor) -> Tensor:
+    """The earlier time ``s`` ``(B,)``, ``t - 1`` when ``s`` is ``None``."""
+    return t - 1 if s is None else s
+
+
 def _xlogx(y: Tensor) -> Tensor:
     """``y log y`` with ``0 log 0 = 0``."""
     return torch.where(y > 0, y * y.clamp_min(TINY).log(), torch.zeros_like(y))
@@ -82,14 +94,28 @@ class Transition(ABC):
             raise ValueError(f"a categorical process needs K >= 2 categories, got {K}")
         self.K, self.T = K, len(betas)
         self.betas = betas.double()
+        self._on_device: dict[tuple[str, torch.device], Tensor] = {}
+
+    def _table(self, name: str, device: torch.device) -> Tensor:
+        """The float64 tensor attribute ``name`` on ``device``, copied there once and kept (no copy per call)."""
+        device = torch.device(device)
+        if device.type == "cpu":
+            return getattr(self, name)
+        if (name, device) not in self._on_device:
+            self._on_device[(name, device)] = getattr(self, name).to(device)
+        return self._on_device[(name, device)]
 
     @abstractmethod
     def marginal(self, p: Tensor, s: Tensor) -> Tensor:
         """``p Q̄_s`` for nonnegative weights ``p`` ``(B, *S, K)``; ``s`` ``(B,)`` in ``0..T``."""
 
     @abstractmethod
-    def column(self, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
-        """``q(x_t | x_s = k)`` for all ``k``: ``(B, *S, K)``, for ``0 <= s < t``."""
+    def column(self, x_t: Tensor, s: Tensor | None, t: Tensor) -> Tensor:
+        """``q(x_t | x_s = k)`` for all ``k``: ``(B, *S, K)``, for ``0 <= s < t`` (``None``: ``t - 1``)."""
+
+    def likelihood(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """``q(x_t | x_0 = k)`` for all ``k``: ``(B, *S, K)``."""
+        return self.column(x_t, torch.zeros_like(t), t)
 
     @abstractmethod
     def stationary(self) -> Tensor:
@@ -103,17 +129,26 @@ class Transition(ABC):
         """Draw ``x_s ~ q(x_s | x_0)`` for token ids ``x0`` ``(B, *S)``."""
         return _gumbel_sample(self.marginal_of_tokens(x0, s).clamp_min(TINY).log(), generator)
 
-    def posterior_log_probs(self, x_t: Tensor, x0_probs: Tensor, s: Tensor, t: Tensor) -> Tensor:
-        """``log Σ_x̃0 q(x_s | x_t, x̃0) p(x̃0)`` ``(B, *S, K)`` float64, by Bayes on ``w = p / q(x_t | ·)``."""
-        likelihood = self.column(x_t, torch.zeros_like(t), t)  # q(x_t | x_0 = k)
+    def impose_known(self, values: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """What the model sees of known tokens ``values`` ``(B, *S)`` at time ``t``: a fresh draw from
+        ``q(x_t | x_0 = values)``, the input it was trained on (clean tokens at a high noise level are not)."""
+        return self.sample_marginal(values, t, generator)
+
+    def posterior_log_probs(self, x_t: Tensor, x0_log_probs: Tensor, s: Tensor | None, t: Tensor) -> Tensor:
+        """``log Σ_x̃0 q(x_s | x_t, x̃0) p̃(x̃0)`` ``(B, *S, K)`` float64, by Bayes on ``w = p̃ / q(x_t | ·)``.
+
+        ``x0_log_probs`` ``(B, *S, K)``: ``log p̃`` (or any logits of it). ``p̃`` is restricted to the x̃0
+        that can produce ``x_t`` and renormalised there in log space, so the weights sum to one."""
+        likelihood = self.likelihood(x_t, t)  # q(x_t | x_0 = k)
         possible = likelihood > 0  # x̃0 that can produce x_t; a zero divisor would poison the gradient
-        w = torch.where(possible, x0_probs.double().clamp_min(TINY) / torch.where(possible, likelihood, 1.0), 0.0)
-        joint = self.column(x_t, s, t) * self.marginal(w, s)
+        p = torch.softmax(x0_log_probs.double().masked_fill(~possible, -math.inf), dim=-1)
+        w = p / torch.where(possible, likelihood, 1.0)
+        joint = self.column(x_t, s, t) * self.marginal(w, _before(s, t))  # sums to Σ_possible p = 1
         return torch.log_softmax(joint.clamp_min(TINY).log(), dim=-1)
 
-    def posterior_kl(self, x_t: Tensor, x0: Tensor, log_p: Tensor, s: Tensor, t: Tensor) -> Tensor:
+    def posterior_kl(self, x_t: Tensor, x0: Tensor, log_p: Tensor, s: Tensor | None, t: Tensor) -> Tensor:
         """``KL(q(x_s | x_t, x_0) || p)`` per token ``(B, *S)`` for token ids ``x0`` and ``log_p`` ``(B, *S, K)``."""
-        return _kl(self.posterior_log_probs(x_t, F.one_hot(x0, self.K).double(), s, t), log_p)
+        return _kl(self.posterior_log_probs(x_t, F.one_hot(x0, self.K).double().log(), s, t), log_p)
 
 
 class MixtureTransition(Transition):
@@ -125,23 +160,24 @@ class MixtureTransition(Transition):
         self.alpha_bar = torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - self.betas, 0)])
 
     def _abar(self, s: Tensor, like: Tensor) -> Tensor:
-        return _per_sample(self.alpha_bar[s.cpu()].to(like.device, like.dtype), like)
+        """``ᾱ_s`` shaped to broadcast against ``like``, gathered on its device (no host sync)."""
+        return _per_sample(self._table("alpha_bar", like.device)[s].to(like.dtype), like)
 
     def marginal(self, p: Tensor, s: Tensor) -> Tensor:
         a = self._abar(s, p)
-        return a * p + (1 - a) * p.sum(-1, keepdim=True) * self.pi.to(p)  # linear in p (p need not sum to 1)
+        return a * p + (1 - a) * p.sum(-1, keepdim=True) * self._table("pi", p.device).to(p.dtype)  # linear in p
 
     def marginal_of_tokens(self, x0: Tensor, s: Tensor) -> Tensor:
         like = torch.empty((*x0.shape, 1), dtype=torch.float64, device=x0.device)
         a = self._abar(s, like)
-        out = ((1 - a) * self.pi.to(like)).expand(*x0.shape, self.K).contiguous()
+        out = ((1 - a) * self._table("pi", x0.device)).expand(*x0.shape, self.K).contiguous()
         return out.scatter_add_(-1, x0[..., None], a.expand(*x0.shape, 1))
 
-    def column(self, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
+    def column(self, x_t: Tensor, s: Tensor | None, t: Tensor) -> Tensor:
         like = torch.empty((*x_t.shape, 1), dtype=torch.float64, device=x_t.device)
-        a = self._abar(t, like) / self._abar(s, like)  # ᾱ_{t|s}; ᾱ_s > 0 for s < T
+        a = self._abar(t, like) / self._abar(_before(s, t), like)  # ᾱ_{t|s}; ᾱ_s > 0 for s < T
         onehot = F.one_hot(x_t, self.K).to(like.dtype)
-        return a * onehot + (1 - a) * self.pi.to(like)[x_t][..., None]
+        return a * onehot + (1 - a) * self._table("pi", x_t.device)[x_t][..., None]
 
     def stationary(self) -> Tensor:
         return self.pi.float()
@@ -150,53 +186,56 @@ class MixtureTransition(Transition):
         """Keep each token with probability ``ᾱ_s``, else redraw it from ``π``: O(1) per token."""
         like = torch.empty(x0.shape, dtype=torch.float64, device=x0.device)
         keep = torch.rand(x0.shape, generator=generator, device=x0.device, dtype=torch.float64) < self._abar(s, like)
-        redraw = torch.multinomial(self.pi.to(x0.device), x0.numel(), replacement=True, generator=generator)
+        redraw = torch.multinomial(self._table("pi", x0.device), x0.numel(), replacement=True, generator=generator)
         return torch.where(keep, x0, redraw.view(x0.shape))
 
-    def posterior_log_probs(self, x_t: Tensor, x0_probs: Tensor, s: Tensor, t: Tensor) -> Tensor:
+    def posterior_log_probs(self, x_t: Tensor, x0_log_probs: Tensor, s: Tensor | None, t: Tensor) -> Tensor:
         """The generic Bayes step fused into a few O(K) passes.
 
         With ``d = (1-ᾱ_t) π(x_t)`` and ``e = (1-ᾱ_{t|s}) π(x_t)``, every ``k ≠ x_t`` has
         ``q(x_t | x_0=k) = d`` and ``q(x_t | x_s=k) = e``, so the joint is ``e·(ᾱ_s w_k + (1-ᾱ_s) W π_k)``
         with ``w = p/d`` and ``W = Σw``; only the entry ``k = x_t`` differs, and is set alone.
+        ``x0_log_probs`` must be normalised (:meth:`D3PM.model_log_probs`): where ``d > 0`` every x̃0 can
+        produce ``x_t``, so ``p`` already sums to one over them; where ``d = 0`` (absorbing, ``x_t``
+        visible) only x̃0 = x_t can, and ``p`` restricted to it is 1 whatever the model says.
         """
         like = torch.empty((*x_t.shape, 1), dtype=torch.float64, device=x_t.device)
-        a_t, a_s = self._abar(t, like), self._abar(s, like)
+        a_t, a_s = self._abar(t, like), self._abar(_before(s, t), like)
         a_ts = a_t / a_s
-        pi = self.pi.to(like)
+        pi = self._table("pi", x_t.device)
         idx = x_t[..., None]
         pi_xt = pi[idx]
-        p = x0_probs.double()
-        p_xt = p.gather(-1, idx).clamp_min(TINY)
         d = (1 - a_t) * pi_xt
-        inv_d = torch.where(d > 0, 1 / torch.where(d > 0, d, 1.0), 0.0)  # absorbing, x_t unmasked: only x̃0 = x_t
+        p = x0_log_probs.double().exp()
+        p_xt = torch.where(d > 0, p.gather(-1, idx), 1.0)  # d = 0: p̃ restricted to the one possible x̃0 = x_t
+        inv_d = torch.where(d > 0, 1 / torch.where(d > 0, d, 1.0), 0.0)
         w_xt = p_xt / (a_t + d)
-        W = inv_d * (p.sum(-1, keepdim=True) - p_xt) + w_xt
+        W = inv_d * (1 - p_xt).clamp_min(0) + w_xt  # p sums to one
         e = (1 - a_ts) * pi_xt
         m_xt = a_s * w_xt + (1 - a_s) * W * pi_xt
         joint = torch.addcmul((e * a_s * inv_d) * p, e * (1 - a_s) * W, pi)
         joint = joint.scatter(-1, idx, (e + a_ts) * m_xt)
-        return joint.clamp_min(TINY).log() - (e * W + a_ts * m_xt).log()
+        return joint.clamp_min(TINY).log() - (e * W + a_ts * m_xt).log()  # the normaliser is Σ_possible p = 1
 
-    def posterior_of_tokens(self, x_t: Tensor, x0: Tensor, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def posterior_of_tokens(self, x_t: Tensor, x0: Tensor, s: Tensor | None, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``q(x_s = k | x_t, x_0) = c π_k + u [k = x_t] + v [k = x_0]`` for token ids: ``(c, u, v)``, each
         float64 shaped like ``x_t``. Three numbers per token; the ``K`` values are never formed."""
         like = torch.empty(x_t.shape, dtype=torch.float64, device=x_t.device)
-        a_t, a_s = self._abar(t, like), self._abar(s, like)
+        a_t, a_s = self._abar(t, like), self._abar(_before(s, t), like)
         a_ts = a_t / a_s
-        pi_xt = self.pi.to(like)[x_t]
+        pi_xt = self._table("pi", x_t.device)[x_t]
         e = (1 - a_ts) * pi_xt  # q(x_t | x_s = k) for k != x_t
         u = a_ts * (a_s * (x_t == x0) + (1 - a_s) * pi_xt)
         v, c = e * a_s, e * (1 - a_s)
         z = u + v + c  # q(x_t | x_0)
         return c / z, u / z, v / z
 
-    def posterior_kl(self, x_t: Tensor, x0: Tensor, log_p: Tensor, s: Tensor, t: Tensor) -> Tensor:
+    def posterior_kl(self, x_t: Tensor, x0: Tensor, log_p: Tensor, s: Tensor | None, t: Tensor) -> Tensor:
         """The KL from the three-number posterior: one pass over ``log_p`` (for ``Σ π_k log p_k``)."""
         c, u, v = self.posterior_of_tokens(x_t, x0, s, t)
         same = x_t == x0
         u, v = torch.where(same, u + v, u), torch.where(same, 0.0, v)
-        pi = self.pi.to(c)
+        pi = self._table("pi", c.device)
         c_xt, c_x0 = c * pi[x_t], c * pi[x0]
         neg_entropy = (_xlogx(c) + c * _xlogx(pi).sum() - _xlogx(c_xt) + _xlogx(c_xt + u)
                        - _xlogx(c_x0) + _xlogx(c_x0 + v))
@@ -219,6 +258,11 @@ class Absorbing(MixtureTransition):
     def __init__(self, K: int, betas: Tensor) -> None:
         super().__init__(K, betas, F.one_hot(torch.tensor(K - 1), K).double())
         self.mask_id = K - 1
+
+    def impose_known(self, values: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Known tokens stay visible: the true ``q(x_0 | x_t)`` of a masked token depends only on the visible
+        ones, not on how many are masked, so showing all of them is the exact conditional."""
+        return values
 
 
 class DiscretizedGaussian(Transition):
@@ -260,10 +304,18 @@ class DiscretizedGaussian(Transition):
         return self._products[(s, t)]
 
     def marginal(self, p: Tensor, s: Tensor) -> Tensor:
-        bars = self.Q_bar[s.cpu()].to(p)  # (B, K, K)
+        bars = self._table("Q_bar", p.device)[s].to(p.dtype)  # (B, K, K)
         return torch.bmm(p.reshape(len(p), -1, self.K), bars).reshape(p.shape)
 
-    def column(self, x_t: Tensor, s: Tensor, t: Tensor) -> Tensor:
+    def likelihood(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """``Q̄_t[k, x_t]`` for every ``k``, gathered on the device (no host sync)."""
+        return self._table("Q_bar", x_t.device)[_per_sample(t, x_t), :, x_t]
+
+    def column(self, x_t: Tensor, s: Tensor | None, t: Tensor) -> Tensor:
+        """One step (``s`` is ``None``): a gather from ``Q_t`` on the device, no host sync (the training loss).
+        Other pairs (sampling and the ELBO with skipped steps) read ``s`` and ``t`` on the host."""
+        if s is None:
+            return self._table("Q", x_t.device)[_per_sample(t - 1, x_t), :, x_t]
         pairs = {(int(a), int(b)) for a, b in zip(s.tolist(), t.tolist())}
         mats = {pair: self._between(*pair).to(x_t.device) for pair in pairs}
         out = torch.empty((*x_t.shape, self.K), dtype=torch.float64, device=x_t.device)
@@ -287,8 +339,14 @@ def _gumbel_sample(logits: Tensor, generator: torch.Generator | None) -> Tensor:
     return (logits.double() - torch.log(-torch.log(u))).argmax(-1)
 
 
+def _check_temperature(temperature: float) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 (it divides the model's logits; a small value such as 0.1 "
+                         f"is near-greedy), got {temperature}")
+
+
 class D3PM:
-    """The categorical process, its hybrid loss, exact ELBO and (skip-step) ancestral sampler."""
+    """The categorical process, its hybrid loss, negative-ELBO estimate and (skip-step) ancestral sampler."""
 
     def __init__(self, transition: Transition, hybrid_lambda: float = 0.01) -> None:
         self.transition, self.hybrid_lambda = transition, hybrid_lambda
@@ -300,33 +358,38 @@ class D3PM:
         return self.transition.marginal_of_tokens(x0, t)
 
     def q_sample(self, x0: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Draw ``x_t ~ q(x_t | x_0)`` ``(B, *S)`` for token ids ``x0``."""
         return self.transition.sample_marginal(x0, t, generator)
 
-    def posterior_log_probs(self, x_t: Tensor, x0_probs: Tensor, s: Tensor, t: Tensor) -> Tensor:
-        """``log q(x_s | x_t, x_0)`` for a one-hot ``x0_probs``, or the model's reverse step
-        ``log p(x_s | x_t) = log Σ_x̃0 q(x_s | x_t, x̃0) p̃(x̃0)`` for predicted probabilities; float64."""
-        return self.transition.posterior_log_probs(x_t, x0_probs, s, t)
+    def posterior_log_probs(self, x_t: Tensor, x0_log_probs: Tensor, s: Tensor | None, t: Tensor) -> Tensor:
+        """``log q(x_s | x_t, x_0)`` for a one-hot ``exp(x0_log_probs)``, or the model's reverse step
+        ``log p(x_s | x_t) = log Σ_x̃0 q(x_s | x_t, x̃0) p̃(x̃0)`` for predicted log-probabilities; float64."""
+        return self.transition.posterior_log_probs(x_t, x0_log_probs, s, t)
 
-    def model_probs(self, logits: Tensor, temperature: float = 1.0) -> Tensor:
-        """``p̃(x_0 | x_t)`` from the model's logits; the absorbing mask is never a data token."""
+    def model_log_probs(self, logits: Tensor, temperature: float = 1.0) -> Tensor:
+        """``log p̃(x_0 | x_t)`` ``(B, *S, K)`` float64 from the model's logits divided by ``temperature``
+        (> 0; 0 is an error, not argmax: a small value such as 0.1 is near-greedy); the absorbing mask is
+        never a data token."""
+        _check_temperature(temperature)
         logits = logits.double() / temperature
         if isinstance(self.transition, Absorbing):
             logits = logits.clone()
             logits[..., self.transition.mask_id] = -math.inf
-        return torch.softmax(logits, dim=-1)
+        return torch.log_softmax(logits, dim=-1)
 
     # -- training
     def loss_terms(self, model, x0: Tensor, t: Tensor, generator: torch.Generator | None = None,
-                   s: Tensor | None = None):
-        """Per-sample ``(L_vb, CE)`` for the step ``t -> s`` (default ``s = t - 1``), each a mean over
-        tokens (nats). ``L_vb`` is ``KL(q(x_s | x_t, x_0) || p(x_s | x_t))``, or ``−log p(x_0 | x_t)`` at ``s = 0``."""
-        s = t - 1 if s is None else s
+                   s: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Per-sample ``(L_vb, CE)`` ``(B,)`` for the step ``t -> s`` (``None``: ``s = t - 1``), each a mean over
+        tokens (nats), on one draw ``x_t ~ q(x_t | x_0)``. ``L_vb`` is ``KL(q(x_s | x_t, x_0) || p(x_s | x_t))``,
+        or ``−log p(x_0 | x_t)`` at ``s = 0``. No host sync (no ``.item()``, no boolean indexing)."""
         x_t = self.q_sample(x0, t, generator)
-        probs = self.model_probs(model(x_t, t))
-        log_p = self.posterior_log_probs(x_t, probs, s, t)
+        log_x0 = self.model_log_probs(model(x_t, t))
+        log_p = self.posterior_log_probs(x_t, log_x0, s, t)
         nll = -log_p.gather(-1, x0[..., None])[..., 0]
-        vb = torch.where(_per_sample(s, nll) == 0, nll, self.transition.posterior_kl(x_t, x0, log_p, s, t))
-        ce = -probs.clamp_min(TINY).log().gather(-1, x0[..., None])[..., 0]
+        last = _per_sample(_before(s, t) == 0, nll)
+        vb = torch.where(last, nll, self.transition.posterior_kl(x_t, x0, log_p, s, t))
+        ce = -log_x0.gather(-1, x0[..., None])[..., 0]
         return vb.flatten(1).mean(1), ce.flatten(1).mean(1)
 
     def loss(self, model, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -348,26 +411,27 @@ class D3PM:
         u = torch.rand(B, device=x0.device, generator=generator).clamp_min(1e-3)
         masked = torch.rand(x0.shape, device=x0.device, generator=generator) < _per_sample(u, x0)
         x_t = torch.where(masked, torch.full_like(x0, self.transition.mask_id), x0)
-        probs = self.model_probs(model(x_t, u * self.T))
-        ce = -probs.clamp_min(TINY).log().gather(-1, x0[..., None])[..., 0]
+        ce = -self.model_log_probs(model(x_t, u * self.T)).gather(-1, x0[..., None])[..., 0]
         return ((ce * masked).flatten(1).sum(1) / u / x0[0].numel()).float()
 
     # -- likelihood
     @torch.no_grad()
-    def elbo_bits(self, model, x0: Tensor, steps: int | None = None, progress: bool = False) -> Tensor:
-        """Exact negative ELBO per sample in bits per token ``(B,)`` of the ``steps``-step chain that
+    def elbo_bits(self, model, x0: Tensor, steps: int | None = None, generator: torch.Generator | None = None,
+                  progress: bool = False) -> Tensor:
+        """Negative ELBO per sample in bits per token ``(B,)`` of the ``steps``-step chain that
         :meth:`sample` runs (default all T) on times ``T = τ_S > … > τ_1 > τ_0 = 0``:
         ``KL(q(x_T|x_0) || stationary) + Σ_{i≥2} KL(q(x_{τ_{i-1}}|x_{τ_i},x_0) || p(x_{τ_{i-1}}|x_{τ_i})) − log p(x_0|x_{τ_1})``.
-        One model call per step; the ``x_t`` of each term is drawn from ``q(x_t | x_0)``."""
+        Every term is kept (none is subsampled), but each is evaluated on one draw ``x_t ~ q(x_t | x_0)``:
+        an unbiased one-sample Monte Carlo estimate of the bound, not its exact value. One model call per step."""
         B, tokens = len(x0), x0[0].numel()
-        g = torch.Generator(device=x0.device).manual_seed(0)
         T_all = torch.full((B,), self.T, device=x0.device)
         log_prior = self.transition.stationary().double().to(x0.device).clamp_min(TINY).log()
         log_qT = self.q_probs(x0, T_all).clamp_min(TINY).log()
         total = _kl(log_qT, log_prior.expand_as(log_qT)).flatten(1).sum(1)
         for t_now, t_next in tqdm(self.grid(steps), desc="ELBO", disable=not progress, leave=False):
             t = torch.full((B,), t_now, device=x0.device)
-            vb, _ = self.loss_terms(model, x0, t, g, s=torch.full_like(t, t_next))
+            s = None if t_next == t_now - 1 else torch.full_like(t, t_next)
+            vb, _ = self.loss_terms(model, x0, t, generator, s=s)
             total = total + vb * tokens
         return (total / (tokens * LN2)).float()
 
@@ -387,31 +451,34 @@ class D3PM:
         shape: tuple[int, ...],
         steps: int | None = None,
         temperature: float = 1.0,
-        known: tuple[Tensor, Tensor] | None = None,
+        known: Known | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
         device: torch.device | str | None = None,
     ) -> Tensor:
-        """Ancestral sampling over ``steps`` evenly spaced times (default every one of the T).
+        """Ancestral sampling of int64 tokens ``shape`` over ``steps`` evenly spaced times (default all T).
 
         From ``t`` to ``s < t`` it draws from ``p(x_s | x_t)`` built with ``q(x_t | x_s)``, so
-        skipping steps needs no retraining. ``temperature`` divides the model's x0 logits.
-        ``known = (mask, values)`` (bool and int64, ``shape``) fixes those tokens: the model
-        always sees them, and they are returned bit-exactly.
+        skipping steps needs no retraining. ``temperature`` (> 0) divides the model's x0 logits.
+        ``known`` (a :class:`multigen.samplers.Known`: bool ``mask`` broadcastable to ``shape``, int64
+        ``values``) fixes those tokens. Before each model call they are set to what the model was trained
+        on at that level (:meth:`Transition.impose_known`: a fresh draw from ``q(x_t | values)``; the
+        absorbing transition shows them unmasked), and they are returned bit-exactly.
         """
         grid = self.grid(steps)
+        _check_temperature(temperature)
         device = device or next(model.parameters()).device
         B = shape[0]
         x = _gumbel_sample(self.transition.stationary().double().clamp_min(TINY).log().to(device).expand(*shape, -1),
                            generator)
         if known is not None:
-            mask, values = (v.to(device) for v in known)
-            x = torch.where(mask, values, x)
+            mask = known.mask.to(device).bool()
+            values = known.values.to(device).expand(shape)
         for t_now, t_next in tqdm(grid, desc="sample", disable=not progress, leave=False):
             t = torch.full((B,), t_now, device=device)
-            probs = self.model_probs(model(x, t), temperature)
-            log_p = self.posterior_log_probs(x, probs, torch.full_like(t, t_next), t)
-            x = _gumbel_sample(log_p, generator)
             if known is not None:
-                x = torch.where(mask, values, x)
-        return x
+                x = torch.where(mask, self.transition.impose_known(values, t, generator), x)
+            log_x0 = self.model_log_probs(model(x, t), temperature)
+            s = None if t_next == t_now - 1 else torch.full_like(t, t_next)
+            x = _gumbel_sample(self.posterior_log_probs(x, log_x0, s, t), generator)
+        return x if known is None else torch.where(mask, values, x)

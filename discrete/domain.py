@@ -16,8 +16,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from multigen.config import TrainConfig, at_least, choice
+from multigen.config import ConfigError, TrainConfig, at_least, choice
 from multigen.domain import Domain
+from multigen.samplers import Known
 
 from .data import CharTokenizer, DigitGrids, TokenWindows, builtin_text, read_text, read_tokens
 from .d3pm import D3PM, TRANSITIONS, d3pm_betas
@@ -39,12 +40,12 @@ class DiscreteDataConfig:
 @dataclass
 class DiscreteProcessConfig:
     transition: str = choice("absorbing", "absorbing", "uniform", "gaussian")
-    timesteps: int = at_least(256, 1)  # the exact ELBO costs one network call per timestep
+    timesteps: int = at_least(256, 1)  # the ELBO estimate costs one network call per timestep
     schedule: str = choice("auto", "auto", "cosine", "jsd", "linear")  # auto: the transition's D3PM schedule
     hybrid_lambda: float = at_least(0.01, 0.0)  # weight of the auxiliary x0 cross-entropy
     # d3pm: the hybrid loss L_vb + λ·CE; masked: continuous-time masked diffusion (MDLM/MD4, absorbing only),
     # which learns far faster per step; auto: masked for absorbing, else d3pm. The reported ELBO is always the
-    # exact discrete-time bound of the D3PM process.
+    # discrete-time bound of the D3PM process (every term kept, each a one-sample Monte Carlo estimate).
     objective: str = choice("auto", "auto", "d3pm", "masked")
 
 
@@ -60,13 +61,13 @@ class DiscreteModelConfig:
 class DiscreteSampleConfig:
     num: int = at_least(8, 1)
     steps: int = at_least(0, 0)  # 0: every timestep
-    temperature: float = at_least(1.0, 0.0)
+    temperature: float = at_least(1.0, 0.0)  # divides the x0 logits; must be > 0 (0 is an error, not argmax)
     seed: int = 1234
 
 
 @dataclass
 class DiscreteEvalConfig:
-    num_sequences: int = at_least(32, 1)  # held-out sequences whose exact ELBO is computed
+    num_sequences: int = at_least(32, 1)  # held-out sequences whose negative ELBO is estimated
     batch_size: int = at_least(32, 1)
 
 
@@ -100,6 +101,8 @@ class Discrete(Domain):
         data_vocab = {"text": len(d.vocab), "tokens": d.vocab_size, "digits": d.levels}[d.source]
         if data_vocab < 2:
             raise ValueError("data.vocab_size must be set (>= 2) when data.source=tokens")
+        if not cfg.sample.temperature > 0:
+            raise ConfigError(f"sample.temperature: must be > 0 (it divides the model's logits), got {cfg.sample.temperature}")
         if p.objective == "masked" and p.transition != "absorbing":
             raise ValueError("process.objective=masked needs process.transition=absorbing")
         self.objective = p.objective if p.objective != "auto" else ("masked" if p.transition == "absorbing" else "d3pm")
@@ -159,37 +162,38 @@ class Discrete(Domain):
         model: nn.Module,
         n: int,
         *,
-        known=None,
+        known: Known | None = None,
         steps: int | None = None,
         temperature: float | None = None,
         length: int | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
     ) -> Tensor:
-        """``n`` token arrays; ``known = (mask, values)`` (bool and int64, ``(n, *shape)``) keeps given tokens."""
+        """``n`` token arrays ``(n, *shape)`` int64; ``known`` (bool ``mask``, int64 ``values``) keeps given tokens."""
         s = self.cfg.sample
         shape = (n, length) if length else (n, *self.sample_shape())
-        if known is not None:
-            known = (known.mask, known.values) if hasattr(known, "mask") else known
         return self.process.sample(model, shape, steps=steps or s.steps or None,
                                    temperature=s.temperature if temperature is None else temperature,
                                    known=known, generator=generator, progress=progress)
 
     @torch.no_grad()
     def elbo_bits(self, model: nn.Module, data: Tensor, batch_size: int, steps: int | None = None,
-                  progress: bool = False) -> float:
-        """Mean exact negative ELBO in bits per token over ``data`` ``(N, *shape)`` of the ``steps``-step chain."""
+                  progress: bool = False) -> Tensor:
+        """Negative-ELBO estimate in bits per token of each sequence of ``data`` ``(N, *shape)`` under the
+        ``steps``-step chain: ``(N,)`` float32 on the CPU (seeded, so a model scores the same twice)."""
         device = next(model.parameters()).device
-        total = [self.process.elbo_bits(model, chunk.to(device), steps=steps, progress=progress).cpu()
-                 for chunk in data.split(batch_size)]
-        return torch.cat(total).mean().item()
+        g = torch.Generator(device=device).manual_seed(0)
+        return torch.cat([self.process.elbo_bits(model, chunk.to(device), steps=steps, generator=g,
+                                                 progress=progress).cpu() for chunk in data.split(batch_size)])
 
     def evaluate(self, model: nn.Module, dataset: Dataset) -> dict[str, float]:
-        """Exact held-out ELBO (bits per token) next to the training data's unigram entropy."""
+        """Held-out negative ELBO (bits per token; mean and standard error over sequences) next to the training
+        data's unigram cross-entropy of the same tokens."""
         e = self.cfg.eval
         n = min(e.num_sequences, len(dataset))  # type: ignore[arg-type]
         data = torch.stack([dataset[i] for i in range(n)])
-        return {"elbo_bits_per_token": self.elbo_bits(model, data, e.batch_size),
+        mean, stderr = mean_and_stderr(self.elbo_bits(model, data, e.batch_size))
+        return {"elbo_bits_per_token": mean, "elbo_bits_stderr": stderr,
                 "baseline_unigram_bits": self.unigram_bits(data)}
 
     def unigram_bits(self, data: Tensor) -> float:
@@ -213,6 +217,12 @@ class Discrete(Domain):
         rows = self.decode(samples) if self.tokenizer else [" ".join(map(str, r.tolist())) for r in samples]
         out.write_text("\n\n".join(f"--- sample {i} ---\n{r}" for i, r in enumerate(rows)) + "\n")
         return out
+
+
+def mean_and_stderr(values: Tensor) -> tuple[float, float]:
+    """Mean of per-sequence estimates ``(N,)`` and its standard error ``std / sqrt(N)`` (NaN for one sequence)."""
+    values = values.double()
+    return values.mean().item(), (values.std() / math.sqrt(len(values))).item()
 
 
 def _save_grids(grids: Tensor, levels: int, out: Path) -> Path:
