@@ -216,11 +216,11 @@ def op_rows(device: str, batch: int) -> list[dict]:
     return rows
 
 
-def metric_rows(device: str) -> list[dict]:
-    """Chamfer chunked vs dense; Sinkhorn EMD vs exact assignment, with the relative gap."""
+def metric_rows(device: str, sizes: tuple[int, ...] = (256, 1024, 2048)) -> list[dict]:
+    """Chamfer chunked vs dense; Sinkhorn EMD vs exact assignment, with the relative gap, at ``sizes`` points."""
     g = torch.Generator().manual_seed(1)
     rows = []
-    for n in (256, 1024, 2048):
+    for n in sizes:
         x = (torch.rand(4, n, 3, generator=g) * 2 - 1).to(device)
         y = (torch.rand(4, n, 3, generator=g) * 2 - 1).to(device)
         start = time.perf_counter()
@@ -248,6 +248,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="clouds per train step and per op call")
     parser.add_argument("--points", type=int, default=2048)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--metric-points", type=int, nargs="+", default=[256, 1024, 2048],
+                        help="cloud sizes of the Chamfer/EMD table")
     parser.add_argument("--quality", metavar="EXPORT_DIR", help="sample quality against sampler steps")
     parser.add_argument("--samplers", nargs="+", type=sampler_setting, default=SAMPLER_SETTINGS,
                         metavar="SAMPLER:STEPS", help="--quality: the sampler settings to compare")
@@ -320,7 +322,7 @@ def main() -> None:
         loop = f"{r['loop_ms']:.0f} | {r['speedup']:.0f}x" if "loop_ms" in r else "– | –"
         print(f"| {r['op']}{' x' + str(r['batch']) if 'batch' in r else ''} | {r['vectorised_ms']:.2f} | {loop} |")
 
-    metrics = metric_rows(args.device)
+    metrics = metric_rows(args.device, tuple(args.metric_points))
     print("\n| points | Chamfer chunked / dense (ms) | dense difference tensor | EMD exact / Sinkhorn (ms) | "
           "Sinkhorn gap |\n|---|---|---|---|---|")
     for r in metrics:
