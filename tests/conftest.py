@@ -64,6 +64,21 @@ def _device_params() -> list:
     return params
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "gpu: needs an accelerator (benchmarks/gpu.sh runs `-m gpu` on a GPU machine)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``gpu`` the tests that need an accelerator: the ``device`` fixture's instances other than meta, and
+    tests skipped for want of CUDA (a ``skipif`` whose reason names CUDA); ``@pytest.mark.gpu`` marks others."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_device = callspec is not None and callspec.params.get("device", "meta") != "meta"
+        needs_cuda = any("cuda" in str(m.kwargs.get("reason", "")).lower() for m in item.iter_markers("skipif"))
+        if on_device or needs_cuda:
+            item.add_marker(pytest.mark.gpu)
+
+
 @pytest.fixture(params=_device_params())
 def device(request) -> torch.device:
     """A device that is not the CPU: always ``meta`` (shapes only: any tensor made on the CPU by
