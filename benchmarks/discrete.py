@@ -123,6 +123,7 @@ def throughput(device: str, steps: int) -> list[dict]:
     for config in ("tiny", "default"):
         cfg = load_config(DiscreteConfig, REPO / "configs" / "discrete" / f"{config}.yaml")
         domain = Discrete(cfg)
+        domain.fit()
         model = domain.build_model().to(device)
         data = domain.build_dataset("train")
         batch = torch.stack([data[i] for i in range(cfg.train.batch_size)]).to(device)

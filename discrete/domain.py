@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -95,22 +96,50 @@ class Discrete(Domain):
     def __init__(self, cfg: DiscreteConfig) -> None:
         super().__init__(cfg)
         d, p = cfg.data, cfg.process
-        if d.source == "text" and not d.vocab:
-            d.vocab = CharTokenizer.from_text(self._text("train")).chars
-        self.tokenizer = CharTokenizer(d.vocab) if d.source == "text" else None
-        data_vocab = {"text": len(d.vocab), "tokens": d.vocab_size, "digits": d.levels}[d.source]
-        if data_vocab < 2:
+        if d.source == "tokens" and d.vocab_size < 2:
             raise ValueError("data.vocab_size must be set (>= 2) when data.source=tokens")
         if not cfg.sample.temperature > 0:
             raise ConfigError(f"sample.temperature: must be > 0 (it divides the model's logits), got {cfg.sample.temperature}")
         if p.objective == "masked" and p.transition != "absorbing":
             raise ValueError("process.objective=masked needs process.transition=absorbing")
         self.objective = p.objective if p.objective != "auto" else ("masked" if p.transition == "absorbing" else "d3pm")
-        self.data_vocab = data_vocab
-        self.vocab = data_vocab + (p.transition == "absorbing")  # the mask token is the last id
+
+    def fit(self) -> None:
+        """The training text's characters become ``data.vocab`` (text source, unless given)."""
+        d = self.cfg.data
+        if d.source == "text" and not d.vocab:
+            d.vocab = CharTokenizer.from_text(self._text("train")).chars
+
+    @cached_property
+    def tokenizer(self) -> CharTokenizer | None:
+        """The character tokenizer of ``data.vocab`` (text source), else None."""
+        d = self.cfg.data
+        if d.source != "text":
+            return None
+        if not d.vocab:
+            raise ValueError("data.vocab is empty: call fit() first (the trainer does), or give data.vocab")
+        return CharTokenizer(d.vocab)
+
+    @property
+    def data_vocab(self) -> int:
+        """Categories of the data (the mask token not counted)."""
+        d = self.cfg.data
+        if d.source == "text":
+            return len(self.tokenizer)  # type: ignore[arg-type]
+        return d.vocab_size if d.source == "tokens" else d.levels
+
+    @property
+    def vocab(self) -> int:
+        """Categories the model sees: the data's, and the mask token (the last id) for the absorbing transition."""
+        return self.data_vocab + (self.cfg.process.transition == "absorbing")
+
+    @cached_property
+    def process(self) -> D3PM:
+        """The categorical diffusion over :attr:`vocab` categories."""
+        p = self.cfg.process
         schedule = {"absorbing": "jsd", "uniform": "cosine", "gaussian": "linear"}[p.transition]
         betas = d3pm_betas(schedule if p.schedule == "auto" else p.schedule, p.timesteps)
-        self.process = D3PM(TRANSITIONS[p.transition](self.vocab, betas), hybrid_lambda=p.hybrid_lambda)
+        return D3PM(TRANSITIONS[p.transition](self.vocab, betas), hybrid_lambda=p.hybrid_lambda)
 
     def _text(self, split: str) -> str:
         d = self.cfg.data

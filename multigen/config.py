@@ -50,6 +50,7 @@ class TrainConfig:
     grad_clip: float = at_least(1.0, 0.0)  # 0 disables clipping
     ema_decay: float = at_least(0.999, 0.0)
     mixed_precision: str = choice("no", "no", "fp16", "bf16")
+    compile: bool = False  # torch.compile the network for training (checkpoints and exports keep plain keys)
     seed: int = 0
     cpu: bool = False  # force the CPU even when a GPU is present
     cpu_threads: int = at_least(0, 0)  # torch threads per process on a CPU; 0: the cores / local processes

@@ -39,6 +39,13 @@ class Domain(ABC):
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
 
+    def fit(self) -> None:
+        """Fill in the settings that the training data decides (a vocabulary, a normalisation), in ``self.cfg``.
+
+        The trainer calls it before it writes the run's config, so that config is the export's. A setting
+        already given is kept. Nothing to fit by default.
+        """
+
     @abstractmethod
     def build_model(self) -> nn.Module:
         """A freshly initialised network."""

@@ -1,14 +1,19 @@
 """The one training loop every domain uses, built on Hugging Face Accelerate.
 
-Read top to bottom: set up Accelerate, the model, its EMA copy, the optimiser and
-a resumable data stream; resume from the newest complete checkpoint; then per
-optimiser step accumulate gradients, stop on a non-finite loss, clip, step,
-update the EMA, and periodically log, sample, evaluate and checkpoint; finally
-export the EMA weights.
+:func:`train` reads top to bottom: :class:`Trainer` sets up (Accelerate, the domain fitted to its data and
+its config written, the model, its EMA copy, the optimiser), resumes from the newest complete checkpoint,
+then repeats one optimisation step (accumulate gradients, clip, step, update the EMA) and the periodic work
+(log, sample, evaluate, checkpoint), and finally exports the EMA weights.
+
+The optimisation step never waits on the accelerator. A non-finite loss is noticed on the device, where it
+turns that step and every later one into a no-op: parameters, optimiser state (its step count included),
+EMA weights and count stay bit-identical. The periodic work reads that flag before it logs or saves
+anything and raises :class:`NonFiniteLossError` naming the first bad step, with the step counter and the
+learning-rate schedule set back to before it.
 
 Output directory layout (``train.output_dir``)::
 
-    config.yaml                  the resolved config of the run
+    config.yaml                  the resolved config of the run (after the domain's fit: the export's config)
     log.jsonl                    training loss, learning rate and evaluation metrics, one JSON record a line
     logs/                        TensorBoard event files
     samples/step_000500.png      what the EMA model draws (domain-specific format)
@@ -18,6 +23,7 @@ Output directory layout (``train.output_dir``)::
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -32,7 +38,8 @@ from typing import Any, Iterator
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, send_to_device, set_seed
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
@@ -45,7 +52,7 @@ CHECKPOINT = re.compile(r"^step_(\d+)$")
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; nothing was updated or saved at that step."""
+    """The training loss became NaN or infinite; nothing was updated or saved from that step on."""
 
 
 @dataclass
@@ -143,133 +150,230 @@ def _write_samples(domain: Domain, model: torch.nn.Module, path: Path, accelerat
     return domain.save_samples(samples.float() if samples.is_floating_point() else samples, path)
 
 
-def train(domain_cls: type[Domain], cfg: Any) -> Path:
-    """Train ``domain_cls`` with ``cfg`` (resuming if a checkpoint exists); return the export directory."""
-    t = cfg.train
-    out = Path(t.output_dir)
-    accelerator = Accelerator(
-        # With no accelerator present, processes started by torchrun or `accelerate launch --multi_gpu`
-        # form a CPU (gloo) group; Accelerate only does that when told it runs on the CPU.
-        cpu=t.cpu or not torch.accelerator.is_available(),
-        mixed_precision=t.mixed_precision,
-        log_with="tensorboard" if t.tensorboard else None,
-        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
-    )
-    main = accelerator.is_main_process
-    if accelerator.device.type == "cpu":
-        # `accelerate launch` sets OMP_NUM_THREADS=1 unless told --cpu; share the cores between local processes.
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
-        torch.set_num_threads(t.cpu_threads or max(1, (os.cpu_count() or 1) // local))
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(to_yaml(cfg))
+class EMA(nn.Module):
+    """Exponential moving average of a model's parameters (its buffers are copied), updated on the device.
 
-    set_seed(t.seed)  # identical initial weights on every process
-    domain = domain_cls(cfg)
-    model = domain.build_model()
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True).eval()
-    ema.requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, t.warmup_steps, t.max_steps, t.lr_decay))
-    raw_model = model
-    model, optimizer = accelerator.prepare(model, optimizer)
-    ema.to(accelerator.device)
-    state = TrainState()
-    accelerator.register_for_checkpointing(scheduler, ema, state)
+    ``module`` is the averaged copy: sample, evaluate and export it. The first counted update takes the
+    model's weights, later ones move ``1 - decay`` of the way towards them; ``n_averaged`` counts the updates.
+    The state dict (``module.*``, ``n_averaged``) is the one of ``torch.optim.swa_utils.AveragedModel``,
+    which earlier runs checkpointed.
+    """
 
-    checkpoint_dir = out / "checkpoints"
-    resume_from = latest_checkpoint(checkpoint_dir) if t.resume else None
-    if resume_from is not None:
-        accelerator.load_state(str(resume_from))  # weights, optimiser, EMA, schedule, step and RNG states
-        accelerator.print(f"resumed from {resume_from} at step {state.step}")
-    else:
-        set_seed(t.seed, device_specific=True)  # independent noise on every process
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        super().__init__()
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+        self.register_buffer("n_averaged", torch.zeros((), dtype=torch.long, device=next(model.parameters()).device))
 
-    train_set: Dataset = domain.build_dataset("train")
-    val_set: Dataset | None = None
-    sampler = ShardedStreamSampler(
-        len(train_set),  # type: ignore[arg-type]
-        seed=t.seed,
-        rank=accelerator.process_index,
-        world=accelerator.num_processes,
-        start=state.step * t.grad_accum * t.batch_size,
-    )
-    loader = DataLoader(
-        train_set,
-        batch_size=t.batch_size,
-        sampler=sampler,
-        num_workers=t.num_workers,
-        collate_fn=domain.collate_fn,
-        drop_last=True,
-        pin_memory=accelerator.device.type == "cuda",
-        generator=torch.Generator().manual_seed(t.seed),  # keeps DataLoader seeding off the global RNG
-    )
-    data = iter(loader)
+    @torch.no_grad()
+    def update(self, model: nn.Module, skip: Tensor) -> None:
+        """Average ``model``'s weights in, unless the 0-dim bool ``skip`` (on the device) is true; no host sync."""
+        weight = torch.where(skip, 0.0, torch.where(self.n_averaged == 0, 1.0, 1.0 - self.decay))
+        mine = list(self.module.parameters())
+        delta = torch._foreach_sub([p.detach() for p in model.parameters()], mine)
+        torch._foreach_mul_(delta, weight)
+        torch._foreach_add_(mine, delta)  # + 0 where skipped: the same values (a -0.0 would read +0.0)
+        for b_mine, b_model in zip(self.module.buffers(), model.buffers()):
+            b_mine.copy_(torch.where(skip, b_mine, b_model))
+        self.n_averaged += ~skip
 
-    if t.tensorboard:
-        accelerator.init_trackers("multigen", config=flatten(cfg))
-    if main:
-        n_params = sum(p.numel() for p in raw_model.parameters())
-        accelerator.print(
-            f"{domain.name}: {n_params / 1e6:.2f}M parameters, {accelerator.num_processes} process(es) on "
-            f"{accelerator.device}, effective batch {t.batch_size * t.grad_accum * accelerator.num_processes}"
+
+def rewind_lr_schedule(scheduler: LambdaLR, steps: int) -> None:
+    """Put ``scheduler`` where ``steps`` optimiser steps put it (a LambdaLR's state is a function of that count)."""
+    scheduler.load_state_dict({**scheduler.state_dict(), "last_epoch": steps - 1, "_step_count": steps})
+    scheduler.step()
+
+
+class Trainer:
+    """One training run: set up by the constructor, then :meth:`resume`, repeated :meth:`step` and
+    :meth:`periodic`, and :meth:`export` (see :func:`train`, which runs them in that order)."""
+
+    def __init__(self, domain_cls: type[Domain], cfg: Any) -> None:
+        """Set up Accelerate, the domain (fitted to its data, then ``config.yaml`` written), the model, its EMA
+        copy, the optimiser and learning-rate schedule, and the device-side non-finite-loss record."""
+        t = self.t = cfg.train
+        self.out = Path(t.output_dir)
+        self.checkpoint_dir = self.out / "checkpoints"
+        self.accelerator = acc = Accelerator(
+            # With no accelerator present, processes started by torchrun or `accelerate launch --multi_gpu`
+            # form a CPU (gloo) group; Accelerate only does that when told it runs on the CPU.
+            cpu=t.cpu or not torch.accelerator.is_available(),
+            mixed_precision=t.mixed_precision,
+            log_with="tensorboard" if t.tensorboard else None,
+            project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
+        )
+        self.main = acc.is_main_process
+        if acc.device.type == "cpu":
+            # `accelerate launch` sets OMP_NUM_THREADS=1 unless told --cpu; share the cores between local processes.
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", acc.num_processes))
+            torch.set_num_threads(t.cpu_threads or max(1, (os.cpu_count() or 1) // local))
+
+        self.domain = domain_cls(cfg)
+        self.domain.fit()  # vocabulary, normalisation: into the config before it is written
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(to_yaml(cfg))
+
+        set_seed(t.seed)  # identical initial weights on every process
+        self.raw_model = self.domain.build_model()
+        self.ema = EMA(self.raw_model, t.ema_decay)
+        # fused: the update can be skipped on the device (`found_inf`), as GradScaler does, leaving all state alone
+        optimizer = torch.optim.AdamW(self.raw_model.parameters(), lr=t.lr, betas=tuple(t.adam_betas),
+                                      weight_decay=t.weight_decay, fused=True)
+        self.scheduler = LambdaLR(optimizer, lambda s: lr_factor(s, t.warmup_steps, t.max_steps, t.lr_decay))
+        self.model, self.optimizer = acc.prepare(self.raw_model, optimizer)
+        # training_loss gets the compiled module; checkpoints, the EMA and exports keep the uncompiled one's keys
+        self.net = torch.compile(self.model) if t.compile else self.model
+        self.ema.to(acc.device)
+        self.state = TrainState()
+        acc.register_for_checkpointing(self.scheduler, self.ema, self.state)
+        # steps skipped since the first non-finite loss (a tail of the run), and that loss
+        self.skipped = torch.zeros((), dtype=torch.long, device=acc.device)
+        self.first_bad_loss = torch.zeros((), device=acc.device)
+        self.val_set: Dataset | None = None
+
+    def resume(self) -> None:
+        """Load the newest complete checkpoint if ``train.resume`` (weights, optimiser, EMA, schedule, step and
+        RNG states), then start the data stream where the run left off."""
+        t, acc = self.t, self.accelerator
+        resume_from = latest_checkpoint(self.checkpoint_dir) if t.resume else None
+        if resume_from is not None:
+            acc.load_state(str(resume_from))
+            acc.print(f"resumed from {resume_from} at step {self.state.step}")
+        else:
+            set_seed(t.seed, device_specific=True)  # independent noise on every process
+
+        train_set = self.domain.build_dataset("train")
+        sampler = ShardedStreamSampler(
+            len(train_set),  # type: ignore[arg-type]
+            seed=t.seed,
+            rank=acc.process_index,
+            world=acc.num_processes,
+            start=self.state.step * t.grad_accum * t.batch_size,
+        )
+        loader = DataLoader(
+            train_set,
+            batch_size=t.batch_size,
+            sampler=sampler,
+            num_workers=t.num_workers,
+            collate_fn=self.domain.collate_fn,
+            drop_last=True,
+            pin_memory=acc.device.type == "cuda",
+            generator=torch.Generator().manual_seed(t.seed),  # keeps DataLoader seeding off the global RNG
+        )
+        self.data = iter(loader)
+
+        if t.tensorboard:
+            acc.init_trackers("multigen", config=flatten(self.domain.cfg))
+        n_params = sum(p.numel() for p in self.raw_model.parameters())
+        acc.print(
+            f"{self.domain.name}: {n_params / 1e6:.2f}M parameters, {acc.num_processes} process(es) on "
+            f"{acc.device}, effective batch {t.batch_size * t.grad_accum * acc.num_processes}"
+        )
+        self.bar = tqdm(total=t.max_steps, initial=self.state.step, disable=not self.main,
+                        desc=f"train {self.domain.name}", dynamic_ncols=True)
+        self.model.train()
+
+    def step(self) -> Tensor:
+        """One optimisation step over ``train.grad_accum`` micro-batches, with no host sync; returns the mean
+        loss (0-dim, on the device). From a non-finite loss on, steps leave every state as it was."""
+        t, acc = self.t, self.accelerator
+        total = torch.zeros((), device=acc.device)
+        for micro in range(t.grad_accum):
+            batch = send_to_device(next(self.data), acc.device, non_blocking=True)
+            with nullcontext() if micro == t.grad_accum - 1 else acc.no_sync(self.model):
+                loss = self.domain.training_loss(self.net, batch)
+                acc.backward(loss / t.grad_accum)
+            total += loss.detach().float()
+        mean_loss = acc.reduce(total / t.grad_accum, reduction="mean")
+
+        bad = ~torch.isfinite(mean_loss)
+        self.first_bad_loss = torch.where(bad & (self.skipped == 0), mean_loss, self.first_bad_loss)
+        skip = bad | (self.skipped > 0)
+        self.skipped += skip
+        if acc.scaler is not None:
+            # fp16: GradScaler sets the optimiser's found_inf from the gradients alone; make them non-finite
+            grads = [p.grad for p in self.raw_model.parameters() if p.grad is not None]
+            torch._foreach_mul_(grads, torch.where(skip, float("nan"), 1.0))
+        if t.grad_clip > 0:
+            acc.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        adamw = self.optimizer.optimizer
+        if acc.scaler is None:
+            adamw.found_inf = skip.float()  # fused AdamW: where 1, parameters, moments and step count stay
+        self.optimizer.step()
+        adamw.__dict__.pop("found_inf", None)
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update(self.raw_model, skip)
+        self.state.step += 1
+        return mean_loss
+
+    def check_finite(self) -> None:
+        """Raise :class:`NonFiniteLossError` if a loss so far was not finite (reads the device: a host sync),
+        with the step counter and learning-rate schedule set back to before the first such step."""
+        skipped = int(self.skipped)
+        if not skipped:
+            return
+        first = self.state.step - skipped + 1
+        self.state.step = first - 1
+        rewind_lr_schedule(self.scheduler, first - 1)
+        self.bar.close()
+        raise NonFiniteLossError(
+            f"non-finite training loss ({self.first_bad_loss.item()}) at step {first}; no update was applied from "
+            f"it on. Last checkpoint: {latest_checkpoint(self.checkpoint_dir) or 'none'}. Try a lower train.lr, "
+            f"train.grad_clip or train.mixed_precision=no."
         )
 
-    bar = tqdm(total=t.max_steps, initial=state.step, disable=not main, desc=f"train {domain.name}", dynamic_ncols=True)
-    model.train()
-    while state.step < t.max_steps:
-        total = torch.zeros((), device=accelerator.device)
-        for micro in range(t.grad_accum):
-            batch = send_to_device(next(data), accelerator.device)
-            last = micro == t.grad_accum - 1
-            with nullcontext() if last else accelerator.no_sync(model):
-                loss = domain.training_loss(model, batch)
-                accelerator.backward(loss / t.grad_accum)
-            total += loss.detach().float()
-        mean_loss = accelerator.reduce(total / t.grad_accum, reduction="mean")
-        if not torch.isfinite(mean_loss):
-            last_ckpt = latest_checkpoint(checkpoint_dir)
-            raise NonFiniteLossError(
-                f"non-finite training loss ({mean_loss.item()}) at step {state.step + 1}; no update was applied. "
-                f"Last checkpoint: {last_ckpt or 'none'}. Try a lower train.lr, train.grad_clip or "
-                f"train.mixed_precision=no."
-            )
-        if t.grad_clip > 0:
-            accelerator.clip_grad_norm_(model.parameters(), t.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.update_parameters(raw_model)
-        state.step += 1
-        step = state.step
-        bar.update(1)
-
-        if step % t.log_every == 0 or step == t.max_steps:
-            logs = {"loss": mean_loss.item(), "lr": scheduler.get_last_lr()[0]}
-            bar.set_postfix(loss=f"{logs['loss']:.4f}")
-            accelerator.log(logs, step=step)
-            if main:
-                _append_jsonl(out / "log.jsonl", {"step": step, **logs})
-        if main and ((t.sample_every and step % t.sample_every == 0) or step == t.max_steps):
-            _write_samples(domain, ema.module, out / "samples" / f"step_{step:06d}", accelerator)
-        if main and ((t.eval_every and step % t.eval_every == 0) or step == t.max_steps):
-            val_set = val_set if val_set is not None else domain.build_dataset("val")
-            with accelerator.autocast():
-                metrics = domain.evaluate(ema.module, val_set)
+    def periodic(self, loss: Tensor) -> None:
+        """After a step: when anything is due, check the losses were finite, then log, sample, evaluate and
+        checkpoint as ``train.*_every`` say (all of them at the last step)."""
+        t, acc, step = self.t, self.accelerator, self.state.step
+        self.bar.update(1)
+        end = step == t.max_steps
+        log = step % t.log_every == 0 or end
+        sample = bool(t.sample_every and step % t.sample_every == 0) or end
+        evaluate = bool(t.eval_every and step % t.eval_every == 0) or end
+        checkpoint = bool(t.checkpoint_every) and (step % t.checkpoint_every == 0 or end)
+        if not (log or sample or evaluate or checkpoint):
+            return
+        self.check_finite()  # on every process alike: the loss was reduced over them
+        if log:
+            logs = {"loss": loss.item(), "lr": self.scheduler.get_last_lr()[0]}
+            self.bar.set_postfix(loss=f"{logs['loss']:.4f}")
+            acc.log(logs, step=step)
+            if self.main:
+                _append_jsonl(self.out / "log.jsonl", {"step": step, **logs})
+        if self.main and sample:
+            _write_samples(self.domain, self.ema.module, self.out / "samples" / f"step_{step:06d}", acc)
+        if self.main and evaluate:
+            self.val_set = self.val_set if self.val_set is not None else self.domain.build_dataset("val")
+            with acc.autocast():
+                metrics = self.domain.evaluate(self.ema.module, self.val_set)
             if metrics:
                 logs = {f"eval/{k}": v for k, v in metrics.items()}
-                accelerator.log(logs, step=step)
-                _append_jsonl(out / "log.jsonl", {"step": step, **logs})
-                bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-        if t.checkpoint_every and (step % t.checkpoint_every == 0 or step == t.max_steps):
-            save_checkpoint(accelerator, checkpoint_dir, step, t.keep_checkpoints)
-    bar.close()
+                acc.log(logs, step=step)
+                _append_jsonl(self.out / "log.jsonl", {"step": step, **logs})
+                self.bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        if checkpoint:
+            save_checkpoint(acc, self.checkpoint_dir, step, t.keep_checkpoints)
 
-    export_dir = out / "export"
-    if main:
-        export_model(ema.module, domain, export_dir)
-        accelerator.print(f"exported EMA weights and config to {export_dir}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return export_dir
+    def export(self) -> Path:
+        """Write the EMA weights and the config to ``<output_dir>/export``; return that directory."""
+        self.bar.close()
+        export_dir = self.out / "export"
+        if self.main:
+            export_model(self.ema.module, self.domain, export_dir)
+            self.accelerator.print(f"exported EMA weights and config to {export_dir}")
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+        return export_dir
+
+
+def train(domain_cls: type[Domain], cfg: Any) -> Path:
+    """Train ``domain_cls`` with ``cfg`` (resuming if a checkpoint exists); return the export directory."""
+    trainer = Trainer(domain_cls, cfg)
+    trainer.resume()
+    while trainer.state.step < cfg.train.max_steps:
+        loss = trainer.step()
+        trainer.periodic(loss)
+    return trainer.export()

@@ -12,6 +12,7 @@ known-part constraint; the loss covers only the generated points).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -119,17 +120,27 @@ class PointCloud(GaussianDomain):
 
     def __init__(self, cfg: PointCloudConfig) -> None:
         super().__init__(cfg)
-        d = cfg.data
-        if d.source == "procedural":
-            self.normalizer = Normalizer("none")  # the built-in shapes are made in the unit sphere
-        elif d.normalization == "global":
-            if not d.scale > 0:
-                fitted = Normalizer.fit(self._raw_dataset("train"))
-                d.centre, d.scale = fitted.centre.tolist(), fitted.scale
-            self.normalizer = Normalizer("global", list(d.centre), d.scale)
-        else:
-            self.normalizer = Normalizer(d.normalization)
         self.scale = cfg.model.diffusion_scale
+
+    def fit(self) -> None:
+        """Global normalisation's ``data.centre`` and ``data.scale`` from the training clouds (unless given)."""
+        d = self.cfg.data
+        if d.source != "procedural" and d.normalization == "global" and not d.scale > 0:
+            fitted = Normalizer.fit(self._raw_dataset("train"))
+            d.centre, d.scale = fitted.centre.tolist(), fitted.scale
+
+    @cached_property
+    def normalizer(self) -> Normalizer:
+        """Raw clouds to the model's frame and back, as ``data.normalization`` and its fitted statistics say."""
+        d = self.cfg.data
+        if d.source == "procedural":
+            return Normalizer("none")  # the built-in shapes are made in the unit sphere
+        if d.normalization == "global":
+            if not d.scale > 0:
+                raise ValueError("data.scale is not set: call fit() first (the trainer does), or give data.centre "
+                                 "and data.scale")
+            return Normalizer("global", list(d.centre), d.scale)
+        return Normalizer(d.normalization)
 
     def clip_scale(self) -> float:
         return self.cfg.model.diffusion_scale  # diffusion.clip_x0 is given in the unit-sphere frame

@@ -105,6 +105,7 @@ def test_folder_domain_records_global_normalization_and_samples_in_data_units(me
     cfg = load_config(PointCloudConfig, None, [f"data.root={mesh_folder}", "data.source=folder", "data.points=128",
                                                "model.width=0.25", "model.voxel_resolution=0.25"])
     domain = PointCloud(cfg)
+    domain.fit()
     centre, scale = np.array(cfg.data.centre), cfg.data.scale
     assert np.abs(centre - 5).max() < 0.5 and 1.5 < scale < 4.5
     train = domain.build_dataset("train")

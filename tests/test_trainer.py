@@ -1,5 +1,7 @@
-"""The Accelerate trainer on the toy2d domain: learning, exact resume, NaN stop, export, 2 processes."""
+"""The Accelerate trainer on the toy2d domain: learning, exact resume, NaN stop (every state kept bit-exactly,
+no host sync per step on CUDA), torch.compile, export, 2 processes."""
 
+import copy
 import os
 import subprocess
 import sys
@@ -10,7 +12,9 @@ from safetensors.torch import load_file
 
 from multigen import load_pretrained
 from multigen.toy2d import Toy2D
-from multigen.trainer import NonFiniteLossError, latest_checkpoint, lr_factor, read_log, train
+from multigen.config import load_config
+from multigen.domain import get_domain
+from multigen.trainer import NonFiniteLossError, Trainer, latest_checkpoint, lr_factor, read_log, train
 
 from .conftest import REPO
 
@@ -93,6 +97,104 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(toy_cfg):
     assert sorted(p.name for p in ckpt_dir.iterdir()) == ["step_10"]
     weights = load_file(ckpt_dir / "step_10" / "model.safetensors")
     assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def nan_at_step(step: int) -> type[Toy2D]:
+    """Toy2D whose loss is NaN at optimisation step ``step`` only (one micro-batch a step)."""
+
+    class OneNaN(Toy2D):
+        calls = 0
+
+        def training_loss(self, model, batch):
+            OneNaN.calls += 1
+            loss = super().training_loss(model, batch)
+            return loss * float("nan") if OneNaN.calls == step else loss
+
+    return OneNaN
+
+
+def snapshot(trainer: Trainer) -> dict:
+    """Copies of everything an optimisation step may change."""
+    return copy.deepcopy({
+        "model": trainer.raw_model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "ema": trainer.ema.state_dict(),
+        "scheduler": trainer.scheduler.state_dict(),
+        "lr": [g["lr"] for g in trainer.optimizer.param_groups],
+        "step": trainer.state.step,
+    })
+
+
+def assert_bit_identical(a, b, where: str = "") -> None:
+    assert type(a) is type(b), where
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_bit_identical(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_bit_identical(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)), f"{where} changed"
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def test_non_finite_loss_leaves_every_state_bit_identical(toy_cfg):
+    # warmup and weight decay: a skipped step that still stepped the schedule or AdamW would show
+    cfg = toy_cfg("train.checkpoint_every=0", "train.warmup_steps=20", "train.weight_decay=0.1")
+    trainer = Trainer(nan_at_step(13), cfg)  # step 13 logs nothing (log_every=10)
+    trainer.resume()
+    for _ in range(12):
+        trainer.periodic(trainer.step())
+    before = snapshot(trainer)
+    for _ in range(3):  # NaN at 13; finite losses at 14 and 15 must not be applied either
+        trainer.step()
+    assert trainer.state.step == 15
+    with pytest.raises(NonFiniteLossError, match=r"\(nan\) at step 13; .*Last checkpoint: none"):
+        trainer.check_finite()
+    after = snapshot(trainer)
+    assert after["ema"]["n_averaged"] == 12 and after["optimizer"]["state"][0]["step"] == 12
+    assert_bit_identical(before, after)
+
+
+@pytest.mark.slow  # a cold inductor compile takes about a minute on a busy 2-core CPU
+def test_compile_gives_the_eager_losses_and_plain_state_keys(toy_cfg):
+    from torch._dynamo.utils import counters
+
+    common = ("train.max_steps=3", "train.log_every=1", "train.checkpoint_every=3", "sample.num=8")
+    eager = train(Toy2D, toy_cfg(*common, out="eager"))
+    counters.clear()
+    compiled = train(Toy2D, toy_cfg(*common, "train.compile=true", out="compiled"))
+    assert counters["stats"]["unique_graphs"] > 0, "nothing was compiled"
+    losses = [[r["loss"] for r in read_log(run.parent) if "loss" in r] for run in (eager, compiled)]
+    assert len(losses[0]) == 3 and losses[1] == pytest.approx(losses[0], rel=1e-4, abs=1e-6)
+    for name in ("export/model.safetensors", "checkpoints/step_3/model.safetensors"):
+        assert load_file(compiled.parent / name).keys() == load_file(eager.parent / name).keys(), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (MULTIGEN_TEST_DEVICE=cuda on a GPU machine)")
+@pytest.mark.parametrize("name", ["toy2d", "video", "pointcloud", "discrete"])
+def test_optimisation_steps_do_not_sync_with_the_gpu(name, tmp_path):
+    domain_cls = get_domain(name)
+    cfg = load_config(domain_cls.config_class, REPO / "configs" / name / "tiny.yaml", [
+        f"train.output_dir={tmp_path}", "train.max_steps=100", "train.log_every=100", "train.checkpoint_every=0",
+        "train.sample_every=0", "train.tensorboard=false", "train.batch_size=4"])
+    trainer = Trainer(domain_cls, cfg)
+    trainer.resume()
+    for _ in range(2):  # first steps allocate: optimiser state, per-device tables, cuDNN plans
+        trainer.step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            trainer.periodic(trainer.step())  # neither logs nor checkpoints at steps 3-5
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    trainer.check_finite()
+    assert trainer.state.step == 5
 
 
 def test_export_loads_without_training_code(toy_cfg):

@@ -1,0 +1,56 @@
+"""Domain.fit: what the training data decides (discrete vocabulary, point-cloud normalisation) is in the run's
+config.yaml as in the export's, because the trainer fits the domain before it writes the config."""
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from multigen.config import load_config
+from multigen.domain import get_domain
+from multigen.trainer import Trainer
+
+from .conftest import REPO
+
+
+
+def cloud_folder(root):
+    """Train/val folders of random clouds around (5, 5, 5), about 2 units across: global statistics to fit."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("val", 2)):
+        (root / split).mkdir(parents=True)
+        for i in range(n):
+            np.save(root / split / f"cloud_{i}.npy", rng.normal(5, 0.7, (128, 3)).astype(np.float32))
+    return root
+
+
+@pytest.mark.parametrize("name", ["discrete", "pointcloud"])
+def test_run_config_is_the_export_config(name, tmp_path):
+    extra = {
+        "discrete": [],
+        "pointcloud": [f"data.root={cloud_folder(tmp_path / 'clouds')}", "data.source=folder", "data.points=128",
+                       "data.normalization=global"],
+    }[name]
+    domain_cls = get_domain(name)
+    cfg = load_config(domain_cls.config_class, REPO / "configs" / name / "tiny.yaml",
+                      [f"train.output_dir={tmp_path / 'run'}", "train.tensorboard=false", *extra])
+    trainer = Trainer(domain_cls, cfg)  # what train() does, without the steps: set up, resume, export
+    trainer.resume()
+    export = trainer.export()
+    run_yaml = (tmp_path / "run" / "config.yaml").read_text()
+    export_yaml = (export / "config.yaml").read_text()
+    assert export_yaml == f"domain: {name}\n" + run_yaml
+    fitted = OmegaConf.create(run_yaml).data
+    if name == "discrete":
+        assert len(fitted.vocab) > 60  # the built-in text's characters
+    else:
+        assert 0.5 < fitted.scale < 5 and np.abs(np.array(fitted.centre) - 5).max() < 0.5
+
+
+def test_an_unfitted_domain_says_so():
+    discrete = get_domain("discrete")
+    with pytest.raises(ValueError, match=r"data.vocab is empty: call fit\(\)"):
+        discrete(load_config(discrete.config_class)).build_model()
+    pointcloud = get_domain("pointcloud")
+    cfg = load_config(pointcloud.config_class, None, ["data.source=folder", "data.root=/nowhere"])
+    with pytest.raises(ValueError, match=r"data.scale is not set: call fit\(\)"):
+        pointcloud(cfg).normalizer  # noqa: B018
