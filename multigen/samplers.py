@@ -113,6 +113,31 @@ class Known:
         noised = float(alpha_bar) ** 0.5 * values + float(1.0 - alpha_bar) ** 0.5 * noise
         return torch.where(mask, noised, x)
 
+    def item_mask(self, shape: tuple[int, ...], item_dims: int) -> Tensor:
+        """The mask as one bool per item, ``shape[:item_dims]`` (e.g. per frame ``(n, T)`` of clips
+        ``(n, T, C, H, W)``, per point ``(n, N)`` of clouds ``(n, N, 3)``).
+
+        ``mask`` is ``(n, T)``-like (its first ``item_dims`` dims broadcast to ``shape[:item_dims]``),
+        optionally followed by dims that broadcast to an item, ``shape[item_dims:]``. A mask that
+        varies inside an item is an error naming its shape (it is never cut to the item's first entry).
+        """
+        m = self.mask
+        lead, inner = tuple(m.shape[:item_dims]), tuple(m.shape[item_dims:])
+        try:
+            torch.broadcast_shapes(lead, shape[:item_dims])
+            torch.broadcast_shapes(inner, shape[item_dims:])
+            if m.ndim < item_dims or len(inner) > len(shape) - item_dims:
+                raise RuntimeError
+        except RuntimeError:
+            raise ValueError(f"known mask of shape {tuple(m.shape)} does not fit samples of shape {tuple(shape)}: "
+                             f"give one value per item, {tuple(shape[:item_dims])}") from None
+        flat = m.reshape(*lead, -1)
+        if flat.shape[-1] > 1 and not torch.equal(flat, flat[..., :1].expand_as(flat)):  # one check, at the start
+            raise ValueError(f"known mask of shape {tuple(m.shape)} varies inside an item of shape "
+                             f"{tuple(shape[item_dims:])}; this domain keeps or generates whole items: give a mask "
+                             f"of shape {tuple(shape[:item_dims])}")
+        return flat[..., 0].bool().expand(shape[:item_dims])
+
 
 def _impose(x: Tensor, known: Known | None, alpha_bar: Tensor, generator: torch.Generator | None) -> Tensor:
     return x if known is None else known.impose(x, alpha_bar, generator)

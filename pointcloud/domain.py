@@ -215,7 +215,7 @@ class PointCloud(GaussianDomain):
             observed, mask = torch.zeros(shape, device=device), torch.zeros(shape[:2], dtype=torch.bool, device=device)
         else:
             observed = known.values.to(device).expand(shape)
-            mask = known.mask.to(device).reshape(n, shape[1], -1)[..., 0].bool()
+            mask = known.item_mask(shape, 2).to(device)
         scaled = observed * self.scale
         out = self.run_sampler(
             self.network(model, scaled, mask), shape, known=None if known is None else Known(mask[..., None], scaled),

@@ -50,6 +50,20 @@ def test_partial_is_kept_exactly(sampler):
     assert torch.equal(out[mask], shapes[mask]) and torch.isfinite(out).all()
 
 
+def test_known_mask_varying_inside_a_point_is_an_error():
+    """Issue 17 item 5: a mask is one value per point; one that varies over x, y, z was cut to x."""
+    domain = small_domain()
+    model = domain.build_model().eval()
+    values = torch.zeros(2, 256, 3)
+    mask = torch.zeros(2, 256, 3, dtype=torch.bool)
+    mask[:, :40] = True
+    out = domain.sample(model, 2, known=Known(mask, values), steps=2, sampler="ddim")  # constant per point: kept
+    assert torch.equal(out[:, :40], values[:, :40])
+    mask[0, 50, 1:] = True  # y and z of point 50 observed, x not
+    with pytest.raises(ValueError, match=r"shape \(2, 256, 3\) varies inside an item of shape \(3,\)"):
+        domain.sample(model, 2, known=Known(mask, values), steps=2)
+
+
 def test_completion_evaluation_keeps_the_partial_and_retrieves_the_shape_it_came_from():
     domain = small_domain("task.completion=1.0", "sample.steps=2", "eval.batch_size=3")
     model = domain.build_model().eval()

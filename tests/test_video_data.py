@@ -146,3 +146,5 @@ def test_metrics_and_baselines():
     assert copy_last_frame(clip, 2).flatten().tolist() == [0, 1, 1, 1, 1]
     blend = linear_blend(clip * 2, torch.tensor([True, False, False, False, True]))
     assert blend.flatten().tolist() == [0, 2, 4, 6, 8]
+    outside = linear_blend(clip * 2, torch.tensor([False, True, False, True, False]))
+    assert outside.flatten().tolist() == [2, 2, 4, 6, 6]  # beyond the observed range: the nearest observed frame

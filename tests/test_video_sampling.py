@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from multigen.config import load_config
-from multigen.samplers import SAMPLERS
+from multigen.samplers import SAMPLERS, Known
 from video.conditioning import nearest_observed
 from video.domain import Video, VideoConfig
 from video.sampling import SamplerSettings, extend_autoregressive, extend_hierarchical, generate, interpolate
@@ -53,6 +53,49 @@ def test_long_video_chaining_keeps_context_and_keyframes(setup):
     assert torch.equal(filled[:, [0, 3, 6]], keys)
     uncond = extend_hierarchical(model, domain.diffusion, context[:, :0], 9, window=5, settings=s)
     assert uncond.shape == (2, 9, 1, 16, 16)
+
+
+def test_hierarchical_gap_windows_observe_both_ends(setup):
+    """Issue 17 item 6: length 17, window 5, 3 observed frames leaves a gap longer than a window; every
+    window after the keyframes' must observe its first and last frame (FDM), and make each frame once."""
+    model, domain = setup
+    windows = []
+
+    def recording(x, t, cond, frame_index=None, independent=None):
+        windows.append((tuple(frame_index[0].tolist()), tuple(cond[0, :, -1, 0, 0].bool().tolist())))
+        return model(x, t, cond, frame_index, independent)
+
+    recording.parameters = model.parameters
+    hier = extend_hierarchical(recording, domain.diffusion, _clips(t=3), 17, window=5,
+                               settings=SamplerSettings("ddim", 2))
+    assert hier.shape == (2, 17, 1, 16, 16)
+    calls = list(dict.fromkeys(windows))  # one entry per window (each is called once per sampler step)
+    (keys, key_mask), gaps = calls[0], calls[1:]
+    assert keys[:3] == (0, 1, 2) and keys[-1] == 16 and key_mask == (True,) * 3 + (False,) * 2
+    assert max(b - a for a, b in zip(keys, keys[1:])) > 4, "the test needs a gap longer than the window"
+    made = []
+    for index, observed in gaps:
+        assert len(index) <= 5 and list(index) == sorted(index)
+        assert observed == (True,) + (False,) * (len(index) - 2) + (True,), (index, observed)
+        made += index[1:-1]
+    assert sorted(made) == sorted(set(range(17)) - set(keys))  # every other frame generated exactly once
+
+
+def test_known_mask_varying_inside_a_frame_is_an_error(setup):
+    """Issue 17 item 5: a mask is one value per frame; one that varies inside a frame was cut to its first pixel."""
+    model, domain = setup
+    clips = _clips()
+    frames = torch.tensor([[1, 1, 0, 0, 0], [1, 0, 0, 0, 1]], dtype=torch.bool)
+    full = frames[:, :, None, None, None].expand(clips.shape)
+    outs = [domain.sample(model, 2, known=Known(m, clips), steps=2, sampler="ddim",
+                          generator=torch.Generator().manual_seed(0)) for m in (frames, full)]
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0][frames], clips[frames])
+    half = full.clone()
+    half[0, 0, :, :8] = False  # the left half of frame 0 unobserved
+    with pytest.raises(ValueError, match=r"shape \(2, 5, 1, 16, 16\) varies inside"):
+        domain.sample(model, 2, known=Known(half, clips), steps=2)
+    with pytest.raises(ValueError, match=r"mask of shape \(2, 4\) does not fit"):
+        domain.sample(model, 2, known=Known(frames[:, :4], clips), steps=2)
 
 
 class Shouts(nn.Module):

@@ -6,6 +6,7 @@ A mask is bool ``(B, T)``: True = the frame is observed (given clean), False = g
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate
 
 import torch
 from torch import Tensor
@@ -23,15 +24,19 @@ class TaskMix:
     interpolate: float = 0.2
     random: float = 0.15
 
-    def weights(self) -> Tensor:
-        w = torch.tensor([getattr(self, name) for name in TASKS], dtype=torch.float)
-        if (w < 0).any() or w.sum() <= 0:
-            raise ValueError(f"task probabilities must be >= 0 and not all 0, got {w.tolist()}")
-        return w / w.sum()
+    def weights(self) -> list[float]:
+        """The normalised probabilities, in the order of ``TASKS``."""
+        w = [float(getattr(self, name)) for name in TASKS]
+        if min(w) < 0 or sum(w) <= 0:
+            raise ValueError(f"task probabilities must be >= 0 and not all 0, got {dict(zip(TASKS, w))}")
+        return [x / sum(w) for x in w]
 
 
-def sample_masks(batch: int, frames: int, mix: TaskMix, generator: torch.Generator | None = None) -> Tensor:
-    """Draw one task per clip and return its observed-frame mask ``(batch, frames)``.
+def sample_masks(
+    batch: int, frames: int, mix: TaskMix, generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Draw one task per clip and return its observed-frame mask ``(batch, frames)`` on ``device``.
 
     * future: the first ``k`` frames observed, ``1 <= k < T``
     * past: the last ``k`` frames observed
@@ -39,27 +44,32 @@ def sample_masks(batch: int, frames: int, mix: TaskMix, generator: torch.Generat
     * random: each frame observed with probability 1/2
     * unconditional: nothing observed
 
-    Every clip keeps at least one generated frame.
+    Every clip keeps at least one generated frame. Everything is drawn on ``device`` (with
+    ``generator``, which must live there), so a training step never copies from the host.
     """
     if frames < 2:
         raise ValueError("masked conditioning needs clips of at least 2 frames")
-    task = torch.multinomial(mix.weights(), batch, replacement=True, generator=generator)
-    idx = torch.arange(frames).expand(batch, frames)
-    k = torch.randint(1, frames, (batch, 1), generator=generator)
-    a = torch.randint(1, max(frames - 1, 2), (batch, 1), generator=generator).clamp(max=frames - 2)
-    b = (torch.rand(batch, 1, generator=generator) * (frames - 1 - a)).floor().long().clamp(min=1)
-    rand = torch.rand(batch, frames, generator=generator) < 0.5
-    rand[torch.arange(batch), torch.randint(0, frames, (batch,), generator=generator)] = False
+    kw = {"generator": generator, "device": device}
+    u = torch.rand(batch, **kw)
+    cum = list(accumulate(mix.weights()))  # host floats: nothing is copied to the device
+    task = sum((u >= c / cum[-1]).long() for c in cum[:-1])  # index into TASKS (a 0-probability task: never)
+    idx = torch.arange(frames, device=device).expand(batch, frames)
+    k = torch.randint(1, frames, (batch, 1), **kw)
+    a = torch.randint(1, max(frames - 1, 2), (batch, 1), **kw).clamp(max=frames - 2)
+    b = (torch.rand(batch, 1, **kw) * (frames - 1 - a)).floor().long().clamp(min=1)
+    rand = torch.rand(batch, frames, **kw) < 0.5
+    rows = torch.arange(batch, device=device)
+    rand[rows, torch.randint(0, frames, (batch,), **kw)] = False
     options = torch.stack(
         [
-            torch.zeros(batch, frames, dtype=torch.bool),
+            torch.zeros(batch, frames, dtype=torch.bool, device=device),
             idx < k,
             idx >= frames - k,
             (idx < a) | (idx >= frames - b) if frames > 2 else idx < 1,
             rand,
         ]
     )
-    return options[task, torch.arange(batch)]
+    return options[task, rows]
 
 
 def pack_condition(observed: Tensor, mask: Tensor) -> Tensor:

@@ -16,7 +16,7 @@ from multigen.samplers import Known
 from .conditioning import TaskMix, nearest_observed, pack_condition, sample_masks
 from .data import MovingDigits, VideoFolder
 from .io import save_clip_grid
-from .metrics import best_and_mean, copy_last_frame, linear_blend
+from .metrics import best_and_mean_scores, copy_last_frame, linear_blend
 from .model import SpaceTimeUNet
 from .sampling import SamplerSettings, generate
 
@@ -138,7 +138,7 @@ class Video(GaussianDomain):
         B, T = batch.shape[:2]
         task = self.cfg.task
         mix = TaskMix(task.unconditional, task.future, task.past, task.interpolate, task.random)
-        mask = sample_masks(B, T, mix).to(batch.device)
+        mask = sample_masks(B, T, mix, device=batch.device)
         independent = None
         if task.image_prob > 0:
             independent = torch.rand(B, device=batch.device) < task.image_prob
@@ -165,13 +165,14 @@ class Video(GaussianDomain):
         generator: torch.Generator | None = None,
         progress: bool = False,
     ) -> Tensor:
-        """``n`` clips; with ``known`` (mask ``(n, T, 1, 1, 1)`` or ``(n, T)``) those frames are kept."""
+        """``n`` clips ``(n, T, C, H, W)``; with ``known`` (values ``(n, T, C, H, W)``, mask ``(n, T)`` or
+        ``(n, T, 1, 1, 1)``; a full-size mask must be constant inside each frame) those frames are kept."""
         shape = (n, *self.sample_shape())
         device = next(model.parameters()).device
         if known is None:
-            observed, mask = torch.zeros(shape, device=device), torch.zeros(n, shape[1], dtype=torch.bool)
+            observed, mask = torch.zeros(shape, device=device), None
         else:
-            observed, mask = known.values.expand(shape), known.mask.reshape(n, shape[1], -1)[..., 0].bool()
+            observed, mask = known.values.to(device).expand(shape), known.item_mask(shape, 2).to(device)
         return generate(model, self.diffusion, observed, mask, self.settings(steps, sampler), generator=generator,
                         progress=progress)
 
@@ -179,28 +180,38 @@ class Video(GaussianDomain):
         """Future prediction and interpolation on held-out clips, MCVD protocol, with trivial baselines.
 
         PSNR/SSIM average over the generated frames; ``*_best``/``*_mean`` are the best
-        and mean over ``eval.samples_per_clip`` samples per clip.
+        and mean over ``eval.samples_per_clip`` samples per clip (see :meth:`evaluation_scores`).
         """
-        e, T = self.cfg.eval, self.cfg.data.frames
         device = next(model.parameters()).device
-        n = min(e.num_clips, len(dataset))  # type: ignore[arg-type]
+        n = min(self.cfg.eval.num_clips, len(dataset))  # type: ignore[arg-type]
         clips = torch.stack([dataset[i] for i in range(n)]).to(device)
         g = torch.Generator(device=device).manual_seed(self.cfg.sample.seed + 2)
+        return {k: v.item() for k, v in self.evaluation_scores(model, clips, g).items()}
+
+    def evaluation_scores(self, model: nn.Module, clips: Tensor,
+                          generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """:meth:`evaluate`'s metrics for held-out ``clips`` ``(n, T, C, H, W)``, as 0-dim tensors on the
+        model's device (``generator`` lives there too)."""
+        e, T = self.cfg.eval, clips.shape[1]
+        device = next(model.parameters()).device
+        clips = clips.to(device)
         idx = torch.arange(T, device=device)
+        context = min(e.context, T - 1)
         tasks = {
-            "future": (idx < min(e.context, T - 1), lambda m: copy_last_frame(clips, int(m.sum()))),
+            "future": (idx < context, lambda m: copy_last_frame(clips, context)),
             "interp": ((idx == 0) | (idx == T - 1), lambda m: linear_blend(clips, m)),
         }
-        metrics: dict[str, float] = {}
+        metrics: dict[str, Tensor] = {}
         for name, (frame_mask, baseline) in tasks.items():
             reps = clips.repeat(e.samples_per_clip, 1, 1, 1, 1)
             out = torch.cat([
-                generate(model, self.diffusion, chunk, frame_mask.expand(len(chunk), T), self.settings(), generator=g)
+                generate(model, self.diffusion, chunk, frame_mask.expand(len(chunk), T), self.settings(),
+                         generator=generator)
                 for chunk in reps.split(e.batch_size)
             ])
-            samples = out.float().reshape(e.samples_per_clip, n, *clips.shape[1:])
-            scores = best_and_mean(samples, clips.float(), ~frame_mask)
-            base = best_and_mean(baseline(frame_mask)[None].float(), clips.float(), ~frame_mask)
+            samples = out.float().reshape(e.samples_per_clip, *clips.shape)
+            scores = best_and_mean_scores(samples, clips.float(), ~frame_mask)
+            base = best_and_mean_scores(baseline(frame_mask)[None].float(), clips.float(), ~frame_mask)
             metrics.update({f"{name}/{k}": v for k, v in scores.items()})
             metrics.update({f"{name}/baseline_{k.removesuffix('_mean')}": v for k, v in base.items() if "mean" in k})
         return metrics

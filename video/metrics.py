@@ -31,7 +31,7 @@ def ssim(x: Tensor, y: Tensor, data_range: float = 2.0) -> Tensor:
     return _ssim(a + 1, b + 1, data_range=data_range, size_average=False, win_size=win).reshape(lead)
 
 
-def best_and_mean(samples: Tensor, target: Tensor, generated: Tensor) -> dict[str, float]:
+def best_and_mean_scores(samples: Tensor, target: Tensor, generated: Tensor) -> dict[str, Tensor]:
     """MCVD protocol: per clip, the best and the mean over ``S`` samples of the frame-averaged score.
 
     Args:
@@ -40,16 +40,22 @@ def best_and_mean(samples: Tensor, target: Tensor, generated: Tensor) -> dict[st
         generated: bool ``(T,)`` or ``(B, T)``: the frames that were generated (scored).
 
     Returns:
-        ``psnr_best``, ``psnr_mean``, ``ssim_best``, ``ssim_mean``, averaged over clips.
+        ``psnr_best``, ``psnr_mean``, ``ssim_best``, ``ssim_mean``, averaged over clips, as 0-dim
+        tensors on ``target``'s device (nothing is read back to the host).
     """
     gen = generated.to(target.device).expand(target.shape[:2])
     out = {}
     for name, fn in (("psnr", psnr), ("ssim", ssim)):
         per_frame = fn(samples, target.expand_as(samples))  # (S, B, T); observed frames may be inf
         per_clip = torch.where(gen, per_frame, 0.0).sum(-1) / gen.sum(-1)  # (S, B)
-        out[f"{name}_best"] = per_clip.amax(0).mean().item()
-        out[f"{name}_mean"] = per_clip.mean().item()
+        out[f"{name}_best"] = per_clip.amax(0).mean()
+        out[f"{name}_mean"] = per_clip.mean()
     return out
+
+
+def best_and_mean(samples: Tensor, target: Tensor, generated: Tensor) -> dict[str, float]:
+    """:func:`best_and_mean_scores` as floats."""
+    return {k: v.item() for k, v in best_and_mean_scores(samples, target, generated).items()}
 
 
 def copy_last_frame(clip: Tensor, context: int) -> Tensor:
@@ -62,16 +68,16 @@ def copy_last_frame(clip: Tensor, context: int) -> Tensor:
 def linear_blend(clip: Tensor, observed: Tensor) -> Tensor:
     """Baseline for interpolation: unobserved frames blend linearly between the nearest observed ones.
 
-    ``observed`` is bool ``(T,)``; frames outside the observed range copy the nearest observed frame.
+    ``observed`` is bool ``(T,)`` with at least one True (not checked: that would read the device);
+    frames outside the observed range copy the nearest observed frame.
     """
     T = clip.shape[1]
+    obs = observed.to(clip.device)
     idx = torch.arange(T, device=clip.device)
-    obs = idx[observed.to(clip.device)]
-    if len(obs) == 0:
-        raise ValueError("linear_blend needs at least one observed frame")
-    right = torch.searchsorted(obs, idx).clamp(max=len(obs) - 1)
-    left = (right - (obs[right] > idx).long()).clamp(min=0)
-    lo, hi = obs[left], obs[right]
-    w = torch.where(hi > lo, (idx - lo).float() / (hi - lo).clamp(min=1).float(), torch.zeros(T, device=clip.device))
+    left = torch.where(obs, idx, -1).cummax(0).values  # last observed frame at or before each frame; -1: none
+    right = torch.where(obs, idx, T).flip(0).cummin(0).values.flip(0)  # first one at or after; T: none
+    lo = torch.where(left >= 0, left, right).clamp(0, T - 1)
+    hi = torch.where(right < T, right, left).clamp(0, T - 1)
+    w = torch.where(hi > lo, (idx - lo) / (hi - lo).clamp(min=1), 0.0)
     w = w.view(1, T, 1, 1, 1).to(clip.dtype)
     return (1 - w) * clip[:, lo] + w * clip[:, hi]

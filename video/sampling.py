@@ -44,7 +44,7 @@ def generate(
     model: nn.Module,
     diffusion: GaussianDiffusion,
     observed: Tensor,
-    mask: Tensor,
+    mask: Tensor | None,
     settings: SamplerSettings,
     frame_index: Tensor | None = None,
     generator: torch.Generator | None = None,
@@ -53,13 +53,16 @@ def generate(
     """Generate the frames where ``mask`` (bool ``(B, T)``) is False; keep the others exactly.
 
     ``observed`` ``(B, T, C, H, W)`` holds the observed frames (other entries are ignored);
+    ``mask=None`` observes nothing (unconditional clips of ``observed``'s shape);
     ``frame_index`` ``(B, T)`` gives the frames' positions in the video (default ``0..T-1``).
     With ``settings.residual`` the sampler draws ``x - nearest_observed(x)`` (exactly 0 on observed
     frames), and the output is that plus the reference, clamped to ``[-1, 1]``.
+    Every tensor is made on the model's device; ``generator`` must be on it too.
     """
-    B, T = mask.shape
+    B, T = observed.shape[:2]
     observed = observed.to(next(model.parameters()).device)
-    mask = mask.to(observed.device)
+    free = mask is None
+    mask = observed.new_zeros(B, T, dtype=torch.bool) if free else mask.to(observed.device)
     cond = pack_condition(observed, mask)
     reference = nearest_observed(observed, mask, frame_index) if settings.residual else None
 
@@ -69,7 +72,6 @@ def generate(
 
     guided = classifier_free_guidance(conditional, cond, torch.zeros_like(cond[0]), settings.guidance)
     target = observed if reference is None else observed - reference  # residual: exactly 0 where observed
-    known = Known(mask[:, :, None, None, None], target) if mask.any() else None
     out = sample(
         diffusion.denoiser(guided),
         tuple(observed.shape),
@@ -79,7 +81,7 @@ def generate(
         spacing=settings.spacing,
         eta=settings.eta,
         resample=settings.resample,
-        known=known,
+        known=None if free else Known(mask[:, :, None, None, None], target),
         generator=generator,
         device=observed.device,
         dtype=observed.dtype,
@@ -143,42 +145,55 @@ def extend_hierarchical(
     model, diffusion, first: Tensor, length: int, window: int, settings: SamplerSettings, progress: bool = False,
     **kw,
 ) -> Tensor:
-    """Generate ``length`` frames from observed ``first`` frames ``(B, K, C, H, W)`` in two passes.
+    """Generate ``length`` frames from observed ``first`` frames ``(B, K, C, H, W)`` hierarchically.
 
     Pass 1 places ``window`` keyframes at evenly spaced real indices over
-    ``[0, length)`` (the first ``K`` observed, the rest generated) in one window;
-    pass 2 fills each gap between consecutive keyframes, with the gap's real indices.
+    ``[0, length)`` (the first ``K`` observed, the rest generated) in one window.
+    Then every gap ``(a, b)`` between consecutive generated-or-observed frames is filled by one
+    window ``[a, new frames..., b]`` that observes both ends, as in FDM's hierarchy: a gap with at
+    most ``window - 2`` missing frames is filled at once; a longer one first gets ``window - 2``
+    evenly spaced frames, which split it into shorter gaps filled the same way. Frames carry
+    their real indices, so the relative frame encoding sees the true distances.
     """
     B, K = first.shape[:2]
     device = first.device
     if length <= window:
         observed = torch.cat([first, first.new_zeros(B, length - K, *first.shape[2:])], dim=1)
-        mask = (torch.arange(length, device=device) < K).expand(B, length)
+        mask = (torch.arange(length, device=device) < K).expand(B, length) if K else None
         return generate(model, diffusion, observed, mask, settings, **kw)
-    # Keyframe positions: the K observed frames, then evenly spaced up to the last frame.
-    rest = torch.linspace(K, length - 1, window - K).round().long()
-    key_index = torch.cat([torch.arange(K), rest]).to(device)
-    if len(set(key_index.tolist())) != window:
+    if not (window >= 3 and K < window):
+        raise ValueError(f"hierarchical generation needs a window of at least 3 frames (both ends and one new) "
+                         f"and fewer observed frames ({K}) than the window ({window})")
+    # Keyframes: the K observed frames, then evenly spaced up to the last frame (from frame 0 when K = 0).
+    if K:
+        key_index = list(range(K)) + [round(K - 1 + (length - K) * i / (window - K)) for i in range(1, window - K + 1)]
+    else:
+        key_index = [round((length - 1) * i / (window - 1)) for i in range(window)]
+    if len(set(key_index)) != window:
         raise ValueError(f"length {length} is too short for {window - K} keyframes after {K} observed frames")
     observed = torch.cat([first, first.new_zeros(B, window - K, *first.shape[2:])], dim=1)
-    mask = (torch.arange(window, device=device) < K).expand(B, window)
-    keys = generate(model, diffusion, observed, mask, settings, frame_index=key_index.expand(B, window), **kw)
+    mask = (torch.arange(window, device=device) < K).expand(B, window) if K else None
+    keys = generate(model, diffusion, observed, mask, settings,
+                    frame_index=torch.tensor(key_index, device=device).expand(B, window), **kw)
 
     video = first.new_zeros(B, length, *first.shape[2:])
     video[:, key_index] = keys
-    filled = torch.zeros(length, dtype=torch.bool, device=device)
-    filled[key_index] = True
-    gaps = [(int(a), int(b)) for a, b in zip(key_index[:-1], key_index[1:]) if b - a > 1]
-    for a, b in tqdm(gaps, desc="gaps", disable=not progress):
-        # Fill [a, b] in windows of at most `window` frames that keep both ends observed.
-        start = a
-        while start < b:
-            end = min(start + window - 1, b)
-            idx = torch.arange(start, end + 1, device=device)
-            known = filled[idx].expand(B, -1).clone()
-            known[:, -1] = filled[end]
-            out = generate(model, diffusion, video[:, idx], known, settings, frame_index=idx.expand(B, -1), **kw)
-            video[:, idx] = out
-            filled[idx] = True
-            start = end
+    gaps = [(a, b) for a, b in zip(key_index[:-1], key_index[1:]) if b - a > 1]
+    with tqdm(total=length - window, desc="frames", disable=not progress) as bar:
+        while gaps:
+            a, b = gaps.pop()
+            inner = list(range(a + 1, b)) if b - a - 1 <= window - 2 else _spread(a, b, window - 2)
+            idx = [a, *inner, b]
+            ends = torch.tensor([True] + [False] * len(inner) + [True], device=device).expand(B, -1)
+            index = torch.tensor(idx, device=device)
+            video[:, index] = generate(model, diffusion, video[:, index], ends, settings,
+                                       frame_index=index.expand(B, -1), **kw)
+            bar.update(len(inner))
+            gaps += [(i, j) for i, j in zip(idx[:-1], idx[1:]) if j - i > 1]
     return video
+
+
+def _spread(a: int, b: int, n: int) -> list[int]:
+    """``n`` distinct frame indices spread evenly over the open interval ``(a, b)``, increasing
+    (for ``b - a - 1 > n``: their spacing ``(b - a) / (n + 1)`` exceeds 1)."""
+    return [round(a + (b - a) * (i + 1) / (n + 1)) for i in range(n)]

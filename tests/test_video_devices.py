@@ -1,0 +1,125 @@
+"""The video domain on a device other than the CPU: masks, the loss, sampling, long videos, evaluation, the CLI.
+
+Every test takes the ``device`` fixture (tests/conftest.py): ``meta`` always, where a tensor made on
+the CPU by mistake meets a meta tensor and raises (and a Python ``if`` on a device tensor cannot be
+read); ``cuda`` (or ``$MULTIGEN_TEST_DEVICE``) when present, where the same code runs for real.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from multigen.config import load_config
+from multigen.samplers import Known
+from video.conditioning import TaskMix, nearest_observed, pack_condition, sample_masks
+from video.domain import Video, VideoConfig
+from video.metrics import linear_blend
+from video.sampling import SamplerSettings, extend_autoregressive, extend_hierarchical, interpolate, predict
+
+from .test_video_model import tiny_unet
+
+SHAPE = (2, 5, 1, 16, 16)
+
+
+def _generator(device: torch.device) -> torch.Generator | None:
+    """A seeded generator on ``device`` (meta has none: sampling there draws shapes only)."""
+    return None if device.type == "meta" else torch.Generator(device=device).manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def domain() -> Video:
+    return Video(load_config(VideoConfig, overrides=[
+        "data.frames=5", "data.size=16", "diffusion.timesteps=50", "sample.steps=2", "eval.samples_per_clip=2",
+        "eval.batch_size=3", "eval.context=2", "task.image_prob=0.5"]))
+
+
+def test_masks_and_conditions_are_made_on_the_device(device):
+    masks = sample_masks(6, 5, TaskMix(), generator=_generator(device), device=device)
+    assert masks.device == device and masks.shape == (6, 5) and masks.dtype == torch.bool
+    clips = torch.zeros(SHAPE, device=device)
+    cond = pack_condition(clips, masks[:2])
+    assert cond.device == device and cond.shape == (2, 5, 2, 16, 16)
+    ref = nearest_observed(clips, masks[:2], torch.arange(5, device=device).expand(2, 5) * 3)
+    assert ref.device == device and ref.shape == SHAPE
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_training_loss_keeps_to_the_device(device, domain, residual):
+    domain.cfg.model.residual = residual
+    model = tiny_unet().to(device)
+    batch = torch.zeros(3, 5, 1, 16, 16, device=device)
+    if device.type == "cuda":  # masks drawn on the device: the step never waits on a copy from the host
+        domain.training_loss(model, batch)  # warm-up (lazy CUDA initialisation may sync)
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = domain.training_loss(model, batch)
+    finally:
+        if device.type == "cuda":
+            torch.cuda.set_sync_debug_mode("default")
+    assert loss.device == device and loss.shape == ()
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm_solver_pp"])
+@pytest.mark.parametrize("with_known", [False, True], ids=["free", "known"])
+def test_sample_keeps_to_the_device(device, domain, sampler, with_known):
+    domain.cfg.model.residual = True
+    model = tiny_unet().to(device)
+    known = None
+    if with_known:
+        mask = torch.zeros(2, 5, dtype=torch.bool, device=device)
+        mask[:, :2] = True
+        known = Known(mask, torch.zeros(SHAPE, device=device))
+    out = domain.sample(model, 2, known=known, sampler=sampler, steps=2, generator=_generator(device))
+    assert out.device == device and out.shape == SHAPE
+
+
+def test_long_video_samplers_keep_to_the_device(device):
+    model = tiny_unet().to(device)
+    diffusion = Video(load_config(VideoConfig, overrides=["diffusion.timesteps=50"])).diffusion
+    s, g = SamplerSettings("ddim", 2, residual=True, guidance=2.0), _generator(device)
+    context = torch.zeros(2, 2, 1, 16, 16, device=device)
+    assert predict(model, diffusion, context, 5, s, generator=g).device == device
+    assert interpolate(model, diffusion, context, 2, s, generator=g).shape == (2, 4, 1, 16, 16)
+    auto = extend_autoregressive(model, diffusion, context, 7, 4, s, generator=g)
+    assert auto.device == device and auto.shape == (2, 7, 1, 16, 16)
+    for first in (context, context[:, :0]):  # with observed frames, and unconditional (as `multigen-video sample`)
+        for length in (4, 13):  # one window; keyframes and gaps longer than the window
+            hier = extend_hierarchical(model, diffusion, first, length, 4, s, generator=g)
+            assert hier.device == device and hier.shape == (2, length, 1, 16, 16)
+
+
+def test_evaluation_scores_keep_to_the_device(device, domain):
+    model = tiny_unet().to(device)
+    clips = torch.zeros(3, 5, 1, 16, 16, device=device)
+    scores = domain.evaluation_scores(model, clips, _generator(device))
+    assert set(scores) == {f"{task}/{k}" for task in ("future", "interp") for k in
+                           ("psnr_best", "psnr_mean", "ssim_best", "ssim_mean", "baseline_psnr", "baseline_ssim")}
+    assert all(v.device == device and v.shape == () for v in scores.values())
+    blend = linear_blend(clips, torch.tensor([True, False, False, False, True], device=device))
+    assert blend.device == device and blend.shape == clips.shape
+
+
+def test_cli_keeps_to_the_device(device, tmp_path):
+    """The CLI commands on the device (they write real files, so not on meta)."""
+    if device.type == "meta":
+        pytest.skip("the CLI writes frames it has computed; meta has no values")
+    from multigen.export import export_model
+    from video.cli import main
+    from video.io import read_video, write_video
+
+    domain = Video(load_config(VideoConfig, overrides=["data.frames=5", "data.size=16", "diffusion.timesteps=50",
+                                                       "sample.steps=2"]))
+    export = export_model(tiny_unet(), domain, tmp_path / "export")
+    video = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 1), dtype=np.uint8)
+    write_video(tmp_path / "in.npy", video)
+    common = ["--checkpoint", str(export), "--device", str(device)]
+    for mode in ("autoregressive", "hierarchical"):
+        out = tmp_path / f"{mode}.npy"
+        assert main(["predict", *common, "--input", str(tmp_path / "in.npy"), "--context", "2", "--frames", "11",
+                     "--mode", mode, "--out", str(out)]) == 0
+        assert np.array_equal(read_video(out)[:2], video[:2])
+    assert main(["interpolate", *common, "--input", str(tmp_path / "in.npy"), "--between", "2",
+                 "--out", str(tmp_path / "interp.npy")]) == 0
+    assert main(["sample", *common, "--num", "2", "--frames", "9", "--format", "npy", "--out", str(tmp_path / "s")]) == 0
