@@ -1,10 +1,13 @@
-"""Point operations in pure PyTorch, batched, with no Python loop over points.
+"""Point operations in PyTorch, batched, with no Python loop over points (FPS on CUDA: a Triton kernel).
 
 Conventions: coordinates are ``(B, N, 3)``; features are channels-first ``(B, C, N)``
 as the convolutional networks want them; index tensors are ``int64``.
 """
 
 from __future__ import annotations
+
+import functools
+import importlib.util
 
 import torch
 import torch.nn.functional as F
@@ -17,15 +20,28 @@ def square_distance(a: Tensor, b: Tensor) -> Tensor:
     return d.clamp_(min=0)
 
 
+@functools.cache
+def _triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
 def farthest_point_sample(xyz: Tensor, m: int, start: Tensor | None = None) -> Tensor:
     """Indices ``(B, m)`` of ``m`` points chosen by iterative farthest-point sampling.
 
-    Starts at index ``start`` ``(B,)`` (default 0, as PointNet++ does); each step is
-    vectorised over batch and points, so the loop runs ``m`` times, not ``N * m``.
+    Starts at index ``start`` ``(B,)`` (default 0, as PointNet++ does); a tie goes to the lowest index.
+    Float32 clouds on CUDA run the Triton kernel of :mod:`pointcloud.fps_triton` when Triton is
+    installed (the whole loop in one launch, tested equal to this function's loop). Otherwise each step
+    is vectorised over batch and points, so the loop runs ``m`` times, not ``N * m``.
     """
     B, N, _ = xyz.shape
     if not 0 < m <= N:
         raise ValueError(f"cannot sample {m} of {N} points")
+    if start is not None and start.shape != (B,):
+        raise ValueError(f"start must have shape ({B},), one index per cloud, got {tuple(start.shape)}")
+    if xyz.is_cuda and xyz.dtype == torch.float32 and _triton_available():
+        from .fps_triton import farthest_point_sample_triton
+
+        return farthest_point_sample_triton(xyz, m, start)
     idx = torch.empty(B, m, dtype=torch.long, device=xyz.device)
     nearest = torch.full((B, N), float("inf"), device=xyz.device, dtype=xyz.dtype)
     current = torch.zeros(B, dtype=torch.long, device=xyz.device) if start is None else start.long()

@@ -1,11 +1,19 @@
 """Point operations against the plain-loop references of :mod:`pointcloud.reference`."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 
 from pointcloud.ops import (
     ball_query, chamfer_distance, farthest_point_sample, group, knn, normalize_coords, trilinear_devoxelize, voxelize,
 )
 from pointcloud.reference import ball_query_loop, chamfer_dense, fps_loop, knn_loop, voxelize_loop
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def cloud(b=2, n=200, seed=0):
@@ -17,6 +25,61 @@ def test_fps_matches_naive():
     got = farthest_point_sample(xyz, 32)
     assert torch.equal(got, fps_loop(xyz, 32))
     assert len(set(got[0].tolist())) == 32
+
+
+def test_fps_from_given_start_breaks_ties_to_lowest_index():
+    # the 8 corners of a cube: from corner 0 the farthest is 7, then the other 6 tie (each 1 from 0 or 7)
+    corners = torch.tensor([[i >> 2 & 1, i >> 1 & 1, i & 1] for i in range(8)], dtype=torch.float32)[None]
+    assert farthest_point_sample(corners, 4).tolist() == [[0, 7, 1, 2]]
+    assert farthest_point_sample(corners, 3, torch.tensor([6])).tolist() == [[6, 1, 0]]
+
+
+def fps_cases() -> list[tuple[torch.Tensor, int, torch.Tensor | None, int]]:
+    """(cloud, m, start, max_block) cases: random float32 clouds of 1, 37 and 1 000 points from given starts
+    (and the default), and integer grid points, where most picks are ties, in one block and swept in tiles."""
+    cases = []
+    for n, ms in [(1, [1]), (37, [1, 4, 12]), (1000, [2, 12])]:
+        g = torch.Generator().manual_seed(n)
+        xyz = torch.randn(3, n, 3, generator=g) * torch.tensor([1.0, 0.5, 2.0])
+        start = torch.randint(0, n, (3,), generator=g)
+        cases += [(xyz, m, start, 16384) for m in ms] + [(xyz, ms[0], None, 16384)]
+    grid = torch.stack(torch.meshgrid(*[torch.arange(4.0)] * 3, indexing="ij"), -1).reshape(1, 64, 3)
+    grids = torch.cat([grid, grid[:, torch.randperm(64, generator=torch.Generator().manual_seed(0))]])
+    return cases + [(grids, 10, torch.tensor([0, 5]), 16384), (grids, 10, torch.tensor([0, 5]), 32)]
+
+
+INTERPRET = """
+import sys, torch
+from pointcloud.fps_triton import farthest_point_sample_triton
+cases = torch.load(sys.argv[1])
+torch.save([farthest_point_sample_triton(xyz, m, start, max_block) for xyz, m, start, max_block in cases], sys.argv[2])
+"""
+
+
+def test_fps_triton_kernel_equals_reference(tmp_path):
+    """The Triton kernel under Triton's interpreter equals the PyTorch loop, index for index. The interpreter
+    must be chosen before Triton is imported (its library functions are made then), hence a subprocess."""
+    pytest.importorskip("triton", reason="triton is not installed (the dev extra installs it on Linux)")
+    cases = fps_cases()
+    torch.save(cases, tmp_path / "cases.pt")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    subprocess.run([sys.executable, "-c", INTERPRET, tmp_path / "cases.pt", tmp_path / "out.pt"], env=env, cwd=REPO,
+                   check=True)
+    for (xyz, m, start, max_block), got in zip(cases, torch.load(tmp_path / "out.pt"), strict=True):
+        assert torch.equal(got, farthest_point_sample(xyz, m, start)), (xyz.shape, m, start, max_block)
+    grids, m, start, _ = cases[-1]
+    d = ((grids[:, :, None] - grids[:, None]) ** 2).sum(-1)
+    nearest = d.gather(1, farthest_point_sample(grids, m, start)[:, :, None].expand(-1, -1, 64)).cummin(1).values
+    ties = (nearest.amax(-1, keepdim=True) == nearest).sum(-1)[:, :-1]  # points at the largest distance
+    assert (ties > 1).float().mean() > 0.5  # most grid picks were ties
+
+
+def test_fps_triton_rejects_other_dtypes():
+    pytest.importorskip("triton", reason="triton is not installed (the dev extra installs it on Linux)")
+    from pointcloud.fps_triton import farthest_point_sample_triton
+
+    with pytest.raises(TypeError, match="float32"):
+        farthest_point_sample_triton(cloud(), 4)
 
 
 def test_knn_matches_brute_force_and_chunks_agree():
