@@ -1,0 +1,78 @@
+"""Optimisation steps per second through the shared trainer: ``Trainer.step()`` of a domain config, timed after
+warm-up steps with the periodic work (logging, sampling, checkpoints) left out, so the figure is the step itself:
+data loading, forward, backward, clipping, AdamW, EMA and the on-device non-finite check, with no host sync.
+
+    python benchmarks/trainer.py --runs video:default discrete:default [--steps 300] [KEY=VALUE ...]
+    python benchmarks/trainer.py --runs toy2d:tiny --steps 200          # a CPU check in seconds
+
+``KEY=VALUE`` overrides apply to every run (e.g. ``train.mixed_precision=bf16 train.compile=true``). Prints a
+table and writes ``benchmarks/out/trainer.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from accelerate.state import AcceleratorState, GradientState
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
+
+from multigen.benchmarking import write_results  # noqa: E402
+from multigen.config import load_config  # noqa: E402
+from multigen.domain import get_domain  # noqa: E402
+from multigen.trainer import Trainer  # noqa: E402
+
+
+def steps_per_second(domain: str, config: str, overrides: list[str], steps: int, warmup: int) -> dict:
+    """Steps/s of ``Trainer.step`` for ``configs/<domain>/<config>.yaml`` with ``overrides`` (fresh output dir)."""
+    AcceleratorState._reset_state(True)  # one Accelerator per run in this process
+    GradientState._reset_state()
+    domain_cls = get_domain(domain)
+    with tempfile.TemporaryDirectory() as out:
+        cfg = load_config(domain_cls.config_class, REPO / "configs" / domain / f"{config}.yaml", [
+            *overrides, f"train.output_dir={out}", "train.tensorboard=false", "train.checkpoint_every=0",
+            f"train.max_steps={warmup + steps}"])
+        trainer = Trainer(domain_cls, cfg)
+        trainer.resume()
+        for _ in range(warmup):
+            trainer.step()
+        sync = torch.cuda.synchronize if trainer.accelerator.device.type == "cuda" else lambda: None
+        sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            loss = trainer.step()
+        sync()
+        seconds = time.perf_counter() - start
+        trainer.check_finite()
+        t = cfg.train
+        return {"domain": domain, "config": config, "device": str(trainer.accelerator.device),
+                "batch": t.batch_size * t.grad_accum, "mixed_precision": t.mixed_precision, "compile": t.compile,
+                "steps": steps, "steps_per_s": steps / seconds, "ms_per_step": 1e3 * seconds / steps,
+                "final_loss": loss.item()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", nargs="+", default=["video:default", "discrete:default"],
+                        help="DOMAIN:CONFIG pairs (configs/<domain>/<config>.yaml)")
+    parser.add_argument("--steps", type=int, default=300, help="timed steps per run")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (allocation, compilation)")
+    parser.add_argument("--out", default="benchmarks/out/trainer.json")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    args = parser.parse_args()
+    rows = [steps_per_second(*run.split(":"), args.overrides, args.steps, args.warmup) for run in args.runs]
+    print("| run | device | batch | precision | compile | steps/s | ms/step |\n|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['domain']}:{r['config']} | {r['device']} | {r['batch']} | {r['mixed_precision']} | "
+              f"{r['compile']} | {r['steps_per_s']:.1f} | {r['ms_per_step']:.2f} |")
+    write_results(args.out, {"overrides": args.overrides, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
