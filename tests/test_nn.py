@@ -24,6 +24,26 @@ def test_attention_equals_naive_softmax_attention():
     torch.testing.assert_close(attention(q, k, v, bias), naive_attention(q, k, v, bias), rtol=1e-5, atol=1e-6)
 
 
+def test_folded_bias_equals_the_biased_attention_and_is_one_bias_free_4d_call(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 7, 3, 5, 12, generator=g) for _ in range(3))  # (b, positions, heads, L, D)
+    bias = torch.randn(2, 1, 3, 5, 5, generator=g) * 3  # per clip and head, shared by the positions
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(q, k, v, attn_mask=None, **kw):
+        calls.append((q.shape, attn_mask))
+        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    folded = attention(q, k, v, bias, fold_bias=True)
+    torch.testing.assert_close(folded, naive_attention(q, k, v, bias), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(attention(q, k, v, bias), folded, rtol=1e-5, atol=1e-5)
+    (shape, mask), unfolded = calls
+    assert shape == (2 * 7, 3, 5, 24) and mask is None  # 12 channels + 5 for the bias, padded to a multiple of 8
+    assert len(unfolded[0]) == 5 and unfolded[1] is not None  # the plain path: 5-D with a mask (SDPA's math kernel)
+
+
 def test_attention_module_shapes_and_bias_effect():
     m = Attention(16, heads=4)
     x = torch.randn(2, 7, 16)
@@ -34,6 +54,7 @@ def test_attention_module_shapes_and_bias_effect():
     x2[:, 3] += 1.0
     changed = (m(x2, bias) - out).abs().sum(-1) > 1e-6
     assert changed[:, 3].all() and not changed[:, [0, 1, 2, 4, 5, 6]].any()
+    torch.testing.assert_close(m.merge(attention(*m.project(x))), m(x))
 
 
 @pytest.mark.parametrize("dims", [1, 2, 3])

@@ -1,10 +1,14 @@
 """Space-time U-Net and masked conditioning: shapes, what mixes frames, the relative encoding, the loss."""
 
+import math
+
 import pytest
 import torch
+from einops import rearrange
 
+from multigen.nn import attention
 from video.conditioning import TaskMix, pack_condition, sample_masks
-from video.model import SpaceTimeUNet
+from video.model import SpaceTimeUNet, TemporalAttention, frame_distances
 
 
 def tiny_unet(**kw):
@@ -72,3 +76,48 @@ def test_task_masks_cover_every_task_and_keep_a_generated_frame():
     assert torch.equal(only_future, torch.arange(8).expand(500, 8) < k[:, None])
     with pytest.raises(ValueError):
         TaskMix(0, 0, 0, 0, 0).weights()
+
+
+@pytest.mark.parametrize("levers", [{"channels_last": True}, {"fold_frame_bias": True},
+                                    {"channels_last": True, "fold_frame_bias": True}])
+def test_speed_levers_keep_the_weights_and_the_outputs(levers, monkeypatch):
+    """channels_last / fold_frame_bias: the same state dict and outputs (to rounding); with the fold every
+    attention is a 4-D SDPA call without a mask, whose head size is a multiple of 8 (flash-eligible)."""
+    base = tiny_unet()
+    fast = SpaceTimeUNet(channels=1, base=16, mults=(1, 2), blocks=1, attn_levels=(1,), head_channels=8, **levers)
+    fast.load_state_dict(base.state_dict())
+    assert list(fast.state_dict()) == list(base.state_dict())
+    x, t = torch.randn(2, 5, 1, 16, 16), torch.rand(2)
+    fi, independent = torch.tensor([[0, 1, 2, 3, 4], [0, 3, 6, 20, 21]]), torch.tensor([False, True])
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(q, k, v, attn_mask=None, **kw):
+        calls.append((q.ndim, q.shape[-1], q.stride(-1), attn_mask is None))
+        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    with torch.no_grad():
+        ref = base(x, t, frame_index=fi, independent_frames=independent)
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+        out = fast(x, t, frame_index=fi, independent_frames=independent)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    if levers.get("fold_frame_bias"):
+        assert calls and all(c == (4, c[1], 1, True) and c[1] % 8 == 0 for c in calls), calls
+
+
+def test_independent_frames_attend_only_to_themselves_as_with_a_mask():
+    """Image mode takes each frame's own value instead of masking the other frames with -inf (same result,
+    and SDPA keeps its fused kernels)."""
+    torch.manual_seed(0)
+    layer = TemporalAttention(16, 2)
+    torch.nn.init.normal_(layer.attn.out.weight, std=0.1)
+    x, fi = torch.randn(2 * 4, 16, 3, 3), torch.tensor([[0, 1, 2, 3], [0, 5, 6, 9]])
+    independent = torch.tensor([True, False])
+    distances = frame_distances(fi)
+    with torch.no_grad():
+        out = layer(x, distances, independent)
+        q, k, v = layer.attn.project(rearrange(layer.norm(x), "(b t) c h w -> b (h w) t c", b=2))
+        blocked = independent.view(2, 1, 1, 1, 1) & ~torch.eye(4, dtype=torch.bool)
+        bias = layer.bias(distances)[:, None].masked_fill(blocked, -math.inf)
+        ref = x + rearrange(layer.attn.merge(attention(q, k, v, bias)), "b (h w) t c -> (b t) c h w", h=3)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)

@@ -50,6 +50,9 @@ class VideoModelConfig:
     # training learns the change rather than redrawing the frame (measured: +1.1 dB best-of-2 future PSNR
     # over direct generation for the same 500 steps).
     residual: bool = True
+    # GPU speed levers, same weights and state dict, outputs equal up to rounding (benchmarks/video.py mfu_rows):
+    channels_last: bool = False  # NHWC activations for the per-frame convolutions
+    fold_frame_bias: bool = False  # temporal attention as one bias-free call (SDPA's flash kernel)
 
 
 @dataclass
@@ -105,7 +108,7 @@ class Video(GaussianDomain):
         return SpaceTimeUNet(
             channels=d.channels, base=m.base_channels, mults=tuple(m.channel_mults), blocks=m.blocks,
             attn_levels=tuple(m.attn_levels), head_channels=m.head_channels, dropout=m.dropout,
-            temporal_attention=m.temporal_attention,
+            temporal_attention=m.temporal_attention, channels_last=m.channels_last, fold_frame_bias=m.fold_frame_bias,
         )
 
     def build_dataset(self, split: str) -> Dataset:

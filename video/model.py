@@ -15,14 +15,12 @@ function of frame-index differences only.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from multigen.nn import Attention, ResBlock, TimestepEmbedding, group_norm
+from multigen.nn import Attention, ResBlock, TimestepEmbedding, attention, group_norm
 
 
 def frame_distances(frame_index: Tensor) -> Tensor:
@@ -67,26 +65,30 @@ class TemporalAttention(nn.Module):
     """Self-attention across the frames at every spatial position, with its own relative frame bias.
 
     ``x`` is ``(B * T, C, H, W)``; ``distances`` ``(B, T, T, 1)`` from :func:`frame_distances`;
-    ``blocked`` bool ``(B, 1, T, T)`` or None marks pairs that may not attend.
+    ``independent`` bool ``(B,)`` or None: True makes a clip's frames attend only to themselves, whose
+    attention is then exactly each frame's own value (no mask is built: SDPA keeps its fused kernels).
+    ``fold_bias`` runs the biased attention as one bias-free 4-D call (see :func:`multigen.nn.attention`).
     """
 
-    def __init__(self, channels: int, heads: int) -> None:
+    def __init__(self, channels: int, heads: int, fold_bias: bool = False) -> None:
         super().__init__()
         self.norm = group_norm(channels)
         self.attn = Attention(channels, heads)
         self.bias = RelativeFrameBias(heads)
+        self.fold_bias = fold_bias
         nn.init.zeros_(self.attn.out.weight)
         nn.init.zeros_(self.attn.out.bias)
 
-    def forward(self, x: Tensor, distances: Tensor, blocked: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, distances: Tensor, independent: Tensor | None) -> Tensor:
         b = distances.shape[0]
         h, w = x.shape[-2:]
-        bias = self.bias(distances).to(x.dtype)
-        if blocked is not None:
-            bias = bias.masked_fill(blocked, -math.inf)
         seq = rearrange(self.norm(x), "(b t) c h w -> b (h w) t c", b=b)
-        out = self.attn(seq, bias[:, None])  # the bias broadcasts over positions
-        return x + rearrange(out, "b (h w) t c -> (b t) c h w", h=h, w=w)
+        q, k, v = self.attn.project(seq)  # each (b, h*w, heads, t, head_dim)
+        bias = self.bias(distances).to(x.dtype)[:, None]  # (b, 1, heads, t, t): broadcast over positions
+        out = attention(q, k, v, bias, self.fold_bias)
+        if independent is not None:
+            out = torch.where(independent.view(b, 1, 1, 1, 1), v, out)
+        return x + rearrange(self.attn.merge(out), "b (h w) t c -> (b t) c h w", h=h, w=w)
 
 
 class Level(nn.Module):
@@ -94,7 +96,7 @@ class Level(nn.Module):
 
     def __init__(
         self, in_ch: int, out_ch: int, emb_dim: int, blocks: int, spatial: bool, temporal: bool, head_channels: int,
-        dropout: float,
+        dropout: float, fold_bias: bool = False,
     ) -> None:
         super().__init__()
         heads = max(1, out_ch // head_channels)
@@ -102,13 +104,14 @@ class Level(nn.Module):
             ResBlock(in_ch if i == 0 else out_ch, out_ch, emb_dim, dims=2, dropout=dropout) for i in range(blocks)
         )
         self.spatial = nn.ModuleList(SpatialAttention(out_ch, heads) if spatial else nn.Identity() for _ in range(blocks))
-        self.temporal = nn.ModuleList(TemporalAttention(out_ch, heads) for _ in range(blocks)) if temporal else None
+        self.temporal = (nn.ModuleList(TemporalAttention(out_ch, heads, fold_bias) for _ in range(blocks))
+                         if temporal else None)
 
-    def forward(self, x: Tensor, emb: Tensor, distances: Tensor, blocked: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, emb: Tensor, distances: Tensor, independent: Tensor | None) -> Tensor:
         for i, res in enumerate(self.res):
             x = self.spatial[i](res(x, emb))
             if self.temporal is not None:
-                x = self.temporal[i](x, distances, blocked)
+                x = self.temporal[i](x, distances, independent)
         return x
 
 
@@ -123,6 +126,12 @@ class SpaceTimeUNet(nn.Module):
         attn_levels: indices of the levels with spatial self-attention (low resolutions).
         head_channels: channels per attention head (a level of C channels has C // head_channels heads).
         temporal_attention: False gives a per-frame image model (for ablations and tests).
+        channels_last: run the per-frame layers on channels-last activations (NHWC in memory: the
+            fast layout of bf16 convolutions on GPUs; the spatial attention's reshapes become views).
+            Same weights and state dict; outputs equal up to floating-point rounding.
+        fold_frame_bias: run the temporal attention as one bias-free 4-D call, its relative frame
+            bias folded into the heads, so SDPA can use its flash kernel (see :func:`multigen.nn.attention`).
+            Same weights; equal up to rounding.
     """
 
     def __init__(
@@ -135,9 +144,11 @@ class SpaceTimeUNet(nn.Module):
         head_channels: int = 32,
         dropout: float = 0.0,
         temporal_attention: bool = True,
+        channels_last: bool = False,
+        fold_frame_bias: bool = False,
     ) -> None:
         super().__init__()
-        self.channels = channels
+        self.channels, self.channels_last = channels, channels_last
         emb_dim = base * 4
         self.time_embed = TimestepEmbedding(emb_dim)
         self.inp = nn.Conv2d(2 * channels + 1, base, 3, padding=1)
@@ -146,15 +157,17 @@ class SpaceTimeUNet(nn.Module):
         self.downsample = nn.ModuleList()
         ch = base
         for i, w in enumerate(widths):
-            self.down.append(Level(ch, w, emb_dim, blocks, i in attn_levels, temporal_attention, head_channels, dropout))
+            self.down.append(Level(ch, w, emb_dim, blocks, i in attn_levels, temporal_attention, head_channels, dropout,
+                                   fold_frame_bias))
             ch = w
             last = i == len(widths) - 1
             self.downsample.append(nn.Identity() if last else nn.Conv2d(w, w, 3, stride=2, padding=1))
-        self.mid = Level(ch, ch, emb_dim, 2, True, temporal_attention, head_channels, dropout)
+        self.mid = Level(ch, ch, emb_dim, 2, True, temporal_attention, head_channels, dropout, fold_frame_bias)
         self.up = nn.ModuleList()
         self.upsample = nn.ModuleList()
         for i, w in reversed(list(enumerate(widths))):
-            self.up.append(Level(ch + w, w, emb_dim, blocks + 1, i in attn_levels, temporal_attention, head_channels, dropout))
+            self.up.append(Level(ch + w, w, emb_dim, blocks + 1, i in attn_levels, temporal_attention, head_channels,
+                                 dropout, fold_frame_bias))
             ch = w
             self.upsample.append(nn.Identity() if i == 0 else nn.Conv2d(w, w, 3, padding=1))
         self.out = nn.Sequential(group_norm(ch), nn.SiLU(), nn.Conv2d(ch, channels, 3, padding=1))
@@ -188,21 +201,18 @@ class SpaceTimeUNet(nn.Module):
         if frame_index is None:
             frame_index = torch.arange(T, device=x.device).expand(B, T)
         distances = frame_distances(frame_index)
-        blocked = None
-        if independent_frames is not None:
-            eye = torch.eye(T, dtype=torch.bool, device=x.device)
-            blocked = independent_frames.view(B, 1, 1, 1) & ~eye
         emb = self.time_embed(t).repeat_interleave(T, dim=0)
 
-        h = self.inp(rearrange(torch.cat([x, cond.to(x.dtype)], dim=2), "b t c h w -> (b t) c h w"))
+        h = rearrange(torch.cat([x, cond.to(x.dtype)], dim=2), "b t c h w -> (b t) c h w")
+        h = self.inp(h.contiguous(memory_format=torch.channels_last) if self.channels_last else h)
         skips = []
         for level, down in zip(self.down, self.downsample):
-            h = level(h, emb, distances, blocked)
+            h = level(h, emb, distances, independent_frames)
             skips.append(h)
             h = down(h)
-        h = self.mid(h, emb, distances, blocked)
+        h = self.mid(h, emb, distances, independent_frames)
         for level, up in zip(self.up, self.upsample):
-            h = level(torch.cat([h, skips.pop()], dim=1), emb, distances, blocked)
+            h = level(torch.cat([h, skips.pop()], dim=1), emb, distances, independent_frames)
             if not isinstance(up, nn.Identity):
                 h = up(F.interpolate(h, scale_factor=2.0, mode="nearest"))
         return rearrange(self.out(h), "(b t) c h w -> b t c h w", b=B)
