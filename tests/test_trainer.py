@@ -142,9 +142,12 @@ def assert_bit_identical(a, b, where: str = "") -> None:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
-def test_non_finite_loss_leaves_every_state_bit_identical(toy_cfg):
+@pytest.mark.parametrize("precision", ["no", pytest.param("fp16", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="fp16 loss scaling (GradScaler) needs CUDA"))])
+def test_non_finite_loss_leaves_every_state_bit_identical(toy_cfg, precision):
     # warmup and weight decay: a skipped step that still stepped the schedule or AdamW would show
-    cfg = toy_cfg("train.checkpoint_every=0", "train.warmup_steps=20", "train.weight_decay=0.1")
+    cfg = toy_cfg("train.checkpoint_every=0", "train.warmup_steps=20", "train.weight_decay=0.1",
+                  f"train.mixed_precision={precision}")
     trainer = Trainer(nan_at_step(13), cfg)  # step 13 logs nothing (log_every=10)
     trainer.resume()
     for _ in range(12):
@@ -156,7 +159,8 @@ def test_non_finite_loss_leaves_every_state_bit_identical(toy_cfg):
     with pytest.raises(NonFiniteLossError, match=r"\(nan\) at step 13; .*Last checkpoint: none"):
         trainer.check_finite()
     after = snapshot(trainer)
-    assert after["ema"]["n_averaged"] == 12 and after["optimizer"]["state"][0]["step"] == 12
+    assert after["ema"]["n_averaged"] == 12  # (fp16: the loss scaler may have skipped early AdamW steps itself)
+    assert precision == "fp16" or after["optimizer"]["state"][0]["step"] == 12
     assert_bit_identical(before, after)
 
 
