@@ -154,7 +154,8 @@ class EMA(nn.Module):
     """Exponential moving average of a model's parameters (its buffers are copied), updated on the device.
 
     ``module`` is the averaged copy: sample, evaluate and export it. The first counted update takes the
-    model's weights, later ones move ``1 - decay`` of the way towards them; ``n_averaged`` counts the updates.
+    model's weights (to rounding), later ones move ``1 - decay`` of the way towards them; ``n_averaged``
+    counts the updates.
     The state dict (``module.*``, ``n_averaged``) is the one of ``torch.optim.swa_utils.AveragedModel``,
     which earlier runs checkpointed.
     """
