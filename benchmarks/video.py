@@ -19,14 +19,22 @@ blend) is measured for each sampler setting (DDPM 250, DDIM 50, DPM-Solver++ 10/
 
     python benchmarks/video.py [--device cpu|cuda] [--configs tiny default gpu] [--batch N] [--peer] [--out ...]
     python benchmarks/video.py --quality runs/video/export [--clips 8] [--samplers ddim:50 ...] [--out ...]
+    python benchmarks/video.py --mfu [--variants ...] [--batches 8 16 32 64] [--budget S] [--dry-run] [--out ...]
+
+With ``--mfu`` (:func:`mfu_rows`, also called by ``benchmarks/gpu.py``), the gpu config's model FLOPs
+utilisation: FLOPs per training step from ``torch.utils.flop_counter``, seconds per bf16 AdamW step, against
+the bf16 rate of an 8192^3 matrix product timed in the same process, for each speed lever (channels-last
+activations, the temporal attention's bias folded for flash, ``torch.compile``) and batch.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -39,11 +47,11 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchm
 from multigen.benchmarking import quality_by_sampler, sampler_setting, time_train_steps, write_results  # noqa: E402
 
 
-def video_config(config: str, batch: int | None):
+def video_config(config: str, batch: int | None, overrides: list[str] | tuple[str, ...] = ()):
     from multigen.config import load_config
     from video.domain import VideoConfig
 
-    overrides = [f"train.batch_size={batch}"] if batch else []
+    overrides = ([f"train.batch_size={batch}"] if batch else []) + list(overrides)
     return load_config(VideoConfig, REPO / "configs" / "video" / f"{config}.yaml", overrides)
 
 
@@ -103,6 +111,140 @@ def peer_model(cfg, target_params: int, clips: torch.Tensor):
     return diffusion, lambda: diffusion(videos)
 
 
+# Model FLOPs utilisation of the gpu config: variant -> (model overrides, torch.compile). Each lever is a switch.
+MFU_VARIANTS = {
+    "eager": ([], False),
+    "channels_last": (["model.channels_last=true"], False),
+    "fold_bias": (["model.fold_frame_bias=true"], False),
+    "compile+channels_last+fold_bias": (["model.channels_last=true", "model.fold_frame_bias=true"], True),
+    "compile": ([], True),
+    "compile+channels_last": (["model.channels_last=true"], True),
+}
+MFU_BATCHES = (8, 16, 32, 64)
+DRY_RUN_VARIANTS = ["eager", "compile+channels_last+fold_bias"]  # every code path, in seconds
+
+
+def step_flops(cfg, batch: int = 1) -> float:
+    """FLOPs of one training step (loss and backward) at ``batch`` clips: ``torch.utils.flop_counter`` on one
+    step on the meta device (shapes only: no memory, seconds). Every counted op (convolutions, matmuls,
+    attention) works per clip, so a step costs ``batch`` times the step at batch 1 (checked by the tests)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from video.domain import Video
+
+    domain = Video(cfg)
+    with torch.device("meta"):
+        model = domain.build_model()
+    d = cfg.data
+    counter = FlopCounterMode(display=False)
+    with counter:
+        domain.training_loss(model, torch.zeros(batch, d.frames, d.channels, d.size, d.size, device="meta")).backward()
+    return float(counter.get_total_flops())
+
+
+def mfu_rows(
+    device: str = "cuda",
+    peak_tflops: float | None = None,
+    dry_run: bool = False,
+    batches: tuple[int, ...] | None = None,
+    variants: list[str] | None = None,
+    steps: int = 5,
+    budget_s: float | None = 100.0,
+) -> list[dict]:
+    """Model FLOPs utilisation of ``configs/video/gpu.yaml``'s training step for each variant and batch.
+
+    Per row: FLOPs per step (:func:`step_flops` at batch 1, times the batch), seconds per step (bf16 autocast on CUDA,
+    AdamW, after 2 warm-up steps, which include compiling), achieved TFLOP/s and MFU against ``peak_tflops``
+    (default: an 8192^3 bf16 matrix product timed here), and peak memory. Variants (:data:`MFU_VARIANTS`,
+    all by default) run in that order, each over ``batches`` (default 8, 16, 32, 64), stopping at the first
+    batch that runs out of memory; compiled models are compiled afresh (static shapes) for every batch.
+    Rows that would start after ``budget_s`` seconds are returned as skipped (None: no limit).
+    ``dry_run``: the tiny config at batch 1, one timed step, a 256^3 peak, by default only
+    :data:`DRY_RUN_VARIANTS`, and ``torch.compile(backend="eager")`` (the plumbing in seconds on a CPU; its
+    figures mean nothing).
+    """
+    from multigen.benchmarking import matmul_tflops
+
+    start = time.perf_counter()
+    steps = 1 if dry_run else steps
+    cuda = device.startswith("cuda")
+    config = "tiny" if dry_run else "gpu"
+    batches = tuple(batches or ((1,) if dry_run else MFU_BATCHES))
+    variants = list(variants or (DRY_RUN_VARIANTS if dry_run else MFU_VARIANTS))
+    unknown = sorted(set(variants) - set(MFU_VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown MFU variant(s) {unknown}; choose from {list(MFU_VARIANTS)}")
+    if peak_tflops is None:
+        peak_tflops = matmul_tflops(device, n=256 if dry_run else 8192, dtype=torch.bfloat16 if cuda else torch.float32)
+    per_clip = step_flops(video_config(config, None))  # times the batch: see step_flops
+    dtype = torch.bfloat16 if cuda else None
+    rows = []
+    for name in variants:
+        overrides, compiled = MFU_VARIANTS[name]
+        for batch in batches:
+            row = {"config": config, "variant": name, "batch": batch, "device": device, "tflop_per_step":
+                   per_clip * batch / 1e12, "peak_tflops": peak_tflops}
+            if budget_s is not None and time.perf_counter() - start > budget_s:
+                rows.append({**row, "status": f"skipped: past the {budget_s:.0f} s budget"})
+                continue
+            try:
+                row.update(_mfu_step(config, overrides, compiled, batch, device, dtype, steps, dry_run))
+            except torch.OutOfMemoryError:
+                rows.append({**row, "status": "out of memory"})
+                break
+            finally:
+                _release(device)
+            row["tflops"] = row["tflop_per_step"] / row["step_seconds"]
+            row["mfu_percent"] = 100 * row["tflops"] / peak_tflops
+            rows.append({**row, "status": "ok"})
+            print(json.dumps(rows[-1]), file=sys.stderr)
+    return rows
+
+
+def _mfu_step(config: str, overrides: list[str], compiled: bool, batch: int, device: str, dtype, steps: int,
+              dry_run: bool) -> dict:
+    """Seconds per training step and peak memory of one MFU variant (random clips: speed ignores content)."""
+    from video.domain import Video
+
+    cfg = video_config(config, batch, overrides)
+    domain = Video(cfg)
+    model = domain.build_model().to(device)
+    d = cfg.data
+    g = torch.Generator(device=device).manual_seed(0)
+    clips = torch.rand(batch, d.frames, d.channels, d.size, d.size, generator=g, device=device) * 2 - 1
+    net = model
+    if compiled:
+        torch._dynamo.reset()  # a fresh static-shape compile (no recompile limit across rows)
+        net = torch.compile(model, dynamic=False, backend="eager" if dry_run else "inductor")
+    t0 = time.perf_counter()
+    seconds, peak = time_train_steps(lambda: domain.training_loss(net, clips), model.parameters(), device, dtype,
+                                     steps)
+    total = time.perf_counter() - t0
+    return {"step_seconds": seconds, "clips_per_second": batch / seconds, "peak_memory_MB": peak / 2**20,
+            "warmup_seconds": total - seconds * steps}
+
+
+def _release(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def mfu_table(rows: list[dict]) -> str:
+    """The rows of :func:`mfu_rows` as a markdown table."""
+    lines = ["| variant | batch | TFLOP/step | s/step | TFLOP/s | MFU | peak memory | warm-up s | status |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cells = [r["variant"], r["batch"], f"{r['tflop_per_step']:.2f}"]
+        if r["status"] == "ok":
+            cells += [f"{r['step_seconds']:.3f}", f"{r['tflops']:.1f}", f"{r['mfu_percent']:.1f} %",
+                      f"{r['peak_memory_MB']:.0f} MB", f"{r['warmup_seconds']:.0f}"]
+        else:
+            cells += [""] * 5
+        lines.append("| " + " | ".join(str(c) for c in [*cells, r["status"]]) + " |")
+    return "\n".join(lines)
+
+
 SAMPLER_SETTINGS = [("ddpm", 250), ("ddim", 50), ("dpm_solver_pp", 10), ("dpm_solver_pp", 25)]
 
 
@@ -117,11 +259,22 @@ def main() -> None:
     parser.add_argument("--samplers", nargs="+", type=sampler_setting, default=SAMPLER_SETTINGS,
                         metavar="SAMPLER:STEPS", help="--quality: the sampler settings to compare")
     parser.add_argument("--clips", type=int, default=8, help="--quality: held-out clips")
+    parser.add_argument("--mfu", action="store_true", help="model FLOPs utilisation of the gpu config (mfu_rows)")
+    parser.add_argument("--variants", nargs="+", choices=list(MFU_VARIANTS), help="--mfu: the variants (default all)")
+    parser.add_argument("--batches", nargs="+", type=int, help="--mfu: the batch sweep (default 8 16 32 64)")
+    parser.add_argument("--budget", type=float, help="--mfu: start no row after this many seconds (default none)")
+    parser.add_argument("--dry-run", action="store_true", help="--mfu: the tiny config at batch 1, in seconds")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one config, print JSON
     parser.add_argument("--out", default="benchmarks/out/video.json")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.one, args.device, args.batch, args.steps, args.peer)))
+        return
+    if args.mfu:
+        rows = mfu_rows(args.device, dry_run=args.dry_run, batches=args.batches, variants=args.variants,
+                        budget_s=args.budget)
+        print(mfu_table(rows))
+        write_json(args, rows)
         return
 
     if args.quality:

@@ -1,0 +1,34 @@
+"""benchmarks/video.py's MFU measurement (run on a GPU by benchmarks/gpu.py): its FLOP count and its dry run."""
+
+import importlib.util
+
+import pytest
+
+from .conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("benchmarks_video", REPO / "benchmarks" / "video.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_step_flops_are_per_clip(bench):
+    cfg = bench.video_config("tiny", None, ["task.image_prob=0.5"])
+    one = bench.step_flops(cfg)
+    assert one > 0 and bench.step_flops(cfg, 3) == 3 * one  # so mfu_rows counts batch 1 and multiplies
+
+
+def test_mfu_dry_run_gives_rows_and_a_table(bench):
+    rows = bench.mfu_rows("cpu", peak_tflops=1.0, dry_run=True, variants=["eager", "fold_bias"])
+    assert [(r["variant"], r["batch"], r["status"]) for r in rows] == [("eager", 1, "ok"), ("fold_bias", 1, "ok")]
+    r = rows[0]
+    assert r["step_seconds"] > 0 and r["mfu_percent"] == pytest.approx(100 * r["tflop_per_step"] / r["step_seconds"])
+    skipped = bench.mfu_rows("cpu", peak_tflops=1.0, dry_run=True, variants=["compile"], budget_s=-1)
+    assert skipped[0]["status"].startswith("skipped")
+    table = bench.mfu_table(rows + skipped).splitlines()
+    assert len(table) == 2 + 3 and all(line.count("|") == 10 for line in table)
+    with pytest.raises(ValueError, match="unknown MFU variant"):
+        bench.mfu_rows("cpu", peak_tflops=1.0, dry_run=True, variants=["fast"])
