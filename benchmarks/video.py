@@ -112,11 +112,11 @@ def peer_model(cfg, target_params: int, clips: torch.Tensor):
 
 
 # Model FLOPs utilisation of the gpu config: variant -> (model overrides, torch.compile). Each lever is a switch.
-MFU_VARIANTS = {
+MFU_VARIANTS = {  # in the order measured: the baseline and the expected best first
     "eager": ([], False),
+    "compile+channels_last+fold_bias": (["model.channels_last=true", "model.fold_frame_bias=true"], True),
     "channels_last": (["model.channels_last=true"], False),
     "fold_bias": (["model.fold_frame_bias=true"], False),
-    "compile+channels_last+fold_bias": (["model.channels_last=true", "model.fold_frame_bias=true"], True),
     "compile": ([], True),
     "compile+channels_last": (["model.channels_last=true"], True),
 }
@@ -155,10 +155,12 @@ def mfu_rows(
 
     Per row: FLOPs per step (:func:`step_flops` at batch 1, times the batch), seconds per step (bf16 autocast on CUDA,
     AdamW, after 2 warm-up steps, which include compiling), achieved TFLOP/s and MFU against ``peak_tflops``
-    (default: an 8192^3 bf16 matrix product timed here), and peak memory. Variants (:data:`MFU_VARIANTS`,
-    all by default) run in that order, each over ``batches`` (default 8, 16, 32, 64), stopping at the first
-    batch that runs out of memory; compiled models are compiled afresh (static shapes) for every batch.
-    Rows that would start after ``budget_s`` seconds are returned as skipped (None: no limit).
+    (default: an 8192^3 bf16 matrix product timed here), and peak memory. For each batch of ``batches``
+    (default 8, 16, 32, 64), the ``variants`` (:data:`MFU_VARIANTS`, all by default) in that order; a variant
+    that runs out of memory is not tried at larger batches. Compiled models are compiled afresh (static
+    shapes) for every batch. Rows that would not end within ``budget_s`` seconds of the start are returned
+    as skipped (None: no limit; a compiled row is assumed to need 60 s, then as long as the longest compile
+    seen), so that a caller with a time box gets what fits: the baseline and the expected best first.
     ``dry_run``: the tiny config at batch 1, one timed step, a 256^3 peak, by default only
     :data:`DRY_RUN_VARIANTS`, and ``torch.compile(backend="eager")`` (the plumbing in seconds on a CPU; its
     figures mean nothing).
@@ -179,21 +181,30 @@ def mfu_rows(
     per_clip = step_flops(video_config(config, None))  # times the batch: see step_flops
     dtype = torch.bfloat16 if cuda else None
     rows = []
-    for name in variants:
-        overrides, compiled = MFU_VARIANTS[name]
-        for batch in batches:
+    compile_seconds = 0.0 if dry_run else 60.0  # a compiled row needs this much budget left (then: the longest seen)
+    out_of_memory: set[str] = set()
+    for batch in batches:
+        for name in variants:
+            if name in out_of_memory:
+                continue
+            overrides, compiled = MFU_VARIANTS[name]
             row = {"config": config, "variant": name, "batch": batch, "device": device, "tflop_per_step":
                    per_clip * batch / 1e12, "peak_tflops": peak_tflops}
-            if budget_s is not None and time.perf_counter() - start > budget_s:
-                rows.append({**row, "status": f"skipped: past the {budget_s:.0f} s budget"})
+            needed = compile_seconds if compiled else 0.0
+            if budget_s is not None and time.perf_counter() - start + needed > budget_s:
+                rows.append({**row, "status": f"skipped: the {budget_s:.0f} s budget"})
                 continue
             try:
                 row.update(_mfu_step(config, overrides, compiled, batch, device, dtype, steps, dry_run))
             except torch.OutOfMemoryError:
-                rows.append({**row, "status": "out of memory"})
-                break
-            finally:
-                _release(device)
+                row["status"] = "out of memory"
+            _release(device)  # after the except clause: its traceback no longer holds the step's tensors
+            if row.get("status"):
+                rows.append(row)
+                out_of_memory.add(name)
+                continue
+            if compiled:
+                compile_seconds = max(compile_seconds, row["warmup_seconds"])
             row["tflops"] = row["tflop_per_step"] / row["step_seconds"]
             row["mfu_percent"] = 100 * row["tflops"] / peak_tflops
             rows.append({**row, "status": "ok"})
