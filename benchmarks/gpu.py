@@ -11,8 +11,9 @@ rewritten after every section, so a run stopped from outside still leaves what i
 
 * ``matmul``: the bf16 rate of an 8192^3 matrix product (the practical peak for MFU), in this process.
 * ``video``: ``benchmarks/video.py --configs default gpu --peer`` (ours against video-diffusion-pytorch).
-* ``mfu``: the hook for ``benchmarks/video.py``'s ``mfu_rows(device, peak_tflops, dry_run)``, called with the
-  parameters it names, when it exists; else recorded as not available.
+* ``mfu``: the hook for ``benchmarks/video.py``'s ``mfu_rows(device, peak_tflops, dry_run, budget_s)``, called
+  with the parameters it names, when it exists (else recorded as not available); it runs last and gets what is
+  left of the budget.
 * ``pointcloud``: ``benchmarks/pointcloud.py`` (train step at 2 048 points, batch 8, per config; ops; metrics).
 * ``discrete``: ``benchmarks/discrete.py --throughput`` (closed-form against dense transitions; tokens/s).
 * ``tests`` and ``train``, concurrently: ``pytest -m "gpu and not slow"`` with ``MULTIGEN_TEST_DEVICE=cuda``
@@ -22,7 +23,8 @@ rewritten after every section, so a run stopped from outside still leaves what i
   Steps/s are read from the times the run's ``log.jsonl`` records appear, with the three runs and the tests
   sharing the GPU.
 
-The speed sections run one after another, alone on the GPU; a dry run runs every section at once.
+On a GPU the tests and trainer runs go first, then the speed sections one after another, alone on the GPU;
+a dry run runs every section at once.
 """
 
 from __future__ import annotations
@@ -265,7 +267,7 @@ def video_section(check: Check) -> Section:
         ours = {x["config"]: x for x in rows if x["model"].startswith("multigen")}
         peer = {x["config"]: x for x in rows if not x["model"].startswith("multigen")}
         r["ours_vs_peer"] = [
-            {"config": c, "params_M ours / peer": f"{ours[c]['params_M']:.1f} / {peer[c]['params_M']:.1f}",
+            {"config": c, "params_M ours / peer": f"{ours[c]['params_M']:.2f} / {peer[c]['params_M']:.2f}",
              "s/step ours": ours[c]["step_seconds"], "s/step peer": peer[c]["step_seconds"],
              "speed-up": peer[c]["step_seconds"] / ours[c]["step_seconds"],
              "peak MB ours": ours[c]["peak_memory_MB"], "peak MB peer": peer[c]["peak_memory_MB"]}
@@ -286,17 +288,19 @@ def mfu_hook_parameters() -> list[str] | None:
 
 def mfu_section(check: Check) -> Section:
     """HOOK: MFU of the video gpu config over variants and batches, by ``benchmarks/video.py``'s ``mfu_rows``
-    (``mfu_rows(device, peak_tflops, dry_run)``; it gets those of the three that it names), given the peak
-    measured by the matmul section. Recorded as not available while the function does not exist; in a dry run
-    it is called only if it takes ``dry_run`` (a CPU cannot run the gpu config)."""
-    out = check.work / "mfu.json"
+    (``mfu_rows(device, peak_tflops, dry_run, budget_s)``; it gets those that it names), given the peak measured
+    by the matmul section and the seconds left to it. Recorded as not available while the function does not
+    exist; in a dry run it is called only if it takes ``dry_run`` (a CPU cannot run the gpu config)."""
+    out, box = check.work / "mfu.json", 240
     params = mfu_hook_parameters()
     peak = check.results["sections"].get("matmul", {}).get("tflops")
 
     def jobs() -> list[Job]:
         if params is None or (check.dry and "dry_run" not in params):
             return []
-        cmd = [check.py, __file__, "--mfu-hook", "--work", str(check.work), "--device", check.device]
+        seconds = min(box * check.box_scale, check.left()) - 20  # its rows stop in time; start-up and exit
+        cmd = [check.py, __file__, "--mfu-hook", "--work", str(check.work), "--device", check.device,
+               "--seconds", str(seconds)]
         return [Job(cmd + (["--peak", str(peak)] if peak else []) + (["--dry-run"] if check.dry else []),
                     check.work / "mfu.log")]
 
@@ -307,7 +311,7 @@ def mfu_section(check: Check) -> Section:
             return {"status": "not available", "note": note}
         return {"peak_tflops": peak, "rows": json.loads(out.read_text()) if out.exists() else []}
 
-    return Section("mfu", 120, jobs, result)
+    return Section("mfu", box, jobs, result)
 
 
 def run_mfu_hook(args: argparse.Namespace) -> None:
@@ -315,9 +319,9 @@ def run_mfu_hook(args: argparse.Namespace) -> None:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("benchmarks_video", REPO / "benchmarks" / "video.py")
-    module = importlib.util.module_from_spec(spec)
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    offered = {"device": args.device, "peak_tflops": args.peak, "dry_run": args.dry_run}
+    offered = {"device": args.device, "peak_tflops": args.peak, "dry_run": args.dry_run, "budget_s": args.seconds}
     names = inspect.signature(module.mfu_rows).parameters
     rows = module.mfu_rows(**{k: v for k, v in offered.items() if k in names})
     (Path(args.work) / "mfu.json").write_text(json.dumps(rows, indent=2))
@@ -548,7 +552,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--work", help="folder for the runs and raw outputs (default: a new temporary one)")
     parser.add_argument("--train-one", choices=DOMAINS, help=argparse.SUPPRESS)  # internal: one trainer run
-    parser.add_argument("--seconds", type=float, help=argparse.SUPPRESS)  # internal: --train-one's time
+    parser.add_argument("--seconds", type=float, help=argparse.SUPPRESS)  # internal: --train-one's, --mfu-hook's
     parser.add_argument("--mfu-hook", action="store_true", help=argparse.SUPPRESS)  # internal: call mfu_rows
     parser.add_argument("--peak", type=float, help=argparse.SUPPRESS)  # internal: --mfu-hook's peak TFLOP/s
     args = parser.parse_args()
@@ -567,9 +571,9 @@ def main() -> None:
     try:
         check.save()
         matmul_section(check)
-        speed = [video_section(check), mfu_section(check), pointcloud_section(check), discrete_section(check)]
         correctness = [tests_section(check), train_section(check)]
-        for phase in [speed + correctness] if check.dry else [*([s] for s in speed), correctness]:
+        speed = [video_section(check), pointcloud_section(check), discrete_section(check), mfu_section(check)]
+        for phase in [correctness + speed] if check.dry else [correctness, *([s] for s in speed)]:
             check.run_phase(phase)
     finally:
         check.kill_all()
