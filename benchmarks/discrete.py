@@ -12,7 +12,17 @@ of the tensors each method materialises, computed from their shapes).
 Part 2 (``--throughput``) measures training tokens per second of the shipped text
 configs' transformer.
 
+Part 3 (``--infill``) compares two ways of showing the known part to the model while infilling:
+clean at every level (the sampler's way) and drawn afresh from ``q(x_t | x_0)`` at each level
+(RePaint's way for Gaussian data, proposed in issue 17; a wrapper around the model does it).
+First with the exact x0 posterior of a small random joint distribution (4 tokens, K = 3, by
+enumeration): total-variation distance of the infilled samples to the true conditional, next
+to an oracle that is told the known token exactly. Then with the tiny text config trained with
+the uniform transition once per seed: infill accuracy on held-out text (the share of generated
+characters equal to the held-out truth).
+
     python benchmarks/discrete.py [--device cpu|cuda] [--vocab 27 256 8192] [--tokens 16384] [--throughput]
+    python benchmarks/discrete.py --skip-transitions --infill [--seeds 0 1 2] [--train-steps 600]
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 # This script shares its name with the package it measures: import the package, not the script.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
-from discrete.d3pm import D3PM, Absorbing, Uniform, d3pm_betas  # noqa: E402
+from discrete.d3pm import D3PM, Absorbing, DiscretizedGaussian, Uniform, d3pm_betas  # noqa: E402
 from multigen.benchmarking import timed, write_results  # noqa: E402
 
 
@@ -142,6 +152,101 @@ def throughput(device: str, steps: int) -> list[dict]:
     return rows
 
 
+def _noised(model, known, process: D3PM):
+    """``model`` shown the known part drawn from ``q(x_t | values)`` at each call instead of clean."""
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return model(torch.where(known.mask, process.q_sample(known.values, t), x), t)
+
+    return fn
+
+
+def infill_exact(seeds: list[int], T: int, n: int) -> list[dict]:
+    """TV distance to the true conditional of infilled samples from the exact x0 posterior of a random joint
+    over 4 tokens of K = 3 (the first one known), uniform and discretised-Gaussian, known part clean or noised;
+    ``oracle`` conditions the posterior on the known token exactly (what the sampler would do if it could)."""
+    import itertools
+
+    from multigen.samplers import Known
+
+    K, L, v = 3, 4, 1
+    seqs = torch.tensor(list(itertools.product(range(K), repeat=L)))  # (K^L, L), first token most significant
+    onehots = F.one_hot(seqs, K).double().reshape(len(seqs), L * K)
+    rows = []
+    for kind, cls, schedule in (("uniform", Uniform, "cosine"), ("gaussian", DiscretizedGaussian, "linear")):
+        process = D3PM(cls(K, d3pm_betas(schedule, T)))
+        for seed in seeds:
+            logp = torch.randn(len(seqs), generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 2.5
+
+            def posterior(x: torch.Tensor, t: torch.Tensor, oracle: bool = False) -> torch.Tensor:
+                like = process.transition.likelihood(x, t)  # (B, L, K): q(x_t_j | x0_j = k)
+                if oracle:
+                    like = torch.cat([F.one_hot(torch.tensor(v), K).double().expand_as(like[:, :1]), like[:, 1:]], 1)
+                ll = like.clamp_min(1e-300).log()[:, torch.arange(L)[None, :], seqs].sum(-1)  # (B, K^L)
+                return (torch.softmax(ll + logp, -1) @ onehots).reshape(-1, L, K).clamp_min(1e-300).log()
+
+            mask = (torch.arange(L) == 0).expand(n, L)
+            known = Known(mask, torch.full((n, L), v))
+            truth = torch.softmax(logp, 0) * (seqs[:, 0] == v)
+            truth = truth / truth.sum()
+            row = {"transition": kind, "seed": seed, "T": T, "samples": n}
+            for name, fn in (("clean", posterior), ("noised", _noised(posterior, known, process)),
+                             ("oracle", lambda x, t: posterior(x, t, oracle=True))):
+                x = process.sample(fn, (n, L), known=known, device="cpu", generator=torch.Generator().manual_seed(seed))
+                freq = torch.bincount((x * K ** torch.arange(L - 1, -1, -1)).sum(1), minlength=len(seqs)) / n
+                row[f"tv_{name}"] = 0.5 * (freq.double() - truth).abs().sum().item()
+            rows.append(row)
+            print(f"exact posterior, {kind}, seed {seed}: TV to the true conditional clean {row['tv_clean']:.3f}, "
+                  f"noised {row['tv_noised']:.3f}, oracle {row['tv_oracle']:.3f}")
+    return rows
+
+
+def infill(device: str, seeds: list[int], train_steps: int, windows: int, hidden: float) -> dict:
+    """Train the tiny config with the uniform transition per seed (plain AdamW loop) and infill ``hidden`` of
+    the characters of ``windows`` held-out windows, with known characters kept clean or noised to each level."""
+    from discrete.domain import Discrete, DiscreteConfig
+    from multigen.config import load_config
+    from multigen.samplers import Known
+
+    rows = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        cfg = load_config(DiscreteConfig, REPO / "configs" / "discrete" / "tiny.yaml", ["process.transition=uniform"])
+        domain = Discrete(cfg)
+        domain.fit()
+        model = domain.build_model().to(device)
+        data = domain.build_dataset("train")
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+        g = torch.Generator().manual_seed(seed)
+        start = time.perf_counter()
+        for step in range(train_steps):
+            for group in opt.param_groups:
+                group["lr"] = cfg.train.lr * min(1.0, (step + 1) / cfg.train.warmup_steps)
+            idx = torch.randint(0, len(data), (cfg.train.batch_size,), generator=g)
+            loss = domain.training_loss(model, torch.stack([data[int(i)] for i in idx]).to(device))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        train_seconds = time.perf_counter() - start
+        model.eval()
+        val = domain.build_dataset("val")
+        truth = torch.stack([val[i] for i in range(min(windows, len(val)))]).to(device)
+        known = Known(torch.rand(truth.shape, generator=g).to(device) >= hidden, truth)
+        row = {"seed": seed, "train_steps": train_steps, "train_seconds": train_seconds, "generated": 0}
+
+        for name, fn in (("clean", model), ("noised", _noised(model, known, domain.process))):
+            out = domain.process.sample(fn, truth.shape, known=known, device=device,
+                                        generator=torch.Generator(device=device).manual_seed(seed))
+            generated = ~known.mask
+            row[f"accuracy_{name}"] = ((out == truth) & generated).sum().item() / generated.sum().item()
+            row["generated"] = generated.sum().item()
+        rows.append(row)
+        print(f"seed {seed}: trained {train_steps} steps in {train_seconds:.0f} s; infill accuracy "
+              f"clean {row['accuracy_clean']:.3f}, noised {row['accuracy_noised']:.3f} ({row['generated']} characters)")
+    return {"rows": rows, "windows": len(truth), "hidden": hidden}
+
+
 def curve(device: str, out_dir: Path, eval_every: int, sampling_steps: list[int], sequences: int) -> dict:
     """Train the default text config, logging held-out bits/char every ``eval_every`` steps, then score
     the export's held-out ELBO for the chains that sampling with fewer steps runs."""
@@ -189,6 +294,14 @@ def main() -> None:
     parser.add_argument("--sampling-steps", type=int, nargs="+", default=[256, 128, 64, 32, 16, 8, 4])
     parser.add_argument("--sequences", type=int, default=64, help="held-out sequences scored for the curves")
     parser.add_argument("--skip-transitions", action="store_true")
+    parser.add_argument("--infill", action="store_true",
+                        help="infilling with the known part clean or noised to each level: exact posterior of a "
+                             "small joint (TV), then a tiny uniform text model (accuracy)")
+    parser.add_argument("--infill-samples", type=int, default=20000, help="infilled samples per exact-posterior case")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--train-steps", type=int, default=600)
+    parser.add_argument("--windows", type=int, default=256, help="held-out windows infilled per seed")
+    parser.add_argument("--hidden", type=float, default=0.25, help="share of characters hidden and generated")
     parser.add_argument("--out", default="benchmarks/out/discrete.json")
     args = parser.parse_args()
 
@@ -203,6 +316,20 @@ def main() -> None:
         for r in result["throughput"]:
             print(f"| {r['config']} | {r['params_M']:.2f} M | {r['objective']} | {r['batch_tokens']} | "
                   f"{r['step_seconds']:.3f} | {r['tokens_per_second']:.0f} |")
+    if args.infill:
+        exact = result["infill_exact"] = infill_exact(args.seeds, 20, args.infill_samples)
+        print("\n| transition | seed | TV clean | TV noised | TV oracle |\n|---|---|---|---|---|")
+        for row in exact:
+            print(f"| {row['transition']} | {row['seed']} | {row['tv_clean']:.3f} | {row['tv_noised']:.3f} | "
+                  f"{row['tv_oracle']:.3f} |")
+        r = result["infill"] = infill(args.device, args.seeds, args.train_steps, args.windows, args.hidden)
+        acc = {k: torch.tensor([row[f"accuracy_{k}"] for row in r["rows"]]) for k in ("noised", "clean")}
+        gain = acc["noised"] - acc["clean"]
+        print(f"\n| known part shown to the model | infill accuracy, mean ± std over {len(args.seeds)} seeds |")
+        print("|---|---|")
+        for k in ("clean", "noised"):
+            print(f"| {k} | {acc[k].mean():.3f} ± {acc[k].std():.3f} |")
+        print(f"| noised - clean (paired by seed) | {gain.mean():+.3f} ± {gain.std():.3f} |")
     if args.curve:
         c = result["curve"] = curve(args.device, Path(args.out).parent / "discrete_run", args.eval_every, args.sampling_steps,
                                     args.sequences)

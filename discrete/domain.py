@@ -99,7 +99,8 @@ class Discrete(Domain):
         if d.source == "tokens" and d.vocab_size < 2:
             raise ValueError("data.vocab_size must be set (>= 2) when data.source=tokens")
         if not cfg.sample.temperature > 0:
-            raise ConfigError(f"sample.temperature: must be > 0 (it divides the model's logits), got {cfg.sample.temperature}")
+            raise ConfigError(f"sample.temperature: must be > 0 (it divides the model's logits), "
+                              f"got {cfg.sample.temperature}")
         if p.objective == "masked" and p.transition != "absorbing":
             raise ValueError("process.objective=masked needs process.transition=absorbing")
         self.objective = p.objective if p.objective != "auto" else ("masked" if p.transition == "absorbing" else "d3pm")

@@ -1,4 +1,4 @@
-"""Gaussian diffusion: forward process, parameterisations, training loss and the exact bound.
+"""Gaussian diffusion: forward process, parameterisations, training loss and an unbiased estimate of the bound.
 
 Shapes: data ``x0`` is ``(B, ...)``; per-sample quantities are ``(B,)`` and are
 broadcast over the trailing dimensions. Steps are integers in ``{1..T}`` (see

@@ -264,29 +264,18 @@ def test_joint_weighting_is_not_exact():
 
 @pytest.mark.parametrize("kind", ["uniform", "absorbing", "gaussian"])
 @pytest.mark.parametrize("steps", [T, 3])
-def test_infilling_keeps_given_tokens_and_shows_them_at_the_current_level(kind, steps):
-    """Known tokens come back bit-exactly, and the model sees them as in training: drawn from q(x_t | values) at
-    each level (issue 17, bug 2: it saw them clean at every level), unmasked for absorbing (exact there)."""
+def test_infilling_keeps_given_tokens(kind, steps):
+    """A ``Known`` (mask broadcast over the batch) is returned bit-exactly and the model sees it clean at every
+    level (measured better than noising it to the level: benchmarks/RESULTS.md)."""
     process, _ = build(kind)
     g = torch.Generator().manual_seed(4)
-    values = torch.randint(0, K - 1, (200, 30), generator=g)
-    mask = torch.rand(200, 30, generator=g) < 0.4
+    values = torch.randint(0, K - 1, (6, 30), generator=g)
+    mask = torch.rand(30, generator=g) < 0.4
     seen = []
-
-    def logits(x, t):
-        seen.append((x.clone(), t.clone()))
-        return torch.randn(*x.shape, K, generator=g)
-
-    out = process.sample(LogitModel(logits), (200, 30), steps=steps, known=Known(mask, values), generator=g)
-    assert torch.equal(out[mask], values[mask]) and out.min() >= 0 and out.max() < K
-    assert len(seen) == steps
-    for x, t in seen:
-        kept = (x[mask] == values[mask]).double().mean()
-        expected = process.q_probs(values, t).gather(-1, values[..., None])[..., 0][mask].mean()
-        if kind == "absorbing":
-            assert kept == 1
-        else:  # ~2 400 known tokens: 4 standard errors of a share are at most 0.041
-            assert abs(kept - expected) < 0.041, (int(t[0]), float(kept), float(expected))
+    model = LogitModel(lambda x, t: (seen.append(x.clone()), torch.randn(*x.shape, K, generator=g))[1])
+    out = process.sample(model, (6, 30), steps=steps, known=Known(mask, values), generator=g)
+    assert torch.equal(out[:, mask], values[:, mask]) and out.min() >= 0 and out.max() < K
+    assert len(seen) == steps and all(torch.equal(x[:, mask], values[:, mask]) for x in seen)
 
 
 def test_masked_diffusion_loss_is_an_upper_bound_scale():

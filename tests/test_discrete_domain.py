@@ -1,12 +1,17 @@
-"""The discrete domain end to end: training beats the unigram baseline, export, CLI sampling/infilling/eval."""
+"""The discrete domain end to end: export, CLI sampling/infilling/eval on a barely trained model; that a trained
+model beats the unigram baselines (slow); the domain's loss and sampling on other devices."""
+
+from collections import Counter
 
 import pytest
 import torch
 
 from discrete.cli import main as discrete_cli
+from discrete.data import TokenWindows
 from discrete.domain import Discrete, DiscreteConfig
 from multigen import load_pretrained
-from multigen.config import load_config
+from multigen.config import ConfigError, load_config
+from multigen.samplers import Known
 from multigen.trainer import read_log, train
 
 TINY = [
@@ -16,30 +21,60 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module")
-def text_export(tmp_path_factory):
+HELD_OUT = ("The return statement leaves the current function call with the expression list, or None. "
+            "When it is used in a generator function, it indicates that the generator is done. ")
+
+
+def _export(tmp_path_factory, steps: int):
     out = tmp_path_factory.mktemp("discrete")
-    cfg = load_config(DiscreteConfig, None, [*TINY, f"train.output_dir={out}", "train.max_steps=400"])
-    train(Discrete, cfg)
+    train(Discrete, load_config(DiscreteConfig, None, [*TINY, f"train.output_dir={out}", f"train.max_steps={steps}"]))
     return out
 
 
+@pytest.fixture(scope="module")
+def untrained_export(tmp_path_factory):
+    """Two training steps: an export for the mechanics (tokenizer, sampling, infilling, CLI), not for quality."""
+    return _export(tmp_path_factory, 2)
+
+
+@pytest.fixture(scope="module")
+def trained_export(tmp_path_factory):
+    """400 training steps (slow tests only)."""
+    return _export(tmp_path_factory, 400)
+
+
+def _eval_line(ckpt: str, path, capsys, *extra: str) -> tuple[float, float, str]:
+    assert discrete_cli(["eval", "--checkpoint", ckpt, "--data", str(path), *extra]) == 0
+    line = capsys.readouterr().out
+    mean, _, stderr = line.split(": ")[1].split()[:3]
+    return float(mean), float(stderr), line
+
+
 @pytest.mark.slow
-def test_tiny_model_beats_unigram_on_held_out_text(text_export):
-    metrics = [r for r in read_log(text_export) if "eval/elbo_bits_per_token" in r][-1]
+def test_tiny_model_beats_unigram_on_held_out_text(trained_export, tmp_path, capsys):
+    metrics = [r for r in read_log(trained_export) if "eval/elbo_bits_per_token" in r][-1]
     assert metrics["eval/elbo_bits_per_token"] < metrics["eval/baseline_unigram_bits"] - 0.25, metrics
+    assert 0 < metrics["eval/elbo_bits_stderr"] < 0.25, metrics
+    # a text it never saw: below the entropy of that text's own character frequencies (an untrained model is far
+    # above it, near log2 of the vocabulary)
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text(HELD_OUT)
+    counts = torch.tensor(list(Counter(HELD_OUT).values()), dtype=torch.float64)
+    own_unigram = float(-(counts / counts.sum() * (counts / counts.sum()).log2()).sum())
+    bits, stderr, _ = _eval_line(str(trained_export / "export"), held_out, capsys)
+    assert bits + 2 * stderr < own_unigram, (bits, stderr, own_unigram)
 
 
-def test_export_keeps_tokenizer_and_samples_decode(text_export):
-    p = load_pretrained(text_export / "export")
+def test_export_keeps_tokenizer_and_samples_decode(untrained_export):
+    p = load_pretrained(untrained_export / "export")
     assert p.domain.tokenizer.chars == p.domain.cfg.data.vocab and len(p.domain.tokenizer) > 60
     tokens = p.sample(3, steps=8, generator=torch.Generator().manual_seed(0))
     assert tokens.shape == (3, 32) and tokens.max() < len(p.domain.tokenizer)  # no mask left
     assert all(len(t) == 32 for t in p.domain.decode(tokens))
 
 
-def test_cli_infill_prompt_and_eval(text_export, tmp_path, capsys):
-    ckpt = str(text_export / "export")
+def test_cli_infill_prompt_and_eval(untrained_export, tmp_path, capsys):
+    ckpt = str(untrained_export / "export")
     text = "The _____ statement is ___d"
     assert discrete_cli(["sample", "--checkpoint", ckpt, "--num", "2", "--steps", "8", "--infill", text]) == 0
     out = capsys.readouterr().out.split("--- sample ")[1:]
@@ -50,15 +85,21 @@ def test_cli_infill_prompt_and_eval(text_export, tmp_path, capsys):
     assert discrete_cli(["sample", "--checkpoint", ckpt, "--num", "1", "--steps", "4", "--prompt", "The "]) == 0
     assert "--- sample 0 ---\nThe " in capsys.readouterr().out
     held_out = tmp_path / "held_out.txt"
-    held_out.write_text("The return statement leaves the current function call with the expression list. " * 3)
-    assert discrete_cli(["eval", "--checkpoint", ckpt, "--data", str(held_out)]) == 0
-    line = capsys.readouterr().out
-    assert "bits/char" in line and 0 < float(line.split(": ")[1].split()[0]) < 8
-    assert discrete_cli(["eval", "--checkpoint", ckpt, "--data", str(held_out), "--steps", "4"]) == 0
-    line = capsys.readouterr().out
-    assert "4 steps" in line and 0 < float(line.split(": ")[1].split()[0]) < 8
+    held_out.write_text(HELD_OUT)
+    # eval prints the mean and standard error of the per-sequence estimates the domain computes
+    p = load_pretrained(untrained_export / "export")
+    windows = TokenWindows(p.domain.tokenizer.encode(HELD_OUT), 32)
+    data = torch.stack([windows[i] for i in range(len(windows))])
+    for steps in ([], ["--steps", "4"]):
+        bits, stderr, line = _eval_line(ckpt, held_out, capsys, *steps)
+        per_sequence = p.domain.elbo_bits(p.model, data, 32, steps=4 if steps else None).double()
+        assert bits == pytest.approx(per_sequence.mean().item(), abs=1e-4)
+        assert stderr == pytest.approx(per_sequence.std().item() / len(data) ** 0.5, abs=1e-4) and stderr > 0
+        assert "bits/char" in line and "unbiased" in line and f"{4 if steps else 32} steps" in line
     assert discrete_cli(["sample", "--checkpoint", ckpt, "--prompt", "Ωmega"]) == 2
     assert "'Ω'" in capsys.readouterr().err
+    assert discrete_cli(["sample", "--checkpoint", ckpt, "--prompt", "The", "--temperature", "0"]) == 2
+    assert "temperature must be > 0" in capsys.readouterr().err
 
 
 def test_digit_grids_domain_trains_and_samples(tmp_path):
@@ -78,3 +119,29 @@ def test_digit_grids_domain_trains_and_samples(tmp_path):
 def test_masked_objective_needs_absorbing():
     with pytest.raises(ValueError, match="absorbing"):
         Discrete(load_config(DiscreteConfig, None, ["process.objective=masked", "process.transition=uniform"]))
+
+
+def test_zero_temperature_is_a_config_error():
+    with pytest.raises(ConfigError, match="sample.temperature: must be > 0"):
+        Discrete(load_config(DiscreteConfig, None, ["sample.temperature=0"]))
+
+
+@pytest.mark.parametrize("overrides", [
+    ["process.timesteps=8"],  # absorbing, masked-diffusion objective
+    ["process.timesteps=8", "process.transition=uniform"],  # hybrid D3PM loss
+    ["process.timesteps=8", "data.source=digits", "data.levels=4", "process.transition=gaussian"],
+], ids=["absorbing", "uniform", "digits_gaussian"])
+def test_training_loss_and_sampling_keep_to_the_device(device, overrides):
+    """The domain's loss and sampler make every tensor on the model's device (meta raises on a CPU-made one)."""
+    domain = Discrete(load_config(DiscreteConfig, None, [*overrides, "model.dim=16", "model.depth=1",
+                                                         "model.heads=2", "data.length=12"]))
+    domain.fit()
+    model = domain.build_model().to(device)
+    batch = torch.stack([domain.build_dataset("train")[i] for i in range(2)]).to(device)
+    loss = domain.training_loss(model, batch)
+    assert loss.device == device and loss.shape == ()
+    shape = batch.shape[1:]
+    known = Known(torch.zeros(shape, dtype=torch.bool, device=device).index_fill(0, torch.tensor([0], device=device),
+                                                                              True), batch)
+    out = domain.sample(model, 2, known=known)
+    assert out.device == device and out.shape == batch.shape
