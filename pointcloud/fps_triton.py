@@ -87,7 +87,7 @@ def farthest_point_sample_triton(xyz: Tensor, m: int, start: Tensor | None = Non
     out = torch.empty(B, m, dtype=torch.long, device=xyz.device)
     block = min(triton.next_power_of_2(N), max_block)
     tiles = triton.cdiv(N, block)
-    scratch = torch.full((B, N) if tiles > 1 else (1,), float("inf"), dtype=xyz.dtype, device=xyz.device)
+    scratch = torch.full((B, N), float("inf"), dtype=xyz.dtype, device=xyz.device) if tiles > 1 else xyz  # unused
     num_warps = 4 if block <= 1024 else 8 if block <= 4096 else 16
     _fps[(B,)](
         xyz, start.contiguous(), out, scratch, N, m, BLOCK=block, TILES=tiles, num_warps=num_warps,

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from multigen.nn import TimestepEmbedding, group_norm
 
-from .ops import ball_query, farthest_point_sample, gather_points, group, knn, trilinear_devoxelize, voxelize
+from .ops import Voxelization, ball_query, farthest_point_sample, gather_points, group, knn, voxelization
 
 
 class SqueezeExcite3d(nn.Module):
@@ -35,11 +35,27 @@ class SqueezeExcite3d(nn.Module):
         return x * self.fc(x.mean(dim=(2, 3, 4)))[:, :, None, None, None]
 
 
+class PointLevel:
+    """One level of the U-Net's point hierarchy, ``xyz`` ``(B, N, 3)``, with its voxelizations: each is made
+    once per forward and shared by every encoder and decoder block on these points at that resolution."""
+
+    def __init__(self, xyz: Tensor) -> None:
+        self.xyz = xyz
+        self.coords = xyz.transpose(1, 2)  # (B, 3, N)
+        self._voxels: dict[int, Voxelization] = {}
+
+    def voxels(self, resolution: int) -> Voxelization:
+        """The points' :class:`~pointcloud.ops.Voxelization` at ``resolution``, computed on first use."""
+        if resolution not in self._voxels:
+            self._voxels[resolution] = voxelization(self.coords, resolution)
+        return self._voxels[resolution]
+
+
 class PVConv(nn.Module):
     """Point-voxel convolution: a voxel branch (voxelize, 2x Conv3d-GroupNorm-Swish, SE,
     trilinear devoxelize) summed with a point branch (shared MLP).
 
-    ``features`` ``(B, C_in, N)``, ``coords`` ``(B, 3, N)``, ``emb`` ``(B, E)`` -> ``(B, C_out, N)``.
+    ``features`` ``(B, C_in, N)`` on the points of ``level``, ``emb`` ``(B, E)`` -> ``(B, C_out, N)``.
     """
 
     def __init__(self, in_ch: int, out_ch: int, resolution: int, emb_dim: int) -> None:
@@ -53,10 +69,10 @@ class PVConv(nn.Module):
         )
         self.point = nn.Sequential(nn.Conv1d(in_ch, out_ch, 1), group_norm(out_ch, 8), nn.SiLU())
 
-    def forward(self, features: Tensor, coords: Tensor, emb: Tensor) -> Tensor:
+    def forward(self, features: Tensor, level: PointLevel, emb: Tensor) -> Tensor:
         features = features + self.emb(emb)[:, :, None]
-        grid, norm = voxelize(features, coords, self.resolution)
-        return trilinear_devoxelize(self.voxel(grid), norm) + self.point(features)
+        voxels = level.voxels(self.resolution)
+        return voxels.interpolate(self.voxel(voxels.average(features))) + self.point(features)
 
 
 def shared_mlp(channels: list[int], dims: int = 1) -> nn.Sequential:
@@ -97,16 +113,16 @@ class SetAbstraction(nn.Module):
         self.mlp = shared_mlp([ch + 3, *spec.mlp], dims=2)
         self.out_channels = spec.mlp[-1]
 
-    def forward(self, features: Tensor, xyz: Tensor, emb: Tensor) -> tuple[Tensor, Tensor]:
-        coords = xyz.transpose(1, 2)
+    def forward(self, features: Tensor, level: PointLevel, emb: Tensor) -> tuple[Tensor, PointLevel]:
+        """``features`` ``(B, C, N)`` on ``level`` -> ``(B, C_out, centres)`` on the centres' level."""
         for conv in self.convs:
-            features = conv(features, coords, emb)
-        s = self.spec
+            features = conv(features, level, emb)
+        s, xyz = self.spec, level.xyz
         centres = gather_points(xyz, farthest_point_sample(xyz, s.centres))
         idx = ball_query(centres, xyz, s.radius, s.neighbours)
-        rel = group(coords, idx) - centres.transpose(1, 2)[..., None]
+        rel = group(level.coords, idx) - centres.transpose(1, 2)[..., None]
         grouped = torch.cat([rel / s.radius, group(features + self.emb(emb)[:, :, None], idx)], dim=1)
-        return self.mlp(grouped).amax(dim=-1), centres
+        return self.mlp(grouped).amax(dim=-1), PointLevel(centres)
 
 
 class FeaturePropagation(nn.Module):
@@ -121,15 +137,16 @@ class FeaturePropagation(nn.Module):
         )
         self.out_channels = ch if blocks else mlp[-1]
 
-    def forward(self, coarse: Tensor, coarse_xyz: Tensor, skip: Tensor, xyz: Tensor, emb: Tensor) -> Tensor:
-        d, idx = knn(xyz, coarse_xyz, min(3, coarse_xyz.shape[1]))
+    def forward(self, coarse: Tensor, coarse_xyz: Tensor, skip: Tensor, level: PointLevel, emb: Tensor) -> Tensor:
+        """``coarse`` ``(B, C, M)`` at ``coarse_xyz`` ``(B, M, 3)``, ``skip`` ``(B, C_skip, N)`` on ``level``
+        -> ``(B, C_out, N)``."""
+        d, idx = knn(level.xyz, coarse_xyz, min(3, coarse_xyz.shape[1]))
         w = 1.0 / (d + 1e-8)
         w = w / w.sum(-1, keepdim=True)
         interp = (group(coarse, idx) * w[:, None]).sum(-1)
         features = self.mlp(torch.cat([interp, skip], dim=1))
-        coords = xyz.transpose(1, 2)
         for conv in self.convs:
-            features = conv(features, coords, emb)
+            features = conv(features, level, emb)
         return features
 
 
@@ -208,13 +225,12 @@ class PVCNNUNet(nn.Module):
             if features is None:
                 raise ValueError(f"this network expects {self.extra_channels} extra per-point feature channels")
             feats = torch.cat([feats, features.to(x.dtype)], dim=1)
-        levels = [(feats, x)]
+        levels = [(feats, PointLevel(x))]  # encoder and decoder blocks on the same points share a level
         for sa in self.encoder:
-            feats, xyz = sa(*levels[-1], emb)
-            levels.append((feats, xyz))
-        coarse, coarse_xyz = levels.pop()
+            levels.append(sa(*levels[-1], emb))
+        coarse, coarse_level = levels.pop()
         for fp in self.decoder:
-            skip, xyz = levels.pop()
-            coarse = fp(coarse, coarse_xyz, skip, xyz, emb)
-            coarse_xyz = xyz
+            skip, level = levels.pop()
+            coarse = fp(coarse, coarse_level.xyz, skip, level, emb)
+            coarse_level = level
         return self.head(coarse).transpose(1, 2)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +72,8 @@ def knn(query: Tensor, ref: Tensor, k: int, chunk: int = 4096) -> tuple[Tensor, 
     """
     if k > ref.shape[1]:
         raise ValueError(f"k = {k} exceeds the {ref.shape[1]} reference points")
+    if query.shape[1] <= chunk:
+        return square_distance(query, ref).topk(k, dim=-1, largest=False, sorted=True)
     dists, idxs = [], []
     for q in query.split(chunk, dim=1):
         d, i = square_distance(q, ref).topk(k, dim=-1, largest=False, sorted=True)
@@ -85,16 +88,15 @@ def ball_query(centres: Tensor, xyz: Tensor, radius: float, k: int) -> Tensor:
     ``centres`` ``(B, M, 3)``, ``xyz`` ``(B, N, 3)`` -> indices ``(B, M, k)``: the
     in-radius points in index order, padded by repeating the first one; a centre
     with no point in range gets its nearest point (PointNet++'s CUDA kernel would
-    use index 0).
+    use index 0). The j-th in-radius point is found by binary search in the running
+    count of in-radius points (no sort or top-k over all ``N``).
     """
+    B, M, _ = centres.shape
     N = xyz.shape[1]
     d = square_distance(centres, xyz)
-    inside = d <= radius * radius
-    order = torch.where(inside, torch.arange(N, device=xyz.device), N)
-    kk = min(k, N)
-    first = order.topk(kk, dim=-1, largest=False, sorted=True).values
-    if kk < k:
-        first = torch.cat([first, first.new_full((*first.shape[:2], k - kk), N)], dim=-1)
+    count = (d <= radius * radius).cumsum(-1, dtype=torch.int32)  # (B, M, N): in-radius points up to each index
+    slots = torch.arange(1, k + 1, dtype=torch.int32, device=xyz.device).expand(B, M, k).contiguous()
+    first = torch.searchsorted(count, slots)  # (B, M, k): index of the j-th in-radius point, N past the last
     nearest = d.argmin(-1, keepdim=True)
     head = torch.where(first[..., :1] == N, nearest, first[..., :1])
     return torch.where(first == N, head, first)
@@ -119,33 +121,74 @@ def normalize_coords(coords: Tensor, resolution: int, eps: float = 0.0) -> Tenso
     return (norm * resolution).clamp(0, resolution - 1)
 
 
-def voxelize(features: Tensor, coords: Tensor, resolution: int, eps: float = 0.0) -> tuple[Tensor, Tensor]:
-    """Average point features into a ``R^3`` grid.
+@dataclass(frozen=True)
+class Voxelization:
+    """Where the points of a batch of clouds fall in an ``R^3`` grid, computed once by :func:`voxelization`
+    and reused by every layer that voxelizes the same cloud at the same resolution.
 
-    ``features`` ``(B, C, N)``, ``coords`` ``(B, 3, N)`` -> grid ``(B, C, R, R, R)``
-    (axes in x, y, z order; empty voxels are 0) and the normalised coordinates
-    ``(B, 3, N)`` that :func:`trilinear_devoxelize` takes.
+    ``norm`` ``(B, 3, N)``: coordinates in grid units ``[0, R - 1]`` (:func:`normalize_coords`);
+    ``flat`` ``(B * N,)``: each point's voxel, flattened over the batch; ``counts`` ``(B * R^3,)``:
+    points per voxel, at least 1; ``pos`` ``(B, 1, 1, N, 3)``: the points as ``grid_sample`` takes them.
     """
-    B, C, N = features.shape
+
+    resolution: int
+    norm: Tensor
+    flat: Tensor
+    counts: Tensor
+    pos: Tensor
+
+    def average(self, features: Tensor) -> Tensor:
+        """Mean point features ``(B, C, N)`` per voxel: ``(B, C, R, R, R)`` (axes x, y, z; empty voxels 0)."""
+        B, C, N = features.shape
+        R = self.resolution
+        feats = features.transpose(1, 2).reshape(B * N, C)
+        sums = feats.new_zeros(B * R**3, C).index_add_(0, self.flat, feats)
+        grid = sums / self.counts.to(sums.dtype)[:, None]
+        return grid.reshape(B, R, R, R, C).permute(0, 4, 1, 2, 3).contiguous()
+
+    def interpolate(self, grid: Tensor) -> Tensor:
+        """Trilinearly interpolate grid features ``(B, C, R, R, R)`` at the points: ``(B, C, N)``."""
+        return _interpolate(grid, self.pos)
+
+
+def _grid_sample_positions(norm_coords: Tensor, resolution: int) -> Tensor:
+    """``(B, 3, N)`` grid coordinates -> ``grid_sample``'s ``(B, 1, 1, N, 3)``: (x, y, z) with x indexing the
+    last grid axis, in ``[-1, 1]``."""
+    return (norm_coords.flip(1).transpose(1, 2) / (resolution - 1) * 2 - 1)[:, None, None]
+
+
+def _interpolate(grid: Tensor, pos: Tensor) -> Tensor:
+    """Trilinear interpolation of ``grid`` ``(B, C, R, R, R)`` at ``pos`` ``(B, 1, 1, N, 3)``: ``(B, C, N)``."""
+    return F.grid_sample(grid, pos, mode="bilinear", padding_mode="border", align_corners=True)[:, :, 0, 0]
+
+
+def voxelization(coords: Tensor, resolution: int, eps: float = 0.0) -> Voxelization:
+    """The :class:`Voxelization` of clouds ``coords`` ``(B, 3, N)`` in an ``R^3`` grid (PVCNN's normalisation)."""
+    B, _, N = coords.shape
     R = resolution
     norm = normalize_coords(coords, R, eps)
     vox = norm.round().long()
     flat = (vox[:, 0] * R + vox[:, 1]) * R + vox[:, 2] + torch.arange(B, device=coords.device)[:, None] * R**3
     flat = flat.reshape(-1)
-    feats = features.transpose(1, 2).reshape(B * N, C)
-    sums = feats.new_zeros(B * R**3, C).index_add_(0, flat, feats)
-    counts = feats.new_zeros(B * R**3).index_add_(0, flat, feats.new_ones(B * N))
-    grid = sums / counts.clamp(min=1)[:, None]
-    return grid.reshape(B, R, R, R, C).permute(0, 4, 1, 2, 3).contiguous(), norm
+    counts = coords.new_zeros(B * R**3).index_add_(0, flat, coords.new_ones(B * N)).clamp_(min=1)
+    return Voxelization(R, norm, flat, counts, _grid_sample_positions(norm, R))
+
+
+def voxelize(features: Tensor, coords: Tensor, resolution: int, eps: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Average point features into a ``R^3`` grid.
+
+    ``features`` ``(B, C, N)``, ``coords`` ``(B, 3, N)`` -> grid ``(B, C, R, R, R)``
+    (axes in x, y, z order; empty voxels are 0) and the normalised coordinates
+    ``(B, 3, N)`` that :func:`trilinear_devoxelize` takes. Layers that voxelize one
+    cloud several times keep its :func:`voxelization` instead.
+    """
+    vox = voxelization(coords, resolution, eps)
+    return vox.average(features), vox.norm
 
 
 def trilinear_devoxelize(grid: Tensor, norm_coords: Tensor) -> Tensor:
     """Trilinearly interpolate grid features ``(B, C, R, R, R)`` at ``norm_coords`` ``(B, 3, N)`` -> ``(B, C, N)``."""
-    R = grid.shape[-1]
-    # grid_sample wants (x, y, z) with x indexing the last grid axis and values in [-1, 1].
-    pos = norm_coords.flip(1).transpose(1, 2) / (R - 1) * 2 - 1
-    out = F.grid_sample(grid, pos[:, None, None], mode="bilinear", padding_mode="border", align_corners=True)
-    return out[:, :, 0, 0]
+    return _interpolate(grid, _grid_sample_positions(norm_coords, grid.shape[-1]))
 
 
 def chamfer_distance(x: Tensor, y: Tensor, chunk: int = 2048) -> Tensor:

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from pointcloud.ops import (
-    ball_query, chamfer_distance, farthest_point_sample, group, knn, normalize_coords, trilinear_devoxelize, voxelize,
+    ball_query, chamfer_distance, farthest_point_sample, group, knn, normalize_coords, trilinear_devoxelize, voxelization,
+    voxelize,
 )
 from pointcloud.reference import ball_query_loop, chamfer_dense, fps_loop, knn_loop, voxelize_loop
 
@@ -98,6 +99,9 @@ def test_ball_query_matches_naive():
     got = ball_query(centres, xyz, radius, k)
     assert torch.equal(got, ball_query_loop(centres, xyz, radius, k))
     assert (got[..., 1:] != got[..., :1]).any()  # some balls hold several points
+    for r, n in [(0.05, 300), (0.6, 5)]:  # most balls empty (the nearest point instead); fewer points than k
+        assert torch.equal(ball_query(centres, xyz[:, :n], r, k), ball_query_loop(centres, xyz[:, :n], r, k))
+    assert (torch.cdist(centres, xyz).amin(-1) > 0.05).float().mean() > 0.5
     feats = torch.randn(2, 4, 300, dtype=torch.float64)
     g = group(feats, got)
     assert g.shape == (2, 4, 40, k)
@@ -111,12 +115,32 @@ def test_voxelize_averages_features_per_voxel_and_devoxelize_interpolates():
     grid, norm = voxelize(feats, coords, R)
     torch.testing.assert_close(norm, normalize_coords(coords, R))
     torch.testing.assert_close(grid, voxelize_loop(feats, norm.round().long(), R))
+    vox = voxelization(coords, R)  # kept by layers that voxelize the same cloud again
+    assert torch.equal(vox.average(feats), grid) and torch.equal(vox.interpolate(grid), trilinear_devoxelize(grid, norm))
 
     # devoxelizing a linear field reproduces it exactly (trilinear interpolation is exact on linear functions)
     idx = torch.arange(R, dtype=torch.float64)
     field = (2 * idx[:, None, None] - idx[None, :, None] + 0.5 * idx[None, None, :]).expand(2, 1, R, R, R)
     values = trilinear_devoxelize(field.contiguous(), norm)
     torch.testing.assert_close(values[:, 0], 2 * norm[:, 0] - norm[:, 1] + 0.5 * norm[:, 2])
+
+
+def test_pvcnn_voxelizes_each_level_once_per_forward(monkeypatch):
+    """The encoder and decoder blocks on the same points share one voxelization per resolution (18 PVConv
+    blocks, 4 levels with voxel branches), and the grids equal voxelizing from scratch."""
+    import pointcloud.model as model
+
+    made = []
+
+    def counted(coords, resolution):
+        made.append((coords.shape[-1], resolution))
+        return voxelization(coords, resolution)
+
+    monkeypatch.setattr(model, "voxelization", counted)
+    net = model.PVCNNUNet(model.pvd_spec(0.25, 0.25, 256))
+    net(cloud(2, 256).float(), torch.rand(2))
+    assert sorted(made) == [(8, 2), (32, 2), (128, 4), (256, 8)]  # (points, resolution)
+    assert sum(isinstance(m, model.PVConv) for m in net.modules()) == 18
 
 
 def test_chamfer_matches_brute_force():
