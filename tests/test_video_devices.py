@@ -122,4 +122,5 @@ def test_cli_keeps_to_the_device(device, tmp_path):
         assert np.array_equal(read_video(out)[:2], video[:2])
     assert main(["interpolate", *common, "--input", str(tmp_path / "in.npy"), "--between", "2",
                  "--out", str(tmp_path / "interp.npy")]) == 0
-    assert main(["sample", *common, "--num", "2", "--frames", "9", "--format", "npy", "--out", str(tmp_path / "s")]) == 0
+    assert main(["sample", *common, "--num", "2", "--frames", "9", "--format", "npy",
+                 "--out", str(tmp_path / "s")]) == 0

@@ -94,7 +94,7 @@ class Attention(nn.Module):
         self.out = nn.Linear(heads * head_dim, dim)
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Queries, keys and values of ``x`` ``(..., L, dim)``, each ``(..., heads, L, head_dim)`` (one fused matmul)."""
+        """Queries, keys, values of ``x`` ``(..., L, dim)``, each ``(..., heads, L, head_dim)`` (one fused matmul)."""
         *lead, L, _ = x.shape
         qkv = self.qkv(x).view(*lead, L, 3, self.heads, self.head_dim)
         q, k, v = qkv.movedim(-3, 0).transpose(-2, -3)
