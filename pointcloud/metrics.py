@@ -7,6 +7,9 @@ matrix of pairwise distances; normalising both sets the same way is the caller's
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -31,23 +34,55 @@ def emd_exact(x: Tensor, y: Tensor) -> Tensor:
     return torch.tensor(np.array(out), dtype=x.dtype, device=x.device)
 
 
-def emd_approx(x: Tensor, y: Tensor, epsilon: float = 3e-3, iterations: int = 500) -> Tensor:
-    """Approximate EMD by entropic optimal transport (log-domain Sinkhorn, uniform weights), batched
-    on any device: the transport cost under the Sinkhorn plan, ``(B,)``. ``epsilon`` is the
-    entropic blur in squared distance units relative to the clouds' mean squared pair distance.
+def emd_approx(x: Tensor, y: Tensor, epsilon: float = 3e-3, scaling: float = 0.5, overrelax: float = 1.8,
+               tol: float | None = 1e-2, max_iterations: int = 500, check_every: int = 10) -> Tensor:
+    """Approximate EMD by entropic optimal transport (log-domain Sinkhorn in float32, uniform weights),
+    batched on any device: the transport cost under the Sinkhorn plan, ``(B,)``.
+
+    ``epsilon`` is the entropic blur relative to the clouds' root-mean-square pair distance. The blur is
+    annealed (epsilon-scaling) from that distance down to the target by factors of ``scaling``, one
+    iteration per level, then iterated at the target with over-relaxation ``overrelax`` (1 is plain
+    Sinkhorn; in (1, 2) it converges in far fewer iterations) until the plan's row marginals are within
+    ``tol`` of uniform in L1 (0 to 2), read every ``check_every`` iterations (one host read each), or
+    ``max_iterations`` in all. ``tol=None`` never reads the device (a fixed ``max_iterations``, as on ``meta``).
     The measured gap to :func:`emd_exact` is in ``benchmarks/RESULTS.md`` and bounded in the tests."""
     if x.shape != y.shape:
         raise ValueError(f"EMD needs clouds of equal size, got {tuple(x.shape)} and {tuple(y.shape)}")
-    cost = square_distance(x.double(), y.double()).clamp_min(0).sqrt()  # (B, N, N)
+    if not (0 < epsilon <= 1 and 0 < scaling < 1 and 0 < overrelax < 2):
+        raise ValueError(f"need 0 < epsilon <= 1, 0 < scaling < 1 and 0 < overrelax < 2, got epsilon={epsilon}, "
+                         f"scaling={scaling}, overrelax={overrelax}")
+    cost = square_distance(x.float(), y.float()).clamp_min(0).sqrt()  # (B, N, N)
     N = x.shape[1]
-    eps = epsilon * cost.pow(2).mean((1, 2), keepdim=True).sqrt()
-    log_w = -torch.log(torch.tensor(float(N), dtype=cost.dtype, device=cost.device))
-    f = torch.zeros(cost.shape[:2], dtype=cost.dtype, device=cost.device)
+    target = epsilon * cost.pow(2).mean((1, 2), keepdim=True).sqrt()  # (B, 1, 1)
+    log_w = -math.log(N)
+
+    def f_update(g: Tensor, eps: Tensor) -> Tensor:  # rows of the plan sum to 1/N
+        return -eps[..., 0] * torch.logsumexp((g[:, None, :] - cost) / eps + log_w, dim=2)
+
+    def g_update(f: Tensor, eps: Tensor) -> Tensor:  # columns sum to 1/N
+        return -eps[..., 0] * torch.logsumexp((f[:, :, None] - cost) / eps + log_w, dim=1)
+
+    f = cost.new_zeros(cost.shape[:2])
     g = torch.zeros_like(f)
-    for _ in range(iterations):
-        f = -eps[..., 0] * torch.logsumexp((g[:, None, :] - cost) / eps + log_w, dim=2)
-        g = -eps[..., 0] * torch.logsumexp((f[:, :, None] - cost) / eps + log_w, dim=1)
-    plan = torch.exp((f[:, :, None] + g[:, None, :] - cost) / eps + 2 * log_w)
+    levels = max(1, math.ceil(math.log(epsilon) / math.log(scaling)))
+    for k in range(levels):  # the blur from the rms distance down to just above the target
+        eps = target / epsilon * scaling**k
+        f = f_update(g, eps)
+        g = g_update(f, eps)
+    for i in range(max_iterations - levels):
+        f_new = f_update(g, target)
+        if tol is not None and i % check_every == 0:
+            row_error = (torch.exp((f - f_new) / target[..., 0]) - 1).abs().mean(1).amax()  # max over the batch
+            if row_error.item() < tol:
+                f = f_new
+                break
+        f = f + overrelax * (f_new - f)
+        g = g + overrelax * (g_update(f, target) - g)
+    else:  # no break: not converged, or no check asked for
+        if tol is not None:
+            warnings.warn(f"Sinkhorn EMD did not reach tol={tol} in {max_iterations} iterations", stacklevel=2)
+    g = g_update(f, target)  # the plan's columns sum to 1/N exactly
+    plan = torch.exp((f[:, :, None] + g[:, None, :] - cost) / target + 2 * log_w)
     return (plan * cost).sum((1, 2)).to(x.dtype)
 
 

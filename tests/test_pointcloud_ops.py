@@ -148,3 +148,35 @@ def test_chamfer_matches_brute_force():
     got = chamfer_distance(x, y, chunk=16)
     torch.testing.assert_close(got, chamfer_dense(x, y))
     assert torch.allclose(chamfer_distance(x, x), torch.zeros(2, dtype=torch.float64))
+
+
+def test_point_ops_keep_to_the_device(device):
+    """FPS (the loop on meta, the Triton kernel on CUDA), kNN, ball query, voxelize/devoxelize, Chamfer and
+    Sinkhorn EMD make every tensor on their inputs' device; on a real device they equal the CPU results."""
+    from pointcloud.metrics import emd_approx
+
+    def run(xyz: torch.Tensor, feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        centres = xyz[:, :40]
+        grid, norm = voxelize(feats, xyz.transpose(1, 2), 6)
+        return {
+            "fps": farthest_point_sample(xyz, 16, torch.tensor([3, 7], device=xyz.device)),
+            "fps from 0": farthest_point_sample(xyz, 16),
+            "knn": knn(centres, xyz, 5)[1], "knn distances": knn(centres, xyz, 5)[0],
+            "ball query": ball_query(centres, xyz, 0.3, 8),
+            "voxelize": grid, "devoxelize": trilinear_devoxelize(grid, norm),
+            "chamfer": chamfer_distance(xyz, centres, chunk=16),
+            # meta holds no values to test convergence on: a fixed schedule there
+            "emd": emd_approx(xyz[:, :64], xyz[:, 64:128], tol=None if xyz.device.type == "meta" else 1e-2),
+        }
+
+    g = torch.Generator().manual_seed(0)
+    xyz, feats = torch.rand(2, 300, 3, generator=g) * 2 - 1, torch.randn(2, 4, 300, generator=g)
+    on_cpu, on_device = run(xyz, feats), run(xyz.to(device), feats.to(device))
+    for name, want in on_cpu.items():
+        got = on_device[name]
+        assert got.device.type == device.type and got.shape == want.shape and got.dtype == want.dtype, name
+        if device.type != "meta":
+            if want.is_floating_point():
+                torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-5, msg=name)
+            else:
+                assert torch.equal(got.cpu(), want), name
