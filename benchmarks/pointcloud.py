@@ -42,6 +42,7 @@ from multigen.benchmarking import (  # noqa: E402
 )
 from pointcloud import ops, reference  # noqa: E402
 from pointcloud.metrics import emd_approx, emd_exact  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 SAMPLER_SETTINGS = [("ddpm", 250), ("ddpm", 100), ("ddim", 50), ("dpm_solver_pp", 50), ("dpm_solver_pp", 25)]
 
@@ -61,9 +62,61 @@ def measure_config(config: str, device: str, batch: int, points: int, steps: int
     dtype = torch.bfloat16 if cfg.train.mixed_precision == "bf16" and device == "cuda" else None
     seconds, peak = time_train_steps(lambda: domain.training_loss(model, clouds), model.parameters(), device,
                                      dtype, steps)
+    with torch.autocast(device_type=device, dtype=dtype, enabled=dtype is not None), OpCount() as count:
+        domain.training_loss(model, clouds).backward()
     return {"config": config, "device": device, "points": points, "batch": batch,
             "params_M": sum(p.numel() for p in model.parameters()) / 1e6, "step_seconds": seconds,
-            "clouds_per_second": batch / seconds, "peak_memory_MB": peak / 2**20}
+            "clouds_per_second": batch / seconds, "peak_memory_MB": peak / 2**20,
+            "ops_per_forward_backward": count.ops}
+
+
+class OpCount(TorchDispatchMode):
+    """Counts the ATen ops that run, views left out: about one kernel launch each on a GPU."""
+
+    VIEWS = {"view", "_unsafe_view", "unsqueeze", "squeeze", "select", "slice", "t", "transpose", "permute",
+             "expand", "detach", "alias", "as_strided", "split", "unbind"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += func.overloadpacket.__name__ not in self.VIEWS
+        return func(*args, **(kwargs or {}))
+
+
+def profile_step(config: str, device: str, batch: int, points: int, rows: int = 30) -> None:
+    """Print ``torch.profiler``'s table of one forward+backward of ``config`` (after 2 unprofiled ones), by
+    device time, and write its Chrome trace to ``benchmarks/out/pointcloud_<config>_trace.json``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from multigen.config import load_config
+    from pointcloud.domain import PointCloud, PointCloudConfig
+
+    cfg = load_config(PointCloudConfig, REPO / "configs" / "pointcloud" / f"{config}.yaml",
+                      [f"data.points={points}", f"train.batch_size={batch}"])
+    domain = PointCloud(cfg)
+    model = domain.build_model().to(device)
+    data = domain.build_dataset("train")
+    clouds = {k: v.to(device) for k, v in domain.collate_fn([data[i] for i in range(batch)]).items()}
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    dtype = torch.bfloat16 if cfg.train.mixed_precision == "bf16" and device == "cuda" else None
+
+    def step() -> None:
+        with torch.autocast(device_type=device, dtype=dtype, enabled=dtype is not None):
+            domain.training_loss(model, clouds).backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    step(), step()
+    with profile(activities=activities) as prof:
+        step()
+    print(prof.key_averages().table(sort_by=f"self_{'cuda' if device == 'cuda' else 'cpu'}_time_total",
+                                    row_limit=rows))
+    trace = REPO / "benchmarks" / "out" / f"pointcloud_{config}_trace.json"
+    trace.parent.mkdir(parents=True, exist_ok=True)
+    prof.export_chrome_trace(str(trace))
+    print(f"wrote {trace}")
 
 
 def off_surface_rows(export: str, device: str, num_shapes: int, steps: tuple[int, ...] = (10, 30, 100, 300),
@@ -179,20 +232,24 @@ def completion_rows(export: str, device: str, num_shapes: int, bank: int, sample
     return rows
 
 
-def op_rows(device: str, batch: int) -> list[dict]:
-    """Each op against its loop reference (1 024 points, one cloud), and alone at the model's size."""
+def op_rows(device: str, batch: int, points: int = 2048) -> list[dict]:
+    """Each op against its loop reference (one cloud of up to 1 024 points, on the CPU), and alone on
+    ``device`` at the model's size (``batch`` clouds of ``points``; FPS to half of them, on CUDA both the
+    Triton kernel and the PyTorch loop)."""
     g = torch.Generator().manual_seed(0)
-    small = torch.rand(1, 1024, 3, generator=g) * 2 - 1
-    centres = small[:, :128]
-    feats = torch.randn(1, 32, 1024, generator=g)
+    n = min(1024, points)
+    small = torch.rand(1, n, 3, generator=g) * 2 - 1
+    centres = small[:, : n // 8]
+    feats = torch.randn(1, 32, n, generator=g)
     R = 16
     vox = ops.normalize_coords(small.transpose(1, 2), R).round().long()
     cases = {
-        "farthest point sampling (1024 -> 128)": (lambda: ops.farthest_point_sample(small, 128),
-                                                  lambda: reference.fps_loop(small, 128)),
-        "kNN (128 queries, k = 16)": (lambda: ops.knn(centres, small, 16), lambda: reference.knn_loop(centres, small, 16)),
-        "ball query (128 centres, r = 0.2, k = 32)": (lambda: ops.ball_query(centres, small, 0.2, 32),
-                                                      lambda: reference.ball_query_loop(centres, small, 0.2, 32)),
+        f"farthest point sampling ({n} -> {n // 8})": (lambda: ops.farthest_point_sample(small, n // 8),
+                                                      lambda: reference.fps_loop(small, n // 8)),
+        f"kNN ({n // 8} queries, k = 16)": (lambda: ops.knn(centres, small, 16),
+                                           lambda: reference.knn_loop(centres, small, 16)),
+        f"ball query ({n // 8} centres, r = 0.2, k = 32)": (lambda: ops.ball_query(centres, small, 0.2, 32),
+                                                           lambda: reference.ball_query_loop(centres, small, 0.2, 32)),
         "voxelize (32 channels, 16^3)": (lambda: ops.voxelize(feats, small.transpose(1, 2), R),
                                          lambda: reference.voxelize_loop(feats, vox, R)),
     }
@@ -201,18 +258,22 @@ def op_rows(device: str, batch: int) -> list[dict]:
         t_fast, t_loop = timed(fast, "cpu", repeats=10), timed(loop, "cpu", repeats=1, warmup=0)
         rows.append({"op": name, "vectorised_ms": t_fast * 1e3, "loop_ms": t_loop * 1e3, "speedup": t_loop / t_fast})
 
-    big = (torch.rand(batch, 2048, 3, generator=g) * 2 - 1).to(device)
-    big_feats = torch.randn(batch, 64, 2048, generator=g).to(device)
+    big = (torch.rand(batch, points, 3, generator=g) * 2 - 1).to(device)
+    big_feats = torch.randn(batch, 64, points, generator=g).to(device)
     grid, norm = ops.voxelize(big_feats, big.transpose(1, 2), 32)
+    half = points // 2
+    fps = "Triton" if device == "cuda" and ops._triton_available() else "PyTorch loop"
     at_scale = {
-        "farthest point sampling (2048 -> 1024)": lambda: ops.farthest_point_sample(big, 1024),
-        "kNN (1024 queries, k = 16)": lambda: ops.knn(big[:, :1024], big, 16),
-        "ball query (1024 centres, r = 0.1, k = 32)": lambda: ops.ball_query(big[:, :1024], big, 0.1, 32),
+        f"farthest point sampling ({points} -> {half}), {fps}": lambda: ops.farthest_point_sample(big, half),
+        **({f"farthest point sampling ({points} -> {half}), PyTorch loop":
+            lambda: ops.farthest_point_sample_torch(big, half)} if fps == "Triton" else {}),
+        f"kNN ({half} queries, k = 16)": lambda: ops.knn(big[:, :half], big, 16),
+        f"ball query ({half} centres, r = 0.1, k = 32)": lambda: ops.ball_query(big[:, :half], big, 0.1, 32),
         "voxelize (64 channels, 32^3)": lambda: ops.voxelize(big_feats, big.transpose(1, 2), 32),
         "trilinear devoxelize (64 channels, 32^3)": lambda: ops.trilinear_devoxelize(grid, norm),
     }
     for name, fn in at_scale.items():
-        rows.append({"op": name, "batch": batch, "points": 2048, "vectorised_ms": timed(fn, device) * 1e3})
+        rows.append({"op": name, "batch": batch, "points": points, "vectorised_ms": timed(fn, device) * 1e3})
     return rows
 
 
@@ -226,8 +287,11 @@ def metric_rows(device: str, sizes: tuple[int, ...] = (256, 1024, 2048)) -> list
         start = time.perf_counter()
         exact = emd_exact(x, y)
         exact_ms = (time.perf_counter() - start) * 1e3
+        if device == "cuda":
+            emd_approx(x, y)  # warm-up
         start = time.perf_counter()
-        approx = emd_approx(x, y)
+        approx = emd_approx(x, y)  # (B,) read below: the device has finished when the gap is printed
+        approx = approx.cpu()
         sinkhorn_ms = (time.perf_counter() - start) * 1e3
         rows.append({
             "points": n, "pairs": 4,
@@ -236,7 +300,7 @@ def metric_rows(device: str, sizes: tuple[int, ...] = (256, 1024, 2048)) -> list
             "chamfer_dense_matrix_MB": 4 * n * n * 3 * 4 / 2**20,  # the (B, N, M, 3) difference tensor
             "emd_exact_ms": exact_ms,
             "emd_sinkhorn_ms": sinkhorn_ms,
-            "emd_relative_gap": ((approx - exact).abs() / exact).max().item(),
+            "emd_relative_gap": ((approx - exact.cpu()).abs() / exact.cpu()).max().item(),
         })
     return rows
 
@@ -248,8 +312,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="clouds per train step and per op call")
     parser.add_argument("--points", type=int, default=2048)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--metric-points", type=int, nargs="+", default=[256, 1024, 2048],
-                        help="cloud sizes of the Chamfer/EMD table")
+    parser.add_argument("--metric-points", type=int, nargs="+",
+                        help="cloud sizes of the Chamfer/EMD table (default: those of 256 1024 2048 up to --points)")
     parser.add_argument("--quality", metavar="EXPORT_DIR", help="sample quality against sampler steps")
     parser.add_argument("--samplers", nargs="+", type=sampler_setting, default=SAMPLER_SETTINGS,
                         metavar="SAMPLER:STEPS", help="--quality: the sampler settings to compare")
@@ -261,11 +325,15 @@ def main() -> None:
     parser.add_argument("--bank", type=int, default=4000, help="--completion: training shapes searched")
     parser.add_argument("--sample", nargs="+", default=[], metavar="KEY=VALUE",
                         help="--completion: override the export's sample settings, e.g. steps=100 resample=3")
+    parser.add_argument("--profile", metavar="CONFIG", help="print torch.profiler's table of one train step")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one config, print JSON
     parser.add_argument("--out", default="benchmarks/out/pointcloud.json")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure_config(args.one, args.device, args.batch, args.points, args.steps)))
+        return
+    if args.profile:
+        profile_step(args.profile, args.device, args.batch, args.points)
         return
 
     if args.quality:
@@ -311,18 +379,20 @@ def main() -> None:
             print(f"{config}: failed\n{result.stderr[-2000:]}", file=sys.stderr)
             continue
         train.append(json.loads(result.stdout.strip().splitlines()[-1]))
-    print("| config | params | points | batch | s/step | clouds/s | peak memory |\n|---|---|---|---|---|---|---|")
+    print("| config | params | points | batch | s/step | clouds/s | peak memory | ops per forward+backward |\n"
+          "|---|---|---|---|---|---|---|---|")
     for r in train:
         print(f"| {r['config']} | {r['params_M']:.2f} M | {r['points']} | {r['batch']} | {r['step_seconds']:.3f} | "
-              f"{r['clouds_per_second']:.2f} | {r['peak_memory_MB']:.0f} MB |")
+              f"{r['clouds_per_second']:.2f} | {r['peak_memory_MB']:.0f} MB | {r['ops_per_forward_backward']} |")
 
-    op_table = op_rows(args.device, args.batch)
+    op_table = op_rows(args.device, args.batch, args.points)
     print("\n| op | vectorised (ms) | loop reference (ms) | speed-up |\n|---|---|---|---|")
     for r in op_table:
         loop = f"{r['loop_ms']:.0f} | {r['speedup']:.0f}x" if "loop_ms" in r else "– | –"
         print(f"| {r['op']}{' x' + str(r['batch']) if 'batch' in r else ''} | {r['vectorised_ms']:.2f} | {loop} |")
 
-    metrics = metric_rows(args.device, tuple(args.metric_points))
+    sizes = args.metric_points or [n for n in (256, 1024, 2048) if n <= args.points] or [args.points]
+    metrics = metric_rows(args.device, tuple(sizes))
     print("\n| points | Chamfer chunked / dense (ms) | dense difference tensor | EMD exact / Sinkhorn (ms) | "
           "Sinkhorn gap |\n|---|---|---|---|---|")
     for r in metrics:

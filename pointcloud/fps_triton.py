@@ -1,8 +1,8 @@
 """Farthest point sampling as one Triton kernel: one program per cloud, the whole loop over picks inside it.
 
 :func:`pointcloud.ops.farthest_point_sample` dispatches here for float32 clouds on CUDA when Triton is
-importable; its pure-PyTorch loop stays the reference that this kernel is tested equal to (under
-``TRITON_INTERPRET=1`` on a CPU, and on CUDA when present).
+importable; the PyTorch loop :func:`~pointcloud.ops.farthest_point_sample_torch` stays the reference this
+kernel is tested equal to (under ``TRITON_INTERPRET=1`` on a CPU, and on CUDA when present).
 
 Exactness: each distance is computed as the reference computes ``((xyz - p) ** 2).sum(-1)`` in float32 on
 the CPU, ``(dx * dx + dy * dy) + dz * dz`` with no fused multiply-add (``enable_fp_fusion=False``), and the
@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from .ops import check_fps_args
 
 MAX_BLOCK = 16384
 """Largest cloud whose running distances stay in registers; larger clouds loop over tiles of this size,
@@ -67,17 +69,17 @@ def _fps(xyz_ptr, start_ptr, out_ptr, scratch_ptr, N, m, BLOCK: tl.constexpr, TI
             cur = (N - 1 - (best & 0xFFFFFFFF)).to(tl.int32)
 
 
-def farthest_point_sample_triton(xyz: Tensor, m: int, start: Tensor | None = None, max_block: int = MAX_BLOCK
-                                 ) -> Tensor:
+def farthest_point_sample_triton(xyz: Tensor, m: int, start: Tensor | None = None,
+                                 max_block: int = MAX_BLOCK) -> Tensor:
     """Indices ``(B, m)`` (int64) of farthest point sampling of float32 ``xyz`` ``(B, N, 3)`` from ``start``
-    ``(B,)`` (default 0), equal to :func:`pointcloud.ops.farthest_point_sample`'s loop.
+    ``(B,)`` (default 0), equal to :func:`pointcloud.ops.farthest_point_sample_torch`.
 
-    Runs on CUDA, or on CPU tensors when ``TRITON_INTERPRET=1`` was set before Triton was imported. Clouds of more than ``max_block`` points
-    (a power of two) are swept in tiles of that size with their running distances in global memory.
+    Runs on CUDA, or on CPU tensors when ``TRITON_INTERPRET=1`` was set before Triton was imported. Clouds
+    of more than ``max_block`` points (a power of two) are swept in tiles of that size, their running
+    distances in global memory.
     """
+    check_fps_args(xyz, m, start)
     B, N, _ = xyz.shape
-    if not 0 < m <= N:
-        raise ValueError(f"cannot sample {m} of {N} points")
     if xyz.dtype != torch.float32:
         raise TypeError(f"the Triton farthest point sampling takes float32 clouds, got {xyz.dtype}")
     if N >= 2**31:

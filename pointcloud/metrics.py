@@ -56,33 +56,36 @@ def emd_approx(x: Tensor, y: Tensor, epsilon: float = 3e-3, scaling: float = 0.5
     target = epsilon * cost.pow(2).mean((1, 2), keepdim=True).sqrt()  # (B, 1, 1)
     log_w = -math.log(N)
 
-    def f_update(g: Tensor, eps: Tensor) -> Tensor:  # rows of the plan sum to 1/N
-        return -eps[..., 0] * torch.logsumexp((g[:, None, :] - cost) / eps + log_w, dim=2)
+    # With c = cost / eps precomputed per blur level, an update is one (B, N, N) pass and a logsumexp.
+    def f_update(g: Tensor, eps: Tensor, c: Tensor) -> Tensor:  # rows of the plan sum to 1/N
+        return -eps[..., 0] * (torch.logsumexp(g[:, None, :] / eps - c, dim=2) + log_w)
 
-    def g_update(f: Tensor, eps: Tensor) -> Tensor:  # columns sum to 1/N
-        return -eps[..., 0] * torch.logsumexp((f[:, :, None] - cost) / eps + log_w, dim=1)
+    def g_update(f: Tensor, eps: Tensor, c: Tensor) -> Tensor:  # columns sum to 1/N
+        return -eps[..., 0] * (torch.logsumexp(f[:, :, None] / eps - c, dim=1) + log_w)
 
     f = cost.new_zeros(cost.shape[:2])
     g = torch.zeros_like(f)
     levels = max(1, math.ceil(math.log(epsilon) / math.log(scaling)))
     for k in range(levels):  # the blur from the rms distance down to just above the target
         eps = target / epsilon * scaling**k
-        f = f_update(g, eps)
-        g = g_update(f, eps)
+        c = cost / eps
+        f = f_update(g, eps, c)
+        g = g_update(f, eps, c)
+    c = cost / target
     for i in range(max_iterations - levels):
-        f_new = f_update(g, target)
+        f_new = f_update(g, target, c)
         if tol is not None and i % check_every == 0:
             row_error = (torch.exp((f - f_new) / target[..., 0]) - 1).abs().mean(1).amax()  # max over the batch
             if row_error.item() < tol:
                 f = f_new
                 break
         f = f + overrelax * (f_new - f)
-        g = g + overrelax * (g_update(f, target) - g)
+        g = g + overrelax * (g_update(f, target, c) - g)
     else:  # no break: not converged, or no check asked for
         if tol is not None:
             warnings.warn(f"Sinkhorn EMD did not reach tol={tol} in {max_iterations} iterations", stacklevel=2)
-    g = g_update(f, target)  # the plan's columns sum to 1/N exactly
-    plan = torch.exp((f[:, :, None] + g[:, None, :] - cost) / target + 2 * log_w)
+    g = g_update(f, target, c)  # the plan's columns sum to 1/N exactly
+    plan = torch.exp((f[:, :, None] + g[:, None, :]) / target - c + 2 * log_w)
     return (plan * cost).sum((1, 2)).to(x.dtype)
 
 

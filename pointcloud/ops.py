@@ -26,23 +26,35 @@ def _triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def farthest_point_sample(xyz: Tensor, m: int, start: Tensor | None = None) -> Tensor:
-    """Indices ``(B, m)`` of ``m`` points chosen by iterative farthest-point sampling.
-
-    Starts at index ``start`` ``(B,)`` (default 0, as PointNet++ does); a tie goes to the lowest index.
-    Float32 clouds on CUDA run the Triton kernel of :mod:`pointcloud.fps_triton` when Triton is
-    installed (the whole loop in one launch, tested equal to this function's loop). Otherwise each step
-    is vectorised over batch and points, so the loop runs ``m`` times, not ``N * m``.
-    """
+def check_fps_args(xyz: Tensor, m: int, start: Tensor | None) -> None:
+    """Raise a ``ValueError`` naming the bad argument of farthest point sampling."""
     B, N, _ = xyz.shape
     if not 0 < m <= N:
         raise ValueError(f"cannot sample {m} of {N} points")
     if start is not None and start.shape != (B,):
         raise ValueError(f"start must have shape ({B},), one index per cloud, got {tuple(start.shape)}")
+
+
+def farthest_point_sample(xyz: Tensor, m: int, start: Tensor | None = None) -> Tensor:
+    """Indices ``(B, m)`` of ``m`` points of ``xyz`` ``(B, N, 3)`` chosen by iterative farthest-point sampling.
+
+    Starts at index ``start`` ``(B,)`` (default 0, as PointNet++ does); a tie goes to the lowest index.
+    Float32 clouds on CUDA run the Triton kernel of :mod:`pointcloud.fps_triton` when Triton is
+    installed (the whole loop in one launch); everything else runs :func:`farthest_point_sample_torch`,
+    the reference the kernel is tested equal to.
+    """
     if xyz.is_cuda and xyz.dtype == torch.float32 and _triton_available():
         from .fps_triton import farthest_point_sample_triton
 
         return farthest_point_sample_triton(xyz, m, start)
+    return farthest_point_sample_torch(xyz, m, start)
+
+
+def farthest_point_sample_torch(xyz: Tensor, m: int, start: Tensor | None = None) -> Tensor:
+    """:func:`farthest_point_sample` in PyTorch on any device: each step is vectorised over batch and
+    points, so the loop runs ``m`` times (a few kernel launches each), not ``N * m``."""
+    check_fps_args(xyz, m, start)
+    B, N, _ = xyz.shape
     idx = torch.empty(B, m, dtype=torch.long, device=xyz.device)
     nearest = torch.full((B, N), float("inf"), device=xyz.device, dtype=xyz.dtype)
     current = torch.zeros(B, dtype=torch.long, device=xyz.device) if start is None else start.long()

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from pointcloud.ops import (
-    ball_query, chamfer_distance, farthest_point_sample, group, knn, normalize_coords, trilinear_devoxelize, voxelization,
-    voxelize,
+    ball_query, chamfer_distance, farthest_point_sample, farthest_point_sample_torch, group, knn, normalize_coords,
+    trilinear_devoxelize, voxelization, voxelize,
 )
 from pointcloud.reference import ball_query_loop, chamfer_dense, fps_loop, knn_loop, voxelize_loop
 
@@ -67,7 +67,7 @@ def test_fps_triton_kernel_equals_reference(tmp_path):
     subprocess.run([sys.executable, "-c", INTERPRET, tmp_path / "cases.pt", tmp_path / "out.pt"], env=env, cwd=REPO,
                    check=True)
     for (xyz, m, start, max_block), got in zip(cases, torch.load(tmp_path / "out.pt"), strict=True):
-        assert torch.equal(got, farthest_point_sample(xyz, m, start)), (xyz.shape, m, start, max_block)
+        assert torch.equal(got, farthest_point_sample_torch(xyz, m, start)), (xyz.shape, m, start, max_block)
     grids, m, start, _ = cases[-1]
     d = ((grids[:, :, None] - grids[:, None]) ** 2).sum(-1)
     nearest = d.gather(1, farthest_point_sample(grids, m, start)[:, :, None].expand(-1, -1, 64)).cummin(1).values
@@ -116,7 +116,8 @@ def test_voxelize_averages_features_per_voxel_and_devoxelize_interpolates():
     torch.testing.assert_close(norm, normalize_coords(coords, R))
     torch.testing.assert_close(grid, voxelize_loop(feats, norm.round().long(), R))
     vox = voxelization(coords, R)  # kept by layers that voxelize the same cloud again
-    assert torch.equal(vox.average(feats), grid) and torch.equal(vox.interpolate(grid), trilinear_devoxelize(grid, norm))
+    assert torch.equal(vox.average(feats), grid)
+    assert torch.equal(vox.interpolate(grid), trilinear_devoxelize(grid, norm))
 
     # devoxelizing a linear field reproduces it exactly (trilinear interpolation is exact on linear functions)
     idx = torch.arange(R, dtype=torch.float64)
@@ -156,7 +157,7 @@ def test_point_ops_keep_to_the_device(device):
     from pointcloud.metrics import emd_approx
 
     def run(xyz: torch.Tensor, feats: torch.Tensor) -> dict[str, torch.Tensor]:
-        centres = xyz[:, :40]
+        centres, meta = xyz[:, :40], xyz.device.type == "meta"
         grid, norm = voxelize(feats, xyz.transpose(1, 2), 6)
         return {
             "fps": farthest_point_sample(xyz, 16, torch.tensor([3, 7], device=xyz.device)),
@@ -165,8 +166,8 @@ def test_point_ops_keep_to_the_device(device):
             "ball query": ball_query(centres, xyz, 0.3, 8),
             "voxelize": grid, "devoxelize": trilinear_devoxelize(grid, norm),
             "chamfer": chamfer_distance(xyz, centres, chunk=16),
-            # meta holds no values to test convergence on: a fixed schedule there
-            "emd": emd_approx(xyz[:, :64], xyz[:, 64:128], tol=None if xyz.device.type == "meta" else 1e-2),
+            # meta holds no values to test convergence on: a short fixed schedule there
+            "emd": emd_approx(xyz[:, :64], xyz[:, 64:128], **({"tol": None, "max_iterations": 20} if meta else {})),
         }
 
     g = torch.Generator().manual_seed(0)
