@@ -20,9 +20,10 @@ from torch import Tensor
 
 from .ops import check_fps_args
 
-MAX_BLOCK = 16384
-"""Largest cloud whose running distances stay in registers; larger clouds loop over tiles of this size,
-keeping the distances in a global scratch buffer."""
+MAX_BLOCK = 8192
+"""Largest cloud whose coordinates and running distances stay in registers (16 per thread at 16 warps, about
+110 registers each: 512 threads fit an SM's 64 K; at 16 384 they would spill); larger clouds loop over tiles
+of this size, keeping the distances in a global scratch buffer."""
 
 
 @triton.jit
@@ -46,7 +47,7 @@ def _fps(xyz_ptr, start_ptr, out_ptr, scratch_ptr, N, m, BLOCK: tl.constexpr, TI
             nearest = tl.minimum(nearest, (dx * dx + dy * dy) + dz * dz)
             # key: distance bits (monotone for floats >= 0, negative for the padding) over BLOCK - 1 - index
             key = (nearest.to(tl.int32, bitcast=True).to(tl.int64) << 32) | (BLOCK - 1 - offs).to(tl.int64)
-            cur = (BLOCK - 1 - (tl.max(key, 0) & 0xFFFFFFFF)).to(tl.int32)
+            cur = BLOCK - 1 - tl.max(key, 0).to(tl.int32)  # the low 32 bits
     else:
         scratch = scratch_ptr + b * N  # running distances, +inf at launch
         for i in range(m):
@@ -66,7 +67,7 @@ def _fps(xyz_ptr, start_ptr, out_ptr, scratch_ptr, N, m, BLOCK: tl.constexpr, TI
                 key = (near.to(tl.int32, bitcast=True).to(tl.int64) << 32) | (N - 1 - idx).to(tl.int64)
                 key = tl.where(valid, key, -1)
                 best = tl.maximum(best, tl.max(key, 0))
-            cur = (N - 1 - (best & 0xFFFFFFFF)).to(tl.int32)
+            cur = N - 1 - best.to(tl.int32)
 
 
 def farthest_point_sample_triton(xyz: Tensor, m: int, start: Tensor | None = None,

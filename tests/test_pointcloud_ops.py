@@ -43,10 +43,10 @@ def fps_cases() -> list[tuple[torch.Tensor, int, torch.Tensor | None, int]]:
         g = torch.Generator().manual_seed(n)
         xyz = torch.randn(3, n, 3, generator=g) * torch.tensor([1.0, 0.5, 2.0])
         start = torch.randint(0, n, (3,), generator=g)
-        cases += [(xyz, m, start, 16384) for m in ms] + [(xyz, ms[0], None, 16384)]
+        cases += [(xyz, m, start, 8192) for m in ms] + [(xyz, ms[0], None, 8192)]
     grid = torch.stack(torch.meshgrid(*[torch.arange(4.0)] * 3, indexing="ij"), -1).reshape(1, 64, 3)
     grids = torch.cat([grid, grid[:, torch.randperm(64, generator=torch.Generator().manual_seed(0))]])
-    return cases + [(grids, 10, torch.tensor([0, 5]), 16384), (grids, 10, torch.tensor([0, 5]), 32)]
+    return cases + [(grids, 10, torch.tensor([0, 5]), 8192), (grids, 10, torch.tensor([0, 5]), 32)]
 
 
 INTERPRET = """
