@@ -148,3 +148,100 @@ def test_metrics_and_baselines():
     assert blend.flatten().tolist() == [0, 2, 4, 6, 8]
     outside = linear_blend(clip * 2, torch.tensor([False, True, False, True, False]))
     assert outside.flatten().tolist() == [2, 2, 4, 6, 6]  # beyond the observed range: the nearest observed frame
+
+
+# ---- natural video (video/natural.py): camera motion over scikit-image's bundled photographs ----
+
+
+@pytest.fixture(scope="module")
+def natural():
+    pytest.importorskip("skimage")
+    from video import natural
+
+    return natural
+
+
+def test_natural_video_shapes_range_and_determinism(natural):
+    a = natural.NaturalVideo(6, frames=8, size=32, channels=1, seed=0, split="train")
+    clip = a[2]
+    assert clip.shape == (8, 1, 32, 32) and clip.dtype == torch.float32
+    assert clip.min() >= -1 and clip.max() <= 1 and clip.std() > 0.01
+    assert not torch.equal(clip[0], clip[-1]), "the camera moves"
+    assert torch.equal(clip, natural.NaturalVideo(6, frames=8, size=32, channels=1, seed=0, split="train")[2])
+    assert not torch.equal(clip, a[3])
+    assert not torch.equal(clip, natural.NaturalVideo(6, frames=8, size=32, channels=1, seed=1, split="train")[2])
+    rgb = natural.NaturalVideo(2, frames=5, size=16, channels=3, split="val")[1]
+    assert rgb.shape == (5, 3, 16, 16) and rgb.min() >= -1 and rgb.max() <= 1
+    with pytest.raises(IndexError):
+        a[6]
+    with pytest.raises(ValueError, match="channels"):
+        natural.NaturalVideo(2, channels=2)
+
+
+def test_natural_video_train_and_val_use_disjoint_photos(natural):
+    from multigen.config import load_config
+    from video.domain import Video, VideoConfig
+
+    domain = Video(load_config(VideoConfig, overrides=["data.source=natural", "data.size=16", "data.frames=4",
+                                                       "data.num_train=12", "data.num_val=5"]))
+    train, val = domain.build_dataset("train"), domain.build_dataset("val")
+    assert (len(train), len(val)) == (12, 5) and val[0].shape == (4, 1, 16, 16)
+    assert set(train.names).isdisjoint(val.names) and len(val.names) >= 0.15 * (len(train.names) + len(val.names))
+    assert {val.names[val.camera(i).photo] for i in range(5)} <= set(natural.VAL_PHOTOS)
+    # Disjoint in content too, not just in name: no held-out photo equals a training one.
+    for v in val.photos:
+        assert not any(t.shape == v.shape and torch.allclose(t, v, atol=0.05) for t in train.photos)
+
+
+def _shifted(frames: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """``frames`` ``(N, C, S, S)`` resampled at ``p + d`` for each shift ``d`` ``(K, 2)`` (x, y) -> ``(K, N, C, S, S)``."""
+    (N, C, S, _), K = frames.shape, len(shifts)
+    theta = torch.zeros(K, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1
+    theta[:, :, 2] = 2 * shifts / S
+    grid = torch.nn.functional.affine_grid(theta, [K, C, S, S], align_corners=False).repeat_interleave(N, 0)
+    out = torch.nn.functional.grid_sample(frames.repeat(K, 1, 1, 1), grid, align_corners=False)
+    return out.view(K, N, C, S, S)
+
+
+def test_natural_video_pan_frames_are_translations_by_the_velocity(natural):
+    ds = natural.NaturalVideo(30, frames=6, size=32, channels=1, seed=0, split="train")
+    pans = [i for i in range(30) if ds.camera(i).kind == "pan"][:3]
+    assert len(pans) == 3
+    grid = torch.arange(-2.5, 2.51, 0.25)
+    candidates = torch.cartesian_prod(grid, grid)  # (x, y) shifts in output pixels
+    for i in pans:
+        path = ds.camera(i)
+        assert torch.equal(path.side, path.side[:1].expand_as(path.side)) and (path.angle == 0).all()
+        step = path.center[1:] - path.center[:-1]
+        torch.testing.assert_close(step, step[:1].expand_as(step))  # constant velocity
+        velocity = step[0] * ds.size / path.side[0]  # output pixels per frame
+        assert velocity.norm() >= 0.45
+        clip = ds[i]
+        # The shift that best maps frame t onto frame t+1 (blind search, away from the borders) is the velocity.
+        err = (_shifted(clip[:-1], candidates) - clip[1:])[..., 3:-3, 3:-3].pow(2).mean((1, 2, 3, 4))
+        best = candidates[err.argmin()]
+        assert (best - velocity).abs().max() <= 0.2, (i, best, velocity)
+        assert err.min() < 0.25 * err[candidates.norm(dim=1) == 0].item(), "a better match than a still camera"
+
+
+def test_natural_video_renders_exact_crops_of_the_photo(natural):
+    ds = natural.NaturalVideo(1, frames=3, size=16, channels=1, split="val")
+    photo = ds.photos[0][0]
+    # Window of side 16 (one photo pixel per output pixel), corner at integer pixels: frames are exact crops.
+    corners = torch.tensor([[10.0, 5.0], [12.0, 4.0], [14.0, 3.0]])  # (x, y) of the top-left corner
+    path = natural.CameraPath(0, "pan", corners + 8, torch.full((3,), 16.0), torch.zeros(3))
+    clip = ds.render(path)
+    for t, (x, y) in enumerate(corners.long().tolist()):
+        torch.testing.assert_close(clip[t, 0], photo[y : y + 16, x : x + 16], atol=1e-5, rtol=0)
+
+
+def test_natural_video_without_scikit_image_names_the_extra(monkeypatch):
+    import importlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, "skimage", None)
+    monkeypatch.setitem(sys.modules, "skimage.data", None)
+    monkeypatch.delitem(sys.modules, "video.natural", raising=False)
+    with pytest.raises(ImportError, match=r"pip install multigen-diffusion\[video\]"):
+        importlib.import_module("video.natural")

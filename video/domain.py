@@ -23,17 +23,17 @@ from .sampling import SamplerSettings, generate
 
 @dataclass
 class VideoDataConfig:
-    source: str = choice("moving_digits", "moving_digits", "folder")
+    source: str = choice("moving_digits", "moving_digits", "folder", "natural")  # natural: pans/zooms over photos
     root: str = ""  # folder of videos (.mp4/.avi/.webm/.mov/.mkv/.npy) when source=folder
     val_root: str = ""  # held-out folder; empty: the validation set is drawn from `root`
     frames: int = at_least(8, 2)
     size: int = at_least(32, 8)
     channels: int = at_least(1, 1)  # 1 (grayscale) or 3 (RGB)
     stride: int = at_least(1, 1)  # take every `stride`-th frame of a video
-    num_train: int = at_least(20000, 1)  # moving digits: clips per epoch (generated on the fly)
+    num_train: int = at_least(20000, 1)  # moving digits, natural: clips per epoch (generated on the fly)
     num_val: int = at_least(256, 1)
     num_digits: list[int] = field(default_factory=lambda: [1, 2])  # moving digits: min and max per clip
-    seed: int = 0  # moving digits: the validation set uses seed + 1 and unseen handwriting
+    seed: int = 0  # moving digits, natural: the validation set uses seed + 1 and unseen handwriting/photos
     skip_corrupt: bool = False  # folder: skip unreadable/too-short videos with a warning instead of failing
 
 
@@ -121,6 +121,13 @@ class Video(GaussianDomain):
                 length=d.num_train if split == "train" else d.num_val, frames=d.frames, size=d.size,
                 channels=d.channels, num_digits=(lo, hi), seed=d.seed if split == "train" else d.seed + 1,
                 digit_split=split,
+            )
+        if d.source == "natural":
+            from .natural import NaturalVideo  # needs scikit-image (the video extra)
+
+            return NaturalVideo(
+                length=d.num_train if split == "train" else d.num_val, frames=d.frames, size=d.size,
+                channels=d.channels, seed=d.seed if split == "train" else d.seed + 1, split=split,
             )
         root = d.val_root if split == "val" and d.val_root else d.root
         if not root:
