@@ -9,6 +9,7 @@ in the config (``data.vocab``), so an export decodes without the data.
 from __future__ import annotations
 
 import math
+from typing import Any
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from multigen.config import ConfigError, TrainConfig, at_least, choice
-from multigen.domain import Domain
+from multigen.domain import Domain, no_condition
 from multigen.samplers import Known
 
 from .data import CharTokenizer, DigitGrids, TokenWindows, builtin_text, read_text, read_tokens
@@ -63,6 +64,7 @@ class DiscreteSampleConfig:
     num: int = at_least(8, 1)
     steps: int = at_least(0, 0)  # 0: every timestep
     temperature: float = at_least(1.0, 0.0)  # divides the x0 logits; must be > 0 (0 is an error, not argmax)
+    length: int = at_least(0, 0)  # tokens per sampled sequence; 0: data.length (token sources only)
     seed: int = 1234
 
 
@@ -187,24 +189,32 @@ class Discrete(Domain):
             return self.process.masked_diffusion_loss(model, batch).mean()
         return self.process.loss(model, batch).mean()
 
+    SETTINGS = ("steps", "temperature", "length")
+
     def sample(
         self,
         model: nn.Module,
         n: int,
         *,
+        condition: Any = None,
         known: Known | None = None,
-        steps: int | None = None,
-        temperature: float | None = None,
-        length: int | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
+        **settings: Any,
     ) -> Tensor:
-        """``n`` token arrays ``(n, *shape)`` int64; ``known`` (bool ``mask``, int64 ``values``) keeps given tokens."""
-        s = self.cfg.sample
-        shape = (n, length) if length else (n, *self.sample_shape())
-        return self.process.sample(model, shape, steps=steps or s.steps or None,
-                                   temperature=s.temperature if temperature is None else temperature,
-                                   known=known, generator=generator, progress=progress)
+        """``n`` token arrays ``(n, *shape)`` int64; ``known`` (bool ``mask``, int64 ``values``) keeps given tokens.
+
+        ``settings`` (see :meth:`sample_settings`): ``steps`` (0: every timestep), ``temperature`` (> 0) and
+        ``length`` (tokens per sequence, for text and token data; 0: ``data.length``). D3PM has one
+        ancestral sampler: ``sampler``, ``eta``, ``resample`` and ``guidance`` are the Gaussian domains'.
+        """
+        no_condition(self.name, condition)
+        s = self.sample_settings(**settings)
+        if s.length and self.cfg.data.source == "digits":
+            raise ValueError(f"length={s.length}: digit grids have a fixed shape {self.sample_shape()}")
+        shape = (n, s.length) if s.length else (n, *self.sample_shape())
+        return self.process.sample(model, shape, steps=s.steps or None, temperature=s.temperature, known=known,
+                                   generator=generator, progress=progress)
 
     @torch.no_grad()
     def elbo_bits(self, model: nn.Module, data: Tensor, batch_size: int, steps: int | None = None,

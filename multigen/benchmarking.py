@@ -81,7 +81,7 @@ def quality_by_sampler(export: str | Path, device: str, settings: list[tuple[str
     val = p.domain.build_dataset("val")
     rows = []
     for sampler, steps in settings:
-        p.domain.cfg.sample.sampler, p.domain.cfg.sample.steps = sampler, steps
+        p.domain.cfg.sample = p.domain.sample_settings(sampler=sampler, steps=steps)  # checked, as a user's call
         start = time.perf_counter()
         with torch.no_grad():
             metrics = p.domain.evaluate(p.model, val)

@@ -96,15 +96,19 @@ class SampleConfig:
     # ddpm with a known part (completion, prediction): take every step this many times (RePaint's resampling);
     # other samplers and unconditional sampling ignore it
     resample: int = at_least(1, 1)
+    # classifier-free guidance scale on the condition, for domains whose network has one (video: the observed
+    # frames); 1 is the conditional model itself, and another value is an error elsewhere
+    guidance: float = at_least(1.0, 0.0)
     num: int = at_least(16, 1)  # samples drawn at every sample_every
     seed: int = 1234
 
 
-def _validate(obj: Any, prefix: str = "") -> None:
+def validate(obj: Any, prefix: str = "") -> None:
+    """Check every field's ``choices``/``min`` metadata, recursively; :class:`ConfigError` names the key."""
     for f in dataclasses.fields(obj):
         value, key = getattr(obj, f.name), f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):
-            _validate(value, key + ".")
+            validate(value, key + ".")
             continue
         options = f.metadata.get("choices")
         if options is not None and value not in options:
@@ -164,7 +168,7 @@ def load_config(
         key = getattr(e, "full_key", None)
         msg = (getattr(e, "msg", None) or str(e)).strip().splitlines()[0]
         raise ConfigError(f"{key}: {msg}" if key else msg) from None
-    _validate(cfg)
+    validate(cfg)
     return cfg  # type: ignore[return-value]
 
 

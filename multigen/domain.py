@@ -8,6 +8,7 @@ adding a domain touches no core file.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from abc import ABC, abstractmethod
 from importlib.metadata import entry_points
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from . import samplers
+from .config import SampleConfig, validate
 from .diffusion import GaussianDiffusion
 from .samplers import Known
 from .schedules import NoiseSchedule
@@ -58,18 +60,41 @@ class Domain(ABC):
     def training_loss(self, model: nn.Module, batch: Any) -> Tensor:
         """Scalar loss of ``model`` on a collated ``batch`` already on the model's device."""
 
+    SETTINGS: ClassVar[tuple[str, ...]] = ()
+    """The fields of ``cfg.sample`` that :meth:`sample` takes as keyword settings."""
+
+    def sample_settings(self, **overrides: Any) -> Any:
+        """The one settings object sampling uses: a copy of ``cfg.sample`` with ``overrides`` (None: keep).
+
+        A setting this domain does not take is an error naming it and the ones it takes; values are
+        checked as the config checks them. Subclasses add their own consistency checks.
+        """
+        unknown = sorted(set(overrides) - set(self.SETTINGS))
+        if unknown:
+            raise TypeError(f"{self.name} sampling takes no setting {', '.join(map(repr, unknown))}; "
+                            f"its settings are {', '.join(self.SETTINGS)}")
+        settings = dataclasses.replace(self.cfg.sample, **{k: v for k, v in overrides.items() if v is not None})
+        validate(settings, prefix="sample.")
+        return settings
+
     @abstractmethod
     def sample(
         self,
         model: nn.Module,
         n: int,
         *,
+        condition: Any = None,
         known: Known | None = None,
-        steps: int | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
+        **settings: Any,
     ) -> Tensor:
-        """``n`` samples from ``model`` (in the domain's data convention)."""
+        """``n`` samples from ``model`` in the domain's data convention.
+
+        ``condition``: a per-sample condition (None: unconditional; no shipped domain takes one beyond its
+        known part). ``known``: the observed part, kept exactly. ``settings``: any of :attr:`SETTINGS`
+        (see :meth:`sample_settings`), overriding the config's ``sample`` section for this call.
+        """
 
     @abstractmethod
     def save_samples(self, samples: Tensor, path: Path) -> Path:
@@ -113,55 +138,76 @@ class GaussianDomain(Domain):
     def training_loss(self, model: nn.Module, batch: Tensor) -> Tensor:
         return self.diffusion.loss(model, batch).mean()
 
+    SETTINGS = ("sampler", "steps", "spacing", "eta", "resample", "guidance")
+
+    def sample_settings(self, **overrides: Any) -> SampleConfig:
+        """:meth:`Domain.sample_settings`, and the settings fit the sampler: ``eta`` is DDIM's and
+        ``resample`` DDPM's (an error for another sampler); ``guidance`` needs a domain with a condition.
+        The config's ``eta``/``resample`` belong to the config's sampler: when ``sampler`` is overridden
+        they start from their defaults unless given too."""
+        s = self.cfg.sample
+        samplers.check_settings(s.sampler, s.eta, s.resample)  # the config is consistent in itself
+        if overrides.get("sampler") not in (None, s.sampler):
+            overrides = {"eta": 0.0, "resample": 1, **{k: v for k, v in overrides.items() if v is not None}}
+        settings = super().sample_settings(**overrides)
+        samplers.check_settings(settings.sampler, settings.eta, settings.resample)
+        if settings.guidance != 1.0 and not self.conditional:
+            raise ValueError(f"guidance={settings.guidance}: {self.name} samples have no condition to guide on; "
+                             "classifier-free guidance applies to conditional domains (video's observed frames)")
+        return settings
+
+    conditional: ClassVar[bool] = False
+    """Whether the network sees a condition that classifier-free guidance can scale (``sample.guidance``)."""
+
     def sample(
         self,
         model: nn.Module,
         n: int,
         *,
+        condition: Any = None,
         known: Known | None = None,
-        steps: int | None = None,
-        sampler: str | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
+        **settings: Any,
     ) -> Tensor:
+        no_condition(self.name, condition)
         device = next(model.parameters()).device
-        return self.run_sampler(
-            model, (n, *self.sample_shape()), known=known, steps=steps, sampler=sampler, generator=generator,
-            device=device, progress=progress,
-        )
+        return self.run_sampler(model, (n, *self.sample_shape()), self.sample_settings(**settings), known=known,
+                                generator=generator, device=device, progress=progress)
 
     def run_sampler(
         self,
         model_fn: Any,
         shape: tuple[int, ...],
+        settings: SampleConfig,
         *,
         known: Known | None,
-        steps: int | None,
-        sampler: str | None,
         generator: torch.Generator | None,
         device: torch.device,
         progress: bool,
     ) -> Tensor:
-        """The configured core sampler (``sample.*``; ``steps``/``sampler`` override) over the network
+        """The core sampler that ``settings`` (from :meth:`sample_settings`) name over the network
         ``model_fn(x_t, t)``, drawing a batch of ``shape``; ``known`` parts are held fixed."""
-        s = self.cfg.sample
-        samplers.check_settings(s.sampler, s.eta, s.resample)  # the config is consistent in itself
-        # the config's eta/resample belong to its sampler: another sampler asked for here starts from its defaults
-        own = sampler in (None, s.sampler)
         return samplers.sample(
             self.diffusion.denoiser(model_fn),
             shape,
             self.diffusion.schedule,
-            sampler=sampler or s.sampler,
-            steps=steps or s.steps,
-            spacing=s.spacing,
-            eta=s.eta if own else 0.0,
-            resample=s.resample if own else 1,
+            sampler=settings.sampler,
+            steps=settings.steps,
+            spacing=settings.spacing,
+            eta=settings.eta,
+            resample=settings.resample,
             known=known,
             generator=generator,
             device=device,
             progress=progress,
         )
+
+
+def no_condition(domain: str, condition: Any) -> None:
+    """Raise for a ``condition`` given to a domain that takes none."""
+    if condition is not None:
+        raise ValueError(f"{domain} sampling takes no condition (its known part goes in `known`)")
 
 
 def available_domains() -> list[str]:

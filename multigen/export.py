@@ -58,6 +58,17 @@ class Pretrained:
         return self.domain.sample(self.model, n, **kwargs)
 
 
+MOVED_KEYS = {("task", "guidance"): ("sample", "guidance")}
+"""Config keys that moved since exports were first written (old place -> new place), so old exports load."""
+
+
+def _move_renamed_keys(raw: dict) -> None:
+    for (old_section, old_key), (new_section, new_key) in MOVED_KEYS.items():
+        section = raw.get(old_section)
+        if isinstance(section, dict) and old_key in section:
+            raw.setdefault(new_section, {}).setdefault(new_key, section.pop(old_key))
+
+
 def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> Pretrained:
     """Load an export directory written by :func:`export_model` (or the trainer) onto ``device``."""
     path = Path(path)
@@ -67,6 +78,7 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> Pre
     raw = OmegaConf.to_container(OmegaConf.load(path / CONFIG))
     if not isinstance(raw, dict) or "domain" not in raw:
         raise ValueError(f"{path / CONFIG} has no 'domain' key")
+    _move_renamed_keys(raw)
     domain_cls = get_domain(raw.pop("domain"))
     domain = domain_cls(load_config(domain_cls.config_class, values=raw))
     model = domain.build_model()

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate.utils import send_to_device
@@ -22,7 +23,7 @@ from torch.utils.data import Dataset
 
 from multigen import Known
 from multigen.config import DiffusionConfig, SampleConfig, TrainConfig, at_least, choice
-from multigen.domain import GaussianDomain
+from multigen.domain import GaussianDomain, no_condition
 
 from .datasets import NormalizedClouds, Normalizer, ShapeFolder, ShapeNetPC15k
 from .io import render_clouds
@@ -202,13 +203,16 @@ class PointCloud(GaussianDomain):
         model: nn.Module,
         n: int,
         *,
+        condition: Any = None,
         known: Known | None = None,
-        steps: int | None = None,
-        sampler: str | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
+        **settings: Any,
     ) -> Tensor:
-        """``n`` clouds; with ``known`` (mask ``(n, N)`` or ``(n, N, 1)``, values ``(n, N, 3)``) those points are kept."""
+        """``n`` clouds; with ``known`` (mask ``(n, N)`` or ``(n, N, 1)``, values ``(n, N, 3)``) those points are kept.
+        ``settings``: see :meth:`sample_settings` (``resample`` acts only with a known part)."""
+        no_condition(self.name, condition)
+        settings = self.sample_settings(**settings)
         device = next(model.parameters()).device
         shape = (n, *self.sample_shape())
         if known is None:
@@ -218,8 +222,8 @@ class PointCloud(GaussianDomain):
             mask = known.item_mask(shape, 2).to(device)
         scaled = observed * self.scale
         out = self.run_sampler(
-            self.network(model, scaled, mask), shape, known=None if known is None else Known(mask[..., None], scaled),
-            steps=steps, sampler=sampler, generator=generator, device=device, progress=progress,
+            self.network(model, scaled, mask), shape, settings, known=None if known is None else Known(mask[..., None], scaled),
+            generator=generator, device=device, progress=progress,
         )
         return torch.where(mask[..., None], observed, out / self.scale)  # observed points bit-exact
 

@@ -16,7 +16,7 @@ from multigen.samplers import Known
 from video.conditioning import TaskMix, nearest_observed, pack_condition, sample_masks
 from video.domain import Video, VideoConfig
 from video.metrics import linear_blend
-from video.sampling import SamplerSettings, extend_autoregressive, extend_hierarchical, interpolate, predict
+from video.sampling import extend_autoregressive, extend_hierarchical, interpolate, predict
 
 from .test_video_model import tiny_unet
 
@@ -77,16 +77,17 @@ def test_sample_keeps_to_the_device(device, domain, sampler, with_known):
 
 def test_long_video_samplers_keep_to_the_device(device):
     model = tiny_unet().to(device)
-    diffusion = Video(load_config(VideoConfig, overrides=["diffusion.timesteps=50"])).diffusion
-    s, g = SamplerSettings("ddim", 2, residual=True, guidance=2.0), _generator(device)
+    video = Video(load_config(VideoConfig, overrides=["diffusion.timesteps=50"]))
+    diffusion, g = video.diffusion, {"generator": _generator(device), "residual": True}
+    s = video.sample_settings(sampler="ddim", steps=2, guidance=2.0)
     context = torch.zeros(2, 2, 1, 16, 16, device=device)
-    assert predict(model, diffusion, context, 5, s, generator=g).device == device
-    assert interpolate(model, diffusion, context, 2, s, generator=g).shape == (2, 4, 1, 16, 16)
-    auto = extend_autoregressive(model, diffusion, context, 7, 4, s, generator=g)
+    assert predict(model, diffusion, context, 5, s, **g).device == device
+    assert interpolate(model, diffusion, context, 2, s, **g).shape == (2, 4, 1, 16, 16)
+    auto = extend_autoregressive(model, diffusion, context, 7, 4, s, **g)
     assert auto.device == device and auto.shape == (2, 7, 1, 16, 16)
     for first in (context, context[:, :0]):  # with observed frames, and unconditional (as `multigen-video sample`)
         for length in (4, 13):  # one window; keyframes and gaps longer than the window
-            hier = extend_hierarchical(model, diffusion, first, length, 4, s, generator=g)
+            hier = extend_hierarchical(model, diffusion, first, length, 4, s, **g)
             assert hier.device == device and hier.shape == (2, length, 1, 16, 16)
 
 

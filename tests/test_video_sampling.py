@@ -8,7 +8,7 @@ from multigen.config import load_config
 from multigen.samplers import SAMPLERS, Known
 from video.conditioning import nearest_observed
 from video.domain import Video, VideoConfig
-from video.sampling import SamplerSettings, extend_autoregressive, extend_hierarchical, generate, interpolate
+from video.sampling import extend_autoregressive, extend_hierarchical, generate, interpolate
 
 from .test_video_model import tiny_unet
 
@@ -31,7 +31,7 @@ def test_observed_frames_kept_by_every_sampler(setup, sampler):
     mask = torch.tensor([[1, 1, 0, 0, 0], [1, 0, 0, 0, 1]], dtype=torch.bool)
     for guidance, residual in [(1.0, False), (2.0, False), (1.0, True)]:
         out = generate(model, domain.diffusion, clips, mask,
-                       SamplerSettings(sampler, 6, guidance=guidance, residual=residual),
+                       domain.sample_settings(sampler=sampler, steps=6, guidance=guidance), residual=residual,
                        generator=torch.Generator().manual_seed(0))
         assert torch.equal(out[mask], clips[mask])
         assert not torch.equal(out[~mask], clips[~mask])
@@ -41,10 +41,11 @@ def test_observed_frames_kept_by_every_sampler(setup, sampler):
 def test_long_video_chaining_keeps_context_and_keyframes(setup):
     model, domain = setup
     context = _clips(t=3)
-    for s in (SamplerSettings("ddim", 4), SamplerSettings("ddim", 4, residual=True)):
-        auto = extend_autoregressive(model, domain.diffusion, context, 12, window=5, settings=s)
+    s = domain.sample_settings(sampler="ddim", steps=4)
+    for residual in (False, True):
+        auto = extend_autoregressive(model, domain.diffusion, context, 12, window=5, settings=s, residual=residual)
         assert auto.shape == (2, 12, 1, 16, 16) and torch.equal(auto[:, :3], context)
-        hier = extend_hierarchical(model, domain.diffusion, context, 17, window=5, settings=s)
+        hier = extend_hierarchical(model, domain.diffusion, context, 17, window=5, settings=s, residual=residual)
         assert hier.shape == (2, 17, 1, 16, 16) and torch.equal(hier[:, :3], context)
     assert (hier.flatten(2).abs().amax(2) > 0).all(), "every frame was generated"
     keys = _clips(t=3, seed=1)
@@ -67,7 +68,7 @@ def test_hierarchical_gap_windows_observe_both_ends(setup):
 
     recording.parameters = model.parameters
     hier = extend_hierarchical(recording, domain.diffusion, _clips(t=3), 17, window=5,
-                               settings=SamplerSettings("ddim", 2))
+                               settings=domain.sample_settings(sampler="ddim", steps=2))
     assert hier.shape == (2, 17, 1, 16, 16)
     calls = list(dict.fromkeys(windows))  # one entry per window (each is called once per sampler step)
     (keys, key_mask), gaps = calls[0], calls[1:]

@@ -18,11 +18,12 @@ from pathlib import Path
 import torch
 
 from multigen import load_pretrained
+from multigen.config import SampleConfig
 from multigen.samplers import SAMPLERS
 
 from .data import frames_to_clip
 from .io import VideoReadError, read_video, to_uint8, write_video
-from .sampling import SamplerSettings, extend_autoregressive, extend_hierarchical, interpolate
+from .sampling import extend_autoregressive, extend_hierarchical, interpolate
 
 
 def _load(args: argparse.Namespace):
@@ -32,11 +33,14 @@ def _load(args: argparse.Namespace):
     return pretrained
 
 
-def _settings(args: argparse.Namespace, domain) -> SamplerSettings:
-    s = domain.settings(args.steps, args.sampler)
-    if args.guidance is not None:
-        s.guidance = args.guidance
-    return s
+def _settings(args: argparse.Namespace, domain) -> SampleConfig:
+    """The model's sampling settings with the command line's ``--sampler``, ``--steps``, ``--guidance``."""
+    return domain.sample_settings(sampler=args.sampler, steps=args.steps, guidance=args.guidance)
+
+
+def _options(args: argparse.Namespace, domain) -> dict:
+    """What every generation call takes besides the settings: the RNG and the model's residual mode."""
+    return {"generator": _generator(args), "residual": domain.cfg.model.residual}
 
 
 def _read_clip(args: argparse.Namespace, domain) -> torch.Tensor:
@@ -63,7 +67,7 @@ def cmd_predict(args: argparse.Namespace) -> Path:
     extend = extend_hierarchical if args.mode == "hierarchical" else extend_autoregressive
     with torch.no_grad():
         new = extend(p.model, p.domain.diffusion, clip[:, K - keep : K], args.frames - (K - keep), window,
-                     _settings(args, p.domain), progress=True, generator=_generator(args))
+                     _settings(args, p.domain), progress=True, **_options(args, p.domain))
     video = torch.cat([clip[:, : K - keep], new], dim=1)
     return write_video(args.out, to_uint8(video[0]), fps=args.fps)
 
@@ -78,7 +82,7 @@ def cmd_interpolate(args: argparse.Namespace) -> Path:
         raise SystemExit(f"--between {args.between} does not fit the model's window of {window} frames")
     with torch.no_grad():
         video = interpolate(p.model, p.domain.diffusion, clip, args.between, _settings(args, p.domain),
-                            generator=_generator(args), progress=False)
+                            progress=False, **_options(args, p.domain))
     return write_video(args.out, to_uint8(video[0]), fps=args.fps)
 
 
@@ -90,7 +94,7 @@ def cmd_sample(args: argparse.Namespace) -> Path:
     empty = torch.zeros(args.num, 0, d.channels, d.size, d.size, device=args.device)
     with torch.no_grad():
         videos = extend_hierarchical(p.model, p.domain.diffusion, empty, args.frames or d.frames, d.frames,
-                                     _settings(args, p.domain), progress=True, generator=_generator(args))
+                                     _settings(args, p.domain), progress=True, **_options(args, p.domain))
     for i, v in enumerate(videos):
         write_video(out / f"sample_{i:03d}.{args.format}", to_uint8(v), fps=args.fps)
     p.domain.save_samples(videos.float().cpu(), out / "grid")

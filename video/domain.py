@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from multigen.config import DiffusionConfig, SampleConfig, TrainConfig, at_least, choice
-from multigen.domain import GaussianDomain
+from multigen.domain import GaussianDomain, no_condition
 from multigen.samplers import Known
 
 from .conditioning import TaskMix, nearest_observed, pack_condition, sample_masks
@@ -18,7 +19,7 @@ from .data import MovingDigits, VideoFolder
 from .io import save_clip_grid
 from .metrics import best_and_mean_scores, copy_last_frame, linear_blend
 from .model import SpaceTimeUNet
-from .sampling import SamplerSettings, generate
+from .sampling import generate
 
 
 @dataclass
@@ -65,7 +66,6 @@ class VideoTaskConfig:
     interpolate: float = 0.2
     random: float = 0.15
     image_prob: float = 0.0  # joint image-video training: fraction of clips made of independent frames
-    guidance: float = 1.0  # classifier-free guidance scale when sampling with observed frames
 
 
 @dataclass
@@ -99,6 +99,7 @@ class Video(GaussianDomain):
 
     name = "video"
     config_class = VideoConfig
+    conditional = True  # the observed frames: sample.guidance scales them
 
     def clip_scale(self) -> float:
         return 2.0 if self.cfg.model.residual else 1.0  # a residual of two frames in [-1, 1] lies in [-2, 2]
@@ -139,11 +140,6 @@ class Video(GaussianDomain):
         d = self.cfg.data
         return (d.frames, d.channels, d.size, d.size)
 
-    def settings(self, steps: int | None = None, sampler: str | None = None) -> SamplerSettings:
-        s = self.cfg.sample
-        return SamplerSettings(sampler or s.sampler, steps or s.steps, s.spacing, s.eta, self.cfg.task.guidance,
-                               self.cfg.model.residual, s.resample)
-
     def training_loss(self, model: nn.Module, batch: Tensor) -> Tensor:
         B, T = batch.shape[:2]
         task = self.cfg.task
@@ -169,22 +165,25 @@ class Video(GaussianDomain):
         model: nn.Module,
         n: int,
         *,
+        condition: Any = None,
         known: Known | None = None,
-        steps: int | None = None,
-        sampler: str | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
+        **settings: Any,
     ) -> Tensor:
         """``n`` clips ``(n, T, C, H, W)``; with ``known`` (values ``(n, T, C, H, W)``, mask ``(n, T)`` or
-        ``(n, T, 1, 1, 1)``; a full-size mask must be constant inside each frame) those frames are kept."""
+        ``(n, T, 1, 1, 1)``; a full-size mask must be constant inside each frame) those frames are kept.
+        ``settings``: see :meth:`sample_settings` (``guidance`` scales the observed frames' condition)."""
+        no_condition(self.name, condition)
+        settings = self.sample_settings(**settings)
         shape = (n, *self.sample_shape())
         device = next(model.parameters()).device
         if known is None:
             observed, mask = torch.zeros(shape, device=device), None
         else:
             observed, mask = known.values.to(device).expand(shape), known.item_mask(shape, 2).to(device)
-        return generate(model, self.diffusion, observed, mask, self.settings(steps, sampler), generator=generator,
-                        progress=progress)
+        return generate(model, self.diffusion, observed, mask, settings, residual=self.cfg.model.residual,
+                        generator=generator, progress=progress)
 
     def evaluate(self, model: nn.Module, dataset: Dataset) -> dict[str, float]:
         """Future prediction and interpolation on held-out clips, MCVD protocol, with trivial baselines.
@@ -212,11 +211,12 @@ class Video(GaussianDomain):
             "interp": ((idx == 0) | (idx == T - 1), lambda m: linear_blend(clips, m)),
         }
         metrics: dict[str, Tensor] = {}
+        settings = self.sample_settings()
         for name, (frame_mask, baseline) in tasks.items():
             reps = clips.repeat(e.samples_per_clip, 1, 1, 1, 1)
             out = torch.cat([
-                generate(model, self.diffusion, chunk, frame_mask.expand(len(chunk), T), self.settings(),
-                         generator=generator)
+                generate(model, self.diffusion, chunk, frame_mask.expand(len(chunk), T), settings,
+                         residual=self.cfg.model.residual, generator=generator)
                 for chunk in reps.split(e.batch_size)
             ])
             samples = out.float().reshape(e.samples_per_clip, *clips.shape)

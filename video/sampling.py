@@ -14,30 +14,16 @@ Long videos are built from windows of the model's training length ``T``:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from multigen import Known, sample
+from multigen.config import SampleConfig
 from multigen.diffusion import GaussianDiffusion
 from multigen.guidance import classifier_free_guidance
 
 from .conditioning import nearest_observed, pack_condition
-
-
-@dataclass
-class SamplerSettings:
-    """Which core sampler to run, and how."""
-
-    sampler: str = "dpm_solver_pp"
-    steps: int = 25
-    spacing: str = "auto"
-    eta: float = 0.0
-    guidance: float = 1.0  # classifier-free guidance scale on the observed frames
-    residual: bool = False  # the model generates residuals to each frame's nearest observed frame
-    resample: int = 1  # ddpm with observed frames only: take every step this many times (RePaint's resampling)
 
 
 def generate(
@@ -45,7 +31,8 @@ def generate(
     diffusion: GaussianDiffusion,
     observed: Tensor,
     mask: Tensor | None,
-    settings: SamplerSettings,
+    settings: SampleConfig,
+    residual: bool = False,
     frame_index: Tensor | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
@@ -55,7 +42,8 @@ def generate(
     ``observed`` ``(B, T, C, H, W)`` holds the observed frames (other entries are ignored);
     ``mask=None`` observes nothing (unconditional clips of ``observed``'s shape);
     ``frame_index`` ``(B, T)`` gives the frames' positions in the video (default ``0..T-1``).
-    With ``settings.residual`` the sampler draws ``x - nearest_observed(x)`` (exactly 0 on observed
+    ``settings`` come from the domain's ``sample_settings`` (sampler, steps, spacing, eta, resample, guidance).
+    With ``residual`` (the model's ``model.residual``) the sampler draws ``x - nearest_observed(x)`` (exactly 0 on observed
     frames), and the output is that plus the reference, clamped to ``[-1, 1]``.
     Every tensor is made on the model's device; ``generator`` must be on it too.
     """
@@ -64,7 +52,7 @@ def generate(
     free = mask is None
     mask = observed.new_zeros(B, T, dtype=torch.bool) if free else mask.to(observed.device)
     cond = pack_condition(observed, mask)
-    reference = nearest_observed(observed, mask, frame_index) if settings.residual else None
+    reference = nearest_observed(observed, mask, frame_index) if residual else None
 
     def conditional(x: Tensor, t: Tensor, c: Tensor) -> Tensor:
         fi = None if frame_index is None else frame_index.to(x.device).repeat(len(x) // B, 1)
@@ -90,7 +78,7 @@ def generate(
     return out if reference is None else (out + reference).clamp(-1, 1)  # observed frames: 0 + themselves
 
 
-def predict(model, diffusion, context: Tensor, frames: int, settings: SamplerSettings, **kw) -> Tensor:
+def predict(model, diffusion, context: Tensor, frames: int, settings: SampleConfig, **kw) -> Tensor:
     """Continue ``context`` ``(B, K, C, H, W)`` by ``frames - K`` frames in one window of ``frames``."""
     B, K = context.shape[:2]
     if not 0 < K < frames:
@@ -100,7 +88,7 @@ def predict(model, diffusion, context: Tensor, frames: int, settings: SamplerSet
     return generate(model, diffusion, observed, mask, settings, **kw)
 
 
-def interpolate(model, diffusion, keyframes: Tensor, between: int, settings: SamplerSettings, **kw) -> Tensor:
+def interpolate(model, diffusion, keyframes: Tensor, between: int, settings: SampleConfig, **kw) -> Tensor:
     """Insert ``between`` frames between each pair of consecutive ``keyframes`` ``(B, K, C, H, W)``.
 
     Each gap is one window ``[key_i, between frames, key_{i+1}]``; returns
@@ -121,7 +109,7 @@ def interpolate(model, diffusion, keyframes: Tensor, between: int, settings: Sam
 
 
 def extend_autoregressive(
-    model, diffusion, context: Tensor, length: int, window: int, settings: SamplerSettings, progress: bool = False,
+    model, diffusion, context: Tensor, length: int, window: int, settings: SampleConfig, progress: bool = False,
     **kw,
 ) -> Tensor:
     """Extend ``context`` ``(B, K, C, H, W)`` to ``length`` frames with windows of ``window`` frames.
@@ -142,7 +130,7 @@ def extend_autoregressive(
 
 
 def extend_hierarchical(
-    model, diffusion, first: Tensor, length: int, window: int, settings: SamplerSettings, progress: bool = False,
+    model, diffusion, first: Tensor, length: int, window: int, settings: SampleConfig, progress: bool = False,
     **kw,
 ) -> Tensor:
     """Generate ``length`` frames from observed ``first`` frames ``(B, K, C, H, W)`` hierarchically.

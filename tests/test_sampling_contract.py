@@ -1,0 +1,102 @@
+"""One sampling contract: ``Domain.sample(model, n, condition=None, known=None, generator=None, **settings)``
+means the same in every domain, and a setting that cannot act is an error naming it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from multigen.config import ConfigError, SampleConfig, load_config
+from multigen.export import export_model, load_pretrained
+from multigen.toy2d import Toy2D, Toy2DConfig
+
+SMALL = {
+    "toy2d": ("multigen.toy2d:Toy2D", ["model.hidden=8"]),
+    "video": ("video.domain:Video", ["data.frames=3", "data.size=8", "model.base_channels=8", "model.channel_mults=[1]",
+                                     "model.head_channels=8", "diffusion.timesteps=20"]),
+    "pointcloud": ("pointcloud.domain:PointCloud", ["data.points=64", "model.width=0.25",
+                                                    "model.voxel_resolution=0.25", "task.partial_points=10"]),
+    "discrete": ("discrete.domain:Discrete", ["data.source=digits", "data.levels=4", "process.timesteps=8",
+                                              "model.dim=16", "model.depth=1", "model.heads=1"]),
+}
+
+
+def _domain(name: str, *extra: str):
+    from multigen.domain import get_domain
+
+    path, overrides = SMALL[name]
+    cls = get_domain(path)
+    domain = cls(load_config(cls.config_class, overrides=[*overrides, *extra]))
+    domain.fit()
+    return domain
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_every_domain_names_an_unknown_setting_and_refuses_a_condition(name):
+    domain = _domain(name)
+    model = domain.build_model()
+    with pytest.raises(TypeError, match=r"takes no setting 'stpes'; its settings are .*steps"):
+        domain.sample(model, 1, stpes=3)
+    with pytest.raises(ValueError, match="takes no condition"):
+        domain.sample(model, 1, condition=torch.zeros(1, 4))
+    with pytest.raises(ConfigError, match="sample.steps: must be >= "):
+        domain.sample_settings(steps=-1)
+
+
+def test_the_discrete_domain_names_the_gaussian_settings_it_does_not_take():
+    domain = _domain("discrete")
+    for setting in ("sampler", "eta", "resample", "guidance"):
+        with pytest.raises(TypeError, match=f"takes no setting '{setting}'"):
+            domain.sample(domain.build_model(), 1, **{setting: 1})
+    assert domain.sample_settings(temperature=0.5, steps=4).temperature == 0.5
+
+
+@pytest.mark.parametrize("name", ["toy2d", "video", "pointcloud"])
+def test_gaussian_settings_must_fit_the_sampler(name):
+    domain = _domain(name)
+    with pytest.raises(ValueError, match="eta=0.5 only applies to the ddim sampler"):
+        domain.sample_settings(sampler="dpm_solver_pp", eta=0.5)
+    with pytest.raises(ValueError, match="resample=2 only applies to the ddpm sampler"):
+        domain.sample_settings(sampler="ddim", resample=2)
+    assert domain.sample_settings(sampler="ddim", eta=1.0).eta == 1.0
+
+
+def test_the_configs_sampler_settings_do_not_follow_another_sampler():
+    """The point-cloud default resamples DDPM steps twice; asking for DDIM leaves resampling at 1, while a
+    config whose own sampler cannot use its setting is an error."""
+    domain = _domain("pointcloud")
+    assert (domain.cfg.sample.sampler, domain.cfg.sample.resample) == ("ddpm", 2)
+    assert domain.sample_settings(sampler="ddim").resample == 1
+    assert domain.sample_settings().resample == 2
+    bad = _domain("pointcloud", "sample.sampler=ddim")  # resample=2 from the domain's defaults
+    with pytest.raises(ValueError, match="resample=2 only applies to the ddpm sampler"):
+        bad.sample_settings()
+
+
+def test_guidance_needs_a_condition():
+    with pytest.raises(ValueError, match="guidance=2.0: pointcloud samples have no condition"):
+        _domain("pointcloud").sample_settings(guidance=2.0)
+    assert _domain("video").sample_settings(guidance=2.0).guidance == 2.0
+
+
+def test_pretrained_sample_passes_settings_on_and_the_domain_checks_them(tmp_path):
+    domain = Toy2D(load_config(Toy2DConfig, overrides=["model.hidden=8"]))
+    export_model(domain.build_model(), domain, tmp_path / "export")
+    p = load_pretrained(tmp_path / "export")
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    a = p.sample(4, sampler="ddim", steps=3, generator=g())
+    b = domain.sample(p.model, 4, sampler="ddim", steps=3, generator=g())
+    assert torch.equal(a, b)
+    with pytest.raises(TypeError, match="takes no setting 'temperature'"):
+        p.sample(4, temperature=0.5)
+
+
+def test_an_export_written_with_task_guidance_loads_it_as_sample_guidance(tmp_path):
+    domain = _domain("video", "sample.guidance=1.5")
+    out = export_model(domain.build_model(), domain, tmp_path / "export")
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    config["task"]["guidance"] = config["sample"].pop("guidance")  # as exports before the move wrote it
+    (out / "config.yaml").write_text(yaml.safe_dump(config))
+    assert load_pretrained(out).config.sample.guidance == 1.5
+    assert "guidance" in {f for f in SampleConfig.__dataclass_fields__}
