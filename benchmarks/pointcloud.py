@@ -47,8 +47,10 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 SAMPLER_SETTINGS = [("ddpm", 250), ("ddpm", 100), ("ddim", 50), ("dpm_solver_pp", 50), ("dpm_solver_pp", 25)]
 
 
-def measure_config(config: str, device: str, batch: int, points: int, steps: int) -> dict:
-    """Train-step time and peak memory of ``configs/pointcloud/<config>.yaml`` at ``points`` points."""
+def train_step_setup(config: str, device: str, batch: int, points: int):
+    """``configs/pointcloud/<config>.yaml`` at ``points`` points: its config, domain, network on ``device``, one
+    batch as the trainer's data loader makes it (partial views drawn on the CPU, outside the step) and the
+    autocast dtype (bf16 on CUDA when the config trains in it, else None)."""
     from multigen.config import load_config
     from pointcloud.domain import PointCloud, PointCloudConfig
 
@@ -57,9 +59,14 @@ def measure_config(config: str, device: str, batch: int, points: int, steps: int
     domain = PointCloud(cfg)
     model = domain.build_model().to(device)
     data = domain.build_dataset("train")
-    # a batch as the trainer's data loader makes it (partial views drawn on the CPU, outside the step)
     clouds = {k: v.to(device) for k, v in domain.collate_fn([data[i] for i in range(batch)]).items()}
     dtype = torch.bfloat16 if cfg.train.mixed_precision == "bf16" and device == "cuda" else None
+    return cfg, domain, model, clouds, dtype
+
+
+def measure_config(config: str, device: str, batch: int, points: int, steps: int) -> dict:
+    """Train-step time and peak memory of ``configs/pointcloud/<config>.yaml`` at ``points`` points."""
+    cfg, domain, model, clouds, dtype = train_step_setup(config, device, batch, points)
     seconds, peak = time_train_steps(lambda: domain.training_loss(model, clouds), model.parameters(), device,
                                      dtype, steps)
     with torch.autocast(device_type=device, dtype=dtype, enabled=dtype is not None), OpCount() as count:
@@ -90,17 +97,8 @@ def profile_step(config: str, device: str, batch: int, points: int, rows: int = 
     device time, and write its Chrome trace to ``benchmarks/out/pointcloud_<config>_trace.json``."""
     from torch.profiler import ProfilerActivity, profile
 
-    from multigen.config import load_config
-    from pointcloud.domain import PointCloud, PointCloudConfig
-
-    cfg = load_config(PointCloudConfig, REPO / "configs" / "pointcloud" / f"{config}.yaml",
-                      [f"data.points={points}", f"train.batch_size={batch}"])
-    domain = PointCloud(cfg)
-    model = domain.build_model().to(device)
-    data = domain.build_dataset("train")
-    clouds = {k: v.to(device) for k, v in domain.collate_fn([data[i] for i in range(batch)]).items()}
+    cfg, domain, model, clouds, dtype = train_step_setup(config, device, batch, points)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-    dtype = torch.bfloat16 if cfg.train.mixed_precision == "bf16" and device == "cuda" else None
 
     def step() -> None:
         with torch.autocast(device_type=device, dtype=dtype, enabled=dtype is not None):
