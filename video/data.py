@@ -58,6 +58,14 @@ def _bounce(start: Tensor, velocity: Tensor, steps: Tensor, limit: float) -> Ten
     return torch.where(u <= limit, u, 2 * limit - u)
 
 
+def item_generator(i: int, length: int, seed: int) -> torch.Generator:
+    """The generator that makes item ``i`` of a synthetic set of ``length`` clips: seeded by ``seed`` and ``i``
+    alone, so an item is the same however the set is read (``IndexError`` outside ``[0, length)``)."""
+    if not 0 <= i < length:
+        raise IndexError(i)
+    return torch.Generator().manual_seed(seed * 1_000_003 + i)
+
+
 class MovingDigits(Dataset):
     """Bouncing handwritten digits (scikit-learn's bundled digits; nothing is downloaded).
 
@@ -94,9 +102,7 @@ class MovingDigits(Dataset):
         return self.length
 
     def __getitem__(self, i: int) -> Tensor:
-        if not 0 <= i < self.length:
-            raise IndexError(i)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        g = item_generator(i, self.length, self.seed)
         lo, hi = self.num_digits
         n = int(torch.randint(lo, hi + 1, (1,), generator=g))
         T, S, d = self.frames, self.size, self.digit

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .data import item_generator
 from .io import from_uint8
 
 try:
@@ -126,9 +127,7 @@ class NaturalVideo(Dataset):
 
     def camera(self, i: int) -> CameraPath:
         """The photograph and camera path of item ``i`` (what :meth:`__getitem__` renders)."""
-        if not 0 <= i < self.length:
-            raise IndexError(i)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        g = item_generator(i, self.length, self.seed)
         rand = lambda *shape: torch.rand(*shape, generator=g)  # noqa: E731
         photo = int(torch.randint(len(self.photos), (1,), generator=g))
         kind = KINDS[int(torch.randint(len(KINDS), (1,), generator=g))]
