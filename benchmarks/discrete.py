@@ -21,13 +21,19 @@ to an oracle that is told the known token exactly. Then with the tiny text confi
 the uniform transition once per seed: infill accuracy on held-out text (the share of generated
 characters equal to the held-out truth).
 
+Part 4 (``--versus-ar``) is the autoregressive baseline: per seed, the default text config trained by the
+trainer and the same transformer with a causal mask (same size, data, batch, steps, optimiser and EMA), with
+held-out bits/char of both on the same windows (the diffusion model's negative ELBO, the twin's exact NLL).
+
     python benchmarks/discrete.py [--device cpu|cuda] [--vocab 27 256 8192] [--tokens 16384] [--throughput]
     python benchmarks/discrete.py --skip-transitions --infill [--seeds 0 1 2] [--train-steps 600]
+    python benchmarks/discrete.py --skip-transitions --versus-ar --seeds 0 1 [--override train.max_steps=900 ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -278,6 +284,83 @@ def curve(device: str, out_dir: Path, eval_every: int, sampling_steps: list[int]
             "by_sampling_steps": by_sampling}
 
 
+def train_autoregressive(domain, seed: int, device: str) -> tuple[torch.nn.Module, float]:
+    """The autoregressive baseline of ``domain``'s text model: the same transformer (size, positions, relative
+    bias) with a causal mask, trained with the config's batch, steps, optimiser, warmup, decay, clipping and EMA on
+    the same training windows. Position i predicts token i from tokens < i, the first from a start token (id
+    ``data_vocab``). Returns the EMA model and the training seconds."""
+    from torch.utils.data import DataLoader
+
+    from discrete.model import SequenceTransformer
+    from multigen.trainer import EMA, lr_factor
+
+    cfg = domain.cfg
+    m, t = cfg.model, cfg.train
+    torch.manual_seed(seed)
+    model = SequenceTransformer(domain.data_vocab + 1, cfg.data.length, cfg.process.timesteps, dim=m.dim,
+                                depth=m.depth, heads=m.heads, dropout=m.dropout, causal=True).to(device)
+    ema = EMA(model, t.ema_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t.warmup_steps, t.max_steps, t.lr_decay))
+    loader = DataLoader(domain.build_dataset("train"), batch_size=t.batch_size, shuffle=True, drop_last=True,
+                        generator=torch.Generator().manual_seed(seed))
+    no_skip = torch.zeros((), dtype=torch.bool, device=device)
+    start, step = time.perf_counter(), 0
+    while step < t.max_steps:
+        for batch in loader:
+            loss = autoregressive_bits(model, batch.to(device), domain.data_vocab).mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            scheduler.step()
+            ema.update(model, no_skip)
+            step += 1
+            if step == t.max_steps:
+                break
+    return ema.module, time.perf_counter() - start
+
+
+def autoregressive_bits(model, x: torch.Tensor, start_id: int) -> torch.Tensor:
+    """Exact negative log-likelihood of each sequence ``x`` ``(B, L)`` in bits per token ``(B,)``."""
+    inputs = torch.cat([torch.full_like(x[:, :1], start_id), x[:, :-1]], dim=1)
+    logits = model(inputs, torch.zeros(len(x), device=x.device))
+    return F.cross_entropy(logits.transpose(1, 2), x, reduction="none").mean(1) / math.log(2)
+
+
+def versus_autoregressive(device: str, seeds: list[int], overrides: list[str], sequences: int,
+                          out_dir: Path) -> dict:
+    """Per seed: train the text diffusion config (the trainer, ``overrides`` applied) and its autoregressive
+    twin (:func:`train_autoregressive`), and score both on the same ``sequences`` held-out windows: the diffusion
+    model's negative ELBO (an upper bound), the twin's exact negative log-likelihood, both in bits/char."""
+    from discrete.domain import mean_and_stderr
+    from multigen.export import load_pretrained
+    from multigen.train import main as train
+
+    rows = []
+    for seed in seeds:
+        run = out_dir / f"text_seed{seed}"
+        args = [f"train.output_dir={run}", "train.resume=false", "train.tensorboard=false", f"train.seed={seed}",
+                *(["train.cpu=true"] if device == "cpu" else []), *overrides]
+        start = time.perf_counter()
+        assert train(["--domain", "discrete", "--config", "default", *args]) == 0
+        diffusion_seconds = time.perf_counter() - start
+        p = load_pretrained(run / "export", device)
+        val = p.domain.build_dataset("val")
+        data = torch.stack([val[i] for i in range(min(sequences, len(val)))])
+        elbo, elbo_se = mean_and_stderr(p.domain.elbo_bits(p.model, data, batch_size=32))
+        ar, ar_seconds = train_autoregressive(p.domain, seed, device)
+        with torch.no_grad():
+            nll, nll_se = mean_and_stderr(torch.cat([autoregressive_bits(ar, chunk.to(device), p.domain.data_vocab)
+                                                     .cpu() for chunk in data.split(32)]))
+        rows.append({"seed": seed, "diffusion_bits": elbo, "diffusion_stderr": elbo_se, "ar_bits": nll,
+                     "ar_stderr": nll_se, "unigram_bits": p.domain.unigram_bits(data),
+                     "diffusion_train_seconds": diffusion_seconds, "ar_train_seconds": ar_seconds})
+        print(f"seed {seed}: diffusion {elbo:.3f} ± {elbo_se:.3f} bits/char ({diffusion_seconds:.0f} s with its "
+              f"evaluation), autoregressive {nll:.3f} ± {nll_se:.3f} ({ar_seconds:.0f} s)")
+    return {"held_out_sequences": len(data), "length": data.shape[1], "overrides": overrides, "rows": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -302,6 +385,10 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=600)
     parser.add_argument("--windows", type=int, default=256, help="held-out windows infilled per seed")
     parser.add_argument("--hidden", type=float, default=0.25, help="share of characters hidden and generated")
+    parser.add_argument("--versus-ar", action="store_true",
+                        help="train the default text config and the same transformer with a causal mask per seed "
+                             "(--seeds) and compare held-out bits/char")
+    parser.add_argument("--override", nargs="*", default=[], help="dotted config overrides for --versus-ar")
     parser.add_argument("--out", default="benchmarks/out/discrete.json")
     args = parser.parse_args()
 
@@ -341,6 +428,18 @@ def main() -> None:
         print("\n| sampling steps | " + " | ".join(str(r["steps"]) for r in c["by_sampling_steps"]) + " |")
         print("|---|" + "---|" * len(c["by_sampling_steps"]))
         print("| bits/char | " + " | ".join(f"{r['bits_per_char']:.3f}" for r in c["by_sampling_steps"]) + " |")
+    if args.versus_ar:
+        v = result["versus_ar"] = versus_autoregressive(args.device, args.seeds, args.override, args.sequences,
+                                                        Path(args.out).parent / "discrete_ar")
+        print(f"\n| model | held-out bits/char ({v['held_out_sequences']} windows of {v['length']}), mean ± std over "
+              f"{len(v['rows'])} seeds | mean s.e. of one estimate | training seconds |\n|---|---|---|---|")
+        for name, key in (("diffusion (negative ELBO)", "diffusion"), ("autoregressive (exact NLL)", "ar")):
+            bits = torch.tensor([r[f"{key}_bits"] for r in v["rows"]])
+            se = sum(r[f"{key}_stderr"] for r in v["rows"]) / len(v["rows"])
+            secs = sum(r[f"{key}_train_seconds"] for r in v["rows"]) / len(v["rows"])
+            spread = f" ± {bits.std():.3f}" if len(bits) > 1 else ""
+            print(f"| {name} | {bits.mean():.3f}{spread} | {se:.3f} | {secs:.0f} |")
+        print(f"| unigram | {v['rows'][0]['unigram_bits']:.3f} | | |")
     write_results(args.out, result)
 
 

@@ -389,17 +389,23 @@ class D3PM:
         vb, ce = self.loss_terms(model, x0, t, generator)
         return (vb + self.hybrid_lambda * ce).float()
 
-    def masked_diffusion_loss(self, model, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def masked_diffusion_loss(self, model, x0: Tensor, generator: torch.Generator | None = None,
+                              stratified: bool = True) -> Tensor:
         """Continuous-time masked diffusion (MDLM / MD4), absorbing only, per sample ``(B,)``.
 
         With ``α(u) = 1 − u``, each token is masked with probability ``u ~ U(0, 1]`` and the
         loss is ``(1/u) · Σ_masked CE / L``, an upper bound on the negative log-likelihood.
         The model sees time ``u·T`` (the matching discrete step of the ``jsd`` schedule).
+        ``stratified``: the batch's times are ``(i + v) / B`` for one ``v ~ U(0, 1)`` (MDLM's
+        low-discrepancy draw; each is still uniform, so the loss stays unbiased, with less variance).
         """
         if not isinstance(self.transition, Absorbing):
             raise ValueError("the masked-diffusion objective needs the absorbing transition")
         B = len(x0)
-        u = torch.rand(B, device=x0.device, generator=generator).clamp_min(1e-3)
+        u = torch.rand(1 if stratified else B, device=x0.device, generator=generator)
+        if stratified:
+            u = (torch.arange(B, device=x0.device) + u) / B
+        u = u.clamp_min(1e-3)
         masked = torch.rand(x0.shape, device=x0.device, generator=generator) < _per_sample(u, x0)
         x_t = torch.where(masked, torch.full_like(x0, self.transition.mask_id), x0)
         ce = -self.model_log_probs(model(x_t, u * self.T)).gather(-1, x0[..., None])[..., 0]

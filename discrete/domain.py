@@ -49,6 +49,8 @@ class DiscreteProcessConfig:
     # which learns far faster per step; auto: masked for absorbing, else d3pm. The reported ELBO is always the
     # discrete-time bound of the D3PM process (every term kept, each a one-sample Monte Carlo estimate).
     objective: str = choice("auto", "auto", "d3pm", "masked")
+    # masked objective: how the batch's times are drawn; stratified is MDLM's low-discrepancy draw (i + v) / B
+    time_sampling: str = choice("stratified", "stratified", "uniform")
 
 
 @dataclass
@@ -186,7 +188,8 @@ class Discrete(Domain):
 
     def training_loss(self, model: nn.Module, batch: Tensor) -> Tensor:
         if self.objective == "masked":
-            return self.process.masked_diffusion_loss(model, batch).mean()
+            stratified = self.cfg.process.time_sampling == "stratified"
+            return self.process.masked_diffusion_loss(model, batch, stratified=stratified).mean()
         return self.process.loss(model, batch).mean()
 
     SETTINGS = ("steps", "temperature", "length")

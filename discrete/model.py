@@ -37,13 +37,14 @@ class SequenceTransformer(nn.Module):
     Positions enter twice: learned absolute embeddings, and a learned per-head, per-block
     attention bias for each token offset (T5-style), initialised to favour near
     neighbours, which makes character-level context usable after few steps. Any
-    ``L <= max_length`` works.
+    ``L <= max_length`` works. ``causal=True`` masks attention to later positions (the
+    autoregressive baseline of the same size: position i then sees tokens 0..i only).
     """
 
     def __init__(self, vocab: int, max_length: int, timesteps: int, dim: int = 256, depth: int = 6,
-                 heads: int = 4, dropout: float = 0.0) -> None:
+                 heads: int = 4, dropout: float = 0.0, causal: bool = False) -> None:
         super().__init__()
-        self.timesteps = timesteps
+        self.timesteps, self.causal = timesteps, causal
         self.tokens = nn.Embedding(vocab, dim)
         self.positions = nn.Parameter(torch.randn(max_length, dim) * 0.02)
         self.time = TimestepEmbedding(dim)
@@ -61,8 +62,10 @@ class SequenceTransformer(nn.Module):
         emb = self.time(t.float() / self.timesteps)
         idx = torch.arange(L, device=x.device)
         offset = idx[None, :] - idx[:, None] + len(self.positions) - 1  # (L, L) into the bias table
+        later = idx[None, :] > idx[:, None]  # (L, L): key after query
         for block, table in zip(self.blocks, self.relative_bias):
-            h = block(h, emb, table[:, offset])
+            bias = table[:, offset]
+            h = block(h, emb, bias.masked_fill(later, float("-inf")) if self.causal else bias)
         return self.head(self.norm(h))
 
 

@@ -278,15 +278,33 @@ def test_infilling_keeps_given_tokens(kind, steps):
     assert len(seen) == steps and all(torch.equal(x[:, mask], values[:, mask]) for x in seen)
 
 
-def test_masked_diffusion_loss_is_an_upper_bound_scale():
+@pytest.mark.parametrize("stratified", [True, False])
+def test_masked_diffusion_loss_is_an_upper_bound_scale(stratified):
     process, _ = build("absorbing", T=100)
     x0 = torch.randint(0, K - 1, (256, 32), generator=torch.Generator().manual_seed(5))
     uniform = LogitModel(lambda x, t: torch.zeros(*x.shape, K))
-    loss = process.masked_diffusion_loss(uniform, x0, torch.Generator().manual_seed(6)).mean()
+    loss = process.masked_diffusion_loss(uniform, x0, torch.Generator().manual_seed(6), stratified=stratified).mean()
     # E_u[(1/u) · u · log(K-1)] = log(K-1) nats per token for a uniform predictor
     assert abs(float(loss) - math.log(K - 1)) < 0.1
     with pytest.raises(ValueError, match="absorbing"):
         build("uniform")[0].masked_diffusion_loss(uniform, x0)
+
+
+def test_stratified_times_lower_the_batch_loss_variance():
+    """MDLM's low-discrepancy draw keeps the loss's mean (above) and shrinks the spread of batch means
+    when the loss depends on the time: here the model's cross-entropy grows with t."""
+    process, _ = build("absorbing", T=100)
+    x0 = torch.randint(1, K - 1, (16, 256), generator=torch.Generator().manual_seed(5))
+
+    def unsure_late(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(*x.shape, K)
+        logits[..., 0] = 8 * t[:, None] / 100  # category 0 never occurs: more mass on it costs more
+        return logits
+
+    g = torch.Generator().manual_seed(7)
+    spread = {s: torch.stack([process.masked_diffusion_loss(LogitModel(unsure_late), x0, g, stratified=s).mean()
+                              for _ in range(40)]).std().item() for s in (True, False)}
+    assert spread[True] < 0.5 * spread[False]
 
 
 def _use_generic_posterior(process: D3PM) -> None:

@@ -65,3 +65,18 @@ def test_denoiser_shapes():
         SequenceTransformer(28, 16, 1000, dim=32, depth=1)(x, t)
     grid = torch.randint(0, 9, (3, 8, 8))
     assert GridUNet(9, 1000, base=16, blocks=1)(grid, t).shape == (3, 8, 8, 9)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_causal_transformer_sees_only_earlier_tokens(causal):
+    """The autoregressive baseline's mask: changing token 12 leaves positions 0..11 exactly as they were
+    (and changes them when the model is bidirectional)."""
+    torch.manual_seed(0)
+    model = SequenceTransformer(28, 32, 1000, dim=32, depth=2, causal=causal)
+    x = torch.randint(0, 28, (2, 20))
+    y = x.clone()
+    y[:, 12] = (x[:, 12] + 1) % 28
+    t = torch.zeros(2)
+    before, after = model(x, t), model(y, t)
+    assert torch.equal(before[:, :12], after[:, :12]) == causal
+    assert not torch.equal(before[:, 12:], after[:, 12:])
