@@ -50,7 +50,7 @@ class DiscreteProcessConfig:
     # discrete-time bound of the D3PM process (every term kept, each a one-sample Monte Carlo estimate).
     objective: str = choice("auto", "auto", "d3pm", "masked")
     # masked objective: how the batch's times are drawn; stratified is MDLM's low-discrepancy draw (i + v) / B
-    time_sampling: str = choice("stratified", "stratified", "uniform")
+    time_sampling: str = choice("uniform", "uniform", "stratified")
 
 
 @dataclass
