@@ -390,7 +390,7 @@ class D3PM:
         return (vb + self.hybrid_lambda * ce).float()
 
     def masked_diffusion_loss(self, model, x0: Tensor, generator: torch.Generator | None = None,
-                              stratified: bool = True) -> Tensor:
+                              stratified: bool = False) -> Tensor:
         """Continuous-time masked diffusion (MDLM / MD4), absorbing only, per sample ``(B,)``.
 
         With ``α(u) = 1 − u``, each token is masked with probability ``u ~ U(0, 1]`` and the

@@ -62,10 +62,10 @@ class SequenceTransformer(nn.Module):
         emb = self.time(t.float() / self.timesteps)
         idx = torch.arange(L, device=x.device)
         offset = idx[None, :] - idx[:, None] + len(self.positions) - 1  # (L, L) into the bias table
-        later = idx[None, :] > idx[:, None]  # (L, L): key after query
+        later = idx[None, :] > idx[:, None] if self.causal else None  # (L, L): key after query
         for block, table in zip(self.blocks, self.relative_bias):
             bias = table[:, offset]
-            h = block(h, emb, bias.masked_fill(later, float("-inf")) if self.causal else bias)
+            h = block(h, emb, bias if later is None else bias.masked_fill(later, float("-inf")))
         return self.head(self.norm(h))
 
 
