@@ -25,3 +25,18 @@ def sliced_wasserstein(x: Tensor, y: Tensor, projections: int = 256, seed: int =
         q = (torch.arange(n, dtype=torch.float64) + 0.5) / n
         px, py = torch.quantile(px, q, dim=0), torch.quantile(py, q, dim=0)
     return float(((px - py) ** 2).mean().sqrt())
+
+
+def one_nna(d_ss: Tensor, d_rr: Tensor, d_sr: Tensor) -> float:
+    """Leave-one-out 1-nearest-neighbour two-sample accuracy (0.5 is ideal: the sets are indistinguishable).
+
+    Any distance will do: ``d_ss`` ``(n, n)`` within the samples, ``d_rr`` ``(m, m)`` within the references and
+    ``d_sr`` ``(n, m)`` between them, on the CPU. Each item is classified by its nearest other item; ties go
+    to the first (samples before references)."""
+    n, m = d_sr.shape
+    inf = torch.tensor(float("inf"), dtype=d_ss.dtype)
+    top = torch.cat([d_ss.clone().fill_diagonal_(inf), d_sr], 1)  # samples' distances to everything
+    bottom = torch.cat([d_sr.T, d_rr.clone().fill_diagonal_(inf)], 1)  # references' distances
+    nearest = torch.cat([top, bottom]).argmin(1)
+    label = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(m, dtype=torch.bool)])
+    return (label[nearest] == label).double().mean().item()

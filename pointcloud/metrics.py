@@ -16,6 +16,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from multigen.metrics import one_nna  # noqa: F401  (generic over distance matrices; kept importable here)
+
 from .ops import chamfer_distance, knn, square_distance
 
 
@@ -123,17 +125,6 @@ def mmd(d_sr: Tensor) -> float:
 def coverage(d_sr: Tensor) -> float:
     """Fraction of references that are the nearest reference of at least one sample."""
     return d_sr.argmin(1).unique().numel() / d_sr.shape[1]
-
-
-def one_nna(d_ss: Tensor, d_rr: Tensor, d_sr: Tensor) -> float:
-    """Leave-one-out 1-nearest-neighbour two-sample accuracy (0.5 is ideal: the sets are indistinguishable)."""
-    n, m = d_sr.shape
-    inf = torch.tensor(float("inf"), dtype=d_ss.dtype)
-    top = torch.cat([d_ss.clone().fill_diagonal_(inf), d_sr], 1)  # samples' distances to everything
-    bottom = torch.cat([d_sr.T, d_rr.clone().fill_diagonal_(inf)], 1)  # references' distances
-    nearest = torch.cat([top, bottom]).argmin(1)
-    label = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(m, dtype=torch.bool)])
-    return (label[nearest] == label).double().mean().item()
 
 
 def set_metrics(samples: Tensor, refs: Tensor, metrics: tuple[str, ...] = ("cd",), progress: bool = False

@@ -1,0 +1,48 @@
+"""benchmarks/gpu_quality.sh: its dry run on the CPU (tiny configs and sizes, no wheels) trains every recipe with
+both seeds and writes every figure of issue 18's GPU quality check, finite, to its JSON and its markdown table."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FIGURES = {
+    "video": {"future PSNR (dB)", "interpolation PSNR (dB)", "frame 1-NNA"},
+    "natural": {"future PSNR (dB)", "interpolation PSNR (dB)"},
+    "pointcloud": {"1-NNA-CD", "COV-CD torus", "COV-CD table"},  # the tiny config's two families
+    "text": {"bits/char"},
+}
+
+
+@pytest.mark.slow
+def test_gpu_quality_dry_run_writes_every_figure(tmp_path: Path) -> None:
+    env = {**os.environ, "OUT": str(tmp_path / "out")}
+    run = subprocess.run(["bash", "benchmarks/gpu_quality.sh", "--dry-run", "--work", str(tmp_path / "work")],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = json.loads((tmp_path / "out" / "gpu_quality.json").read_text())
+    assert results["dry_run"] and results["environment"]["torch"] and results["date"]
+    runs = results["runs"]
+    assert set(runs) == {f"{recipe}_seed{s}" for recipe in FIGURES for s in (0, 1)}
+    for name, r in runs.items():
+        assert r["status"] == "ok" and r["info"]["steps"] >= 2 and r["info"]["eval_seconds"] > 0, name
+    got = {(f["recipe"], f["figure"]): f for f in results["figures"]}
+    assert set(got) == {(recipe, figure) for recipe, figures in FIGURES.items() for figure in figures}
+    for key, f in got.items():
+        numbers = [f["value"], f["value_spread"], f["baseline"], f["baseline_spread"], *f["seeds"]]
+        assert all(math.isfinite(x) for x in numbers) and len(f["seeds"]) == 2, key
+        assert f["goal"] and isinstance(f["pass"], bool), key
+    text = runs["text_seed0"]["figures"]["bits/char"]
+    assert math.isfinite(text["value_stderr"]) and math.isfinite(text["baseline_stderr"])
+    md = (tmp_path / "out" / "gpu_quality.md").read_text()
+    assert "| recipe | figure | model (mean ± spread) | baseline (mean ± spread) | goal | pass |" in md
+    for recipe, figure in got:
+        assert f"| {recipe} | {figure} | " in md
+    for name in runs:
+        assert f"| {name} | ok |" in md
