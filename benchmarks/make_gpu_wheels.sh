@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# (Re)creates .whl/: the wheels benchmarks/gpu.sh installs on a GPU machine that has torch, accelerate, einops,
-# scipy, scikit-learn, tensorboard and Triton but no package index. Run here (with a package index), from any
+# (Re)creates .whl/: the wheels benchmarks/gpu.sh and benchmarks/gpu_quality.sh install on a GPU machine that has
+# torch, accelerate, einops, scipy, scikit-learn, tensorboard and Triton but no package index. Run here (with a package index), from any
 # directory; then carry .whl to the GPU machine (it is ignored by git through .git/info/exclude).
 #
 #   bash benchmarks/make_gpu_wheels.sh            # target: CPython 3.12 on x86-64 Linux
@@ -21,6 +21,11 @@ target=(--no-deps --only-binary=:all: --python-version 3.12 --implementation cp
 "$PY" -m pip download -q "${target[@]}" \
     omegaconf==2.4.0 trimesh==5.2.0 pytorch-msssim==1.0.0 \
     video-diffusion-pytorch==0.7.0 einops-exts==0.0.4 rotary-embedding-torch==0.9.1
+# scikit-image and what it needs beyond numpy/scipy: the photographs of the natural-video source
+# (data.source=natural, which benchmarks/gpu_quality.sh trains on)
+"$PY" -m pip download -q "${target[@]}" \
+    scikit-image==0.26.0 networkx==3.6.1 pillow==13.0.0 imageio==2.38.1 tifffile==2026.3.3 lazy-loader==0.6 \
+    packaging==26.4
 # decord's wheel is py3-none (loaded through ctypes), so it serves CPython 3.12; skipped if the index lacks it
 "$PY" -m pip download -q "${target[@]}" decord==0.6.0 || echo "decord: no wheel, skipped (video files unused)"
 # this checkout as a wheel: gpu.sh puts the checkout first on PYTHONPATH, so the wheel's job is the entry points
