@@ -50,12 +50,12 @@ class DiscreteProcessConfig:
     # discrete-time bound of the D3PM process (every term kept, each a one-sample Monte Carlo estimate).
     objective: str = choice("auto", "auto", "d3pm", "masked")
     # masked objective: how the batch's times are drawn; stratified is MDLM's low-discrepancy draw (i + v) / B
-    time_sampling: str = choice("uniform", "uniform", "stratified")
+    time_sampling: str = choice("stratified", "uniform", "stratified")
 
 
 @dataclass
 class DiscreteModelConfig:
-    dim: int = at_least(192, 8)  # transformer width / U-Net base channels
+    dim: int = at_least(96, 8)  # transformer width / U-Net base channels
     depth: int = at_least(4, 1)  # transformer blocks / U-Net blocks per level
     heads: int = at_least(4, 1)
     dropout: float = at_least(0.0, 0.0)
@@ -80,7 +80,7 @@ class DiscreteEvalConfig:
 class DiscreteConfig:
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            output_dir="runs/discrete", max_steps=900, batch_size=32, lr=2e-3, warmup_steps=100,
+            output_dir="runs/discrete", max_steps=2600, batch_size=32, lr=2e-3, warmup_steps=100,
             sample_every=500, eval_every=0, checkpoint_every=500, ema_decay=0.995, log_every=25,
         )
     )

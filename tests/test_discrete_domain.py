@@ -14,8 +14,11 @@ from multigen.config import ConfigError, load_config
 from multigen.samplers import Known
 from multigen.trainer import read_log, train
 
+# Uniform times: with the default stratified draw this 400-step run once scored 3.66 ± 0.18 bits/char against the
+# learning test's 3.97 bound (one seed; at the default's scale it measured 3.220 against uniform's 3.261).
 TINY = [
-    "process.timesteps=32", "model.dim=96", "model.depth=2", "data.length=32", "train.batch_size=32",
+    "process.timesteps=32", "process.time_sampling=uniform", "model.dim=96", "model.depth=2", "data.length=32",
+    "train.batch_size=32",
     "train.lr=3e-3", "train.warmup_steps=20", "train.sample_every=0", "train.checkpoint_every=0",
     "train.tensorboard=false", "train.ema_decay=0.9", "sample.num=2", "eval.num_sequences=64",
 ]
