@@ -253,34 +253,42 @@ def infill(device: str, seeds: list[int], train_steps: int, windows: int, hidden
     return {"rows": rows, "windows": len(truth), "hidden": hidden}
 
 
+def train_text(device: str, out_dir: Path, overrides: list[str], sequences: int):
+    """Train the default text config through the trainer into ``out_dir`` (``overrides`` applied last).
+
+    Returns the loaded export, its first ``sequences`` held-out windows ``(N, L)`` and the wall seconds of the run
+    (with the trainer's own evaluations)."""
+    from multigen.export import load_pretrained
+    from multigen.train import main as train
+
+    args = [f"train.output_dir={out_dir}", "train.resume=false", "train.tensorboard=false",
+            *(["train.cpu=true"] if device == "cpu" else []), *overrides]
+    start = time.perf_counter()
+    assert train(["--domain", "discrete", "--config", "default", *args]) == 0
+    seconds = time.perf_counter() - start
+    p = load_pretrained(out_dir / "export", device)
+    val = p.domain.build_dataset("val")
+    return p, torch.stack([val[i] for i in range(min(sequences, len(val)))]), seconds
+
+
 def curve(device: str, out_dir: Path, eval_every: int, sampling_steps: list[int], sequences: int) -> dict:
     """Train the default text config, logging held-out bits/char every ``eval_every`` steps, then score
     the export's held-out ELBO for the chains that sampling with fewer steps runs."""
     from discrete.domain import mean_and_stderr
-    from multigen.export import load_pretrained
-    from multigen.train import main as train
     from multigen.trainer import read_log
 
-    overrides = [f"train.output_dir={out_dir}", f"train.eval_every={eval_every}", "train.resume=false",
-                 f"eval.num_sequences={sequences}", "train.tensorboard=false"]
-    if device == "cpu":
-        overrides.append("train.cpu=true")
-    start = time.perf_counter()
-    assert train(["--domain", "discrete", "--config", "default", *overrides]) == 0
-    train_minutes = (time.perf_counter() - start) / 60
-    log = read_log(out_dir)
+    p, data, seconds = train_text(device, out_dir, [f"train.eval_every={eval_every}",
+                                                    f"eval.num_sequences={sequences}"], sequences)
     by_step = [{"step": r["step"], "bits_per_char": r["eval/elbo_bits_per_token"],
-                "unigram_bits": r["eval/baseline_unigram_bits"]} for r in log if "eval/elbo_bits_per_token" in r]
-    p = load_pretrained(out_dir / "export", device)
-    val = p.domain.build_dataset("val")
-    data = torch.stack([val[i] for i in range(min(sequences, len(val)))])
+                "unigram_bits": r["eval/baseline_unigram_bits"]}
+               for r in read_log(out_dir) if "eval/elbo_bits_per_token" in r]
     by_sampling = []
     for steps in sampling_steps:
         start = time.perf_counter()
         bits, stderr = mean_and_stderr(p.domain.elbo_bits(p.model, data, batch_size=32, steps=steps))
         by_sampling.append({"steps": steps, "bits_per_char": bits, "stderr": stderr,
                             "seconds": time.perf_counter() - start})
-    return {"train_minutes": train_minutes, "held_out_sequences": len(data), "by_training_step": by_step,
+    return {"train_minutes": seconds / 60, "held_out_sequences": len(data), "by_training_step": by_step,
             "by_sampling_steps": by_sampling}
 
 
@@ -334,20 +342,11 @@ def versus_autoregressive(device: str, seeds: list[int], overrides: list[str], s
     twin (:func:`train_autoregressive`), and score both on the same ``sequences`` held-out windows: the diffusion
     model's negative ELBO (an upper bound), the twin's exact negative log-likelihood, both in bits/char."""
     from discrete.domain import mean_and_stderr
-    from multigen.export import load_pretrained
-    from multigen.train import main as train
 
     rows = []
     for seed in seeds:
-        run = out_dir / f"text_seed{seed}"
-        args = [f"train.output_dir={run}", "train.resume=false", "train.tensorboard=false", f"train.seed={seed}",
-                *(["train.cpu=true"] if device == "cpu" else []), *overrides]
-        start = time.perf_counter()
-        assert train(["--domain", "discrete", "--config", "default", *args]) == 0
-        diffusion_seconds = time.perf_counter() - start
-        p = load_pretrained(run / "export", device)
-        val = p.domain.build_dataset("val")
-        data = torch.stack([val[i] for i in range(min(sequences, len(val)))])
+        p, data, diffusion_seconds = train_text(device, out_dir / f"text_seed{seed}",
+                                                [f"train.seed={seed}", *overrides], sequences)
         elbo, elbo_se = mean_and_stderr(p.domain.elbo_bits(p.model, data, batch_size=32))
         ar, ar_seconds = train_autoregressive(p.domain, seed, device)
         with torch.no_grad():

@@ -6,17 +6,8 @@
 #
 #   bash benchmarks/gpu_quality.sh                 # on the GPU machine, with .whl carried beside the checkout
 #   bash benchmarks/gpu_quality.sh --dry-run       # anywhere: the CPU, tiny configs and sizes, no wheels needed
-#
-# The natural-video recipe needs scikit-image on the GPU machine (make_gpu_wheels.sh does not ship it).
 set -uo pipefail
-cd "$(dirname "$0")/.."
-if compgen -G ".whl/*.whl" > /dev/null && [[ " $* " != *" --dry-run "* ]]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        .whl/*.whl || exit 1
-    # the checkout first: the installed copy of this project only lends its entry points (the domain registry)
-    export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-fi
-export PYTHONUNBUFFERED=1
+source "$(dirname "$0")/gpu_env.sh" "$@"  # the wheels of .whl/ (not for a dry run); cd to the checkout
 # a last guard over gpu_quality.py's own budget (465 s by default, training stopping at 330 s): it writes its
 # files when stopped; 470 s here plus the wheels' install stays under 8 minutes
 exec timeout --kill-after=5 "${GPU_QUALITY_LIMIT:-470}" python3 benchmarks/gpu_quality.py \
