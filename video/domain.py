@@ -40,7 +40,7 @@ class VideoDataConfig:
 
 @dataclass
 class VideoModelConfig:
-    base_channels: int = at_least(32, 8)
+    base_channels: int = at_least(16, 8)
     channel_mults: list[int] = field(default_factory=lambda: [1, 2, 2])
     blocks: int = at_least(1, 1)
     attn_levels: list[int] = field(default_factory=lambda: [2])  # levels with spatial attention
@@ -80,7 +80,7 @@ class VideoEvalConfig:
 class VideoConfig:
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            output_dir="runs/video", max_steps=500, batch_size=8, lr=2e-3, warmup_steps=50,
+            output_dir="runs/video", max_steps=1100, batch_size=8, lr=2e-3, warmup_steps=50,
             sample_every=250, eval_every=0, checkpoint_every=250, ema_decay=0.99, log_every=25,
         )
     )
