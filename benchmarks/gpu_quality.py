@@ -200,17 +200,11 @@ def pointcloud_figures(trainer: Any) -> dict[str, dict[str, float]]:
     next to a Gaussian blob with the held-out shapes' mean and covariance."""
     from pointcloud.metrics import one_nna, pairwise
 
-    domain, model = trainer.domain, trainer.ema.module
-    e, val = domain.cfg.eval, domain.build_dataset("val")
-    n = min(e.num_shapes, len(val))
-    ref = torch.stack([val[i] for i in range(n)]).float()
-    families = [val.family(i) for i in range(n)]
-    g = torch.Generator(device=trainer.accelerator.device).manual_seed(domain.cfg.sample.seed + 1)
+    val = trainer.domain.build_dataset("val")
     with trainer.accelerator.autocast():
-        samples = torch.cat([domain.sample(model, len(c), generator=g).float().cpu() for c in ref.split(e.batch_size)])
-    flat = ref.reshape(-1, 3)  # the blob of PointCloud.evaluate
-    blob = flat.mean(0) + torch.randn(ref.shape, generator=torch.Generator().manual_seed(0)) @ torch.linalg.cholesky(
-        torch.cov(flat.T)).T
+        ref, samples, blob, _ = trainer.domain.generation_sets(trainer.ema.module, val)  # as PointCloud.evaluate
+    n = len(ref)
+    families = [val.family(i) for i in range(n)]
     d_rr = pairwise(ref, ref)
     scores = {}
     for name, cloud in (("value", samples), ("baseline", blob)):

@@ -232,20 +232,28 @@ class PointCloud(GaussianDomain):
         with the data's mean and covariance. Completion (when trained for it): Chamfer of completions of
         held-out partial views to the full shapes, next to the nearest training shape.
         """
+        ref, samples, blob, g = self.generation_sets(model, dataset)
+        metrics = set_metrics(samples, ref, metrics=("cd",))
+        metrics.update({f"baseline_gaussian/{k}": v for k, v in set_metrics(blob, ref, metrics=("cd",)).items()})
+        if self.cfg.task.completion > 0:
+            metrics.update(self.evaluate_completion(model, ref, g))
+        return metrics
+
+    def generation_sets(self, model: nn.Module, dataset: Dataset
+                        ) -> tuple[Tensor, Tensor, Tensor, torch.Generator]:
+        """What generation is scored on, each ``(n, N, 3)`` on the CPU: the first ``eval.num_shapes`` held-out
+        shapes, as many samples (drawn with ``sample.seed + 1``), and a Gaussian blob with the shapes' mean and
+        covariance; then the sampling generator, for any further draws."""
         e = self.cfg.eval
         device = next(model.parameters()).device
         n = min(e.num_shapes, len(dataset))  # type: ignore[arg-type]
         ref = torch.stack([dataset[i] for i in range(n)]).float()
         g = torch.Generator(device=device).manual_seed(self.cfg.sample.seed + 1)
         samples = torch.cat([self.sample(model, len(c), generator=g).float().cpu() for c in ref.split(e.batch_size)])
-        metrics = set_metrics(samples, ref, metrics=("cd",))
         flat = ref.reshape(-1, 3)
         chol = torch.linalg.cholesky(torch.cov(flat.T))
         blob = flat.mean(0) + torch.randn(ref.shape, generator=torch.Generator().manual_seed(0)) @ chol.T
-        metrics.update({f"baseline_gaussian/{k}": v for k, v in set_metrics(blob, ref, metrics=("cd",)).items()})
-        if self.cfg.task.completion > 0:
-            metrics.update(self.evaluate_completion(model, ref, g))
-        return metrics
+        return ref, samples, blob, g
 
     def evaluate_completion(self, model: nn.Module, shapes: Tensor, generator: torch.Generator) -> dict[str, float]:
         """Chamfer of completed partial views to the full shapes, and of the nearest training shape."""

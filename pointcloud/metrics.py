@@ -16,7 +16,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from multigen.metrics import one_nna  # noqa: F401  (generic over distance matrices; kept importable here)
+from multigen.metrics import one_nna
 
 from .ops import chamfer_distance, knn, square_distance
 
