@@ -33,19 +33,24 @@ held-out bits/char of both on the same windows (the diffusion model's negative E
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parent.parent
 # This script shares its name with the package it measures: import the package, not the script.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
 from discrete.d3pm import D3PM, Absorbing, DiscretizedGaussian, Uniform, d3pm_betas  # noqa: E402
+from discrete.domain import Discrete, mean_and_stderr  # noqa: E402
+from discrete.model import SequenceTransformer  # noqa: E402
 from multigen.benchmarking import timed, write_results  # noqa: E402
 
 
@@ -133,7 +138,7 @@ def compare(kind: str, K: int, tokens: int, predicted_tokens: int, device: str) 
 
 def throughput(device: str, steps: int) -> list[dict]:
     from multigen.config import load_config
-    from discrete.domain import Discrete, DiscreteConfig
+    from discrete.domain import DiscreteConfig
 
     rows = []
     for config in ("tiny", "default"):
@@ -210,7 +215,7 @@ def infill_exact(seeds: list[int], T: int, n: int) -> list[dict]:
 def infill(device: str, seeds: list[int], train_steps: int, windows: int, hidden: float) -> dict:
     """Train the tiny config with the uniform transition per seed (plain AdamW loop) and infill ``hidden`` of
     the characters of ``windows`` held-out windows, with known characters kept clean or noised to each level."""
-    from discrete.domain import Discrete, DiscreteConfig
+    from discrete.domain import DiscreteConfig
     from multigen.config import load_config
     from multigen.samplers import Known
 
@@ -274,7 +279,6 @@ def train_text(device: str, out_dir: Path, overrides: list[str], sequences: int)
 def curve(device: str, out_dir: Path, eval_every: int, sampling_steps: list[int], sequences: int) -> dict:
     """Train the default text config, logging held-out bits/char every ``eval_every`` steps, then score
     the export's held-out ELBO for the chains that sampling with fewer steps runs."""
-    from discrete.domain import mean_and_stderr
     from multigen.trainer import read_log
 
     p, data, seconds = train_text(device, out_dir, [f"train.eval_every={eval_every}",
@@ -292,41 +296,23 @@ def curve(device: str, out_dir: Path, eval_every: int, sampling_steps: list[int]
             "by_sampling_steps": by_sampling}
 
 
-def train_autoregressive(domain, seed: int, device: str) -> tuple[torch.nn.Module, float]:
-    """The autoregressive baseline of ``domain``'s text model: the same transformer (size, positions, relative
-    bias) with a causal mask, trained with the config's batch, steps, optimiser, warmup, decay, clipping and EMA on
-    the same training windows. Position i predicts token i from tokens < i, the first from a start token (id
-    ``data_vocab``). Returns the EMA model and the training seconds."""
-    from torch.utils.data import DataLoader
+def train_autoregressive(domain, seed: int, device: str, out_dir: Path) -> tuple[torch.nn.Module, float]:
+    """The autoregressive baseline of ``domain``'s text model (:class:`AutoregressiveText`), trained by the
+    trainer into ``out_dir`` with the config's batch, steps, optimiser, warmup, decay, clipping and EMA on the same
+    training windows, seeded with ``seed``. Returns the EMA model and the training seconds."""
+    from multigen.trainer import Trainer
 
-    from discrete.model import SequenceTransformer
-    from multigen.trainer import EMA, lr_factor
-
-    cfg = domain.cfg
-    m, t = cfg.model, cfg.train
-    torch.manual_seed(seed)
-    model = SequenceTransformer(domain.data_vocab + 1, cfg.data.length, cfg.process.timesteps, dim=m.dim,
-                                depth=m.depth, heads=m.heads, dropout=m.dropout, causal=True).to(device)
-    ema = EMA(model, t.ema_decay)
-    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t.warmup_steps, t.max_steps, t.lr_decay))
-    loader = DataLoader(domain.build_dataset("train"), batch_size=t.batch_size, shuffle=True, drop_last=True,
-                        generator=torch.Generator().manual_seed(seed))
-    no_skip = torch.zeros((), dtype=torch.bool, device=device)
-    start, step = time.perf_counter(), 0
-    while step < t.max_steps:
-        for batch in loader:
-            loss = autoregressive_bits(model, batch.to(device), domain.data_vocab).mean()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            scheduler.step()
-            ema.update(model, no_skip)
-            step += 1
-            if step == t.max_steps:
-                break
-    return ema.module, time.perf_counter() - start
+    cfg = copy.deepcopy(domain.cfg)
+    t = cfg.train
+    t.seed, t.output_dir, t.cpu, t.resume, t.tensorboard = seed, str(out_dir), device == "cpu", False, False
+    t.sample_every = t.eval_every = t.checkpoint_every = 0  # samples and held-out NLL once, at the end
+    start = time.perf_counter()
+    trainer = Trainer(AutoregressiveText, cfg)
+    trainer.resume()
+    while trainer.state.step < t.max_steps:
+        trainer.periodic(trainer.step())
+    trainer.export()
+    return trainer.ema.module, time.perf_counter() - start
 
 
 def autoregressive_bits(model, x: torch.Tensor, start_id: int) -> torch.Tensor:
@@ -336,19 +322,65 @@ def autoregressive_bits(model, x: torch.Tensor, start_id: int) -> torch.Tensor:
     return F.cross_entropy(logits.transpose(1, 2), x, reduction="none").mean(1) / math.log(2)
 
 
+class AutoregressiveText(Discrete):
+    """The text domain's autoregressive twin: the same transformer (size, positions, relative bias) with a causal
+    mask. Position i predicts token i from tokens < i, the first from a start token (id ``data_vocab``). Its loss
+    is the exact negative log-likelihood (bits per token); it samples left to right and evaluates exact NLL."""
+
+    name = "discrete-autoregressive"
+
+    def build_model(self) -> torch.nn.Module:
+        m, d = self.cfg.model, self.cfg.data
+        if d.source == "digits":
+            raise ValueError("the autoregressive twin is for sequences (data.source=text or tokens)")
+        return SequenceTransformer(self.data_vocab + 1, d.length, self.cfg.process.timesteps, dim=m.dim,
+                                   depth=m.depth, heads=m.heads, dropout=m.dropout, causal=True)
+
+    def training_loss(self, model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        return autoregressive_bits(model, batch, self.data_vocab).mean()
+
+    @torch.no_grad()
+    def sample(self, model: torch.nn.Module, n: int, *, condition: Any = None, known: Any = None,
+               generator: torch.Generator | None = None, progress: bool = False, **settings: Any) -> torch.Tensor:
+        """``n`` sequences ``(n, L)`` drawn token by token at ``temperature`` (``length``: L, at most
+        ``data.length``); one forward pass per token (no cache): a baseline, not a fast sampler."""
+        if condition is not None or known is not None:
+            raise ValueError("the autoregressive twin samples left to right only: no condition or known tokens")
+        s = self.sample_settings(**settings)
+        length = s.length or self.cfg.data.length
+        device = next(model.parameters()).device
+        x = torch.full((n, length + 1), self.data_vocab, device=device)  # the start token, then the sequence
+        zero = torch.zeros(n, device=device)
+        for i in tqdm(range(length), desc="sample", disable=not progress, leave=False):
+            logits = model(x[:, :-1], zero)[:, i].float() / s.temperature
+            logits[:, self.data_vocab] = -math.inf  # never the start token
+            x[:, i + 1] = torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+        return x[:, 1:]
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, dataset: Any) -> dict[str, float]:
+        """Held-out exact NLL (bits per token; mean and standard error) of the first ``eval.num_sequences``
+        windows, the ones the diffusion model's ELBO is scored on."""
+        e, device = self.cfg.eval, next(model.parameters()).device
+        data = torch.stack([dataset[i] for i in range(min(e.num_sequences, len(dataset)))])
+        bits = torch.cat([autoregressive_bits(model, c.to(device), self.data_vocab).float().cpu()
+                          for c in data.split(e.batch_size)])
+        mean, stderr = mean_and_stderr(bits)
+        return {"nll_bits_per_token": mean, "nll_bits_stderr": stderr}
+
+
 def versus_autoregressive(device: str, seeds: list[int], overrides: list[str], sequences: int,
                           out_dir: Path) -> dict:
     """Per seed: train the text diffusion config (the trainer, ``overrides`` applied) and its autoregressive
     twin (:func:`train_autoregressive`), and score both on the same ``sequences`` held-out windows: the diffusion
     model's negative ELBO (an upper bound), the twin's exact negative log-likelihood, both in bits/char."""
-    from discrete.domain import mean_and_stderr
 
     rows = []
     for seed in seeds:
         p, data, diffusion_seconds = train_text(device, out_dir / f"text_seed{seed}",
                                                 [f"train.seed={seed}", *overrides], sequences)
         elbo, elbo_se = mean_and_stderr(p.domain.elbo_bits(p.model, data, batch_size=32))
-        ar, ar_seconds = train_autoregressive(p.domain, seed, device)
+        ar, ar_seconds = train_autoregressive(p.domain, seed, device, out_dir / f"autoregressive_seed{seed}")
         with torch.no_grad():
             nll, nll_se = mean_and_stderr(torch.cat([autoregressive_bits(ar, chunk.to(device), p.domain.data_vocab)
                                                      .cpu() for chunk in data.split(32)]))
@@ -417,8 +449,8 @@ def main() -> None:
             print(f"| {k} | {acc[k].mean():.3f} ± {acc[k].std():.3f} |")
         print(f"| noised - clean (paired by seed) | {gain.mean():+.3f} ± {gain.std():.3f} |")
     if args.curve:
-        c = result["curve"] = curve(args.device, Path(args.out).parent / "discrete_run", args.eval_every, args.sampling_steps,
-                                    args.sequences)
+        c = result["curve"] = curve(args.device, Path(args.out).parent / "discrete_run", args.eval_every,
+                                    args.sampling_steps, args.sequences)
         print(f"\ntrained in {c['train_minutes']:.1f} min; held-out bits/char ({c['held_out_sequences']} sequences)")
         print("| training step | " + " | ".join(str(r["step"]) for r in c["by_training_step"]) + " |")
         print("|---|" + "---|" * len(c["by_training_step"]))

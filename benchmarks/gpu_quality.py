@@ -100,7 +100,7 @@ class Goal:
 
 
 # recipe -> figure -> its goal; a child writes {figure: {"value": v, "baseline": b}} for these figures
-# (pointcloud's per-family coverage figures are named "COV-CD <family>" and share the "COV-CD family" goal)
+# (pointcloud's per-family coverage figures are named "COV-CD/<family>" and share the "COV-CD family" goal)
 GOALS: dict[str, dict[str, Goal]] = {
     "video": {"future PSNR (dB)": Goal("above", 2.0), "interpolation PSNR (dB)": Goal("above", 1.0),
               "frame 1-NNA": Goal("at_most", 0.75)},
@@ -111,7 +111,7 @@ GOALS: dict[str, dict[str, Goal]] = {
 
 
 def goal_of(recipe: str, figure: str) -> Goal:
-    return GOALS[recipe]["COV-CD family" if figure.startswith("COV-CD ") else figure]
+    return GOALS[recipe]["COV-CD family" if figure.startswith("COV-CD/") else figure]
 
 
 # ---- one child: train until the deadline, evaluate ---------------------------------------------------------
@@ -197,24 +197,11 @@ def video_figures(trainer: Any, frames: int, with_nna: bool) -> dict[str, dict[s
 
 def pointcloud_figures(trainer: Any) -> dict[str, dict[str, float]]:
     """1-NNA-CD of ``eval.num_shapes`` samples against as many held-out shapes, and COV-CD inside each family,
-    next to a Gaussian blob with the held-out shapes' mean and covariance."""
-    from pointcloud.metrics import one_nna, pairwise
-
-    val = trainer.domain.build_dataset("val")
+    next to a Gaussian blob with the held-out shapes' mean and covariance: :meth:`PointCloud.evaluate`'s."""
     with trainer.accelerator.autocast():
-        ref, samples, blob, _ = trainer.domain.generation_sets(trainer.ema.module, val)  # as PointCloud.evaluate
-    n = len(ref)
-    families = [val.family(i) for i in range(n)]
-    d_rr = pairwise(ref, ref)
-    scores = {}
-    for name, cloud in (("value", samples), ("baseline", blob)):
-        d_sr = pairwise(cloud, ref)
-        matched = set(d_sr.argmin(1).tolist())  # held-out shapes that are some sample's nearest
-        scores[name] = {"1-NNA-CD": one_nna(pairwise(cloud, cloud), d_rr, d_sr)}
-        for fam in dict.fromkeys(families):
-            idx = [i for i in range(n) if families[i] == fam]
-            scores[name][f"COV-CD {fam}"] = sum(i in matched for i in idx) / len(idx)
-    return {k: {"value": scores["value"][k], "baseline": scores["baseline"][k]} for k in scores["value"]}
+        metrics = trainer.domain.evaluate(trainer.ema.module, trainer.domain.build_dataset("val"))
+    names = ["1-NNA-CD", *(k for k in metrics if k.startswith("COV-CD/"))]
+    return {k: {"value": metrics[k], "baseline": metrics[f"baseline_gaussian/{k}"]} for k in names}
 
 
 def text_figures(trainer: Any, seed: int, write: Callable[[dict], None]) -> dict[str, dict[str, float]]:
@@ -231,12 +218,10 @@ def text_figures(trainer: Any, seed: int, write: Callable[[dict], None]) -> dict
     figure = {"value": bits, "value_stderr": stderr, "baseline": float("nan"), "windows": len(data)}
     write({"bits/char": figure})
     domain.cfg.train.max_steps = trainer.state.step  # the twin: the same steps (and so about the same time)
-    with torch.autocast(device.type, torch.bfloat16, enabled=domain.cfg.train.mixed_precision == "bf16"):
-        twin, seconds = bench.train_autoregressive(domain, seed, str(device))
-        with torch.no_grad():
-            nll = torch.cat([bench.autoregressive_bits(twin, c.to(device), domain.data_vocab).float().cpu()
-                             for c in data.split(domain.cfg.eval.batch_size)])
-    figure["baseline"], figure["baseline_stderr"] = mean_and_stderr(nll)
+    twin, seconds = bench.train_autoregressive(domain, seed, device.type, Path(trainer.t.output_dir) / "autoregressive")
+    with trainer.accelerator.autocast():
+        nll = bench.AutoregressiveText(domain.cfg).evaluate(twin, val)  # exact NLL of the same windows
+    figure["baseline"], figure["baseline_stderr"] = nll["nll_bits_per_token"], nll["nll_bits_stderr"]
     figure["baseline_train_seconds"] = seconds
     return {"bits/char": figure}
 

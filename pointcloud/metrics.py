@@ -127,9 +127,20 @@ def coverage(d_sr: Tensor) -> float:
     return d_sr.argmin(1).unique().numel() / d_sr.shape[1]
 
 
-def set_metrics(samples: Tensor, refs: Tensor, metrics: tuple[str, ...] = ("cd",), progress: bool = False
-                ) -> dict[str, float]:
-    """``MMD-X``, ``COV-X`` and ``1-NNA-X`` for each metric X in ``metrics`` (``cd``, ``emd``)."""
+def coverage_by_group(d_sr: Tensor, groups: list[str]) -> dict[str, float]:
+    """Coverage inside each group of references (``groups[j]`` names reference j's, e.g. its shape family):
+    the fraction of a group's references that are the nearest reference of at least one sample (all samples
+    compete over all references, so a family that no sample resembles scores 0)."""
+    covered = torch.zeros(d_sr.shape[1], dtype=torch.bool)
+    covered[d_sr.argmin(1)] = True
+    return {g: covered[[j for j, h in enumerate(groups) if h == g]].double().mean().item()
+            for g in dict.fromkeys(groups)}
+
+
+def set_metrics(samples: Tensor, refs: Tensor, metrics: tuple[str, ...] = ("cd",), progress: bool = False,
+                groups: list[str] | None = None) -> dict[str, float]:
+    """``MMD-X``, ``COV-X`` and ``1-NNA-X`` for each metric X in ``metrics`` (``cd``, ``emd``); with ``groups``
+    (one name per reference), also ``COV-X/<group>``: :func:`coverage_by_group`."""
     out: dict[str, float] = {}
     for metric in metrics:
         d_sr = pairwise(samples, refs, metric, progress=progress)
@@ -139,4 +150,6 @@ def set_metrics(samples: Tensor, refs: Tensor, metrics: tuple[str, ...] = ("cd",
         out[f"MMD-{name}"] = mmd(d_sr)
         out[f"COV-{name}"] = coverage(d_sr)
         out[f"1-NNA-{name}"] = one_nna(d_ss, d_rr, d_sr)
+        if groups is not None:
+            out.update({f"COV-{name}/{g}": v for g, v in coverage_by_group(d_sr, groups).items()})
     return out

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 FIGURES = {
     "video": {"future PSNR (dB)", "interpolation PSNR (dB)", "frame 1-NNA"},
     "natural": {"future PSNR (dB)", "interpolation PSNR (dB)"},
-    "pointcloud": {"1-NNA-CD", "COV-CD torus", "COV-CD table"},  # the tiny config's two families
+    "pointcloud": {"1-NNA-CD", "COV-CD/torus", "COV-CD/table"},  # the tiny config's two families
     "text": {"bits/char"},
 }
 

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from pointcloud.metrics import chamfer, coverage, emd_approx, emd_exact, fscore, mmd, one_nna, pairwise, set_metrics
+from pointcloud.metrics import (chamfer, coverage, coverage_by_group, emd_approx, emd_exact, fscore, mmd, one_nna,
+                                pairwise, set_metrics)
 
 
 def brute_chamfer(x, y):
@@ -76,6 +77,11 @@ def test_set_metrics_known_answers():
     d_sr = torch.tensor([[1.0, 4.0, 9.0], [2.0, 0.5, 7.0]])
     assert math.isclose(mmd(d_sr), (1.0 + 0.5 + 7.0) / 3, rel_tol=1e-6)
     assert coverage(d_sr) == 2 / 3
+    # both samples match references of family "a": family "b" is not covered at all
+    assert coverage_by_group(d_sr, ["a", "a", "b"]) == {"a": 1.0, "b": 0.0}
+    assert coverage_by_group(d_sr, ["a", "b", "a"]) == {"a": 0.5, "b": 1.0}
+    grouped = set_metrics(refs, refs, groups=["x", "y"] * 3)
+    assert grouped["COV-CD/x"] == grouped["COV-CD/y"] == 1.0
 
 
 def test_one_nna_half_for_one_distribution_and_one_for_separated_sets():
