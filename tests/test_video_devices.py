@@ -13,7 +13,7 @@ import torch
 
 from multigen.config import load_config
 from multigen.samplers import Known
-from video.conditioning import TaskMix, nearest_observed, pack_condition, sample_masks
+from video.conditioning import TaskMix, blended_observed, nearest_observed, pack_condition, sample_masks
 from video.domain import Video, VideoConfig
 from video.metrics import linear_blend
 from video.sampling import extend_autoregressive, extend_hierarchical, interpolate, predict
@@ -41,13 +41,14 @@ def test_masks_and_conditions_are_made_on_the_device(device):
     clips = torch.zeros(SHAPE, device=device)
     cond = pack_condition(clips, masks[:2])
     assert cond.device == device and cond.shape == (2, 5, 2, 16, 16)
-    ref = nearest_observed(clips, masks[:2], torch.arange(5, device=device).expand(2, 5) * 3)
-    assert ref.device == device and ref.shape == SHAPE
+    for reference in (nearest_observed, blended_observed):
+        ref = reference(clips, masks[:2], torch.arange(5, device=device).expand(2, 5) * 3)
+        assert ref.device == device and ref.shape == SHAPE
 
 
-@pytest.mark.parametrize("residual", [False, True])
-def test_training_loss_keeps_to_the_device(device, domain, residual):
-    domain.cfg.model.residual = residual
+@pytest.mark.parametrize("residual, reference", [(False, "nearest"), (True, "nearest"), (True, "blend")])
+def test_training_loss_keeps_to_the_device(device, domain, residual, reference):
+    domain.cfg.model.residual, domain.cfg.model.reference = residual, reference
     model = tiny_unet().to(device)
     batch = torch.zeros(3, 5, 1, 16, 16, device=device)
     if device.type == "cuda":  # masks drawn on the device: the step never waits on a copy from the host

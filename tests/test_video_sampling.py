@@ -6,7 +6,7 @@ from torch import nn
 
 from multigen.config import load_config
 from multigen.samplers import SAMPLERS, Known
-from video.conditioning import nearest_observed
+from video.conditioning import blended_observed, nearest_observed
 from video.domain import Video, VideoConfig
 from video.sampling import extend_autoregressive, extend_hierarchical, generate, interpolate
 
@@ -29,10 +29,11 @@ def test_observed_frames_kept_by_every_sampler(setup, sampler):
     model, domain = setup
     clips = _clips()
     mask = torch.tensor([[1, 1, 0, 0, 0], [1, 0, 0, 0, 1]], dtype=torch.bool)
-    for guidance, residual in [(1.0, False), (2.0, False), (1.0, True)]:
+    for guidance, residual, reference in [(1.0, False, "nearest"), (2.0, False, "nearest"), (1.0, True, "nearest"),
+                                          (1.0, True, "blend")]:
         out = generate(model, domain.diffusion, clips, mask,
                        domain.sample_settings(sampler=sampler, steps=6, guidance=guidance), residual=residual,
-                       generator=torch.Generator().manual_seed(0))
+                       reference=reference, generator=torch.Generator().manual_seed(0))
         assert torch.equal(out[mask], clips[mask])
         assert not torch.equal(out[~mask], clips[~mask])
         assert out.abs().max() <= 1.0 + 1e-5
@@ -111,12 +112,13 @@ class Shouts(nn.Module):
         return self.inner(x, t, cond, frame_index, independent) + 1e3 * (observed if self.on_observed else 1 - observed)
 
 
-@pytest.mark.parametrize("residual", [False, True])
-def test_loss_ignores_observed_frames(setup, residual):
+@pytest.mark.parametrize("residual, reference", [(False, "nearest"), (True, "nearest"), (True, "blend")])
+def test_loss_ignores_observed_frames(setup, residual, reference):
     model, domain = setup
     if residual:
         domain = Video(load_config(VideoConfig, overrides=[
-            "data.frames=5", "data.size=16", "diffusion.timesteps=100", "model.residual=true"]))
+            "data.frames=5", "data.size=16", "diffusion.timesteps=100", "model.residual=true",
+            f"model.reference={reference}"]))
         assert domain.diffusion.clip_x0 == 2.0  # residuals of [-1, 1] frames
     batch = _clips(b=16)
     losses = {}
@@ -137,3 +139,21 @@ def test_nearest_observed_frame_reference():
     assert torch.equal(ref[2], torch.zeros_like(ref[2]))  # nothing observed
     far = torch.tensor([[0, 10, 11, 12, 13, 30]]).expand(3, 6)  # real frame indices: frame 5 is far away
     assert torch.equal(nearest_observed(clips, mask, far)[1, 4], clips[1, 0])
+
+
+def test_blended_observed_frame_reference():
+    """Each frame blends the nearest observed frames on both sides by distance (the interpolation baseline),
+    copies the nearest when they lie on one side, keeps observed frames, and is 0 with nothing observed."""
+    clips = _clips(b=4, t=6)
+    mask = torch.tensor([[1, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 1], [0, 1, 0, 0, 1, 0], [0, 0, 0, 0, 0, 0]],
+                        dtype=torch.bool)
+    ref = blended_observed(clips, mask)
+    assert torch.equal(ref[0], clips[0, :1].expand(6, -1, -1, -1))  # one side only: copy, as nearest_observed
+    for i in range(6):
+        assert torch.allclose(ref[1, i], (1 - i / 5) * clips[1, 0] + i / 5 * clips[1, 5], atol=1e-6)
+    assert torch.equal(ref[2, 0], clips[2, 1]) and torch.equal(ref[2, 5], clips[2, 4])  # outside: nearest
+    assert torch.equal(ref[2, 1], clips[2, 1]) and torch.equal(ref[2, 4], clips[2, 4])  # observed: themselves
+    assert torch.allclose(ref[2, 2], (2 * clips[2, 1] + clips[2, 4]) / 3, atol=1e-6)
+    assert torch.equal(ref[3], torch.zeros_like(ref[3]))
+    far = torch.tensor([[0, 10, 11, 12, 13, 30]]).expand(4, 6)  # real frame indices weigh the blend
+    assert torch.allclose(blended_observed(clips, mask, far)[1, 1], (2 * clips[1, 0] + clips[1, 5]) / 3, atol=1e-6)

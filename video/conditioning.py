@@ -88,3 +88,30 @@ def nearest_observed(observed: Tensor, mask: Tensor, frame_index: Tensor | None 
     source = dist.argmin(-1)  # (B, T); argmin keeps the first (earlier) of equal distances
     ref = observed[torch.arange(B, device=mask.device)[:, None], source]
     return torch.where(mask.any(1)[:, None, None, None, None], ref, torch.zeros_like(ref))
+
+
+def blended_observed(observed: Tensor, mask: Tensor, frame_index: Tensor | None = None) -> Tensor:
+    """Each frame as the linear blend ``(B, T, C, H, W)`` of the nearest observed frames before and after it,
+    weighted by distance in ``frame_index`` ``(B, T)`` (default ``0..T-1``); a frame with observed frames on one
+    side only copies the nearest of them; observed frames map to themselves; all zeros in a clip with no
+    observed frame. With observed frames at both ends this is the interpolation baseline."""
+    B, T = mask.shape
+    fi = (frame_index if frame_index is not None else torch.arange(T, device=mask.device).expand(B, T)).float()
+    gap = fi[:, None, :] - fi[:, :, None]  # (B, T, T): position of frame s relative to frame t
+    seen = mask[:, None, :]
+    before = torch.where(seen & (gap <= 0), gap, -torch.inf).max(-1)  # nearest observed at or before t
+    after = torch.where(seen & (gap >= 0), gap, torch.inf).min(-1)  # nearest observed at or after t
+    has_before, has_after = before.values.isfinite(), after.values.isfinite()
+    lo = torch.where(has_before, before.indices, after.indices)
+    hi = torch.where(has_after, after.indices, lo)
+    lo = torch.where(has_before, lo, hi)
+    span = (after.values - before.values).nan_to_num(posinf=0.0, neginf=0.0)  # 0 unless observed on both sides
+    w = torch.where(has_before & has_after & (span > 0), -before.values / span.clamp(min=1e-12), 0.0)
+    rows = torch.arange(B, device=mask.device)[:, None]
+    w = w[:, :, None, None, None].to(observed.dtype)
+    ref = (1 - w) * observed[rows, lo] + w * observed[rows, hi]
+    return torch.where(mask.any(1)[:, None, None, None, None], ref, torch.zeros_like(ref))
+
+
+REFERENCES = {"nearest": nearest_observed, "blend": blended_observed}
+"""``model.reference``: the frames a residual model's output is added to."""

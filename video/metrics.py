@@ -10,6 +10,8 @@ from torch import Tensor
 
 from multigen.metrics import one_nna
 
+from .conditioning import blended_observed
+
 
 def psnr(x: Tensor, y: Tensor, data_range: float = 2.0) -> Tensor:
     """Peak signal-to-noise ratio per frame, ``(...)``; ``inf`` for identical frames."""
@@ -73,16 +75,7 @@ def linear_blend(clip: Tensor, observed: Tensor) -> Tensor:
     ``observed`` is bool ``(T,)`` with at least one True (not checked: that would read the device);
     frames outside the observed range copy the nearest observed frame.
     """
-    T = clip.shape[1]
-    obs = observed.to(clip.device)
-    idx = torch.arange(T, device=clip.device)
-    left = torch.where(obs, idx, -1).cummax(0).values  # last observed frame at or before each frame; -1: none
-    right = torch.where(obs, idx, T).flip(0).cummin(0).values.flip(0)  # first one at or after; T: none
-    lo = torch.where(left >= 0, left, right).clamp(0, T - 1)
-    hi = torch.where(right < T, right, left).clamp(0, T - 1)
-    w = torch.where(hi > lo, (idx - lo) / (hi - lo).clamp(min=1), 0.0)
-    w = w.view(1, T, 1, 1, 1).to(clip.dtype)
-    return (1 - w) * clip[:, lo] + w * clip[:, hi]
+    return blended_observed(clip, observed.to(clip.device).expand(clip.shape[:2]))
 
 
 def frame_one_nna(samples: Tensor, real: Tensor) -> float:

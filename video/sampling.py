@@ -23,7 +23,7 @@ from multigen.config import SampleConfig
 from multigen.diffusion import GaussianDiffusion
 from multigen.guidance import classifier_free_guidance
 
-from .conditioning import nearest_observed, pack_condition
+from .conditioning import REFERENCES, pack_condition
 
 
 def generate(
@@ -33,6 +33,7 @@ def generate(
     mask: Tensor | None,
     settings: SampleConfig,
     residual: bool = False,
+    reference: str = "nearest",
     frame_index: Tensor | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
@@ -43,7 +44,8 @@ def generate(
     ``mask=None`` observes nothing (unconditional clips of ``observed``'s shape);
     ``frame_index`` ``(B, T)`` gives the frames' positions in the video (default ``0..T-1``).
     ``settings`` come from the domain's ``sample_settings`` (sampler, steps, spacing, eta, resample, guidance).
-    With ``residual`` (the model's ``model.residual``) the sampler draws ``x - nearest_observed(x)`` (exactly 0 on observed
+    With ``residual`` (the model's ``model.residual``) the sampler draws ``x`` minus its ``reference`` frames
+    (``model.reference``: ``nearest`` or ``blend`` of the observed frames, see ``REFERENCES``; exactly 0 on observed
     frames), and the output is that plus the reference, clamped to ``[-1, 1]``.
     Every tensor is made on the model's device; ``generator`` must be on it too.
     """
@@ -52,14 +54,14 @@ def generate(
     free = mask is None
     mask = observed.new_zeros(B, T, dtype=torch.bool) if free else mask.to(observed.device)
     cond = pack_condition(observed, mask)
-    reference = nearest_observed(observed, mask, frame_index) if residual else None
+    base = REFERENCES[reference](observed, mask, frame_index) if residual else None
 
     def conditional(x: Tensor, t: Tensor, c: Tensor) -> Tensor:
         fi = None if frame_index is None else frame_index.to(x.device).repeat(len(x) // B, 1)
         return model(x, t, c, fi)
 
     guided = classifier_free_guidance(conditional, cond, torch.zeros_like(cond[0]), settings.guidance)
-    target = observed if reference is None else observed - reference  # residual: exactly 0 where observed
+    target = observed if base is None else observed - base  # residual: exactly 0 where observed
     out = sample(
         diffusion.denoiser(guided),
         tuple(observed.shape),
@@ -75,7 +77,7 @@ def generate(
         dtype=observed.dtype,
         progress=progress,
     )
-    return out if reference is None else (out + reference).clamp(-1, 1)  # observed frames: 0 + themselves
+    return out if base is None else (out + base).clamp(-1, 1)  # observed frames: 0 + themselves
 
 
 def predict(model, diffusion, context: Tensor, frames: int, settings: SampleConfig, **kw) -> Tensor:
