@@ -237,7 +237,9 @@ def run_one(args: argparse.Namespace) -> None:
 
     def write(figures: dict[str, Any] | None = None) -> None:
         result["figures"].update(figures or {})
-        path.write_text(json.dumps(result, indent=1))
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(path)  # atomic: the parent reads this file while the child runs, never half-written
 
     domain_cls, cfg = child_config(recipe, seed, work, args.dry_run)
     trainer = Trainer(domain_cls, cfg)
