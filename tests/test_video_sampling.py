@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from multigen.config import load_config
+from multigen.config import SampleConfig, load_config
 from multigen.samplers import SAMPLERS, Known
 from video.conditioning import blended_observed, nearest_observed
 from video.domain import Video, VideoConfig
@@ -157,3 +157,6 @@ def test_blended_observed_frame_reference():
     assert torch.equal(ref[3], torch.zeros_like(ref[3]))
     far = torch.tensor([[0, 10, 11, 12, 13, 30]]).expand(4, 6)  # real frame indices weigh the blend
     assert torch.allclose(blended_observed(clips, mask, far)[1, 1], (2 * clips[1, 0] + clips[1, 5]) / 3, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown residual reference 'mean'; choose one of nearest, blend"):
+        generate(tiny_unet(), Video(load_config(VideoConfig, overrides=["data.frames=6", "data.size=16"])).diffusion,
+                 clips, mask, SampleConfig(steps=2), residual=True, reference="mean")

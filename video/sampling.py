@@ -54,6 +54,8 @@ def generate(
     free = mask is None
     mask = observed.new_zeros(B, T, dtype=torch.bool) if free else mask.to(observed.device)
     cond = pack_condition(observed, mask)
+    if residual and reference not in REFERENCES:
+        raise ValueError(f"unknown residual reference {reference!r}; choose one of {', '.join(REFERENCES)}")
     base = REFERENCES[reference](observed, mask, frame_index) if residual else None
 
     def conditional(x: Tensor, t: Tensor, c: Tensor) -> Tensor:
