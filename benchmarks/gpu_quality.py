@@ -163,7 +163,8 @@ def child_config(recipe: str, seed: int, work: Path, dry: bool) -> tuple[type, A
 
 def video_figures(trainer: Any, frames: int, with_nna: bool) -> dict[str, dict[str, float]]:
     """Future/interpolation mean PSNR (``evaluate``) and, ``with_nna``, the frame 1-NNA of ``frames`` sample
-    frames against as many held-out ones, each taken from its own clip (frame ``i % T`` of clip ``i``)."""
+    frames (unconditional, at temperature 1) against as many held-out ones, each taken from its own clip (frame
+    ``i % T`` of clip ``i``)."""
     from video.metrics import frame_one_nna
 
     domain, model = trainer.domain, trainer.ema.module
@@ -184,7 +185,9 @@ def video_figures(trainer: Any, frames: int, with_nna: bool) -> dict[str, dict[s
     real = pick(torch.stack([val[i] for i in range(frames)]))
     g = torch.Generator(device=trainer.accelerator.device).manual_seed(domain.cfg.sample.seed + 3)
     with trainer.accelerator.autocast():
-        samples = torch.cat([domain.sample(model, len(c), generator=g).float().cpu()
+        # temperature 1: the 1-NNA measures the model's distribution (the config's lower temperature is for
+        # prediction and interpolation, where it trades diversity for accuracy)
+        samples = torch.cat([domain.sample(model, len(c), generator=g, temperature=1.0).float().cpu()
                              for c in torch.arange(frames).split(domain.cfg.eval.batch_size)])
     train = domain.build_dataset("train")
     train_frames = torch.stack([train[i] for i in range(frames)]).flatten(0, 1)

@@ -17,6 +17,7 @@ Chamfer/EMD against exact, and 1-NNA against sampler steps.
 
     python benchmarks/pointcloud.py [--device cpu|cuda] [--configs tiny default gpu] [--batch 8]
     python benchmarks/pointcloud.py --quality runs/pointcloud/export [--shapes 64] [--samplers ddim:50 ...]
+        [--temperatures 1 0.9]
     python benchmarks/pointcloud.py --denoising runs/pointcloud/export [--shapes 64]
     python benchmarks/pointcloud.py --completion runs/pointcloud-completion/export [--shapes 64] [--bank 4000]
         [--sample steps=100 resample=3]
@@ -315,6 +316,8 @@ def main() -> None:
     parser.add_argument("--quality", metavar="EXPORT_DIR", help="sample quality against sampler steps")
     parser.add_argument("--samplers", nargs="+", type=sampler_setting, default=SAMPLER_SETTINGS,
                         metavar="SAMPLER:STEPS", help="--quality: the sampler settings to compare")
+    parser.add_argument("--temperatures", nargs="+", type=float, default=[1.0],
+                        help="--quality: sampling temperatures (sample.temperature) for each sampler setting")
     parser.add_argument("--shapes", type=int, default=64, help="--quality, --denoising: held-out shapes")
     parser.add_argument("--denoising", metavar="EXPORT_DIR",
                         help="off-surface error of the x0 estimate at small noise (procedural shapes)")
@@ -335,11 +338,14 @@ def main() -> None:
         return
 
     if args.quality:
-        rows = quality_by_sampler(args.quality, args.device, args.samplers, num_shapes=args.shapes)
-        print("| sampler | steps | MMD-CD | COV-CD | 1-NNA-CD | blob MMD-CD | blob COV-CD | blob 1-NNA-CD | seconds |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        rows = quality_by_sampler(args.quality, args.device, args.samplers, args.temperatures,
+                                  num_shapes=args.shapes)
+        print("| sampler | steps | temperature | MMD-CD | COV-CD | 1-NNA-CD | blob MMD-CD | blob COV-CD | "
+              "blob 1-NNA-CD | seconds |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['sampler']} | {r['steps']} | {r['MMD-CD']:.4f} | {r['COV-CD']:.2f} | {r['1-NNA-CD']:.2f} | "
+            print(f"| {r['sampler']} | {r['steps']} | {r['temperature']:g} | {r['MMD-CD']:.4f} | {r['COV-CD']:.2f} | "
+                  f"{r['1-NNA-CD']:.2f} | "
                   f"{r['baseline_gaussian/MMD-CD']:.4f} | {r['baseline_gaussian/COV-CD']:.2f} | "
                   f"{r['baseline_gaussian/1-NNA-CD']:.2f} | {r['seconds']:.0f} |")
         write_results(args.out.replace(".json", "_quality.json"), {"export": args.quality, "results": rows})

@@ -18,7 +18,7 @@ interpolation (PSNR/SSIM, MCVD best/mean of samples, next to copy-last-frame and
 blend) is measured for each sampler setting (DDPM 250, DDIM 50, DPM-Solver++ 10/25).
 
     python benchmarks/video.py [--device cpu|cuda] [--configs tiny default gpu] [--batch N] [--peer] [--out ...]
-    python benchmarks/video.py --quality runs/video/export [--clips 8] [--samplers ddim:50 ...] [--out ...]
+    python benchmarks/video.py --quality runs/video/export [--clips 8] [--samplers ddim:50 ...] [--temperatures 1 0.5]
     python benchmarks/video.py --mfu [--variants ...] [--batches 8 16 32 64] [--budget S] [--dry-run] [--out ...]
 
 With ``--mfu`` (:func:`mfu_rows`, also called by ``benchmarks/gpu.py``), the gpu config's model FLOPs
@@ -269,6 +269,8 @@ def main() -> None:
     parser.add_argument("--quality", metavar="EXPORT_DIR", help="sample quality against sampler steps")
     parser.add_argument("--samplers", nargs="+", type=sampler_setting, default=SAMPLER_SETTINGS,
                         metavar="SAMPLER:STEPS", help="--quality: the sampler settings to compare")
+    parser.add_argument("--temperatures", nargs="+", type=float, default=[1.0],
+                        help="--quality: sampling temperatures (sample.temperature) for each sampler setting")
     parser.add_argument("--clips", type=int, default=8, help="--quality: held-out clips")
     parser.add_argument("--mfu", action="store_true", help="model FLOPs utilisation of the gpu config (mfu_rows)")
     parser.add_argument("--variants", nargs="+", choices=list(MFU_VARIANTS), help="--mfu: the variants (default all)")
@@ -289,12 +291,13 @@ def main() -> None:
         return
 
     if args.quality:
-        rows = quality_by_sampler(args.quality, args.device, args.samplers, num_clips=args.clips)
-        print("| sampler | steps | future PSNR best / mean | copy-last PSNR | future SSIM best | copy-last SSIM | "
-              "interp PSNR best / mean | linear-blend PSNR | seconds |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        rows = quality_by_sampler(args.quality, args.device, args.samplers, args.temperatures, num_clips=args.clips)
+        print("| sampler | steps | temperature | future PSNR best / mean | copy-last PSNR | future SSIM best | "
+              "copy-last SSIM | interp PSNR best / mean | linear-blend PSNR | seconds |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['sampler']} | {r['steps']} | {r['future/psnr_best']:.2f} / {r['future/psnr_mean']:.2f} | "
+            print(f"| {r['sampler']} | {r['steps']} | {r['temperature']:g} | "
+                  f"{r['future/psnr_best']:.2f} / {r['future/psnr_mean']:.2f} | "
                   f"{r['future/baseline_psnr']:.2f} | {r['future/ssim_best']:.3f} | {r['future/baseline_ssim']:.3f} | "
                   f"{r['interp/psnr_best']:.2f} / {r['interp/psnr_mean']:.2f} | {r['interp/baseline_psnr']:.2f} | "
                   f"{r['seconds']:.0f} |")

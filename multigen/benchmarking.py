@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -70,9 +71,9 @@ def time_train_steps(loss_fn: Callable[[], torch.Tensor], params, device: str, d
 
 
 def quality_by_sampler(export: str | Path, device: str, settings: list[tuple[str, int]],
-                       **eval_settings: Any) -> list[dict]:
-    """The domain's held-out ``evaluate`` of the model in ``export`` for each ``(sampler, steps)``,
-    with ``eval_settings`` overriding fields of its ``eval`` config (e.g. ``num_clips=8``)."""
+                       temperatures: Sequence[float] = (1.0,), **eval_settings: Any) -> list[dict]:
+    """The domain's held-out ``evaluate`` of the model in ``export`` for each ``(sampler, steps)`` and
+    sampling temperature, with ``eval_settings`` overriding fields of its ``eval`` config (e.g. ``num_clips=8``)."""
     from .export import load_pretrained
 
     p = load_pretrained(export, device=device)
@@ -80,12 +81,14 @@ def quality_by_sampler(export: str | Path, device: str, settings: list[tuple[str
         setattr(p.domain.cfg.eval, key, value)
     val = p.domain.build_dataset("val")
     rows = []
-    for sampler, steps in settings:
-        p.domain.cfg.sample = p.domain.sample_settings(sampler=sampler, steps=steps)  # checked, as a user's call
+    for (sampler, steps), temperature in itertools.product(settings, temperatures):
+        # checked, as a user's call
+        p.domain.cfg.sample = p.domain.sample_settings(sampler=sampler, steps=steps, temperature=temperature)
         start = time.perf_counter()
         with torch.no_grad():
             metrics = p.domain.evaluate(p.model, val)
-        rows.append({"sampler": sampler, "steps": steps, "seconds": time.perf_counter() - start, **metrics})
+        rows.append({"sampler": sampler, "steps": steps, "temperature": temperature,
+                     "seconds": time.perf_counter() - start, **metrics})
         print(json.dumps(rows[-1]), file=sys.stderr)
     return rows
 

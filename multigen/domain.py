@@ -138,7 +138,7 @@ class GaussianDomain(Domain):
     def training_loss(self, model: nn.Module, batch: Tensor) -> Tensor:
         return self.diffusion.loss(model, batch).mean()
 
-    SETTINGS = ("sampler", "steps", "spacing", "eta", "resample", "guidance")
+    SETTINGS = ("sampler", "steps", "spacing", "eta", "resample", "guidance", "temperature")
 
     def sample_settings(self, **overrides: Any) -> SampleConfig:
         """:meth:`Domain.sample_settings`, and the settings fit the sampler: ``eta`` is DDIM's and
@@ -197,6 +197,7 @@ class GaussianDomain(Domain):
             spacing=settings.spacing,
             eta=settings.eta,
             resample=settings.resample,
+            temperature=settings.temperature,
             known=known,
             generator=generator,
             device=device,

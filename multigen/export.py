@@ -62,6 +62,17 @@ MOVED_KEYS = {("task", "guidance"): ("sample", "guidance")}
 """Config keys that moved since exports were first written (old place -> new place), so old exports load."""
 
 
+EARLIER_DEFAULTS = {("video", "model", "reference"): "nearest"}
+"""Keys whose default changed since exports were first written ``(domain, section, key) -> earlier default``: an
+export without the key was trained before it existed, with the earlier value, not with today's default."""
+
+
+def _fill_earlier_defaults(domain: str, raw: dict) -> None:
+    for (name, section, key), value in EARLIER_DEFAULTS.items():
+        if name == domain:
+            raw.setdefault(section, {}).setdefault(key, value)
+
+
 def _move_renamed_keys(raw: dict) -> None:
     for (old_section, old_key), (new_section, new_key) in MOVED_KEYS.items():
         section = raw.get(old_section)
@@ -79,7 +90,9 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> Pre
     if not isinstance(raw, dict) or "domain" not in raw:
         raise ValueError(f"{path / CONFIG} has no 'domain' key")
     _move_renamed_keys(raw)
-    domain_cls = get_domain(raw.pop("domain"))
+    name = raw.pop("domain")
+    _fill_earlier_defaults(name, raw)
+    domain_cls = get_domain(name)
     domain = domain_cls(load_config(domain_cls.config_class, values=raw))
     model = domain.build_model()
     missing, unexpected = load_model(model, str(path / WEIGHTS), strict=False)

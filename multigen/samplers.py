@@ -161,6 +161,7 @@ def ddpm(
     generator: torch.Generator | None = None,
     progress: bool = False,
     resample: int = 1,
+    temperature: float = 1.0,
 ) -> Tensor:
     """Ancestral sampling: draw ``x_s ~ q(x_s | x_t, x0 = D(x_t))`` at every step (Ho et al., 2020).
 
@@ -173,6 +174,9 @@ def ddpm(
     steps themselves (exact as steps get small). With a known part, imposing it alone does not
     sample the true conditional however many steps are taken; each extra pass lets the generated
     part move toward agreeing with it (tested on Gaussian data).
+
+    ``temperature`` scales the noise each step draws (not resampling's return to the step's level, a forward
+    step, nor the known part's noise): 0 takes the posterior mean at every step.
     """
     if resample < 1:
         raise ValueError(f"resample must be >= 1, got {resample}")
@@ -186,7 +190,7 @@ def ddpm(
             x0 = denoiser(x, _time(grid, k, x))
             # 0-dim CPU levels: scalars that combine with tensors on any device, and `var` is read without a sync
             mean, var = gaussian_posterior(x0, x, abar_s, abar_t)
-            x = mean + var.sqrt() * _randn_like(x, generator) if float(var) > 0 else mean
+            x = mean + temperature * var.sqrt() * _randn_like(x, generator) if float(var) > 0 else mean
             x = _impose(x, known, abar_s, generator)
     return x
 
@@ -201,8 +205,10 @@ def ddim(
     known: Known | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    temperature: float = 1.0,
 ) -> Tensor:
-    """DDIM (Song et al., 2021): deterministic at ``eta = 0``, ancestral DDPM at ``eta = 1``."""
+    """DDIM (Song et al., 2021): deterministic at ``eta = 0``, ancestral DDPM at ``eta = 1``.
+    ``temperature`` scales the noise that ``eta > 0`` draws at each step."""
     x = _impose(noise, known, grid.alpha_bar[0], generator)
     for k in tqdm(range(grid.steps), desc="ddim", disable=not progress):
         abar_t, abar_s = float(grid.alpha_bar[k]), float(grid.alpha_bar[k + 1])
@@ -211,7 +217,7 @@ def ddim(
         sigma = eta * ((1.0 - abar_s) / (1.0 - abar_t) * (1.0 - abar_t / abar_s)) ** 0.5
         x = abar_s**0.5 * x0 + max(1.0 - abar_s - sigma**2, 0.0) ** 0.5 * eps
         if sigma > 0:
-            x = x + sigma * _randn_like(x, generator)
+            x = x + temperature * sigma * _randn_like(x, generator)
         x = _impose(x, known, grid.alpha_bar[k + 1], generator)
     return x
 
@@ -276,6 +282,7 @@ def sample(
     spacing: str = "auto",
     eta: float = 0.0,
     resample: int = 1,
+    temperature: float = 1.0,
     known: Known | None = None,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
@@ -288,11 +295,18 @@ def sample(
     ``resample`` to ddpm alone (:func:`check_settings`: giving one to another sampler is an error). With a
     ``known`` part ddpm takes every step ``resample`` times (see :func:`ddpm`); without one it takes each
     once (on unconditional point clouds resampling cost diversity, benchmarks/RESULTS.md).
+
+    ``temperature`` scales ``x_T`` and the noise that stochastic samplers draw at each step: 1 samples the
+    model's distribution; below 1 trades diversity for samples nearer the conditional mean (on Gaussian data
+    a deterministic sampler's samples keep the mean and scale their spread by ``temperature``; 0 gives the
+    mean itself). The known part is always noised at full scale.
     """
     check_settings(sampler, eta, resample)
-    noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
-    extra = {"eta": eta} if sampler == "ddim" else {}
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    noise = temperature * torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    extra: dict = {"eta": eta, "temperature": temperature} if sampler == "ddim" else {}
     if sampler == "ddpm":
-        extra = {"resample": resample if known is not None else 1}
+        extra = {"resample": resample if known is not None else 1, "temperature": temperature}
     grid = sampling_grid(schedule, steps, DEFAULT_SPACING[sampler] if spacing == "auto" else spacing)
     return SAMPLERS[sampler](denoiser, noise, grid, known=known, generator=generator, progress=progress, **extra)

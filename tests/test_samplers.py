@@ -185,3 +185,31 @@ def test_resample_without_a_known_part_is_valid_and_takes_each_step_once():
     calls = []
     sample(lambda x, t: calls.append(1) or x, (2, 2), SCHEDULE, sampler="ddpm", steps=3, resample=2)
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddim", 50), ("dpm_solver_pp", 20)])
+def test_temperature_scales_a_deterministic_samplers_spread_about_the_mean(sampler, steps):
+    """Gaussian data: the probability-flow map is affine, so x_T scaled by tau gives mean + tau * spread."""
+    D = gaussian_mixture_denoiser(ONE, MEAN, COV, SCHEDULE)
+    x = sample(D, (N, 2), SCHEDULE, sampler=sampler, steps=steps, temperature=0.5, dtype=torch.float64,
+               generator=torch.Generator().manual_seed(0))
+    assert (x.mean(0) - MEAN[0]).abs().max() < 0.01, x.mean(0)
+    assert (torch.cov(x.T) - 0.25 * COV[0]).abs().max() < 0.01, torch.cov(x.T)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm_solver_pp"])
+def test_temperature_zero_gives_the_mean_of_gaussian_data(sampler):
+    D = gaussian_mixture_denoiser(ONE, MEAN, COV, SCHEDULE)
+    x = sample(D, (8, 2), SCHEDULE, sampler=sampler, steps=50, temperature=0.0, dtype=torch.float64,
+               generator=torch.Generator().manual_seed(0))
+    assert (x - MEAN).abs().max() < 1e-4, x
+
+
+def test_temperature_keeps_the_known_part_and_rejects_a_negative_value():
+    D = gaussian_mixture_denoiser(ONE, MEAN, COV, SCHEDULE)
+    values = torch.randn(4, 2, dtype=torch.float64)
+    known = Known(torch.tensor([[True, False]]), values)
+    x = sample(D, (4, 2), SCHEDULE, sampler="ddpm", steps=20, temperature=0.3, known=known, dtype=torch.float64)
+    assert torch.equal(x[:, 0], values[:, 0])
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        sample(D, (4, 2), SCHEDULE, temperature=-0.5)

@@ -88,8 +88,9 @@ def test_pretrained_sample_passes_settings_on_and_the_domain_checks_them(tmp_pat
     a = p.sample(4, sampler="ddim", steps=3, generator=g())
     b = domain.sample(p.model, 4, sampler="ddim", steps=3, generator=g())
     assert torch.equal(a, b)
-    with pytest.raises(TypeError, match="takes no setting 'temperature'"):
-        p.sample(4, temperature=0.5)
+    assert not torch.equal(p.sample(4, sampler="ddim", steps=3, temperature=0.5, generator=g()), a)
+    with pytest.raises(TypeError, match="takes no setting 'length'"):
+        p.sample(4, length=5)
 
 
 def test_an_export_written_with_task_guidance_loads_it_as_sample_guidance(tmp_path):
@@ -100,3 +101,14 @@ def test_an_export_written_with_task_guidance_loads_it_as_sample_guidance(tmp_pa
     (out / "config.yaml").write_text(yaml.safe_dump(config))
     assert load_pretrained(out).config.sample.guidance == 1.5
     assert "guidance" in {f for f in SampleConfig.__dataclass_fields__}
+
+
+def test_an_export_from_before_the_blend_reference_keeps_the_nearest_frame_reference(tmp_path):
+    """model.reference's default became ``blend``; an export without the key was trained with ``nearest``."""
+    domain = _domain("video")
+    out = export_model(domain.build_model(), domain, tmp_path / "export")
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["model"].pop("reference") == "blend"  # as exports before the key existed wrote it
+    (out / "config.yaml").write_text(yaml.safe_dump(config))
+    assert load_pretrained(out).config.model.reference == "nearest"
+    assert _domain("video").cfg.model.reference == "blend"

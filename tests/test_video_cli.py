@@ -36,7 +36,7 @@ def test_predict_keeps_context_exactly(tmp_path, export, capsys):
     assert np.array_equal(video[:3], gray(6)[:3])
     out2 = tmp_path / "hier.npy"
     assert main(["predict", "--checkpoint", str(export), "--input", str(inp), "--context", "2", "--frames", "12",
-                 "--mode", "hierarchical", "--sampler", "ddim", "--out", str(out2)]) == 0
+                 "--mode", "hierarchical", "--sampler", "ddim", "--temperature", "0.5", "--out", str(out2)]) == 0
     assert np.array_equal(np.load(out2)[:2], gray(6)[:2]) and np.load(out2).shape[0] == 12
 
 
@@ -77,5 +77,8 @@ def test_errors_name_the_problem(tmp_path, export, capsys):
     assert main(["predict", "--checkpoint", str(export), "--input", str(tmp_path / "two.npy"),
                  "--context", "3", "--frames", "6", "--out", str(tmp_path / "o.npy")]) == 2
     assert "--context 3" in capsys.readouterr().err
+    assert main(["predict", "--checkpoint", str(export), "--input", str(tmp_path / "two.npy"), "--context", "1",
+                 "--frames", "4", "--temperature", "-1", "--out", str(tmp_path / "o.npy")]) == 2
+    assert "sample.temperature: must be >= 0" in capsys.readouterr().err
     assert main(["sample", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "s")]) == 2
     assert "config.yaml" in capsys.readouterr().err

@@ -39,6 +39,15 @@ def test_observed_frames_kept_by_every_sampler(setup, sampler):
         assert out.abs().max() <= 1.0 + 1e-5
 
 
+def test_temperature_reaches_the_sampler(setup):
+    """At temperature 0 a deterministic sampler's unconditional clips no longer depend on the random draw."""
+    model, domain = setup
+    runs = [domain.sample(model, 2, temperature=t, steps=4, generator=torch.Generator().manual_seed(seed))
+            for t in (0.0, 1.0) for seed in (0, 1)]
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.allclose(runs[2], runs[3])
+
+
 def test_long_video_chaining_keeps_context_and_keyframes(setup):
     model, domain = setup
     context = _clips(t=3)

@@ -34,8 +34,10 @@ def _load(args: argparse.Namespace):
 
 
 def _settings(args: argparse.Namespace, domain) -> SampleConfig:
-    """The model's sampling settings with the command line's ``--sampler``, ``--steps``, ``--guidance``."""
-    return domain.sample_settings(sampler=args.sampler, steps=args.steps, guidance=args.guidance)
+    """The model's sampling settings with the command line's ``--sampler``, ``--steps``, ``--guidance``,
+    ``--temperature``."""
+    return domain.sample_settings(sampler=args.sampler, steps=args.steps, guidance=args.guidance,
+                                  temperature=args.temperature)
 
 
 def _options(args: argparse.Namespace, domain) -> dict:
@@ -110,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--sampler", choices=sorted(SAMPLERS), help="default: the model's config")
         p.add_argument("--steps", type=int, help="sampler steps (default: the model's config)")
         p.add_argument("--guidance", type=float, help="classifier-free guidance scale on observed frames")
+        p.add_argument("--temperature", type=float,
+                       help="sampling noise scale: below 1 is less diverse and nearer the mean (default: config)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--fps", type=int, default=8)
         p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -47,13 +47,14 @@ class VideoModelConfig:
     head_channels: int = at_least(32, 1)  # channels per attention head
     dropout: float = at_least(0.0, 0.0)
     temporal_attention: bool = True
-    # Generate each frame as a residual to its nearest observed frame (unconditional clips: to zero), so
-    # training learns the change rather than redrawing the frame (measured: +1.1 dB best-of-2 future PSNR
-    # over direct generation for the same 500 steps).
+    # Generate each frame as a residual to a reference built from the observed frames (unconditional clips: to
+    # zero), so training learns the change rather than redrawing the frame (measured: +1.1 dB best-of-2 future
+    # PSNR over direct generation for the same 500 steps).
     residual: bool = True
-    # What the residual is taken to: each frame's nearest observed frame, or the linear blend of the nearest
-    # observed frames before and after it (= nearest when frames are observed on one side only).
-    reference: str = choice("nearest", "nearest", "blend")
+    # The reference: the linear blend of the nearest observed frames before and after each frame (the nearest
+    # observed frame when frames are observed on one side only), or always the nearest observed frame.
+    # benchmarks/RESULTS.md, 2026-12-01: the blend lifts interpolation by 0.7-1.9 dB at sample.temperature 0.3.
+    reference: str = choice("blend", "nearest", "blend")
     # GPU speed levers, same weights and state dict, outputs equal up to rounding (benchmarks/video.py mfu_rows):
     channels_last: bool = False  # NHWC activations for the per-frame convolutions
     fold_frame_bias: bool = False  # temporal attention as one bias-free call (SDPA's flash kernel)
@@ -90,7 +91,9 @@ class VideoConfig:
     diffusion: DiffusionConfig = field(
         default_factory=lambda: DiffusionConfig(parameterization="v", loss_weighting="uniform", clip_x0=1.0)
     )
-    sample: SampleConfig = field(default_factory=lambda: SampleConfig(num=8, steps=25))
+    # temperature 0.2: samples nearer the conditional mean, +1.8-2.7 dB PSNR on prediction and interpolation
+    # (benchmarks/RESULTS.md, 2026-12-01); 1 samples the model's full distribution
+    sample: SampleConfig = field(default_factory=lambda: SampleConfig(num=8, steps=25, temperature=0.2))
     data: VideoDataConfig = field(default_factory=VideoDataConfig)
     model: VideoModelConfig = field(default_factory=VideoModelConfig)
     task: VideoTaskConfig = field(default_factory=VideoTaskConfig)

@@ -43,7 +43,8 @@ def generate(
     ``observed`` ``(B, T, C, H, W)`` holds the observed frames (other entries are ignored);
     ``mask=None`` observes nothing (unconditional clips of ``observed``'s shape);
     ``frame_index`` ``(B, T)`` gives the frames' positions in the video (default ``0..T-1``).
-    ``settings`` come from the domain's ``sample_settings`` (sampler, steps, spacing, eta, resample, guidance).
+    ``settings`` come from the domain's ``sample_settings`` (sampler, steps, spacing, eta, resample, guidance,
+    temperature).
     With ``residual`` (the model's ``model.residual``) the sampler draws ``x`` minus its ``reference`` frames
     (``model.reference``: ``nearest`` or ``blend`` of the observed frames, see ``REFERENCES``; exactly 0 on observed
     frames), and the output is that plus the reference, clamped to ``[-1, 1]``.
@@ -73,6 +74,7 @@ def generate(
         spacing=settings.spacing,
         eta=settings.eta,
         resample=settings.resample,
+        temperature=settings.temperature,
         known=None if free else Known(mask[:, :, None, None, None], target),
         generator=generator,
         device=observed.device,
