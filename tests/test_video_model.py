@@ -74,6 +74,12 @@ def test_task_masks_cover_every_task_and_keep_a_generated_frame():
     only_future = sample_masks(500, 8, TaskMix(0, 1, 0, 0, 0), g)
     k = only_future.sum(1)
     assert torch.equal(only_future, torch.arange(8).expand(500, 8) < k[:, None])
+    interp = sample_masks(6000, 8, TaskMix(0, 0, 0, 1, 0), g)
+    first, last = interp.int().argmin(1), 7 - interp.int().flip(1).argmin(1)  # first and last generated frame
+    assert interp[:, 0].all() and interp[:, -1].all()  # both ends observed
+    assert torch.equal(interp, (torch.arange(8) < first[:, None]) | (torch.arange(8) > last[:, None]))  # one gap
+    gaps = torch.bincount(last - first + 1, minlength=7)[1:]
+    assert (gaps - 1000).abs().max() < 150  # gap lengths 1..6 equally likely (binomial sd ~ 29)
     with pytest.raises(ValueError):
         TaskMix(0, 0, 0, 0, 0).weights()
 

@@ -29,14 +29,44 @@ def test_observed_frames_kept_by_every_sampler(setup, sampler):
     model, domain = setup
     clips = _clips()
     mask = torch.tensor([[1, 1, 0, 0, 0], [1, 0, 0, 0, 1]], dtype=torch.bool)
-    for guidance, residual, reference in [(1.0, False, "nearest"), (2.0, False, "nearest"), (1.0, True, "nearest"),
-                                          (1.0, True, "blend")]:
+    for guidance, residual, reference, scale in [(1.0, False, "nearest", 1.0), (2.0, False, "nearest", 1.0),
+                                                 (1.0, True, "nearest", 1.0), (1.0, True, "blend", 2.5)]:
         out = generate(model, domain.diffusion, clips, mask,
                        domain.sample_settings(sampler=sampler, steps=6, guidance=guidance), residual=residual,
-                       reference=reference, generator=torch.Generator().manual_seed(0))
+                       reference=reference, residual_scale=scale, generator=torch.Generator().manual_seed(0))
         assert torch.equal(out[mask], clips[mask])
         assert not torch.equal(out[~mask], clips[~mask])
         assert out.abs().max() <= 1.0 + 1e-5
+
+
+def test_residual_scale_scales_what_is_diffused(setup, monkeypatch):
+    """With ``residual_scale`` s the sampler draws s * (x - reference), and the clip is its draw / s + reference;
+    training diffuses the same scaled residual."""
+    model, domain = setup
+    clips = _clips()
+    mask = torch.tensor([[1, 0, 0, 0, 1], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    ref = blended_observed(clips, mask)
+    drawn = torch.full_like(clips, 0.3)
+    seen = {}
+
+    def fake_sample(denoiser, shape, schedule, known, **kw):
+        seen["known"] = known.values
+        return drawn
+
+    monkeypatch.setattr("video.sampling.sample", fake_sample)
+    out = generate(model, domain.diffusion, clips, mask, domain.sample_settings(steps=2), residual=True,
+                   reference="blend", residual_scale=4.0)
+    assert torch.allclose(seen["known"], 4.0 * (clips - ref))
+    assert torch.allclose(out, (0.3 / 4.0 + ref).clamp(-1, 1))
+    targets = []
+    for scale in (4.0, 1.0):
+        d = Video(load_config(VideoConfig, overrides=["data.frames=5", "data.size=16", "diffusion.timesteps=100",
+                                                      f"model.residual_scale={scale}"]))
+        assert d.diffusion.clip_x0 == 2.0 * scale and d.residual_options()["residual_scale"] == scale
+        monkeypatch.setattr(d.diffusion, "loss", lambda fn, target, loss_mask: targets.append(target) or target)
+        torch.manual_seed(0)  # the same masks
+        d.training_loss(model, clips)
+    assert torch.allclose(targets[0], 4.0 * targets[1]) and targets[1].abs().sum() > 0
 
 
 def test_temperature_reaches_the_sampler(setup):

@@ -40,7 +40,8 @@ def sample_masks(
 
     * future: the first ``k`` frames observed, ``1 <= k < T``
     * past: the last ``k`` frames observed
-    * interpolate: the first ``a`` and last ``b`` observed, ``a, b >= 1``, ``a + b < T``
+    * interpolate: the first ``a`` and last ``b`` observed, ``a, b >= 1``: the gap ``T - a - b`` is uniform on
+      ``1..T-2`` (a wide gap as likely as a narrow one), then ``a`` uniform on ``1..a+b-1``
     * random: each frame observed with probability 1/2
     * unconditional: nothing observed
 
@@ -55,8 +56,9 @@ def sample_masks(
     task = sum((u >= c / cum[-1]).long() for c in cum[:-1])  # index into TASKS (a 0-probability task: never)
     idx = torch.arange(frames, device=device).expand(batch, frames)
     k = torch.randint(1, frames, (batch, 1), **kw)
-    a = torch.randint(1, max(frames - 1, 2), (batch, 1), **kw).clamp(max=frames - 2)
-    b = (torch.rand(batch, 1, **kw) * (frames - 1 - a)).floor().long().clamp(min=1)
+    seen = frames - torch.randint(1, max(frames - 1, 2), (batch, 1), **kw)  # a + b, from 2 to T - 1
+    a = 1 + (torch.rand(batch, 1, **kw) * (seen - 1)).floor().long()
+    b = seen - a
     rand = torch.rand(batch, frames, **kw) < 0.5
     rows = torch.arange(batch, device=device)
     rand[rows, torch.randint(0, frames, (batch,), **kw)] = False

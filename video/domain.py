@@ -55,6 +55,9 @@ class VideoModelConfig:
     # observed frame when frames are observed on one side only), or always the nearest observed frame.
     # benchmarks/RESULTS.md, 2026-12-01: the blend lifts interpolation by 0.7-1.9 dB at sample.temperature 0.3.
     reference: str = choice("blend", "nearest", "blend")
+    # The residual is diffused times this factor: above 1 when residuals are small next to the data (slow camera
+    # motion over natural images), so the noise schedule's signal-to-noise ratios fit them.
+    residual_scale: float = at_least(1.0, 1e-3)
     # GPU speed levers, same weights and state dict, outputs equal up to rounding (benchmarks/video.py mfu_rows):
     channels_last: bool = False  # NHWC activations for the per-frame convolutions
     fold_frame_bias: bool = False  # temporal attention as one bias-free call (SDPA's flash kernel)
@@ -108,11 +111,14 @@ class Video(GaussianDomain):
     conditional = True  # the observed frames: sample.guidance scales them
 
     def clip_scale(self) -> float:
-        return 2.0 if self.cfg.model.residual else 1.0  # a residual of two frames in [-1, 1] lies in [-2, 2]
+        m = self.cfg.model  # a residual of two frames in [-1, 1] lies in [-2, 2]
+        return 2.0 * m.residual_scale if m.residual else 1.0
 
     def residual_options(self) -> dict[str, Any]:
-        """How :func:`~video.sampling.generate` must treat this model's output: ``residual`` and ``reference``."""
-        return {"residual": self.cfg.model.residual, "reference": self.cfg.model.reference}
+        """How :func:`~video.sampling.generate` must treat this model's output: ``residual``, ``reference`` and
+        ``residual_scale``."""
+        m = self.cfg.model
+        return {"residual": m.residual, "reference": m.reference, "residual_scale": m.residual_scale}
 
     def build_model(self) -> nn.Module:
         m, d = self.cfg.model, self.cfg.data
@@ -165,7 +171,7 @@ class Video(GaussianDomain):
             mask = mask & ~independent[:, None]
         cond = pack_condition(batch, mask)
         m = self.cfg.model
-        target = batch - REFERENCES[m.reference](batch, mask) if m.residual else batch
+        target = (batch - REFERENCES[m.reference](batch, mask)) * m.residual_scale if m.residual else batch
         loss = self.diffusion.loss(
             lambda x, t: model(x, t, cond, None, independent), target, loss_mask=~mask[:, :, None, None, None]
         )

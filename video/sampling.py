@@ -34,6 +34,7 @@ def generate(
     settings: SampleConfig,
     residual: bool = False,
     reference: str = "nearest",
+    residual_scale: float = 1.0,
     frame_index: Tensor | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
@@ -47,7 +48,8 @@ def generate(
     temperature).
     With ``residual`` (the model's ``model.residual``) the sampler draws ``x`` minus its ``reference`` frames
     (``model.reference``: ``nearest`` or ``blend`` of the observed frames, see ``REFERENCES``; exactly 0 on observed
-    frames), and the output is that plus the reference, clamped to ``[-1, 1]``.
+    frames) times ``residual_scale`` (``model.residual_scale``), and the output is that divided by the scale plus
+    the reference, clamped to ``[-1, 1]``.
     Every tensor is made on the model's device; ``generator`` must be on it too.
     """
     B, T = observed.shape[:2]
@@ -64,7 +66,7 @@ def generate(
         return model(x, t, c, fi)
 
     guided = classifier_free_guidance(conditional, cond, torch.zeros_like(cond[0]), settings.guidance)
-    target = observed if base is None else observed - base  # residual: exactly 0 where observed
+    target = observed if base is None else (observed - base) * residual_scale  # residual: exactly 0 where observed
     out = sample(
         diffusion.denoiser(guided),
         tuple(observed.shape),
@@ -81,7 +83,7 @@ def generate(
         dtype=observed.dtype,
         progress=progress,
     )
-    return out if base is None else (out + base).clamp(-1, 1)  # observed frames: 0 + themselves
+    return out if base is None else (out / residual_scale + base).clamp(-1, 1)  # observed frames: 0 + themselves
 
 
 def predict(model, diffusion, context: Tensor, frames: int, settings: SampleConfig, **kw) -> Tensor:
