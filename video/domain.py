@@ -56,7 +56,8 @@ class VideoModelConfig:
     # benchmarks/RESULTS.md, 2026-12-01: the blend lifts interpolation by 0.7-1.9 dB at sample.temperature 0.3.
     reference: str = choice("blend", "nearest", "blend")
     # The residual is diffused times this factor: above 1 when residuals are small next to the data (slow camera
-    # motion over natural images), so the noise schedule's signal-to-noise ratios fit them.
+    # motion over natural images), so the noise schedule's signal-to-noise ratios fit them (benchmarks/RESULTS.md,
+    # 2026-12-01: 2 for natural video, configs/video/natural.yaml).
     residual_scale: float = at_least(1.0, 1e-3)
     # GPU speed levers, same weights and state dict, outputs equal up to rounding (benchmarks/video.py mfu_rows):
     channels_last: bool = False  # NHWC activations for the per-frame convolutions
