@@ -117,3 +117,15 @@ def blended_observed(observed: Tensor, mask: Tensor, frame_index: Tensor | None 
 
 REFERENCES = {"nearest": nearest_observed, "blend": blended_observed}
 """``model.reference``: the frames a residual model's output is added to."""
+
+
+def scaled_residual(
+    clips: Tensor, mask: Tensor, reference: str, scale: float = 1.0, frame_index: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """What a residual model diffuses, ``scale * (clips - ref)``, and ``ref``, the ``reference`` frames
+    (``REFERENCES``) of ``clips`` ``(B, T, C, H, W)`` under ``mask`` ``(B, T)``; both ``(B, T, C, H, W)``, the
+    first exactly 0 on observed frames. A clip is recovered as ``residual / scale + ref``."""
+    if reference not in REFERENCES:
+        raise ValueError(f"unknown residual reference {reference!r}; choose one of {', '.join(REFERENCES)}")
+    ref = REFERENCES[reference](clips, mask, frame_index)
+    return (clips - ref) * scale, ref

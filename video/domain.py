@@ -14,7 +14,7 @@ from multigen.config import DiffusionConfig, SampleConfig, TrainConfig, at_least
 from multigen.domain import GaussianDomain, no_condition
 from multigen.samplers import Known
 
-from .conditioning import REFERENCES, TaskMix, pack_condition, sample_masks
+from .conditioning import TaskMix, pack_condition, sample_masks, scaled_residual
 from .data import MovingDigits, VideoFolder
 from .io import save_clip_grid
 from .metrics import best_and_mean_scores, copy_last_frame, linear_blend
@@ -172,7 +172,7 @@ class Video(GaussianDomain):
             mask = mask & ~independent[:, None]
         cond = pack_condition(batch, mask)
         m = self.cfg.model
-        target = (batch - REFERENCES[m.reference](batch, mask)) * m.residual_scale if m.residual else batch
+        target = scaled_residual(batch, mask, m.reference, m.residual_scale)[0] if m.residual else batch
         loss = self.diffusion.loss(
             lambda x, t: model(x, t, cond, None, independent), target, loss_mask=~mask[:, :, None, None, None]
         )

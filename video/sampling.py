@@ -23,7 +23,7 @@ from multigen.config import SampleConfig
 from multigen.diffusion import GaussianDiffusion
 from multigen.guidance import classifier_free_guidance
 
-from .conditioning import REFERENCES, pack_condition
+from .conditioning import pack_condition, scaled_residual
 
 
 def generate(
@@ -57,16 +57,14 @@ def generate(
     free = mask is None
     mask = observed.new_zeros(B, T, dtype=torch.bool) if free else mask.to(observed.device)
     cond = pack_condition(observed, mask)
-    if residual and reference not in REFERENCES:
-        raise ValueError(f"unknown residual reference {reference!r}; choose one of {', '.join(REFERENCES)}")
-    base = REFERENCES[reference](observed, mask, frame_index) if residual else None
+    target, base = (scaled_residual(observed, mask, reference, residual_scale, frame_index) if residual
+                    else (observed, None))  # residual: exactly 0 where observed
 
     def conditional(x: Tensor, t: Tensor, c: Tensor) -> Tensor:
         fi = None if frame_index is None else frame_index.to(x.device).repeat(len(x) // B, 1)
         return model(x, t, c, fi)
 
     guided = classifier_free_guidance(conditional, cond, torch.zeros_like(cond[0]), settings.guidance)
-    target = observed if base is None else (observed - base) * residual_scale  # residual: exactly 0 where observed
     out = sample(
         diffusion.denoiser(guided),
         tuple(observed.shape),
