@@ -10,6 +10,7 @@ import yaml
 from multigen.config import ConfigError, SampleConfig, load_config
 from multigen.export import export_model, load_pretrained
 from multigen.toy2d import Toy2D, Toy2DConfig
+from pointcloud.domain import PointCloudConfig
 
 SMALL = {
     "toy2d": ("multigen.toy2d:Toy2D", ["model.hidden=8"]),
@@ -63,15 +64,24 @@ def test_gaussian_settings_must_fit_the_sampler(name):
 
 
 def test_the_configs_sampler_settings_do_not_follow_another_sampler():
-    """The point-cloud default resamples DDPM steps twice; asking for DDIM leaves resampling at 1, while a
-    config whose own sampler cannot use its setting is an error."""
-    domain = _domain("pointcloud")
-    assert (domain.cfg.sample.sampler, domain.cfg.sample.resample) == ("ddpm", 2)
+    """The point-cloud completion config resamples DDPM steps twice; asking for DDIM leaves resampling at 1, while
+    a config whose own sampler cannot use its setting is an error."""
+    domain = _domain("pointcloud", "sample.sampler=ddpm", "sample.resample=2")
     assert domain.sample_settings(sampler="ddim").resample == 1
     assert domain.sample_settings().resample == 2
-    bad = _domain("pointcloud", "sample.sampler=ddim")  # resample=2 from the domain's defaults
+    bad = _domain("pointcloud", "sample.sampler=ddim", "sample.resample=2")
     with pytest.raises(ValueError, match="resample=2 only applies to the ddpm sampler"):
         bad.sample_settings()
+
+
+def test_point_cloud_configs_sample_generation_with_dpm_solver_and_completion_with_resampled_ddpm():
+    settings = lambda path: load_config(PointCloudConfig, path).sample  # noqa: E731
+    for path in (None, "configs/pointcloud/default.yaml"):
+        s = settings(path)
+        assert (s.sampler, s.steps, s.spacing, s.resample) == ("dpm_solver_pp", 25, "karras", 1)
+    for name in ("completion", "tiny"):
+        s = settings(f"configs/pointcloud/{name}.yaml")
+        assert (s.sampler, s.steps, s.spacing, s.resample) == ("ddpm", 250, "auto", 2)
 
 
 def test_guidance_needs_a_condition():
