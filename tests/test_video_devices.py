@@ -13,7 +13,9 @@ import torch
 
 from multigen.config import load_config
 from multigen.samplers import Known
-from video.conditioning import TaskMix, blended_observed, nearest_observed, pack_condition, sample_masks
+from video.conditioning import (
+    TaskMix, blended_observed, motion_compensated, nearest_observed, pack_condition, sample_masks,
+)
 from video.domain import Video, VideoConfig
 from video.metrics import linear_blend
 from video.sampling import extend_autoregressive, extend_hierarchical, interpolate, predict
@@ -41,12 +43,12 @@ def test_masks_and_conditions_are_made_on_the_device(device):
     clips = torch.zeros(SHAPE, device=device)
     cond = pack_condition(clips, masks[:2])
     assert cond.device == device and cond.shape == (2, 5, 2, 16, 16)
-    for reference in (nearest_observed, blended_observed):
+    for reference in (nearest_observed, blended_observed, motion_compensated):
         ref = reference(clips, masks[:2], torch.arange(5, device=device).expand(2, 5) * 3)
         assert ref.device == device and ref.shape == SHAPE
 
 
-@pytest.mark.parametrize("residual, reference", [(False, "nearest"), (True, "nearest"), (True, "blend")])
+@pytest.mark.parametrize("residual, reference", [(False, "nearest"), (True, "nearest"), (True, "blend"), (True, "motion")])
 def test_training_loss_keeps_to_the_device(device, domain, residual, reference):
     domain.cfg.model.residual, domain.cfg.model.reference = residual, reference
     model = tiny_unet().to(device)
@@ -97,7 +99,8 @@ def test_evaluation_scores_keep_to_the_device(device, domain):
     clips = torch.zeros(3, 5, 1, 16, 16, device=device)
     scores = domain.evaluation_scores(model, clips, _generator(device))
     assert set(scores) == {f"{task}/{k}" for task in ("future", "interp") for k in
-                           ("psnr_best", "psnr_mean", "ssim_best", "ssim_mean", "baseline_psnr", "baseline_ssim")}
+                           ("psnr_best", "psnr_mean", "ssim_best", "ssim_mean", "baseline_psnr", "baseline_ssim",
+                            "baseline_motion_psnr", "baseline_motion_ssim")}
     assert all(v.device == device and v.shape == () for v in scores.values())
     blend = linear_blend(clips, torch.tensor([True, False, False, False, True], device=device))
     assert blend.device == device and blend.shape == clips.shape

@@ -11,6 +11,8 @@ from itertools import accumulate
 import torch
 from torch import Tensor
 
+from .motion import coverage, estimate_translation, translate
+
 TASKS = ("unconditional", "future", "past", "interpolate", "random")
 
 
@@ -92,30 +94,87 @@ def nearest_observed(observed: Tensor, mask: Tensor, frame_index: Tensor | None 
     return torch.where(mask.any(1)[:, None, None, None, None], ref, torch.zeros_like(ref))
 
 
+def _positions(mask: Tensor, frame_index: Tensor | None) -> Tensor:
+    """Frame positions ``(B, T)`` as floats: ``frame_index``, or ``0..T-1``."""
+    B, T = mask.shape
+    return (frame_index if frame_index is not None else torch.arange(T, device=mask.device).expand(B, T)).float()
+
+
+def _nearest_on_side(mask: Tensor, fi: Tensor, before: bool, strict: bool) -> tuple[Tensor, Tensor]:
+    """For each frame ``(B, T)``: the index of the nearest observed frame before it (``before``) or after it, the
+    frame itself included unless ``strict``, and whether there is one (``(B, T)`` long and bool)."""
+    gap = fi[:, None, :] - fi[:, :, None]  # (B, T, T): position of frame s relative to frame t
+    side = (gap < 0 if strict else gap <= 0) if before else (gap > 0 if strict else gap >= 0)
+    cand = mask[:, None, :] & side
+    found = torch.where(cand, gap, -torch.inf).max(-1) if before else torch.where(cand, gap, torch.inf).min(-1)
+    return found.indices, found.values.isfinite()
+
+
+def _bracket(mask: Tensor, fi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The nearest observed frames at or before (``lo``) and at or after (``hi``) each frame, both the one side's
+    nearest where there is only one side, and the weight ``w`` of ``hi`` in a linear blend (0 unless the frame
+    lies strictly between two observed frames): ``(B, T)`` each."""
+    lo, has_lo = _nearest_on_side(mask, fi, before=True, strict=False)
+    hi, has_hi = _nearest_on_side(mask, fi, before=False, strict=False)
+    lo, hi = torch.where(has_lo, lo, hi), torch.where(has_hi, hi, lo)
+    span = fi.gather(1, hi) - fi.gather(1, lo)
+    w = torch.where(has_lo & has_hi & (span > 0), (fi - fi.gather(1, lo)) / span.clamp(min=1e-12), 0.0)
+    return lo, hi, w
+
+
 def blended_observed(observed: Tensor, mask: Tensor, frame_index: Tensor | None = None) -> Tensor:
     """Each frame as the linear blend ``(B, T, C, H, W)`` of the nearest observed frames before and after it,
     weighted by distance in ``frame_index`` ``(B, T)`` (default ``0..T-1``); a frame with observed frames on one
     side only copies the nearest of them; observed frames map to themselves; all zeros in a clip with no
     observed frame. With observed frames at both ends this is the interpolation baseline."""
-    B, T = mask.shape
-    fi = (frame_index if frame_index is not None else torch.arange(T, device=mask.device).expand(B, T)).float()
-    gap = fi[:, None, :] - fi[:, :, None]  # (B, T, T): position of frame s relative to frame t
-    seen = mask[:, None, :]
-    before = torch.where(seen & (gap <= 0), gap, -torch.inf).max(-1)  # nearest observed at or before t
-    after = torch.where(seen & (gap >= 0), gap, torch.inf).min(-1)  # nearest observed at or after t
-    has_before, has_after = before.values.isfinite(), after.values.isfinite()
-    lo = torch.where(has_before, before.indices, after.indices)
-    hi = torch.where(has_after, after.indices, lo)
-    lo = torch.where(has_before, lo, hi)
-    span = (after.values - before.values).nan_to_num(posinf=0.0, neginf=0.0)  # 0 unless observed on both sides
-    w = torch.where(has_before & has_after & (span > 0), -before.values / span.clamp(min=1e-12), 0.0)
-    rows = torch.arange(B, device=mask.device)[:, None]
+    lo, hi, w = _bracket(mask, _positions(mask, frame_index))
+    rows = torch.arange(mask.shape[0], device=mask.device)[:, None]
     w = w[:, :, None, None, None].to(observed.dtype)
     ref = (1 - w) * observed[rows, lo] + w * observed[rows, hi]
     return torch.where(mask.any(1)[:, None, None, None, None], ref, torch.zeros_like(ref))
 
 
-REFERENCES = {"nearest": nearest_observed, "blend": blended_observed}
+def motion_compensated(observed: Tensor, mask: Tensor, frame_index: Tensor | None = None) -> Tensor:
+    """:func:`blended_observed` with global motion: each frame ``(B, T, C, H, W)`` from the nearest observed frames
+    before and after it, each moved along the clip's estimated translation (:func:`video.motion.estimate_translation`,
+    constant velocity) to the frame's position before they are blended. The velocity comes from the two frames
+    that bracket it, or, on one side only, from the nearest observed frame and the next observed one beyond it
+    (extrapolation); a single observed frame gives no motion (a copy). Where one moved frame has no content (it
+    would repeat its border: content entering the view) and the other has, the other is taken. Observed frames map
+    to themselves exactly; all zeros in a clip with no observed frame."""
+    B, T = mask.shape
+    fi = _positions(mask, frame_index)
+    lo, hi, w = _bracket(mask, fi)
+    prev, has_prev = _nearest_on_side(mask, fi, before=True, strict=True)
+    after, has_after = _nearest_on_side(mask, fi, before=False, strict=True)
+    between = lo != hi
+    on_left = fi.gather(1, lo) <= fi  # one side: the observed frames lie before this one (or it is observed)
+    p = torch.where(between, lo, torch.where(on_left, prev.gather(1, lo), hi))
+    q = torch.where(between, hi, torch.where(on_left, lo, after.gather(1, hi)))
+    valid = between | torch.where(on_left, has_prev.gather(1, lo), has_after.gather(1, hi))
+    rows = torch.arange(B, device=mask.device)[:, None]
+    span = fi.gather(1, q) - fi.gather(1, p)
+    valid = valid & (span > 0)
+    moves = estimate_translation(observed[rows, p].flatten(0, 1), observed[rows, q].flatten(0, 1)).unflatten(0, (B, T))
+    velocity = moves / span.clamp(min=1e-12)[..., None]
+    velocity = torch.where(valid[..., None], velocity, torch.zeros_like(velocity))  # (B, T, 2) pixels per frame
+
+    def moved(source: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """The source frames moved to each frame's position, and their blend weight times their coverage (a
+        little of the plain weight stays, so a frame that no source covers blends the repeated borders)."""
+        frames = observed[rows, source].flatten(0, 1)
+        shift = (velocity * (fi - fi.gather(1, source))[..., None]).flatten(0, 1)
+        weight = weight[:, :, None, None, None].to(observed.dtype)
+        cover = coverage(frames, shift).unflatten(0, (B, T))
+        return translate(frames, shift).unflatten(0, (B, T)), weight * (cover + 1e-3)
+
+    (a, wa), (b, wb) = moved(lo, 1 - w), moved(hi, w)
+    ref = a + wb / (wa + wb) * (b - a)  # exactly the moved frame before where w = 0 (one side)
+    ref = torch.where(mask[:, :, None, None, None], observed, ref)
+    return torch.where(mask.any(1)[:, None, None, None, None], ref, torch.zeros_like(ref))
+
+
+REFERENCES = {"nearest": nearest_observed, "blend": blended_observed, "motion": motion_compensated}
 """``model.reference``: the frames a residual model's output is added to."""
 
 

@@ -14,7 +14,7 @@ from multigen.config import DiffusionConfig, SampleConfig, TrainConfig, at_least
 from multigen.domain import GaussianDomain, no_condition
 from multigen.samplers import Known
 
-from .conditioning import TaskMix, pack_condition, sample_masks, scaled_residual
+from .conditioning import TaskMix, motion_compensated, pack_condition, sample_masks, scaled_residual
 from .data import MovingDigits, VideoFolder
 from .io import save_clip_grid
 from .metrics import best_and_mean_scores, copy_last_frame, linear_blend
@@ -52,9 +52,10 @@ class VideoModelConfig:
     # PSNR over direct generation for the same 500 steps).
     residual: bool = True
     # The reference: the linear blend of the nearest observed frames before and after each frame (the nearest
-    # observed frame when frames are observed on one side only), or always the nearest observed frame.
+    # observed frame when frames are observed on one side only), or always the nearest observed frame, or
+    # `motion`: the blend (or copy) of frames moved along the clip's global translation (camera pans).
     # benchmarks/RESULTS.md, 2026-12-01: the blend lifts interpolation by 0.7-1.9 dB at sample.temperature 0.3.
-    reference: str = choice("blend", "nearest", "blend")
+    reference: str = choice("blend", "nearest", "blend", "motion")
     # The residual is diffused times this factor: above 1 when residuals are small next to the data (slow camera
     # motion over natural images), so the noise schedule's signal-to-noise ratios fit them (benchmarks/RESULTS.md,
     # 2026-12-01: 2 for natural video, configs/video/natural.yaml).
@@ -208,6 +209,9 @@ class Video(GaussianDomain):
 
         PSNR/SSIM average over the generated frames; ``*_best``/``*_mean`` are the best
         and mean over ``eval.samples_per_clip`` samples per clip (see :meth:`evaluation_scores`).
+        Baselines: ``baseline_*`` copies the last context frame (future) or blends the end frames linearly
+        (interp); ``baseline_motion_*`` moves them along the clip's global translation first
+        (:func:`~video.conditioning.motion_compensated`, the ``motion`` reference without a model).
         """
         device = next(model.parameters()).device
         n = min(self.cfg.eval.num_clips, len(dataset))  # type: ignore[arg-type]
@@ -239,9 +243,12 @@ class Video(GaussianDomain):
             ])
             samples = out.float().reshape(e.samples_per_clip, *clips.shape)
             scores = best_and_mean_scores(samples, clips.float(), ~frame_mask)
-            base = best_and_mean_scores(baseline(frame_mask)[None].float(), clips.float(), ~frame_mask)
             metrics.update({f"{name}/{k}": v for k, v in scores.items()})
-            metrics.update({f"{name}/baseline_{k.removesuffix('_mean')}": v for k, v in base.items() if "mean" in k})
+            for prefix, frames in (("baseline", baseline(frame_mask)),
+                                   ("baseline_motion", motion_compensated(clips, frame_mask.expand(len(clips), T)))):
+                base = best_and_mean_scores(frames[None].float(), clips.float(), ~frame_mask)
+                metrics.update({f"{name}/{prefix}_{k.removesuffix('_mean')}": v
+                                for k, v in base.items() if "mean" in k})
         return metrics
 
     def save_samples(self, samples: Tensor, path: Path) -> Path:

@@ -13,10 +13,16 @@ from multigen.metrics import one_nna
 from .conditioning import blended_observed
 
 
+PSNR_CAP = 60.0
+"""dB: at or above it frames differ by less than 8-bit quantisation noise (about 59 dB), so :func:`psnr` stops
+there. Identical frames (a copy of a static scene, an exact motion-compensated prediction) would otherwise score
+``inf`` and make every mean over frames ``inf``."""
+
+
 def psnr(x: Tensor, y: Tensor, data_range: float = 2.0) -> Tensor:
-    """Peak signal-to-noise ratio per frame, ``(...)``; ``inf`` for identical frames."""
+    """Peak signal-to-noise ratio per frame, ``(...)``, at most :data:`PSNR_CAP` (identical frames score it)."""
     mse = ((x.float() - y.float()) ** 2).flatten(-3).mean(-1)
-    return 10 * torch.log10(data_range**2 / mse)
+    return (10 * torch.log10(data_range**2 / mse)).clamp(max=PSNR_CAP)
 
 
 def ssim(x: Tensor, y: Tensor, data_range: float = 2.0) -> Tensor:
@@ -50,7 +56,7 @@ def best_and_mean_scores(samples: Tensor, target: Tensor, generated: Tensor) -> 
     gen = generated.to(target.device).expand(target.shape[:2])
     out = {}
     for name, fn in (("psnr", psnr), ("ssim", ssim)):
-        per_frame = fn(samples, target.expand_as(samples))  # (S, B, T); observed frames may be inf
+        per_frame = fn(samples, target.expand_as(samples))  # (S, B, T); observed frames score the cap
         per_clip = torch.where(gen, per_frame, 0.0).sum(-1) / gen.sum(-1)  # (S, B)
         out[f"{name}_best"] = per_clip.amax(0).mean()
         out[f"{name}_mean"] = per_clip.mean()

@@ -47,7 +47,7 @@ def generate(
     ``settings`` come from the domain's ``sample_settings`` (sampler, steps, spacing, eta, resample, guidance,
     temperature).
     With ``residual`` (the model's ``model.residual``) the sampler draws ``x`` minus its ``reference`` frames
-    (``model.reference``: ``nearest`` or ``blend`` of the observed frames, see ``REFERENCES``; exactly 0 on observed
+    (``model.reference``: ``nearest``, ``blend`` or ``motion``, see ``REFERENCES``; exactly 0 on observed
     frames) times ``residual_scale`` (``model.residual_scale``), and the output is that divided by the scale plus
     the reference, clamped to ``[-1, 1]``.
     Every tensor is made on the model's device; ``generator`` must be on it too.
