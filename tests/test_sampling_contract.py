@@ -78,7 +78,7 @@ def test_point_cloud_configs_sample_generation_with_dpm_solver_and_completion_wi
     settings = lambda path: load_config(PointCloudConfig, path).sample  # noqa: E731
     for path in (None, "configs/pointcloud/default.yaml"):
         s = settings(path)
-        assert (s.sampler, s.steps, s.spacing, s.resample) == ("dpm_solver_pp", 25, "karras", 1)
+        assert (s.sampler, s.steps, s.spacing, s.resample) == ("dpm_solver_pp", 20, "karras", 1)
     for name in ("completion", "tiny"):
         s = settings(f"configs/pointcloud/{name}.yaml")
         assert (s.sampler, s.steps, s.spacing, s.resample) == ("ddpm", 250, "auto", 2)
