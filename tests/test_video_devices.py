@@ -48,7 +48,8 @@ def test_masks_and_conditions_are_made_on_the_device(device):
         assert ref.device == device and ref.shape == SHAPE
 
 
-@pytest.mark.parametrize("residual, reference", [(False, "nearest"), (True, "nearest"), (True, "blend"), (True, "motion")])
+@pytest.mark.parametrize("residual, reference",
+                         [(False, "nearest"), (True, "nearest"), (True, "blend"), (True, "motion")])
 def test_training_loss_keeps_to_the_device(device, domain, residual, reference):
     domain.cfg.model.residual, domain.cfg.model.reference = residual, reference
     model = tiny_unet().to(device)

@@ -81,7 +81,7 @@ def estimate_translation(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _translation_grid(frames: Tensor, shift: Tensor) -> Tensor:
-    """``grid_sample``'s grid ``(N, H, W, 2)`` that reads frames ``(N, C, H, W)`` at ``p - shift`` (``(N, 2)`` pixels)."""
+    """``grid_sample``'s grid ``(N, H, W, 2)`` reading frames ``(N, C, H, W)`` at ``p - shift`` (``(N, 2)`` pixels)."""
     N, _, H, W = frames.shape
     theta = frames.new_zeros(N, 2, 3)
     theta[:, 0, 0] = theta[:, 1, 1] = 1.0
