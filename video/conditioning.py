@@ -82,22 +82,21 @@ def pack_condition(observed: Tensor, mask: Tensor) -> Tensor:
     return torch.cat([observed * m, m.expand(-1, -1, 1, *observed.shape[3:])], dim=2)
 
 
-def nearest_observed(observed: Tensor, mask: Tensor, frame_index: Tensor | None = None) -> Tensor:
-    """Each frame's nearest observed frame ``(B, T, C, H, W)``: by distance in ``frame_index`` ``(B, T)``
-    (default ``0..T-1``; the earlier frame on ties); observed frames map to themselves; all zeros in a
-    clip with no observed frame."""
-    B, T = mask.shape
-    fi = frame_index if frame_index is not None else torch.arange(T, device=mask.device).expand(B, T)
-    dist = (fi[:, :, None] - fi[:, None, :]).abs().float().masked_fill(~mask[:, None, :], float("inf"))
-    source = dist.argmin(-1)  # (B, T); argmin keeps the first (earlier) of equal distances
-    ref = observed[torch.arange(B, device=mask.device)[:, None], source]
-    return torch.where(mask.any(1)[:, None, None, None, None], ref, torch.zeros_like(ref))
-
-
 def _positions(mask: Tensor, frame_index: Tensor | None) -> Tensor:
     """Frame positions ``(B, T)`` as floats: ``frame_index``, or ``0..T-1``."""
     B, T = mask.shape
     return (frame_index if frame_index is not None else torch.arange(T, device=mask.device).expand(B, T)).float()
+
+
+def nearest_observed(observed: Tensor, mask: Tensor, frame_index: Tensor | None = None) -> Tensor:
+    """Each frame's nearest observed frame ``(B, T, C, H, W)``: by distance in ``frame_index`` ``(B, T)``
+    (default ``0..T-1``; the earlier frame on ties); observed frames map to themselves; all zeros in a
+    clip with no observed frame."""
+    fi = _positions(mask, frame_index)
+    dist = (fi[:, :, None] - fi[:, None, :]).abs().masked_fill(~mask[:, None, :], float("inf"))
+    source = dist.argmin(-1)  # (B, T); argmin keeps the first (earlier) of equal distances
+    ref = observed[torch.arange(mask.shape[0], device=mask.device)[:, None], source]
+    return torch.where(mask.any(1)[:, None, None, None, None], ref, torch.zeros_like(ref))
 
 
 def _nearest_on_side(mask: Tensor, fi: Tensor, before: bool, strict: bool) -> tuple[Tensor, Tensor]:

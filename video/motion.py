@@ -51,6 +51,7 @@ def refine_translation(a: Tensor, b: Tensor, d: Tensor, iterations: int = 3) -> 
         return ((pixels - shift) >= 0.5) & ((pixels - shift) <= size - 1.5)
 
     xs, ys = (torch.arange(n, device=a.device, dtype=torch.float32) for n in (W, H))
+    sum_ = lambda x: x.flatten(1).sum(1)  # noqa: E731
     for _ in range(iterations):
         moved = translate(a, d)
         gy, gx = torch.gradient(moved, dim=(-2, -1))
@@ -59,7 +60,6 @@ def refine_translation(a: Tensor, b: Tensor, d: Tensor, iterations: int = 3) -> 
         w = inside.float()
         # moved(p) = a(p - d): its derivative in d is minus the image gradient
         jx, jy = -gx * w, -gy * w
-        sum_ = lambda x: x.flatten(1).sum(1)  # noqa: E731
         axx, axy, ayy = sum_(jx * jx), sum_(jx * jy), sum_(jy * jy)
         bx, by = sum_(jx * r), sum_(jy * r)
         det = axx * ayy - axy * axy
