@@ -12,21 +12,22 @@ of the tensors each method materialises, computed from their shapes).
 Part 2 (``--throughput``) measures training tokens per second of the shipped text
 configs' transformer.
 
-Part 3 (``--infill``) compares two ways of showing the known part to the model while infilling:
+Part 3 (``--infill``) compares ways of showing the known part to the model while infilling:
 clean at every level (the sampler's way) and drawn afresh from ``q(x_t | x_0)`` at each level
 (RePaint's way for Gaussian data, proposed in issue 17; a wrapper around the model does it).
 First with the exact x0 posterior of a small random joint distribution (4 tokens, K = 3, by
 enumeration): total-variation distance of the infilled samples to the true conditional, next
 to an oracle that is told the known token exactly. Then with the tiny text config trained with
-the uniform transition once per seed: infill accuracy on held-out text (the share of generated
-characters equal to the held-out truth).
+the uniform transition per seed, plainly (clean or noised) and with known parts marked
+(``process.infill_rate``): infill accuracy on held-out text (the share of generated characters
+equal to the held-out truth), with scattered characters hidden and with one hidden run.
 
 Part 4 (``--versus-ar``) is the autoregressive baseline: per seed, the default text config trained by the
 trainer and the same transformer with a causal mask (same size, data, batch, steps, optimiser and EMA), with
 held-out bits/char of both on the same windows (the diffusion model's negative ELBO, the twin's exact NLL).
 
     python benchmarks/discrete.py [--device cpu|cuda] [--vocab 27 256 8192] [--tokens 16384] [--throughput]
-    python benchmarks/discrete.py --skip-transitions --infill [--seeds 0 1 2] [--train-steps 600]
+    python benchmarks/discrete.py --skip-transitions --infill [--seeds 0 1 2] [--train-steps 4000] [--infill-rate 0.5]
     python benchmarks/discrete.py --skip-transitions --versus-ar --seeds 0 1 [--override train.max_steps=900 ...]
 """
 
@@ -212,50 +213,77 @@ def infill_exact(seeds: list[int], T: int, n: int) -> list[dict]:
     return rows
 
 
-def infill(device: str, seeds: list[int], train_steps: int, windows: int, hidden: float) -> dict:
-    """Train the tiny config with the uniform transition per seed (plain AdamW loop) and infill ``hidden`` of
-    the characters of ``windows`` held-out windows, with known characters kept clean or noised to each level."""
+def _train_tiny(device: str, seed: int, train_steps: int, overrides: list[str]) -> tuple[Discrete, torch.nn.Module, float]:
+    """The tiny text config with ``overrides``, trained ``train_steps`` plain AdamW steps: (domain, model, seconds)."""
     from discrete.domain import DiscreteConfig
     from multigen.config import load_config
+
+    torch.manual_seed(seed)
+    cfg = load_config(DiscreteConfig, REPO / "configs" / "discrete" / "tiny.yaml", overrides)
+    domain = Discrete(cfg)
+    domain.fit()
+    model = domain.build_model().to(device)
+    data = domain.build_dataset("train")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+    g = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    for step in range(train_steps):
+        for group in opt.param_groups:
+            group["lr"] = cfg.train.lr * min(1.0, (step + 1) / cfg.train.warmup_steps)
+        idx = torch.randint(0, len(data), (cfg.train.batch_size,), generator=g)
+        loss = domain.training_loss(model, torch.stack([data[int(i)] for i in idx]).to(device))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return domain, model.eval(), time.perf_counter() - start
+
+
+INFILL_VARIANTS = ("clean", "noised", "marked")
+
+
+def infill(device: str, seeds: list[int], train_steps: int, windows: int, hidden: float, rate: float) -> dict:
+    """Per seed, train the tiny config with the uniform transition twice: plainly, and with known parts marked
+    (``process.infill_rate=rate``). Then infill held-out windows, two ways of hiding: ``hidden`` of the
+    characters scattered, and one run of a quarter of the window. The plain model sees the known part clean
+    (the sampler's way) or noised to each level; the marked model sees it clean and marked."""
     from multigen.samplers import Known
 
     rows = []
     for seed in seeds:
-        torch.manual_seed(seed)
-        cfg = load_config(DiscreteConfig, REPO / "configs" / "discrete" / "tiny.yaml", ["process.transition=uniform"])
-        domain = Discrete(cfg)
-        domain.fit()
-        model = domain.build_model().to(device)
-        data = domain.build_dataset("train")
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
-        g = torch.Generator().manual_seed(seed)
-        start = time.perf_counter()
-        for step in range(train_steps):
-            for group in opt.param_groups:
-                group["lr"] = cfg.train.lr * min(1.0, (step + 1) / cfg.train.warmup_steps)
-            idx = torch.randint(0, len(data), (cfg.train.batch_size,), generator=g)
-            loss = domain.training_loss(model, torch.stack([data[int(i)] for i in idx]).to(device))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        train_seconds = time.perf_counter() - start
-        model.eval()
-        val = domain.build_dataset("val")
+        plain, plain_model, plain_seconds = _train_tiny(device, seed, train_steps, ["process.transition=uniform"])
+        marked, marked_model, marked_seconds = _train_tiny(
+            device, seed, train_steps, ["process.transition=uniform", f"process.infill_rate={rate}"])
+        val = plain.build_dataset("val")
         truth = torch.stack([val[i] for i in range(min(windows, len(val)))]).to(device)
-        known = Known(torch.rand(truth.shape, generator=g).to(device) >= hidden, truth)
-        row = {"seed": seed, "train_steps": train_steps, "train_seconds": train_seconds, "generated": 0}
+        g = torch.Generator().manual_seed(seed)
+        L, run = truth.shape[1], truth.shape[1] // 4
+        starts = torch.randint(0, L - run + 1, (len(truth), 1), generator=g)
+        pos = torch.arange(L)
+        hides = {"scattered": torch.rand(truth.shape, generator=g) < hidden,
+                 "run": (pos >= starts) & (pos < starts + run)}
+        row = {"seed": seed, "train_steps": train_steps, "train_seconds": plain_seconds,
+               "marked_train_seconds": marked_seconds}
+        for pattern, hide in hides.items():
+            known = Known(~hide.to(device), truth)
 
-        for name, fn in (("clean", model), ("noised", _noised(model, known, domain.process))):
-            out = domain.process.sample(fn, truth.shape, known=known, device=device,
-                                        generator=torch.Generator(device=device).manual_seed(seed))
-            generated = ~known.mask
-            row[f"accuracy_{name}"] = ((out == truth) & generated).sum().item() / generated.sum().item()
-            row["generated"] = generated.sum().item()
+            def generator():
+                return torch.Generator(device=device).manual_seed(seed)
+
+            outs = {
+                "clean": plain.sample(plain_model, len(truth), known=known, generator=generator()),
+                "noised": plain.process.sample(_noised(plain_model, known, plain.process), truth.shape, known=known,
+                                               device=device, generator=generator()),
+                "marked": marked.sample(marked_model, len(truth), known=known, generator=generator()),
+            }
+            for name, out in outs.items():
+                row[f"accuracy_{name}_{pattern}"] = ((out == truth) & ~known.mask).sum().item() / hide.sum().item()
+            row[f"generated_{pattern}"] = hide.sum().item()
         rows.append(row)
-        print(f"seed {seed}: trained {train_steps} steps in {train_seconds:.0f} s; infill accuracy "
-              f"clean {row['accuracy_clean']:.3f}, noised {row['accuracy_noised']:.3f} ({row['generated']} characters)")
-    return {"rows": rows, "windows": len(truth), "hidden": hidden}
+        print(f"seed {seed}: trained {train_steps} steps in {plain_seconds:.0f} s (marked: {marked_seconds:.0f} s); "
+              "infill accuracy " + ", ".join(f"{k.removeprefix('accuracy_')} {v:.3f}" for k, v in row.items()
+                                             if k.startswith("accuracy_")))
+    return {"rows": rows, "windows": len(truth), "hidden": hidden, "run": run, "infill_rate": rate}
 
 
 def train_text(device: str, out_dir: Path, overrides: list[str], sequences: int):
@@ -413,9 +441,11 @@ def main() -> None:
                              "small joint (TV), then a tiny uniform text model (accuracy)")
     parser.add_argument("--infill-samples", type=int, default=20000, help="infilled samples per exact-posterior case")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--train-steps", type=int, default=600)
+    parser.add_argument("--train-steps", type=int, default=4000)
     parser.add_argument("--windows", type=int, default=256, help="held-out windows infilled per seed")
     parser.add_argument("--hidden", type=float, default=0.25, help="share of characters hidden and generated")
+    parser.add_argument("--infill-rate", type=float, default=0.5,
+                        help="process.infill_rate of the marked model (share of sequences trained with a known part)")
     parser.add_argument("--versus-ar", action="store_true",
                         help="train the default text config and the same transformer with a causal mask per seed "
                              "(--seeds) and compare held-out bits/char")
@@ -440,14 +470,16 @@ def main() -> None:
         for row in exact:
             print(f"| {row['transition']} | {row['seed']} | {row['tv_clean']:.3f} | {row['tv_noised']:.3f} | "
                   f"{row['tv_oracle']:.3f} |")
-        r = result["infill"] = infill(args.device, args.seeds, args.train_steps, args.windows, args.hidden)
-        acc = {k: torch.tensor([row[f"accuracy_{k}"] for row in r["rows"]]) for k in ("noised", "clean")}
-        gain = acc["noised"] - acc["clean"]
-        print(f"\n| known part shown to the model | infill accuracy, mean ± std over {len(args.seeds)} seeds |")
-        print("|---|---|")
-        for k in ("clean", "noised"):
-            print(f"| {k} | {acc[k].mean():.3f} ± {acc[k].std():.3f} |")
-        print(f"| noised - clean (paired by seed) | {gain.mean():+.3f} ± {gain.std():.3f} |")
+        r = result["infill"] = infill(args.device, args.seeds, args.train_steps, args.windows, args.hidden,
+                                      args.infill_rate)
+        print(f"\n| known part shown to the model | hidden | infill accuracy, mean ± std over {len(args.seeds)} seeds | "
+              "minus clean, paired by seed |\n|---|---|---|---|")
+        for pattern in ("scattered", "run"):
+            acc = {k: torch.tensor([row[f"accuracy_{k}_{pattern}"] for row in r["rows"]]) for k in INFILL_VARIANTS}
+            for k in INFILL_VARIANTS:
+                gain = acc[k] - acc["clean"]
+                print(f"| {k} | {pattern} | {acc[k].mean():.3f} ± {acc[k].std():.3f} | "
+                      f"{gain.mean():+.3f} ± {gain.std():.3f} |")
     if args.curve:
         c = result["curve"] = curve(args.device, Path(args.out).parent / "discrete_run", args.eval_every,
                                     args.sampling_steps, args.sequences)

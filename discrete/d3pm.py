@@ -336,6 +336,27 @@ def _check_temperature(temperature: float) -> None:
                          f"is near-greedy), got {temperature}")
 
 
+def random_known(x0: Tensor, rate: float, generator: torch.Generator | None = None) -> Tensor:
+    """Known parts for infilling training: bool ``x0``'s shape ``(B, *S)``.
+
+    A share ``rate`` of the samples get one: half of them scattered tokens (each known with
+    probability ``u ~ U(0, 1)``), half everything outside one hidden run of the flattened tokens
+    (random start and length; a prompt when the run reaches the end). The others get none.
+    """
+    B, N = len(x0), x0[0].numel()
+
+    def draw(*shape: int) -> Tensor:
+        return torch.rand(shape, device=x0.device, generator=generator)
+
+    chosen, scattered, u = draw(B, 1) < rate, draw(B, 1) < 0.5, draw(B, 1)
+    run = (draw(B, 1) * N).long().clamp_max(N - 1) + 1  # hidden tokens, 1..N
+    start = (draw(B, 1) * (N - run + 1)).long().clamp_max(N - run)
+    pos = torch.arange(N, device=x0.device)
+    outside_run = (pos < start) | (pos >= start + run)
+    known = torch.where(scattered, draw(B, N) < u, outside_run) & chosen
+    return known.reshape(x0.shape)
+
+
 class D3PM:
     """The categorical process, its hybrid loss, negative-ELBO estimate and (skip-step) ancestral sampler."""
 
@@ -370,23 +391,31 @@ class D3PM:
 
     # -- training
     def loss_terms(self, model, x0: Tensor, t: Tensor, generator: torch.Generator | None = None,
-                   s: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                   s: Tensor | None = None, known: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Per-sample ``(L_vb, CE)`` ``(B,)`` for the step ``t -> s`` (``None``: ``s = t - 1``), each a mean over
         tokens (nats), on one draw ``x_t ~ q(x_t | x_0)``. ``L_vb`` is ``KL(q(x_s | x_t, x_0) || p(x_s | x_t))``,
-        or ``−log p(x_0 | x_t)`` at ``s = 0``. No host sync (no ``.item()``, no boolean indexing)."""
+        or ``−log p(x_0 | x_t)`` at ``s = 0``. ``known`` (bool, ``x0``'s shape): tokens kept clean in ``x_t``
+        that count 0 in both means (every token keeps the weight it has without them). No host sync (no ``.item()``,
+        no boolean indexing)."""
         x_t = self.q_sample(x0, t, generator)
+        if known is not None:
+            x_t = torch.where(known, x0, x_t)
         log_x0 = self.model_log_probs(model(x_t, t))
         log_p = self.posterior_log_probs(x_t, log_x0, s, t)
         nll = -log_p.gather(-1, x0[..., None])[..., 0]
         last = _per_sample(_before(s, t) == 0, nll)
         vb = torch.where(last, nll, self.transition.posterior_kl(x_t, x0, log_p, s, t))
         ce = -log_x0.gather(-1, x0[..., None])[..., 0]
+        if known is not None:
+            vb, ce = vb.masked_fill(known, 0), ce.masked_fill(known, 0)
         return vb.flatten(1).mean(1), ce.flatten(1).mean(1)
 
-    def loss(self, model, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Hybrid loss ``L_vb + λ·CE`` at a uniformly drawn t, per sample ``(B,)``."""
+    def loss(self, model, x0: Tensor, generator: torch.Generator | None = None,
+             known: Tensor | None = None) -> Tensor:
+        """Hybrid loss ``L_vb + λ·CE`` at a uniformly drawn t, per sample ``(B,)``; ``known`` as in
+        :meth:`loss_terms` (infilling training: ``model`` is then told which tokens are known)."""
         t = torch.randint(1, self.T + 1, (len(x0),), device=x0.device, generator=generator)
-        vb, ce = self.loss_terms(model, x0, t, generator)
+        vb, ce = self.loss_terms(model, x0, t, generator, known=known)
         return (vb + self.hybrid_lambda * ce).float()
 
     def masked_diffusion_loss(self, model, x0: Tensor, generator: torch.Generator | None = None,
@@ -460,9 +489,10 @@ class D3PM:
         ``known`` (a :class:`multigen.samplers.Known`: bool ``mask`` broadcastable to ``shape``, int64
         ``values``) fixes those tokens: the model sees them clean at every level, and they are returned
         bit-exactly. Clean is exact for absorbing (the x0 posterior of a masked token depends only on the
-        visible ones). For uniform and discretised-Gaussian noise, showing them drawn from ``q(x_t | values)``
-        instead (RePaint's way for Gaussian data) was measured worse: further from the true conditional with
-        an exact x0 posterior, and lower infill accuracy with a trained model (``benchmarks/RESULTS.md``).
+        visible ones). A uniform or discretised-Gaussian model trained without known parts reads them as
+        possibly noisy; one trained with them (``loss(..., known=)``) should also be told which they are:
+        pass ``model`` with the mask bound (the domain does). Showing the known tokens drawn from
+        ``q(x_t | values)`` instead (RePaint's way for Gaussian data) was measured worse (``benchmarks/RESULTS.md``).
         """
         grid = self.grid(steps)
         _check_temperature(temperature)

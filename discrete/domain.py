@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 
 import torch
@@ -23,7 +23,7 @@ from multigen.domain import Domain, no_condition
 from multigen.samplers import Known
 
 from .data import CharTokenizer, DigitGrids, TokenWindows, builtin_text, read_text, read_tokens
-from .d3pm import D3PM, TRANSITIONS, d3pm_betas
+from .d3pm import D3PM, TRANSITIONS, d3pm_betas, random_known
 from .model import GridUNet, SequenceTransformer
 
 
@@ -51,6 +51,10 @@ class DiscreteProcessConfig:
     objective: str = choice("auto", "auto", "d3pm", "masked")
     # masked objective: how the batch's times are drawn; stratified is MDLM's low-discrepancy draw (i + v) / B
     time_sampling: str = choice("stratified", "uniform", "stratified")
+    # d3pm objective: share of training sequences given a random known part (scattered tokens, or all but one
+    # hidden run), kept clean, marked to the model and left out of the loss. Uniform and gaussian models then
+    # infill with the known part marked; absorbing models infill exactly without it (visible tokens are clean).
+    infill_rate: float = at_least(0.0, 0.0)
 
 
 @dataclass
@@ -108,6 +112,11 @@ class Discrete(Domain):
         if p.objective == "masked" and p.transition != "absorbing":
             raise ValueError("process.objective=masked needs process.transition=absorbing")
         self.objective = p.objective if p.objective != "auto" else ("masked" if p.transition == "absorbing" else "d3pm")
+        if not p.infill_rate <= 1:
+            raise ConfigError(f"process.infill_rate: a share of the training sequences, in [0, 1]; got {p.infill_rate}")
+        if p.infill_rate > 0 and self.objective == "masked":
+            raise ConfigError("process.infill_rate applies to the d3pm objective (uniform and gaussian transitions); "
+                              "the masked objective's visible tokens are already clean, so it infills without it")
 
     def fit(self) -> None:
         """The training text's characters become ``data.vocab`` (text source, unless given)."""
@@ -170,10 +179,11 @@ class Discrete(Domain):
 
     def build_model(self) -> nn.Module:
         m, p = self.cfg.model, self.cfg.process
+        flag = p.infill_rate > 0
         if self.cfg.data.source == "digits":
-            return GridUNet(self.vocab, p.timesteps, base=m.dim, blocks=m.depth)
+            return GridUNet(self.vocab, p.timesteps, base=m.dim, blocks=m.depth, known_flag=flag)
         return SequenceTransformer(self.vocab, self.cfg.data.length, p.timesteps, dim=m.dim, depth=m.depth,
-                                   heads=m.heads, dropout=m.dropout)
+                                   heads=m.heads, dropout=m.dropout, known_flag=flag)
 
     def build_dataset(self, split: str) -> Dataset:
         d = self.cfg.data
@@ -190,7 +200,11 @@ class Discrete(Domain):
         if self.objective == "masked":
             stratified = self.cfg.process.time_sampling == "stratified"
             return self.process.masked_diffusion_loss(model, batch, stratified=stratified).mean()
-        return self.process.loss(model, batch).mean()
+        rate = self.cfg.process.infill_rate
+        if rate == 0:
+            return self.process.loss(model, batch).mean()
+        known = random_known(batch, rate)
+        return self.process.loss(partial(model, known=known), batch, known=known).mean()
 
     SETTINGS = ("steps", "temperature", "length")
 
@@ -216,8 +230,11 @@ class Discrete(Domain):
         if s.length and self.cfg.data.source == "digits":
             raise ValueError(f"length={s.length}: digit grids have a fixed shape {self.sample_shape()}")
         shape = (n, s.length) if s.length else (n, *self.sample_shape())
+        device = next(model.parameters()).device
+        if known is not None and self.cfg.process.infill_rate > 0:  # trained to be told which tokens are known
+            model = partial(model, known=known.mask.to(device).bool().expand(shape))
         return self.process.sample(model, shape, steps=s.steps or None, temperature=s.temperature, known=known,
-                                   generator=generator, progress=progress)
+                                   generator=generator, progress=progress, device=device)
 
     @torch.no_grad()
     def elbo_bits(self, model: nn.Module, data: Tensor, batch_size: int, steps: int | None = None,

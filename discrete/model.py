@@ -2,7 +2,9 @@
 
 Both take int64 tokens in ``[0, vocab)`` (the absorbing mask included in ``vocab``)
 and integer time ``t`` ``(B,)`` in ``1..timesteps``, and return logits with a
-trailing ``vocab`` dimension.
+trailing ``vocab`` dimension. Built with ``known_flag=True`` (infilling training),
+they also take a bool ``known`` of the tokens' shape: a learned vector is added to
+the embedding of each known (clean) token, so the model can tell them from noisy ones.
 """
 
 from __future__ import annotations
@@ -11,6 +13,22 @@ import torch
 from torch import Tensor, nn
 
 from multigen.nn import Attention, FeedForward, ResBlock, TimestepEmbedding, group_norm
+
+
+class KnownFlag(nn.Module):
+    """Adds a learned vector to the embeddings ``(B, *S, dim)`` of known tokens (bool ``(B, *S)``)."""
+
+    def __init__(self, dim: int, enabled: bool) -> None:
+        super().__init__()
+        self.vector = nn.Parameter(torch.zeros(dim)) if enabled else None
+
+    def forward(self, h: Tensor, known: Tensor | None) -> Tensor:
+        if known is None:
+            return h
+        if self.vector is None:
+            raise ValueError("this model was trained without known parts marked (process.infill_rate=0); "
+                             "sample it without `known` in the model call")
+        return h + known[..., None].to(h.dtype) * self.vector
 
 
 class TransformerBlock(nn.Module):
@@ -42,10 +60,11 @@ class SequenceTransformer(nn.Module):
     """
 
     def __init__(self, vocab: int, max_length: int, timesteps: int, dim: int = 256, depth: int = 6,
-                 heads: int = 4, dropout: float = 0.0, causal: bool = False) -> None:
+                 heads: int = 4, dropout: float = 0.0, causal: bool = False, known_flag: bool = False) -> None:
         super().__init__()
         self.timesteps, self.causal = timesteps, causal
         self.tokens = nn.Embedding(vocab, dim)
+        self.known = KnownFlag(dim, known_flag)
         self.positions = nn.Parameter(torch.randn(max_length, dim) * 0.02)
         self.time = TimestepEmbedding(dim)
         self.blocks = nn.ModuleList(TransformerBlock(dim, heads, dropout) for _ in range(depth))
@@ -54,11 +73,11 @@ class SequenceTransformer(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, vocab)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, known: Tensor | None = None) -> Tensor:
         L = x.shape[1]
         if L > len(self.positions):
             raise ValueError(f"sequence of {L} tokens exceeds the model's maximum length {len(self.positions)}")
-        h = self.tokens(x) + self.positions[:L]
+        h = self.known(self.tokens(x), known) + self.positions[:L]
         emb = self.time(t.float() / self.timesteps)
         idx = torch.arange(L, device=x.device)
         offset = idx[None, :] - idx[:, None] + len(self.positions) - 1  # (L, L) into the bias table
@@ -75,12 +94,13 @@ class GridUNet(nn.Module):
     Token embeddings are the input channels; one downsampling level (``H``, ``W`` even).
     """
 
-    def __init__(self, vocab: int, timesteps: int, base: int = 64, blocks: int = 2) -> None:
+    def __init__(self, vocab: int, timesteps: int, base: int = 64, blocks: int = 2, known_flag: bool = False) -> None:
         super().__init__()
         self.timesteps = timesteps
         emb_dim = 4 * base
         self.time = TimestepEmbedding(emb_dim)
         self.tokens = nn.Embedding(vocab, base)
+        self.known = KnownFlag(base, known_flag)
         self.down = nn.ModuleList(ResBlock(base, base, emb_dim) for _ in range(blocks))
         self.pool = nn.Conv2d(base, 2 * base, 3, stride=2, padding=1)
         self.mid = nn.ModuleList(ResBlock(2 * base, 2 * base, emb_dim) for _ in range(blocks))
@@ -88,11 +108,11 @@ class GridUNet(nn.Module):
         self.out_blocks = nn.ModuleList(ResBlock(2 * base if i == 0 else base, base, emb_dim) for i in range(blocks))
         self.head = nn.Sequential(group_norm(base), nn.SiLU(), nn.Conv2d(base, vocab, 1))
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, known: Tensor | None = None) -> Tensor:
         if x.shape[-1] % 2 or x.shape[-2] % 2:
             raise ValueError(f"grid {tuple(x.shape[-2:])} must have even height and width")
         emb = self.time(t.float() / self.timesteps)
-        h = self.tokens(x).permute(0, 3, 1, 2)
+        h = self.known(self.tokens(x), known).permute(0, 3, 1, 2)
         for block in self.down:
             h = block(h, emb)
         skip, h = h, self.pool(h)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from discrete.d3pm import D3PM, Absorbing, DiscretizedGaussian, Uniform, d3pm_betas
+from discrete.d3pm import D3PM, Absorbing, DiscretizedGaussian, Uniform, d3pm_betas, random_known
 from multigen.samplers import Known
 
 K, T = 5, 10
@@ -276,6 +276,52 @@ def test_infilling_keeps_given_tokens(kind, steps):
     out = process.sample(model, (6, 30), steps=steps, known=Known(mask, values), generator=g)
     assert torch.equal(out[:, mask], values[:, mask]) and out.min() >= 0 and out.max() < K
     assert len(seen) == steps and all(torch.equal(x[:, mask], values[:, mask]) for x in seen)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "gaussian"])
+def test_known_tokens_stay_clean_in_the_loss_and_out_of_it(kind):
+    """Infilling training: known tokens reach the model as ``x0`` at every level, and what the model says
+    about them does not change the loss (they count 0)."""
+    process, _ = build(kind)
+    g = torch.Generator().manual_seed(7)
+    x0 = torch.randint(0, K, (64, 20), generator=g)
+    known = random_known(x0, 0.75, g)
+    seen = []
+
+    def predictor(garble: bool):
+        def fn(x, t):
+            seen.append(x.clone())
+            logits = 4.0 * F.one_hot(x0, K).double()
+            return torch.where(known[..., None] & garble, torch.randn(logits.shape, generator=g), logits)
+        return LogitModel(fn)
+
+    t = torch.randint(1, T + 1, (64,), generator=g)
+    terms = [process.loss_terms(predictor(garble), x0, t, torch.Generator().manual_seed(8), known=known)
+             for garble in (False, True)]
+    assert all(torch.equal(x[known], x0[known]) for x in seen)
+    assert torch.equal(seen[0], seen[1]) and not torch.equal(seen[0][~known], x0[~known])
+    for a, b in zip(*terms):
+        assert torch.allclose(a, b)
+    everything = torch.ones_like(known)
+    vb, ce = process.loss_terms(predictor(True), x0, t, known=everything)
+    assert torch.equal(vb, torch.zeros_like(vb)) and torch.equal(ce, torch.zeros_like(ce))
+
+
+def test_random_known_parts():
+    """``rate`` of the samples get a known part: scattered tokens or all but one hidden run; the rest none."""
+    x0 = torch.zeros(4000, 24, dtype=torch.long)
+    assert not random_known(x0, 0.0).any()
+    known = random_known(x0, 0.5, torch.Generator().manual_seed(0))
+    some = known.any(1)
+    assert abs(some.float().mean().item() - 0.5) < 0.03
+    hidden = ~known[some]
+    first, last = hidden.float().argmax(1), 23 - hidden.flip(1).float().argmax(1)
+    runs = (hidden.sum(1) == last - first + 1) & hidden.any(1)  # the hidden tokens are one contiguous run
+    assert 0.5 < runs.float().mean().item() < 0.8  # every run-type part, and scattered ones that happen to be runs
+    prompts = runs & (last == 23)
+    assert prompts.any()
+    grids = random_known(torch.zeros(8, 4, 6, dtype=torch.long), 1.0)
+    assert grids.shape == (8, 4, 6) and grids.dtype == torch.bool
 
 
 @pytest.mark.parametrize("stratified", [True, False])
