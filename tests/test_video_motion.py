@@ -1,12 +1,12 @@
-"""Global motion: phase correlation against known translations, and the motion-compensated reference against
-the true frames of a constant-velocity pan."""
+"""Global motion: phase correlation and the similarity fit against known shifts, zooms and rotations, and the
+motion-compensated reference against the true frames of constant-velocity pans and zooms."""
 
 import torch
 import torch.nn.functional as F
 
 from video.conditioning import blended_observed, motion_compensated
 from video.metrics import psnr
-from video.motion import estimate_translation, phase_correlation, translate
+from video.motion import estimate_motion, phase_correlation, warp
 
 
 def _texture(size: int = 96, seed: int = 0) -> torch.Tensor:
@@ -16,31 +16,53 @@ def _texture(size: int = 96, seed: int = 0) -> torch.Tensor:
     return (smooth / smooth.abs().amax())[0]
 
 
-def _pan(velocity: tuple[float, float], frames: int = 8, size: int = 32, seed: int = 0) -> torch.Tensor:
-    """Windows ``(T, 1, size, size)`` of a texture whose content moves by ``velocity`` (dx, dy) pixels per frame:
-    frame t is the texture translated by ``t * velocity``, cut out away from its borders."""
+def _shift(d: tuple[float, float]) -> torch.Tensor:
+    """The motion ``(1, 4)`` of a pure shift by ``d`` pixels."""
+    return torch.tensor([[*d, 0.0, 0.0]])
+
+
+def _camera(velocity: tuple[float, float, float, float], frames: int = 8, size: int = 32, seed: int = 0) -> torch.Tensor:
+    """Windows ``(T, 1, size, size)`` of a texture whose content moves at constant ``velocity`` (dx, dy, log-scale,
+    angle per frame, about the centre): frame t is the texture moved by ``t * velocity``, cut out of its middle."""
     image = _texture(seed=seed)[None].expand(frames, -1, -1, -1)
-    shift = torch.arange(frames, dtype=torch.float32)[:, None] * torch.tensor(velocity)
-    moved = translate(image, shift)
+    motion = torch.arange(frames, dtype=torch.float32)[:, None] * torch.tensor(velocity)
+    moved = warp(image, motion)
     c = (image.shape[-1] - size) // 2
     return moved[..., c:c + size, c:c + size]
+
+
+def _pan(velocity: tuple[float, float], frames: int = 8, size: int = 32, seed: int = 0) -> torch.Tensor:
+    return _camera((*velocity, 0.0, 0.0), frames, size, seed)
 
 
 def test_phase_correlation_finds_whole_pixel_moves_and_refinement_the_fraction():
     image = _texture()[None]  # (1, 1, 96, 96)
     a = image[..., 32:64, 32:64]
     for d in [(3.0, -5.0), (-13.0, 2.0), (12.0, 12.0), (2.5, 1.25), (-4.4, -0.6), (0.3, 0.0), (0.0, 0.0)]:
-        b = translate(image, torch.tensor([d]))[..., 32:64, 32:64]  # b(p) = a(p - d), cut from a larger image
+        b = warp(image, _shift(d))[..., 32:64, 32:64]  # b(p) = a(p - d), cut from a larger image
         whole = phase_correlation(a, b)[0]
         assert (whole - torch.tensor(d)).abs().max() <= 0.5 + 1e-6, (d, whole)
-        found = estimate_translation(a, b)[0]
-        assert torch.allclose(found, torch.tensor(d), atol=0.05), (d, found)
+        found = estimate_motion(a, b)[0]
+        assert torch.allclose(found[:2], torch.tensor(d), atol=0.05), (d, found)
+        assert found[2:].abs().max() < 0.005, (d, found)  # no zoom, no rotation
 
 
-def test_translate_moves_content_and_zero_keeps_it():
+def test_similarity_fit_finds_zoom_rotation_and_shift():
+    """Zooms of up to 1.4x (in and out) with rotations of a few degrees and shifts, about the frame's centre."""
+    image = _texture()[None]
+    a = image[..., 32:64, 32:64]
+    for m in [(0.0, 0.0, 0.3, 0.0), (0.0, 0.0, -0.33, 0.0), (1.5, -2.0, 0.12, 0.05), (-3.0, 1.0, -0.2, -0.08),
+              (0.7, 0.4, 0.05, 0.02)]:
+        b = warp(image, torch.tensor([m]))[..., 32:64, 32:64]
+        found = estimate_motion(a, b)[0]
+        assert (found[:2] - torch.tensor(m[:2])).abs().max() < 0.15, (m, found)
+        assert (found[2:] - torch.tensor(m[2:])).abs().max() < 0.01, (m, found)
+
+
+def test_warp_moves_content_and_zero_keeps_it():
     x = torch.randn(2, 3, 8, 8)
-    assert torch.allclose(translate(x, torch.zeros(2, 2)), x, atol=1e-6)
-    moved = translate(x, torch.tensor([[2.0, 0.0], [0.0, -1.0]]))
+    assert torch.allclose(warp(x, torch.zeros(2, 4)), x, atol=1e-6)
+    moved = warp(x, torch.tensor([[2.0, 0.0, 0.0, 0.0], [0.0, -1.0, 0.0, 0.0]]))
     assert torch.allclose(moved[0, :, :, 2:], x[0, :, :, :-2], atol=1e-6)  # right by 2
     assert torch.allclose(moved[1, :, :-1], x[1, :, 1:], atol=1e-6)  # up by 1
     assert torch.allclose(moved[0, :, :, :2], x[0, :, :, :1].expand(-1, -1, 2), atol=1e-6)  # border repeated
@@ -61,6 +83,22 @@ def test_motion_reference_follows_a_pan_where_a_blend_blurs():
         ours = psnr(ref[inner], clips[inner]).mean()
         blend = psnr(blended_observed(clips, mask)[inner], clips[inner]).mean()
         assert ours > 30 and ours > blend + 10, (observed, ours, blend)
+
+
+def test_motion_reference_follows_zooms_and_turns():
+    """A zoom in, a zoom out and a zoom with a turn and a pan (log-scale 0.04-0.05 per frame, 1 degree per frame):
+    interpolation and prediction far closer to the truth than the blend."""
+    clips = torch.stack([_camera((0.0, 0.0, 0.05, 0.0), seed=3), _camera((0.0, 0.0, -0.05, 0.0), seed=4),
+                         _camera((1.0, -0.5, 0.04, 0.0175), seed=5)])
+    B, T = clips.shape[:2]
+    idx = torch.arange(T)
+    for observed in ((idx == 0) | (idx == T - 1), idx < 4):
+        mask = observed.expand(B, T)
+        ref = motion_compensated(clips, mask)
+        inner = (slice(None), ~observed, slice(None), slice(6, -6), slice(6, -6))
+        ours = psnr(ref[inner], clips[inner]).mean()
+        blend = psnr(blended_observed(clips, mask)[inner], clips[inner]).mean()
+        assert ours > 30 and ours > blend + 8, (observed, ours, blend)
 
 
 def test_motion_reference_fills_entering_content_from_the_other_keyframe():

@@ -11,7 +11,7 @@ from itertools import accumulate
 import torch
 from torch import Tensor
 
-from .motion import coverage, estimate_translation, translate
+from .motion import coverage, estimate_motion, warp
 
 TASKS = ("unconditional", "future", "past", "interpolate", "random")
 
@@ -135,8 +135,8 @@ def blended_observed(observed: Tensor, mask: Tensor, frame_index: Tensor | None 
 
 def motion_compensated(observed: Tensor, mask: Tensor, frame_index: Tensor | None = None) -> Tensor:
     """:func:`blended_observed` with global motion: each frame ``(B, T, C, H, W)`` from the nearest observed frames
-    before and after it, each moved along the clip's estimated translation (:func:`video.motion.estimate_translation`,
-    constant velocity) to the frame's position before they are blended. The velocity comes from the two frames
+    before and after it, each moved along the clip's estimated shift, zoom and rotation
+    (:func:`video.motion.estimate_motion`, constant velocity) to the frame's position before they are blended. The velocity comes from the two frames
     that bracket it, or, on one side only, from the nearest observed frame and the next observed one beyond it
     (extrapolation); a single observed frame gives no motion (a copy). Where one moved frame has no content (it
     would repeat its border: content entering the view) and the other has, the other is taken. Observed frames map
@@ -154,18 +154,18 @@ def motion_compensated(observed: Tensor, mask: Tensor, frame_index: Tensor | Non
     rows = torch.arange(B, device=mask.device)[:, None]
     span = fi.gather(1, q) - fi.gather(1, p)
     valid = valid & (span > 0)
-    moves = estimate_translation(observed[rows, p].flatten(0, 1), observed[rows, q].flatten(0, 1)).unflatten(0, (B, T))
+    moves = estimate_motion(observed[rows, p].flatten(0, 1), observed[rows, q].flatten(0, 1)).unflatten(0, (B, T))
     velocity = moves / span.clamp(min=1e-12)[..., None]
-    velocity = torch.where(valid[..., None], velocity, torch.zeros_like(velocity))  # (B, T, 2) pixels per frame
+    velocity = torch.where(valid[..., None], velocity, torch.zeros_like(velocity))  # (B, T, 4) per frame
 
     def moved(source: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
         """The source frames moved to each frame's position, and their blend weight times their coverage (a
         little of the plain weight stays, so a frame that no source covers blends the repeated borders)."""
         frames = observed[rows, source].flatten(0, 1)
-        shift = (velocity * (fi - fi.gather(1, source))[..., None]).flatten(0, 1)
+        motion = (velocity * (fi - fi.gather(1, source))[..., None]).flatten(0, 1)
         weight = weight[:, :, None, None, None].to(observed.dtype)
-        cover = coverage(frames, shift).unflatten(0, (B, T))
-        return translate(frames, shift).unflatten(0, (B, T)), weight * (cover + 1e-3)
+        cover = coverage(frames, motion).unflatten(0, (B, T))
+        return warp(frames, motion).unflatten(0, (B, T)), weight * (cover + 1e-3)
 
     (a, wa), (b, wb) = moved(lo, 1 - w), moved(hi, w)
     ref = a + wb / (wa + wb) * (b - a)  # exactly the moved frame before where w = 0 (one side)

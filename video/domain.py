@@ -53,7 +53,7 @@ class VideoModelConfig:
     residual: bool = True
     # The reference: the linear blend of the nearest observed frames before and after each frame (the nearest
     # observed frame when frames are observed on one side only), or always the nearest observed frame, or
-    # `motion`: the blend (or copy) of frames moved along the clip's global translation (camera pans).
+    # `motion`: the blend (or copy) of frames moved along the clip's global shift, zoom and rotation (camera motion).
     # benchmarks/RESULTS.md, 2026-12-01: the blend lifts interpolation by 0.7-1.9 dB at sample.temperature 0.3.
     reference: str = choice("blend", "nearest", "blend", "motion")
     # The residual is diffused times this factor: above 1 when residuals are small next to the data (slow camera
@@ -210,7 +210,7 @@ class Video(GaussianDomain):
         PSNR/SSIM average over the generated frames; ``*_best``/``*_mean`` are the best
         and mean over ``eval.samples_per_clip`` samples per clip (see :meth:`evaluation_scores`).
         Baselines: ``baseline_*`` copies the last context frame (future) or blends the end frames linearly
-        (interp); ``baseline_motion_*`` moves them along the clip's global translation first
+        (interp); ``baseline_motion_*`` moves them along the clip's global motion (shift, zoom, rotation) first
         (:func:`~video.conditioning.motion_compensated`, the ``motion`` reference without a model).
         """
         device = next(model.parameters()).device

@@ -1,7 +1,10 @@
-"""Global (whole-frame) translation between frames: phase correlation and sub-pixel shifts.
+"""Global (whole-frame) motion between frames: a similarity found by phase correlation and Gauss-Newton.
 
-Frames are ``(..., C, H, W)``; a translation is ``(..., 2)`` as ``(dx, dy)`` in pixels, positive to the right
-and down, with ``b(p) = a(p - d)`` when ``b`` is ``a`` moved by ``d``.
+Frames are ``(..., C, H, W)``. A motion is ``(..., 4)``: ``(dx, dy, log_scale, angle)``, the map
+``M(q) = c + s R(angle) (q - c) + (dx, dy)`` about the frame's centre ``c``, in pixels (x right, y down;
+a positive angle turns clockwise on screen), with ``s = exp(log_scale)``. ``b`` is ``a`` moved by a motion
+when ``b(p) = a(M^{-1}(p))``: content at ``q`` in ``a`` appears at ``M(q)`` in ``b``. At constant velocity
+the four numbers grow linearly with time (exact for a pan, a zoom or a turn alone).
 """
 
 from __future__ import annotations
@@ -11,6 +14,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+LOG_SCALES = (-0.4, -0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3, 0.4)  # zooms tried before refinement: up to 1.5x
+_STEP_LIMIT = (1.0, 1.0, 0.05, 0.05)  # the most one Gauss-Newton step moves each parameter
 
 
 def _tukey(n: int, device: torch.device, alpha: float = 0.5) -> Tensor:
@@ -40,66 +46,91 @@ def phase_correlation(a: Tensor, b: Tensor) -> Tensor:
     return torch.stack([wrap(flat % W, W), wrap(flat // W, H)], -1)
 
 
-def refine_translation(a: Tensor, b: Tensor, d: Tensor, iterations: int = 3) -> Tensor:
-    """Sub-pixel refinement ``(N, 2)`` of translations ``d`` ``(N, 2)`` from frames ``a`` onto ``b`` ``(N, C, H, W)``:
-    Gauss-Newton steps on ``|b - translate(a, d)|^2`` (Lucas-Kanade), over the pixels whose source lies inside
-    ``a``. A step is at most one pixel per axis, so the whole-pixel estimate keeps its basin."""
-    a, b = a.float(), b.float()
-    _, _, H, W = a.shape
-
-    def source_inside(pixels: Tensor, shift: Tensor, size: int) -> Tensor:  # (N, size): p - shift within the frame
-        return ((pixels - shift) >= 0.5) & ((pixels - shift) <= size - 1.5)
-
-    xs, ys = (torch.arange(n, device=a.device, dtype=torch.float32) for n in (W, H))
-    sum_ = lambda x: x.flatten(1).sum(1)  # noqa: E731
-    for _ in range(iterations):
-        moved = translate(a, d)
-        gy, gx = torch.gradient(moved, dim=(-2, -1))
-        r = b - moved
-        inside = source_inside(xs, d[:, :1], W)[:, None, None, :] & source_inside(ys, d[:, 1:], H)[:, None, :, None]
-        w = inside.float()
-        # moved(p) = a(p - d): its derivative in d is minus the image gradient
-        jx, jy = -gx * w, -gy * w
-        axx, axy, ayy = sum_(jx * jx), sum_(jx * jy), sum_(jy * jy)
-        bx, by = sum_(jx * r), sum_(jy * r)
-        det = axx * ayy - axy * axy
-        ok = det > 1e-6 * (axx + ayy).clamp(min=1e-12) ** 2
-        det = torch.where(ok, det, torch.ones_like(det))
-        step = torch.stack([(ayy * bx - axy * by) / det, (axx * by - axy * bx) / det], -1)
-        d = d + torch.where(ok[:, None], step.clamp(-1, 1), torch.zeros_like(step))
-    return d
+def _grid(frames: Tensor, motion: Tensor) -> Tensor:
+    """``grid_sample``'s grid ``(N, H, W, 2)`` reading frames ``(N, C, H, W)`` at ``M^{-1}(p)`` for motions
+    ``(N, 4)``: ``M^{-1}(p) = c + R(-angle) (p - c - d) / s``, in grid_sample's ``[-1, 1]`` units."""
+    H, W = frames.shape[-2:]
+    m = motion.to(frames.dtype)
+    cos, sin, inv = m[:, 3].cos(), m[:, 3].sin(), torch.exp(-m[:, 2])
+    dx, dy = m[:, 0], m[:, 1]
+    # affine_grid's rows, written out: its batched 3 x 2 matmul costs more than the warp itself at these sizes
+    x = ((torch.arange(W, device=frames.device, dtype=frames.dtype) * 2 + 1) / W - 1)[None, None, :]
+    y = ((torch.arange(H, device=frames.device, dtype=frames.dtype) * 2 + 1) / H - 1)[None, :, None]
+    row = lambda a, b, c: a[:, None, None] * x + b[:, None, None] * y + c[:, None, None]  # noqa: E731
+    gx = row(cos * inv, sin * inv * H / W, -2 / W * (cos * dx + sin * dy) * inv)
+    gy = row(-sin * inv * W / H, cos * inv, -2 / H * (-sin * dx + cos * dy) * inv)
+    return torch.stack([gx, gy], -1)  # (N, H, W, 2)
 
 
-def estimate_translation(a: Tensor, b: Tensor) -> Tensor:
-    """The translation ``d`` ``(N, 2)`` with ``b(p) ~ a(p - d)`` of frames ``a``, ``b`` ``(N, C, H, W)``: the phase
-    correlation's whole-pixel peak, then :func:`refine_translation` to sub-pixel precision; 0 where moving ``a`` by
-    it matches ``b`` no better than ``a`` itself does (a zoom or a scene change has no one translation, and the
-    peak it gives is spurious)."""
-    d = refine_translation(a, b, phase_correlation(a, b))
-    error = lambda x: (b.float() - x.float()).square().flatten(1).mean(1)  # noqa: E731
-    return torch.where((error(translate(a, d)) < error(a))[:, None], d, torch.zeros_like(d))
+def warp(frames: Tensor, motion: Tensor) -> Tensor:
+    """``frames`` ``(N, C, H, W)`` moved by ``motion`` ``(N, 4)``: ``out(p) = frames(M^{-1}(p))``, bilinear, the
+    border pixels repeated where the frame has no content."""
+    return F.grid_sample(frames, _grid(frames, motion), mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def _translation_grid(frames: Tensor, shift: Tensor) -> Tensor:
-    """``grid_sample``'s grid ``(N, H, W, 2)`` reading frames ``(N, C, H, W)`` at ``p - shift`` (``(N, 2)`` pixels)."""
-    N, _, H, W = frames.shape
-    theta = frames.new_zeros(N, 2, 3)
-    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
-    theta[:, 0, 2] = -2 * shift[:, 0].to(frames.dtype) / W  # pixels -> grid_sample's [-1, 1] units
-    theta[:, 1, 2] = -2 * shift[:, 1].to(frames.dtype) / H
-    return F.affine_grid(theta, list(frames.shape), align_corners=False)
-
-
-def translate(frames: Tensor, shift: Tensor) -> Tensor:
-    """``frames`` ``(N, C, H, W)`` moved by ``shift`` ``(N, 2)`` pixels: ``out(p) = frames(p - shift)``, bilinear,
-    the border pixels repeated where the frame has no content."""
-    grid = _translation_grid(frames, shift)
-    return F.grid_sample(frames, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
-def coverage(frames: Tensor, shift: Tensor) -> Tensor:
-    """Where :func:`translate` has content ``(N, 1, H, W)``: 1 where ``p - shift`` lies inside the frame, 0 where
-    it repeats a border pixel, fractions along the edge (bilinear)."""
+def coverage(frames: Tensor, motion: Tensor) -> Tensor:
+    """Where :func:`warp` has content ``(N, 1, H, W)``: 1 where ``M^{-1}(p)`` lies inside the frame, 0 where it
+    repeats a border pixel, fractions along the edge (bilinear)."""
     ones = frames.new_ones(frames.shape[0], 1, *frames.shape[2:])
-    return F.grid_sample(ones, _translation_grid(frames, shift), mode="bilinear", padding_mode="zeros",
-                         align_corners=False)
+    return F.grid_sample(ones, _grid(frames, motion), mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _error(a: Tensor, b: Tensor, motion: Tensor) -> Tensor:
+    """Mean squared difference ``(N,)`` between ``b`` and ``a`` moved by ``motion``, over the pixels it covers."""
+    inside = (coverage(a, motion) > 0.999).float()
+    diff = (b - warp(a, motion)).square().mean(1, keepdim=True) * inside
+    return diff.flatten(1).sum(1) / inside.flatten(1).sum(1).clamp(min=1.0)
+
+
+def refine_motion(a: Tensor, b: Tensor, motion: Tensor, iterations: int = 4) -> Tensor:
+    """Gauss-Newton (Levenberg-Marquardt damped) refinement ``(N, 4)`` of ``motion`` from frames ``a`` onto ``b``
+    ``(N, C, H, W)``, on ``|b - warp(a, motion)|^2`` over the pixels whose source lies inside ``a``. The Jacobian is
+    a central difference per parameter (bilinear sampling is piecewise linear); a step is bounded
+    (``_STEP_LIMIT``) and kept only where it lowers the error, so the starting point keeps its basin."""
+    a, b, motion = a.float(), b.float(), motion.float()
+    H, W = a.shape[-2:]
+    eps = motion.new_tensor([0.5, 0.5, 1.0 / max(H, W), 1.0 / max(H, W)])
+    limit = motion.new_tensor(_STEP_LIMIT)
+    eye = torch.eye(4, device=a.device)
+    error = _error(a, b, motion)
+    for _ in range(iterations):
+        moved = warp(a, motion)
+        inside = (coverage(a, motion) > 0.999).float().flatten(1)  # (N, HW)
+        r = (b - moved).flatten(1)  # (N, C*HW)
+        jac = torch.stack([
+            (warp(a, motion + eps * eye[k]) - warp(a, motion - eps * eye[k])).flatten(1) / (2 * eps[k])
+            for k in range(4)
+        ], -1)  # (N, C*HW, 4)
+        w = inside.repeat(1, a.shape[1])[..., None]
+        hess = (jac * w).transpose(1, 2) @ jac  # (N, 4, 4)
+        grad = ((jac * w).transpose(1, 2) @ r[..., None])[..., 0]
+        damped = hess + 1e-3 * torch.diag_embed(hess.diagonal(dim1=1, dim2=2)) + 1e-9 * eye
+        step = torch.linalg.solve(damped, grad).clamp(-limit, limit)
+        step = torch.where(step.isfinite().all(1, keepdim=True), step, torch.zeros_like(step))
+        trial = motion + step
+        trial_error = _error(a, b, trial)
+        better = trial_error < error
+        motion = torch.where(better[:, None], trial, motion)
+        error = torch.where(better, trial_error, error)
+    return motion
+
+
+def estimate_motion(a: Tensor, b: Tensor) -> Tensor:
+    """The similarity ``(N, 4)`` with ``b ~ warp(a, motion)`` of frames ``a``, ``b`` ``(N, C, H, W)``. Start: for each
+    zoom of ``LOG_SCALES``, the phase correlation's whole-pixel shift of ``a`` zoomed onto ``b``; the candidate that
+    matches best is refined by :func:`refine_motion` to sub-pixel shifts, zoom and rotation. Where the result
+    matches ``b`` no better than ``a`` itself does (a scene change has no one motion), no motion (zeros)."""
+    a, b = a.float(), b.float()
+    N = len(a)
+    scales = a.new_tensor(LOG_SCALES)
+    S = len(scales)
+    zoom = torch.zeros(S * N, 4, device=a.device)
+    zoom[:, 2] = scales.repeat_interleave(N)
+    a_s, b_s = a.repeat(S, 1, 1, 1), b.repeat(S, 1, 1, 1)
+    candidates = zoom.clone()
+    candidates[:, :2] = phase_correlation(warp(a_s, zoom), b_s)
+    errors = _error(a_s, b_s, candidates).view(S, N)
+    start = candidates.view(S, N, 4)[errors.argmin(0), torch.arange(N, device=a.device)]
+    motion = refine_motion(a, b, start)
+    still = (b - a).square().flatten(1).mean(1)
+    return torch.where((_error(a, b, motion) < still)[:, None], motion, torch.zeros_like(motion))
