@@ -264,12 +264,12 @@ def infill(device: str, seeds: list[int], train_steps: int, windows: int, hidden
                  "run": (pos >= starts) & (pos < starts + run)}
         row = {"seed": seed, "train_steps": train_steps, "train_seconds": plain_seconds,
                "marked_train_seconds": marked_seconds}
+
+        def generator() -> torch.Generator:  # the same sampling noise for every variant
+            return torch.Generator(device=device).manual_seed(seed)
+
         for pattern, hide in hides.items():
             known = Known(~hide.to(device), truth)
-
-            def generator():
-                return torch.Generator(device=device).manual_seed(seed)
-
             outs = {
                 "clean": plain.sample(plain_model, len(truth), known=known, generator=generator()),
                 "noised": plain.process.sample(_noised(plain_model, known, plain.process), truth.shape, known=known,
