@@ -213,7 +213,8 @@ def infill_exact(seeds: list[int], T: int, n: int) -> list[dict]:
     return rows
 
 
-def _train_tiny(device: str, seed: int, train_steps: int, overrides: list[str]) -> tuple[Discrete, torch.nn.Module, float]:
+def _train_tiny(device: str, seed: int, train_steps: int,
+                overrides: list[str]) -> tuple[Discrete, torch.nn.Module, float]:
     """The tiny text config with ``overrides``, trained ``train_steps`` plain AdamW steps: (domain, model, seconds)."""
     from discrete.domain import DiscreteConfig
     from multigen.config import load_config
@@ -472,8 +473,8 @@ def main() -> None:
                   f"{row['tv_oracle']:.3f} |")
         r = result["infill"] = infill(args.device, args.seeds, args.train_steps, args.windows, args.hidden,
                                       args.infill_rate)
-        print(f"\n| known part shown to the model | hidden | infill accuracy, mean ± std over {len(args.seeds)} seeds | "
-              "minus clean, paired by seed |\n|---|---|---|---|")
+        print(f"\n| known part shown to the model | hidden | infill accuracy, mean ± std over {len(args.seeds)} "
+              "seeds | minus clean, paired by seed |\n|---|---|---|---|")
         for pattern in ("scattered", "run"):
             acc = {k: torch.tensor([row[f"accuracy_{k}_{pattern}"] for row in r["rows"]]) for k in INFILL_VARIANTS}
             for k in INFILL_VARIANTS:

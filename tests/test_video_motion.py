@@ -21,7 +21,8 @@ def _shift(d: tuple[float, float]) -> torch.Tensor:
     return torch.tensor([[*d, 0.0, 0.0]])
 
 
-def _camera(velocity: tuple[float, float, float, float], frames: int = 8, size: int = 32, seed: int = 0) -> torch.Tensor:
+def _camera(velocity: tuple[float, float, float, float], frames: int = 8, size: int = 32,
+            seed: int = 0) -> torch.Tensor:
     """Windows ``(T, 1, size, size)`` of a texture whose content moves at constant ``velocity`` (dx, dy, log-scale,
     angle per frame, about the centre): frame t is the texture moved by ``t * velocity``, cut out of its middle."""
     image = _texture(seed=seed)[None].expand(frames, -1, -1, -1)

@@ -136,11 +136,11 @@ def blended_observed(observed: Tensor, mask: Tensor, frame_index: Tensor | None 
 def motion_compensated(observed: Tensor, mask: Tensor, frame_index: Tensor | None = None) -> Tensor:
     """:func:`blended_observed` with global motion: each frame ``(B, T, C, H, W)`` from the nearest observed frames
     before and after it, each moved along the clip's estimated shift, zoom and rotation
-    (:func:`video.motion.estimate_motion`, constant velocity) to the frame's position before they are blended. The velocity comes from the two frames
-    that bracket it, or, on one side only, from the nearest observed frame and the next observed one beyond it
-    (extrapolation); a single observed frame gives no motion (a copy). Where one moved frame has no content (it
-    would repeat its border: content entering the view) and the other has, the other is taken. Observed frames map
-    to themselves exactly; all zeros in a clip with no observed frame."""
+    (:func:`video.motion.estimate_motion`, constant velocity) to the frame's position before they are blended. The
+    velocity comes from the two frames that bracket it, or, on one side only, from the nearest observed frame and the
+    next observed one beyond it (extrapolation); a single observed frame gives no motion (a copy). Where one moved
+    frame has no content (it would repeat its border: content entering the view) and the other has, the other is
+    taken. Observed frames map to themselves exactly; all zeros in a clip with no observed frame."""
     B, T = mask.shape
     fi = _positions(mask, frame_index)
     lo, hi, w = _bracket(mask, fi)

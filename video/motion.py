@@ -75,11 +75,13 @@ def coverage(frames: Tensor, motion: Tensor) -> Tensor:
     return F.grid_sample(ones, _grid(frames, motion), mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def _error(a: Tensor, b: Tensor, motion: Tensor) -> Tensor:
-    """Mean squared difference ``(N,)`` between ``b`` and ``a`` moved by ``motion``, over the pixels it covers."""
-    inside = (coverage(a, motion) > 0.999).float()
-    diff = (b - warp(a, motion)).square().mean(1, keepdim=True) * inside
-    return diff.flatten(1).sum(1) / inside.flatten(1).sum(1).clamp(min=1.0)
+def _residual(a: Tensor, b: Tensor, motion: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``b - warp(a, motion)`` ``(N, C, H, W)``, the pixels whose source lies inside ``a`` ``(N, 1, H, W)`` (0 or 1),
+    and the mean squared residual over them ``(N,)``."""
+    inside = (coverage(a, motion) > 0.999).to(a.dtype)
+    r = b - warp(a, motion)
+    error = (r.square().mean(1, keepdim=True) * inside).flatten(1).sum(1) / inside.flatten(1).sum(1).clamp(min=1.0)
+    return r, inside, error
 
 
 def refine_motion(a: Tensor, b: Tensor, motion: Tensor, iterations: int = 4) -> Tensor:
@@ -92,25 +94,24 @@ def refine_motion(a: Tensor, b: Tensor, motion: Tensor, iterations: int = 4) -> 
     eps = motion.new_tensor([0.5, 0.5, 1.0 / max(H, W), 1.0 / max(H, W)])
     limit = motion.new_tensor(_STEP_LIMIT)
     eye = torch.eye(4, device=a.device)
-    error = _error(a, b, motion)
+    r, inside, error = _residual(a, b, motion)
     for _ in range(iterations):
-        moved = warp(a, motion)
-        inside = (coverage(a, motion) > 0.999).float().flatten(1)  # (N, HW)
-        r = (b - moved).flatten(1)  # (N, C*HW)
         jac = torch.stack([
             (warp(a, motion + eps * eye[k]) - warp(a, motion - eps * eye[k])).flatten(1) / (2 * eps[k])
             for k in range(4)
-        ], -1)  # (N, C*HW, 4)
-        w = inside.repeat(1, a.shape[1])[..., None]
-        hess = (jac * w).transpose(1, 2) @ jac  # (N, 4, 4)
-        grad = ((jac * w).transpose(1, 2) @ r[..., None])[..., 0]
+        ], -1)  # (N, C*H*W, 4)
+        weighted = jac * inside.expand_as(r).flatten(1)[..., None]
+        hess = weighted.transpose(1, 2) @ jac  # (N, 4, 4)
+        grad = (weighted.transpose(1, 2) @ r.flatten(1)[..., None])[..., 0]
         damped = hess + 1e-3 * torch.diag_embed(hess.diagonal(dim1=1, dim2=2)) + 1e-9 * eye
         step = torch.linalg.solve(damped, grad).clamp(-limit, limit)
         step = torch.where(step.isfinite().all(1, keepdim=True), step, torch.zeros_like(step))
         trial = motion + step
-        trial_error = _error(a, b, trial)
+        trial_r, trial_inside, trial_error = _residual(a, b, trial)
         better = trial_error < error
+        keep = better[:, None, None, None]
         motion = torch.where(better[:, None], trial, motion)
+        r, inside = torch.where(keep, trial_r, r), torch.where(keep, trial_inside, inside)
         error = torch.where(better, trial_error, error)
     return motion
 
@@ -129,8 +130,8 @@ def estimate_motion(a: Tensor, b: Tensor) -> Tensor:
     a_s, b_s = a.repeat(S, 1, 1, 1), b.repeat(S, 1, 1, 1)
     candidates = zoom.clone()
     candidates[:, :2] = phase_correlation(warp(a_s, zoom), b_s)
-    errors = _error(a_s, b_s, candidates).view(S, N)
+    errors = _residual(a_s, b_s, candidates)[2].view(S, N)
     start = candidates.view(S, N, 4)[errors.argmin(0), torch.arange(N, device=a.device)]
     motion = refine_motion(a, b, start)
     still = (b - a).square().flatten(1).mean(1)
-    return torch.where((_error(a, b, motion) < still)[:, None], motion, torch.zeros_like(motion))
+    return torch.where((_residual(a, b, motion)[2] < still)[:, None], motion, torch.zeros_like(motion))
