@@ -122,3 +122,13 @@ def test_an_export_from_before_the_blend_reference_keeps_the_nearest_frame_refer
     (out / "config.yaml").write_text(yaml.safe_dump(config))
     assert load_pretrained(out).config.model.reference == "nearest"
     assert _domain("video").cfg.model.reference == "blend"
+
+
+def test_an_export_with_reference_input_loads_the_wider_network(tmp_path):
+    """model.reference_input widens the network's input by the reference frames; its export loads as such."""
+    domain = _domain("video", "model.reference_input=true", "model.reference=motion")
+    out = export_model(domain.build_model(), domain, tmp_path / "export")
+    loaded = load_pretrained(out)
+    assert loaded.config.model.reference_input is True and loaded.model.cond_channels == 3
+    assert loaded.sample(1, steps=2).shape[0] == 1
+    assert _domain("video").cfg.model.reference_input is False

@@ -52,7 +52,8 @@ def test_masks_and_conditions_are_made_on_the_device(device):
                          [(False, "nearest"), (True, "nearest"), (True, "blend"), (True, "motion")])
 def test_training_loss_keeps_to_the_device(device, domain, residual, reference):
     domain.cfg.model.residual, domain.cfg.model.reference = residual, reference
-    model = tiny_unet().to(device)
+    domain.cfg.model.reference_input = residual
+    model = tiny_unet(reference_input=residual).to(device)
     batch = torch.zeros(3, 5, 1, 16, 16, device=device)
     if device.type == "cuda":  # masks drawn on the device: the step never waits on a copy from the host
         domain.training_loss(model, batch)  # warm-up (lazy CUDA initialisation may sync)
@@ -68,8 +69,8 @@ def test_training_loss_keeps_to_the_device(device, domain, residual, reference):
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm_solver_pp"])
 @pytest.mark.parametrize("with_known", [False, True], ids=["free", "known"])
 def test_sample_keeps_to_the_device(device, domain, sampler, with_known):
-    domain.cfg.model.residual = True
-    model = tiny_unet().to(device)
+    domain.cfg.model.residual = domain.cfg.model.reference_input = True
+    model = tiny_unet(reference_input=True).to(device)
     known = None
     if with_known:
         mask = torch.zeros(2, 5, dtype=torch.bool, device=device)
@@ -80,9 +81,9 @@ def test_sample_keeps_to_the_device(device, domain, sampler, with_known):
 
 
 def test_long_video_samplers_keep_to_the_device(device):
-    model = tiny_unet().to(device)
+    model = tiny_unet(reference_input=True).to(device)
     video = Video(load_config(VideoConfig, overrides=["diffusion.timesteps=50"]))
-    diffusion, g = video.diffusion, {"generator": _generator(device), "residual": True}
+    diffusion, g = video.diffusion, {"generator": _generator(device), "residual": True, "reference_input": True}
     s = video.sample_settings(sampler="ddim", steps=2, guidance=2.0)
     context = torch.zeros(2, 2, 1, 16, 16, device=device)
     assert predict(model, diffusion, context, 5, s, **g).device == device
@@ -96,7 +97,8 @@ def test_long_video_samplers_keep_to_the_device(device):
 
 
 def test_evaluation_scores_keep_to_the_device(device, domain):
-    model = tiny_unet().to(device)
+    domain.cfg.model.reference_input = True
+    model = tiny_unet(reference_input=True).to(device)
     clips = torch.zeros(3, 5, 1, 16, 16, device=device)
     scores = domain.evaluation_scores(model, clips, _generator(device))
     assert set(scores) == {f"{task}/{k}" for task in ("future", "interp") for k in

@@ -6,7 +6,7 @@ from torch import nn
 
 from multigen.config import SampleConfig, load_config
 from multigen.samplers import SAMPLERS, Known
-from video.conditioning import blended_observed, nearest_observed
+from video.conditioning import TaskMix, blended_observed, nearest_observed, pack_condition, sample_masks, scaled_residual
 from video.domain import Video, VideoConfig
 from video.sampling import extend_autoregressive, extend_hierarchical, generate, interpolate
 
@@ -148,7 +148,7 @@ class Shouts(nn.Module):
         self.inner, self.on_observed = inner, on_observed
 
     def forward(self, x, t, cond, frame_index=None, independent=None):
-        observed = cond[:, :, -1:]
+        observed = cond[:, :, x.shape[2]:x.shape[2] + 1]  # the mask channel, after the observed frames
         return self.inner(x, t, cond, frame_index, independent) + 1e3 * (observed if self.on_observed else 1 - observed)
 
 
@@ -158,7 +158,8 @@ def test_loss_ignores_observed_frames(setup, residual, reference):
     if residual:
         domain = Video(load_config(VideoConfig, overrides=[
             "data.frames=5", "data.size=16", "diffusion.timesteps=100", "model.residual=true",
-            f"model.reference={reference}"]))
+            f"model.reference={reference}", "model.reference_input=true"]))
+        model = tiny_unet(reference_input=True)
         assert domain.diffusion.clip_x0 == 2.0  # residuals of [-1, 1] frames
     batch = _clips(b=16)
     losses = {}
@@ -167,6 +168,42 @@ def test_loss_ignores_observed_frames(setup, residual, reference):
         losses[name] = domain.training_loss(m, batch)
     assert torch.equal(losses["plain"], losses["observed"])
     assert losses["generated"] > losses["plain"] + 100
+
+
+class Records(nn.Module):
+    """Wraps a video model and keeps every ``cond`` it is given."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.conds = inner, []
+
+    def forward(self, x, t, cond, frame_index=None, independent=None):
+        self.conds.append(cond)
+        return self.inner(x, t, cond, frame_index, independent)
+
+
+@pytest.mark.parametrize("reference", ["blend", "motion"])
+def test_the_network_sees_the_reference_in_training_and_sampling(reference):
+    """With ``model.reference_input`` the condition's last ``C`` channels are the reference frames the residual
+    is taken to, the same in the training loss and in sampling; without it they are absent."""
+    clips = _clips(b=4)
+    for sees in (True, False):
+        domain = Video(load_config(VideoConfig, overrides=[
+            "data.frames=5", "data.size=16", "diffusion.timesteps=100", f"model.reference={reference}",
+            f"model.reference_input={str(sees).lower()}"]))
+        model = Records(domain.build_model())
+        torch.manual_seed(0)
+        mask = sample_masks(4, 5, TaskMix())
+        torch.manual_seed(0)  # the loss draws the same masks
+        domain.training_loss(model, clips)
+        mask_ctx = torch.tensor([[1, 1, 0, 0, 0], [1, 0, 0, 0, 1]] * 2, dtype=torch.bool)
+        domain.sample(model, 4, known=Known(mask_ctx, clips), steps=2)
+        for cond, m in zip(model.conds[:2], (mask, mask_ctx)):
+            ref = scaled_residual(clips, m, reference)[1]
+            assert cond.shape[2] == (3 if sees else 2)
+            assert torch.equal(cond[:, :, :2], pack_condition(clips, m))
+            if sees:
+                assert torch.equal(cond[:, :, 2:], ref) and ref.abs().sum() > 0
 
 
 def test_nearest_observed_frame_reference():

@@ -76,10 +76,12 @@ def sample_masks(
     return options[task, rows]
 
 
-def pack_condition(observed: Tensor, mask: Tensor) -> Tensor:
-    """Network conditioning ``(B, T, C + 1, H, W)`` = ``[mask * observed, mask]`` from clips and ``(B, T)`` masks."""
+def pack_condition(observed: Tensor, mask: Tensor, reference: Tensor | None = None) -> Tensor:
+    """Network conditioning ``(B, T, C + 1, H, W)`` = ``[mask * observed, mask]`` from clips and ``(B, T)`` masks;
+    with a residual model's ``reference`` frames ``(B, T, C, H, W)``, those appended: ``(B, T, 2C + 1, H, W)``."""
     m = mask.to(observed.dtype)[:, :, None, None, None]
-    return torch.cat([observed * m, m.expand(-1, -1, 1, *observed.shape[3:])], dim=2)
+    parts = [observed * m, m.expand(-1, -1, 1, *observed.shape[3:])]
+    return torch.cat(parts if reference is None else [*parts, reference.to(observed.dtype)], dim=2)
 
 
 def _positions(mask: Tensor, frame_index: Tensor | None) -> Tensor:

@@ -60,6 +60,10 @@ class VideoModelConfig:
     # motion over natural images), so the noise schedule's signal-to-noise ratios fit them (benchmarks/RESULTS.md,
     # 2026-12-01: 2 for natural video, configs/video/natural.yaml).
     residual_scale: float = at_least(1.0, 1e-3)
+    # The network also sees the reference frames (with `residual`), so it need not rebuild them from the observed
+    # frames to know what its output is added to. benchmarks/RESULTS.md, 2026-12-01: true in configs/video/natural.yaml
+    # (motion reference: interpolation +0.5 dB, prediction level), false on moving digits (blend: -0.5 / -1.1 dB).
+    reference_input: bool = False
     # GPU speed levers, same weights and state dict, outputs equal up to rounding (benchmarks/video.py mfu_rows):
     channels_last: bool = False  # NHWC activations for the per-frame convolutions
     fold_frame_bias: bool = False  # temporal attention as one bias-free call (SDPA's flash kernel)
@@ -117,10 +121,11 @@ class Video(GaussianDomain):
         return 2.0 * m.residual_scale if m.residual else 1.0
 
     def residual_options(self) -> dict[str, Any]:
-        """How :func:`~video.sampling.generate` must treat this model's output: ``residual``, ``reference`` and
-        ``residual_scale``."""
+        """How :func:`~video.sampling.generate` must treat this model's output: ``residual``, ``reference``,
+        ``residual_scale`` and ``reference_input``."""
         m = self.cfg.model
-        return {"residual": m.residual, "reference": m.reference, "residual_scale": m.residual_scale}
+        return {"residual": m.residual, "reference": m.reference, "residual_scale": m.residual_scale,
+                "reference_input": m.residual and m.reference_input}
 
     def build_model(self) -> nn.Module:
         m, d = self.cfg.model, self.cfg.data
@@ -128,6 +133,7 @@ class Video(GaussianDomain):
             channels=d.channels, base=m.base_channels, mults=tuple(m.channel_mults), blocks=m.blocks,
             attn_levels=tuple(m.attn_levels), head_channels=m.head_channels, dropout=m.dropout,
             temporal_attention=m.temporal_attention, channels_last=m.channels_last, fold_frame_bias=m.fold_frame_bias,
+            reference_input=m.residual and m.reference_input,
         )
 
     def build_dataset(self, split: str) -> Dataset:
@@ -171,9 +177,9 @@ class Video(GaussianDomain):
             shuffled = batch.flatten(0, 1)[pick]
             batch = torch.where(independent[:, None, None, None, None], shuffled, batch)
             mask = mask & ~independent[:, None]
-        cond = pack_condition(batch, mask)
         m = self.cfg.model
-        target = scaled_residual(batch, mask, m.reference, m.residual_scale)[0] if m.residual else batch
+        target, ref = scaled_residual(batch, mask, m.reference, m.residual_scale) if m.residual else (batch, None)
+        cond = pack_condition(batch, mask, ref if m.reference_input else None)
         loss = self.diffusion.loss(
             lambda x, t: model(x, t, cond, None, independent), target, loss_mask=~mask[:, :, None, None, None]
         )

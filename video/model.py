@@ -2,7 +2,8 @@
 
 Shapes: clips are ``(B, T, C, H, W)``; ``t`` is the diffusion time ``(B,)`` in ``[0, 1]``;
 ``cond`` packs the conditioning as ``(B, T, C + 1, H, W)`` = ``[mask * x0, mask]``
-(observed clean frames and a per-frame observed flag; all zeros = unconditional);
+(observed clean frames and a per-frame observed flag; all zeros = unconditional), or
+``(B, T, 2C + 1, H, W)`` with the residual's reference frames appended (``reference_input``);
 ``frame_index`` ``(B, T)`` holds the frames' actual positions in the video, so the
 temporal attention sees real distances between frames (keyframes far apart, a
 sliding window) rather than slot numbers.
@@ -132,6 +133,8 @@ class SpaceTimeUNet(nn.Module):
         fold_frame_bias: run the temporal attention as one bias-free 4-D call, its relative frame
             bias folded into the heads, so SDPA can use its flash kernel (see :func:`multigen.nn.attention`).
             Same weights; equal up to rounding.
+        reference_input: ``cond`` also carries the reference frames a residual model's output is added to
+            (``C`` more input channels).
     """
 
     def __init__(
@@ -146,12 +149,14 @@ class SpaceTimeUNet(nn.Module):
         temporal_attention: bool = True,
         channels_last: bool = False,
         fold_frame_bias: bool = False,
+        reference_input: bool = False,
     ) -> None:
         super().__init__()
         self.channels, self.channels_last = channels, channels_last
+        self.cond_channels = (2 if reference_input else 1) * channels + 1
         emb_dim = base * 4
         self.time_embed = TimestepEmbedding(emb_dim)
-        self.inp = nn.Conv2d(2 * channels + 1, base, 3, padding=1)
+        self.inp = nn.Conv2d(channels + self.cond_channels, base, 3, padding=1)
         widths = [base * m for m in mults]
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
@@ -187,7 +192,8 @@ class SpaceTimeUNet(nn.Module):
         Args:
             x: noisy clips ``(B, T, C, H, W)``.
             t: diffusion time ``(B,)`` in ``[0, 1]``.
-            cond: ``(B, T, C + 1, H, W)`` = ``[mask * x0, mask]``; None = unconditional.
+            cond: ``(B, T, C + 1, H, W)`` = ``[mask * x0, mask]``, with ``reference_input``
+                ``(B, T, 2C + 1, H, W)`` = ``[mask * x0, mask, reference]``; None = unconditional.
             frame_index: ``(B, T)`` frame positions; None = ``0..T-1``.
             independent_frames: ``(B,)`` bool; True makes that clip a batch of
                 independent images (temporal attention sees only the frame itself).
@@ -197,7 +203,7 @@ class SpaceTimeUNet(nn.Module):
         """
         B, T, C, H, W = x.shape
         if cond is None:
-            cond = x.new_zeros(B, T, C + 1, H, W)
+            cond = x.new_zeros(B, T, self.cond_channels, H, W)
         if frame_index is None:
             frame_index = torch.arange(T, device=x.device).expand(B, T)
         distances = frame_distances(frame_index)

@@ -35,6 +35,7 @@ def generate(
     residual: bool = False,
     reference: str = "nearest",
     residual_scale: float = 1.0,
+    reference_input: bool = False,
     frame_index: Tensor | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
@@ -49,16 +50,17 @@ def generate(
     With ``residual`` (the model's ``model.residual``) the sampler draws ``x`` minus its ``reference`` frames
     (``model.reference``: ``nearest``, ``blend`` or ``motion``, see ``REFERENCES``; exactly 0 on observed
     frames) times ``residual_scale`` (``model.residual_scale``), and the output is that divided by the scale plus
-    the reference, clamped to ``[-1, 1]``.
+    the reference, clamped to ``[-1, 1]``; ``reference_input`` (``model.reference_input``) shows the network those
+    reference frames too.
     Every tensor is made on the model's device; ``generator`` must be on it too.
     """
     B, T = observed.shape[:2]
     observed = observed.to(next(model.parameters()).device)
     free = mask is None
     mask = observed.new_zeros(B, T, dtype=torch.bool) if free else mask.to(observed.device)
-    cond = pack_condition(observed, mask)
     target, base = (scaled_residual(observed, mask, reference, residual_scale, frame_index) if residual
                     else (observed, None))  # residual: exactly 0 where observed
+    cond = pack_condition(observed, mask, base if residual and reference_input else None)
 
     def conditional(x: Tensor, t: Tensor, c: Tensor) -> Tensor:
         fi = None if frame_index is None else frame_index.to(x.device).repeat(len(x) // B, 1)
