@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from multigen.config import SampleConfig, load_config
+from multigen.config import ConfigError, SampleConfig, load_config
 from multigen.samplers import SAMPLERS, Known
 from video.conditioning import TaskMix, blended_observed, nearest_observed, pack_condition, sample_masks, scaled_residual
 from video.domain import Video, VideoConfig
@@ -204,6 +204,11 @@ def test_the_network_sees_the_reference_in_training_and_sampling(reference):
             assert torch.equal(cond[:, :, :2], pack_condition(clips, m))
             if sees:
                 assert torch.equal(cond[:, :, 2:], ref) and ref.abs().sum() > 0
+
+
+def test_reference_input_needs_a_residual_model():
+    with pytest.raises(ConfigError, match="model.reference_input"):
+        Video(load_config(VideoConfig, overrides=["model.residual=false", "model.reference_input=true"]))
 
 
 def test_nearest_observed_frame_reference():

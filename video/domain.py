@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from multigen.config import DiffusionConfig, SampleConfig, TrainConfig, at_least, choice
+from multigen.config import ConfigError, DiffusionConfig, SampleConfig, TrainConfig, at_least, choice
 from multigen.domain import GaussianDomain, no_condition
 from multigen.samplers import Known
 
@@ -116,6 +116,12 @@ class Video(GaussianDomain):
     config_class = VideoConfig
     conditional = True  # the observed frames: sample.guidance scales them
 
+    def __init__(self, cfg: VideoConfig) -> None:
+        super().__init__(cfg)
+        if cfg.model.reference_input and not cfg.model.residual:
+            raise ConfigError("model.reference_input shows a residual model the reference frames its output is "
+                              "added to; with model.residual=false there are none")
+
     def clip_scale(self) -> float:
         m = self.cfg.model  # a residual of two frames in [-1, 1] lies in [-2, 2]
         return 2.0 * m.residual_scale if m.residual else 1.0
@@ -125,7 +131,7 @@ class Video(GaussianDomain):
         ``residual_scale`` and ``reference_input``."""
         m = self.cfg.model
         return {"residual": m.residual, "reference": m.reference, "residual_scale": m.residual_scale,
-                "reference_input": m.residual and m.reference_input}
+                "reference_input": m.reference_input}
 
     def build_model(self) -> nn.Module:
         m, d = self.cfg.model, self.cfg.data
@@ -133,7 +139,7 @@ class Video(GaussianDomain):
             channels=d.channels, base=m.base_channels, mults=tuple(m.channel_mults), blocks=m.blocks,
             attn_levels=tuple(m.attn_levels), head_channels=m.head_channels, dropout=m.dropout,
             temporal_attention=m.temporal_attention, channels_last=m.channels_last, fold_frame_bias=m.fold_frame_bias,
-            reference_input=m.residual and m.reference_input,
+            reference_input=m.reference_input,
         )
 
     def build_dataset(self, split: str) -> Dataset:
