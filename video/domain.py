@@ -62,7 +62,7 @@ class VideoModelConfig:
     residual_scale: float = at_least(1.0, 1e-3)
     # The network also sees the reference frames (with `residual`), so it need not rebuild them from the observed
     # frames to know what its output is added to. benchmarks/RESULTS.md, 2026-12-01: true in configs/video/natural.yaml
-    # (motion reference: interpolation +0.5 dB, prediction level), false on moving digits (blend: -0.5 / -1.1 dB).
+    # (motion reference: interpolation +0.5 dB on two seeds, a third failed), false on moving digits (-0.5 / -1.1 dB).
     reference_input: bool = False
     # GPU speed levers, same weights and state dict, outputs equal up to rounding (benchmarks/video.py mfu_rows):
     channels_last: bool = False  # NHWC activations for the per-frame convolutions
