@@ -69,8 +69,7 @@ MIN_STEPS = 2
 # recipe -> (domain, overrides of its gpu_quick config)
 RECIPES: dict[str, tuple[str, list[str]]] = {
     "video": ("video", []),
-    "natural": ("video", ["data.source=natural", "model.reference=motion", "model.residual_scale=2",
-                          "model.reference_input=true"]),  # natural.yaml
+    "natural": ("video", ["data.source=natural", "model.reference=motion", "model.residual_scale=2"]),  # natural.yaml
     "pointcloud": ("pointcloud", []),
     "text": ("discrete", []),
 }

@@ -61,8 +61,8 @@ class VideoModelConfig:
     # 2026-12-01: 2 for natural video, configs/video/natural.yaml).
     residual_scale: float = at_least(1.0, 1e-3)
     # The network also sees the reference frames (with `residual`), so it need not rebuild them from the observed
-    # frames to know what its output is added to. benchmarks/RESULTS.md, 2026-12-01: true in configs/video/natural.yaml
-    # (motion reference: interpolation +0.5 dB on two seeds, a third failed), false on moving digits (-0.5 / -1.1 dB).
+    # frames to know what its output is added to. Not adopted (benchmarks/RESULTS.md, 2026-12-01): natural video,
+    # 3 seeds, -0.2 / -0.4 dB on the mean (one seed +0.6 / +1.6, one failed); moving digits -0.5 / -1.1 dB.
     reference_input: bool = False
     # GPU speed levers, same weights and state dict, outputs equal up to rounding (benchmarks/video.py mfu_rows):
     channels_last: bool = False  # NHWC activations for the per-frame convolutions
