@@ -11,7 +11,7 @@ from itertools import accumulate
 import torch
 from torch import Tensor
 
-from .motion import coverage, estimate_motion, warp
+from .motion import estimate_motion, warp_and_coverage
 
 TASKS = ("unconditional", "future", "past", "interpolate", "random")
 
@@ -166,8 +166,8 @@ def motion_compensated(observed: Tensor, mask: Tensor, frame_index: Tensor | Non
         frames = observed[rows, source].flatten(0, 1)
         motion = (velocity * (fi - fi.gather(1, source))[..., None]).flatten(0, 1)
         weight = weight[:, :, None, None, None].to(observed.dtype)
-        cover = coverage(frames, motion).unflatten(0, (B, T))
-        return warp(frames, motion).unflatten(0, (B, T)), weight * (cover + 1e-3)
+        moved, cover = warp_and_coverage(frames, motion)
+        return moved.unflatten(0, (B, T)), weight * (cover.unflatten(0, (B, T)) + 1e-3)
 
     (a, wa), (b, wb) = moved(lo, 1 - w), moved(hi, w)
     ref = a + wb / (wa + wb) * (b - a)  # exactly the moved frame before where w = 0 (one side)

@@ -62,24 +62,31 @@ def _grid(frames: Tensor, motion: Tensor) -> Tensor:
     return torch.stack([gx, gy], -1)  # (N, H, W, 2)
 
 
+def _sample(frames: Tensor, grid: Tensor, padding: str) -> Tensor:
+    """``frames`` ``(N, C, H, W)`` read at ``grid`` ``(N, H, W, 2)``: bilinear, ``padding`` outside the frame."""
+    return F.grid_sample(frames, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+
+
 def warp(frames: Tensor, motion: Tensor) -> Tensor:
     """``frames`` ``(N, C, H, W)`` moved by ``motion`` ``(N, 4)``: ``out(p) = frames(M^{-1}(p))``, bilinear, the
     border pixels repeated where the frame has no content."""
-    return F.grid_sample(frames, _grid(frames, motion), mode="bilinear", padding_mode="border", align_corners=False)
+    return _sample(frames, _grid(frames, motion), "border")
 
 
-def coverage(frames: Tensor, motion: Tensor) -> Tensor:
-    """Where :func:`warp` has content ``(N, 1, H, W)``: 1 where ``M^{-1}(p)`` lies inside the frame, 0 where it
-    repeats a border pixel, fractions along the edge (bilinear)."""
+def warp_and_coverage(frames: Tensor, motion: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`warp` ``(N, C, H, W)`` and where it has content ``(N, 1, H, W)``: 1 where ``M^{-1}(p)`` lies inside
+    the frame, 0 where it repeats a border pixel, fractions along the edge (bilinear); one sampling grid for both."""
+    grid = _grid(frames, motion)
     ones = frames.new_ones(frames.shape[0], 1, *frames.shape[2:])
-    return F.grid_sample(ones, _grid(frames, motion), mode="bilinear", padding_mode="zeros", align_corners=False)
+    return _sample(frames, grid, "border"), _sample(ones, grid, "zeros")
 
 
 def _residual(a: Tensor, b: Tensor, motion: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``b - warp(a, motion)`` ``(N, C, H, W)``, the pixels whose source lies inside ``a`` ``(N, 1, H, W)`` (0 or 1),
     and the mean squared residual over them ``(N,)``."""
-    inside = (coverage(a, motion) > 0.999).to(a.dtype)
-    r = b - warp(a, motion)
+    moved, cover = warp_and_coverage(a, motion)
+    inside = (cover > 0.999).to(a.dtype)
+    r = b - moved
     error = (r.square().mean(1, keepdim=True) * inside).flatten(1).sum(1) / inside.flatten(1).sum(1).clamp(min=1.0)
     return r, inside, error
 
@@ -104,7 +111,7 @@ def refine_motion(a: Tensor, b: Tensor, motion: Tensor, iterations: int = 4) -> 
         hess = weighted.transpose(1, 2) @ jac  # (N, 4, 4)
         grad = (weighted.transpose(1, 2) @ r.flatten(1)[..., None])[..., 0]
         damped = hess + 1e-3 * torch.diag_embed(hess.diagonal(dim1=1, dim2=2)) + 1e-9 * eye
-        step = torch.linalg.solve(damped, grad).clamp(-limit, limit)
+        step = torch.linalg.solve_ex(damped, grad).result.clamp(-limit, limit)  # solve_ex: no host sync
         step = torch.where(step.isfinite().all(1, keepdim=True), step, torch.zeros_like(step))
         trial = motion + step
         trial_r, trial_inside, trial_error = _residual(a, b, trial)
@@ -133,5 +140,5 @@ def estimate_motion(a: Tensor, b: Tensor) -> Tensor:
     errors = _residual(a_s, b_s, candidates)[2].view(S, N)
     start = candidates.view(S, N, 4)[errors.argmin(0), torch.arange(N, device=a.device)]
     motion = refine_motion(a, b, start)
-    still = (b - a).square().flatten(1).mean(1)
-    return torch.where((_residual(a, b, motion)[2] < still)[:, None], motion, torch.zeros_like(motion))
+    still = torch.zeros_like(motion)
+    return torch.where((_residual(a, b, motion)[2] < _residual(a, b, still)[2])[:, None], motion, still)
