@@ -134,3 +134,15 @@ def test_motion_reference_uses_frame_positions():
     ref = motion_compensated(clip, mask, torch.tensor([[0, 4, 10]]))
     inner = (0, 1, slice(None), slice(6, -6), slice(6, -6))
     assert psnr(ref[inner], clip[inner]) > 30
+
+
+def test_motion_is_estimated_in_float32_under_bf16_autocast():
+    """A bf16 training step or evaluation (autocast) estimates exactly the float32 motion and reference: the
+    Gauss-Newton products would otherwise round to bf16 (and solve mixed dtypes)."""
+    clips = torch.stack([_pan((1.5, -1.0), seed=0), _camera((0.5, 0.0, 0.04, 0.01), seed=1)])
+    a, b = clips[:, 0], clips[:, 3]
+    mask = (torch.arange(8) < 4).expand(2, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        motion, ref = estimate_motion(a, b), motion_compensated(clips, mask)
+    assert motion.dtype == ref.dtype == torch.float32
+    assert torch.equal(motion, estimate_motion(a, b)) and torch.equal(ref, motion_compensated(clips, mask))
