@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from multigen.metrics import one_nna
+from multigen.precision import float32
 
 from .conditioning import blended_observed
 
@@ -25,8 +26,9 @@ def psnr(x: Tensor, y: Tensor, data_range: float = 2.0) -> Tensor:
     return (10 * torch.log10(data_range**2 / mse)).clamp(max=PSNR_CAP)
 
 
+@float32
 def ssim(x: Tensor, y: Tensor, data_range: float = 2.0) -> Tensor:
-    """Structural similarity per frame, ``(...)``, via ``pytorch_msssim``.
+    """Structural similarity per frame, ``(...)``, via ``pytorch_msssim``, in float32 also under autocast.
 
     The Gaussian window is 11 px (the standard) or, for frames smaller than that, the
     largest odd size that fits.

@@ -9,13 +9,13 @@ the four numbers grow linearly with time (exact for a pan, a zoom or a turn alon
 
 from __future__ import annotations
 
-import functools
 import math
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from multigen.precision import float32
 
 LOG_SCALES = (-0.4, -0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3, 0.4)  # zooms tried before refinement: up to 1.5x
 _STEP_LIMIT = (1.0, 1.0, 0.05, 0.05)  # the most one Gauss-Newton step moves each parameter
@@ -93,22 +93,7 @@ def _residual(a: Tensor, b: Tensor, motion: Tensor) -> tuple[Tensor, Tensor, Ten
     return r, inside, error
 
 
-def _float32(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    """``fn(a, ...)`` with autocast off on ``a``'s device (nothing to turn off where there is no autocast, e.g.
-    ``meta``): motion is estimated in float32 also inside a bf16 training step or evaluation, so that it is the
-    same motion there as anywhere else (under bf16 autocast the Gauss-Newton products would round to bf16)."""
-
-    @functools.wraps(fn)
-    def wrapped(a: Tensor, *args, **kwargs) -> Tensor:
-        if not torch.amp.is_autocast_available(a.device.type):
-            return fn(a, *args, **kwargs)
-        with torch.autocast(a.device.type, enabled=False):
-            return fn(a, *args, **kwargs)
-
-    return wrapped
-
-
-@_float32
+@float32
 def refine_motion(a: Tensor, b: Tensor, motion: Tensor, iterations: int = 4) -> Tensor:
     """Gauss-Newton (Levenberg-Marquardt damped) refinement ``(N, 4)`` of ``motion`` from frames ``a`` onto ``b``
     ``(N, C, H, W)``, on ``|b - warp(a, motion)|^2`` over the pixels whose source lies inside ``a``. The Jacobian is
@@ -141,7 +126,7 @@ def refine_motion(a: Tensor, b: Tensor, motion: Tensor, iterations: int = 4) -> 
     return motion
 
 
-@_float32
+@float32
 def estimate_motion(a: Tensor, b: Tensor) -> Tensor:
     """The similarity ``(N, 4)`` with ``b ~ warp(a, motion)`` of frames ``a``, ``b`` ``(N, C, H, W)``. Start: for each
     zoom of ``LOG_SCALES``, the phase correlation's whole-pixel shift of ``a`` zoomed onto ``b``; the candidate that
