@@ -1,9 +1,12 @@
-"""Shared fixtures: fresh Accelerate state per in-process training run, and a quiet toy2d config."""
+"""Shared fixtures: fresh Accelerate state per in-process training run, and a quiet toy2d config; the loader of
+benchmark scripts."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -13,6 +16,14 @@ from multigen.config import load_config
 from multigen.toy2d import Toy2DConfig
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as a module (the folder is no package, and its names shadow the packages')."""
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(autouse=True)

@@ -1,18 +1,13 @@
 """benchmarks/video.py's MFU measurement (run on a GPU by benchmarks/gpu.py): its FLOP count and its dry run."""
 
-import importlib.util
-
 import pytest
 
-from .conftest import REPO
+from .conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("benchmarks_video", REPO / "benchmarks" / "video.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("video")
 
 
 def test_step_flops_are_per_clip(bench):

@@ -1,22 +1,17 @@
 """benchmarks/video_levels.py: the per-level denoiser errors against their closed forms."""
 
-import importlib.util
-
 import pytest
 import torch
 
 from multigen.config import load_config
 from video.domain import Video, VideoConfig
 
-from .conftest import REPO
+from .conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("benchmarks_video_levels", REPO / "benchmarks" / "video_levels.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("video_levels")
 
 
 def _domain(*overrides: str) -> Video:
