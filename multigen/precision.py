@@ -14,10 +14,10 @@ from typing import Callable, TypeVar
 import torch
 from torch import Tensor
 
-F = TypeVar("F", bound=Callable)
+Fn = TypeVar("Fn", bound=Callable)
 
 
-def float32(fn: F) -> F:
+def float32(fn: Fn) -> Fn:
     """``fn`` with autocast turned off on the device of its first tensor argument while it runs (where autocast is
     on; nothing to turn off elsewhere, e.g. on ``meta``): it computes in its inputs' own dtypes."""
 
