@@ -10,8 +10,9 @@ mean squared error of three x0 estimates over the generated frames is reported:
   ``s^2``, the exact denoiser of a Gaussian residual with that variance.
 
 Where ``network`` is above ``zero`` the model's estimate of the residual is worse than none: at the top of the
-schedule that estimate is its guess of the conditional mean, which PSNR rewards. Tasks: future prediction from
-``eval.context`` observed frames, and interpolation between the first and last frame (the evaluation's).
+schedule that estimate is its guess of the conditional mean, which PSNR rewards. Tasks: the evaluation's
+(:meth:`Video.task_masks`): future prediction from ``eval.context`` observed frames, and interpolation between the
+first and last frame.
 
     python benchmarks/video_levels.py EXPORT_DIR [--clips 64] [--levels 20 200 600 800 950] [--out ...]
 """
@@ -44,14 +45,15 @@ def level_errors(domain: Video, model: torch.nn.Module, clips: torch.Tensor, lev
     m, diffusion = domain.cfg.model, domain.diffusion
     if not m.residual:
         raise ValueError("this export is not a residual model (model.residual=false): it has no reference")
+    for level in levels:
+        if not 1 <= level <= diffusion.timesteps:
+            raise ValueError(f"level {level} is outside the schedule's 1..{diffusion.timesteps}")
     device = next(model.parameters()).device
     clips = clips.to(device)
     n, T = clips.shape[:2]
-    idx = torch.arange(T, device=device)
-    tasks = {"future": idx < min(domain.cfg.eval.context, T - 1), "interp": (idx == 0) | (idx == T - 1)}
     g = torch.Generator(device=device).manual_seed(seed)
     rows = []
-    for task, frame_mask in tasks.items():
+    for task, frame_mask in domain.task_masks(T, device).items():
         mask = frame_mask.expand(n, T)
         residual, ref = scaled_residual(clips, mask, m.reference, m.residual_scale)
         cond = pack_condition(clips, mask, ref if m.reference_input else None)
@@ -63,8 +65,6 @@ def level_errors(domain: Video, model: torch.nn.Module, clips: torch.Tensor, lev
         s2 = mse(residual)
         denoise = diffusion.denoiser(lambda x, t: model(x, t, cond, None))
         for level in levels:
-            if not 1 <= level <= diffusion.timesteps:
-                raise ValueError(f"level {level} is outside the schedule's 1..{diffusion.timesteps}")
             steps = torch.full((n,), level, device=device)
             alpha, sigma = diffusion.coefficients(steps, residual)
             noise = torch.randn(residual.shape, generator=g, device=device)

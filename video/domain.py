@@ -231,6 +231,12 @@ class Video(GaussianDomain):
         g = torch.Generator(device=device).manual_seed(self.cfg.sample.seed + 2)
         return {k: v.item() for k, v in self.evaluation_scores(model, clips, g).items()}
 
+    def task_masks(self, frames: int, device: torch.device | str = "cpu") -> dict[str, Tensor]:
+        """The observed frames (bool ``(frames,)``) of each evaluated task: ``future``, the first ``eval.context``
+        (at most ``frames - 1``); ``interp``, the first and the last."""
+        idx = torch.arange(frames, device=device)
+        return {"future": idx < min(self.cfg.eval.context, frames - 1), "interp": (idx == 0) | (idx == frames - 1)}
+
     def evaluation_scores(self, model: nn.Module, clips: Tensor,
                           generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """:meth:`evaluate`'s metrics for held-out ``clips`` ``(n, T, C, H, W)``, as 0-dim tensors on the
@@ -238,11 +244,11 @@ class Video(GaussianDomain):
         e, T = self.cfg.eval, clips.shape[1]
         device = next(model.parameters()).device
         clips = clips.to(device)
-        idx = torch.arange(T, device=device)
+        observed = self.task_masks(T, device)
         context = min(e.context, T - 1)
         tasks = {
-            "future": (idx < context, lambda m: copy_last_frame(clips, context)),
-            "interp": ((idx == 0) | (idx == T - 1), lambda m: linear_blend(clips, m)),
+            "future": (observed["future"], lambda m: copy_last_frame(clips, context)),
+            "interp": (observed["interp"], lambda m: linear_blend(clips, m)),
         }
         metrics: dict[str, Tensor] = {}
         settings = self.sample_settings()
