@@ -137,10 +137,19 @@ def coverage_by_group(d_sr: Tensor, groups: list[str]) -> dict[str, float]:
             for g in dict.fromkeys(groups)}
 
 
+def share_by_group(d_sr: Tensor, groups: list[str]) -> dict[str, float]:
+    """The share of samples whose nearest reference is in each group (``groups[j]`` names reference j's):
+    with as many samples as references, a generator that keeps the groups' proportions scores each group's
+    share of the references; a group it under-produces scores less (mode dropping), whatever its coverage."""
+    nearest = d_sr.argmin(1).tolist()
+    return {g: sum(groups[j] == g for j in nearest) / len(nearest) for g in dict.fromkeys(groups)}
+
+
 def set_metrics(samples: Tensor, refs: Tensor, metrics: tuple[str, ...] = ("cd",), progress: bool = False,
                 groups: list[str] | None = None) -> dict[str, float]:
     """``MMD-X``, ``COV-X`` and ``1-NNA-X`` for each metric X in ``metrics`` (``cd``, ``emd``); with ``groups``
-    (one name per reference), also ``COV-X/<group>``: :func:`coverage_by_group`."""
+    (one name per reference), also ``COV-X/<group>`` (:func:`coverage_by_group`) and ``SHARE-X/<group>``
+    (:func:`share_by_group`)."""
     out: dict[str, float] = {}
     for metric in metrics:
         d_sr = pairwise(samples, refs, metric, progress=progress)
@@ -152,4 +161,5 @@ def set_metrics(samples: Tensor, refs: Tensor, metrics: tuple[str, ...] = ("cd",
         out[f"1-NNA-{name}"] = one_nna(d_ss, d_rr, d_sr)
         if groups is not None:
             out.update({f"COV-{name}/{g}": v for g, v in coverage_by_group(d_sr, groups).items()})
+            out.update({f"SHARE-{name}/{g}": v for g, v in share_by_group(d_sr, groups).items()})
     return out

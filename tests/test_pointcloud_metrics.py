@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pointcloud.metrics import (chamfer, coverage, coverage_by_group, emd_approx, emd_exact, fscore, mmd, one_nna,
-                                pairwise, set_metrics)
+                                pairwise, set_metrics, share_by_group)
 
 
 def brute_chamfer(x, y):
@@ -80,8 +80,12 @@ def test_set_metrics_known_answers():
     # both samples match references of family "a": family "b" is not covered at all
     assert coverage_by_group(d_sr, ["a", "a", "b"]) == {"a": 1.0, "b": 0.0}
     assert coverage_by_group(d_sr, ["a", "b", "a"]) == {"a": 0.5, "b": 1.0}
+    assert share_by_group(d_sr, ["a", "a", "b"]) == {"a": 1.0, "b": 0.0}
+    assert share_by_group(d_sr, ["a", "b", "a"]) == {"a": 0.5, "b": 0.5}
+    assert share_by_group(d_sr, ["b", "b", "a"]) == {"b": 1.0, "a": 0.0}  # groups in order of first reference
     grouped = set_metrics(refs, refs, groups=["x", "y"] * 3)
     assert grouped["COV-CD/x"] == grouped["COV-CD/y"] == 1.0
+    assert grouped["SHARE-CD/x"] == grouped["SHARE-CD/y"] == 0.5
 
 
 def test_one_nna_half_for_one_distribution_and_one_for_separated_sets():
