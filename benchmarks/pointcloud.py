@@ -56,7 +56,7 @@ def train_step_setup(config: str, device: str, batch: int, points: int):
     from pointcloud.domain import PointCloud, PointCloudConfig
 
     cfg = load_config(PointCloudConfig, REPO / "configs" / "pointcloud" / f"{config}.yaml",
-                      [f"data.points={points}", f"train.batch_size={batch}"])
+                      [f"data.points={points}", "data.pool=0", f"train.batch_size={batch}"])
     domain = PointCloud(cfg)
     model = domain.build_model().to(device)
     data = domain.build_dataset("train")

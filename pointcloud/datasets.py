@@ -3,7 +3,7 @@
 Both return raw clouds ``(points, 3)`` float32 in the files' units; :class:`Normalizer`
 maps them into the model's frame (the unit ball) and back. A cloud is a fixed,
 seeded subset of its file's points (or surface samples of its mesh), so an epoch is
-the same at every resume.
+the same at every resume; :class:`Resampled` draws training clouds afresh from larger ones.
 """
 
 from __future__ import annotations
@@ -28,10 +28,13 @@ SHAPENET_SYNSETS = {
 }
 
 
-def _subsample(points: np.ndarray, n: int, seed: int, source: str) -> np.ndarray:
-    """``n`` of ``points`` without replacement, the same subset for the same ``seed``."""
-    if len(points) < n:
-        raise PointCloudError(f"{source} has {len(points)} points; the model takes {n}")
+def _subsample(points: np.ndarray, n: int, seed: int, source: str, least: int | None = None) -> np.ndarray:
+    """``n`` of ``points`` without replacement, the same subset for the same ``seed``; with ``least``, a file of
+    fewer than ``n`` (but at least ``least``) points gives all of them (a training pool, :class:`Resampled`)."""
+    need = n if least is None else least
+    if len(points) < need:
+        raise PointCloudError(f"{source} has {len(points)} points; the model takes {need}")
+    n = min(n, len(points))
     idx = np.random.default_rng(seed).choice(len(points), n, replace=False)
     return points[np.sort(idx)].astype(np.float32)
 
@@ -44,10 +47,12 @@ class ShapeNetPC15k(Dataset):
     """``<root>/<synset>/<split>/*.npy`` (15 000 points each), ``categories`` by name or synset id.
 
     ``split`` is ``train``, ``val`` or ``test``; ``val`` falls back to ``test`` when a category has no
-    ``val`` folder (PointFlow ships train/val/test).
+    ``val`` folder (PointFlow ships train/val/test). With ``least``, files of fewer than ``points`` points (at
+    least ``least``) give all of theirs.
     """
 
-    def __init__(self, root: str | Path, categories: list[str], split: str, points: int, seed: int = 0) -> None:
+    def __init__(self, root: str | Path, categories: list[str], split: str, points: int, seed: int = 0,
+                 least: int | None = None) -> None:
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"ShapeNet PC15k root {root} not found (expected <root>/<synset>/<split>/*.npy)")
@@ -67,7 +72,7 @@ class ShapeNetPC15k(Dataset):
             if not files:
                 raise FileNotFoundError(f"category {category!r}: no .npy clouds in {split_dir}")
             self.files += files
-        self.points, self.seed = points, seed
+        self.points, self.seed, self.least = points, seed, least
 
     def __len__(self) -> int:
         return len(self.files)
@@ -79,7 +84,7 @@ class ShapeNetPC15k(Dataset):
         except (OSError, ValueError) as e:
             raise PointCloudError(f"{path} could not be read: {e}") from e
         cloud = check_points(np.asarray(cloud, dtype=np.float64), str(path))
-        return torch.from_numpy(_subsample(cloud, self.points, _seed_of(path, self.seed), str(path)))
+        return torch.from_numpy(_subsample(cloud, self.points, _seed_of(path, self.seed), str(path), self.least))
 
 
 class ShapeFolder(Dataset):
@@ -87,10 +92,12 @@ class ShapeFolder(Dataset):
     recursively. Meshes are sampled to ``points`` surface points (area-weighted) once and cached as
     ``.npy`` under ``cache_dir`` (default ``<root>/.multigen_cache``), keyed by path, size, mtime and
     ``points``. ``root/train`` and ``root/val`` are the splits when they exist; otherwise every tenth
-    file (sorted) is validation.
+    file (sorted) is validation. With ``least``, point files of fewer than ``points`` points (at least ``least``)
+    give all of theirs.
     """
 
-    def __init__(self, root: str | Path, split: str, points: int, seed: int = 0, cache_dir: str | Path = "") -> None:
+    def __init__(self, root: str | Path, split: str, points: int, seed: int = 0, cache_dir: str | Path = "",
+                 least: int | None = None) -> None:
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"shape folder {root} not found")
@@ -109,7 +116,7 @@ class ShapeFolder(Dataset):
             self.files = [p for i, p in enumerate(every) if (i % 10 == 9) == (split == "val")]
         if not self.files:
             raise FileNotFoundError(f"no {split} shapes ({', '.join(sorted(suffixes))}) under {root}")
-        self.points, self.seed, self.cache = points, seed, cache
+        self.points, self.seed, self.cache, self.least = points, seed, cache, least
 
     def __len__(self) -> int:
         return len(self.files)
@@ -122,7 +129,8 @@ class ShapeFolder(Dataset):
         if cached.is_file():
             return torch.from_numpy(np.load(cached))
         seed = _seed_of(path, self.seed)
-        cloud = _subsample(read_points(path, num_points=self.points, seed=seed), self.points, seed, str(path))
+        cloud = _subsample(read_points(path, num_points=self.points, seed=seed), self.points, seed, str(path),
+                           self.least)
         self.cache.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(".tmp.npy")
         np.save(tmp, cloud)
@@ -168,6 +176,25 @@ class Normalizer:
     def invert(self, cloud: Tensor) -> Tensor:
         """Model-frame clouds ``(..., 3)`` back in the data's units (``shape``: unit-sphere frame)."""
         return cloud * self.scale + self.centre.to(cloud) if self.mode == "global" else cloud
+
+
+class Resampled(Dataset):
+    """``points`` of each of ``pools``' clouds ``(P, 3)``, a fresh random subset at every access (PointFlow's
+    training draw from 15 000 points per shape): the model sees many samplings of a shape instead of learning one.
+    The subsets come from the global torch RNG, whose state the trainer checkpoints, so a resumed run (data loader
+    in the main process) draws what an uninterrupted one would."""
+
+    def __init__(self, pools: Dataset, points: int) -> None:
+        self.pools, self.points = pools, points
+
+    def __len__(self) -> int:
+        return len(self.pools)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> Tensor:
+        pool = self.pools[i]
+        if len(pool) < self.points:
+            raise PointCloudError(f"shape {i} has {len(pool)} points; {self.points} are drawn from it")
+        return pool[torch.randperm(len(pool))[: self.points]]
 
 
 class NormalizedClouds(Dataset):

@@ -22,10 +22,10 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from multigen import Known
-from multigen.config import DiffusionConfig, SampleConfig, TrainConfig, at_least, choice
+from multigen.config import ConfigError, DiffusionConfig, SampleConfig, TrainConfig, at_least, choice
 from multigen.domain import GaussianDomain, no_condition
 
-from .datasets import NormalizedClouds, Normalizer, ShapeFolder, ShapeNetPC15k
+from .datasets import NormalizedClouds, Normalizer, Resampled, ShapeFolder, ShapeNetPC15k
 from .io import render_clouds
 from .metrics import chamfer, set_metrics
 from .model import PVCNNUNet, pvd_spec
@@ -55,6 +55,11 @@ class PointDataConfig:
     num_train: int = at_least(4000, 1)  # procedural shapes per epoch
     num_val: int = at_least(200, 1)
     seed: int = 0  # procedural: validation shapes come from an independent stream; files: point subsets
+    # Training clouds: P = a fresh `points` at every access from a fixed P-point sampling of each shape (PointFlow
+    # draws 2 048 of 15 000); 0 = one fixed subset of `points` per shape. Validation clouds stay fixed. On the CPU
+    # default (2 training seeds, 128 held-out shapes) 2 048 gave 1-NNA-CD 0.67 / 0.66 against 0.73 / 0.71 with fixed
+    # clouds, MMD-CD level (benchmarks/RESULTS.md, 2026-12-02).
+    pool: int = at_least(2048, 0)
 
 
 @dataclass
@@ -127,12 +132,16 @@ class PointCloud(GaussianDomain):
     def __init__(self, cfg: PointCloudConfig) -> None:
         super().__init__(cfg)
         self.scale = cfg.model.diffusion_scale
+        d = cfg.data
+        if 0 < d.pool < d.points:
+            raise ConfigError(f"data.pool={d.pool}: training clouds of data.points={d.points} are drawn from it; "
+                              "give at least that many points, or 0 for fixed clouds")
 
     def fit(self) -> None:
         """Global normalisation's ``data.centre`` and ``data.scale`` from the training clouds (unless given)."""
         d = self.cfg.data
         if d.source != "procedural" and d.normalization == "global" and not d.scale > 0:
-            fitted = Normalizer.fit(self._raw_dataset("train"))
+            fitted = Normalizer.fit(self._raw_dataset("train", d.pool))  # the points training draws from
             d.centre, d.scale = fitted.centre.tolist(), fitted.scale
 
     @cached_property
@@ -151,26 +160,37 @@ class PointCloud(GaussianDomain):
     def clip_scale(self) -> float:
         return self.cfg.model.diffusion_scale  # diffusion.clip_x0 is given in the unit-sphere frame
 
-    def _raw_dataset(self, split: str) -> Dataset:
+    def _raw_dataset(self, split: str, pool: int = 0) -> Dataset:
+        """The files' clouds of ``data.points``, or with ``pool`` training pools of up to that many."""
         d = self.cfg.data
         if not d.root:
             raise ValueError(f"data.source={d.source} needs data.root (the dataset's folder)")
+        points, least = (pool, d.points) if pool else (d.points, None)
         if d.source == "shapenet":
-            return ShapeNetPC15k(d.root, list(d.categories), split, d.points, d.seed)
-        return ShapeFolder(d.root, split, d.points, d.seed, d.cache_dir)
+            return ShapeNetPC15k(d.root, list(d.categories), split, points, d.seed, least)
+        return ShapeFolder(d.root, split, points, d.seed, d.cache_dir, least)
 
     def build_model(self) -> nn.Module:
         m = self.cfg.model
         return PVCNNUNet(pvd_spec(m.width, m.voxel_resolution, self.cfg.data.points), extra_channels=1)
 
     def build_dataset(self, split: str) -> Dataset:
+        """Clouds ``(data.points, 3)`` in the model's frame; training clouds drawn afresh from ``data.pool``
+        points per shape at every access when it is set."""
+        pool = self.cfg.data.pool if split == "train" else 0
+        shapes = self.fixed_clouds(split, pool)
+        return Resampled(shapes, self.cfg.data.points) if pool else shapes
+
+    def fixed_clouds(self, split: str, pool: int = 0) -> Dataset:
+        """Each shape of ``split`` as one fixed cloud in the model's frame: ``data.points``, or with ``pool`` that
+        many (files: up to that many, at least ``data.points``)."""
         d = self.cfg.data
         if split not in ("train", "val"):
             raise ValueError(f"unknown split {split!r}; use 'train' or 'val'")
         if d.source != "procedural":
-            return NormalizedClouds(self._raw_dataset(split), self.normalizer)
+            return NormalizedClouds(self._raw_dataset(split, pool), self.normalizer)
         n = d.num_train if split == "train" else d.num_val
-        return ProceduralShapes(families=d.families, num_shapes=n, points=d.points, seed=d.seed, split=split)
+        return ProceduralShapes(families=d.families, num_shapes=n, points=pool or d.points, seed=d.seed, split=split)
 
     def sample_shape(self) -> tuple[int, ...]:
         return (self.cfg.data.points, 3)
@@ -234,8 +254,9 @@ class PointCloud(GaussianDomain):
     def evaluate(self, model: nn.Module, dataset: Dataset) -> dict[str, float]:
         """Generation: 1-NNA/MMD/COV (Chamfer) of samples against held-out shapes, next to a Gaussian blob
         with the data's mean and covariance; on procedural shapes also COV inside each family
-        (``COV-CD/<family>``). Completion (when trained for it): Chamfer of completions of
-        held-out partial views to the full shapes, next to the nearest training shape.
+        (``COV-CD/<family>``) and each family's share of the samples (``SHARE-CD/<family>``). Completion
+        (when trained for it): Chamfer of completions of held-out partial views to the full shapes, next to the
+        nearest training shape.
         """
         ref, samples, blob, g = self.generation_sets(model, dataset)
         family = getattr(dataset, "family", None)  # procedural shapes: coverage inside each family too
@@ -284,7 +305,7 @@ class PointCloud(GaussianDomain):
     def nearest_training_shapes(self, partials: list[Tensor], max_bank: int) -> Tensor:
         """For each partial ``(P_i, 3)``, the training shape ``(N, 3)`` it is closest to (partial -> shape
         one-sided Chamfer), searched among the first ``max_bank`` training shapes: ``(len(partials), N, 3)``."""
-        train = self.build_dataset("train")
+        train = self.fixed_clouds("train")
         bank = torch.stack([train[i] for i in range(min(len(train), max_bank))]).float()  # type: ignore[arg-type]
         return torch.stack([bank[chamfer_to(p, bank).argmin()] for p in partials])
 

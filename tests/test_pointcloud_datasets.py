@@ -5,11 +5,11 @@ import pytest
 import torch
 import trimesh
 
-from multigen.config import load_config
+from multigen.config import ConfigError, load_config
 from multigen.export import export_model, load_pretrained
 from pointcloud import datasets
 from pointcloud.cli import main as pointcloud_cli
-from pointcloud.datasets import SHAPENET_SYNSETS, Normalizer, ShapeFolder, ShapeNetPC15k
+from pointcloud.datasets import SHAPENET_SYNSETS, Normalizer, Resampled, ShapeFolder, ShapeNetPC15k
 from pointcloud.domain import PointCloud, PointCloudConfig
 from pointcloud.io import PointCloudError, read_points
 
@@ -38,6 +38,38 @@ def test_shapenet_by_name_or_synset_with_fixed_subsets(pc15k):
     val = ShapeNetPC15k(pc15k, ["airplane"], "val", points=64)
     assert all(f.parent.name == "test" for f in val.files)
     assert {f.parent.name for f in ShapeNetPC15k(pc15k, ["chair"], "val", points=64).files} == {"val"}
+
+
+def test_training_clouds_drawn_afresh_from_a_pool(pc15k):
+    """``data.pool``: each access draws ``data.points`` distinct points of the shape's fixed pool, from the global
+    RNG (so a resumed run, whose RNG state is restored, draws the same); validation clouds stay fixed."""
+    cfg = load_config(PointCloudConfig, overrides=["data.source=shapenet", f"data.root={pc15k}", "data.points=64",
+                                                   "data.pool=500", "data.normalization=shape"])
+    domain = PointCloud(cfg)
+    train, pools = domain.build_dataset("train"), domain.fixed_clouds("train", 500)
+    assert isinstance(train, Resampled) and len(train) == len(pools) == 3
+    torch.manual_seed(0)
+    a, b = train[1], train[1]
+    assert a.shape == (64, 3) and not torch.equal(a, b)  # a new sampling of the same shape
+    pool = pools[1]
+    for cloud in (a, b):
+        hits = (cloud[:, None] == pool[None]).all(-1)  # (64, 500): which pool point each drawn point is
+        assert (hits.sum(1) == 1).all() and (hits.sum(0) <= 1).all()  # every point from the pool, none twice
+    torch.manual_seed(0)
+    assert torch.equal(train[1], a)  # a function of the RNG state
+    val = domain.build_dataset("val")
+    assert not isinstance(val, Resampled) and torch.equal(val[0], val[0])
+    bank = domain.fixed_clouds("train")  # the nearest-training-shape baseline searches fixed clouds
+    assert torch.equal(bank[2], bank[2]) and bank[2].shape == (64, 3)
+    # a pool larger than a file is the whole file (PC15k files have 15 000 points; these 600)
+    big = PointCloud(load_config(PointCloudConfig, overrides=["data.source=shapenet", f"data.root={pc15k}",
+                                                              "data.points=64", "data.pool=15000"]))
+    big.fit()
+    assert big.fixed_clouds("train", 15000)[0].shape == (600, 3) and big.build_dataset("train")[0].shape == (64, 3)
+    with pytest.raises(ConfigError, match="data.pool=32: training clouds of data.points=64"):
+        PointCloud(load_config(PointCloudConfig, overrides=["data.points=64", "data.pool=32"]))
+    with pytest.raises(PointCloudError, match="shape 0 has 500 points; 600 are drawn"):
+        Resampled(pools, 600)[0]
 
 
 def test_shapenet_errors_name_the_problem(pc15k, tmp_path):

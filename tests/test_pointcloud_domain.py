@@ -67,7 +67,7 @@ def test_known_mask_varying_inside_a_point_is_an_error():
 def test_completion_evaluation_keeps_the_partial_and_retrieves_the_shape_it_came_from():
     domain = small_domain("task.completion=1.0", "sample.steps=2", "eval.batch_size=3")
     model = domain.build_model().eval()
-    train_shapes = torch.stack([domain.build_dataset("train")[i] for i in (5, 0, 9)])
+    train_shapes = torch.stack([domain.fixed_clouds("train")[i] for i in (5, 0, 9)])
     mask = torch.zeros(3, 256, dtype=torch.bool)
     mask[:, 100:140] = True
     # A partial of a training shape lies exactly on that shape: the nearest training shape is the shape itself.
@@ -180,6 +180,7 @@ def test_tiny_generator_beats_gaussian_blob(airplane_run):
     assert m["eval/MMD-CD"] < 0.5 * m["eval/baseline_gaussian/MMD-CD"], m
     assert m["eval/1-NNA-CD"] < 0.97, m  # the blob's samples are all told apart from the data (1.0)
     assert m["eval/COV-CD/airplane"] == m["eval/COV-CD"]  # one family: its coverage is the whole set's
+    assert m["eval/SHARE-CD/airplane"] == 1.0  # and every sample's nearest shape is of it
 
 
 @pytest.mark.slow
