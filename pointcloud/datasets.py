@@ -124,7 +124,9 @@ class ShapeFolder(Dataset):
     def __getitem__(self, i: int) -> Tensor:
         path = self.files[i]
         stat = path.stat()
-        key = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{self.points}:{self.seed}".encode())
+        least = "" if self.least is None else f":{self.least}"  # a pool's entry (fixed clouds keep their keys)
+        key = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{self.points}:{self.seed}{least}"
+                           .encode())
         cached = self.cache / f"{key.hexdigest()}.npy"
         if cached.is_file():
             return torch.from_numpy(np.load(cached))

@@ -107,6 +107,12 @@ def test_shape_folder_splits_samples_meshes_and_caches(mesh_folder, monkeypatch)
     assert all(c.shape == (256, 3) and torch.isfinite(c).all() for c in first)
     assert len(list((mesh_folder / ".multigen_cache").glob("*.npy"))) == len(train)
     assert len(ShapeFolder(mesh_folder, "train", 128)[0]) == 128  # another size is another cache entry
+    pooled = ShapeFolder(mesh_folder, "train", 2048, least=128)  # training pools (data.pool) of up to 2 048 points
+    k = next(i for i, f in enumerate(pooled.files) if f.name == "points.npy")
+    mesh = next(i for i, f in enumerate(pooled.files) if f.suffix == ".obj")
+    assert len(pooled[k]) == 500 and len(pooled[mesh]) == 2048  # a point file whole, a mesh sampled to the pool
+    with pytest.raises(PointCloudError, match="500 points; the model takes 2048"):
+        ShapeFolder(mesh_folder, "train", 2048)[k]  # the pool's cache entry is not a fixed cloud's
     monkeypatch.setattr(datasets, "read_points", lambda *a, **k: pytest.fail("read a cached shape again"))
     again = ShapeFolder(mesh_folder, "train", 256)
     assert all(torch.equal(a, again[i]) for i, a in enumerate(first))
