@@ -82,6 +82,7 @@ class DiffusionConfig:
     parameterization: str = choice("v", "eps", "x0", "v")  # v stays well-conditioned where alpha -> 0
     loss_weighting: str = choice("uniform", "uniform", "snr", "min_snr")
     min_snr_gamma: float = at_least(5.0, 0.0)
+    time_sampling: str = choice("uniform", "uniform", "stratified")  # training steps: independent or one per stratum
     clip_x0: float | None = None
 
 

@@ -124,7 +124,9 @@ class GaussianDomain(Domain):
             sigmoid_start=d.sigmoid_start, sigmoid_end=d.sigmoid_end, sigmoid_tau=d.sigmoid_tau, max_beta=d.max_beta,
         )
         clip = None if d.clip_x0 is None else d.clip_x0 * self.clip_scale()
-        self.diffusion = GaussianDiffusion(schedule, d.parameterization, d.loss_weighting, d.min_snr_gamma, clip)
+        self.diffusion = GaussianDiffusion(
+            schedule, d.parameterization, d.loss_weighting, d.min_snr_gamma, clip, d.time_sampling
+        )
 
     def clip_scale(self) -> float:
         """Factor on ``diffusion.clip_x0``, which is given in the data's units: a domain that diffuses

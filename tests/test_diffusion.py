@@ -83,6 +83,19 @@ def test_loss_weightings_in_x0_terms(param):
     torch.testing.assert_close(uniform, native * x0_mse, check_dtype=False, rtol=1e-4, atol=0)
 
 
+def test_stratified_steps_put_one_step_in_each_stratum_and_are_uniform_overall():
+    d = GaussianDiffusion(NoiseSchedule("cosine", 1000), time_sampling="stratified")
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([d.random_steps(8, torch.device("cpu"), generator=g) for _ in range(4000)])
+    assert draws.min() >= 1 and draws.max() <= 1000
+    strata = (draws - 1) // 125  # {1..1000} in 8 strata of 125 steps
+    assert (strata == torch.arange(8)).all()
+    counts = torch.bincount(draws.flatten() - 1, minlength=1000).reshape(10, 100).sum(1).double()
+    assert ((counts - 3200).abs() < 4 * 3200**0.5).all()  # each tenth of the steps: 3 200 of 32 000 draws
+    with pytest.raises(ValueError, match="time sampling"):
+        GaussianDiffusion(NoiseSchedule("cosine", 10), time_sampling="sobol")
+
+
 def test_loss_mask_ignores_masked_elements():
     d = GaussianDiffusion(NoiseSchedule("cosine", 100), "eps")
     x0 = torch.randn(4, 6)
