@@ -143,8 +143,8 @@ class GaussianDiffusion:
         ``v ~ U(0, 1)``."""
         if self.time_sampling == "uniform":
             return torch.randint(1, self.timesteps + 1, (batch,), device=device, generator=generator)
-        v = torch.rand((), device=device, generator=generator, dtype=torch.float64)
-        u = (torch.arange(batch, device=device, dtype=torch.float64) + v) / batch
+        v = torch.rand((), device=device, generator=generator)
+        u = (torch.arange(batch, device=device) + v) / batch
         return (u * self.timesteps).long().clamp(max=self.timesteps - 1) + 1
 
     def q_sample(self, x0: Tensor, steps: Tensor, noise: Tensor) -> Tensor:
