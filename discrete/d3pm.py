@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from multigen.diffusion import uniform_times
 from multigen.samplers import Known
 
 LN2 = math.log(2.0)
@@ -431,10 +432,7 @@ class D3PM:
         if not isinstance(self.transition, Absorbing):
             raise ValueError("the masked-diffusion objective needs the absorbing transition")
         B = len(x0)
-        u = torch.rand(1 if stratified else B, device=x0.device, generator=generator)
-        if stratified:
-            u = (torch.arange(B, device=x0.device) + u) / B
-        u = u.clamp_min(1e-3)
+        u = uniform_times(B, x0.device, generator, stratified).clamp_min(1e-3)
         masked = torch.rand(x0.shape, device=x0.device, generator=generator) < _per_sample(u, x0)
         x_t = torch.where(masked, torch.full_like(x0, self.transition.mask_id), x0)
         ce = -self.model_log_probs(model(x_t, u * self.T)).gather(-1, x0[..., None])[..., 0]
