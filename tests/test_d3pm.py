@@ -353,6 +353,42 @@ def test_stratified_times_lower_the_batch_loss_variance():
     assert spread[True] < 0.5 * spread[False]
 
 
+def test_any_order_bound_is_its_enumerated_value_and_the_limit_of_the_chains():
+    """Absorbing, 4 tokens of 3 symbols: a predictor that reads every visible token (and not the time). The any-order
+    estimate, averaged over orders, equals its definition summed over every masked subset, ``Σ_m (1/m) mean over
+    m-subsets of Σ_masked CE``; the T-step chain's bound falls to it as T grows (two tokens revealed in one step are
+    predicted independently, which costs what they tell of each other)."""
+    import itertools
+
+    L, V = 4, 3  # K = V + 1 with the mask
+    process, _ = build("absorbing", K=V + 1, T=100)
+    weights = torch.randn(L, V + 1, L, V + 1, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 2
+
+    def logits(x, t):  # position j's logits: sum over positions i of weights[i, x_i, j]
+        return torch.einsum("bik,ikjc->bjc", F.one_hot(x, V + 1).double(), weights)
+
+    model = LogitModel(logits)
+    x0 = torch.tensor([[0, 2, 1, 1]])
+    exact = 0.0
+    for m in range(1, L + 1):
+        subsets = list(itertools.combinations(range(L), m))
+        for subset in subsets:
+            masked = torch.zeros(1, L, dtype=torch.bool)
+            masked[0, list(subset)] = True
+            ce = -process.model_log_probs(logits(torch.where(masked, V, x0), None)).gather(-1, x0[..., None])[..., 0]
+            exact += float(ce[masked].sum()) / m / len(subsets)
+    exact /= L * math.log(2)
+    many = x0.expand(4000, L)
+    g = torch.Generator().manual_seed(4)
+    estimate = process.any_order_bits(model, many, generator=g).double()
+    assert abs(estimate.mean().item() - exact) < 4 * estimate.std().item() / 4000**0.5, (estimate.mean(), exact)
+    chain = {T: process.elbo_bits(model, many, steps=T, generator=g).mean().item() for T in (2, 100)}
+    assert chain[2] > exact + 0.2, (chain, exact)  # 5.45 against 5.05: pairs revealed together
+    assert abs(chain[100] - exact) < 0.06, (chain, exact)  # standard error 0.01
+    with pytest.raises(ValueError, match="absorbing"):
+        build("uniform")[0].any_order_bits(model, x0)
+
+
 def _use_generic_posterior(process: D3PM) -> None:
     """Route ``process`` through the generic Bayes step instead of the fused mixture one."""
     from discrete.d3pm import Transition
@@ -434,6 +470,9 @@ def test_d3pm_sampling_elbo_and_losses_keep_to_the_device(device, kind, steps):
     assert out.device == device and out.shape == (3, 7) and out.dtype == torch.long
     bits = process.elbo_bits(model, x0, steps=steps, generator=g)
     assert bits.device == device and bits.shape == (3,)
+    if kind == "absorbing":
+        bits = process.any_order_bits(model, x0, generator=g)
+        assert bits.device == device and bits.shape == (3,)
     losses = [lambda: process.loss(model, x0, g)]
     if kind == "absorbing":
         losses.append(lambda: process.masked_diffusion_loss(model, x0, g))
