@@ -72,6 +72,8 @@ class PointModelConfig:
     # 0.4, PVD diffuses data of unit std. Measured in the CI setting (tiny, 800 steps, half completion):
     # x1 / x2 / x3 gave 1-NNA 0.83 / 0.75 / 0.77 and completion Chamfer 0.034 / 0.020 / 0.022.
     diffusion_scale: float = at_least(2.0, 0.01)
+    # PVD's attention blocks: over the voxels of the second encoder stage's first block, and over the coarsest points
+    attention: bool = False
 
 
 @dataclass
@@ -172,7 +174,7 @@ class PointCloud(GaussianDomain):
 
     def build_model(self) -> nn.Module:
         m = self.cfg.model
-        return PVCNNUNet(pvd_spec(m.width, m.voxel_resolution, self.cfg.data.points), extra_channels=1)
+        return PVCNNUNet(pvd_spec(m.width, m.voxel_resolution, self.cfg.data.points, m.attention), extra_channels=1)
 
     def build_dataset(self, split: str) -> Dataset:
         """Clouds ``(data.points, 3)`` in the model's frame; training clouds drawn afresh from ``data.pool``

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from multigen.nn import TimestepEmbedding, group_norm
+from multigen.nn import Attention, TimestepEmbedding, group_norm
 
 from .ops import Voxelization, ball_query, farthest_point_sample, gather_points, group, knn, voxelization
 
@@ -33,6 +33,22 @@ class SqueezeExcite3d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.fc(x.mean(dim=(2, 3, 4)))[:, :, None, None, None]
+
+
+class SelfAttention(nn.Module):
+    """Residual single-head self-attention over the positions of ``(B, C, *S)`` (the voxels of a grid or the points
+    of a cloud) -> same shape: PVD's attention block, pre-normalised, its output projection zero at start."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = group_norm(channels, 8)
+        self.attn = Attention(channels, heads=1)
+        nn.init.zeros_(self.attn.out.weight)
+        nn.init.zeros_(self.attn.out.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.attn(self.norm(x).flatten(2).transpose(1, 2))  # (B, positions, C)
+        return x + h.transpose(1, 2).reshape(x.shape)
 
 
 class PointLevel:
@@ -58,13 +74,14 @@ class PVConv(nn.Module):
     ``features`` ``(B, C_in, N)`` on the points of ``level``, ``emb`` ``(B, E)`` -> ``(B, C_out, N)``.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, resolution: int, emb_dim: int) -> None:
+    def __init__(self, in_ch: int, out_ch: int, resolution: int, emb_dim: int, attention: bool = False) -> None:
         super().__init__()
         self.resolution = resolution
         self.emb = nn.Linear(emb_dim, in_ch)
         self.voxel = nn.Sequential(
             nn.Conv3d(in_ch, out_ch, 3, padding=1), group_norm(out_ch, 8), nn.SiLU(),
             nn.Conv3d(out_ch, out_ch, 3, padding=1), group_norm(out_ch, 8), nn.SiLU(),
+            *([SelfAttention(out_ch)] if attention else []),
             SqueezeExcite3d(out_ch),
         )
         self.point = nn.Sequential(nn.Conv1d(in_ch, out_ch, 1), group_norm(out_ch, 8), nn.SiLU())
@@ -95,6 +112,7 @@ class StageSpec:
     radius: float
     neighbours: int
     mlp: tuple[int, ...]
+    attention: bool = False  # self-attention over the voxels of the first PVConv block
 
 
 class SetAbstraction(nn.Module):
@@ -106,8 +124,8 @@ class SetAbstraction(nn.Module):
         self.convs = nn.ModuleList()
         ch = in_ch
         if spec.resolution:
-            for _ in range(spec.conv_blocks):
-                self.convs.append(PVConv(ch, spec.conv_channels, spec.resolution, emb_dim))
+            for i in range(spec.conv_blocks):
+                self.convs.append(PVConv(ch, spec.conv_channels, spec.resolution, emb_dim, spec.attention and i == 0))
                 ch = spec.conv_channels
         self.emb = nn.Linear(emb_dim, ch)
         self.mlp = shared_mlp([ch + 3, *spec.mlp], dims=2)
@@ -157,10 +175,13 @@ class PVCNNSpec:
     stages: list[StageSpec]
     decoder: list[tuple[tuple[int, ...], tuple[int, int, int]]]
     emb_dim: int = 64
+    global_attention: bool = False  # self-attention over the coarsest points, between encoder and decoder
 
 
-def pvd_spec(width: float = 1.0, resolution: float = 1.0, points: int = 2048) -> PVCNNSpec:
-    """PVD's layout for ``points`` input points, channels scaled by ``width``, voxel resolutions by ``resolution``.
+def pvd_spec(width: float = 1.0, resolution: float = 1.0, points: int = 2048, attention: bool = False) -> PVCNNSpec:
+    """PVD's layout for ``points`` input points, channels scaled by ``width``, voxel resolutions by ``resolution``;
+    ``attention`` adds PVD's two attention blocks (over the voxels of the second stage's first block, and over the
+    coarsest points).
 
     ``width = resolution = 1`` is Point-Voxel Diffusion's network (centres 1024/256/64/16
     at radii 0.1/0.2/0.4/0.8 for 2 048 points; voxel resolutions 32/16/8). For other point
@@ -175,7 +196,7 @@ def pvd_spec(width: float = 1.0, resolution: float = 1.0, points: int = 2048) ->
     radii = [rad * (2048 / points) ** 0.5 for rad in (0.1, 0.2, 0.4, 0.8)]
     stages = [
         StageSpec(c(32), 2, r(32), centres[0], radii[0], 32, (c(32), c(64))),
-        StageSpec(c(64), 3, r(16), centres[1], radii[1], 32, (c(64), c(128))),
+        StageSpec(c(64), 3, r(16), centres[1], radii[1], 32, (c(64), c(128)), attention),
         StageSpec(c(128), 3, r(8), centres[2], radii[2], 32, (c(128), c(256))),
         StageSpec(0, 0, 0, centres[3], radii[3], 32, (c(256), c(256), c(512))),
     ]
@@ -185,7 +206,7 @@ def pvd_spec(width: float = 1.0, resolution: float = 1.0, points: int = 2048) ->
         ((c(256), c(128)), (c(128), 2, r(16))),
         ((c(128), c(128), c(64)), (c(64), 2, r(32))),
     ]
-    return PVCNNSpec(stages, decoder, emb_dim=c(64))
+    return PVCNNSpec(stages, decoder, emb_dim=c(64), global_attention=attention)
 
 
 class PVCNNUNet(nn.Module):
@@ -209,6 +230,7 @@ class PVCNNUNet(nn.Module):
             ch = sa.out_channels
             skips.append(ch)
         skips.pop()
+        self.global_attention = SelfAttention(ch) if spec.global_attention else None
         self.decoder = nn.ModuleList()
         for mlp, conv in spec.decoder:
             fp = FeaturePropagation(ch, skips.pop(), mlp, conv, spec.emb_dim)
@@ -229,6 +251,8 @@ class PVCNNUNet(nn.Module):
         for sa in self.encoder:
             levels.append(sa(*levels[-1], emb))
         coarse, coarse_level = levels.pop()
+        if self.global_attention is not None:
+            coarse = self.global_attention(coarse)
         for fp in self.decoder:
             skip, level = levels.pop()
             coarse = fp(coarse, coarse_level.xyz, skip, level, emb)

@@ -196,7 +196,7 @@ def test_completion_of_unseen_airplanes_beats_the_nearest_training_airplane(airp
 def test_loss_and_sampling_keep_to_the_device(device, sampler):
     """Training loss on a collated batch and sampling with and without a partial, on ``device`` (meta: shapes)."""
     domain = small_domain("task.completion=0.5", "sample.steps=2", f"sample.sampler={sampler}",
-                          f"sample.resample={2 if sampler == 'ddpm' else 1}")
+                          f"sample.resample={2 if sampler == 'ddpm' else 1}", "model.attention=true")
     model = domain.build_model().to(device)
     train = domain.build_dataset("train")
     torch.manual_seed(0)

@@ -144,6 +144,25 @@ def test_pvcnn_voxelizes_each_level_once_per_forward(monkeypatch):
     assert sum(isinstance(m, model.PVConv) for m in net.modules()) == 18
 
 
+def test_pvd_attention_blocks_start_as_identity_and_are_permutation_equivariant():
+    """``attention`` adds PVD's two blocks, over the voxels of the second stage's first PVConv and over the coarsest
+    points; each is the identity at initialisation (zero output projection) and treats positions as a set."""
+    import pointcloud.model as model
+
+    net = model.PVCNNUNet(model.pvd_spec(0.25, 0.25, 256, attention=True))
+    blocks = [m for m in net.modules() if isinstance(m, model.SelfAttention)]
+    assert len(blocks) == 2 and net.global_attention is blocks[-1]
+    g = torch.Generator().manual_seed(0)
+    grid = torch.randn(2, 16, 4, 4, 4, generator=g)
+    assert torch.equal(blocks[0](grid), grid)
+    block = blocks[-1]
+    torch.nn.init.normal_(block.attn.out.weight, generator=g)
+    feats, perm = torch.randn(2, 128, 9, generator=g), torch.randperm(9, generator=g)
+    assert not torch.allclose(block(feats), feats)
+    torch.testing.assert_close(block(feats)[..., perm], block(feats[..., perm]))
+    assert net(cloud(2, 256).float(), torch.rand(2)).shape == (2, 256, 3)
+
+
 def test_chamfer_matches_brute_force():
     x, y = cloud(n=80, seed=6), cloud(n=60, seed=7)
     got = chamfer_distance(x, y, chunk=16)
