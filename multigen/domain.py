@@ -155,7 +155,8 @@ class GaussianDomain(Domain):
         samplers.check_settings(settings.sampler, settings.eta, settings.resample)
         if settings.guidance != 1.0 and not self.conditional:
             raise ValueError(f"guidance={settings.guidance}: {self.name} samples have no condition to guide on; "
-                             "classifier-free guidance applies to conditional domains (video's observed frames)")
+                             "classifier-free guidance applies to conditional domains (video's observed frames, "
+                             "class-conditional point clouds)")
         return settings
 
     conditional: ClassVar[bool] = False

@@ -90,7 +90,8 @@ def cmd_complete(args: argparse.Namespace) -> Path:
     mask[:, :P] = True
     with torch.no_grad():
         done = p.domain.sample(p.model, args.num, known=Known(mask.to(args.device), values.to(args.device)),
-                               steps=args.steps, sampler=args.sampler, generator=_generator(args), progress=True)
+                               condition=args.cls, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
+                               generator=_generator(args), progress=True)
     generated = done[:, P:].double().cpu().numpy() * scale + centre
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -114,8 +115,8 @@ def cmd_sample(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
-        clouds = p.domain.sample(p.model, args.num, steps=args.steps, sampler=args.sampler,
-                                 generator=_generator(args), progress=True).float().cpu()
+        clouds = p.domain.sample(p.model, args.num, condition=args.cls, steps=args.steps, sampler=args.sampler,
+                                 guidance=args.guidance, generator=_generator(args), progress=True).float().cpu()
     clouds = p.domain.normalizer.invert(clouds).numpy()  # in the training data's units (global normalization)
     for i, c in enumerate(clouds):
         write_ply(out / f"sample_{i:03d}.ply", c)
@@ -147,6 +148,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="sampler steps (default: the model's config)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--class", dest="cls", metavar="NAME",
+                   help="class-conditional models (model.class_conditional): the class of every output (default: "
+                        "sample draws each one's class in the training proportions, complete uses none)")
+    p.add_argument("--guidance", type=float,
+                   help="class-conditional models: classifier-free guidance scale on --class (default: the model's)")
 
 
 def _complete_args(p: argparse.ArgumentParser) -> None:

@@ -59,7 +59,8 @@ class ShapeNetPC15k(Dataset):
         if not categories:
             raise ValueError("data.categories is empty: name at least one category (e.g. chair) or synset id")
         self.files: list[Path] = []
-        for category in categories:
+        self.labels: list[int] = []  # each file's index into categories
+        for label, category in enumerate(categories):
             synset = SHAPENET_SYNSETS.get(category, category)
             folder = root / synset
             if not folder.is_dir():
@@ -72,6 +73,7 @@ class ShapeNetPC15k(Dataset):
             if not files:
                 raise FileNotFoundError(f"category {category!r}: no .npy clouds in {split_dir}")
             self.files += files
+            self.labels += [label] * len(files)
         self.points, self.seed, self.least = points, seed, least
 
     def __len__(self) -> int:
@@ -210,3 +212,18 @@ class NormalizedClouds(Dataset):
 
     def __getitem__(self, i: int) -> Tensor:
         return self.normalizer(self.clouds[i])
+
+
+class Labelled(Dataset):
+    """``(cloud, label)`` pairs: each of ``clouds`` with its class index from ``labels`` ``(len(clouds),)``."""
+
+    def __init__(self, clouds: Dataset, labels: Tensor) -> None:
+        if len(labels) != len(clouds):  # type: ignore[arg-type]
+            raise ValueError(f"{len(labels)} labels for {len(clouds)} clouds")  # type: ignore[arg-type]
+        self.clouds, self.labels = clouds, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.clouds[i], self.labels[i]

@@ -23,9 +23,11 @@ from torch.utils.data import Dataset
 
 from multigen import Known
 from multigen.config import ConfigError, DiffusionConfig, SampleConfig, TrainConfig, at_least, choice
+from multigen.diffusion import uniform_times
 from multigen.domain import GaussianDomain, no_condition
+from multigen.guidance import classifier_free_guidance, drop_condition
 
-from .datasets import NormalizedClouds, Normalizer, Resampled, ShapeFolder, ShapeNetPC15k
+from .datasets import Labelled, NormalizedClouds, Normalizer, Resampled, ShapeFolder, ShapeNetPC15k
 from .io import render_clouds
 from .metrics import chamfer, set_metrics
 from .model import PVCNNUNet, pvd_spec
@@ -60,6 +62,7 @@ class PointDataConfig:
     # default (2 training seeds, 128 held-out shapes) 2 048 gave 1-NNA-CD 0.67 / 0.66 against 0.73 / 0.71 with fixed
     # clouds, MMD-CD level (benchmarks/RESULTS.md, 2026-12-02).
     pool: int = at_least(2048, 0)
+    class_counts: list[int] = field(default_factory=list)  # recorded by training (shapenet, class-conditional)
 
 
 @dataclass
@@ -74,12 +77,20 @@ class PointModelConfig:
     diffusion_scale: float = at_least(2.0, 0.01)
     # PVD's attention blocks: over the voxels of the second encoder stage's first block, and over the coarsest points
     attention: bool = False
+    # Condition on the shape's class where the data has several (procedural families, ShapeNet categories): samples
+    # of no given class draw one in the training set's proportions (model.label of PVCNNUNet). On the CPU default
+    # (2 training seeds, 128 held-out shapes) every family's COV-CD was >= 0.3 (airplanes 0.42 / 0.38 against
+    # 0.27 / 0.23 unconditional), 1-NNA-CD 0.71 / 0.70 against 0.67 / 0.66 (benchmarks/RESULTS.md, 2026-12-02).
+    class_conditional: bool = True
 
 
 @dataclass
 class PointTaskConfig:
     completion: float = at_least(0.0, 0.0)  # fraction of training shapes given a partial view (<= 1)
     partial_points: int = at_least(40, 1)  # observed points of a partial view (PVD: 200 of 2048)
+    # class-conditional models: share of training clouds shown with no class (classifier-free guidance, unlabelled
+    # completion)
+    class_dropout: float = at_least(0.1, 0.0)
 
 
 @dataclass
@@ -126,7 +137,8 @@ class PointCloudConfig:
 
 
 class PointCloud(GaussianDomain):
-    """Clouds ``(N, 3)``; batches ``(B, N, 3)``; ``known.mask`` marks observed points ``(B, N, 1)``."""
+    """Clouds ``(N, 3)``; batches ``(B, N, 3)``; ``known.mask`` marks observed points ``(B, N, 1)``; a
+    class-conditional model's ``condition`` is the class of each sample (see :meth:`sample_labels`)."""
 
     name = "pointcloud"
     config_class = PointCloudConfig
@@ -140,11 +152,47 @@ class PointCloud(GaussianDomain):
                               "give at least that many points, or 0 for fixed clouds")
 
     def fit(self) -> None:
-        """Global normalisation's ``data.centre`` and ``data.scale`` from the training clouds (unless given)."""
+        """Global normalisation's ``data.centre`` and ``data.scale`` from the training clouds (unless given), and
+        a class-conditional ShapeNet model's ``data.class_counts``."""
         d = self.cfg.data
         if d.source != "procedural" and d.normalization == "global" and not d.scale > 0:
             fitted = Normalizer.fit(self._raw_dataset("train", d.pool))  # the points training draws from
             d.centre, d.scale = fitted.centre.tolist(), fitted.scale
+        if d.source == "shapenet" and self.class_names and not d.class_counts:
+            d.class_counts = torch.bincount(self.class_labels("train"), minlength=len(self.class_names)).tolist()
+
+    @property
+    def class_names(self) -> list[str]:
+        """The classes a ``model.class_conditional`` network is conditioned on: the procedural families or the
+        ShapeNet categories, when there are at least two (otherwise, and for folders, none)."""
+        d = self.cfg.data
+        names = {"procedural": list(d.families), "shapenet": list(d.categories)}.get(d.source, [])
+        return names if self.cfg.model.class_conditional and len(names) > 1 else []
+
+    @property
+    def conditional(self) -> bool:  # type: ignore[override]
+        return bool(self.class_names)  # the class: sample.guidance scales it
+
+    def class_labels(self, split: str) -> Tensor:
+        """Each ``split`` shape's index into :attr:`class_names`, ``(shapes,)`` long."""
+        d = self.cfg.data
+        if d.source == "procedural":
+            return ProceduralShapes(d.families, d.num_train if split == "train" else d.num_val, split=split).labels
+        if d.source == "shapenet":
+            return torch.tensor(ShapeNetPC15k(d.root, list(d.categories), split, d.points).labels)
+        raise ValueError(f"data.source={d.source} has no classes")
+
+    def class_prior(self) -> Tensor:
+        """The training set's class proportions ``(K,)``, from which unlabelled samples draw their class."""
+        d, k = self.cfg.data, len(self.class_names)
+        if d.source == "procedural":
+            counts = torch.bincount(self.class_labels("train"), minlength=k)
+        elif len(d.class_counts) == k:
+            counts = torch.tensor(d.class_counts)
+        else:
+            raise ValueError(f"data.class_counts={list(d.class_counts)} does not count the {k} data.categories: "
+                             "call fit() first (the trainer does), or give them")
+        return counts.double() / counts.sum()
 
     @cached_property
     def normalizer(self) -> Normalizer:
@@ -174,14 +222,17 @@ class PointCloud(GaussianDomain):
 
     def build_model(self) -> nn.Module:
         m = self.cfg.model
-        return PVCNNUNet(pvd_spec(m.width, m.voxel_resolution, self.cfg.data.points, m.attention), extra_channels=1)
+        spec = pvd_spec(m.width, m.voxel_resolution, self.cfg.data.points, m.attention)
+        return PVCNNUNet(spec, extra_channels=1, classes=len(self.class_names))
 
     def build_dataset(self, split: str) -> Dataset:
         """Clouds ``(data.points, 3)`` in the model's frame; training clouds drawn afresh from ``data.pool``
-        points per shape at every access when it is set."""
+        points per shape at every access when it is set, and paired with their class (:class:`Labelled`) for a
+        class-conditional model."""
         pool = self.cfg.data.pool if split == "train" else 0
         shapes = self.fixed_clouds(split, pool)
-        return Resampled(shapes, self.cfg.data.points) if pool else shapes
+        shapes = Resampled(shapes, self.cfg.data.points) if pool else shapes
+        return Labelled(shapes, self.class_labels(split)) if split == "train" and self.class_names else shapes
 
     def fixed_clouds(self, split: str, pool: int = 0) -> Dataset:
         """Each shape of ``split`` as one fixed cloud in the model's frame: ``data.points``, or with ``pool`` that
@@ -197,23 +248,39 @@ class PointCloud(GaussianDomain):
     def sample_shape(self) -> tuple[int, ...]:
         return (self.cfg.data.points, 3)
 
-    def network(self, model: nn.Module, observed: Tensor, mask: Tensor):
-        """``model_fn(x_t, t)`` that feeds the observed points clean and flags them (``mask`` ``(B, N)``)."""
+    def network(self, model: nn.Module, observed: Tensor, mask: Tensor, label: Tensor | None = None,
+                guidance: float = 1.0):
+        """``model_fn(x_t, t)`` that feeds the observed points clean and flags them (``mask`` ``(B, N)``); for a
+        class-conditional model, of class ``label`` ``(B,)``, guided by ``guidance`` against no class."""
         flag = mask[:, None, :].to(observed.dtype)
         keep = mask[..., None]
-        return lambda x, t: model(torch.where(keep, observed.to(x.dtype), x), t, flag.to(x.dtype))
 
-    def collate_fn(self, items: list[Tensor]) -> dict[str, Tensor]:
+        def net(x: Tensor, t: Tensor, label: Tensor | None) -> Tensor:
+            r = len(x) // len(mask)  # classifier-free guidance runs both branches as one batch
+            inputs = torch.where(keep.repeat(r, 1, 1), observed.to(x.dtype).repeat(r, 1, 1), x)
+            return model(inputs, t, flag.to(x.dtype).repeat(r, 1, 1), label)
+
+        if label is None:
+            return lambda x, t: net(x, t, None)
+        return classifier_free_guidance(net, label, torch.tensor(len(self.class_names)), guidance)
+
+    def collate_fn(self, items: list[Tensor] | list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
         """A training batch, made on the CPU in the data loader: ``points`` ``(B, N, 3)`` and ``observed``
         ``(B, N)`` bool, a partial view (hidden-point removal from a random viewpoint) for a share
-        ``task.completion`` of the clouds and nothing for the others. Drawn here rather than in the training
+        ``task.completion`` of the clouds and nothing for the others; from :class:`Labelled` items also ``label``
+        ``(B,)``, no class (``K``) for a share ``task.class_dropout``. Drawn here rather than in the training
         step, which then has no round trip to the host."""
-        points = torch.stack(items)
+        labelled = isinstance(items[0], tuple)
+        points = torch.stack([item[0] for item in items] if labelled else items)
         observed = torch.zeros(points.shape[:2], dtype=torch.bool)
         partial = torch.rand(len(points)) < self.cfg.task.completion
         if partial.any():
             observed[partial] = partial_masks(points[partial].float(), self.cfg.task.partial_points)
-        return {"points": points, "observed": observed}
+        batch = {"points": points, "observed": observed}
+        if labelled:
+            label = torch.stack([item[1] for item in items])
+            batch["label"] = drop_condition(label, torch.tensor(len(self.class_names)), self.cfg.task.class_dropout)
+        return batch
 
     def training_loss(self, model: nn.Module, batch: dict[str, Tensor] | Tensor) -> Tensor:
         """Loss on the unobserved points of a :meth:`collate_fn` batch (a bare ``(B, N, 3)`` tensor gets its
@@ -222,7 +289,7 @@ class PointCloud(GaussianDomain):
             batch = send_to_device(self.collate_fn(list(batch.detach().cpu())), batch.device)
         mask = batch["observed"]
         x0 = batch["points"] * self.scale
-        loss = self.diffusion.loss(self.network(model, x0, mask), x0, loss_mask=~mask[..., None])
+        loss = self.diffusion.loss(self.network(model, x0, mask, batch.get("label")), x0, loss_mask=~mask[..., None])
         return loss.mean()
 
     def sample(
@@ -237,10 +304,11 @@ class PointCloud(GaussianDomain):
         **settings: Any,
     ) -> Tensor:
         """``n`` clouds; with ``known`` (mask ``(n, N)`` or ``(n, N, 1)``, values ``(n, N, 3)``) those points are kept.
-        ``settings``: see :meth:`sample_settings` (``resample`` acts only with a known part)."""
-        no_condition(self.name, condition)
+        A class-conditional model's ``condition``: see :meth:`sample_labels`. ``settings``: see
+        :meth:`sample_settings` (``resample`` acts only with a known part; ``guidance`` scales the class)."""
         settings = self.sample_settings(**settings)
         device = next(model.parameters()).device
+        label = self.sample_labels(n, condition, known is None, generator, device)
         shape = (n, *self.sample_shape())
         if known is None:
             observed, mask = torch.zeros(shape, device=device), torch.zeros(shape[:2], dtype=torch.bool, device=device)
@@ -249,9 +317,39 @@ class PointCloud(GaussianDomain):
             mask = known.item_mask(shape, 2).to(device)
         scaled = observed * self.scale
         kept = None if known is None else Known(mask[..., None], scaled)
-        out = self.run_sampler(self.network(model, scaled, mask), shape, settings, known=kept, generator=generator,
-                               device=device, progress=progress)
+        out = self.run_sampler(self.network(model, scaled, mask, label, settings.guidance), shape, settings,
+                               known=kept, generator=generator, device=device, progress=progress)
         return torch.where(mask[..., None], observed, out / self.scale)  # observed points bit-exact
+
+    def sample_labels(self, n: int, condition: Any, draw: bool, generator: torch.Generator | None,
+                      device: torch.device) -> Tensor | None:
+        """Class indices ``(n,)`` on ``device`` for a class-conditional model, None for another (which takes no
+        ``condition``). ``condition``: a class name, a list of ``n`` names, or indices ``(n,)`` (``K``, the number
+        of classes, is no class); None draws the classes from :meth:`class_prior` (stratified) when ``draw`` (generation),
+        else gives no class (completion of an unlabelled scan)."""
+        names = self.class_names
+        if not names:
+            no_condition(self.name, condition)
+            return None
+        if condition is None:
+            if not draw:
+                return torch.full((n,), len(names), dtype=torch.long, device=device)
+            # stratified: each sample's class is drawn from the prior, and n of them hold each class within one
+            # sample of its share
+            u = uniform_times(n, device, generator, stratified=True).double()
+            return torch.searchsorted(self.class_prior().to(device).cumsum(0), u, right=True).clamp_max(len(names) - 1)
+        if isinstance(condition, str):
+            condition = [condition] * n
+        if isinstance(condition, (list, tuple)) and all(isinstance(c, str) for c in condition):
+            unknown = sorted(set(condition) - set(names))
+            if unknown:
+                raise ValueError(f"unknown classes {unknown}; this model's are {names}")
+            condition = [names.index(c) for c in condition]
+        label = torch.as_tensor(condition)
+        if label.shape != (n,) or label.is_floating_point() or not ((label >= 0) & (label <= len(names))).all():
+            raise ValueError(f"condition: {n} class indices in [0, {len(names)}] ({len(names)}: no class), or names "
+                             f"among {names}; got {condition!r}")
+        return label.long().to(device)
 
     def evaluate(self, model: nn.Module, dataset: Dataset) -> dict[str, float]:
         """Generation: 1-NNA/MMD/COV (Chamfer) of samples against held-out shapes, next to a Gaussian blob

@@ -213,13 +213,18 @@ class PVCNNUNet(nn.Module):
     """Point-voxel U-Net: ``(x (B, N, 3), t (B,)) -> (B, N, 3)``.
 
     ``extra_channels`` per-point input features (e.g. a "this point is observed"
-    flag for shape completion) can be passed as ``features`` ``(B, extra, N)``.
+    flag for shape completion) can be passed as ``features`` ``(B, extra, N)``. With ``classes`` the network is
+    class-conditional: ``label`` ``(B,)`` long in ``[0, classes]``, where ``classes`` itself (and ``label=None``)
+    means no class; its embedding is added to the time embedding (zero at start).
     """
 
-    def __init__(self, spec: PVCNNSpec, extra_channels: int = 0) -> None:
+    def __init__(self, spec: PVCNNSpec, extra_channels: int = 0, classes: int = 0) -> None:
         super().__init__()
-        self.extra_channels = extra_channels
+        self.extra_channels, self.classes = extra_channels, classes
         self.time = TimestepEmbedding(spec.emb_dim)
+        self.label = nn.Embedding(classes + 1, spec.emb_dim) if classes else None
+        if self.label is not None:
+            nn.init.zeros_(self.label.weight)
         in_ch = 3 + extra_channels
         self.encoder = nn.ModuleList()
         skips = [in_ch]
@@ -240,8 +245,12 @@ class PVCNNUNet(nn.Module):
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 
-    def forward(self, x: Tensor, t: Tensor, features: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, features: Tensor | None = None, label: Tensor | None = None) -> Tensor:
         emb = self.time(t)
+        if self.label is not None:
+            emb = emb + self.label(torch.full_like(t, self.classes, dtype=torch.long) if label is None else label)
+        elif label is not None:
+            raise ValueError("this network is not class-conditional (it was built without classes)")
         feats = x.transpose(1, 2)
         if self.extra_channels:
             if features is None:

@@ -57,7 +57,8 @@ def clouds_of(data: Data | Batch) -> list[Tensor]:
 
 def sample(pretrained: Any, n: int, **settings: Any) -> Batch:
     """``n`` clouds drawn from an exported point-cloud model (:func:`multigen.load_pretrained`) as a ``Batch``;
-    ``settings`` go to the domain's ``sample`` (``steps``, ``sampler``, ``generator``, ...)."""
+    ``settings`` go to the domain's ``sample`` (``steps``, ``sampler``, ``generator``, a class-conditional model's
+    ``condition``, ...)."""
     with torch.no_grad():
         clouds = pretrained.domain.sample(pretrained.model, n, **settings)
     return to_batch(clouds)

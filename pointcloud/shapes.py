@@ -144,6 +144,11 @@ class ProceduralShapes(Dataset):
     def family(self, i: int) -> str:
         return self.families[i % len(self.families)]
 
+    @property
+    def labels(self) -> Tensor:
+        """Each shape's family (:meth:`family`) as an index into ``families``, ``(num_shapes,)`` long."""
+        return torch.arange(self.num_shapes) % len(self.families)
+
     def surface(self, i: int, dense: int = 20_000) -> Tensor:
         """A dense sampling ``(dense, 3)`` of shape ``i``'s surface in the frame of ``self[i]``."""
         return torch.from_numpy(make_surface(self.family(i), self.points, self.base + i, dense))

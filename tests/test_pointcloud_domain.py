@@ -24,11 +24,11 @@ def small_domain(*extra):
 def test_loss_ignores_observed_points():
     domain = small_domain("task.completion=1.0")
     model = domain.build_model()
-    batch = torch.stack([domain.build_dataset("train")[i] for i in range(4)])
+    batch = torch.stack([domain.fixed_clouds("train")[i] for i in range(4)])
     seen = {}
 
-    def perturbed(x, t, flag):
-        out = model(x, t, flag)
+    def perturbed(x, t, flag, label=None):
+        out = model(x, t, flag, label)
         seen["flag"] = flag
         return out + 100.0 * flag.transpose(1, 2)  # change the output only at observed points
 
@@ -194,9 +194,11 @@ def test_completion_of_unseen_airplanes_beats_the_nearest_training_airplane(airp
 
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
 def test_loss_and_sampling_keep_to_the_device(device, sampler):
-    """Training loss on a collated batch and sampling with and without a partial, on ``device`` (meta: shapes)."""
+    """Training loss on a collated batch and sampling with and without a partial, by class drawn from the prior,
+    given and guided, on ``device`` (meta: shapes)."""
     domain = small_domain("task.completion=0.5", "sample.steps=2", f"sample.sampler={sampler}",
-                          f"sample.resample={2 if sampler == 'ddpm' else 1}", "model.attention=true")
+                          f"sample.resample={2 if sampler == 'ddpm' else 1}", "model.attention=true",
+                          "model.class_conditional=true")
     model = domain.build_model().to(device)
     train = domain.build_dataset("train")
     torch.manual_seed(0)
@@ -214,6 +216,9 @@ def test_loss_and_sampling_keep_to_the_device(device, sampler):
     assert out.device == device
     if device.type != "meta":
         assert torch.equal(out[mask], values[mask])
+    guided = domain.sample(model, 2, condition=["chair", "vase"], known=Known(mask, values), guidance=2.0,
+                           generator=generator)
+    assert guided.device == device
 
 
 def test_cli_and_evaluation_on_the_device(device, export_dir, tmp_path):

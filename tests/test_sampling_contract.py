@@ -39,7 +39,8 @@ def test_every_domain_names_an_unknown_setting_and_refuses_a_condition(name):
     model = domain.build_model()
     with pytest.raises(TypeError, match=r"takes no setting 'stpes'; its settings are .*steps"):
         domain.sample(model, 1, stpes=3)
-    with pytest.raises(ValueError, match="takes no condition"):
+    # point clouds are class-conditional by default: a condition that is no class is the error there
+    with pytest.raises(ValueError, match="takes no condition|condition: 1 class indices"):
         domain.sample(model, 1, condition=torch.zeros(1, 4))
     with pytest.raises(ConfigError, match="sample.steps: must be >= "):
         domain.sample_settings(steps=-1)
@@ -86,8 +87,11 @@ def test_point_cloud_configs_sample_generation_with_dpm_solver_and_completion_wi
 
 def test_guidance_needs_a_condition():
     with pytest.raises(ValueError, match="guidance=2.0: pointcloud samples have no condition"):
-        _domain("pointcloud").sample_settings(guidance=2.0)
+        _domain("pointcloud", "model.class_conditional=false").sample_settings(guidance=2.0)
+    with pytest.raises(ValueError, match="guidance=2.0: toy2d samples have no condition"):
+        _domain("toy2d").sample_settings(guidance=2.0)
     assert _domain("video").sample_settings(guidance=2.0).guidance == 2.0
+    assert _domain("pointcloud").sample_settings(guidance=2.0).guidance == 2.0  # the class
 
 
 def test_pretrained_sample_passes_settings_on_and_the_domain_checks_them(tmp_path):
