@@ -325,8 +325,8 @@ class PointCloud(GaussianDomain):
                       device: torch.device) -> Tensor | None:
         """Class indices ``(n,)`` on ``device`` for a class-conditional model, None for another (which takes no
         ``condition``). ``condition``: a class name, a list of ``n`` names, or indices ``(n,)`` (``K``, the number
-        of classes, is no class); None draws the classes from :meth:`class_prior` (stratified) when ``draw`` (generation),
-        else gives no class (completion of an unlabelled scan)."""
+        of classes, is no class); None draws the classes from :meth:`class_prior` (stratified) when ``draw``
+        (generation), else gives no class (completion of an unlabelled scan)."""
         names = self.class_names
         if not names:
             no_condition(self.name, condition)
