@@ -109,8 +109,8 @@ def test_cli_on_a_real_mesh_and_sampling(export_dir, tmp_path):
     half = mesh.submesh([np.flatnonzero(mesh.triangles_center[:, 0] > 0)], append=True)  # the half a scan sees
     half.export(tmp_path / "half.obj")
     assert complete_main(["--checkpoint", str(export_dir), "--input", str(tmp_path / "half.obj"), "--num", "1",
-                          "--steps", "2", "--out", str(tmp_path / "mesh_out")]) == 0
-    assert (tmp_path / "mesh_out" / "completion_000.ply").is_file()
+                          "--steps", "2", "--out", str(tmp_path / "mesh_out"), "--class", "chair"]) == 0
+    assert (tmp_path / "mesh_out" / "completion_000.ply").is_file()  # a class-conditional model (the default)
     assert pointcloud_cli(["sample", "--checkpoint", str(export_dir), "--num", "2", "--steps", "2",
                            "--out", str(tmp_path / "samples")]) == 0
     assert (tmp_path / "samples" / "samples.png").is_file()
