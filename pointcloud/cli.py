@@ -114,14 +114,21 @@ def cmd_sample(args: argparse.Namespace) -> Path:
     p = _load(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    g, names = _generator(args), p.domain.class_names
+    # a class-conditional model's classes are drawn here (unless given), so that each sample's can be named
+    labels = p.domain.sample_labels(args.num, args.cls, True, g, torch.device(args.device)) if names else None
     with torch.no_grad():
-        clouds = p.domain.sample(p.model, args.num, condition=args.cls, steps=args.steps, sampler=args.sampler,
-                                 guidance=args.guidance, generator=_generator(args), progress=True).float().cpu()
+        clouds = p.domain.sample(p.model, args.num, condition=labels, steps=args.steps, sampler=args.sampler,
+                                 guidance=args.guidance, generator=g, progress=True).float().cpu()
     clouds = p.domain.normalizer.invert(clouds).numpy()  # in the training data's units (global normalization)
     for i, c in enumerate(clouds):
         write_ply(out / f"sample_{i:03d}.ply", c)
     torch.save(to_batch(torch.from_numpy(clouds)), out / "samples.pt")
-    render_clouds(list(clouds), out / "samples.png", titles=[f"sample {i}" for i in range(len(clouds))])
+    titles = [f"sample {i}" for i in range(len(clouds))]
+    if labels is not None:
+        titles = [f"{title}: {names[k]}" for title, k in zip(titles, labels.tolist())]
+        print("classes: " + ", ".join(f"sample {i} {names[k]}" for i, k in enumerate(labels.tolist())))
+    render_clouds(list(clouds), out / "samples.png", titles=titles)
     return out
 
 

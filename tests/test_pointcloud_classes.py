@@ -148,7 +148,7 @@ def test_guidance_runs_the_class_and_no_class_as_one_batch_keeping_the_partial()
     assert torch.allclose(unguided, none, atol=1e-5)
 
 
-def test_a_class_conditional_run_exports_and_samples_by_class(tmp_path):
+def test_a_class_conditional_run_exports_and_samples_by_class(tmp_path, capsys):
     out = tmp_path / "run"
     cfg = load_config(PointCloudConfig, "configs/pointcloud/tiny.yaml", [
         "model.class_conditional=true", "train.max_steps=3", "train.checkpoint_every=0", "train.tensorboard=false",
@@ -160,6 +160,10 @@ def test_a_class_conditional_run_exports_and_samples_by_class(tmp_path):
     assert pointcloud_cli(["sample", "--checkpoint", str(out / "export"), "--num", "2", "--steps", "2",
                            "--class", "table", "--guidance", "2", "--out", str(tmp_path / "tables")]) == 0
     assert (tmp_path / "tables" / "sample_001.ply").is_file()
+    assert "classes: sample 0 table, sample 1 table" in capsys.readouterr().out
+    assert pointcloud_cli(["sample", "--checkpoint", str(out / "export"), "--num", "2", "--steps", "2",
+                           "--out", str(tmp_path / "drawn")]) == 0
+    assert "classes: sample 0 torus, sample 1 table" in capsys.readouterr().out  # stratified: one of each
     assert pointcloud_cli(["sample", "--checkpoint", str(out / "export"), "--num", "1", "--class", "vase",
                            "--out", str(tmp_path / "x")]) == 2
 
