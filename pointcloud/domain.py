@@ -79,8 +79,9 @@ class PointModelConfig:
     attention: bool = False
     # Condition on the shape's class where the data has several (procedural families, ShapeNet categories): samples
     # of no given class draw one in the training set's proportions (model.label of PVCNNUNet). On the CPU default
-    # (2 training seeds, 128 held-out shapes) every family's COV-CD was >= 0.3 (airplanes 0.42 / 0.38 against
-    # 0.27 / 0.23 unconditional), 1-NNA-CD 0.71 / 0.70 against 0.67 / 0.66 (benchmarks/RESULTS.md, 2026-12-02).
+    # (3 training seeds, 128 held-out shapes) every family's COV-CD was >= 0.36 (airplanes 0.42 / 0.38 / 0.46 against
+    # 0.27 / 0.23 / 0.27 unconditional), 1-NNA-CD 0.75 / 0.73 / 0.73 against 0.67 / 0.66 / 0.70
+    # (benchmarks/RESULTS.md, 2026-12-02).
     class_conditional: bool = True
 
 
@@ -175,12 +176,12 @@ class PointCloud(GaussianDomain):
 
     def class_labels(self, split: str) -> Tensor:
         """Each ``split`` shape's index into :attr:`class_names`, ``(shapes,)`` long."""
-        d = self.cfg.data
-        if d.source == "procedural":
-            return ProceduralShapes(d.families, d.num_train if split == "train" else d.num_val, split=split).labels
-        if d.source == "shapenet":
-            return torch.tensor(ShapeNetPC15k(d.root, list(d.categories), split, d.points).labels)
-        raise ValueError(f"data.source={d.source} has no classes")
+        source = self.cfg.data.source
+        if source == "procedural":
+            return self.fixed_clouds(split).labels  # type: ignore[attr-defined]  (ProceduralShapes, built lazily)
+        if source == "shapenet":
+            return torch.tensor(self._raw_dataset(split).labels)  # type: ignore[attr-defined]  (ShapeNetPC15k)
+        raise ValueError(f"data.source={source} has no classes")
 
     def class_prior(self) -> Tensor:
         """The training set's class proportions ``(K,)``, from which unlabelled samples draw their class."""
