@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
+from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
@@ -30,8 +31,30 @@ def replace_dir(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _mismatch(expected: dict[str, torch.Size], got: dict[str, torch.Size]) -> str:
+    """What differs between two ``name -> shape`` maps, in words ('' when nothing does)."""
+    parts = [f"{what} {names[:5]}{' ...' if len(names) > 5 else ''}" for what, names in (
+        ("missing", sorted(expected.keys() - got.keys())),
+        ("unexpected", sorted(got.keys() - expected.keys())),
+        ("of other shapes", [f"{k}: {tuple(got[k])} for {tuple(expected[k])}"
+                             for k in sorted(expected.keys() & got.keys()) if expected[k] != got[k]]),
+    ) if names]
+    return "; ".join(parts)
+
+
+def _shapes(model: nn.Module) -> dict[str, torch.Size]:
+    return {k: v.shape for k, v in model.state_dict().items()}
+
+
 def export_model(model: nn.Module, domain: Domain, out_dir: str | Path) -> Path:
-    """Write ``out_dir/model.safetensors`` and ``out_dir/config.yaml`` (written aside, then renamed)."""
+    """Write ``out_dir/model.safetensors`` and ``out_dir/config.yaml`` (written aside, then renamed).
+
+    Raises ``ValueError`` when ``model`` is not the network ``domain``'s config builds (the export would not load).
+    """
+    mismatch = _mismatch(_shapes(domain.build_model()), _shapes(model))
+    if mismatch:
+        raise ValueError(f"the model is not the one its {domain.name} config builds, so an export of it would not "
+                         f"load: {mismatch}")
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -95,7 +118,9 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> Pre
     domain_cls = get_domain(name)
     domain = domain_cls(load_config(domain_cls.config_class, values=raw))
     model = domain.build_model()
-    missing, unexpected = load_model(model, str(path / WEIGHTS), strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path / WEIGHTS} does not match the model: missing {missing}, unexpected {unexpected}")
+    with safe_open(path / WEIGHTS, "pt") as f:
+        mismatch = _mismatch(_shapes(model), {k: torch.Size(f.get_slice(k).get_shape()) for k in f.keys()})
+    if mismatch:
+        raise ValueError(f"{path / WEIGHTS} does not match the model its {CONFIG} builds: {mismatch}")
+    load_model(model, str(path / WEIGHTS))
     return Pretrained(model.to(device).eval(), domain)

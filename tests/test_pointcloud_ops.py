@@ -57,10 +57,25 @@ torch.save([farthest_point_sample_triton(xyz, m, start, max_block) for xyz, m, s
 """
 
 
+def _interpreter_runs_loops() -> bool:
+    """False for Triton < 3.7 beside NumPy >= 2.4: that interpreter turns a loop bound into an int with
+    ``int(array of shape (1,))``, which NumPy 2.4 refuses (fixed in Triton 3.7 with a squeeze; the CUDA
+    compiler is not affected). Seen with torch 2.11's Triton 3.6, the GPU machine's."""
+    import numpy
+    import triton
+
+    def major_minor(v: str) -> tuple[int, int]:
+        return tuple(int(part) for part in v.split(".")[:2])
+
+    return major_minor(triton.__version__) >= (3, 7) or major_minor(numpy.__version__) < (2, 4)
+
+
 def test_fps_triton_kernel_equals_reference(tmp_path):
     """The Triton kernel under Triton's interpreter equals the PyTorch loop, index for index. The interpreter
     must be chosen before Triton is imported (its library functions are made then), hence a subprocess."""
     pytest.importorskip("triton", reason="triton is not installed (the dev extra installs it on Linux)")
+    if not _interpreter_runs_loops():
+        pytest.skip("Triton < 3.7's interpreter cannot run a loop with NumPy >= 2.4 (the CUDA test covers the GPU)")
     cases = fps_cases()
     torch.save(cases, tmp_path / "cases.pt")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
@@ -73,6 +88,22 @@ def test_fps_triton_kernel_equals_reference(tmp_path):
     nearest = d.gather(1, farthest_point_sample(grids, m, start)[:, :, None].expand(-1, -1, 64)).cummin(1).values
     ties = (nearest.amax(-1, keepdim=True) == nearest).sum(-1)[:, :-1]  # points at the largest distance
     assert (ties > 1).float().mean() > 0.5  # most grid picks were ties
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (MULTIGEN_TEST_DEVICE=cuda on a GPU machine)")
+def test_fps_triton_kernel_on_cuda_equals_reference():
+    """The compiled kernel, as ``farthest_point_sample`` dispatches to it on CUDA, equals the PyTorch loop on the
+    CPU index for index: the interpreter's cases, and 8 clouds of 2 048 -> 1 024 (the benchmark's size) in one
+    block and swept in tiles."""
+    pytest.importorskip("triton", reason="triton is not installed")
+    from pointcloud.fps_triton import farthest_point_sample_triton
+
+    big = torch.randn(8, 2048, 3, generator=torch.Generator().manual_seed(0))
+    start = torch.randint(0, 2048, (8,), generator=torch.Generator().manual_seed(1))
+    for xyz, m, start, max_block in [*fps_cases(), (big, 1024, start, 8192), (big, 1024, start, 512)]:
+        got = farthest_point_sample_triton(xyz.cuda(), m, None if start is None else start.cuda(), max_block)
+        assert torch.equal(got.cpu(), farthest_point_sample_torch(xyz, m, start)), (xyz.shape, m, max_block)
+    assert torch.equal(farthest_point_sample(big.cuda(), 1024).cpu(), farthest_point_sample_torch(big, 1024))
 
 
 def test_fps_triton_rejects_other_dtypes():

@@ -8,12 +8,13 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_model
 
 from multigen import load_pretrained
 from multigen.toy2d import Toy2D
 from multigen.config import load_config
 from multigen.domain import get_domain
+from multigen.export import export_model
 from multigen.trainer import NonFiniteLossError, Trainer, latest_checkpoint, lr_factor, read_log, train
 
 from .conftest import REPO
@@ -212,6 +213,21 @@ def test_export_loads_without_training_code(toy_cfg):
     assert list((export.parent / "samples").glob("step_000005.png"))
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         load_pretrained(export.parent)
+
+
+def test_export_and_load_name_a_model_that_is_not_its_configs(toy_cfg, tmp_path):
+    """A network that its config does not build is refused at export (it would not load), naming what differs;
+    weights of other shapes under a config are refused at load, naming the file and the parameters."""
+    domain = Toy2D(toy_cfg())
+    narrow = Toy2D(toy_cfg("model.hidden=32")).build_model()
+    with pytest.raises(ValueError, match=r"toy2d config builds.*of other shapes \[.*: \(32, "):
+        export_model(narrow, domain, tmp_path / "export")
+    assert not (tmp_path / "export").exists()
+    export = export_model(domain.build_model(), domain, tmp_path / "export")
+    save_model(narrow, str(export / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"model.safetensors does not match the model its config.yaml builds: "
+                                         r"of other shapes"):
+        load_pretrained(export)
 
 
 @pytest.mark.slow

@@ -117,8 +117,9 @@ def test_cli_keeps_to_the_device(device, tmp_path):
     from video.cli import main
     from video.io import read_video, write_video
 
-    domain = Video(load_config(VideoConfig, overrides=["data.frames=5", "data.size=16", "diffusion.timesteps=50",
-                                                       "sample.steps=2"]))
+    domain = Video(load_config(VideoConfig, overrides=[
+        "data.frames=5", "data.size=16", "diffusion.timesteps=50", "sample.steps=2", "model.channel_mults=[1,2]",
+        "model.attn_levels=[1]", "model.head_channels=8"]))  # tiny_unet's architecture
     export = export_model(tiny_unet(), domain, tmp_path / "export")
     video = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 1), dtype=np.uint8)
     write_video(tmp_path / "in.npy", video)
