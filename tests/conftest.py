@@ -67,12 +67,10 @@ TEST_DEVICE = os.environ.get("MULTIGEN_TEST_DEVICE", "")
 
 
 def _device_params() -> list:
-    params: list = [pytest.param("meta", id="meta")]
-    if TEST_DEVICE and TEST_DEVICE != "meta":
-        params.append(pytest.param(TEST_DEVICE, id=TEST_DEVICE))
-    elif torch.cuda.is_available():
-        params.append(pytest.param("cuda", id="cuda"))
-    return params
+    """meta, then the device to run on for real: ``$MULTIGEN_TEST_DEVICE``, else cuda when present, else the CPU
+    (so that what meta cannot run, values and the files written from them, runs in CI too)."""
+    real = TEST_DEVICE or ("cuda" if torch.cuda.is_available() else "cpu")
+    return [pytest.param("meta", id="meta")] + ([pytest.param(real, id=real)] if real != "meta" else [])
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -80,11 +78,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark ``gpu`` the tests that need an accelerator: the ``device`` fixture's instances other than meta, and
-    tests skipped for want of CUDA (a ``skipif`` whose reason names CUDA); ``@pytest.mark.gpu`` marks others."""
+    """Mark ``gpu`` the tests that need an accelerator: the ``device`` fixture's instances other than meta and the
+    CPU (the CPU's too when ``$MULTIGEN_TEST_DEVICE`` names it, as gpu.py's dry run does), and tests skipped for want of CUDA (a ``skipif`` whose reason names CUDA); ``@pytest.mark.gpu`` marks others."""
     for item in items:
         callspec = getattr(item, "callspec", None)
-        on_device = callspec is not None and callspec.params.get("device", "meta") != "meta"
+        param = callspec.params.get("device", "meta") if callspec is not None else "meta"
+        on_device = param != "meta" and (param != "cpu" or TEST_DEVICE == "cpu")  # the CPU when named (dry runs)
         needs_cuda = any("cuda" in str(m.kwargs.get("reason", "")).lower() for m in item.iter_markers("skipif"))
         if on_device or needs_cuda:
             item.add_marker(pytest.mark.gpu)
@@ -92,6 +91,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(params=_device_params())
 def device(request) -> torch.device:
-    """A device that is not the CPU: always ``meta`` (shapes only: any tensor made on the CPU by
-    mistake meets a meta tensor and raises), and ``cuda`` or ``$MULTIGEN_TEST_DEVICE`` when present."""
+    """Always ``meta`` (shapes only: any tensor made on the CPU by mistake meets a meta tensor and raises), and a
+    real device: ``$MULTIGEN_TEST_DEVICE``, else ``cuda`` when present, else ``cpu``."""
     return torch.device(request.param)

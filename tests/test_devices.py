@@ -1,7 +1,7 @@
 """The core on a device other than the CPU: samplers, diffusion loss and bound, guidance, toy2d.
 
 Every test takes the ``device`` fixture (tests/conftest.py): ``meta`` always, where a tensor made on
-the CPU by mistake meets a meta tensor and raises; ``cuda`` (or ``$MULTIGEN_TEST_DEVICE``) when present,
+the CPU by mistake meets a meta tensor and raises; ``cuda`` (or ``$MULTIGEN_TEST_DEVICE``) when present, else the CPU,
 where the same code runs for real. A generator is made on the device wherever one is passed, as a
 user sampling on a GPU does.
 """

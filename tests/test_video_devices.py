@@ -2,7 +2,7 @@
 
 Every test takes the ``device`` fixture (tests/conftest.py): ``meta`` always, where a tensor made on
 the CPU by mistake meets a meta tensor and raises (and a Python ``if`` on a device tensor cannot be
-read); ``cuda`` (or ``$MULTIGEN_TEST_DEVICE``) when present, where the same code runs for real.
+read); ``cuda`` (or ``$MULTIGEN_TEST_DEVICE``) when present, else the CPU, where the same code runs for real.
 """
 
 from __future__ import annotations
