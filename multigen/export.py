@@ -51,7 +51,8 @@ def export_model(model: nn.Module, domain: Domain, out_dir: str | Path) -> Path:
 
     Raises ``ValueError`` when ``model`` is not the network ``domain``'s config builds (the export would not load).
     """
-    mismatch = _mismatch(_shapes(domain.build_model()), _shapes(model))
+    with torch.random.fork_rng(devices=[]):  # building the reference draws initial weights: leave the RNG as it was
+        mismatch = _mismatch(_shapes(domain.build_model()), _shapes(model))
     if mismatch:
         raise ValueError(f"the model is not the one its {domain.name} config builds, so an export of it would not "
                          f"load: {mismatch}")

@@ -79,7 +79,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark ``gpu`` the tests that need an accelerator: the ``device`` fixture's instances other than meta and the
-    CPU (the CPU's too when ``$MULTIGEN_TEST_DEVICE`` names it, as gpu.py's dry run does), and tests skipped for want of CUDA (a ``skipif`` whose reason names CUDA); ``@pytest.mark.gpu`` marks others."""
+    CPU (the CPU's too when ``$MULTIGEN_TEST_DEVICE`` names it, as gpu.py's dry run does), and tests skipped for
+    want of CUDA (a ``skipif`` whose reason names CUDA); ``@pytest.mark.gpu`` marks others."""
     for item in items:
         callspec = getattr(item, "callspec", None)
         param = callspec.params.get("device", "meta") if callspec is not None else "meta"

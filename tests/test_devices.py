@@ -1,4 +1,4 @@
-"""The core on a device other than the CPU: samplers, diffusion loss and bound, guidance, toy2d.
+"""The core on meta and a real device: samplers, diffusion loss and bound, guidance, toy2d.
 
 Every test takes the ``device`` fixture (tests/conftest.py): ``meta`` always, where a tensor made on
 the CPU by mistake meets a meta tensor and raises; ``cuda`` (or ``$MULTIGEN_TEST_DEVICE``) when present, else the CPU,

@@ -1,4 +1,4 @@
-"""The video domain on a device other than the CPU: masks, the loss, sampling, long videos, evaluation, the CLI.
+"""The video domain on meta and a real device: masks, the loss, sampling, long videos, evaluation, the CLI.
 
 Every test takes the ``device`` fixture (tests/conftest.py): ``meta`` always, where a tensor made on
 the CPU by mistake meets a meta tensor and raises (and a Python ``if`` on a device tensor cannot be
