@@ -107,6 +107,10 @@ class SampleConfig:
     num: int = at_least(16, 1)  # samples drawn at every sample_every
     seed: int = 1234
 
+    def sampler_arguments(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`multigen.samplers.sample` that these settings hold."""
+        return {name: getattr(self, name) for name in ("sampler", "steps", "spacing", "eta", "resample", "temperature")}
+
 
 def validate(obj: Any, prefix: str = "") -> None:
     """Check every field's ``choices``/``min`` metadata, recursively; :class:`ConfigError` names the key."""
