@@ -84,7 +84,7 @@ class DiscreteEvalConfig:
 class DiscreteConfig:
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            output_dir="runs/discrete", max_steps=2600, batch_size=32, lr=2e-3, warmup_steps=100,
+            output_dir="runs/discrete", max_steps=5200, batch_size=16, lr=2e-3, warmup_steps=200,
             sample_every=500, eval_every=0, checkpoint_every=500, ema_decay=0.995, log_every=25,
         )
     )
