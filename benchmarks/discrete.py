@@ -30,7 +30,7 @@ same windows (the diffusion model's negative ELBO, the twin's exact NLL).
     python benchmarks/discrete.py [--device cpu|cuda] [--vocab 27 256 8192] [--tokens 16384] [--throughput]
     python benchmarks/discrete.py --skip-transitions --infill [--seeds 0 1 2] [--train-steps 4000] [--infill-rate 0.5]
     python benchmarks/discrete.py --skip-transitions --versus-ar --seeds 0 1 [--override train.max_steps=900 ...] \
-        [--ar-override train.batch_size=32 train.max_steps=2600 train.warmup_steps=100]
+        [--ar-override train.batch_size=32 train.max_steps=2600 train.warmup_steps=100 "train.adam_betas=[0.9,0.999]"]
 """
 
 from __future__ import annotations
@@ -505,8 +505,7 @@ def main() -> None:
         print("| bits/char | " + " | ".join(f"{r['bits_per_char']:.3f}" for r in c["by_sampling_steps"]) + " |")
     if args.versus_ar:
         v = result["versus_ar"] = versus_autoregressive(args.device, args.seeds, args.override, args.ar_override,
-                                                        args.sequences,
-                                                        Path(args.out).parent / "discrete_ar")
+                                                        args.sequences, Path(args.out).parent / "discrete_ar")
         print(f"\n| model | held-out bits/char ({v['held_out_sequences']} windows of {v['length']}), mean ± std over "
               f"{len(v['rows'])} seeds | mean s.e. of one estimate | training seconds |\n|---|---|---|---|")
         for name, key in (("diffusion (negative ELBO)", "diffusion"), ("autoregressive (exact NLL)", "ar")):
