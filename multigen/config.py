@@ -46,7 +46,8 @@ class TrainConfig:
     weight_decay: float = at_least(0.0, 0.0)
     adam_betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = at_least(0, 0)
-    lr_decay: str = choice("none", "none", "cosine")  # after warmup: constant, or a cosine down to 0 at max_steps
+    lr_decay: str = choice("none", "none", "cosine", "linear")  # after warmup: constant, or down to 0 at max_steps
+    lr_decay_steps: int = at_least(0, 0)  # the decay spans the last this many steps (constant before); 0: all
     grad_clip: float = at_least(1.0, 0.0)  # 0 disables clipping
     ema_decay: float = at_least(0.999, 0.0)
     mixed_precision: str = choice("no", "no", "fp16", "bf16")

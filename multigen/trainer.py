@@ -92,15 +92,17 @@ class ShardedStreamSampler(Sampler[int]):
             epoch, offset = epoch + 1, 0
 
 
-def lr_factor(step: int, warmup: int, max_steps: int, decay: str) -> float:
-    """Multiplier of ``train.lr`` at optimiser step ``step`` (0-based): linear warmup over ``warmup`` steps,
-    then constant (``decay="none"``) or a half cosine reaching 0 at ``max_steps`` (``"cosine"``)."""
+def lr_factor(step: int, warmup: int, max_steps: int, decay: str, decay_steps: int = 0) -> float:
+    """Multiplier of ``train.lr`` at optimiser step ``step`` (0-based): linear warmup over ``warmup`` steps, then
+    constant (``decay="none"``), or constant until the last ``decay_steps`` steps (0: every step after the warmup)
+    and from there a half cosine (``"cosine"``) or a straight line (``"linear"``) reaching 0 at ``max_steps``."""
     if step < warmup:
         return (step + 1) / (warmup + 1)
     if decay == "none":
         return 1.0
-    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+    start = warmup if decay_steps == 0 else max(warmup, max_steps - decay_steps)
+    progress = min(1.0, max(0, step - start) / max(1, max_steps - start))
+    return 1.0 - progress if decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
@@ -221,7 +223,8 @@ class Trainer:
         # fused: the update can be skipped on the device (`found_inf`), as GradScaler does, leaving all state alone
         optimizer = torch.optim.AdamW(self.raw_model.parameters(), lr=t.lr, betas=tuple(t.adam_betas),
                                       weight_decay=t.weight_decay, fused=True)
-        self.scheduler = LambdaLR(optimizer, lambda s: lr_factor(s, t.warmup_steps, t.max_steps, t.lr_decay))
+        self.scheduler = LambdaLR(
+            optimizer, lambda s: lr_factor(s, t.warmup_steps, t.max_steps, t.lr_decay, t.lr_decay_steps))
         self.model, self.optimizer = acc.prepare(self.raw_model, optimizer)
         # training_loss gets the compiled module; checkpoints, the EMA and exports keep the uncompiled one's keys
         self.net = torch.compile(self.model) if t.compile else self.model

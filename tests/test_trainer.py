@@ -254,3 +254,12 @@ def test_lr_factor_warmup_then_constant_or_cosine():
     assert cosine[:2] == [1 / 3, 2 / 3] and cosine[2] == 1.0  # warmup, then the top of the cosine
     assert cosine[7] == pytest.approx(0.5) and cosine[12] == pytest.approx(0.0) and cosine[13] == pytest.approx(0.0)
     assert all(a > b for a, b in zip(cosine[2:12], cosine[3:13]))  # strictly decreasing to 0 at max_steps
+    assert [lr_factor(s, 2, 12, "cosine", decay_steps=10) for s in range(14)] == cosine  # the whole run: the same
+
+
+def test_lr_factor_linear_decay_over_the_last_steps():
+    tail = [lr_factor(s, 2, 12, "linear", decay_steps=4) for s in range(14)]
+    assert tail[:2] == [1 / 3, 2 / 3] and tail[2:9] == [1.0] * 7  # warmup, then constant until step 8
+    assert tail[8:] == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0, 0.0])  # a straight line to 0 at max_steps
+    assert lr_factor(5, 2, 12, "linear") == pytest.approx(0.7)  # decay_steps 0: the line starts after the warmup
+    assert lr_factor(3, 2, 12, "cosine", decay_steps=50) == lr_factor(3, 2, 12, "cosine")  # never into the warmup
