@@ -14,7 +14,7 @@ learning-rate schedule set back to before it.
 Output directory layout (``train.output_dir``)::
 
     config.yaml                  the resolved config of the run (after the domain's fit: the export's config)
-    log.jsonl                    training loss, learning rate and evaluation metrics, one JSON record a line
+    log.jsonl                    loss, learning rate, gradient norm, evaluation metrics: one JSON record a line
     logs/                        TensorBoard event files
     samples/step_000500.png      what the EMA model draws (domain-specific format)
     checkpoints/step_500/        Accelerate state (written as .tmp_step_500, then renamed)
@@ -138,7 +138,8 @@ def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 
 def read_log(output_dir: str | Path) -> list[dict[str, Any]]:
-    """The records of a run's ``<output_dir>/log.jsonl`` (loss, learning rate, ``eval/*`` metrics), in order."""
+    """The records of a run's ``<output_dir>/log.jsonl`` (loss, learning rate, gradient norm, ``eval/*``
+    metrics), in order."""
     return [json.loads(line) for line in (Path(output_dir) / "log.jsonl").read_text().splitlines()]
 
 
@@ -234,6 +235,7 @@ class Trainer:
         # steps skipped since the first non-finite loss (a tail of the run), and that loss
         self.skipped = torch.zeros((), dtype=torch.long, device=acc.device)
         self.first_bad_loss = torch.zeros((), device=acc.device)
+        self.grad_norm = torch.full((), math.nan, device=acc.device)  # the last step's, before clipping
         self.val_set: Dataset | None = None
 
     def resume(self) -> None:
@@ -307,8 +309,9 @@ class Trainer:
             # fp16: GradScaler sets the optimiser's found_inf from the gradients alone; make them non-finite
             grads = [p.grad for p in self.raw_model.parameters() if p.grad is not None]
             torch._foreach_mul_(grads, torch.where(skip, float("nan"), 1.0))
-        if t.grad_clip > 0:
-            acc.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        # the norm before clipping, kept on the device for the next log step (max_norm inf: measured, not clipped)
+        norm = acc.clip_grad_norm_(self.model.parameters(), t.grad_clip or math.inf)
+        self.grad_norm = self.grad_norm if norm is None else norm
         adamw = self.optimizer.optimizer
         if acc.scaler is None:
             adamw.found_inf = skip.float()  # fused AdamW: where 1, parameters, moments and step count stay
@@ -350,7 +353,7 @@ class Trainer:
             return
         self.check_finite()  # on every process alike: the loss was reduced over them
         if log:
-            logs = {"loss": loss.item(), "lr": self.scheduler.get_last_lr()[0]}
+            logs = {"loss": loss.item(), "lr": self.scheduler.get_last_lr()[0], "grad_norm": self.grad_norm.item()}
             self.bar.set_postfix(loss=f"{logs['loss']:.4f}")
             acc.log(logs, step=step)
             if self.main:

@@ -247,6 +247,13 @@ def test_two_process_cpu_launch(tmp_path):
         "random_states_0.pkl", "random_states_1.pkl"}
 
 
+@pytest.mark.parametrize("clip", [0.0, 1e-4])
+def test_the_log_has_the_gradient_norm_before_clipping(toy_cfg, clip):
+    cfg = toy_cfg(f"train.grad_clip={clip}", "train.max_steps=20", "train.checkpoint_every=0")
+    norms = [r["grad_norm"] for r in read_log(train(Toy2D, cfg).parent) if "loss" in r]
+    assert len(norms) == 2 and all(1e-2 < n < 1e3 for n in norms), norms  # measured, not the clipped 1e-4
+
+
 def test_lr_factor_warmup_then_constant_or_cosine():
     assert [lr_factor(s, 3, 10, "none") for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
     assert lr_factor(9, 3, 10, "none") == 1.0
