@@ -31,7 +31,7 @@ same windows (the diffusion model's negative ELBO, the twin's exact NLL).
     python benchmarks/discrete.py --skip-transitions --infill [--seeds 0 1 2] [--train-steps 4000] [--infill-rate 0.5]
     python benchmarks/discrete.py --skip-transitions --versus-ar --seeds 0 1 [--override train.max_steps=900 ...] \
         [--ar-override train.batch_size=32 train.max_steps=2600 train.warmup_steps=100 train.lr_decay=none \
-                       "train.adam_betas=[0.9,0.999]"]
+                       "train.adam_betas=[0.9,0.999]" train.grad_clip=1]
 """
 
 from __future__ import annotations
@@ -370,7 +370,7 @@ class AutoregressiveText(Discrete):
         if d.source == "digits":
             raise ValueError("the autoregressive twin is for sequences (data.source=text or tokens)")
         return SequenceTransformer(self.data_vocab + 1, d.length, self.cfg.process.timesteps, dim=m.dim,
-                                   depth=m.depth, heads=m.heads, dropout=m.dropout, causal=True)
+                                   depth=m.depth, heads=m.heads, dropout=m.dropout, causal=True, mlp=m.mlp)
 
     def training_loss(self, model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
         return autoregressive_bits(model, batch, self.data_vocab).mean()

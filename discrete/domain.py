@@ -63,6 +63,7 @@ class DiscreteModelConfig:
     depth: int = at_least(4, 1)  # transformer blocks / U-Net blocks per level
     heads: int = at_least(4, 1)
     dropout: float = at_least(0.0, 0.0)
+    mlp: str = choice("gelu", "gelu", "swiglu")  # the transformer's MLP: GELU, or gated (SwiGLU); not the U-Net's
 
 
 @dataclass
@@ -85,7 +86,7 @@ class DiscreteConfig:
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             output_dir="runs/discrete", max_steps=5200, batch_size=16, lr=2e-3, adam_betas=(0.9, 0.95),
-            warmup_steps=200, lr_decay="linear", lr_decay_steps=1000, sample_every=500, eval_every=0,
+            warmup_steps=200, lr_decay="linear", lr_decay_steps=1000, grad_clip=0.25, sample_every=500, eval_every=0,
             checkpoint_every=500, ema_decay=0.995, log_every=25,
         )
     )
@@ -184,7 +185,7 @@ class Discrete(Domain):
         if self.cfg.data.source == "digits":
             return GridUNet(self.vocab, p.timesteps, base=m.dim, blocks=m.depth, known_flag=flag)
         return SequenceTransformer(self.vocab, self.cfg.data.length, p.timesteps, dim=m.dim, depth=m.depth,
-                                   heads=m.heads, dropout=m.dropout, known_flag=flag)
+                                   heads=m.heads, dropout=m.dropout, known_flag=flag, mlp=m.mlp)
 
     def build_dataset(self, split: str) -> Dataset:
         d = self.cfg.data
