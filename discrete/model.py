@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from multigen.nn import Attention, FeedForward, ResBlock, TimestepEmbedding, group_norm
+from multigen.nn import Attention, FeedForward, GatedFeedForward, ResBlock, TimestepEmbedding, group_norm
 
 
 class KnownFlag(nn.Module):
@@ -32,12 +32,14 @@ class KnownFlag(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm bidirectional self-attention + MLP, modulated (scale, shift, gate) by the time embedding."""
+    """Pre-norm bidirectional self-attention + MLP (``mlp``: ``"gelu"`` or ``"swiglu"``), modulated (scale, shift,
+    gate) by the time embedding."""
 
-    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+    def __init__(self, dim: int, heads: int, dropout: float, mlp: str = "gelu") -> None:
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(dim, elementwise_affine=False), nn.LayerNorm(dim, elementwise_affine=False)
-        self.attn, self.mlp = Attention(dim, heads), FeedForward(dim, dropout=dropout)
+        self.attn = Attention(dim, heads)
+        self.mlp = {"gelu": FeedForward, "swiglu": GatedFeedForward}[mlp](dim, dropout=dropout)
         self.modulation = nn.Linear(dim, 6 * dim)
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
@@ -56,18 +58,20 @@ class SequenceTransformer(nn.Module):
     attention bias for each token offset (T5-style), initialised to favour near
     neighbours, which makes character-level context usable after few steps. Any
     ``L <= max_length`` works. ``causal=True`` masks attention to later positions (the
-    autoregressive baseline of the same size: position i then sees tokens 0..i only).
+    autoregressive baseline of the same size: position i then sees tokens 0..i only). ``mlp`` is each block's MLP:
+    ``"gelu"``, or ``"swiglu"`` (gated, about the same parameters).
     """
 
     def __init__(self, vocab: int, max_length: int, timesteps: int, dim: int = 256, depth: int = 6,
-                 heads: int = 4, dropout: float = 0.0, causal: bool = False, known_flag: bool = False) -> None:
+                 heads: int = 4, dropout: float = 0.0, causal: bool = False, known_flag: bool = False,
+                 mlp: str = "gelu") -> None:
         super().__init__()
         self.timesteps, self.causal = timesteps, causal
         self.tokens = nn.Embedding(vocab, dim)
         self.known = KnownFlag(dim, known_flag)
         self.positions = nn.Parameter(torch.randn(max_length, dim) * 0.02)
         self.time = TimestepEmbedding(dim)
-        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, dropout) for _ in range(depth))
+        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, dropout, mlp) for _ in range(depth))
         offsets = torch.arange(-(max_length - 1), max_length).abs().float()
         self.relative_bias = nn.Parameter(-2.0 * offsets.log1p().expand(depth, heads, -1).clone())
         self.norm = nn.LayerNorm(dim)

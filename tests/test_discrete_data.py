@@ -60,7 +60,8 @@ def test_digit_grids_quantised_and_split():
 def test_denoiser_shapes():
     x = torch.randint(0, 28, (3, 20))
     t = torch.tensor([1, 500, 1000])
-    assert SequenceTransformer(28, 64, 1000, dim=32, depth=2)(x, t).shape == (3, 20, 28)
+    for mlp in ("gelu", "swiglu"):
+        assert SequenceTransformer(28, 64, 1000, dim=32, depth=2, mlp=mlp)(x, t).shape == (3, 20, 28)
     with pytest.raises(ValueError, match="maximum length"):
         SequenceTransformer(28, 16, 1000, dim=32, depth=1)(x, t)
     grid = torch.randint(0, 9, (3, 8, 8))

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from multigen.nn import Attention, FeedForward, ResBlock, TimestepEmbedding, attention, sinusoidal_embedding
+from multigen.nn import Attention, FeedForward, GatedFeedForward, ResBlock, TimestepEmbedding, attention, sinusoidal_embedding
 
 
 def naive_attention(q, k, v, bias=None):
@@ -71,3 +71,17 @@ def test_embeddings():
     assert not torch.allclose(e[0], e[1])
     assert TimestepEmbedding(32)(t).shape == (3, 32)
     assert FeedForward(10)(torch.randn(4, 10)).shape == (4, 10)
+
+
+def test_gated_feed_forward_is_swiglu_at_the_size_of_the_gelu_mlp():
+    def count(m):
+        return sum(p.numel() for p in m.parameters())
+
+    gated, x = GatedFeedForward(96), torch.randn(2, 5, 96)
+    # weights 96 x 512 + 256 x 96 against 96 x 384 + 384 x 96 (equal); biases 512 + 96 against 384 + 96
+    assert count(gated) == count(FeedForward(96)) + 512 - 384
+    w, b = gated.up.weight, gated.up.bias
+    a, g = x @ w[:256].T + b[:256], x @ w[256:].T + b[256:]
+    expected = (a * torch.sigmoid(a) * g) @ gated.down.weight.T + gated.down.bias
+    torch.testing.assert_close(gated(x), expected)
+    assert GatedFeedForward(10)(torch.randn(4, 10)).shape == (4, 10)

@@ -1,12 +1,13 @@
 """Network parts shared by the domains: time embeddings, attention, residual blocks."""
 
 from .attention import Attention, attention, xformers_available
-from .blocks import FeedForward, ResBlock, group_norm
+from .blocks import FeedForward, GatedFeedForward, ResBlock, group_norm
 from .embeddings import TimestepEmbedding, sinusoidal_embedding
 
 __all__ = [
     "Attention",
     "FeedForward",
+    "GatedFeedForward",
     "ResBlock",
     "TimestepEmbedding",
     "attention",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -49,3 +50,19 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+class GatedFeedForward(nn.Module):
+    """SwiGLU transformer MLP ``(…, dim) -> (…, dim)`` (Shazeer, 2020): ``down(silu(a) * b)``, with ``a`` and ``b``
+    from one up-projection of width ``2/3 · mult · dim`` each (rounded to a multiple of 8), which gives it about
+    the parameters and FLOPs of :class:`FeedForward` with the same ``mult``."""
+
+    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0) -> None:
+        super().__init__()
+        hidden = max(8, round(2 * mult * dim / 3 / 8) * 8)
+        self.up, self.down = nn.Linear(dim, 2 * hidden), nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = self.up(x).chunk(2, dim=-1)
+        return self.down(self.dropout(F.silu(a) * b))
