@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from multigen.nn import Attention, FeedForward, GatedFeedForward, ResBlock, TimestepEmbedding, attention, sinusoidal_embedding
+from multigen.nn import (Attention, FeedForward, GatedFeedForward, ResBlock, TimestepEmbedding, attention,
+                         sinusoidal_embedding)
 
 
 def naive_attention(q, k, v, bias=None):
