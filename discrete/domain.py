@@ -63,7 +63,7 @@ class DiscreteModelConfig:
     depth: int = at_least(4, 1)  # transformer blocks / U-Net blocks per level
     heads: int = at_least(4, 1)
     dropout: float = at_least(0.0, 0.0)
-    mlp: str = choice("gelu", "gelu", "swiglu")  # the transformer's MLP: GELU, or gated (SwiGLU); not the U-Net's
+    mlp: str = choice("swiglu", "gelu", "swiglu")  # the transformer's MLP: gated (SwiGLU) or GELU; not the U-Net's
 
 
 @dataclass
@@ -86,8 +86,8 @@ class DiscreteConfig:
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             output_dir="runs/discrete", max_steps=5200, batch_size=16, lr=2e-3, adam_betas=(0.9, 0.95),
-            warmup_steps=200, lr_decay="linear", lr_decay_steps=1000, grad_clip=0.25, sample_every=500, eval_every=0,
-            checkpoint_every=500, ema_decay=0.995, log_every=25,
+            optimizer="muon", warmup_steps=200, lr_decay="linear", lr_decay_steps=1000, grad_clip=0.25,
+            sample_every=500, eval_every=0, checkpoint_every=500, ema_decay=0.995, log_every=25,
         )
     )
     process: DiscreteProcessConfig = field(default_factory=DiscreteProcessConfig)

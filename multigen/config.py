@@ -45,6 +45,9 @@ class TrainConfig:
     lr: float = at_least(1e-3, 0.0)
     weight_decay: float = at_least(0.0, 0.0)
     adam_betas: tuple[float, float] = (0.9, 0.999)
+    # muon: the network's hidden weight matrices (its nn.Linear layers but the last) take Muon steps
+    # (multigen.optim, at the same lr and weight decay), every other parameter AdamW's
+    optimizer: str = choice("adamw", "adamw", "muon")
     warmup_steps: int = at_least(0, 0)
     lr_decay: str = choice("none", "none", "cosine", "linear")  # after warmup: constant, or down to 0 at max_steps
     lr_decay_steps: int = at_least(0, 0)  # the decay spans the last this many steps (constant before); 0: all
@@ -122,7 +125,8 @@ def validate(obj: Any, prefix: str = "") -> None:
             continue
         options = f.metadata.get("choices")
         if options is not None and value not in options:
-            hint = " (YAML reads an unquoted no/yes/off/on as a boolean: quote it)" if value in ("True", "False") else ""
+            boolean = value in ("True", "False")
+            hint = " (YAML reads an unquoted no/yes/off/on as a boolean: quote it)" if boolean else ""
             raise ConfigError(f"{key}: must be one of {list(options)}, got {value!r}{hint}")
         minimum = f.metadata.get("min")
         if minimum is not None and value < minimum:

@@ -86,7 +86,8 @@ MOVED_KEYS = {("task", "guidance"): ("sample", "guidance")}
 """Config keys that moved since exports were first written (old place -> new place), so old exports load."""
 
 
-EARLIER_DEFAULTS = {("video", "model", "reference"): "nearest", ("pointcloud", "model", "class_conditional"): False}
+EARLIER_DEFAULTS = {("video", "model", "reference"): "nearest", ("pointcloud", "model", "class_conditional"): False,
+                    ("discrete", "model", "mlp"): "gelu"}
 """Keys whose default changed since exports were first written ``(domain, section, key) -> earlier default``: an
 export without the key was trained before it existed, with the earlier value, not with today's default."""
 

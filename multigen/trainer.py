@@ -43,9 +43,10 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from .config import flatten, to_yaml
+from .config import ConfigError, flatten, to_yaml
 from .domain import Domain
 from .export import export_model
+from .optim import Muon, hidden_matrices
 
 log = logging.getLogger("multigen")
 CHECKPOINT = re.compile(r"^step_(\d+)$")
@@ -194,8 +195,12 @@ class Trainer:
 
     def __init__(self, domain_cls: type[Domain], cfg: Any) -> None:
         """Set up Accelerate, the domain (fitted to its data, then ``config.yaml`` written), the model, its EMA
-        copy, the optimiser and learning-rate schedule, and the device-side non-finite-loss record."""
+        copy, the optimisers (AdamW; with ``train.optimizer=muon`` also Muon for the hidden matrices) and their
+        learning-rate schedules, and the device-side non-finite-loss record."""
         t = self.t = cfg.train
+        if t.optimizer == "muon" and t.mixed_precision == "fp16":
+            raise ConfigError("train.optimizer=muon with train.mixed_precision=fp16: Accelerate's loss scaler "
+                              "steps one optimiser; use bf16 or no")
         self.out = Path(t.output_dir)
         self.checkpoint_dir = self.out / "checkpoints"
         self.accelerator = acc = Accelerator(
@@ -228,17 +233,23 @@ class Trainer:
         # ms a step, where fp32 takes 84-95).
         self.bf16_convolutions_on_cpu = acc.device.type == "cpu" and t.mixed_precision == "bf16" and any(
             isinstance(m, nn.modules.conv._ConvNd) for m in self.raw_model.modules())
-        # fused: the update can be skipped on the device (`found_inf`), as GradScaler does, leaving all state alone
-        optimizer = torch.optim.AdamW(self.raw_model.parameters(), lr=t.lr, betas=tuple(t.adam_betas),
-                                      weight_decay=t.weight_decay, fused=True)
-        self.scheduler = LambdaLR(
-            optimizer, lambda s: lr_factor(s, t.warmup_steps, t.max_steps, t.lr_decay, t.lr_decay_steps))
-        self.model, self.optimizer = acc.prepare(self.raw_model, optimizer)
+        # Both optimisers can skip an update on the device (`found_inf`, as GradScaler sets it for fused AdamW),
+        # leaving all their state alone; each has its own copy of the learning-rate schedule.
+        matrices = hidden_matrices(self.raw_model) if t.optimizer == "muon" else []
+        muon = {id(p) for p in matrices}
+        optimizers: list[torch.optim.Optimizer] = [torch.optim.AdamW(
+            [p for p in self.raw_model.parameters() if id(p) not in muon], lr=t.lr, betas=tuple(t.adam_betas),
+            weight_decay=t.weight_decay, fused=True)]
+        if matrices:
+            optimizers.append(Muon(matrices, lr=t.lr, weight_decay=t.weight_decay))
+        self.schedulers = [LambdaLR(o, lambda s: lr_factor(s, t.warmup_steps, t.max_steps, t.lr_decay,
+                                                           t.lr_decay_steps)) for o in optimizers]
+        self.model, *self.optimizers = acc.prepare(self.raw_model, *optimizers)
         # training_loss gets the compiled module; checkpoints, the EMA and exports keep the uncompiled one's keys
         self.net = torch.compile(self.model) if t.compile else self.model
         self.ema.to(acc.device)
         self.state = TrainState()
-        acc.register_for_checkpointing(self.scheduler, self.ema, self.state)
+        acc.register_for_checkpointing(*self.schedulers, self.ema, self.state)
         # steps skipped since the first non-finite loss (a tail of the run), and that loss
         self.skipped = torch.zeros((), dtype=torch.long, device=acc.device)
         self.first_bad_loss = torch.zeros((), device=acc.device)
@@ -316,13 +327,13 @@ class Trainer:
         # the norm before clipping, kept on the device for the next log step (max_norm inf: measured, not clipped)
         norm = acc.clip_grad_norm_(self.model.parameters(), t.grad_clip or math.inf)
         self.grad_norm = self.grad_norm if norm is None else norm
-        adamw = self.optimizer.optimizer
-        if acc.scaler is None:
-            adamw.found_inf = skip.float()  # fused AdamW: where 1, parameters, moments and step count stay
-        self.optimizer.step()
-        adamw.__dict__.pop("found_inf", None)
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        for optimizer, scheduler in zip(self.optimizers, self.schedulers):
+            if acc.scaler is None:  # where 1, parameters, moments and step count stay
+                optimizer.optimizer.found_inf = skip.float()
+            optimizer.step()
+            optimizer.optimizer.__dict__.pop("found_inf", None)
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.raw_model, skip)
         self.state.step += 1
         return mean_loss
@@ -335,7 +346,8 @@ class Trainer:
             return
         first = self.state.step - skipped + 1
         self.state.step = first - 1
-        rewind_lr_schedule(self.scheduler, first - 1)
+        for scheduler in self.schedulers:
+            rewind_lr_schedule(scheduler, first - 1)
         self.bar.close()
         raise NonFiniteLossError(
             f"non-finite training loss ({self.first_bad_loss.item()}) at step {first}; no update was applied from "
@@ -357,7 +369,7 @@ class Trainer:
             return
         self.check_finite()  # on every process alike: the loss was reduced over them
         if log:
-            logs = {"loss": loss.item(), "lr": self.scheduler.get_last_lr()[0], "grad_norm": self.grad_norm.item()}
+            logs = {"loss": loss.item(), "lr": self.schedulers[0].get_last_lr()[0], "grad_norm": self.grad_norm.item()}
             self.bar.set_postfix(loss=f"{logs['loss']:.4f}")
             acc.log(logs, step=step)
             if self.main:

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_model
 
 from multigen import load_pretrained
 from multigen.toy2d import Toy2D
-from multigen.config import load_config
+from multigen.config import ConfigError, load_config
 from multigen.domain import get_domain
 from multigen.export import export_model
 from multigen.trainer import NonFiniteLossError, Trainer, latest_checkpoint, lr_factor, read_log, train
@@ -66,8 +66,9 @@ def test_toy2d_learns_the_distribution(toy_cfg):
     assert samples, "the run writes a sample picture"
 
 
-def test_resume_after_interruption_is_bit_exact(toy_cfg):
-    steps = ["train.max_steps=30", "train.checkpoint_every=10"]
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_after_interruption_is_bit_exact(toy_cfg, optimizer):
+    steps = ["train.max_steps=30", "train.checkpoint_every=10", f"train.optimizer={optimizer}"]
     straight = train(Toy2D, toy_cfg(*steps, out="straight"))
 
     cfg = toy_cfg(*steps, out="resumed")
@@ -119,10 +120,10 @@ def snapshot(trainer: Trainer) -> dict:
     """Copies of everything an optimisation step may change."""
     return copy.deepcopy({
         "model": trainer.raw_model.state_dict(),
-        "optimizer": trainer.optimizer.state_dict(),
+        "optimizers": [o.state_dict() for o in trainer.optimizers],
         "ema": trainer.ema.state_dict(),
-        "scheduler": trainer.scheduler.state_dict(),
-        "lr": [g["lr"] for g in trainer.optimizer.param_groups],
+        "schedulers": [s.state_dict() for s in trainer.schedulers],
+        "lr": [g["lr"] for o in trainer.optimizers for g in o.param_groups],
         "step": trainer.state.step,
     })
 
@@ -144,13 +145,15 @@ def assert_bit_identical(a, b, where: str = "") -> None:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
-@pytest.mark.parametrize("precision", ["no", pytest.param("fp16", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="fp16 loss scaling (GradScaler) needs CUDA"))])
-def test_non_finite_loss_leaves_every_state_bit_identical(toy_cfg, precision):
-    # warmup and weight decay: a skipped step that still stepped the schedule or AdamW would show
+@pytest.mark.parametrize("precision,optimizer", [("no", "adamw"), ("no", "muon"), pytest.param(
+    "fp16", "adamw", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                              reason="fp16 loss scaling (GradScaler) needs CUDA"))])
+def test_non_finite_loss_leaves_every_state_bit_identical(toy_cfg, precision, optimizer):
+    # warmup and weight decay: a skipped step that still stepped the schedule or an optimiser would show
     cfg = toy_cfg("train.checkpoint_every=0", "train.warmup_steps=20", "train.weight_decay=0.1",
-                  f"train.mixed_precision={precision}")
+                  f"train.mixed_precision={precision}", f"train.optimizer={optimizer}")
     trainer = Trainer(nan_at_step(13), cfg)  # step 13 logs nothing (log_every=10)
+    assert len(trainer.optimizers) == (2 if optimizer == "muon" else 1)
     trainer.resume()
     for _ in range(12):
         trainer.periodic(trainer.step())
@@ -162,8 +165,13 @@ def test_non_finite_loss_leaves_every_state_bit_identical(toy_cfg, precision):
         trainer.check_finite()
     after = snapshot(trainer)
     assert after["ema"]["n_averaged"] == 12  # (fp16: the loss scaler may have skipped early AdamW steps itself)
-    assert precision == "fp16" or after["optimizer"]["state"][0]["step"] == 12
+    assert precision == "fp16" or after["optimizers"][0]["state"][0]["step"] == 12
     assert_bit_identical(before, after)
+
+
+def test_muon_refuses_fp16_loss_scaling(toy_cfg):
+    with pytest.raises(ConfigError, match="train.optimizer=muon with train.mixed_precision=fp16"):
+        Trainer(Toy2D, toy_cfg("train.optimizer=muon", "train.mixed_precision=fp16"))
 
 
 @pytest.mark.slow  # a cold inductor compile takes about a minute on a busy 2-core CPU
@@ -182,12 +190,13 @@ def test_compile_gives_the_eager_losses_and_plain_state_keys(toy_cfg):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (MULTIGEN_TEST_DEVICE=cuda on a GPU machine)")
-@pytest.mark.parametrize("name", ["toy2d", "video", "pointcloud", "discrete"])
-def test_optimisation_steps_do_not_sync_with_the_gpu(name, tmp_path):
+@pytest.mark.parametrize("name,optimizer", [("toy2d", "adamw"), ("video", "adamw"), ("pointcloud", "adamw"),
+                                            ("discrete", "adamw"), ("discrete", "muon")])
+def test_optimisation_steps_do_not_sync_with_the_gpu(name, optimizer, tmp_path):
     domain_cls = get_domain(name)
     cfg = load_config(domain_cls.config_class, REPO / "configs" / name / "tiny.yaml", [
         f"train.output_dir={tmp_path}", "train.max_steps=100", "train.log_every=100", "train.checkpoint_every=0",
-        "train.sample_every=0", "train.tensorboard=false", "train.batch_size=4"])
+        "train.sample_every=0", "train.tensorboard=false", "train.batch_size=4", f"train.optimizer={optimizer}"])
     trainer = Trainer(domain_cls, cfg)
     trainer.resume()
     for _ in range(2):  # first steps allocate: optimiser state, per-device tables, cuDNN plans

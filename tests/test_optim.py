@@ -1,0 +1,79 @@
+"""Muon (multigen.optim): against torch's own Muon, its orthogonalisation, a skipped step, which weights it takes."""
+
+import pytest
+import torch
+from torch import nn
+
+from discrete.model import SequenceTransformer
+from multigen.optim import Muon, hidden_matrices, orthogonalize, output_layer
+
+
+@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon arrived in torch 2.9")
+@pytest.mark.parametrize("shape", [(24, 40), (40, 24), (16, 16)])
+def test_muon_equals_torchs_muon_at_adamw_matched_rates(shape):
+    torch.manual_seed(0)
+    w = torch.randn(shape)
+    ours, theirs = nn.Parameter(w.clone()), nn.Parameter(w.clone())
+    opt_ours = Muon([ours], lr=2e-3, weight_decay=0.1)
+    opt_theirs = torch.optim.Muon([theirs], lr=2e-3, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    for _ in range(4):
+        g = torch.randn(shape)
+        ours.grad, theirs.grad = g.clone(), g.clone()
+        opt_ours.step()
+        opt_theirs.step()
+    assert not torch.equal(ours, w)
+    assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("shape", [(32, 96), (96, 32)])
+def test_orthogonalize_maps_every_singular_value_near_one(shape):
+    torch.manual_seed(1)
+    u, _, vh = torch.linalg.svd(torch.randn(shape), full_matrices=False)
+    g = u @ torch.diag(torch.logspace(-2, 0, min(shape))) @ vh  # singular values over two decades
+    q = orthogonalize(g).float()
+    s = torch.linalg.svdvals(q)
+    assert q.shape == g.shape
+    assert s.min() > 0.6 and s.max() < 1.25, s
+    # the same singular vectors: u^T q v is diagonal (up to bf16 rounding)
+    core = u.T @ q @ vh.T
+    assert (core - torch.diag(core.diagonal())).abs().max() < 0.05
+
+
+def test_a_skipped_step_keeps_weights_and_momentum_bit_identical():
+    torch.manual_seed(2)
+    p = nn.Parameter(torch.randn(8, 12))
+    opt = Muon([p], lr=1e-2, weight_decay=0.1)
+    p.grad = torch.randn(8, 12)
+    opt.step()  # a momentum to keep
+    before = p.detach().clone(), opt.state[p]["momentum_buffer"].clone()
+    p.grad = torch.full((8, 12), float("nan"))
+    opt.found_inf = torch.ones(())
+    opt.step()
+    assert torch.equal(p, before[0]) and torch.equal(opt.state[p]["momentum_buffer"], before[1])
+    g = torch.randn(8, 12)
+    p.grad = g
+    opt.found_inf = torch.zeros(())
+    opt.step()
+    flagged = p.detach().clone()
+    with torch.no_grad():
+        p.copy_(before[0])
+    opt.state[p]["momentum_buffer"].copy_(before[1])
+    del opt.found_inf
+    p.grad = g
+    opt.step()
+    assert torch.equal(p, flagged), "found_inf = 0 is the plain step"
+
+
+def test_muon_takes_matrices_only():
+    with pytest.raises(ValueError, match=r"weight matrices only; got a parameter of shape \(5,\)"):
+        Muon([nn.Parameter(torch.zeros(5))])
+
+
+def test_the_transformers_hidden_matrices_leave_out_embeddings_and_its_output_layer():
+    model = SequenceTransformer(vocab=20, max_length=16, timesteps=8, dim=16, depth=2, heads=2)
+    assert output_layer(model) is model.head
+    chosen = {id(p) for p in hidden_matrices(model)}
+    linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert chosen == {id(m.weight) for m in linear if m is not model.head}
+    assert id(model.tokens.weight) not in chosen and id(model.positions) not in chosen
+    assert all(p.ndim == 2 for p in hidden_matrices(model))
