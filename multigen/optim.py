@@ -2,11 +2,12 @@
 
 For a weight matrix ``W`` (``(out, in)``) with gradient ``G``, Muon keeps a momentum ``M <- mu M + (1 - mu) G``,
 takes the Nesterov step ``U = (1 - mu) G + mu M``, replaces it by about ``Q`` of its polar factor ``U = Q S``
-(five steps of a quintic Newton-Schulz iteration, in bf16: singular values land in about [0.7, 1.2], not exactly
-1) and moves ``W <- W (1 - lr wd) - lr s Q`` with ``s = 0.2 sqrt(max(out, in))``, the scale at which Muon's
+(five steps of a quintic Newton-Schulz iteration, in bf16 on GPUs: singular values land in about [0.7, 1.2],
+not exactly 1) and moves ``W <- W (1 - lr wd) - lr s Q`` with ``s = 0.2 sqrt(max(out, in))``, the scale at which Muon's
 update has the RMS of a typical AdamW update, so that one learning rate serves both (``torch.optim.Muon``'s
-``adjust_lr_fn="match_rms_adamw"``). Muon is for the hidden matrices only; embeddings, output layers, biases and
-norms stay with AdamW (:func:`hidden_matrices` picks them, the trainer builds both optimisers).
+``adjust_lr_fn="match_rms_adamw"``). Muon is for the hidden matrices only: linear layers' weights, and convolution
+kernels ``(out, in, *k)`` taken as ``(out, in * prod(k))`` matrices (as Jordan's CIFAR-10 runs do). Embeddings,
+output layers, biases and norms stay with AdamW (:func:`hidden_matrices` picks them, the trainer builds both).
 
 Like fused AdamW, :class:`Muon` takes a device flag ``found_inf`` (a float tensor: 1 skips the step) that leaves
 every parameter and momentum bit-identical without a host sync.
@@ -24,14 +25,17 @@ NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)  # the quintic's coefficients: steepes
 NEWTON_SCHULZ_EPS = 1e-7
 
 
-def orthogonalize(g: Tensor, steps: int = 5) -> Tensor:
-    """About ``U V^T`` for each ``g = U S V^T`` of a batch ``(..., m, n)``, in bf16: singular values within about
-    two decades of the largest land in about [0.7, 1.2]; far smaller ones grow (about 500x) but stay below.
+def orthogonalize(g: Tensor, steps: int = 5, dtype: torch.dtype | None = None) -> Tensor:
+    """About ``U V^T`` for each ``g = U S V^T`` of a batch ``(..., m, n)``, computed in ``dtype`` (None: fp32 on a
+    CPU, where bf16 products are emulated and about 10x slower, bf16 elsewhere): singular values within about two
+    decades of the largest land in about [0.7, 1.2]; far smaller ones grow (about 500x) but stay below.
 
     Each matrix is scaled to spectral norm at most 1 (by its Frobenius norm), then each step maps ``X`` to
     ``a X + (b A + c A^2) X`` with ``A = X X^T``, on the wide orientation (``A`` the smaller Gram matrix)."""
     a, b, c = NEWTON_SCHULZ
-    x = g.bfloat16().reshape(-1, *g.shape[-2:])
+    if dtype is None:
+        dtype = torch.float32 if g.device.type == "cpu" else torch.bfloat16
+    x = g.to(dtype).reshape(-1, *g.shape[-2:])
     tall = g.shape[-2] > g.shape[-1]
     if tall:
         x = x.mT
@@ -49,22 +53,27 @@ def output_layer(model: nn.Module) -> nn.Module:
 
 
 def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
-    """The weights of ``model``'s ``nn.Linear`` layers except its :func:`output_layer`: the matrices Muon is
-    meant for. Embeddings (``nn.Embedding``), convolutions, biases and norms are not among them."""
+    """The weights of ``model``'s ``nn.Linear`` and (not transposed) convolution layers except its
+    :func:`output_layer`: the matrices Muon is meant for. Embeddings (``nn.Embedding``), biases and norms are not
+    among them."""
     output = output_layer(model)
-    return [m.weight for m in model.modules() if isinstance(m, nn.Linear) and m is not output]
+    return [m.weight for m in model.modules() if m is not output and (
+        isinstance(m, nn.Linear) or isinstance(m, nn.modules.conv._ConvNd) and not m.transposed)]
 
 
 class Muon(torch.optim.Optimizer):
-    """Muon over 2-D parameters (see the module docstring); ``lr`` and ``weight_decay`` mean what AdamW's do."""
+    """Muon over matrices ``(out, in)`` and kernels ``(out, in, *k)``, a kernel taken as the matrix
+    ``(out, in * prod(k))`` (see the module docstring); ``lr`` and ``weight_decay`` mean what AdamW's do."""
 
     def __init__(self, params: Iterable[nn.Parameter], lr: float = 1e-3, momentum: float = 0.95,
-                 weight_decay: float = 0.0, ns_steps: int = 5) -> None:
+                 weight_decay: float = 0.0, ns_steps: int = 5, ns_dtype: torch.dtype | None = None) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
+        self.ns_dtype = ns_dtype  # the orthogonalisation's (see orthogonalize; None: by device)
         for group in self.param_groups:
             for p in group["params"]:
-                if p.ndim != 2:
-                    raise ValueError(f"Muon updates weight matrices only; got a parameter of shape {tuple(p.shape)}")
+                if p.ndim < 2:
+                    raise ValueError(f"Muon updates weight matrices and kernels only; got a parameter of shape "
+                                     f"{tuple(p.shape)}")
 
     @torch.no_grad()
     def step(self, closure=None) -> None:  # noqa: ANN001 (torch's signature)
@@ -82,8 +91,10 @@ class Muon(torch.optim.Optimizer):
                 bufs = torch.stack([self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in params])
                 weights = torch.stack(params)
                 new_bufs = bufs.lerp(grads, 1 - mu)
-                update = orthogonalize(grads.lerp(new_bufs, mu), group["ns_steps"])
-                new_weights = (weights * (1 - lr * wd)).add_(update, alpha=-lr * 0.2 * math.sqrt(max(shape)))
+                rows, cols = shape[0], math.prod(shape[1:])
+                update = orthogonalize(grads.lerp(new_bufs, mu).view(-1, rows, cols), group["ns_steps"], self.ns_dtype)
+                new_weights = (weights * (1 - lr * wd)).add_(update.reshape(weights.shape),
+                                                              alpha=-lr * 0.2 * math.sqrt(max(rows, cols)))
                 if skip is not None:  # a skipped step keeps the old values (a where, not a product: 0 * nan is nan)
                     new_bufs, new_weights = torch.where(skip, bufs, new_bufs), torch.where(skip, weights, new_weights)
                 torch._foreach_copy_([self.state[p]["momentum_buffer"] for p in params], list(new_bufs.unbind()))

@@ -1,4 +1,5 @@
-"""Muon (multigen.optim): against torch's own Muon, its orthogonalisation, a skipped step, which weights it takes."""
+"""Muon (multigen.optim): against torch's own Muon, its orthogonalisation, kernels, a skipped step, which weights
+it takes."""
 
 import pytest
 import torch
@@ -6,6 +7,7 @@ from torch import nn
 
 from discrete.model import SequenceTransformer
 from multigen.optim import Muon, hidden_matrices, orthogonalize, output_layer
+from video.model import SpaceTimeUNet
 
 
 @pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon arrived in torch 2.9")
@@ -14,7 +16,7 @@ def test_muon_equals_torchs_muon_at_adamw_matched_rates(shape):
     torch.manual_seed(0)
     w = torch.randn(shape)
     ours, theirs = nn.Parameter(w.clone()), nn.Parameter(w.clone())
-    opt_ours = Muon([ours], lr=2e-3, weight_decay=0.1)
+    opt_ours = Muon([ours], lr=2e-3, weight_decay=0.1, ns_dtype=torch.bfloat16)  # torch's computes in bf16
     opt_theirs = torch.optim.Muon([theirs], lr=2e-3, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
     for _ in range(4):
         g = torch.randn(shape)
@@ -25,12 +27,15 @@ def test_muon_equals_torchs_muon_at_adamw_matched_rates(shape):
     assert torch.equal(ours, theirs)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("shape", [(32, 96), (96, 32)])
-def test_orthogonalize_maps_every_singular_value_near_one(shape):
+def test_orthogonalize_maps_every_singular_value_near_one(shape, dtype):
     torch.manual_seed(1)
     u, _, vh = torch.linalg.svd(torch.randn(shape), full_matrices=False)
     g = u @ torch.diag(torch.logspace(-2, 0, min(shape))) @ vh  # singular values over two decades
-    q = orthogonalize(g).float()
+    q = orthogonalize(g, dtype=dtype)
+    assert q.dtype == dtype and orthogonalize(g).dtype == torch.float32  # by default fp32 on a CPU
+    q = q.float()
     s = torch.linalg.svdvals(q)
     assert q.shape == g.shape
     assert s.min() > 0.6 and s.max() < 1.25, s
@@ -64,9 +69,25 @@ def test_a_skipped_step_keeps_weights_and_momentum_bit_identical():
     assert torch.equal(p, flagged), "found_inf = 0 is the plain step"
 
 
-def test_muon_takes_matrices_only():
-    with pytest.raises(ValueError, match=r"weight matrices only; got a parameter of shape \(5,\)"):
+def test_muon_takes_matrices_and_kernels_only():
+    with pytest.raises(ValueError, match=r"matrices and kernels only; got a parameter of shape \(5,\)"):
         Muon([nn.Parameter(torch.zeros(5))])
+
+
+@pytest.mark.parametrize("shape", [(6, 4, 3, 3), (20, 3, 3), (5, 2, 3, 3, 3)])
+def test_a_kernel_moves_as_its_flattened_matrix(shape):
+    """A kernel (out, in, *k) gets exactly the update of the (out, in * prod(k)) matrix with its gradients."""
+    torch.manual_seed(3)
+    w = torch.randn(shape)
+    kernel, matrix = nn.Parameter(w.clone()), nn.Parameter(w.clone().flatten(1))
+    opts = Muon([kernel], lr=1e-2, weight_decay=0.1), Muon([matrix], lr=1e-2, weight_decay=0.1)
+    for _ in range(3):
+        g = torch.randn(shape)
+        kernel.grad, matrix.grad = g.clone(), g.clone().flatten(1)
+        for opt in opts:
+            opt.step()
+    assert not torch.equal(kernel, w)
+    assert torch.equal(kernel.flatten(1), matrix)
 
 
 def test_the_transformers_hidden_matrices_leave_out_embeddings_and_its_output_layer():
@@ -77,3 +98,13 @@ def test_the_transformers_hidden_matrices_leave_out_embeddings_and_its_output_la
     assert chosen == {id(m.weight) for m in linear if m is not model.head}
     assert id(model.tokens.weight) not in chosen and id(model.positions) not in chosen
     assert all(p.ndim == 2 for p in hidden_matrices(model))
+
+
+def test_a_unets_hidden_matrices_are_its_linear_weights_and_kernels_but_its_output_convolution():
+    model = SpaceTimeUNet(channels=1, base=16, mults=(1, 2), blocks=1, attn_levels=(1,), head_channels=8)
+    output = output_layer(model)
+    assert isinstance(output, nn.Conv2d)
+    chosen = {id(p) for p in hidden_matrices(model)}
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    assert chosen == {id(m.weight) for m in layers if m is not output}
+    assert any(p.ndim == 4 for p in hidden_matrices(model)) and id(output.weight) not in chosen
