@@ -27,7 +27,7 @@ NEWTON_SCHULZ_EPS = 1e-7
 
 def orthogonalize(g: Tensor, steps: int = 5, dtype: torch.dtype | None = None) -> Tensor:
     """About ``U V^T`` for each ``g = U S V^T`` of a batch ``(..., m, n)``, computed in ``dtype`` (None: fp32 on a
-    CPU, where bf16 products are emulated and about 10x slower, bf16 elsewhere): singular values within about two
+    CPU, where bf16 products are often emulated and 10-20x slower, bf16 elsewhere): singular values within about two
     decades of the largest land in about [0.7, 1.2]; far smaller ones grow (about 500x) but stay below.
 
     Each matrix is scaled to spectral norm at most 1 (by its Frobenius norm), then each step maps ``X`` to

@@ -200,7 +200,7 @@ class Trainer:
         t = self.t = cfg.train
         if t.optimizer == "muon" and t.mixed_precision == "fp16":
             raise ConfigError("train.optimizer=muon with train.mixed_precision=fp16: Accelerate's loss scaler "
-                              "steps one optimiser; use bf16 or no")
+                              "steps one optimiser; use bf16 or no, or train.optimizer=adamw")
         self.out = Path(t.output_dir)
         self.checkpoint_dir = self.out / "checkpoints"
         self.accelerator = acc = Accelerator(
