@@ -262,6 +262,11 @@ class Trainer:
         t, acc = self.t, self.accelerator
         resume_from = latest_checkpoint(self.checkpoint_dir) if t.resume else None
         if resume_from is not None:
+            saved = len(list(resume_from.glob("optimizer*.bin")))  # Accelerate's optimizer.bin, optimizer_1.bin, ...
+            if saved != len(self.optimizers):
+                raise ConfigError(f"{resume_from} holds {saved} optimiser state(s), this run has "
+                                  f"{len(self.optimizers)} (train.optimizer={t.optimizer}): resume with the "
+                                  f"optimiser it was trained with, or set a new train.output_dir")
             acc.load_state(str(resume_from))
             acc.print(f"resumed from {resume_from} at step {self.state.step}")
         else:

@@ -169,6 +169,14 @@ def test_non_finite_loss_leaves_every_state_bit_identical(toy_cfg, precision, op
     assert_bit_identical(before, after)
 
 
+def test_resuming_with_another_optimiser_is_an_error_naming_the_checkpoint(toy_cfg):
+    train(Toy2D, toy_cfg("train.max_steps=10", "train.checkpoint_every=10", out="switch"))
+    with pytest.raises(ConfigError, match=r"step_10 holds 1 optimiser state\(s\), this run has 2 "
+                                          r"\(train.optimizer=muon\)"):
+        train(Toy2D, toy_cfg("train.max_steps=20", "train.checkpoint_every=10", "train.optimizer=muon",
+                             out="switch"))
+
+
 def test_muon_refuses_fp16_loss_scaling(toy_cfg):
     with pytest.raises(ConfigError, match="train.optimizer=muon with train.mixed_precision=fp16"):
         Trainer(Toy2D, toy_cfg("train.optimizer=muon", "train.mixed_precision=fp16"))
