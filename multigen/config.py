@@ -45,8 +45,8 @@ class TrainConfig:
     lr: float = at_least(1e-3, 0.0)
     weight_decay: float = at_least(0.0, 0.0)
     adam_betas: tuple[float, float] = (0.9, 0.999)
-    # muon: the network's hidden weight matrices (its nn.Linear layers but the last) take Muon steps
-    # (multigen.optim, at the same lr and weight decay), every other parameter AdamW's
+    # muon: the network's hidden weight matrices (its nn.Linear weights and convolution kernels but the last
+    # layer's) take Muon steps (multigen.optim, at the same lr and weight decay), every other parameter AdamW's
     optimizer: str = choice("adamw", "adamw", "muon")
     warmup_steps: int = at_least(0, 0)
     lr_decay: str = choice("none", "none", "cosine", "linear")  # after warmup: constant, or down to 0 at max_steps
