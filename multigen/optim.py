@@ -23,6 +23,10 @@ from torch import Tensor, nn
 
 NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)  # the quintic's coefficients: steepest at 0, then about flat
 NEWTON_SCHULZ_EPS = 1e-7
+# Matrices of one shape are updated in stacks of at most this many elements: a few batched products for many small
+# kernels, and a transient of about six stacks' size (weights, gradients, momenta, their updates; 400 MB in fp32)
+# however large the model, where stacking all of a shape at once would copy most of a large model several times.
+STACK_ELEMENTS = 1 << 24
 
 
 def orthogonalize(g: Tensor, steps: int = 5, dtype: torch.dtype | None = None) -> Tensor:
@@ -81,21 +85,27 @@ class Muon(torch.optim.Optimizer):
         found_inf = getattr(self, "found_inf", None)
         skip = None if found_inf is None else found_inf > 0
         for group in self.param_groups:
-            mu, lr, wd = group["momentum"], group["lr"], group["weight_decay"]
             by_shape: dict[torch.Size, list[Tensor]] = {}
             for p in group["params"]:
                 if p.grad is not None:
                     by_shape.setdefault(p.shape, []).append(p)
-            for shape, params in by_shape.items():  # each shape's matrices in one batch: a few large kernels
-                grads = torch.stack([p.grad for p in params])
-                bufs = torch.stack([self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in params])
-                weights = torch.stack(params)
-                new_bufs = bufs.lerp(grads, 1 - mu)
+            for shape, same_shape in by_shape.items():
                 rows, cols = shape[0], math.prod(shape[1:])
-                update = orthogonalize(grads.lerp(new_bufs, mu).view(-1, rows, cols), group["ns_steps"], self.ns_dtype)
-                new_weights = (weights * (1 - lr * wd)).add_(update.reshape(weights.shape),
-                                                              alpha=-lr * 0.2 * math.sqrt(max(rows, cols)))
-                if skip is not None:  # a skipped step keeps the old values (a where, not a product: 0 * nan is nan)
-                    new_bufs, new_weights = torch.where(skip, bufs, new_bufs), torch.where(skip, weights, new_weights)
-                torch._foreach_copy_([self.state[p]["momentum_buffer"] for p in params], list(new_bufs.unbind()))
-                torch._foreach_copy_(params, list(new_weights.unbind()))
+                per_stack = max(1, STACK_ELEMENTS // (rows * cols))
+                for start in range(0, len(same_shape), per_stack):
+                    self._update(same_shape[start:start + per_stack], rows, cols, group, skip)
+
+    def _update(self, params: list[Tensor], rows: int, cols: int, group: dict, skip: Tensor | None) -> None:
+        """One step of ``params``, all of one shape, taken as ``(rows, cols)`` matrices, as one batch."""
+        mu, lr, wd = group["momentum"], group["lr"], group["weight_decay"]
+        grads = torch.stack([p.grad for p in params])
+        bufs = torch.stack([self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in params])
+        weights = torch.stack(params)
+        new_bufs = bufs.lerp(grads, 1 - mu)
+        update = orthogonalize(grads.lerp(new_bufs, mu).view(-1, rows, cols), group["ns_steps"], self.ns_dtype)
+        new_weights = (weights * (1 - lr * wd)).add_(update.reshape(weights.shape),
+                                                      alpha=-lr * 0.2 * math.sqrt(max(rows, cols)))
+        if skip is not None:  # a skipped step keeps the old values (a where, not a product: 0 * nan is nan)
+            new_bufs, new_weights = torch.where(skip, bufs, new_bufs), torch.where(skip, weights, new_weights)
+        torch._foreach_copy_([self.state[p]["momentum_buffer"] for p in params], list(new_bufs.unbind()))
+        torch._foreach_copy_(params, list(new_weights.unbind()))

@@ -69,6 +69,25 @@ def test_a_skipped_step_keeps_weights_and_momentum_bit_identical():
     assert torch.equal(p, flagged), "found_inf = 0 is the plain step"
 
 
+def test_matrices_of_one_shape_stacked_in_parts_move_as_stacked_at_once(monkeypatch):
+    """However many elements a step stacks at once (multigen.optim.STACK_ELEMENTS), every matrix gets the same
+    update: five matrices of one shape updated in stacks of 2, 2 and 1 against one stack of 5."""
+    torch.manual_seed(4)
+    ws = [torch.randn(6, 10) for _ in range(5)]
+    apart, together = [nn.Parameter(w.clone()) for w in ws], [nn.Parameter(w.clone()) for w in ws]
+    opts = Muon(apart, lr=1e-2, weight_decay=0.1), Muon(together, lr=1e-2, weight_decay=0.1)
+    for _ in range(3):
+        gs = [torch.randn(6, 10) for _ in ws]
+        for params, opt, elements in ((apart, opts[0], 2 * 60 + 59), (together, opts[1], 5 * 60)):
+            for p, g in zip(params, gs):
+                p.grad = g.clone()
+            monkeypatch.setattr("multigen.optim.STACK_ELEMENTS", elements)
+            opt.step()
+    for w, a, t in zip(ws, apart, together):
+        assert not torch.equal(a, w)
+        torch.testing.assert_close(a, t, rtol=1e-6, atol=1e-7)
+
+
 def test_muon_takes_matrices_and_kernels_only():
     with pytest.raises(ValueError, match=r"matrices and kernels only; got a parameter of shape \(5,\)"):
         Muon([nn.Parameter(torch.zeros(5))])
