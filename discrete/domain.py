@@ -64,6 +64,8 @@ class DiscreteModelConfig:
     heads: int = at_least(4, 1)
     dropout: float = at_least(0.0, 0.0)
     mlp: str = choice("swiglu", "gelu", "swiglu")  # the transformer's MLP: gated (SwiGLU) or GELU; not the U-Net's
+    # false: the network does not see t (absorbing chains only, whose exact denoiser depends on x_t alone)
+    time_conditioning: bool = True
 
 
 @dataclass
@@ -116,6 +118,9 @@ class Discrete(Domain):
         self.objective = p.objective if p.objective != "auto" else ("masked" if p.transition == "absorbing" else "d3pm")
         if not p.infill_rate <= 1:
             raise ConfigError(f"process.infill_rate: a share of the training sequences, in [0, 1]; got {p.infill_rate}")
+        if not cfg.model.time_conditioning and p.transition != "absorbing":
+            raise ConfigError(f"model.time_conditioning=false needs process.transition=absorbing: the denoiser of a "
+                              f"{p.transition} chain depends on t")
         if p.infill_rate > 0 and self.objective == "masked":
             raise ConfigError("process.infill_rate applies to the d3pm objective (uniform and gaussian transitions); "
                               "the masked objective's visible tokens are already clean, so it infills without it")
@@ -183,9 +188,11 @@ class Discrete(Domain):
         m, p = self.cfg.model, self.cfg.process
         flag = p.infill_rate > 0
         if self.cfg.data.source == "digits":
-            return GridUNet(self.vocab, p.timesteps, base=m.dim, blocks=m.depth, known_flag=flag)
+            return GridUNet(self.vocab, p.timesteps, base=m.dim, blocks=m.depth, known_flag=flag,
+                            time_conditioning=m.time_conditioning)
         return SequenceTransformer(self.vocab, self.cfg.data.length, p.timesteps, dim=m.dim, depth=m.depth,
-                                   heads=m.heads, dropout=m.dropout, known_flag=flag, mlp=m.mlp)
+                                   heads=m.heads, dropout=m.dropout, known_flag=flag, mlp=m.mlp,
+                                   time_conditioning=m.time_conditioning)
 
     def build_dataset(self, split: str) -> Dataset:
         d = self.cfg.data

@@ -5,6 +5,8 @@ and integer time ``t`` ``(B,)`` in ``1..timesteps``, and return logits with a
 trailing ``vocab`` dimension. Built with ``known_flag=True`` (infilling training),
 they also take a bool ``known`` of the tokens' shape: a learned vector is added to
 the embedding of each known (clean) token, so the model can tell them from noisy ones.
+Built with ``time_conditioning=False`` they ignore ``t`` (for the absorbing chain, whose
+exact denoiser depends on ``x_t`` alone: the masks say how far the chain has gone).
 """
 
 from __future__ import annotations
@@ -29,6 +31,15 @@ class KnownFlag(nn.Module):
             raise ValueError("this model was trained without known parts marked (process.infill_rate=0); "
                              "sample it without `known` in the model call")
         return h + known[..., None].to(h.dtype) * self.vector
+
+
+def embed_time(embedding: TimestepEmbedding | None, t: Tensor, timesteps: int, dim: int) -> Tensor:
+    """The ``(B, dim)`` embedding of integer times ``t`` ``(B,)`` in ``1..timesteps``; with no ``embedding`` (a model
+    built without time conditioning), zeros whatever ``t``: the layers it feeds then learn one scale and shift of
+    their own, from their biases."""
+    if embedding is None:
+        return t.new_zeros(len(t), dim, dtype=torch.get_default_dtype())
+    return embedding(t.float() / timesteps)
 
 
 class TransformerBlock(nn.Module):
@@ -64,13 +75,13 @@ class SequenceTransformer(nn.Module):
 
     def __init__(self, vocab: int, max_length: int, timesteps: int, dim: int = 256, depth: int = 6,
                  heads: int = 4, dropout: float = 0.0, causal: bool = False, known_flag: bool = False,
-                 mlp: str = "gelu") -> None:
+                 mlp: str = "gelu", time_conditioning: bool = True) -> None:
         super().__init__()
-        self.timesteps, self.causal = timesteps, causal
+        self.timesteps, self.dim, self.causal = timesteps, dim, causal
         self.tokens = nn.Embedding(vocab, dim)
         self.known = KnownFlag(dim, known_flag)
         self.positions = nn.Parameter(torch.randn(max_length, dim) * 0.02)
-        self.time = TimestepEmbedding(dim)
+        self.time = TimestepEmbedding(dim) if time_conditioning else None
         self.blocks = nn.ModuleList(TransformerBlock(dim, heads, dropout, mlp) for _ in range(depth))
         offsets = torch.arange(-(max_length - 1), max_length).abs().float()
         self.relative_bias = nn.Parameter(-2.0 * offsets.log1p().expand(depth, heads, -1).clone())
@@ -82,7 +93,7 @@ class SequenceTransformer(nn.Module):
         if L > len(self.positions):
             raise ValueError(f"sequence of {L} tokens exceeds the model's maximum length {len(self.positions)}")
         h = self.known(self.tokens(x), known) + self.positions[:L]
-        emb = self.time(t.float() / self.timesteps)
+        emb = embed_time(self.time, t, self.timesteps, self.dim)
         idx = torch.arange(L, device=x.device)
         offset = idx[None, :] - idx[:, None] + len(self.positions) - 1  # (L, L) into the bias table
         later = idx[None, :] > idx[:, None] if self.causal else None  # (L, L): key after query
@@ -98,11 +109,12 @@ class GridUNet(nn.Module):
     Token embeddings are the input channels; one downsampling level (``H``, ``W`` even).
     """
 
-    def __init__(self, vocab: int, timesteps: int, base: int = 64, blocks: int = 2, known_flag: bool = False) -> None:
+    def __init__(self, vocab: int, timesteps: int, base: int = 64, blocks: int = 2, known_flag: bool = False,
+                 time_conditioning: bool = True) -> None:
         super().__init__()
         self.timesteps = timesteps
-        emb_dim = 4 * base
-        self.time = TimestepEmbedding(emb_dim)
+        emb_dim = self.emb_dim = 4 * base
+        self.time = TimestepEmbedding(emb_dim) if time_conditioning else None
         self.tokens = nn.Embedding(vocab, base)
         self.known = KnownFlag(base, known_flag)
         self.down = nn.ModuleList(ResBlock(base, base, emb_dim) for _ in range(blocks))
@@ -115,7 +127,7 @@ class GridUNet(nn.Module):
     def forward(self, x: Tensor, t: Tensor, known: Tensor | None = None) -> Tensor:
         if x.shape[-1] % 2 or x.shape[-2] % 2:
             raise ValueError(f"grid {tuple(x.shape[-2:])} must have even height and width")
-        emb = self.time(t.float() / self.timesteps)
+        emb = embed_time(self.time, t, self.timesteps, self.emb_dim)
         h = self.known(self.tokens(x), known).permute(0, 3, 1, 2)
         for block in self.down:
             h = block(h, emb)

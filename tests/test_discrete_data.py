@@ -68,6 +68,21 @@ def test_denoiser_shapes():
     assert GridUNet(9, 1000, base=16, blocks=1)(grid, t).shape == (3, 8, 8, 9)
 
 
+@pytest.mark.parametrize("conditioned", [True, False])
+def test_a_denoiser_without_time_conditioning_ignores_t(conditioned):
+    torch.manual_seed(0)
+    tokens, grid = torch.randint(0, 28, (2, 20)), torch.randint(0, 9, (2, 8, 8))
+    models = (SequenceTransformer(28, 32, 1000, dim=32, depth=2, time_conditioning=conditioned),
+              GridUNet(9, 1000, base=16, blocks=1, time_conditioning=conditioned))
+    for model, x in zip(models, (tokens, grid)):
+        assert (model.time is None) != conditioned
+        with torch.no_grad():
+            for p in model.parameters():  # the time layers start at zero, which would hide t
+                p.normal_(std=0.1)
+        early, late = model(x, torch.tensor([1, 1])), model(x, torch.tensor([500, 1000]))
+        assert torch.isfinite(early).all() and torch.equal(early, late) != conditioned
+
+
 @pytest.mark.parametrize("causal", [True, False])
 def test_causal_transformer_sees_only_earlier_tokens(causal):
     """The autoregressive baseline's mask: changing token 12 leaves positions 0..11 exactly as they were

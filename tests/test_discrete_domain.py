@@ -149,9 +149,10 @@ def test_masked_objective_needs_absorbing():
 
 @pytest.mark.parametrize("overrides, message", [
     (["process.infill_rate=0.5"], "masked objective"),
+    (["process.transition=uniform", "model.time_conditioning=false"], "needs process.transition=absorbing"),
     (["process.transition=uniform", "process.infill_rate=1.5"], "in \\[0, 1\\]"),
 ])
-def test_infill_rate_is_validated(overrides, message):
+def test_infill_rate_and_time_conditioning_are_validated(overrides, message):
     with pytest.raises(ConfigError, match=message):
         Discrete(load_config(DiscreteConfig, None, overrides))
 
