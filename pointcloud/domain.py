@@ -106,6 +106,7 @@ class PointCloudConfig:
         default_factory=lambda: TrainConfig(
             output_dir="runs/pointcloud", max_steps=3500, batch_size=16, lr=2e-3, warmup_steps=100,
             sample_every=1000, eval_every=0, checkpoint_every=1000, ema_decay=0.995, log_every=25,
+            optimizer="muon",  # 1-NNA-CD 0.66 against 0.69-0.71 for AdamW, 2 seeds x 3 draws (RESULTS, 2026-12-03)
         )
     )
     # The cosine schedule (PVD: linear betas 1e-4 -> 0.02 over 1000 steps, which the configs that train for completion
