@@ -8,8 +8,8 @@ then repeats one optimisation step (accumulate gradients, clip, step, update the
 The optimisation step never waits on the accelerator. A non-finite loss is noticed on the device, where it
 turns that step and every later one into a no-op: parameters, optimiser state (its step count included),
 EMA weights and count stay bit-identical. The periodic work reads that flag before it logs or saves
-anything and raises :class:`NonFiniteLossError` naming the first bad step, with the step counter and the
-learning-rate schedule set back to before it.
+anything and raises :class:`NonFiniteLossError` naming the first bad step, with the step counter (and with it
+the learning rate, a function of the step) set back to before it.
 
 Output directory layout (``train.output_dir``)::
 
@@ -17,7 +17,7 @@ Output directory layout (``train.output_dir``)::
     log.jsonl                    loss, learning rate, gradient norm, evaluation metrics: one JSON record a line
     logs/                        TensorBoard event files
     samples/step_000500.png      what the EMA model draws (domain-specific format)
-    checkpoints/step_500/        Accelerate state (written as .tmp_step_500, then renamed)
+    checkpoints/step_500/        Accelerate state + multigen.json (written as .tmp_step_500, then renamed)
     export/                      model.safetensors (EMA) + config.yaml, for load_pretrained
 """
 
@@ -39,7 +39,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, send_to_device, set_seed
 from torch import Tensor, nn
-from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
@@ -50,6 +49,8 @@ from .optim import Muon, hidden_matrices
 
 log = logging.getLogger("multigen")
 CHECKPOINT = re.compile(r"^step_(\d+)$")
+CHECKPOINT_INFO = "multigen.json"  # in every checkpoint: its format, step and optimiser, read before resuming
+CHECKPOINT_FORMAT = 2  # 1 (no CHECKPOINT_INFO) also saved LambdaLR states; 2: the learning rate follows the step
 
 
 class NonFiniteLossError(RuntimeError):
@@ -114,8 +115,9 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, step: int, keep: int) -> Path:
-    """``save_state`` to a temp name, rename to ``step_<N>`` and prune to the newest ``keep``."""
+def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, step: int, keep: int, optimizer: str) -> Path:
+    """``save_state`` and :data:`CHECKPOINT_INFO` to a temp name, rename to ``step_<N>`` and prune to the newest
+    ``keep``."""
     final = checkpoint_dir / f"step_{step}"
     tmp = checkpoint_dir / f".tmp_step_{step}"
     if accelerator.is_main_process:
@@ -124,6 +126,8 @@ def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, step: int, k
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        info = {"format": CHECKPOINT_FORMAT, "step": step, "optimizer": optimizer}
+        (tmp / CHECKPOINT_INFO).write_text(json.dumps(info) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         done = sorted((int(m.group(1)), p) for p in checkpoint_dir.iterdir() if (m := CHECKPOINT.match(p.name)))
@@ -183,10 +187,18 @@ class EMA(nn.Module):
         self.n_averaged += ~skip
 
 
-def rewind_lr_schedule(scheduler: LambdaLR, steps: int) -> None:
-    """Put ``scheduler`` where ``steps`` optimiser steps put it (a LambdaLR's state is a function of that count)."""
-    scheduler.load_state_dict({**scheduler.state_dict(), "last_epoch": steps - 1, "_step_count": steps})
-    scheduler.step()
+def check_resumable(checkpoint: Path, optimizer: str) -> None:
+    """Raise :class:`ConfigError` unless ``checkpoint``'s :data:`CHECKPOINT_INFO` says this trainer can load it
+    into a run with ``train.optimizer=optimizer``."""
+    info_path = checkpoint / CHECKPOINT_INFO
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {"format": 1}
+    if info["format"] != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{checkpoint} is in checkpoint format {info['format']} (this multigen reads "
+                          f"{CHECKPOINT_FORMAT}): set a new train.output_dir, or train.resume=false to start over")
+    if info["optimizer"] != optimizer:
+        raise ConfigError(f"{checkpoint} was trained with train.optimizer={info['optimizer']}, this run has "
+                          f"train.optimizer={optimizer}: resume with the optimiser it was trained with, or set a "
+                          f"new train.output_dir")
 
 
 class Trainer:
@@ -195,8 +207,8 @@ class Trainer:
 
     def __init__(self, domain_cls: type[Domain], cfg: Any) -> None:
         """Set up Accelerate, the domain (fitted to its data, then ``config.yaml`` written), the model, its EMA
-        copy, the optimisers (AdamW; with ``train.optimizer=muon`` also Muon for the hidden matrices) and their
-        learning-rate schedules, and the device-side non-finite-loss record."""
+        copy, the optimisers (AdamW; with ``train.optimizer=muon`` also Muon for the hidden matrices), and the
+        device-side non-finite-loss record."""
         t = self.t = cfg.train
         if t.optimizer == "muon" and t.mixed_precision == "fp16":
             raise ConfigError("train.optimizer=muon with train.mixed_precision=fp16: Accelerate's loss scaler "
@@ -234,7 +246,7 @@ class Trainer:
         self.bf16_convolutions_on_cpu = acc.device.type == "cpu" and t.mixed_precision == "bf16" and any(
             isinstance(m, nn.modules.conv._ConvNd) for m in self.raw_model.modules())
         # Both optimisers can skip an update on the device (`found_inf`, as GradScaler sets it for fused AdamW),
-        # leaving all their state alone; each has its own copy of the learning-rate schedule.
+        # leaving all their state alone; both follow one learning-rate schedule (set_learning_rate).
         matrices = hidden_matrices(self.raw_model) if t.optimizer == "muon" else []
         muon = {id(p) for p in matrices}
         optimizers: list[torch.optim.Optimizer] = [torch.optim.AdamW(
@@ -242,14 +254,12 @@ class Trainer:
             weight_decay=t.weight_decay, fused=True)]
         if matrices:
             optimizers.append(Muon(matrices, lr=t.lr, weight_decay=t.weight_decay))
-        self.schedulers = [LambdaLR(o, lambda s: lr_factor(s, t.warmup_steps, t.max_steps, t.lr_decay,
-                                                           t.lr_decay_steps)) for o in optimizers]
         self.model, *self.optimizers = acc.prepare(self.raw_model, *optimizers)
         # training_loss gets the compiled module; checkpoints, the EMA and exports keep the uncompiled one's keys
         self.net = torch.compile(self.model) if t.compile else self.model
         self.ema.to(acc.device)
         self.state = TrainState()
-        acc.register_for_checkpointing(*self.schedulers, self.ema, self.state)
+        acc.register_for_checkpointing(self.ema, self.state)
         # steps skipped since the first non-finite loss (a tail of the run), and that loss
         self.skipped = torch.zeros((), dtype=torch.long, device=acc.device)
         self.first_bad_loss = torch.zeros((), device=acc.device)
@@ -262,15 +272,12 @@ class Trainer:
         t, acc = self.t, self.accelerator
         resume_from = latest_checkpoint(self.checkpoint_dir) if t.resume else None
         if resume_from is not None:
-            saved = len(list(resume_from.glob("optimizer*.bin")))  # Accelerate's optimizer.bin, optimizer_1.bin, ...
-            if saved != len(self.optimizers):
-                raise ConfigError(f"{resume_from} holds {saved} optimiser state(s), this run has "
-                                  f"{len(self.optimizers)} (train.optimizer={t.optimizer}): resume with the "
-                                  f"optimiser it was trained with, or set a new train.output_dir")
+            check_resumable(resume_from, t.optimizer)
             acc.load_state(str(resume_from))
             acc.print(f"resumed from {resume_from} at step {self.state.step}")
         else:
             set_seed(t.seed, device_specific=True)  # independent noise on every process
+        self.set_learning_rate()
 
         train_set = self.domain.build_dataset("train")
         sampler = ShardedStreamSampler(
@@ -303,6 +310,15 @@ class Trainer:
                         desc=f"train {self.domain.name}", dynamic_ncols=True)
         self.model.train()
 
+    def set_learning_rate(self) -> None:
+        """Set every optimiser's learning rate for the next step: ``train.lr`` times :func:`lr_factor` of the step
+        count (a function of the step alone, so nothing of it is checkpointed)."""
+        t = self.t
+        lr = t.lr * lr_factor(self.state.step, t.warmup_steps, t.max_steps, t.lr_decay, t.lr_decay_steps)
+        for optimizer in self.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
     def step(self) -> Tensor:
         """One optimisation step over ``train.grad_accum`` micro-batches, with no host sync; returns the mean
         loss (0-dim, on the device). From a non-finite loss on, steps leave every state as it was."""
@@ -332,27 +348,26 @@ class Trainer:
         # the norm before clipping, kept on the device for the next log step (max_norm inf: measured, not clipped)
         norm = acc.clip_grad_norm_(self.model.parameters(), t.grad_clip or math.inf)
         self.grad_norm = self.grad_norm if norm is None else norm
-        for optimizer, scheduler in zip(self.optimizers, self.schedulers):
+        for optimizer in self.optimizers:
             if acc.scaler is None:  # where 1, parameters, moments and step count stay
                 optimizer.optimizer.found_inf = skip.float()
             optimizer.step()
             optimizer.optimizer.__dict__.pop("found_inf", None)
-            scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.raw_model, skip)
         self.state.step += 1
+        self.set_learning_rate()
         return mean_loss
 
     def check_finite(self) -> None:
         """Raise :class:`NonFiniteLossError` if a loss so far was not finite (reads the device: a host sync),
-        with the step counter and learning-rate schedule set back to before the first such step."""
+        with the step counter and learning rate set back to before the first such step."""
         skipped = int(self.skipped)
         if not skipped:
             return
         first = self.state.step - skipped + 1
         self.state.step = first - 1
-        for scheduler in self.schedulers:
-            rewind_lr_schedule(scheduler, first - 1)
+        self.set_learning_rate()
         self.bar.close()
         raise NonFiniteLossError(
             f"non-finite training loss ({self.first_bad_loss.item()}) at step {first}; no update was applied from "
@@ -374,7 +389,8 @@ class Trainer:
             return
         self.check_finite()  # on every process alike: the loss was reduced over them
         if log:
-            logs = {"loss": loss.item(), "lr": self.schedulers[0].get_last_lr()[0], "grad_norm": self.grad_norm.item()}
+            lr = self.optimizers[0].param_groups[0]["lr"]  # the next step's
+            logs = {"loss": loss.item(), "lr": lr, "grad_norm": self.grad_norm.item()}
             self.bar.set_postfix(loss=f"{logs['loss']:.4f}")
             acc.log(logs, step=step)
             if self.main:
@@ -391,7 +407,7 @@ class Trainer:
                 _append_jsonl(self.out / "log.jsonl", {"step": step, **logs})
                 self.bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         if checkpoint:
-            save_checkpoint(acc, self.checkpoint_dir, step, t.keep_checkpoints)
+            save_checkpoint(acc, self.checkpoint_dir, step, t.keep_checkpoints, t.optimizer)
 
     def export(self) -> Path:
         """Write the EMA weights and the config to ``<output_dir>/export``; return that directory."""
