@@ -328,12 +328,14 @@ def curve(device: str, out_dir: Path, eval_every: int, sampling_steps: list[int]
             "by_sampling_steps": by_sampling}
 
 
-def train_autoregressive(domain, seed: int, device: str, out_dir: Path,
-                         overrides: list[str] | None = None) -> tuple[torch.nn.Module, float]:
+def train_autoregressive(domain, seed: int, device: str, out_dir: Path, overrides: list[str] | None = None,
+                         eval_every: int = 0) -> tuple[torch.nn.Module, float]:
     """The autoregressive baseline of ``domain``'s text model (:class:`AutoregressiveText`), trained by the
     trainer into ``out_dir`` with the config's batch, steps, optimiser, warmup, decay, clipping and EMA on the same
     training windows, seeded with ``seed``; ``overrides`` (dotted) change the twin's config only, e.g. the batch
-    and steps at which it does best in the same time. Returns the EMA model and the training seconds."""
+    and steps at which it does best in the same time. Its held-out NLL (``eval.num_sequences`` windows) goes to
+    ``out_dir/log.jsonl`` at the end, and every ``eval_every`` steps when > 0 (a twin that over-fits does best
+    before its last step: see :func:`best_autoregressive_eval`). Returns the EMA model and the training seconds."""
     from discrete.domain import DiscreteConfig
     from multigen.config import load_config
     from multigen.trainer import Trainer
@@ -341,7 +343,8 @@ def train_autoregressive(domain, seed: int, device: str, out_dir: Path,
     cfg = load_config(DiscreteConfig, values=dataclasses.asdict(domain.cfg), overrides=overrides or [])
     t = cfg.train
     t.seed, t.output_dir, t.cpu, t.resume, t.tensorboard = seed, str(out_dir), device == "cpu", False, False
-    t.sample_every = t.eval_every = t.checkpoint_every = 0  # samples and held-out NLL once, at the end
+    t.sample_every = t.checkpoint_every = 0  # samples once, at the end
+    t.eval_every = eval_every
     start = time.perf_counter()
     trainer = Trainer(AutoregressiveText, cfg)
     trainer.resume()
@@ -349,6 +352,20 @@ def train_autoregressive(domain, seed: int, device: str, out_dir: Path,
         trainer.periodic(trainer.step())
     trainer.export()
     return trainer.ema.module, time.perf_counter() - start
+
+
+def best_autoregressive_eval(out_dir: Path) -> dict:
+    """The lowest held-out NLL the twin trained into ``out_dir`` logged (:func:`train_autoregressive` with
+    ``eval_every``): ``{"step", "nll_bits", "nll_stderr", "last_nll_bits"}``. Chosen on the windows it is scored
+    on, so it is the twin stopped early by an oracle: a baseline no worse than any stopping rule would give."""
+    from multigen.trainer import read_log
+
+    evals = [r for r in read_log(out_dir) if "eval/nll_bits_per_token" in r]
+    if not evals:
+        raise ValueError(f"no held-out evaluation in {out_dir / 'log.jsonl'}")
+    best = min(evals, key=lambda r: r["eval/nll_bits_per_token"])
+    return {"step": best["step"], "nll_bits": best["eval/nll_bits_per_token"],
+            "nll_stderr": best["eval/nll_bits_stderr"], "last_nll_bits": evals[-1]["eval/nll_bits_per_token"]}
 
 
 def autoregressive_bits(model, x: torch.Tensor, start_id: int) -> torch.Tensor:

@@ -40,6 +40,9 @@ def test_gpu_quality_dry_run_writes_every_figure(tmp_path: Path) -> None:
         assert f["goal"] and isinstance(f["pass"], bool), key
     text = runs["text_seed0"]["figures"]["bits/char"]
     assert math.isfinite(text["value_stderr"]) and math.isfinite(text["baseline_stderr"])
+    # the twin's baseline is its best held-out evaluation, taken at one of its steps
+    assert text["baseline"] <= text["baseline_last"]
+    assert 1 <= text["baseline_step"] <= runs["text_seed0"]["info"]["steps"]
     md = (tmp_path / "out" / "gpu_quality.md").read_text()
     assert "| recipe | figure | model (mean ± spread) | baseline (mean ± spread) | goal | pass |" in md
     for recipe, figure in got:
