@@ -30,8 +30,8 @@ same windows (the diffusion model's negative ELBO, the twin's exact NLL).
     python benchmarks/discrete.py [--device cpu|cuda] [--vocab 27 256 8192] [--tokens 16384] [--throughput]
     python benchmarks/discrete.py --skip-transitions --infill [--seeds 0 1 2] [--train-steps 4000] [--infill-rate 0.5]
     python benchmarks/discrete.py --skip-transitions --versus-ar --seeds 0 1 [--override train.max_steps=900 ...] \
-        [--ar-override train.batch_size=32 train.max_steps=1000 train.warmup_steps=100 train.lr_decay=none \
-                       "train.adam_betas=[0.9,0.999]" train.grad_clip=1 train.optimizer=muon model.mlp=gelu]
+        [--ar-override train.batch_size=32 train.max_steps=1000 train.warmup_steps=100 train.lr=2e-3 \
+         train.lr_decay=none "train.adam_betas=[0.9,0.999]" train.grad_clip=1 train.optimizer=muon model.mlp=gelu]
 """
 
 from __future__ import annotations

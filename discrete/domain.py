@@ -88,8 +88,8 @@ class DiscreteConfig:
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             output_dir="runs/discrete", max_steps=5200, batch_size=16, lr=3e-3, adam_betas=(0.9, 0.95),
-            optimizer="muon", warmup_steps=200, lr_decay="linear", lr_decay_steps=1000, grad_clip=0.25,
-            sample_every=500, eval_every=0, checkpoint_every=500, ema_decay=0.995, log_every=25,
+            optimizer="muon", adamw_lr_scale=3.0, warmup_steps=200, lr_decay="linear", lr_decay_steps=1000,
+            grad_clip=0.25, sample_every=500, eval_every=0, checkpoint_every=500, ema_decay=0.995, log_every=25,
         )
     )
     process: DiscreteProcessConfig = field(default_factory=DiscreteProcessConfig)

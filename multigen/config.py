@@ -48,6 +48,9 @@ class TrainConfig:
     # muon: the network's hidden weight matrices (its nn.Linear weights and convolution kernels but the last
     # layer's) take Muon steps (multigen.optim, at the same lr and weight decay), every other parameter AdamW's
     optimizer: str = choice("adamw", "adamw", "muon")
+    # muon: the learning rate of the parameters AdamW steps beside it (embeddings, the output layer, biases,
+    # position tables) is lr times this (AdamW alone: every parameter at lr, this unused)
+    adamw_lr_scale: float = at_least(1.0, 0.0)
     warmup_steps: int = at_least(0, 0)
     lr_decay: str = choice("none", "none", "cosine", "linear")  # after warmup: constant, or down to 0 at max_steps
     lr_decay_steps: int = at_least(0, 0)  # the decay spans the last this many steps (constant before); 0: all

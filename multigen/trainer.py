@@ -254,6 +254,7 @@ class Trainer:
             weight_decay=t.weight_decay, fused=True)]
         if matrices:
             optimizers.append(Muon(matrices, lr=t.lr, weight_decay=t.weight_decay))
+        self.lr_scales = [t.adamw_lr_scale if matrices else 1.0, 1.0][:len(optimizers)]  # of train.lr, per optimiser
         self.model, *self.optimizers = acc.prepare(self.raw_model, *optimizers)
         # training_loss gets the compiled module; checkpoints, the EMA and exports keep the uncompiled one's keys
         self.net = torch.compile(self.model) if t.compile else self.model
@@ -312,12 +313,13 @@ class Trainer:
 
     def set_learning_rate(self) -> None:
         """Set every optimiser's learning rate for the next step: ``train.lr`` times :func:`lr_factor` of the step
-        count (a function of the step alone, so nothing of it is checkpointed)."""
+        count (a function of the step alone, so nothing of it is checkpointed), AdamW's times
+        ``train.adamw_lr_scale`` beside Muon."""
         t = self.t
-        lr = t.lr * lr_factor(self.state.step, t.warmup_steps, t.max_steps, t.lr_decay, t.lr_decay_steps)
-        for optimizer in self.optimizers:
+        self.lr = t.lr * lr_factor(self.state.step, t.warmup_steps, t.max_steps, t.lr_decay, t.lr_decay_steps)
+        for optimizer, scale in zip(self.optimizers, self.lr_scales):
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = self.lr * scale
 
     def step(self) -> Tensor:
         """One optimisation step over ``train.grad_accum`` micro-batches, with no host sync; returns the mean
@@ -389,8 +391,7 @@ class Trainer:
             return
         self.check_finite()  # on every process alike: the loss was reduced over them
         if log:
-            lr = self.optimizers[0].param_groups[0]["lr"]  # the next step's
-            logs = {"loss": loss.item(), "lr": lr, "grad_norm": self.grad_norm.item()}
+            logs = {"loss": loss.item(), "lr": self.lr, "grad_norm": self.grad_norm.item()}  # the next step's lr
             self.bar.set_postfix(loss=f"{logs['loss']:.4f}")
             acc.log(logs, step=step)
             if self.main:

@@ -186,6 +186,26 @@ def test_resuming_a_checkpoint_of_another_format_is_an_error_naming_it(toy_cfg):
         train(Toy2D, toy_cfg("train.max_steps=20", "train.checkpoint_every=10", out="old_format"))
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_adamw_lr_scale_applies_beside_muon_only(toy_cfg, optimizer):
+    """Beside Muon, AdamW's parameters step at ``train.adamw_lr_scale`` times the schedule's rate, through warmup and
+    decay; AdamW alone keeps every parameter at the schedule's rate. The log shows the schedule's rate."""
+    cfg = toy_cfg(f"train.optimizer={optimizer}", "train.adamw_lr_scale=3", "train.lr=1e-3",
+                  "train.warmup_steps=4", "train.lr_decay=linear", "train.max_steps=12", "train.checkpoint_every=0",
+                  "train.log_every=1")
+    trainer = Trainer(Toy2D, cfg)
+    trainer.resume()
+    for _ in range(cfg.train.max_steps):
+        step = trainer.state.step
+        lr = 1e-3 * lr_factor(step, 4, 12, "linear")
+        got = [o.param_groups[0]["lr"] for o in trainer.optimizers]
+        assert got == pytest.approx([3 * lr, lr] if optimizer == "muon" else [lr], rel=1e-12), step
+        trainer.periodic(trainer.step())
+    trainer.export()
+    logged = [r["lr"] for r in read_log(cfg.train.output_dir) if "lr" in r]
+    assert logged == pytest.approx([1e-3 * lr_factor(s, 4, 12, "linear") for s in range(1, 13)], rel=1e-12)
+
+
 def test_muon_refuses_fp16_loss_scaling(toy_cfg):
     with pytest.raises(ConfigError, match="train.optimizer=muon with train.mixed_precision=fp16"):
         Trainer(Toy2D, toy_cfg("train.optimizer=muon", "train.mixed_precision=fp16"))
