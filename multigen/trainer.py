@@ -252,9 +252,10 @@ class Trainer:
         optimizers: list[torch.optim.Optimizer] = [torch.optim.AdamW(
             [p for p in self.raw_model.parameters() if id(p) not in muon], lr=t.lr, betas=tuple(t.adam_betas),
             weight_decay=t.weight_decay, fused=True)]
+        self.lr_scales = [1.0]  # of train.lr, per optimiser
         if matrices:
             optimizers.append(Muon(matrices, lr=t.lr, weight_decay=t.weight_decay))
-        self.lr_scales = [t.adamw_lr_scale if matrices else 1.0, 1.0][:len(optimizers)]  # of train.lr, per optimiser
+            self.lr_scales = [t.adamw_lr_scale, 1.0]
         self.model, *self.optimizers = acc.prepare(self.raw_model, *optimizers)
         # training_loss gets the compiled module; checkpoints, the EMA and exports keep the uncompiled one's keys
         self.net = torch.compile(self.model) if t.compile else self.model
