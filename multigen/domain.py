@@ -91,9 +91,9 @@ class Domain(ABC):
     ) -> Tensor:
         """``n`` samples from ``model`` in the domain's data convention.
 
-        ``condition``: a per-sample condition (None: unconditional; no shipped domain takes one beyond its
-        known part). ``known``: the observed part, kept exactly. ``settings``: any of :attr:`SETTINGS`
-        (see :meth:`sample_settings`), overriding the config's ``sample`` section for this call.
+        ``condition``: a per-sample condition (None: unconditional; of the shipped domains only class-conditional
+        point clouds take one, the class). ``known``: the observed part, kept exactly. ``settings``: any of
+        :attr:`SETTINGS` (see :meth:`sample_settings`), overriding the config's ``sample`` section for this call.
         """
 
     @abstractmethod

@@ -9,6 +9,7 @@ import yaml
 
 from multigen.config import ConfigError, SampleConfig, load_config
 from multigen.export import export_model, load_pretrained
+from multigen.samplers import Known
 from multigen.toy2d import Toy2D, Toy2DConfig
 from pointcloud.domain import PointCloudConfig
 
@@ -90,8 +91,26 @@ def test_guidance_needs_a_condition():
         _domain("pointcloud", "model.class_conditional=false").sample_settings(guidance=2.0)
     with pytest.raises(ValueError, match="guidance=2.0: toy2d samples have no condition"):
         _domain("toy2d").sample_settings(guidance=2.0)
-    assert _domain("video").sample_settings(guidance=2.0).guidance == 2.0
+    assert _domain("video", "model.residual=false").sample_settings(guidance=2.0).guidance == 2.0
     assert _domain("pointcloud").sample_settings(guidance=2.0).guidance == 2.0  # the class
+
+
+def test_video_guidance_needs_a_model_that_draws_whole_frames():
+    """A residual video model's unconditional branch draws whole frames and its conditional one residuals: guiding
+    one by the other is refused in the config and at sampling; a model of whole frames is guided."""
+    with pytest.raises(ConfigError, match=r"sample.guidance=1.5\) needs model.residual=false"):
+        _domain("video", "sample.guidance=1.5")
+    residual, whole = _domain("video"), _domain("video", "model.residual=false")
+    with pytest.raises(ValueError, match=r"sample.guidance=2.0\) needs model.residual=false"):
+        residual.sample(residual.build_model(), 2, guidance=2.0, steps=2)
+    model, g = whole.build_model(), lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    with torch.no_grad():  # the condition's input weights start at zero: give the condition an effect
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g()) * 0.1)
+    known = Known(torch.tensor([[True, False, False]] * 2), torch.rand(2, 3, 1, 8, 8) * 2 - 1)
+    guided = whole.sample(model, 2, known=known, guidance=2.0, steps=2, generator=g())
+    assert torch.equal(guided[:, 0], known.values[:, 0])
+    assert not torch.equal(guided, whole.sample(model, 2, known=known, steps=2, generator=g()))
 
 
 def test_pretrained_sample_passes_settings_on_and_the_domain_checks_them(tmp_path):
@@ -108,7 +127,7 @@ def test_pretrained_sample_passes_settings_on_and_the_domain_checks_them(tmp_pat
 
 
 def test_an_export_written_with_task_guidance_loads_it_as_sample_guidance(tmp_path):
-    domain = _domain("video", "sample.guidance=1.5")
+    domain = _domain("video", "sample.guidance=1.5", "model.residual=false")
     out = export_model(domain.build_model(), domain, tmp_path / "export")
     config = yaml.safe_load((out / "config.yaml").read_text())
     config["task"]["guidance"] = config["sample"].pop("guidance")  # as exports before the move wrote it

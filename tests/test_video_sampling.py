@@ -31,7 +31,7 @@ def test_observed_frames_kept_by_every_sampler(setup, sampler):
     mask = torch.tensor([[1, 1, 0, 0, 0], [1, 0, 0, 0, 1]], dtype=torch.bool)
     for guidance, residual, reference, scale in [(1.0, False, "nearest", 1.0), (2.0, False, "nearest", 1.0),
                                                  (1.0, True, "nearest", 1.0), (1.0, True, "blend", 2.5),
-                                                 (2.0, True, "motion", 2.0)]:
+                                                 (1.0, True, "motion", 2.0)]:
         out = generate(model, domain.diffusion, clips, mask,
                        domain.sample_settings(sampler=sampler, steps=6, guidance=guidance), residual=residual,
                        reference=reference, residual_scale=scale, generator=torch.Generator().manual_seed(0))

@@ -25,6 +25,13 @@ from multigen.guidance import classifier_free_guidance
 
 from .conditioning import pack_condition, scaled_residual
 
+RESIDUAL_GUIDANCE = (
+    "classifier-free guidance (sample.guidance={}) needs model.residual=false: a residual model draws each frame's "
+    "residual to a reference built from the observed frames, but its unconditional branch (no frame observed, "
+    "reference 0) draws whole frames, and the two predictions cannot be mixed (on moving digits guidance 1.5 "
+    "scored 10.5 dB against 15.4 without)"
+)
+
 
 def generate(
     model: nn.Module,
@@ -52,8 +59,11 @@ def generate(
     frames) times ``residual_scale`` (``model.residual_scale``), and the output is that divided by the scale plus
     the reference, clamped to ``[-1, 1]``; ``reference_input`` (``model.reference_input``) shows the network those
     reference frames too.
-    Every tensor is made on the model's device; ``generator`` must be on it too.
+    Every tensor is made on the model's device; ``generator`` must be on it too. Guidance (``settings.guidance``
+    other than 1) needs ``residual=False`` (:data:`RESIDUAL_GUIDANCE`).
     """
+    if residual and settings.guidance != 1.0:
+        raise ValueError(RESIDUAL_GUIDANCE.format(settings.guidance))
     B, T = observed.shape[:2]
     observed = observed.to(next(model.parameters()).device)
     free = mask is None
