@@ -105,8 +105,8 @@ class SampleConfig:
     # other samplers and unconditional sampling ignore it
     resample: int = at_least(1, 1)
     # classifier-free guidance scale on the condition, for domains whose network has one (video: the observed
-    # frames, with model.residual=false; class-conditional point clouds: the class); 1 is the conditional model
-    # itself, another value is an error elsewhere
+    # frames; class-conditional point clouds: the class); 1 is the conditional model itself, another value is an
+    # error elsewhere
     guidance: float = at_least(1.0, 0.0)
     # scales the starting noise and every noise a sampler draws for the generated part: 1 samples the model's
     # distribution, lower trades diversity for samples nearer the conditional mean (0: one central sample)

@@ -212,11 +212,20 @@ class GaussianDiffusion:
         return wanted / native
 
     # ---------------------------------------------------------------- sampling
+    def steps_of(self, t: Tensor) -> Tensor:
+        """The integer steps ``round(t T)`` (long) that the samplers' float times ``t`` stand for."""
+        return torch.round(t.double() * self.timesteps).long()
+
+    def alpha_of(self, t: Tensor) -> Tensor:
+        """The signal scale ``sqrt(alpha_bar)`` (float64, shape of ``t``) that :meth:`denoiser` assumes at float
+        times ``t``."""
+        return self.schedule.alpha(self.steps_of(t))
+
     def denoiser(self, model_fn: ModelFn) -> Denoiser:
         """Wrap ``model_fn`` as ``denoiser(x_t, t) -> x0_hat`` for the samplers (t float time)."""
 
         def denoise(x_t: Tensor, t: Tensor) -> Tensor:
-            abar = self.schedule.alpha_bar(torch.round(t.double() * self.timesteps).long())
+            abar = self.schedule.alpha_bar(self.steps_of(t))
             alpha, sigma = expand_like(abar.sqrt(), x_t), expand_like((1.0 - abar).sqrt(), x_t)
             out = model_fn(x_t, t).to(x_t.dtype)
             x0 = convert(out, x_t, alpha, sigma, self.parameterization, "x0")

@@ -1,5 +1,6 @@
 """Classifier-free guidance."""
 
+import pytest
 import torch
 
 from multigen.guidance import classifier_free_guidance, drop_condition
@@ -25,3 +26,31 @@ def test_drop_condition_rate():
     assert abs(dropped - 0.2) < 0.015
     assert ((out == 0).all(1) | (out == 1).all(1)).all(), "whole samples are dropped"
     assert drop_condition(cond, torch.zeros(2), 0.0) is cond
+
+
+def _gaussian_denoiser(mean: torch.Tensor, var: float, alpha: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The exact x0 estimate for data ``N(mean, var I)`` from ``x_t = alpha x0 + sqrt(1 - alpha^2) noise``."""
+    a = alpha[:, None]
+    return mean + a * var / (a**2 * var + 1 - a**2) * (x - a * mean)
+
+
+def test_a_null_branch_that_learnt_moved_data_is_moved_back_by_its_offset():
+    """A conditional branch that learnt N(m1, v1) and a null branch that learnt N(m0 + c, v0), guided with
+    ``null_offset=c``, equal the guidance of the exact denoisers of N(m1, v1) and N(m0, v0) at every scale."""
+    g = torch.Generator().manual_seed(0)
+    m1, m0, c = (torch.randn(6, generator=g) for _ in range(3))
+    alpha_of = lambda t: torch.cos(t * torch.pi / 2)  # noqa: E731
+    x, t = torch.randn(5, 6, generator=g) * 2, torch.rand(5, generator=g)
+
+    def denoiser(x, t, cond):  # cond: 1 = conditional, 0 = null
+        return torch.where(cond[:, None] > 0, _gaussian_denoiser(m1, 0.3, alpha_of(t), x),
+                           _gaussian_denoiser(m0 + c, 1.7, alpha_of(t), x))
+
+    d_c, d_u = _gaussian_denoiser(m1, 0.3, alpha_of(t), x), _gaussian_denoiser(m0, 1.7, alpha_of(t), x)
+    cond, null = torch.ones(5), torch.zeros(())
+    for s in (0.0, 1.0, 2.5):
+        guided = classifier_free_guidance(denoiser, cond, null, s, null_offset=c.expand(5, 6), alpha=alpha_of)
+        torch.testing.assert_close(guided(x, t), d_u + s * (d_c - d_u))
+    assert not torch.allclose(classifier_free_guidance(denoiser, cond, null, 0.0)(x, t), d_u), "the offset matters"
+    with pytest.raises(ValueError, match="null_offset needs the schedule's alpha"):
+        classifier_free_guidance(denoiser, cond, null, 2.0, null_offset=c)

@@ -91,26 +91,41 @@ def test_guidance_needs_a_condition():
         _domain("pointcloud", "model.class_conditional=false").sample_settings(guidance=2.0)
     with pytest.raises(ValueError, match="guidance=2.0: toy2d samples have no condition"):
         _domain("toy2d").sample_settings(guidance=2.0)
-    assert _domain("video", "model.residual=false").sample_settings(guidance=2.0).guidance == 2.0
+    assert _domain("video").sample_settings(guidance=2.0).guidance == 2.0
     assert _domain("pointcloud").sample_settings(guidance=2.0).guidance == 2.0  # the class
 
 
-def test_video_guidance_needs_a_model_that_draws_whole_frames():
-    """A residual video model's unconditional branch draws whole frames and its conditional one residuals: guiding
-    one by the other is refused in the config and at sampling; a model of whole frames is guided."""
-    with pytest.raises(ConfigError, match=r"sample.guidance=1.5\) needs model.residual=false"):
-        _domain("video", "sample.guidance=1.5")
-    residual, whole = _domain("video"), _domain("video", "model.residual=false")
-    with pytest.raises(ValueError, match=r"sample.guidance=2.0\) needs model.residual=false"):
-        residual.sample(residual.build_model(), 2, guidance=2.0, steps=2)
-    model, g = whole.build_model(), lambda: torch.Generator().manual_seed(0)  # noqa: E731
+def test_video_guidance_of_a_residual_model_moves_its_unconditional_branch_to_the_residuals():
+    """A residual model's unconditional branch drew whole frames: guidance 0 on it must give what the same network
+    gives as a model of whole frames (x0 estimates unclamped, as the two clamp in different frames; up to the
+    starting noise's alpha_T * reference, as the samplers start from pure noise: 5e-5 at T = 1000); any scale keeps
+    the observed frames; a model of whole frames is guided too."""
+    from video.sampling import generate
+
+    residual = _domain("video", "model.residual_scale=1.5", "diffusion.timesteps=1000", "diffusion.clip_x0=null")
+    whole = _domain("video", "model.residual=false")
+    model, g = residual.build_model(), lambda: torch.Generator().manual_seed(0)  # noqa: E731
     with torch.no_grad():  # the condition's input weights start at zero: give the condition an effect
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=g()) * 0.1)
-    known = Known(torch.tensor([[True, False, False]] * 2), torch.rand(2, 3, 1, 8, 8) * 2 - 1)
-    guided = whole.sample(model, 2, known=known, guidance=2.0, steps=2, generator=g())
-    assert torch.equal(guided[:, 0], known.values[:, 0])
-    assert not torch.equal(guided, whole.sample(model, 2, known=known, steps=2, generator=g()))
+    observed, mask = torch.rand(2, 3, 1, 8, 8) * 2 - 1, torch.tensor([[True, False, True], [True, False, False]])
+    opts = residual.residual_options()
+
+    def run(guidance: float, frames: torch.Tensor = observed, **kw) -> torch.Tensor:
+        settings = residual.sample_settings(sampler="ddim", steps=4, guidance=guidance)
+        return generate(model, residual.diffusion, frames, mask, settings, generator=g(), **kw)
+
+    scale = opts["residual_scale"]  # the null branch learnt whole frames times the scale
+    unconditional = run(0.0, observed * scale, residual=False) / scale
+    moved = run(0.0, **opts)
+    assert (moved - unconditional.clamp(-1, 1))[~mask].abs().max() < 3e-3
+    conditional = run(1.0, **opts)
+    assert (conditional - moved)[~mask].abs().max() > 0.3, "the two branches differ"
+    for guidance in (0.0, 2.0):
+        assert torch.equal(run(guidance, **opts)[mask], observed[mask])
+    model = whole.build_model()
+    known = Known(mask, observed)
+    assert torch.equal(whole.sample(model, 2, known=known, guidance=2.0, steps=2, generator=g())[mask], observed[mask])
 
 
 def test_pretrained_sample_passes_settings_on_and_the_domain_checks_them(tmp_path):

@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--sampler", choices=sorted(SAMPLERS), help="default: the model's config")
         p.add_argument("--steps", type=int, help="sampler steps (default: the model's config)")
         p.add_argument("--guidance", type=float,
-                       help="classifier-free guidance scale on observed frames (models with model.residual=false)")
+                       help="classifier-free guidance scale on the observed frames")
         p.add_argument("--temperature", type=float,
                        help="sampling noise scale: below 1 is less diverse and nearer the mean (default: config)")
         p.add_argument("--seed", type=int, default=0)

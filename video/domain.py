@@ -19,7 +19,7 @@ from .data import MovingDigits, VideoFolder
 from .io import save_clip_grid
 from .metrics import best_and_mean_scores, copy_last_frame, linear_blend
 from .model import SpaceTimeUNet
-from .sampling import RESIDUAL_GUIDANCE, generate
+from .sampling import generate
 
 
 @dataclass
@@ -116,15 +116,13 @@ class Video(GaussianDomain):
 
     name = "video"
     config_class = VideoConfig
-    conditional = True  # the observed frames: sample.guidance scales them (with model.residual=false)
+    conditional = True  # the observed frames: sample.guidance scales them
 
     def __init__(self, cfg: VideoConfig) -> None:
         super().__init__(cfg)
         if cfg.model.reference_input and not cfg.model.residual:
             raise ConfigError("model.reference_input shows a residual model the reference frames its output is "
                               "added to; with model.residual=false there are none")
-        if cfg.model.residual and cfg.sample.guidance != 1.0:
-            raise ConfigError(RESIDUAL_GUIDANCE.format(cfg.sample.guidance))
 
     def clip_scale(self) -> float:
         m = self.cfg.model  # a residual of two frames in [-1, 1] lies in [-2, 2]

@@ -25,14 +25,6 @@ from multigen.guidance import classifier_free_guidance
 
 from .conditioning import pack_condition, scaled_residual
 
-RESIDUAL_GUIDANCE = (
-    "classifier-free guidance (sample.guidance={}) needs model.residual=false: a residual model draws each frame's "
-    "residual to a reference built from the observed frames, but its unconditional branch (no frame observed, "
-    "reference 0) draws whole frames, and the two predictions cannot be mixed (on moving digits guidance 1.5 "
-    "scored 10.5 dB against 15.4 without)"
-)
-
-
 def generate(
     model: nn.Module,
     diffusion: GaussianDiffusion,
@@ -59,11 +51,12 @@ def generate(
     frames) times ``residual_scale`` (``model.residual_scale``), and the output is that divided by the scale plus
     the reference, clamped to ``[-1, 1]``; ``reference_input`` (``model.reference_input``) shows the network those
     reference frames too.
-    Every tensor is made on the model's device; ``generator`` must be on it too. Guidance (``settings.guidance``
-    other than 1) needs ``residual=False`` (:data:`RESIDUAL_GUIDANCE`).
+    Guidance (``settings.guidance`` other than 1) mixes the x0 estimates of the conditional and unconditional
+    branches; a residual model's unconditional branch (nothing observed, reference 0) drew whole frames times the
+    scale, that is the residual plus ``residual_scale`` times the reference, so it is moved by that offset
+    (:func:`~multigen.guidance.classifier_free_guidance`'s ``null_offset``).
+    Every tensor is made on the model's device; ``generator`` must be on it too.
     """
-    if residual and settings.guidance != 1.0:
-        raise ValueError(RESIDUAL_GUIDANCE.format(settings.guidance))
     B, T = observed.shape[:2]
     observed = observed.to(next(model.parameters()).device)
     free = mask is None
@@ -72,13 +65,16 @@ def generate(
                     else (observed, None))  # residual: exactly 0 where observed
     cond = pack_condition(observed, mask, base if residual and reference_input else None)
 
-    def conditional(x: Tensor, t: Tensor, c: Tensor) -> Tensor:
+    def conditional(x: Tensor, t: Tensor, c: Tensor) -> Tensor:  # x0 estimates (residuals for a residual model)
         fi = None if frame_index is None else frame_index.to(x.device).repeat(len(x) // B, 1)
-        return model(x, t, c, fi)
+        return diffusion.denoiser(lambda x_t, t_: model(x_t, t_, c, fi))(x, t)
 
-    guided = classifier_free_guidance(conditional, cond, torch.zeros_like(cond[0]), settings.guidance)
+    offset = None if base is None else base * residual_scale
+    guided = classifier_free_guidance(conditional, cond, torch.zeros_like(cond[0]), settings.guidance, offset,
+                                      diffusion.alpha_of)
+    clip = diffusion.clip_x0
     out = sample(
-        diffusion.denoiser(guided),
+        guided if clip is None else lambda x, t: guided(x, t).clamp(-clip, clip),
         tuple(observed.shape),
         diffusion.schedule,
         **settings.sampler_arguments(),
