@@ -96,7 +96,6 @@ class VideoConfig:
             output_dir="runs/video", max_steps=1100, batch_size=8, lr=2e-3, warmup_steps=50,
             sample_every=250, eval_every=0, checkpoint_every=250, ema_decay=0.99, log_every=25,
             optimizer="muon",  # future prediction +0.57 dB over AdamW, interpolation level (RESULTS, 2026-12-03)
-            adamw_lr_scale=3.0,  # PSNR level over 3 seeds, SSIM up on 2 and down on 1 (RESULTS, 2026-12-04)
         )
     )
     diffusion: DiffusionConfig = field(
