@@ -3,7 +3,7 @@
 A domain's config is a dataclass whose fields are dataclasses (``train``,
 ``diffusion``, ``model``, ...). :func:`load_config` merges, in order, the schema's
 defaults, an optional YAML file and ``key.sub=value`` overrides, then checks every
-field's type and its ``choices``/``min`` metadata. Any problem raises
+field's type and its ``choices``/``min``/``unit_interval`` metadata. Any problem raises
 :class:`ConfigError` naming the dotted key.
 """
 
@@ -32,6 +32,11 @@ def choice(default: str, *options: str) -> Any:
 def at_least(default: float, minimum: float) -> Any:
     """A numeric field with a lower bound."""
     return field(default=default, metadata={"min": minimum})
+
+
+def unit_interval(default: tuple[float, float]) -> Any:
+    """A ``(lo, hi)`` pair with ``0 <= lo <= hi <= 1``."""
+    return field(default=default, metadata={"unit_interval": True})
 
 
 @dataclass
@@ -108,6 +113,9 @@ class SampleConfig:
     # frames; class-conditional point clouds: the class); 1 is the conditional model itself, another value is an
     # error elsewhere
     guidance: float = at_least(1.0, 0.0)
+    # guide only at diffusion times t in [lo, hi] (t = 1 is pure noise) and sample the conditional model alone at
+    # the others (Kynkaanniemi et al., 2024); [0, 1] guides every step
+    guidance_interval: tuple[float, float] = unit_interval((0.0, 1.0))
     # scales the starting noise and every noise a sampler draws for the generated part: 1 samples the model's
     # distribution, lower trades diversity for samples nearer the conditional mean (0: one central sample)
     temperature: float = at_least(1.0, 0.0)
@@ -120,7 +128,8 @@ class SampleConfig:
 
 
 def validate(obj: Any, prefix: str = "") -> None:
-    """Check every field's ``choices``/``min`` metadata, recursively; :class:`ConfigError` names the key."""
+    """Check every field's ``choices``/``min``/``unit_interval`` metadata, recursively; :class:`ConfigError` names
+    the key."""
     for f in dataclasses.fields(obj):
         value, key = getattr(obj, f.name), f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):
@@ -134,6 +143,8 @@ def validate(obj: Any, prefix: str = "") -> None:
         minimum = f.metadata.get("min")
         if minimum is not None and value < minimum:
             raise ConfigError(f"{key}: must be >= {minimum}, got {value!r}")
+        if f.metadata.get("unit_interval") and not 0 <= value[0] <= value[1] <= 1:
+            raise ConfigError(f"{key}: must be [lo, hi] with 0 <= lo <= hi <= 1, got {list(value)}")
 
 
 def _is_text_field(schema: type, dotted: str) -> bool:

@@ -140,7 +140,7 @@ class GaussianDomain(Domain):
     def training_loss(self, model: nn.Module, batch: Tensor) -> Tensor:
         return self.diffusion.loss(model, batch).mean()
 
-    SETTINGS = ("sampler", "steps", "spacing", "eta", "resample", "guidance", "temperature")
+    SETTINGS = ("sampler", "steps", "spacing", "eta", "resample", "guidance", "guidance_interval", "temperature")
 
     def sample_settings(self, **overrides: Any) -> SampleConfig:
         """:meth:`Domain.sample_settings`, and the settings fit the sampler: ``eta`` is DDIM's and

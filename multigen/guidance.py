@@ -32,6 +32,7 @@ def classifier_free_guidance(
     scale: float,
     null_offset: Tensor | None = None,
     alpha: Callable[[Tensor], Tensor] | None = None,
+    interval: tuple[float, float] = (0.0, 1.0),
 ) -> Denoiser:
     """Guided denoiser ``D_null + scale * (D_cond - D_null)`` for the samplers.
 
@@ -44,18 +45,33 @@ def classifier_free_guidance(
     ``x_t + alpha(t) * null_offset``, the same noise level in its own frame, and the offset is taken off its
     estimate: exact for any scale. ``denoiser`` must then return x0 estimates, and ``alpha`` is the schedule's
     signal scale ``alpha(t)`` ``(B,)``.
+
+    ``interval = (lo, hi)`` guides only at times ``lo <= t <= hi`` and takes the conditional model alone at the
+    others (guidance limited to an interval of noise levels, Kynkaanniemi et al., 2024: at high noise it pulls
+    samples toward the condition's mode, at low noise it barely acts); a call whose times all lie outside costs
+    one evaluation.
     """
+    lo, hi = interval
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"guidance interval {interval}: need 0 <= lo <= hi <= 1")
     if scale == 1.0:
         return lambda x, t: denoiser(x, t, cond)
     if null_offset is not None and alpha is None:
         raise ValueError("a null_offset needs the schedule's alpha(t) to move x_t into the null branch's frame")
+    limited = (lo, hi) != (0.0, 1.0)
 
     def guided(x: Tensor, t: Tensor) -> Tensor:
+        inside = (t >= lo) & (t <= hi) if limited else None
+        # one host sync a step, only for a limited interval (meta tensors have no values to test: both branches run)
+        if inside is not None and not inside.is_meta and not bool(inside.any()):
+            return denoiser(x, t, cond)
         x_null = x if null_offset is None else x + expand_like(alpha(t), x) * null_offset
         both = denoiser(torch.cat([x, x_null]), torch.cat([t, t]), torch.cat([cond, null.to(cond).expand_as(cond)]))
         d_cond, d_null = both.chunk(2)
         if null_offset is not None:
             d_null = d_null - null_offset
+        if inside is not None:  # scale 1 (the conditional estimate) for the samples whose time is outside
+            return d_null + expand_like(torch.where(inside, scale, 1.0), d_cond) * (d_cond - d_null)
         return d_null + scale * (d_cond - d_null)
 
     return guided

@@ -91,7 +91,7 @@ def cmd_complete(args: argparse.Namespace) -> Path:
     with torch.no_grad():
         done = p.domain.sample(p.model, args.num, known=Known(mask.to(args.device), values.to(args.device)),
                                condition=args.cls, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
-                               generator=_generator(args), progress=True)
+                               guidance_interval=args.guidance_interval, generator=_generator(args), progress=True)
     generated = done[:, P:].double().cpu().numpy() * scale + centre
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -119,7 +119,8 @@ def cmd_sample(args: argparse.Namespace) -> Path:
     labels = p.domain.sample_labels(args.num, args.cls, True, g, torch.device(args.device)) if names else None
     with torch.no_grad():
         clouds = p.domain.sample(p.model, args.num, condition=labels, steps=args.steps, sampler=args.sampler,
-                                 guidance=args.guidance, generator=g, progress=True).float().cpu()
+                                 guidance=args.guidance, guidance_interval=args.guidance_interval, generator=g,
+                                 progress=True).float().cpu()
     clouds = p.domain.normalizer.invert(clouds).numpy()  # in the training data's units (global normalization)
     for i, c in enumerate(clouds):
         write_ply(out / f"sample_{i:03d}.ply", c)
@@ -160,6 +161,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "sample draws each one's class in the training proportions, complete uses none)")
     p.add_argument("--guidance", type=float,
                    help="class-conditional models: classifier-free guidance scale on --class (default: the model's)")
+    p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="guide only at diffusion times t in [LO, HI], 1 being pure noise (default: the model's)")
 
 
 def _complete_args(p: argparse.ArgumentParser) -> None:

@@ -251,9 +251,10 @@ class PointCloud(GaussianDomain):
         return (self.cfg.data.points, 3)
 
     def network(self, model: nn.Module, observed: Tensor, mask: Tensor, label: Tensor | None = None,
-                guidance: float = 1.0):
+                guidance: float = 1.0, interval: tuple[float, float] = (0.0, 1.0)):
         """``model_fn(x_t, t)`` that feeds the observed points clean and flags them (``mask`` ``(B, N)``); for a
-        class-conditional model, of class ``label`` ``(B,)``, guided by ``guidance`` against no class."""
+        class-conditional model, of class ``label`` ``(B,)``, guided by ``guidance`` against no class at the times
+        in ``interval``."""
         flag = mask[:, None, :].to(observed.dtype)
         keep = mask[..., None]
 
@@ -264,7 +265,7 @@ class PointCloud(GaussianDomain):
 
         if label is None:
             return lambda x, t: net(x, t, None)
-        return classifier_free_guidance(net, label, torch.tensor(len(self.class_names)), guidance)
+        return classifier_free_guidance(net, label, torch.tensor(len(self.class_names)), guidance, interval=interval)
 
     def collate_fn(self, items: list[Tensor] | list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
         """A training batch, made on the CPU in the data loader: ``points`` ``(B, N, 3)`` and ``observed``
@@ -319,8 +320,9 @@ class PointCloud(GaussianDomain):
             mask = known.item_mask(shape, 2).to(device)
         scaled = observed * self.scale
         kept = None if known is None else Known(mask[..., None], scaled)
-        out = self.run_sampler(self.network(model, scaled, mask, label, settings.guidance), shape, settings,
-                               known=kept, generator=generator, device=device, progress=progress)
+        guided = self.network(model, scaled, mask, label, settings.guidance, tuple(settings.guidance_interval))
+        out = self.run_sampler(guided, shape, settings, known=kept, generator=generator, device=device,
+                               progress=progress)
         return torch.where(mask[..., None], observed, out / self.scale)  # observed points bit-exact
 
     def sample_labels(self, n: int, condition: Any, draw: bool, generator: torch.Generator | None,

@@ -59,6 +59,14 @@ def test_missing_file_and_bad_file(tmp_path):
         load_config(Toy2DConfig, overrides=["justakey"])
 
 
+def test_an_interval_setting_must_lie_in_zero_one_in_order():
+    cfg = load_config(Toy2DConfig, overrides=["sample.guidance_interval=[0.2,0.8]"])
+    assert tuple(cfg.sample.guidance_interval) == (0.2, 0.8)
+    for bad in ("[0.8,0.2]", "[-0.1,0.5]", "[0.5,1.5]"):
+        with pytest.raises(ConfigError, match=r"sample\.guidance_interval: must be \[lo, hi\] with 0 <= lo <= hi"):
+            load_config(Toy2DConfig, overrides=[f"sample.guidance_interval={bad}"])
+
+
 def test_yaml_round_trip():
     cfg = load_config(Toy2DConfig, overrides=["train.lr=0.125"])
     assert load_config(Toy2DConfig, values=__import__("yaml").safe_load(to_yaml(cfg))) == cfg

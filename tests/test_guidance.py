@@ -19,6 +19,32 @@ def test_scale_one_is_the_conditional_model_and_scale_s_extrapolates():
         torch.testing.assert_close(classifier_free_guidance(cond_denoiser, cond, null, s)(x, t), d_u + s * (d_c - d_u))
 
 
+def test_guidance_limited_to_an_interval_of_times_leaves_the_other_samples_conditional():
+    """Inside ``[lo, hi]`` the guided estimate, outside it the conditional one (per sample: the times may differ);
+    a call whose times all lie outside runs the conditional branch alone; a reversed interval is an error."""
+    calls = []
+
+    def counting(x, t, cond):
+        calls.append(len(x))
+        return cond_denoiser(x, t, cond)
+
+    x, t = torch.randn(4, 3), torch.tensor([0.1, 0.3, 0.5, 0.9])
+    cond, null = torch.randn(4, 3), torch.zeros(3)
+    full, plain = classifier_free_guidance(cond_denoiser, cond, null, 3.0)(x, t), cond_denoiser(x, t, cond)
+    limited = classifier_free_guidance(counting, cond, null, 3.0, interval=(0.3, 0.5))
+    out, inside = limited(x, t), torch.tensor([False, True, True, False])
+    torch.testing.assert_close(out[inside], full[inside])
+    torch.testing.assert_close(out[~inside], plain[~inside])
+    assert not torch.allclose(full[~inside], plain[~inside]), "guidance acts at those times when not limited"
+    assert calls == [8]
+    torch.testing.assert_close(limited(x, torch.full((4,), 0.7)), cond_denoiser(x, torch.full((4,), 0.7), cond))
+    assert calls == [8, 4], "no unconditional branch when no time is inside"
+    whole = classifier_free_guidance(cond_denoiser, cond, null, 3.0, interval=(0.0, 1.0))
+    torch.testing.assert_close(whole(x, t), full)
+    with pytest.raises(ValueError, match="need 0 <= lo <= hi <= 1"):
+        classifier_free_guidance(cond_denoiser, cond, null, 3.0, interval=(0.6, 0.2))
+
+
 def test_drop_condition_rate():
     cond = torch.ones(20000, 2)
     out = drop_condition(cond, torch.zeros(2), 0.2, generator=torch.Generator().manual_seed(0))

@@ -158,7 +158,8 @@ def test_a_class_conditional_run_exports_and_samples_by_class(tmp_path, capsys):
     pretrained = load_pretrained(out / "export")
     assert pretrained.domain.class_names == ["torus", "table"] and pretrained.model.label.num_embeddings == 3
     assert pointcloud_cli(["sample", "--checkpoint", str(out / "export"), "--num", "2", "--steps", "2",
-                           "--class", "table", "--guidance", "2", "--out", str(tmp_path / "tables")]) == 0
+                           "--class", "table", "--guidance", "2", "--guidance-interval", "0.1", "0.9",
+                           "--out", str(tmp_path / "tables")]) == 0
     assert (tmp_path / "tables" / "sample_001.ply").is_file()
     assert "classes: sample 0 table, sample 1 table" in capsys.readouterr().out
     assert pointcloud_cli(["sample", "--checkpoint", str(out / "export"), "--num", "2", "--steps", "2",

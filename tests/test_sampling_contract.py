@@ -111,8 +111,8 @@ def test_video_guidance_of_a_residual_model_moves_its_unconditional_branch_to_th
     observed, mask = torch.rand(2, 3, 1, 8, 8) * 2 - 1, torch.tensor([[True, False, True], [True, False, False]])
     opts = residual.residual_options()
 
-    def run(guidance: float, frames: torch.Tensor = observed, **kw) -> torch.Tensor:
-        settings = residual.sample_settings(sampler="ddim", steps=4, guidance=guidance)
+    def run(guidance: float, frames: torch.Tensor = observed, interval=(0.0, 1.0), **kw) -> torch.Tensor:
+        settings = residual.sample_settings(sampler="ddim", steps=4, guidance=guidance, guidance_interval=interval)
         return generate(model, residual.diffusion, frames, mask, settings, generator=g(), **kw)
 
     scale = opts["residual_scale"]  # the null branch learnt whole frames times the scale
@@ -123,10 +123,20 @@ def test_video_guidance_of_a_residual_model_moves_its_unconditional_branch_to_th
     assert (conditional - moved)[~mask].abs().max() > 0.3, "the two branches differ"
     for guidance in (0.0, 2.0):
         assert torch.equal(run(guidance, **opts)[mask], observed[mask])
+    times = []  # the float times the sampler evaluates the network at
+    hook = model.register_forward_pre_hook(lambda module, args: times.append(args[1][0].item()))
+    run(1.0, **opts)
+    hook.remove()
+    assert torch.equal(run(2.0, interval=(0.0, min(times) / 2), **opts), conditional), "guided at no step"
+    one_step = run(2.0, interval=(sorted(times)[1],) * 2, **opts)
+    assert not torch.equal(one_step, conditional) and not torch.equal(one_step, run(2.0, **opts))
+    free = [generate(model, residual.diffusion, observed, None, residual.sample_settings(steps=3, guidance=s),
+                     generator=g(), **opts) for s in (1.0, 2.0)]
+    assert torch.equal(*free), "nothing observed: the condition is the null one, guidance has nothing to scale"
     known = Known(mask, observed)  # the same network as a model of whole frames
     guided = whole.sample(model, 2, known=known, guidance=2.0, steps=2, generator=g())
     assert torch.equal(guided[mask], observed[mask])
-    assert not torch.equal(guided, whole.sample(model, 2, known=known, steps=2, generator=g()))
+    assert not torch.equal(guided, whole.sample(model, 2, known=known, steps=2, guidance=1.0, generator=g()))
 
 
 def test_pretrained_sample_passes_settings_on_and_the_domain_checks_them(tmp_path):
@@ -161,6 +171,22 @@ def test_an_export_from_before_the_blend_reference_keeps_the_nearest_frame_refer
     (out / "config.yaml").write_text(yaml.safe_dump(config))
     assert load_pretrained(out).config.model.reference == "nearest"
     assert _domain("video").cfg.model.reference == "blend"
+
+
+def test_an_export_from_before_the_guidance_interval_keeps_guiding_every_step(tmp_path):
+    """The video default became guidance 2 at t in [0.8, 1]; an export without the interval guided at every step (at
+    its own scale), and one without either key sampled unguided."""
+    domain = _domain("video", "sample.guidance=1.5")
+    out = export_model(domain.build_model(), domain, tmp_path / "export")
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["sample"].pop("guidance_interval") == [0.8, 1.0]  # as exports before the key existed wrote it
+    (out / "config.yaml").write_text(yaml.safe_dump(config))
+    assert tuple(load_pretrained(out).config.sample.guidance_interval) == (0.0, 1.0)
+    assert load_pretrained(out).config.sample.guidance == 1.5
+    config["sample"].pop("guidance")
+    (out / "config.yaml").write_text(yaml.safe_dump(config))
+    assert load_pretrained(out).config.sample.guidance == 1.0
+    assert (_domain("video").cfg.sample.guidance, tuple(_domain("video").cfg.sample.guidance_interval)) == (2.0, (0.8, 1.0))
 
 
 def test_an_export_with_reference_input_loads_the_wider_network(tmp_path):

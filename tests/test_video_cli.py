@@ -37,7 +37,7 @@ def test_predict_keeps_context_exactly(tmp_path, export, capsys):
     out2 = tmp_path / "hier.npy"
     assert main(["predict", "--checkpoint", str(export), "--input", str(inp), "--context", "2", "--frames", "12",
                  "--mode", "hierarchical", "--sampler", "ddim", "--temperature", "0.5", "--guidance", "1.5",
-                 "--out", str(out2)]) == 0  # guidance on a residual model
+                 "--guidance-interval", "0.2", "0.8", "--out", str(out2)]) == 0  # guidance on a residual model
     assert np.array_equal(np.load(out2)[:2], gray(6)[:2]) and np.load(out2).shape[0] == 12
 
 

@@ -197,7 +197,7 @@ def test_the_network_sees_the_reference_in_training_and_sampling(reference):
         torch.manual_seed(0)  # the loss draws the same masks
         domain.training_loss(model, clips)
         mask_ctx = torch.tensor([[1, 1, 0, 0, 0], [1, 0, 0, 0, 1]] * 2, dtype=torch.bool)
-        domain.sample(model, 4, known=Known(mask_ctx, clips), steps=2)
+        domain.sample(model, 4, known=Known(mask_ctx, clips), steps=2, guidance=1.0)  # one branch
         for cond, m in zip(model.conds[:2], (mask, mask_ctx)):
             ref = scaled_residual(clips, m, reference)[1]
             assert cond.shape[2] == (3 if sees else 2)

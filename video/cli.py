@@ -35,9 +35,9 @@ def _load(args: argparse.Namespace):
 
 def _settings(args: argparse.Namespace, domain) -> SampleConfig:
     """The model's sampling settings with the command line's ``--sampler``, ``--steps``, ``--guidance``,
-    ``--temperature``."""
+    ``--guidance-interval``, ``--temperature``."""
     return domain.sample_settings(sampler=args.sampler, steps=args.steps, guidance=args.guidance,
-                                  temperature=args.temperature)
+                                  guidance_interval=args.guidance_interval, temperature=args.temperature)
 
 
 def _options(args: argparse.Namespace, domain) -> dict:
@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--steps", type=int, help="sampler steps (default: the model's config)")
         p.add_argument("--guidance", type=float,
                        help="classifier-free guidance scale on the observed frames")
+        p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"),
+                       help="guide only at diffusion times t in [LO, HI], 1 being pure noise (default: the model's)")
         p.add_argument("--temperature", type=float,
                        help="sampling noise scale: below 1 is less diverse and nearer the mean (default: config)")
         p.add_argument("--seed", type=int, default=0)

@@ -44,17 +44,18 @@ def generate(
     ``observed`` ``(B, T, C, H, W)`` holds the observed frames (other entries are ignored);
     ``mask=None`` observes nothing (unconditional clips of ``observed``'s shape);
     ``frame_index`` ``(B, T)`` gives the frames' positions in the video (default ``0..T-1``).
-    ``settings`` come from the domain's ``sample_settings`` (sampler, steps, spacing, eta, resample, guidance,
-    temperature).
+    ``settings`` come from the domain's ``sample_settings`` (sampler, steps, spacing, eta, resample, guidance and
+    its interval, temperature).
     With ``residual`` (the model's ``model.residual``) the sampler draws ``x`` minus its ``reference`` frames
     (``model.reference``: ``nearest``, ``blend`` or ``motion``, see ``REFERENCES``; exactly 0 on observed
     frames) times ``residual_scale`` (``model.residual_scale``), and the output is that divided by the scale plus
     the reference, clamped to ``[-1, 1]``; ``reference_input`` (``model.reference_input``) shows the network those
     reference frames too.
-    Guidance (``settings.guidance`` other than 1) mixes the x0 estimates of the conditional and unconditional
-    branches; a residual model's unconditional branch (nothing observed, reference 0) drew whole frames times the
-    scale, that is the residual plus ``residual_scale`` times the reference, so it is moved by that offset
-    (:func:`~multigen.guidance.classifier_free_guidance`'s ``null_offset``).
+    Guidance (``settings.guidance`` other than 1, at the times in ``settings.guidance_interval``) mixes the x0
+    estimates of the conditional and unconditional branches; a residual model's unconditional branch (nothing
+    observed, reference 0) drew whole frames times the scale, that is the residual plus ``residual_scale`` times
+    the reference, so it is moved by that offset (:func:`~multigen.guidance.classifier_free_guidance`'s
+    ``null_offset``).
     Every tensor is made on the model's device; ``generator`` must be on it too.
     """
     B, T = observed.shape[:2]
@@ -70,8 +71,9 @@ def generate(
         return diffusion.denoiser(lambda x_t, t_: model(x_t, t_, c, fi))(x, t)
 
     offset = None if base is None else base * residual_scale
-    guided = classifier_free_guidance(conditional, cond, torch.zeros_like(cond[0]), settings.guidance, offset,
-                                      diffusion.alpha_of)
+    scale = 1.0 if free else settings.guidance  # nothing observed: the condition is the null one, nothing to guide
+    guided = classifier_free_guidance(conditional, cond, torch.zeros_like(cond[0]), scale, offset, diffusion.alpha_of,
+                                      tuple(settings.guidance_interval))
     clip = diffusion.clip_x0
     out = sample(
         guided if clip is None else lambda x, t: guided(x, t).clamp(-clip, clip),
