@@ -186,7 +186,8 @@ def test_an_export_from_before_the_guidance_interval_keeps_guiding_every_step(tm
     config["sample"].pop("guidance")
     (out / "config.yaml").write_text(yaml.safe_dump(config))
     assert load_pretrained(out).config.sample.guidance == 1.0
-    assert (_domain("video").cfg.sample.guidance, tuple(_domain("video").cfg.sample.guidance_interval)) == (2.0, (0.8, 1.0))
+    default = _domain("video").cfg.sample
+    assert (default.guidance, tuple(default.guidance_interval)) == (2.0, (0.8, 1.0))
 
 
 def test_an_export_with_reference_input_loads_the_wider_network(tmp_path):
