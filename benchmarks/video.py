@@ -13,9 +13,9 @@ its dependencies (they would replace the CPU torch):
 It imports ``torchvision`` only for its data utilities; when torchvision is missing
 a stand-in module is registered so that the network can be built.
 
-With ``--quality EXPORT_DIR``, a trained model's held-out future prediction and
-interpolation (PSNR/SSIM, MCVD best/mean of samples, next to copy-last-frame and linear
-blend) is measured for each sampler setting (DDPM 250, DDIM 50, DPM-Solver++ 10/25).
+With ``--quality EXPORT_DIR``, a trained model's held-out future prediction, interpolation
+and past prediction (PSNR/SSIM, MCVD best/mean of samples, next to copy-last-frame, linear
+blend and copy-first-frame) is measured for each sampler setting (DDPM 250, DDIM 50, DPM-Solver++ 10/25).
 
     python benchmarks/video.py [--device cpu|cuda] [--configs tiny default gpu] [--batch N] [--peer] [--out ...]
     python benchmarks/video.py --quality runs/video/export [--clips 8] [--samplers ddim:50 ...] [--temperatures 1 0.5]
@@ -293,13 +293,15 @@ def main() -> None:
     if args.quality:
         rows = quality_by_sampler(args.quality, args.device, args.samplers, args.temperatures, num_clips=args.clips)
         print("| sampler | steps | temperature | future PSNR best / mean | copy-last PSNR | future SSIM best | "
-              "copy-last SSIM | interp PSNR best / mean | linear-blend PSNR | seconds |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+              "copy-last SSIM | interp PSNR best / mean | linear-blend PSNR | past PSNR best / mean | copy-first PSNR "
+              "| seconds |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r['sampler']} | {r['steps']} | {r['temperature']:g} | "
                   f"{r['future/psnr_best']:.2f} / {r['future/psnr_mean']:.2f} | "
                   f"{r['future/baseline_psnr']:.2f} | {r['future/ssim_best']:.3f} | {r['future/baseline_ssim']:.3f} | "
                   f"{r['interp/psnr_best']:.2f} / {r['interp/psnr_mean']:.2f} | {r['interp/baseline_psnr']:.2f} | "
+                  f"{r['past/psnr_best']:.2f} / {r['past/psnr_mean']:.2f} | {r['past/baseline_psnr']:.2f} | "
                   f"{r['seconds']:.0f} |")
         write_json(args, rows)
         return

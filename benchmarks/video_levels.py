@@ -11,8 +11,8 @@ mean squared error of three x0 estimates over the generated frames is reported:
 
 Where ``network`` is above ``zero`` the model's estimate of the residual is worse than none: at the top of the
 schedule that estimate is its guess of the conditional mean, which PSNR rewards. Tasks: the evaluation's
-(:meth:`Video.task_masks`): future prediction from ``eval.context`` observed frames, and interpolation between the
-first and last frame.
+(:meth:`Video.task_masks`): future prediction from ``eval.context`` observed frames, interpolation between the
+first and last frame, and past prediction from the last ``eval.context`` frames.
 
     python benchmarks/video_levels.py EXPORT_DIR [--clips 64] [--levels 20 200 600 800 950] [--out ...]
 """

@@ -39,6 +39,12 @@ def test_predict_keeps_context_exactly(tmp_path, export, capsys):
                  "--mode", "hierarchical", "--sampler", "ddim", "--temperature", "0.5", "--guidance", "1.5",
                  "--guidance-interval", "0.2", "0.8", "--out", str(out2)]) == 0  # guidance on a residual model
     assert np.array_equal(np.load(out2)[:2], gray(6)[:2]) and np.load(out2).shape[0] == 12
+    for mode, context in (("autoregressive", 3), ("hierarchical", 2), ("autoregressive", 6)):  # 6: beyond the window
+        past = tmp_path / f"past_{mode}_{context}.npy"
+        assert main(["predict", "--checkpoint", str(export), "--input", str(inp), "--context", str(context),
+                     "--frames", "11", "--mode", mode, "--past", "--out", str(past)]) == 0
+        video = np.load(past)
+        assert video.shape == (11, 16, 16, 1) and np.array_equal(video[-context:], gray(6)[-context:])
 
 
 def test_predict_from_an_mp4_to_mp4_and_gif(tmp_path, export):

@@ -9,7 +9,7 @@ import torch
 
 from video.data import MovingDigits, VideoFolder, frames_to_clip
 from video.io import VideoReadError, count_frames, from_uint8, read_video, save_clip_grid, to_uint8, write_video
-from video.metrics import PSNR_CAP, best_and_mean, copy_last_frame, linear_blend, psnr, ssim
+from video.metrics import PSNR_CAP, best_and_mean, linear_blend, psnr, ssim
 
 
 def gradient_video(frames=20, h=40, w=48):
@@ -143,7 +143,8 @@ def test_metrics_and_baselines():
     assert scores["psnr_best"] == pytest.approx(10 * math.log10(4 / 0.01), rel=1e-5)
     assert scores["psnr_mean"] < scores["psnr_best"]
     clip = torch.arange(5.0).view(1, 5, 1, 1, 1)
-    assert copy_last_frame(clip, 2).flatten().tolist() == [0, 1, 1, 1, 1]
+    assert linear_blend(clip, torch.arange(5) < 2).flatten().tolist() == [0, 1, 1, 1, 1]  # copy the last
+    assert linear_blend(clip, torch.arange(5) >= 3).flatten().tolist() == [3, 3, 3, 3, 4]  # copy the first
     blend = linear_blend(clip * 2, torch.tensor([True, False, False, False, True]))
     assert blend.flatten().tolist() == [0, 2, 4, 6, 8]
     outside = linear_blend(clip * 2, torch.tensor([False, True, False, True, False]))

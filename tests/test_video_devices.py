@@ -88,11 +88,12 @@ def test_long_video_samplers_keep_to_the_device(device):
     context = torch.zeros(2, 2, 1, 16, 16, device=device)
     assert predict(model, diffusion, context, 5, s, **g).device == device
     assert interpolate(model, diffusion, context, 2, s, **g).shape == (2, 4, 1, 16, 16)
-    auto = extend_autoregressive(model, diffusion, context, 7, 4, s, **g)
-    assert auto.device == device and auto.shape == (2, 7, 1, 16, 16)
-    for first in (context, context[:, :0]):  # with observed frames, and unconditional (as `multigen-video sample`)
+    for past in (False, True):
+        auto = extend_autoregressive(model, diffusion, context, 7, 4, s, past=past, **g)
+        assert auto.device == device and auto.shape == (2, 7, 1, 16, 16)
+    for first, past in ((context, False), (context, True), (context[:, :0], False)):  # unconditional: as `sample`
         for length in (4, 13):  # one window; keyframes and gaps longer than the window
-            hier = extend_hierarchical(model, diffusion, first, length, 4, s, **g)
+            hier = extend_hierarchical(model, diffusion, first, length, 4, s, past=past, **g)
             assert hier.device == device and hier.shape == (2, length, 1, 16, 16)
 
 
@@ -101,7 +102,7 @@ def test_evaluation_scores_keep_to_the_device(device, domain):
     model = tiny_unet(reference_input=True).to(device)
     clips = torch.zeros(3, 5, 1, 16, 16, device=device)
     scores = domain.evaluation_scores(model, clips, _generator(device))
-    assert set(scores) == {f"{task}/{k}" for task in ("future", "interp") for k in
+    assert set(scores) == {f"{task}/{k}" for task in ("future", "interp", "past") for k in
                            ("psnr_best", "psnr_mean", "ssim_best", "ssim_mean", "baseline_psnr", "baseline_ssim",
                             "baseline_motion_psnr", "baseline_motion_ssim")}
     assert all(v.device == device and v.shape == () for v in scores.values())

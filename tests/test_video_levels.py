@@ -28,7 +28,8 @@ def test_errors_of_an_untrained_network_match_their_closed_forms(bench):
     val = domain.build_dataset("val")
     clips = torch.stack([val[i] for i in range(24)])
     rows = bench.level_errors(domain, model, clips, [20, 300])
-    assert [(r["task"], r["level"]) for r in rows] == [("future", 20), ("future", 300), ("interp", 20), ("interp", 300)]
+    assert [(r["task"], r["level"]) for r in rows] == [(task, level) for task in ("future", "interp", "past")
+                                                       for level in (20, 300)]
     for r in rows:
         a, s2 = r["alpha"], r["zero"]
         sigma2 = 1 - a * a

@@ -8,7 +8,7 @@ from multigen.config import ConfigError, SampleConfig, load_config
 from multigen.samplers import SAMPLERS, Known
 from video.conditioning import TaskMix, blended_observed, nearest_observed, pack_condition, sample_masks, scaled_residual
 from video.domain import Video, VideoConfig
-from video.sampling import extend_autoregressive, extend_hierarchical, generate, interpolate
+from video.sampling import extend_autoregressive, extend_hierarchical, generate, interpolate, predict
 
 from .test_video_model import tiny_unet
 
@@ -97,9 +97,32 @@ def test_long_video_chaining_keeps_context_and_keyframes(setup):
     assert uncond.shape == (2, 9, 1, 16, 16)
 
 
-def test_hierarchical_gap_windows_observe_both_ends(setup):
+def test_past_prediction_keeps_the_context_at_the_end(setup):
+    """``past=True`` generates the frames before the context: the context ends every output bit-exactly, in one
+    window, chained backward and hierarchically."""
+    model, domain = setup
+    context = _clips(t=3)
+    s = domain.sample_settings(sampler="ddim", steps=4)
+    for residual in (False, True):
+        one = predict(model, domain.diffusion, context, 5, s, past=True, residual=residual, reference="blend")
+        auto = extend_autoregressive(model, domain.diffusion, context, 12, window=5, settings=s, past=True,
+                                     residual=residual)
+        hier = extend_hierarchical(model, domain.diffusion, context, 17, window=5, settings=s, past=True,
+                                   residual=residual)
+        for video, length in ((one, 5), (auto, 12), (hier, 17)):
+            assert video.shape == (2, length, 1, 16, 16) and torch.equal(video[:, -3:], context)
+            assert (video[:, :-3].flatten(2).abs().amax(2) > 0).all(), "every earlier frame was generated"
+    short = extend_hierarchical(model, domain.diffusion, context, 5, window=5, settings=s, past=True,
+                                generator=torch.Generator().manual_seed(0))
+    assert torch.equal(short, predict(model, domain.diffusion, context, 5, s, past=True,
+                                      generator=torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.parametrize("past", [False, True])
+def test_hierarchical_gap_windows_observe_both_ends(setup, past):
     """Issue 17 item 6: length 17, window 5, 3 observed frames leaves a gap longer than a window; every
-    window after the keyframes' must observe its first and last frame (FDM), and make each frame once."""
+    window after the keyframes' must observe its first and last frame (FDM), and make each frame once. Past
+    prediction mirrors the keyframes: the observed frames are the last three."""
     model, domain = setup
     windows = []
 
@@ -109,11 +132,14 @@ def test_hierarchical_gap_windows_observe_both_ends(setup):
 
     recording.parameters = model.parameters
     hier = extend_hierarchical(recording, domain.diffusion, _clips(t=3), 17, window=5,
-                               settings=domain.sample_settings(sampler="ddim", steps=2))
+                               settings=domain.sample_settings(sampler="ddim", steps=2), past=past)
     assert hier.shape == (2, 17, 1, 16, 16)
     calls = list(dict.fromkeys(windows))  # one entry per window (each is called once per sampler step)
     (keys, key_mask), gaps = calls[0], calls[1:]
-    assert keys[:3] == (0, 1, 2) and keys[-1] == 16 and key_mask == (True,) * 3 + (False,) * 2
+    if past:
+        assert keys[-3:] == (14, 15, 16) and keys[0] == 0 and key_mask == (False,) * 2 + (True,) * 3
+    else:
+        assert keys[:3] == (0, 1, 2) and keys[-1] == 16 and key_mask == (True,) * 3 + (False,) * 2
     assert max(b - a for a, b in zip(keys, keys[1:])) > 4, "the test needs a gap longer than the window"
     made = []
     for index, observed in gaps:

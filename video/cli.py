@@ -1,6 +1,6 @@
 """``multigen-video``: predict, interpolate and sample videos with an exported video model.
 
-    multigen-video predict     --checkpoint EXPORT --input FILE --context K --frames N --out OUT
+    multigen-video predict     --checkpoint EXPORT --input FILE --context K --frames N [--past] --out OUT
     multigen-video interpolate --checkpoint EXPORT --input FILE --between M --out OUT
     multigen-video sample      --checkpoint EXPORT --num N --frames F --out OUT_DIR
 
@@ -63,14 +63,20 @@ def cmd_predict(args: argparse.Namespace) -> Path:
         raise ValueError(f"--context {K} must be between 1 and the {clip.shape[1]} frames of {args.input}")
     if args.frames <= K:
         raise ValueError(f"--frames {args.frames} must exceed --context {K}")
-    keep = min(K, window - 1)  # the frames a window can condition on
+    keep = min(K, window - 1)  # the frames a window can condition on: those nearest the generated ones
     if keep < K:
-        print(f"note: the model's window is {window} frames; conditioning on the last {keep} context frames")
+        print(f"note: the model's window is {window} frames; conditioning on the {'first' if args.past else 'last'} "
+              f"{keep} context frames")
+    if args.past:  # the last K frames; a window conditions on the first `keep` of them
+        start = clip.shape[1] - K
+        near, rest = clip[:, start : start + keep], clip[:, start + keep :]
+    else:
+        near, rest = clip[:, K - keep : K], clip[:, : K - keep]
     extend = extend_hierarchical if args.mode == "hierarchical" else extend_autoregressive
     with torch.no_grad():
-        new = extend(p.model, p.domain.diffusion, clip[:, K - keep : K], args.frames - (K - keep), window,
-                     _settings(args, p.domain), progress=True, **_options(args, p.domain))
-    video = torch.cat([clip[:, : K - keep], new], dim=1)
+        new = extend(p.model, p.domain.diffusion, near, args.frames - (K - keep), window, _settings(args, p.domain),
+                     progress=True, past=args.past, **_options(args, p.domain))
+    video = torch.cat([new, rest] if args.past else [rest, new], dim=1)
     return write_video(args.out, to_uint8(video[0]), fps=args.fps)
 
 
@@ -121,12 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--fps", type=int, default=8)
         p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
-    p = sub.add_parser("predict", help="continue a video from its first frames")
+    p = sub.add_parser("predict", help="continue a video from its first frames (or, with --past, its last ones "
+                                       "backward)")
     common(p)
     p.add_argument("--input", required=True, help="video file (.mp4/.avi/.webm/.mov/.mkv/.npy)")
-    p.add_argument("--context", type=int, required=True, help="observed frames taken from the start of --input")
+    p.add_argument("--context", type=int, required=True,
+                   help="observed frames taken from the start of --input (with --past: from its end)")
     p.add_argument("--frames", type=int, required=True, help="total frames of the output, context included")
     p.add_argument("--mode", choices=["autoregressive", "hierarchical"], default="autoregressive")
+    p.add_argument("--past", action="store_true", help="predict the frames before the context instead of after it")
     p.add_argument("--out", required=True, help=".mp4, .gif or .npy")
     p.set_defaults(func=cmd_predict)
 

@@ -17,7 +17,7 @@ from multigen.samplers import Known
 from .conditioning import TaskMix, motion_compensated, pack_condition, sample_masks, scaled_residual
 from .data import MovingDigits, VideoFolder
 from .io import save_clip_grid
-from .metrics import best_and_mean_scores, copy_last_frame, linear_blend
+from .metrics import best_and_mean_scores, linear_blend
 from .model import SpaceTimeUNet
 from .sampling import generate
 
@@ -221,13 +221,15 @@ class Video(GaussianDomain):
                         generator=generator, progress=progress)
 
     def evaluate(self, model: nn.Module, dataset: Dataset) -> dict[str, float]:
-        """Future prediction and interpolation on held-out clips, MCVD protocol, with trivial baselines.
+        """Future prediction, past prediction and interpolation on held-out clips, MCVD protocol, with trivial
+        baselines.
 
         PSNR/SSIM average over the generated frames; ``*_best``/``*_mean`` are the best
         and mean over ``eval.samples_per_clip`` samples per clip (see :meth:`evaluation_scores`).
-        Baselines: ``baseline_*`` copies the last context frame (future) or blends the end frames linearly
-        (interp); ``baseline_motion_*`` moves them along the clip's global motion (shift, zoom, rotation) first
-        (:func:`~video.conditioning.motion_compensated`, the ``motion`` reference without a model).
+        Baselines: ``baseline_*`` copies the nearest observed frame (future: the last context frame; past: the
+        first) or blends the end frames linearly (interp); ``baseline_motion_*`` moves them along the clip's global
+        motion (shift, zoom, rotation) first (:func:`~video.conditioning.motion_compensated`, the ``motion``
+        reference without a model).
         """
         device = next(model.parameters()).device
         n = min(self.cfg.eval.num_clips, len(dataset))  # type: ignore[arg-type]
@@ -237,9 +239,10 @@ class Video(GaussianDomain):
 
     def task_masks(self, frames: int, device: torch.device | str = "cpu") -> dict[str, Tensor]:
         """The observed frames (bool ``(frames,)``) of each evaluated task: ``future``, the first ``eval.context``
-        (at most ``frames - 1``); ``interp``, the first and the last."""
-        idx = torch.arange(frames, device=device)
-        return {"future": idx < min(self.cfg.eval.context, frames - 1), "interp": (idx == 0) | (idx == frames - 1)}
+        (at most ``frames - 1``); ``interp``, the first and the last; ``past``, the last ``eval.context`` (in this
+        order, which is the order they draw from the evaluation's generator)."""
+        idx, context = torch.arange(frames, device=device), min(self.cfg.eval.context, frames - 1)
+        return {"future": idx < context, "interp": (idx == 0) | (idx == frames - 1), "past": idx >= frames - context}
 
     def evaluation_scores(self, model: nn.Module, clips: Tensor,
                           generator: torch.Generator | None = None) -> dict[str, Tensor]:
@@ -248,15 +251,9 @@ class Video(GaussianDomain):
         e, T = self.cfg.eval, clips.shape[1]
         device = next(model.parameters()).device
         clips = clips.to(device)
-        observed = self.task_masks(T, device)
-        context = min(e.context, T - 1)
-        tasks = {
-            "future": (observed["future"], lambda m: copy_last_frame(clips, context)),
-            "interp": (observed["interp"], lambda m: linear_blend(clips, m)),
-        }
         metrics: dict[str, Tensor] = {}
         settings = self.sample_settings()
-        for name, (frame_mask, baseline) in tasks.items():
+        for name, frame_mask in self.task_masks(T, device).items():
             reps = clips.repeat(e.samples_per_clip, 1, 1, 1, 1)
             out = torch.cat([
                 generate(model, self.diffusion, chunk, frame_mask.expand(len(chunk), T), settings,
@@ -266,7 +263,7 @@ class Video(GaussianDomain):
             samples = out.float().reshape(e.samples_per_clip, *clips.shape)
             scores = best_and_mean_scores(samples, clips.float(), ~frame_mask)
             metrics.update({f"{name}/{k}": v for k, v in scores.items()})
-            for prefix, frames in (("baseline", baseline(frame_mask)),
+            for prefix, frames in (("baseline", linear_blend(clips, frame_mask)),
                                    ("baseline_motion", motion_compensated(clips, frame_mask.expand(len(clips), T)))):
                 base = best_and_mean_scores(frames[None].float(), clips.float(), ~frame_mask)
                 metrics.update({f"{name}/{prefix}_{k.removesuffix('_mean')}": v

@@ -70,18 +70,12 @@ def best_and_mean(samples: Tensor, target: Tensor, generated: Tensor) -> dict[st
     return {k: v.item() for k, v in best_and_mean_scores(samples, target, generated).items()}
 
 
-def copy_last_frame(clip: Tensor, context: int) -> Tensor:
-    """Baseline for prediction: every frame after the first ``context`` repeats frame ``context - 1``."""
-    out = clip.clone()
-    out[:, context:] = clip[:, context - 1 : context]
-    return out
-
-
 def linear_blend(clip: Tensor, observed: Tensor) -> Tensor:
-    """Baseline for interpolation: unobserved frames blend linearly between the nearest observed ones.
+    """Baseline of every evaluated task: unobserved frames blend linearly between the nearest observed ones
+    (interpolation), and frames outside the observed range copy the nearest observed frame (prediction: the last
+    context frame repeated forward, or the first repeated backward).
 
-    ``observed`` is bool ``(T,)`` with at least one True (not checked: that would read the device);
-    frames outside the observed range copy the nearest observed frame.
+    ``observed`` is bool ``(T,)`` with at least one True (not checked: that would read the device).
     """
     return blended_observed(clip, observed.to(clip.device).expand(clip.shape[:2]))
 

@@ -1,4 +1,4 @@
-"""Video generation with observed frames held fixed: prediction, interpolation, long videos.
+"""Video generation with observed frames held fixed: future and past prediction, interpolation, long videos.
 
 All functions take clips ``(B, T, C, H, W)`` in ``[-1, 1]`` and return the same
 layout. Observed frames come out bit-exactly equal to the input (the core
@@ -6,7 +6,8 @@ samplers' known-part constraint).
 
 Long videos are built from windows of the model's training length ``T``:
 
-* :func:`extend_autoregressive` slides a window, conditioning on the last frames;
+* :func:`extend_autoregressive` slides a window, conditioning on the last frames (with ``past``, backward from
+  the first ones);
 * :func:`extend_hierarchical` first draws sparse keyframes (their real indices far
   apart, which the relative frame encoding understands), then fills the gaps
   between consecutive keyframes, as in Flexible Diffusion Models (Harvey et al., 2022).
@@ -89,14 +90,17 @@ def generate(
     return out if base is None else (out / residual_scale + base).clamp(-1, 1)  # observed frames: 0 + themselves
 
 
-def predict(model, diffusion, context: Tensor, frames: int, settings: SampleConfig, **kw) -> Tensor:
-    """Continue ``context`` ``(B, K, C, H, W)`` by ``frames - K`` frames in one window of ``frames``."""
+def predict(model, diffusion, context: Tensor, frames: int, settings: SampleConfig, past: bool = False,
+            **kw) -> Tensor:
+    """Continue ``context`` ``(B, K, C, H, W)`` by ``frames - K`` frames in one window of ``frames``: after it,
+    or with ``past`` before it (the context is then the window's last ``K`` frames)."""
     B, K = context.shape[:2]
     if not 0 < K < frames:
         raise ValueError(f"need 0 < context ({K}) < frames ({frames})")
-    observed = torch.cat([context, context.new_zeros(B, frames - K, *context.shape[2:])], dim=1)
-    mask = torch.arange(frames, device=context.device).expand(B, frames) < K
-    return generate(model, diffusion, observed, mask, settings, **kw)
+    new = context.new_zeros(B, frames - K, *context.shape[2:])
+    observed = torch.cat([new, context] if past else [context, new], dim=1)
+    idx = torch.arange(frames, device=context.device).expand(B, frames)
+    return generate(model, diffusion, observed, idx >= frames - K if past else idx < K, settings, **kw)
 
 
 def interpolate(model, diffusion, keyframes: Tensor, between: int, settings: SampleConfig, **kw) -> Tensor:
@@ -121,11 +125,12 @@ def interpolate(model, diffusion, keyframes: Tensor, between: int, settings: Sam
 
 def extend_autoregressive(
     model, diffusion, context: Tensor, length: int, window: int, settings: SampleConfig, progress: bool = False,
-    **kw,
+    past: bool = False, **kw,
 ) -> Tensor:
     """Extend ``context`` ``(B, K, C, H, W)`` to ``length`` frames with windows of ``window`` frames.
 
-    Every window conditions on the last ``K`` frames produced so far (``0 < K < window``).
+    Every window conditions on the last ``K`` frames produced so far (``0 < K < window``), or with ``past`` on
+    the first ``K`` and generates the frames before them: the context then ends the video.
     """
     B, K = context.shape[:2]
     if not 0 < K < window:
@@ -134,15 +139,19 @@ def extend_autoregressive(
     with tqdm(total=length, initial=K, desc="frames", disable=not progress) as bar:
         while video.shape[1] < length:
             new = min(window - K, length - video.shape[1])
-            clip = predict(model, diffusion, video[:, -K:], K + new, settings, **kw)
-            video = torch.cat([video, clip[:, K:]], dim=1)
+            if past:
+                clip = predict(model, diffusion, video[:, :K], K + new, settings, past=True, **kw)
+                video = torch.cat([clip[:, :new], video], dim=1)
+            else:
+                clip = predict(model, diffusion, video[:, -K:], K + new, settings, **kw)
+                video = torch.cat([video, clip[:, K:]], dim=1)
             bar.update(new)
     return video
 
 
 def extend_hierarchical(
     model, diffusion, first: Tensor, length: int, window: int, settings: SampleConfig, progress: bool = False,
-    **kw,
+    past: bool = False, **kw,
 ) -> Tensor:
     """Generate ``length`` frames from observed ``first`` frames ``(B, K, C, H, W)`` hierarchically.
 
@@ -152,14 +161,21 @@ def extend_hierarchical(
     window ``[a, new frames..., b]`` that observes both ends, as in FDM's hierarchy: a gap with at
     most ``window - 2`` missing frames is filled at once; a longer one first gets ``window - 2``
     evenly spaced frames, which split it into shorter gaps filled the same way. Frames carry
-    their real indices, so the relative frame encoding sees the true distances.
+    their real indices, so the relative frame encoding sees the true distances. With ``past`` the observed
+    frames are the last ``K`` and everything before them is generated (the keyframes mirrored).
     """
     B, K = first.shape[:2]
     device = first.device
+
+    def place(frames: int) -> tuple[Tensor, Tensor | None]:
+        """The observed frames at the start (or with ``past`` the end) of ``frames``, and their mask."""
+        new = first.new_zeros(B, frames - K, *first.shape[2:])
+        idx = torch.arange(frames, device=device)
+        mask = (idx >= frames - K) if past else (idx < K)
+        return torch.cat([new, first] if past else [first, new], dim=1), mask.expand(B, frames) if K else None
+
     if length <= window:
-        observed = torch.cat([first, first.new_zeros(B, length - K, *first.shape[2:])], dim=1)
-        mask = (torch.arange(length, device=device) < K).expand(B, length) if K else None
-        return generate(model, diffusion, observed, mask, settings, **kw)
+        return generate(model, diffusion, *place(length), settings, **kw)
     if not (window >= 3 and K < window):
         raise ValueError(f"hierarchical generation needs a window of at least 3 frames (both ends and one new) "
                          f"and fewer observed frames ({K}) than the window ({window})")
@@ -170,9 +186,9 @@ def extend_hierarchical(
         key_index = [round((length - 1) * i / (window - 1)) for i in range(window)]
     if len(set(key_index)) != window:
         raise ValueError(f"length {length} is too short for {window - K} keyframes after {K} observed frames")
-    observed = torch.cat([first, first.new_zeros(B, window - K, *first.shape[2:])], dim=1)
-    mask = (torch.arange(window, device=device) < K).expand(B, window) if K else None
-    keys = generate(model, diffusion, observed, mask, settings,
+    if past:  # mirrored: the observed frames are the last K, the keyframes spread back to frame 0
+        key_index = [length - 1 - i for i in reversed(key_index)]
+    keys = generate(model, diffusion, *place(window), settings,
                     frame_index=torch.tensor(key_index, device=device).expand(B, window), **kw)
 
     video = first.new_zeros(B, length, *first.shape[2:])
