@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
 from multigen.benchmarking import (  # noqa: E402
-    quality_by_sampler, sampler_setting, time_train_steps, timed, write_results,
+    override_sample_settings, quality_by_sampler, sampler_setting, time_train_steps, timed, write_results,
 )
 from pointcloud import ops, reference  # noqa: E402
 from pointcloud.metrics import emd_approx, emd_exact  # noqa: E402
@@ -178,9 +178,6 @@ def completion_rows(export: str, device: str, num_shapes: int, bank: int, sample
     the share of it that comes from their worst 10% (stray points) are also given. ``sample``
     overrides fields of the export's sample config, e.g. ``["steps=100", "resample=3"]``.
     """
-    import dataclasses
-
-    from multigen.config import ConfigError, SampleConfig, load_config
     from multigen.export import load_pretrained
     from pointcloud.metrics import chamfer
     from pointcloud.shapes import ProceduralShapes
@@ -188,10 +185,7 @@ def completion_rows(export: str, device: str, num_shapes: int, bank: int, sample
 
     p = load_pretrained(export, device=device)
     domain, model = p.domain, p.model.eval()
-    try:
-        domain.cfg.sample = load_config(SampleConfig, values=dataclasses.asdict(domain.cfg.sample), overrides=sample)
-    except ConfigError as e:
-        raise SystemExit(f"--sample: {e}") from None
+    override_sample_settings(domain, sample)
     data = domain.build_dataset("val")
     if not isinstance(data, ProceduralShapes):
         raise SystemExit(f"--completion needs a model trained on the procedural shapes; {export} was not")

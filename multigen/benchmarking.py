@@ -7,6 +7,7 @@ process when it must be its own); CUDA memory is the allocator's peak.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import itertools
 import json
@@ -91,6 +92,18 @@ def quality_by_sampler(export: str | Path, device: str, settings: list[tuple[str
                      "seconds": time.perf_counter() - start, **metrics})
         print(json.dumps(rows[-1]), file=sys.stderr)
     return rows
+
+
+def override_sample_settings(domain: Any, overrides: Sequence[str]) -> None:
+    """Replace ``domain.cfg.sample`` by itself with ``overrides`` (``"steps=100"``, ``"guidance=2"``) applied and
+    validated; a bad one exits naming it (``--sample``, the scripts' option for them)."""
+    from .config import ConfigError, SampleConfig, load_config
+
+    try:
+        domain.cfg.sample = load_config(SampleConfig, values=dataclasses.asdict(domain.cfg.sample),
+                                        overrides=list(overrides))
+    except ConfigError as e:
+        raise SystemExit(f"--sample: {e}") from None
 
 
 def sampler_setting(text: str) -> tuple[str, int]:

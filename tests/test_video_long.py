@@ -1,0 +1,75 @@
+"""benchmarks/video_long.py: long prediction forward and backward, scored by distance from the context."""
+
+import pytest
+import torch
+
+from multigen.config import load_config
+from video.domain import Video, VideoConfig
+from video.metrics import PSNR_CAP, linear_blend, psnr
+
+from .conftest import load_benchmark
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_benchmark("video_long")
+
+
+def _domain() -> Video:
+    return Video(load_config(VideoConfig, overrides=["data.frames=5", "data.size=16", "model.base_channels=8",
+                                                     "model.channel_mults=[1,2]", "model.attn_levels=[1]",
+                                                     "diffusion.timesteps=50", "sample.steps=2"]))
+
+
+def test_rows_score_each_band_of_frames_away_from_the_context(bench, monkeypatch):
+    """With a stand-in for the chaining that returns the clips themselves every generated frame scores the PSNR
+    cap, and with one that returns the copy baseline the model's scores are the copy's, band by band; the bands
+    count frames away from the context in both directions."""
+    domain = _domain()
+    clips = bench.held_out_clips(domain, 11, 3)
+    assert clips.shape == (3, 11, 1, 16, 16)
+    seen = []
+
+    def perfect(model, diffusion, first, length, window, settings, past, generator, **kw):
+        seen.append((past, first.shape[1], length, window))
+        return clips[: len(first)]
+
+    monkeypatch.setattr(bench, "MODES", {"perfect": perfect})
+    rows = bench.long_rows(domain, domain.build_model(), clips, context=3, band=3)
+    assert seen == [(False, 3, 11, 5), (True, 3, 11, 5)]
+    assert [(r["direction"], r["frames"]) for r in rows] == [(d, f) for d in ("future", "past")
+                                                              for f in ("1-3", "4-6", "7-8", "1-8")]
+    assert all(r["model_psnr"] == PSNR_CAP and r["model_ssim"] == pytest.approx(1.0) for r in rows)
+    future_far = linear_blend(clips, torch.arange(11) < 3)[:, 9:]  # frames 7-8 away: indices 9 and 10
+    assert rows[2]["copy_psnr"] == pytest.approx(psnr(future_far, clips[:, 9:]).mean().item())
+    past_near = linear_blend(clips, torch.arange(11) >= 8)[:, 5:8]  # frames 1-3 before the context: 7, 6, 5
+    assert rows[4]["copy_psnr"] == pytest.approx(psnr(past_near, clips[:, 5:8]).mean().item())
+
+    def copying(model, diffusion, first, length, window, settings, past, generator, **kw):
+        return linear_blend(clips, torch.arange(11) >= 8 if past else torch.arange(11) < 3)
+
+    monkeypatch.setattr(bench, "MODES", {"copy": copying})
+    for r in bench.long_rows(domain, domain.build_model(), clips, context=3, band=3):
+        assert r["model_psnr"] == pytest.approx(r["copy_psnr"]) and r["model_ssim"] == pytest.approx(r["copy_ssim"])
+
+
+def test_the_chaining_runs_and_keeps_the_context(bench):
+    domain = _domain()
+    torch.manual_seed(0)
+    clips = bench.held_out_clips(domain, 9, 2)
+    rows = bench.long_rows(domain, domain.build_model(), clips, context=2, band=4)
+    assert [(r["direction"], r["mode"], r["frames"]) for r in rows] == [
+        (d, m, f) for d in ("future", "past") for m in ("autoregressive", "hierarchical")
+        for f in ("1-4", "5-7", "1-7")]
+    assert all(r["model_psnr"] < PSNR_CAP for r in rows)
+    with pytest.raises(ValueError, match="below the model's window"):
+        bench.long_rows(domain, domain.build_model(), clips, context=5)
+    print(bench.table(rows))
+
+
+def test_sample_overrides_are_validated(bench):
+    domain = _domain()
+    bench.override_sample_settings(domain, ["guidance=2", "steps=7"])
+    assert domain.cfg.sample.guidance == 2.0 and domain.cfg.sample.steps == 7
+    with pytest.raises(SystemExit, match="--sample: .*nonsense"):
+        bench.override_sample_settings(domain, ["nonsense=1"])
