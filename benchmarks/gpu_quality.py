@@ -189,7 +189,7 @@ def video_figures(trainer: Any, frames: int, with_nna: bool) -> dict[str, dict[s
     with trainer.accelerator.autocast():
         # temperature 1: the 1-NNA measures the model's distribution (the config's lower temperature is for
         # prediction and interpolation, where it trades diversity for accuracy)
-        samples = torch.cat([domain.sample(model, len(c), generator=g, temperature=1.0).float().cpu()
+        samples = torch.cat([domain.sample(model, len(c), generator=g, unconditional_temperature=1.0).float().cpu()
                              for c in torch.arange(frames).split(domain.cfg.eval.batch_size)])
     train = domain.build_dataset("train")
     train_frames = torch.stack([train[i] for i in range(frames)]).flatten(0, 1)

@@ -29,8 +29,8 @@ def choice(default: str, *options: str) -> Any:
     return field(default=default, metadata={"choices": options})
 
 
-def at_least(default: float, minimum: float) -> Any:
-    """A numeric field with a lower bound."""
+def at_least(default: float | None, minimum: float) -> Any:
+    """A numeric field with a lower bound (None, where the field's type allows it, is not checked)."""
     return field(default=default, metadata={"min": minimum})
 
 
@@ -119,12 +119,19 @@ class SampleConfig:
     # scales the starting noise and every noise a sampler draws for the generated part: 1 samples the model's
     # distribution, lower trades diversity for samples nearer the conditional mean (0: one central sample)
     temperature: float = at_least(1.0, 0.0)
+    # the temperature of samples with nothing observed (None: `temperature`): a temperature tuned for prediction
+    # or completion, where the observed part pins the sample down, collapses unconditional samples to one mean
+    unconditional_temperature: float | None = at_least(None, 0.0)
     num: int = at_least(16, 1)  # samples drawn at every sample_every
     seed: int = 1234
 
-    def sampler_arguments(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`multigen.samplers.sample` that these settings hold."""
-        return {name: getattr(self, name) for name in ("sampler", "steps", "spacing", "eta", "resample", "temperature")}
+    def sampler_arguments(self, observed: bool = True) -> dict[str, Any]:
+        """The keyword arguments of :func:`multigen.samplers.sample` that these settings hold, for a sample with an
+        ``observed`` part or, if not, an unconditional one (its temperature ``unconditional_temperature``)."""
+        args = {name: getattr(self, name) for name in ("sampler", "steps", "spacing", "eta", "resample", "temperature")}
+        if not observed and self.unconditional_temperature is not None:
+            args["temperature"] = self.unconditional_temperature
+        return args
 
 
 def validate(obj: Any, prefix: str = "") -> None:
@@ -141,7 +148,7 @@ def validate(obj: Any, prefix: str = "") -> None:
             hint = " (YAML reads an unquoted no/yes/off/on as a boolean: quote it)" if boolean else ""
             raise ConfigError(f"{key}: must be one of {list(options)}, got {value!r}{hint}")
         minimum = f.metadata.get("min")
-        if minimum is not None and value < minimum:
+        if minimum is not None and value is not None and value < minimum:
             raise ConfigError(f"{key}: must be >= {minimum}, got {value!r}")
         if f.metadata.get("unit_interval") and not 0 <= value[0] <= value[1] <= 1:
             raise ConfigError(f"{key}: must be [lo, hi] with 0 <= lo <= hi <= 1, got {list(value)}")

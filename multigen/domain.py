@@ -140,7 +140,8 @@ class GaussianDomain(Domain):
     def training_loss(self, model: nn.Module, batch: Tensor) -> Tensor:
         return self.diffusion.loss(model, batch).mean()
 
-    SETTINGS = ("sampler", "steps", "spacing", "eta", "resample", "guidance", "guidance_interval", "temperature")
+    SETTINGS = ("sampler", "steps", "spacing", "eta", "resample", "guidance", "guidance_interval", "temperature",
+                "unconditional_temperature")
 
     def sample_settings(self, **overrides: Any) -> SampleConfig:
         """:meth:`Domain.sample_settings`, and the settings fit the sampler: ``eta`` is DDIM's and
@@ -195,7 +196,7 @@ class GaussianDomain(Domain):
             self.diffusion.denoiser(model_fn),
             shape,
             self.diffusion.schedule,
-            **settings.sampler_arguments(),
+            **settings.sampler_arguments(observed=known is not None),
             known=known,
             generator=generator,
             device=device,

@@ -198,3 +198,25 @@ def test_an_export_with_reference_input_loads_the_wider_network(tmp_path):
     assert loaded.config.model.reference_input is True and loaded.model.cond_channels == 3
     assert loaded.sample(1, steps=2).shape[0] == 1
     assert _domain("video").cfg.model.reference_input is False
+
+
+def test_an_export_from_before_the_unconditional_temperature_samples_unconditionally_at_its_temperature(tmp_path):
+    """The video default samples unconditional clips at temperature 1; an export without the key used
+    ``sample.temperature`` for them too (None)."""
+    domain = _domain("video")
+    out = export_model(domain.build_model(), domain, tmp_path / "export")
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["sample"].pop("unconditional_temperature") == 1.0  # as exports before the key existed wrote it
+    (out / "config.yaml").write_text(yaml.safe_dump(config))
+    settings = load_pretrained(out).config.sample
+    assert settings.unconditional_temperature is None
+    assert settings.sampler_arguments(observed=False)["temperature"] == settings.temperature == 0.2
+
+
+def test_the_unconditional_temperature_applies_where_nothing_is_observed():
+    s = SampleConfig(temperature=0.3)
+    assert s.sampler_arguments(observed=False)["temperature"] == s.sampler_arguments()["temperature"] == 0.3
+    s = SampleConfig(temperature=0.3, unconditional_temperature=1.0)
+    assert (s.sampler_arguments()["temperature"], s.sampler_arguments(observed=False)["temperature"]) == (0.3, 1.0)
+    with pytest.raises(ConfigError, match="sample.unconditional_temperature: must be >= 0"):
+        _domain("toy2d").sample_settings(unconditional_temperature=-1.0)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from multigen.config import load_config
 from multigen.export import export_model
@@ -74,6 +75,18 @@ def test_sample_writes_videos_and_a_grid(tmp_path, export):
     assert main(["sample", "--checkpoint", str(export), "--num", "2", "--frames", "7", "--out", str(out)]) == 0
     assert sorted(p.name for p in out.glob("sample_*.gif")) == ["sample_000.gif", "sample_001.gif"]
     assert (out / "grid.png").is_file()
+
+
+def test_sample_draws_every_frame_at_the_unconditional_temperature(tmp_path, export, monkeypatch):
+    """The keyframes' window is unconditional and the gaps between them are not: `sample` runs both at the export's
+    unconditional temperature (the schema's 1, not the prediction temperature 0.2), or at --temperature."""
+    seen = []
+    monkeypatch.setattr("video.cli.extend_hierarchical",
+                        lambda model, diffusion, first, length, window, settings, **kw: seen.append(settings)
+                        or torch.zeros(len(first), length, *first.shape[2:]))
+    for extra in ([], ["--temperature", "0.5"]):
+        assert main(["sample", "--checkpoint", str(export), "--num", "1", "--out", str(tmp_path / "s"), *extra]) == 0
+    assert [(s.temperature, s.unconditional_temperature) for s in seen] == [(1.0, 1.0), (0.5, 0.5)]
 
 
 def test_errors_name_the_problem(tmp_path, export, capsys):

@@ -6,6 +6,7 @@ from torch import nn
 
 from multigen.config import ConfigError, SampleConfig, load_config
 from multigen.samplers import SAMPLERS, Known
+import video.sampling
 from video.conditioning import TaskMix, blended_observed, nearest_observed, pack_condition, sample_masks, scaled_residual
 from video.domain import Video, VideoConfig
 from video.sampling import extend_autoregressive, extend_hierarchical, generate, interpolate, predict
@@ -70,13 +71,25 @@ def test_residual_scale_scales_what_is_diffused(setup, monkeypatch):
     assert torch.allclose(targets[0], 4.0 * targets[1]) and targets[1].abs().sum() > 0
 
 
-def test_temperature_reaches_the_sampler(setup):
-    """At temperature 0 a deterministic sampler's unconditional clips no longer depend on the random draw."""
+def test_temperatures_reach_the_sampler(setup, monkeypatch):
+    """Unconditional clips sample at ``unconditional_temperature`` (1 in the schema), clips with observed frames at
+    ``temperature``; at temperature 0 a deterministic sampler's unconditional clips no longer depend on the draw."""
     model, domain = setup
-    runs = [domain.sample(model, 2, temperature=t, steps=4, generator=torch.Generator().manual_seed(seed))
-            for t in (0.0, 1.0) for seed in (0, 1)]
-    assert torch.equal(runs[0], runs[1])
-    assert not torch.allclose(runs[2], runs[3])
+
+    def pair(**kw):  # two draws of different seeds
+        return [domain.sample(model, 2, steps=4, generator=torch.Generator().manual_seed(seed), **kw)
+                for seed in (0, 1)]
+
+    assert torch.equal(*pair(unconditional_temperature=0.0))
+    assert not torch.allclose(*pair(temperature=0.0))  # unconditional: the unconditional temperature, 1
+    seen = []
+    sampler = video.sampling.sample
+    monkeypatch.setattr(video.sampling, "sample", lambda *a, **kw: seen.append(kw["temperature"]) or sampler(*a, **kw))
+    mask = torch.zeros(2, 5, dtype=torch.bool)
+    mask[:, :2] = True
+    domain.sample(model, 2, known=Known(mask, _clips()), steps=2, temperature=0.3, unconditional_temperature=0.7)
+    domain.sample(model, 2, steps=2, temperature=0.3, unconditional_temperature=0.7)
+    assert seen == [0.3, 0.7]
 
 
 def test_long_video_chaining_keeps_context_and_keyframes(setup):

@@ -12,6 +12,7 @@ the output (bit-exactly in ``.npy`` when the input already has the model's size)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -100,9 +101,14 @@ def cmd_sample(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     empty = torch.zeros(args.num, 0, d.channels, d.size, d.size, device=args.device)
+    settings = _settings(args, p.domain)
+    # generation: the keyframes' window and the gaps filled between them, all at the unconditional temperature
+    # (or --temperature); the config's temperature is tuned for prediction
+    t = args.temperature if args.temperature is not None else settings.sampler_arguments(observed=False)["temperature"]
+    settings = dataclasses.replace(settings, temperature=t, unconditional_temperature=t)
     with torch.no_grad():
-        videos = extend_hierarchical(p.model, p.domain.diffusion, empty, args.frames or d.frames, d.frames,
-                                     _settings(args, p.domain), progress=True, **_options(args, p.domain))
+        videos = extend_hierarchical(p.model, p.domain.diffusion, empty, args.frames or d.frames, d.frames, settings,
+                                     progress=True, **_options(args, p.domain))
     for i, v in enumerate(videos):
         write_video(out / f"sample_{i:03d}.{args.format}", to_uint8(v), fps=args.fps)
     p.domain.save_samples(videos.float().cpu(), out / "grid")
@@ -122,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"),
                        help="guide only at diffusion times t in [LO, HI], 1 being pure noise (default: the model's)")
         p.add_argument("--temperature", type=float,
-                       help="sampling noise scale: below 1 is less diverse and nearer the mean (default: config)")
+                       help="sampling noise scale: below 1 is less diverse and nearer the mean (default: the "
+                            "config's temperature; for `sample`, its unconditional_temperature, for every frame)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--fps", type=int, default=8)
         p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

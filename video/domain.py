@@ -104,9 +104,11 @@ class VideoConfig:
     # temperature 0.2: samples nearer the conditional mean, +1.8-2.7 dB PSNR on prediction and interpolation
     # (benchmarks/RESULTS.md, 2026-12-01); 1 samples the model's full distribution. Guidance 2 at the noisiest
     # times only (t >= 0.8: 8 of DPM-Solver++'s 25 steps): SSIM +0.04 to +0.09 at level PSNR over 4 seeds, for 1.4x
-    # the sampling time (RESULTS, 2026-12-04)
+    # the sampling time (RESULTS, 2026-12-04). Unconditional clips sample at temperature 1: at 0.2 every one is the
+    # same blurred mean digit (RESULTS, 2026-12-05)
     sample: SampleConfig = field(default_factory=lambda: SampleConfig(num=8, steps=25, temperature=0.2, guidance=2.0,
-                                                                      guidance_interval=(0.8, 1.0)))
+                                                                      guidance_interval=(0.8, 1.0),
+                                                                      unconditional_temperature=1.0))
     data: VideoDataConfig = field(default_factory=VideoDataConfig)
     model: VideoModelConfig = field(default_factory=VideoModelConfig)
     task: VideoTaskConfig = field(default_factory=VideoTaskConfig)

@@ -46,7 +46,7 @@ def generate(
     ``mask=None`` observes nothing (unconditional clips of ``observed``'s shape);
     ``frame_index`` ``(B, T)`` gives the frames' positions in the video (default ``0..T-1``).
     ``settings`` come from the domain's ``sample_settings`` (sampler, steps, spacing, eta, resample, guidance and
-    its interval, temperature).
+    its interval, temperature; with nothing observed, ``unconditional_temperature`` where it is set).
     With ``residual`` (the model's ``model.residual``) the sampler draws ``x`` minus its ``reference`` frames
     (``model.reference``: ``nearest``, ``blend`` or ``motion``, see ``REFERENCES``; exactly 0 on observed
     frames) times ``residual_scale`` (``model.residual_scale``), and the output is that divided by the scale plus
@@ -80,7 +80,7 @@ def generate(
         guided if clip is None else lambda x, t: guided(x, t).clamp(-clip, clip),
         tuple(observed.shape),
         diffusion.schedule,
-        **settings.sampler_arguments(),
+        **settings.sampler_arguments(observed=not free),
         known=None if free else Known(mask[:, :, None, None, None], target),
         generator=generator,
         device=observed.device,
