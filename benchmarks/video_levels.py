@@ -29,8 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 # benchmarks/video.py shares its name with the package measured here: import the package, not that script.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
-from multigen.benchmarking import write_results  # noqa: E402
-from multigen.export import load_pretrained  # noqa: E402
+from multigen.benchmarking import load_export_of, write_results  # noqa: E402
 from video.conditioning import pack_condition, scaled_residual  # noqa: E402
 from video.domain import Video  # noqa: E402
 
@@ -94,10 +93,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the noise draws")
     parser.add_argument("--out", default="benchmarks/out/video_levels.json")
     args = parser.parse_args()
-    pretrained = load_pretrained(args.export, args.device)
-    domain, model = pretrained.domain, pretrained.model.eval()
-    if not isinstance(domain, Video):
-        raise SystemExit(f"{args.export} is a {domain.name} export; this benchmark takes a video model")
+    pretrained = load_export_of(Video, args.export, args.device)
+    domain, model = pretrained.domain, pretrained.model
     val = domain.build_dataset("val")
     clips = torch.stack([val[i] for i in range(min(args.clips, len(val)))])
     rows = level_errors(domain, model, clips, args.levels, args.seed)

@@ -27,8 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 # benchmarks/video.py shares its name with the package measured here: import the package, not that script.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
-from multigen.benchmarking import override_sample_settings, write_results  # noqa: E402
-from multigen.export import load_pretrained  # noqa: E402
+from multigen.benchmarking import load_export_of, override_sample_settings, write_results  # noqa: E402
 from video.conditioning import motion_compensated  # noqa: E402
 from video.domain import Video  # noqa: E402
 from video.metrics import linear_blend, psnr, ssim  # noqa: E402
@@ -115,10 +114,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the sampling draws")
     parser.add_argument("--out", default="benchmarks/out/video_long.json")
     args = parser.parse_args()
-    pretrained = load_pretrained(args.export, args.device)
-    domain, model = pretrained.domain, pretrained.model.eval()
-    if not isinstance(domain, Video):
-        raise SystemExit(f"{args.export} is a {domain.name} export; this benchmark takes a video model")
+    pretrained = load_export_of(Video, args.export, args.device)
+    domain, model = pretrained.domain, pretrained.model
     override_sample_settings(domain, args.sample)
     clips = held_out_clips(domain, args.length, args.clips)
     rows = long_rows(domain, model, clips, args.context, args.band, args.seed)

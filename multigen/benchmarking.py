@@ -94,6 +94,19 @@ def quality_by_sampler(export: str | Path, device: str, settings: list[tuple[str
     return rows
 
 
+def load_export_of(domain_class: type, path: str | Path, device: str) -> Any:
+    """The export at ``path`` (:func:`~multigen.export.load_pretrained`), its model in eval mode; an export of
+    another domain than ``domain_class`` exits naming both."""
+    from .export import load_pretrained
+
+    pretrained = load_pretrained(path, device)
+    if not isinstance(pretrained.domain, domain_class):
+        raise SystemExit(f"{path} is a {pretrained.domain.name} export; this benchmark takes a {domain_class.name} "
+                         f"model")
+    pretrained.model.eval()
+    return pretrained
+
+
 def override_sample_settings(domain: Any, overrides: Sequence[str]) -> None:
     """Replace ``domain.cfg.sample`` by itself with ``overrides`` (``"steps=100"``, ``"guidance=2"``) applied and
     validated; a bad one exits naming it (``--sample``, the scripts' option for them)."""

@@ -73,3 +73,16 @@ def test_sample_overrides_are_validated(bench):
     assert domain.cfg.sample.guidance == 2.0 and domain.cfg.sample.steps == 7
     with pytest.raises(SystemExit, match="--sample: .*nonsense"):
         bench.override_sample_settings(domain, ["nonsense=1"])
+
+
+def test_an_export_of_another_domain_is_refused(bench, tmp_path):
+    from multigen.export import export_model
+    from multigen.toy2d import Toy2D, Toy2DConfig
+
+    video = export_model(_domain().build_model(), _domain(), tmp_path / "video")
+    pretrained = bench.load_export_of(Video, video, "cpu")
+    assert isinstance(pretrained.domain, Video) and not pretrained.model.training
+    toy = Toy2D(load_config(Toy2DConfig))
+    other = export_model(toy.build_model(), toy, tmp_path / "toy")
+    with pytest.raises(SystemExit, match="is a toy2d export; this benchmark takes a video model"):
+        bench.load_export_of(Video, other, "cpu")
