@@ -20,17 +20,15 @@ import sys
 import torch
 
 from multigen import load_pretrained
+from multigen.cli import add_export_arguments, run_command, seeded_generator
 from multigen.samplers import Known
 
-from .data import TokenError, TokenWindows, read_text, read_tokens
+from .data import TokenWindows, read_text, read_tokens
 from .domain import mean_and_stderr
 
 
 def _load(args: argparse.Namespace):
-    pretrained = load_pretrained(args.checkpoint, device=args.device)
-    if pretrained.domain.name != "discrete":
-        raise SystemExit(f"{args.checkpoint} holds a {pretrained.domain.name!r} model, not a discrete model")
-    return pretrained
+    return load_pretrained(args.checkpoint, args.device, domain="discrete")
 
 
 def _known(domain, args: argparse.Namespace, length: int) -> Known | None:
@@ -57,7 +55,7 @@ def _known(domain, args: argparse.Namespace, length: int) -> Known | None:
     return Known(given.expand(args.num, -1).to(args.device), values.expand(args.num, -1).to(args.device))
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
+def cmd_sample(args: argparse.Namespace) -> None:
     p = _load(args)
     domain = p.domain
     if domain.cfg.data.source == "digits":
@@ -66,17 +64,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if length > domain.cfg.data.length:
         raise ValueError(f"--length {length} exceeds the model's maximum sequence length {domain.cfg.data.length}")
     known = _known(domain, args, length)
-    g = torch.Generator(device=args.device).manual_seed(args.seed)
+    g = seeded_generator(args)
     with torch.no_grad():
         tokens = domain.sample(p.model, args.num, known=known, steps=args.steps, temperature=args.temperature,
                                length=length, generator=g, progress=True)
     texts = domain.decode(tokens) if domain.tokenizer else [" ".join(map(str, r.tolist())) for r in tokens]
     for i, text in enumerate(texts):
         print(f"--- sample {i} ---\n{text}")
-    return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+def cmd_eval(args: argparse.Namespace) -> None:
     if args.any_order and args.steps:
         raise ValueError("--any-order scores the continuous-time bound: it takes no --steps")
     p = _load(args)
@@ -102,19 +99,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"{args.data}: {mean:.4f} ± {stderr:.4f} {unit} (negative ELBO over {data.numel()} tokens in {len(data)} "
           f"sequences, {chain}; every term a one-sample Monte Carlo estimate, so unbiased, not exact; ± one "
           "standard error over sequences)")
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="multigen-discrete", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--checkpoint", required=True, help="export directory (model.safetensors + config.yaml)")
-        p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-
     p = sub.add_parser("sample", help="generate, continue a prompt, or infill masked characters")
-    common(p)
+    add_export_arguments(p)
     p.add_argument("--num", type=int, default=4)
     p.add_argument("--length", type=int, help="tokens per sample (default: the model's length)")
     p.add_argument("--steps", type=int, help="denoising steps, at most the model's timesteps (default: config)")
@@ -127,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("eval", help="negative ELBO in bits per token of a file (an unbiased estimate, with its s.e.)")
-    common(p)
+    add_export_arguments(p)
     p.add_argument("--data", required=True, help="a UTF-8 text file (text models) or a 1-D .npy token array")
     p.add_argument("--length", type=int, help="tokens per scored sequence (default: the model's length)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -141,12 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (FileNotFoundError, TokenError, ValueError) as e:
-        print(f"multigen-discrete: error: {e}", file=sys.stderr)
-        return 2
+    return run_command(build_parser().parse_args(argv), "multigen-discrete")
 
 
 if __name__ == "__main__":

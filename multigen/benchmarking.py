@@ -95,16 +95,14 @@ def quality_by_sampler(export: str | Path, device: str, settings: list[tuple[str
 
 
 def load_export_of(domain_class: type, path: str | Path, device: str) -> Any:
-    """The export at ``path`` (:func:`~multigen.export.load_pretrained`), its model in eval mode; an export of
-    another domain than ``domain_class`` exits naming both."""
+    """The export at ``path`` (:func:`~multigen.export.load_pretrained`, in eval mode); an export of another domain
+    than ``domain_class``'s, or an unreadable one, exits naming it."""
     from .export import load_pretrained
 
-    pretrained = load_pretrained(path, device)
-    if not isinstance(pretrained.domain, domain_class):
-        raise SystemExit(f"{path} is a {pretrained.domain.name} export; this benchmark takes a {domain_class.name} "
-                         f"model")
-    pretrained.model.eval()
-    return pretrained
+    try:
+        return load_pretrained(path, device, domain=domain_class.name)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"{e}") from None
 
 
 def override_sample_settings(domain: Any, overrides: Sequence[str]) -> None:

@@ -107,8 +107,9 @@ def _move_renamed_keys(raw: dict) -> None:
             raw.setdefault(new_section, {}).setdefault(new_key, section.pop(old_key))
 
 
-def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> Pretrained:
-    """Load an export directory written by :func:`export_model` (or the trainer) onto ``device``."""
+def load_pretrained(path: str | Path, device: str | torch.device = "cpu", domain: str | None = None) -> Pretrained:
+    """Load an export directory written by :func:`export_model` (or the trainer) onto ``device``, in eval mode;
+    with ``domain`` (``"video"``...), an export of another domain raises a ``ValueError`` naming both."""
     path = Path(path)
     for name in (CONFIG, WEIGHTS):
         if not (path / name).is_file():
@@ -118,13 +119,15 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> Pre
         raise ValueError(f"{path / CONFIG} has no 'domain' key")
     _move_renamed_keys(raw)
     name = raw.pop("domain")
+    if domain is not None and name != domain:
+        raise ValueError(f"{path} holds a {name} model, not a {domain} model")
     _fill_earlier_defaults(name, raw)
     domain_cls = get_domain(name)
-    domain = domain_cls(load_config(domain_cls.config_class, values=raw))
-    model = domain.build_model()
+    built = domain_cls(load_config(domain_cls.config_class, values=raw))
+    model = built.build_model()
     with safe_open(path / WEIGHTS, "pt") as f:
         mismatch = _mismatch(_shapes(model), {k: torch.Size(f.get_slice(k).get_shape()) for k in f.keys()})
     if mismatch:
         raise ValueError(f"{path / WEIGHTS} does not match the model its {CONFIG} builds: {mismatch}")
     load_model(model, str(path / WEIGHTS))
-    return Pretrained(model.to(device).eval(), domain)
+    return Pretrained(model.to(device).eval(), built)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from multigen import Known, load_pretrained
-from multigen.samplers import SAMPLERS
+from multigen.cli import add_export_arguments, add_sampler_arguments, run_command, seeded_generator
 
 from .domain import GENERATED_COLOR, PARTIAL_COLOR
 from .io import PointCloudError, read_points, render_clouds, write_ply
@@ -40,14 +40,7 @@ from .views import visible_points, viewpoint_towards
 
 
 def _load(args: argparse.Namespace):
-    pretrained = load_pretrained(args.checkpoint, device=args.device)
-    if pretrained.domain.name != "pointcloud":
-        raise SystemExit(f"{args.checkpoint} holds a {pretrained.domain.name!r} model, not a point-cloud model")
-    return pretrained
-
-
-def _generator(args: argparse.Namespace) -> torch.Generator:
-    return torch.Generator(device=args.device).manual_seed(args.seed)
+    return load_pretrained(args.checkpoint, args.device, domain="pointcloud")
 
 
 def _to_model_frame(points: np.ndarray, how: str, radius: float, normalizer) -> tuple[np.ndarray, float]:
@@ -91,7 +84,7 @@ def cmd_complete(args: argparse.Namespace) -> Path:
     with torch.no_grad():
         done = p.domain.sample(p.model, args.num, known=Known(mask.to(args.device), values.to(args.device)),
                                condition=args.cls, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
-                               guidance_interval=args.guidance_interval, generator=_generator(args), progress=True)
+                               guidance_interval=args.guidance_interval, generator=seeded_generator(args), progress=True)
     generated = done[:, P:].double().cpu().numpy() * scale + centre
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -114,7 +107,7 @@ def cmd_sample(args: argparse.Namespace) -> Path:
     p = _load(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    g, names = _generator(args), p.domain.class_names
+    g, names = seeded_generator(args), p.domain.class_names
     # a class-conditional model's classes are drawn here (unless given), so that each sample's can be named
     labels = p.domain.sample_labels(args.num, args.cls, True, g, torch.device(args.device)) if names else None
     with torch.no_grad():
@@ -149,20 +142,14 @@ def cmd_scan(args: argparse.Namespace) -> Path:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="export directory (model.safetensors + config.yaml)")
+    add_export_arguments(p)
+    add_sampler_arguments(p, guidance_help="class-conditional models: classifier-free guidance scale on --class "
+                                           "(default: the model's)")
     p.add_argument("--num", type=int, default=4)
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), help="default: the model's config")
-    p.add_argument("--steps", type=int, help="sampler steps (default: the model's config)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--class", dest="cls", metavar="NAME",
                    help="class-conditional models (model.class_conditional): the class of every output (default: "
                         "sample draws each one's class in the training proportions, complete uses none)")
-    p.add_argument("--guidance", type=float,
-                   help="class-conditional models: classifier-free guidance scale on --class (default: the model's)")
-    p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"),
-                   help="guide only at diffusion times t in [LO, HI], 1 being pure noise (default: the model's)")
 
 
 def _complete_args(p: argparse.ArgumentParser) -> None:
@@ -196,24 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(args: argparse.Namespace, prog: str) -> int:
-    try:
-        path = args.func(args)
-    except (FileNotFoundError, PointCloudError, ValueError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
-    return _run(build_parser().parse_args(argv), "multigen-pointcloud")
+    return run_command(build_parser().parse_args(argv), "multigen-pointcloud")
 
 
 def complete_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="multigen-complete", description="Complete a partial point cloud.")
     _complete_args(parser)
-    return _run(parser.parse_args(argv), "multigen-complete")
+    return run_command(parser.parse_args(argv), "multigen-complete")
 
 
 if __name__ == "__main__":

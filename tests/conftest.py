@@ -95,3 +95,8 @@ def device(request) -> torch.device:
     """Always ``meta`` (shapes only: any tensor made on the CPU by mistake meets a meta tensor and raises), and a
     real device: ``$MULTIGEN_TEST_DEVICE``, else ``cuda`` when present, else ``cpu``."""
     return torch.device(request.param)
+
+
+def device_generator(device: torch.device) -> torch.Generator | None:
+    """A generator on ``device`` seeded with 0 (``None`` on meta, which has none: sampling there draws shapes only)."""
+    return None if device.type == "meta" else torch.Generator(device=device).manual_seed(0)

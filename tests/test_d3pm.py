@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from discrete.d3pm import D3PM, Absorbing, DiscretizedGaussian, Uniform, d3pm_betas, random_known
 from multigen.samplers import Known
 
+from .conftest import device_generator
+
 K, T = 5, 10
 
 
@@ -449,11 +451,6 @@ def test_temperature_must_be_positive():
             process.sample(model, (2, 3), temperature=bad)
 
 
-def _generator(device: torch.device) -> torch.Generator | None:
-    """A seeded generator on ``device`` (meta has none: sampling there draws shapes only)."""
-    return None if device.type == "meta" else torch.Generator(device=device).manual_seed(0)
-
-
 @pytest.mark.parametrize("kind", list(CASES))
 @pytest.mark.parametrize("steps", [None, 3], ids=["all_steps", "skip_steps"])
 def test_d3pm_sampling_elbo_and_losses_keep_to_the_device(device, kind, steps):
@@ -465,7 +462,7 @@ def test_d3pm_sampling_elbo_and_losses_keep_to_the_device(device, kind, steps):
     model = LogitModel(lambda x, t: 3.0 * (x[..., None] == torch.arange(K, device=x.device)).float()).to(device)
     x0 = torch.randint(0, K - 1, (3, 7)).to(device)
     mask = (torch.arange(7) < 3).expand(3, 7).to(device)
-    g = _generator(device)
+    g = device_generator(device)
     out = process.sample(model, (3, 7), steps=steps, known=Known(mask, x0), generator=g)
     assert out.device == device and out.shape == (3, 7) and out.dtype == torch.long
     bits = process.elbo_bits(model, x0, steps=steps, generator=g)

@@ -18,12 +18,9 @@ from multigen.samplers import Known, sample
 from multigen.schedules import NoiseSchedule
 from multigen.toy2d import Toy2D, Toy2DConfig
 
+from .conftest import device_generator
+
 SCHEDULE = NoiseSchedule("cosine", 100)
-
-
-def _generator(device: torch.device) -> torch.Generator | None:
-    """A seeded generator on ``device`` (meta has none: sampling there draws shapes only)."""
-    return None if device.type == "meta" else torch.Generator(device=device).manual_seed(0)
 
 
 def _denoiser(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -45,7 +42,7 @@ def _known(device: torch.device) -> Known:
 def test_core_samplers_keep_to_the_device(device, sampler, kw, with_known):
     known = _known(device) if with_known else None
     out = sample(_denoiser, (3, 4, 2), SCHEDULE, sampler=sampler, steps=5, known=known,
-                 generator=_generator(device), device=device, **kw)
+                 generator=device_generator(device), device=device, **kw)
     assert out.device == device and out.shape == (3, 4, 2)
     if device.type != "meta" and known is not None:
         assert torch.equal(out[known.mask], known.values[known.mask])
@@ -73,7 +70,7 @@ def test_variational_bound_keeps_to_the_device(device, decoder):
 def test_guidance_keeps_to_the_device(device):
     cond = torch.randn(3, 5, device=device)
     null = torch.zeros(5)  # a CPU null embedding is moved to the condition's device
-    dropped = drop_condition(cond, null, 0.5, generator=_generator(device))
+    dropped = drop_condition(cond, null, 0.5, generator=device_generator(device))
     guided = classifier_free_guidance(lambda x, t, c: x + c.mean(1)[:, None, None], dropped, null, 2.0)
     out = sample(guided, (3, 4, 2), SCHEDULE, sampler="ddim", steps=3, device=device)
     assert out.device == device
@@ -86,5 +83,5 @@ def test_toy2d_trains_and_samples_on_the_device(device, tmp_path):
     model = domain.build_model().to(device)
     loss = domain.training_loss(model, torch.randn(8, 2, device=device))
     assert loss.device == device and loss.shape == ()
-    out = domain.sample(model, 4, generator=_generator(device))
+    out = domain.sample(model, 4, generator=device_generator(device))
     assert out.device == device and out.shape == (4, 2)

@@ -20,14 +20,10 @@ from video.domain import Video, VideoConfig
 from video.metrics import linear_blend
 from video.sampling import extend_autoregressive, extend_hierarchical, interpolate, predict
 
+from .conftest import device_generator
 from .test_video_model import tiny_unet
 
 SHAPE = (2, 5, 1, 16, 16)
-
-
-def _generator(device: torch.device) -> torch.Generator | None:
-    """A seeded generator on ``device`` (meta has none: sampling there draws shapes only)."""
-    return None if device.type == "meta" else torch.Generator(device=device).manual_seed(0)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +34,7 @@ def domain() -> Video:
 
 
 def test_masks_and_conditions_are_made_on_the_device(device):
-    masks = sample_masks(6, 5, TaskMix(), generator=_generator(device), device=device)
+    masks = sample_masks(6, 5, TaskMix(), generator=device_generator(device), device=device)
     assert masks.device == device and masks.shape == (6, 5) and masks.dtype == torch.bool
     clips = torch.zeros(SHAPE, device=device)
     cond = pack_condition(clips, masks[:2])
@@ -76,14 +72,14 @@ def test_sample_keeps_to_the_device(device, domain, sampler, with_known):
         mask = torch.zeros(2, 5, dtype=torch.bool, device=device)
         mask[:, :2] = True
         known = Known(mask, torch.zeros(SHAPE, device=device))
-    out = domain.sample(model, 2, known=known, sampler=sampler, steps=2, generator=_generator(device))
+    out = domain.sample(model, 2, known=known, sampler=sampler, steps=2, generator=device_generator(device))
     assert out.device == device and out.shape == SHAPE
 
 
 def test_long_video_samplers_keep_to_the_device(device):
     model = tiny_unet(reference_input=True).to(device)
     video = Video(load_config(VideoConfig, overrides=["diffusion.timesteps=50"]))
-    diffusion, g = video.diffusion, {"generator": _generator(device), "residual": True, "reference_input": True}
+    diffusion, g = video.diffusion, {"generator": device_generator(device), "residual": True, "reference_input": True}
     s = video.sample_settings(sampler="ddim", steps=2, guidance=2.0)  # the null branch moved by the reference
     context = torch.zeros(2, 2, 1, 16, 16, device=device)
     assert predict(model, diffusion, context, 5, s, **g).device == device
@@ -101,7 +97,7 @@ def test_evaluation_scores_keep_to_the_device(device, domain):
     domain.cfg.model.reference_input = True
     model = tiny_unet(reference_input=True).to(device)
     clips = torch.zeros(3, 5, 1, 16, 16, device=device)
-    scores = domain.evaluation_scores(model, clips, _generator(device))
+    scores = domain.evaluation_scores(model, clips, device_generator(device))
     assert set(scores) == {f"{task}/{k}" for task in ("future", "interp", "past") for k in
                            ("psnr_best", "psnr_mean", "ssim_best", "ssim_mean", "baseline_psnr", "baseline_ssim",
                             "baseline_motion_psnr", "baseline_motion_ssim")}

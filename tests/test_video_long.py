@@ -84,5 +84,5 @@ def test_an_export_of_another_domain_is_refused(bench, tmp_path):
     assert isinstance(pretrained.domain, Video) and not pretrained.model.training
     toy = Toy2D(load_config(Toy2DConfig))
     other = export_model(toy.build_model(), toy, tmp_path / "toy")
-    with pytest.raises(SystemExit, match="is a toy2d export; this benchmark takes a video model"):
+    with pytest.raises(SystemExit, match="holds a toy2d model, not a video model"):
         bench.load_export_of(Video, other, "cpu")

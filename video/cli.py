@@ -19,19 +19,16 @@ from pathlib import Path
 import torch
 
 from multigen import load_pretrained
+from multigen.cli import add_export_arguments, add_sampler_arguments, run_command, seeded_generator
 from multigen.config import SampleConfig
-from multigen.samplers import SAMPLERS
 
 from .data import frames_to_clip
-from .io import VideoReadError, read_video, to_uint8, write_video
+from .io import read_video, to_uint8, write_video
 from .sampling import extend_autoregressive, extend_hierarchical, interpolate
 
 
 def _load(args: argparse.Namespace):
-    pretrained = load_pretrained(args.checkpoint, device=args.device)
-    if pretrained.domain.name != "video":
-        raise SystemExit(f"{args.checkpoint} holds a {pretrained.domain.name!r} model, not a video model")
-    return pretrained
+    return load_pretrained(args.checkpoint, args.device, domain="video")
 
 
 def _settings(args: argparse.Namespace, domain) -> SampleConfig:
@@ -43,17 +40,13 @@ def _settings(args: argparse.Namespace, domain) -> SampleConfig:
 
 def _options(args: argparse.Namespace, domain) -> dict:
     """What every generation call takes besides the settings: the RNG and the model's residual mode."""
-    return {"generator": _generator(args), **domain.residual_options()}
+    return {"generator": seeded_generator(args), **domain.residual_options()}
 
 
 def _read_clip(args: argparse.Namespace, domain) -> torch.Tensor:
     d = domain.cfg.data
     frames = read_video(args.input)
     return frames_to_clip(frames, d.size, d.channels).to(args.device)[None]
-
-
-def _generator(args: argparse.Namespace) -> torch.Generator:
-    return torch.Generator(device=args.device).manual_seed(args.seed)
 
 
 def cmd_predict(args: argparse.Namespace) -> Path:
@@ -120,19 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--checkpoint", required=True, help="export directory (model.safetensors + config.yaml)")
-        p.add_argument("--sampler", choices=sorted(SAMPLERS), help="default: the model's config")
-        p.add_argument("--steps", type=int, help="sampler steps (default: the model's config)")
-        p.add_argument("--guidance", type=float,
-                       help="classifier-free guidance scale on the observed frames")
-        p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"),
-                       help="guide only at diffusion times t in [LO, HI], 1 being pure noise (default: the model's)")
+        add_export_arguments(p)
+        add_sampler_arguments(p, guidance_help="classifier-free guidance scale on the observed frames (default: the "
+                                               "model's)")
         p.add_argument("--temperature", type=float,
                        help="sampling noise scale: below 1 is less diverse and nearer the mean (default: the "
                             "config's temperature; for `sample`, its unconditional_temperature, for every frame)")
-        p.add_argument("--seed", type=int, default=0)
         p.add_argument("--fps", type=int, default=8)
-        p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
     p = sub.add_parser("predict", help="continue a video from its first frames (or, with --past, its last ones "
                                        "backward)")
@@ -164,14 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        path = args.func(args)
-    except (FileNotFoundError, VideoReadError, ValueError) as e:
-        print(f"multigen-video: error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}")
-    return 0
+    return run_command(build_parser().parse_args(argv), "multigen-video")
 
 
 if __name__ == "__main__":

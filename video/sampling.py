@@ -179,13 +179,12 @@ def extend_hierarchical(
     if not (window >= 3 and K < window):
         raise ValueError(f"hierarchical generation needs a window of at least 3 frames (both ends and one new) "
                          f"and fewer observed frames ({K}) than the window ({window})")
-    # Keyframes: the K observed frames, then evenly spaced up to the last frame (from frame 0 when K = 0).
+    # Keyframes: the K observed frames, then evenly spaced up to the last frame (from frame 0 when K = 0); as
+    # length > window, the spacing exceeds 1 and the rounded indices are distinct.
     if K:
         key_index = list(range(K)) + [round(K - 1 + (length - K) * i / (window - K)) for i in range(1, window - K + 1)]
     else:
         key_index = [round((length - 1) * i / (window - 1)) for i in range(window)]
-    if len(set(key_index)) != window:
-        raise ValueError(f"length {length} is too short for {window - K} keyframes after {K} observed frames")
     if past:  # mirrored: the observed frames are the last K, the keyframes spread back to frame 0
         key_index = [length - 1 - i for i in reversed(key_index)]
     keys = generate(model, diffusion, *place(window), settings,

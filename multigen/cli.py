@@ -1,0 +1,52 @@
+"""What the domains' command lines (``multigen-video``, ``multigen-pointcloud``, ``multigen-discrete``) share:
+the options naming an export and its sampler, the seeded generator, and turning errors into one line. Each
+loads its export with ``load_pretrained(args.checkpoint, args.device, domain=...)``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .samplers import SAMPLERS
+
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    """``--checkpoint`` (an export directory) and ``--device`` (default: cuda when present, else cpu)."""
+    p.add_argument("--checkpoint", required=True, help="export directory (model.safetensors + config.yaml)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def add_sampler_arguments(p: argparse.ArgumentParser, guidance_help: str) -> None:
+    """``--sampler``, ``--steps``, ``--guidance`` (described by ``guidance_help``), ``--guidance-interval`` and
+    ``--seed``; every one but the seed defaults to the model's config (``None`` here)."""
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), help="default: the model's config")
+    p.add_argument("--steps", type=int, help="sampler steps (default: the model's config)")
+    p.add_argument("--guidance", type=float, help=guidance_help)
+    p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="guide only at diffusion times t in [LO, HI], 1 being pure noise (default: the model's)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def seeded_generator(args: argparse.Namespace) -> torch.Generator:
+    """A generator on ``args.device`` seeded with ``args.seed``."""
+    return torch.Generator(device=args.device).manual_seed(args.seed)
+
+
+def run_command(args: argparse.Namespace, prog: str) -> int:
+    """Run ``args.func(args)``: a returned path is printed as ``wrote PATH``; a ``FileNotFoundError`` or a
+    ``ValueError`` (the domains' input errors are ones) is printed as ``PROG: error: ...`` and returns 2, argparse's
+    code for a bad command line."""
+    func: Callable[[argparse.Namespace], Any] = args.func
+    try:
+        result = func(args)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    if isinstance(result, Path):
+        print(f"wrote {result}")
+    return 0

@@ -1,0 +1,88 @@
+"""The command lines' shared parts (multigen/cli.py), and every domain's CLI given another domain's export."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+
+from discrete.cli import main as discrete_main
+from multigen.cli import add_export_arguments, add_sampler_arguments, run_command, seeded_generator
+from multigen.config import load_config
+from multigen.export import export_model
+from multigen.toy2d import Toy2D, Toy2DConfig
+from pointcloud.cli import complete_main
+from pointcloud.cli import main as pointcloud_main
+from video.cli import main as video_main
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser()
+    add_export_arguments(p)
+    add_sampler_arguments(p, guidance_help="scale")
+    return p
+
+
+def test_sampler_options_default_to_the_model_config_and_parse():
+    args = _parser().parse_args(["--checkpoint", "x", "--device", "cpu"])
+    assert (args.sampler, args.steps, args.guidance, args.guidance_interval, args.seed) == (None, None, None, None, 0)
+    args = _parser().parse_args(["--checkpoint", "x", "--sampler", "ddim", "--steps", "7", "--guidance", "1.5",
+                                 "--guidance-interval", "0.2", "0.9", "--seed", "3"])
+    assert (args.sampler, args.steps, args.guidance, args.guidance_interval, args.seed) == ("ddim", 7, 1.5,
+                                                                                             [0.2, 0.9], 3)
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["--checkpoint", "x", "--sampler", "nonsense"])
+
+
+def test_seeded_generator_is_on_the_device_and_seeded():
+    args = argparse.Namespace(device="cpu", seed=5)
+    a, b = torch.rand(3, generator=seeded_generator(args)), torch.rand(3, generator=seeded_generator(args))
+    assert torch.equal(a, b) and seeded_generator(args).device.type == "cpu"
+    assert not torch.equal(a, torch.rand(3, generator=seeded_generator(argparse.Namespace(device="cpu", seed=6))))
+
+
+def test_run_command_reports_paths_and_input_errors(capsys, tmp_path):
+    def wrote(args):
+        return tmp_path / "out.gif"
+
+    def bad(args):
+        raise ValueError("frame 3 of clip.mp4 is corrupt")
+
+    def missing(args):
+        raise FileNotFoundError("clip.mp4 not found")
+
+    def bug(args):
+        raise RuntimeError("a bug, not an input error")
+
+    assert run_command(argparse.Namespace(func=wrote), "prog") == 0
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'out.gif'}\n"
+    assert run_command(argparse.Namespace(func=lambda args: None), "prog") == 0
+    assert capsys.readouterr().out == ""
+    for func, message in [(bad, "frame 3 of clip.mp4 is corrupt"), (missing, "clip.mp4 not found")]:
+        assert run_command(argparse.Namespace(func=func), "prog") == 2
+        assert capsys.readouterr().err == f"prog: error: {message}\n"
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_command(argparse.Namespace(func=bug), "prog")
+
+
+@pytest.fixture(scope="module")
+def toy_export(tmp_path_factory) -> Path:
+    toy = Toy2D(load_config(Toy2DConfig))
+    return export_model(toy.build_model(), toy, tmp_path_factory.mktemp("toy") / "export")
+
+
+@pytest.mark.parametrize("main, prog, argv, domain", [
+    (video_main, "multigen-video", ["sample", "--out", "{tmp}"], "video"),
+    (video_main, "multigen-video", ["predict", "--input", "{tmp}/x.npy", "--context", "2", "--frames", "4",
+                                    "--out", "{tmp}/y.npy"], "video"),
+    (pointcloud_main, "multigen-pointcloud", ["sample", "--out", "{tmp}"], "pointcloud"),
+    (complete_main, "multigen-complete", ["--input", "{tmp}/x.npy", "--out", "{tmp}"], "pointcloud"),
+    (discrete_main, "multigen-discrete", ["sample"], "discrete"),
+    (discrete_main, "multigen-discrete", ["eval", "--data", "{tmp}/x.txt"], "discrete"),
+], ids=["video-sample", "video-predict", "pointcloud-sample", "complete", "discrete-sample", "discrete-eval"])
+def test_every_cli_refuses_another_domains_export_naming_both(main, prog, argv, domain, toy_export, tmp_path, capsys):
+    argv = [a.format(tmp=tmp_path) for a in argv] + ["--checkpoint", str(toy_export), "--device", "cpu"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"{prog}: error: {toy_export} holds a toy2d model, not a {domain} model\n"
