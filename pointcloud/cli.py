@@ -84,7 +84,8 @@ def cmd_complete(args: argparse.Namespace) -> Path:
     with torch.no_grad():
         done = p.domain.sample(p.model, args.num, known=Known(mask.to(args.device), values.to(args.device)),
                                condition=args.cls, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
-                               guidance_interval=args.guidance_interval, generator=seeded_generator(args), progress=True)
+                               guidance_interval=args.guidance_interval, generator=seeded_generator(args),
+                               progress=True)
     generated = done[:, P:].double().cpu().numpy() * scale + centre
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
