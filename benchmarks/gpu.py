@@ -53,7 +53,7 @@ REPO = Path(__file__).resolve().parent.parent
 # This folder holds scripts named like the packages they measure: import the packages, not the scripts.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
-from multigen.benchmarking import matmul_tflops, time_train_steps, write_results  # noqa: E402
+from multigen.benchmarking import markdown_table, matmul_tflops, time_train_steps, write_results  # noqa: E402
 
 DOMAINS = ("video", "pointcloud", "discrete")
 TAIL = 3000  # characters of a failed job's output kept in the JSON
@@ -498,24 +498,6 @@ def run_train_one(args: argparse.Namespace) -> None:
 # ---- the markdown ---------------------------------------------------------------------------------------------
 
 
-def cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, dict):
-        return ", ".join(f"{k} {cell(v)}" for k, v in value.items())
-    return str(value).replace("|", "/").replace("\n", " ")
-
-
-def md_table(rows: list[dict[str, Any]]) -> str:
-    """``rows`` as a markdown table, one column per key (in the order keys first appear)."""
-    if not rows:
-        return "(no rows)\n"
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 def markdown(results: dict[str, Any]) -> str:
     """The results as markdown: a table of sections, then each section's own tables."""
     env, sections = results["environment"], results["sections"]
@@ -523,8 +505,8 @@ def markdown(results: dict[str, Any]) -> str:
              f"{env['utc']}; torch {env['torch']}, CUDA {env['cuda']}, Triton {env['triton']}, "
              f"Python {env['python']}; commit {env['commit']}; budget {results['budget_s']:.0f} s, took "
              f"{results.get('elapsed_s', 0):.0f} s.", "",
-             md_table([{"section": name, "status": s["status"], "seconds": s.get("seconds", 0.0),
-                        "note": s.get("note", "")} for name, s in sections.items()])]
+             markdown_table([{"section": name, "status": s["status"], "seconds": s.get("seconds", 0.0),
+                              "note": s.get("note", "")} for name, s in sections.items()]), ""]
     parts: dict[str, list[tuple[str, list[dict]]]] = {
         "matmul": [("bf16 matrix product", [{k: v for k, v in sections.get("matmul", {}).items()
                                              if k in ("n", "dtype", "tflops")}])],
@@ -547,7 +529,7 @@ def markdown(results: dict[str, Any]) -> str:
             continue
         for title, rows in tables:
             if any(rows):
-                lines += [f"## {title}", "", md_table(rows)]
+                lines += [f"## {title}", "", markdown_table(rows), ""]
     return "\n".join(lines)
 
 

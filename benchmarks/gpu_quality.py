@@ -51,7 +51,7 @@ REPO = Path(__file__).resolve().parent.parent
 # This folder holds scripts named like the packages they measure: import the packages, not the scripts.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
-from multigen.benchmarking import write_results  # noqa: E402
+from multigen.benchmarking import markdown_table, write_results  # noqa: E402
 
 
 def load_script(name: str) -> ModuleType:
@@ -62,7 +62,7 @@ def load_script(name: str) -> ModuleType:
     return module
 
 
-gpu = load_script("gpu")  # Job, environment, md_table: the GPU check's subprocess and report helpers
+gpu = load_script("gpu")  # Job, environment: the GPU check's subprocess and environment helpers
 
 SEEDS = (0, 1)
 CALIBRATE = 0.15  # share of its training time after which a child measures its step rate
@@ -314,7 +314,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"{results.get('elapsed_s', 0):.0f} s. Spread: half the seeds' range. Text: the baseline is the "
         f"autoregressive twin at its best held-out evaluation; its step, and the ELBO's standard errors, are in "
         f"gpu_quality.json.", "",
-        "## figures", "", gpu.md_table(rows), "## runs", "", gpu.md_table(runs)])
+        "## figures", "", markdown_table(rows), "", "## runs", "", markdown_table(runs), ""])
 
 
 def main() -> None:

@@ -44,7 +44,9 @@ REPO = Path(__file__).resolve().parent.parent
 # This script shares its name with the package it measures: import the package, not the script.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
-from multigen.benchmarking import quality_by_sampler, sampler_setting, time_train_steps, write_results  # noqa: E402
+from multigen.benchmarking import (  # noqa: E402
+    markdown_table, quality_by_sampler, sampler_setting, time_train_steps, write_results,
+)
 
 
 def video_config(config: str, batch: int | None, overrides: list[str] | tuple[str, ...] = ()):
@@ -242,18 +244,17 @@ def _release(device: str) -> None:
 
 
 def mfu_table(rows: list[dict]) -> str:
-    """The rows of :func:`mfu_rows` as a markdown table."""
-    lines = ["| variant | batch | TFLOP/step | s/step | TFLOP/s | MFU | peak memory | warm-up s | status |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    """The rows of :func:`mfu_rows` as a markdown table (a skipped variant: its FLOPs and status only)."""
+    table_rows = []
     for r in rows:
-        cells = [r["variant"], r["batch"], f"{r['tflop_per_step']:.2f}"]
+        row = {"variant": r["variant"], "batch": r["batch"], "TFLOP/step": f"{r['tflop_per_step']:.2f}"}
         if r["status"] == "ok":
-            cells += [f"{r['step_seconds']:.3f}", f"{r['tflops']:.1f}", f"{r['mfu_percent']:.1f} %",
-                      f"{r['peak_memory_MB']:.0f} MB", f"{r['warmup_seconds']:.0f}"]
-        else:
-            cells += [""] * 5
-        lines.append("| " + " | ".join(str(c) for c in [*cells, r["status"]]) + " |")
-    return "\n".join(lines)
+            row.update({"s/step": f"{r['step_seconds']:.3f}", "TFLOP/s": f"{r['tflops']:.1f}",
+                        "MFU": f"{r['mfu_percent']:.1f} %", "peak memory": f"{r['peak_memory_MB']:.0f} MB",
+                        "warm-up s": f"{r['warmup_seconds']:.0f}"})
+        table_rows.append({**row, "status": r["status"]})
+    return markdown_table(table_rows, ["variant", "batch", "TFLOP/step", "s/step", "TFLOP/s", "MFU", "peak memory",
+                                  "warm-up s", "status"])
 
 
 SAMPLER_SETTINGS = [("ddpm", 250), ("ddim", 50), ("dpm_solver_pp", 10), ("dpm_solver_pp", 25)]

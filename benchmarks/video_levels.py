@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 # benchmarks/video.py shares its name with the package measured here: import the package, not that script.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
-from multigen.benchmarking import load_export_of, write_results  # noqa: E402
+from multigen.benchmarking import load_export_of, markdown_table, write_results  # noqa: E402
 from video.conditioning import pack_condition, scaled_residual  # noqa: E402
 from video.domain import Video  # noqa: E402
 
@@ -77,11 +77,10 @@ def level_errors(domain: Video, model: torch.nn.Module, clips: torch.Tensor, lev
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| task | level t | alpha | network | zero residual (the reference) | shrinkage c x_t |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['task']} | {r['level']} | {r['alpha']:.3f} | {r['network']:.5f} | {r['zero']:.5f} | "
-              f"{r['shrinkage']:.5f} |" for r in rows]
-    return "\n".join(lines)
+    """The rows of :func:`level_errors` as a markdown table."""
+    return markdown_table([{"task": r["task"], "level t": r["level"], "alpha": f"{r['alpha']:.3f}",
+                            "network": f"{r['network']:.5f}", "zero residual (the reference)": f"{r['zero']:.5f}",
+                            "shrinkage c x_t": f"{r['shrinkage']:.5f}"} for r in rows])
 
 
 def main() -> None:

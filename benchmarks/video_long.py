@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 # benchmarks/video.py shares its name with the package measured here: import the package, not that script.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
-from multigen.benchmarking import load_export_of, override_sample_settings, write_results  # noqa: E402
+from multigen.benchmarking import load_export_of, markdown_table, override_sample_settings, write_results  # noqa: E402
 from video.conditioning import motion_compensated  # noqa: E402
 from video.domain import Video  # noqa: E402
 from video.metrics import linear_blend, psnr, ssim  # noqa: E402
@@ -93,12 +93,15 @@ def long_rows(domain: Video, model: torch.nn.Module, clips: torch.Tensor, contex
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| direction | mode | frames from the context | PSNR: model / copy / motion | "
-             "SSIM: model / copy / motion | seconds |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['direction']} | {r['mode']} | {r['frames']} | {r['model_psnr']:.2f} / {r['copy_psnr']:.2f} / "
-              f"{r['motion_psnr']:.2f} | {r['model_ssim']:.3f} / {r['copy_ssim']:.3f} / {r['motion_ssim']:.3f} | "
-              f"{r['seconds']:.0f} |" for r in rows]
-    return "\n".join(lines)
+    """The rows of :func:`long_rows` as a markdown table: each score as model / copy / motion."""
+
+    def scores(r: dict, metric: str, digits: int) -> str:
+        return " / ".join(f"{r[f'{name}_{metric}']:.{digits}f}" for name in ("model", "copy", "motion"))
+
+    return markdown_table([{"direction": r["direction"], "mode": r["mode"], "frames from the context": r["frames"],
+                            "PSNR: model / copy / motion": scores(r, "psnr", 2),
+                            "SSIM: model / copy / motion": scores(r, "ssim", 3), "seconds": f"{r['seconds']:.0f}"}
+                           for r in rows])
 
 
 def main() -> None:

@@ -127,6 +127,30 @@ def sampler_setting(text: str) -> tuple[str, int]:
     return name, int(steps)
 
 
+def table_cell(value: Any) -> str:
+    """``value`` as one markdown table cell: a float to 4 significant digits, a dict as ``key value`` pairs, ``None``
+    empty; a ``|`` (which would split the cell) becomes ``/`` and a newline a space."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {table_cell(v)}" for k, v in value.items())
+    return str(value).replace("|", "/").replace("\n", " ")
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """``rows`` as a markdown table (no trailing newline): one column per name in ``columns`` (default: every key of
+    the rows, in the order they first appear), the column names as its header; a row's missing key is an empty
+    cell, and each value goes through :func:`table_cell` (format a number before to show it otherwise)."""
+    if columns is None:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+    if not rows or not columns:
+        return "(no rows)"
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(table_cell(r.get(c)) for c in columns) + " |" for r in rows])
+
+
 def write_results(path: str | Path, results: dict) -> Path:
     """``results`` as JSON at ``path``, with the date, torch version, thread count and command line."""
     path = Path(path)

@@ -64,7 +64,8 @@ def test_the_chaining_runs_and_keeps_the_context(bench):
     assert all(r["model_psnr"] < PSNR_CAP for r in rows)
     with pytest.raises(ValueError, match="below the model's window"):
         bench.long_rows(domain, domain.build_model(), clips, context=5)
-    print(bench.table(rows))
+    lines = bench.table(rows).splitlines()
+    assert len(lines) == 2 + len(rows) and all(line.count("|") == 7 for line in lines)
 
 
 def test_sample_overrides_are_validated(bench):
