@@ -55,7 +55,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchm
 from discrete.d3pm import D3PM, Absorbing, DiscretizedGaussian, Uniform, d3pm_betas  # noqa: E402
 from discrete.domain import Discrete, mean_and_stderr  # noqa: E402
 from discrete.model import SequenceTransformer  # noqa: E402
-from multigen.benchmarking import timed, write_results  # noqa: E402
+from multigen.benchmarking import markdown_table, timed, write_results  # noqa: E402
 
 
 def dense_matrices(process: D3PM, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -490,63 +490,72 @@ def main() -> None:
     result = {"device": args.device, "transitions": rows}
     if args.throughput:
         result["throughput"] = throughput(args.device, args.steps)
-        print("\n| config | params | objective | tokens/step | s/step | tokens/s |\n|---|---|---|---|---|---|")
-        for r in result["throughput"]:
-            print(f"| {r['config']} | {r['params_M']:.2f} M | {r['objective']} | {r['batch_tokens']} | "
-                  f"{r['step_seconds']:.3f} | {r['tokens_per_second']:.0f} |")
+        print("\n" + markdown_table([{
+            "config": r["config"], "params": f"{r['params_M']:.2f} M", "objective": r["objective"],
+            "tokens/step": r["batch_tokens"], "s/step": f"{r['step_seconds']:.3f}",
+            "tokens/s": f"{r['tokens_per_second']:.0f}"} for r in result["throughput"]]))
     if args.infill:
         exact = result["infill_exact"] = infill_exact(args.seeds, 20, args.infill_samples)
-        print("\n| transition | seed | TV clean | TV noised | TV oracle |\n|---|---|---|---|---|")
-        for row in exact:
-            print(f"| {row['transition']} | {row['seed']} | {row['tv_clean']:.3f} | {row['tv_noised']:.3f} | "
-                  f"{row['tv_oracle']:.3f} |")
+        print("\n" + markdown_table([{"transition": row["transition"], "seed": row["seed"],
+                                      **{f"TV {k}": f"{row[f'tv_{k}']:.3f}" for k in ("clean", "noised", "oracle")}}
+                                     for row in exact]))
         r = result["infill"] = infill(args.device, args.seeds, args.train_steps, args.windows, args.hidden,
                                       args.infill_rate)
-        print(f"\n| known part shown to the model | hidden | infill accuracy, mean ± std over {len(args.seeds)} "
-              "seeds | minus clean, paired by seed |\n|---|---|---|---|")
+        table = []
         for pattern in ("scattered", "run"):
             acc = {k: torch.tensor([row[f"accuracy_{k}_{pattern}"] for row in r["rows"]]) for k in INFILL_VARIANTS}
             for k in INFILL_VARIANTS:
                 gain = acc[k] - acc["clean"]
-                print(f"| {k} | {pattern} | {acc[k].mean():.3f} ± {acc[k].std():.3f} | "
-                      f"{gain.mean():+.3f} ± {gain.std():.3f} |")
+                table.append({"known part shown to the model": k, "hidden": pattern,
+                              f"infill accuracy, mean ± std over {len(args.seeds)} seeds": mean_std(acc[k], ".3f"),
+                              "minus clean, paired by seed": mean_std(gain, "+.3f")})
+        print("\n" + markdown_table(table))
     if args.curve:
         c = result["curve"] = curve(args.device, Path(args.out).parent / "discrete_run", args.eval_every,
                                     args.sampling_steps, args.sequences)
         print(f"\ntrained in {c['train_minutes']:.1f} min; held-out bits/char ({c['held_out_sequences']} sequences)")
-        print("| training step | " + " | ".join(str(r["step"]) for r in c["by_training_step"]) + " |")
-        print("|---|" + "---|" * len(c["by_training_step"]))
-        print("| bits/char | " + " | ".join(f"{r['bits_per_char']:.3f}" for r in c["by_training_step"]) + " |")
-        print("| unigram | " + " | ".join(f"{r['unigram_bits']:.3f}" for r in c["by_training_step"]) + " |")
-        print("\n| sampling steps | " + " | ".join(str(r["steps"]) for r in c["by_sampling_steps"]) + " |")
-        print("|---|" + "---|" * len(c["by_sampling_steps"]))
-        print("| bits/char | " + " | ".join(f"{r['bits_per_char']:.3f}" for r in c["by_sampling_steps"]) + " |")
+        by_step, by_steps = c["by_training_step"], c["by_sampling_steps"]
+        print(markdown_table([
+            {"training step": "bits/char", **{r["step"]: f"{r['bits_per_char']:.3f}" for r in by_step}},
+            {"training step": "unigram", **{r["step"]: f"{r['unigram_bits']:.3f}" for r in by_step}}]))
+        print("\n" + markdown_table([{"sampling steps": "bits/char",
+                                      **{r["steps"]: f"{r['bits_per_char']:.3f}" for r in by_steps}}]))
     if args.versus_ar:
         v = result["versus_ar"] = versus_autoregressive(args.device, args.seeds, args.override, args.ar_override,
                                                         args.sequences, Path(args.out).parent / "discrete_ar")
-        print(f"\n| model | held-out bits/char ({v['held_out_sequences']} windows of {v['length']}), mean ± std over "
-              f"{len(v['rows'])} seeds | mean s.e. of one estimate | training seconds |\n|---|---|---|---|")
+        score = f"held-out bits/char ({v['held_out_sequences']} windows of {v['length']}), mean ± std over " \
+                f"{len(v['rows'])} seeds"
+        table = []
         for name, key in (("diffusion (negative ELBO)", "diffusion"), ("autoregressive (exact NLL)", "ar")):
             bits = torch.tensor([r[f"{key}_bits"] for r in v["rows"]])
             se = sum(r[f"{key}_stderr"] for r in v["rows"]) / len(v["rows"])
             secs = sum(r[f"{key}_train_seconds"] for r in v["rows"]) / len(v["rows"])
-            spread = f" ± {bits.std():.3f}" if len(bits) > 1 else ""
-            print(f"| {name} | {bits.mean():.3f}{spread} | {se:.3f} | {secs:.0f} |")
-        print(f"| unigram | {v['rows'][0]['unigram_bits']:.3f} | | |")
+            table.append({"model": name, score: mean_std(bits, ".3f"), "mean s.e. of one estimate": f"{se:.3f}",
+                          "training seconds": f"{secs:.0f}"})
+        table.append({"model": "unigram", score: f"{v['rows'][0]['unigram_bits']:.3f}"})
+        print("\n" + markdown_table(table))
     write_results(args.out, result)
 
 
-def print_transitions(rows: list[dict]) -> None:
-    print(f"| transition | K | x_t ~ q(x_t|x_0) closed / dense (ms) | speed-up | q(x_s|x_t,x_0) closed / dense (ms) | "
-          f"speed-up | p(x_s|x_t), {rows[0]['predicted_tokens']} tokens, closed / dense (ms) | speed-up | "
-          "dense matrices (one step / all T) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['transition']} | {r['K']} | {r['q_closed_ms']:.2f} / {r['q_dense_ms']:.2f} | "
-              f"{r['speedup_q']:.1f}x | {r['posterior_closed_ms']:.1f} / {r['posterior_dense_ms']:.1f} | "
-              f"{r['speedup_posterior']:.1f}x | {r['reverse_closed_ms']:.1f} / {r['reverse_dense_ms']:.1f} | "
-              f"{r['speedup_reverse']:.0f}x | {r['dense_matrices_MB']:.1f} MB / {r['dense_all_T_GB']:.1f} GB |")
+def mean_std(values: torch.Tensor, spec: str) -> str:
+    """``mean ± std`` of ``values`` (one per seed) formatted by ``spec``; the mean alone for one seed."""
+    mean = format(values.mean().item(), spec)
+    return f"{mean} ± {values.std().item():.3f}" if len(values) > 1 else mean
 
+
+def print_transitions(rows: list[dict]) -> None:
+    """The closed forms' timings against dense K x K matrices (rows of :func:`compare`) as a markdown table."""
+    reverse = f"p(x_s ∣ x_t), {rows[0]['predicted_tokens']} tokens, closed / dense (ms)"
+    print(markdown_table([{
+        "transition": r["transition"], "K": r["K"],
+        "x_t ~ q(x_t ∣ x_0) closed / dense (ms)": f"{r['q_closed_ms']:.2f} / {r['q_dense_ms']:.2f}",
+        "q speed-up": f"{r['speedup_q']:.1f}x",
+        "q(x_s ∣ x_t, x_0) closed / dense (ms)": f"{r['posterior_closed_ms']:.1f} / {r['posterior_dense_ms']:.1f}",
+        "posterior speed-up": f"{r['speedup_posterior']:.1f}x",
+        reverse: f"{r['reverse_closed_ms']:.1f} / {r['reverse_dense_ms']:.1f}",
+        "reverse speed-up": f"{r['speedup_reverse']:.0f}x",
+        "dense matrices (one step / all T)": f"{r['dense_matrices_MB']:.1f} MB / {r['dense_all_T_GB']:.1f} GB"}
+        for r in rows]))
 
 if __name__ == "__main__":
     main()

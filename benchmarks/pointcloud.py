@@ -39,7 +39,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
 from multigen.benchmarking import (  # noqa: E402
-    override_sample_settings, quality_by_sampler, sampler_setting, time_train_steps, timed, write_results,
+    markdown_table, override_sample_settings, quality_by_sampler, sampler_setting, time_train_steps, timed,
+    write_results,
 )
 from pointcloud import ops, reference  # noqa: E402
 from pointcloud.metrics import emd_approx, emd_exact  # noqa: E402
@@ -334,27 +335,27 @@ def main() -> None:
     if args.quality:
         rows = quality_by_sampler(args.quality, args.device, args.samplers, args.temperatures,
                                   num_shapes=args.shapes)
-        print("| sampler | steps | temperature | MMD-CD | COV-CD | 1-NNA-CD | blob MMD-CD | blob COV-CD | "
-              "blob 1-NNA-CD | seconds |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
-        for r in rows:
-            print(f"| {r['sampler']} | {r['steps']} | {r['temperature']:g} | {r['MMD-CD']:.4f} | {r['COV-CD']:.2f} | "
-                  f"{r['1-NNA-CD']:.2f} | "
-                  f"{r['baseline_gaussian/MMD-CD']:.4f} | {r['baseline_gaussian/COV-CD']:.2f} | "
-                  f"{r['baseline_gaussian/1-NNA-CD']:.2f} | {r['seconds']:.0f} |")
+        print(markdown_table([{
+            "sampler": r["sampler"], "steps": r["steps"], "temperature": f"{r['temperature']:g}",
+            "MMD-CD": f"{r['MMD-CD']:.4f}", "COV-CD": f"{r['COV-CD']:.2f}", "1-NNA-CD": f"{r['1-NNA-CD']:.2f}",
+            "blob MMD-CD": f"{r['baseline_gaussian/MMD-CD']:.4f}",
+            "blob COV-CD": f"{r['baseline_gaussian/COV-CD']:.2f}",
+            "blob 1-NNA-CD": f"{r['baseline_gaussian/1-NNA-CD']:.2f}", "seconds": f"{r['seconds']:.0f}"}
+            for r in rows]))
         write_results(args.out.replace(".json", "_quality.json"), {"export": args.quality, "results": rows})
         return
 
     if args.completion:
         rows = completion_rows(args.completion, args.device, args.shapes, args.bank, args.sample)
-        print("| family | views | completion Chamfer | nearest training shape | paired difference | model closer | "
-              "to surface: model / nearest | generated points: median, worst 10% share |")
-        print("|---|---|---|---|---|---|---|---|")
-        for r in rows:
-            print(f"| {r['family']} | {r['views']} | {r['model_chamfer']:.4f} | {r['nearest_chamfer']:.4f} | "
-                  f"{r['paired_diff']:+.4f} ± {r['paired_se']:.4f} | {100 * r['model_wins']:.0f}% | "
-                  f"{r['model_to_surface']:.4f} / {r['nearest_to_surface']:.4f} | "
-                  f"{r['generated_to_surface_median']:.5f}, {100 * r['generated_worst_10pct_share']:.0f}% |")
+        print(markdown_table([{
+            "family": r["family"], "views": r["views"], "completion Chamfer": f"{r['model_chamfer']:.4f}",
+            "nearest training shape": f"{r['nearest_chamfer']:.4f}",
+            "paired difference": f"{r['paired_diff']:+.4f} ± {r['paired_se']:.4f}",
+            "model closer": f"{100 * r['model_wins']:.0f}%",
+            "to surface: model / nearest": f"{r['model_to_surface']:.4f} / {r['nearest_to_surface']:.4f}",
+            "generated points: median, worst 10% share":
+                f"{r['generated_to_surface_median']:.5f}, {100 * r['generated_worst_10pct_share']:.0f}%"}
+            for r in rows]))
         print(f"nearest of {rows[0]['bank']} training shapes; {rows[0]['sampler']}; completions took "
               f"{rows[0]['seconds']:.0f} s")
         write_results(args.out.replace(".json", "_completion.json"), {"export": args.completion, "results": rows})
@@ -362,9 +363,9 @@ def main() -> None:
 
     if args.denoising:
         rows = off_surface_rows(args.denoising, args.device, args.shapes)
-        print("| t | noisy / alpha | kNN mean (best k) | x0 estimate |\n|---|---|---|---|")
-        for r in rows:
-            print(f"| {r['step'] or 'clean'} | {r['noisy_over_alpha']:.5f} | {r['knn_mean']:.5f} | {r['model']:.5f} |")
+        print(markdown_table([{"t": r["step"] or "clean", "noisy / alpha": f"{r['noisy_over_alpha']:.5f}",
+                               "kNN mean (best k)": f"{r['knn_mean']:.5f}", "x0 estimate": f"{r['model']:.5f}"}
+                              for r in rows]))
         write_results(args.out.replace(".json", "_denoising.json"), {"export": args.denoising, "results": rows})
         return
 
@@ -377,26 +378,27 @@ def main() -> None:
             print(f"{config}: failed\n{result.stderr[-2000:]}", file=sys.stderr)
             continue
         train.append(json.loads(result.stdout.strip().splitlines()[-1]))
-    print("| config | params | points | batch | s/step | clouds/s | peak memory | ops per forward+backward |\n"
-          "|---|---|---|---|---|---|---|---|")
-    for r in train:
-        print(f"| {r['config']} | {r['params_M']:.2f} M | {r['points']} | {r['batch']} | {r['step_seconds']:.3f} | "
-              f"{r['clouds_per_second']:.2f} | {r['peak_memory_MB']:.0f} MB | {r['ops_per_forward_backward']} |")
+    print(markdown_table([{
+        "config": r["config"], "params": f"{r['params_M']:.2f} M", "points": r["points"], "batch": r["batch"],
+        "s/step": f"{r['step_seconds']:.3f}", "clouds/s": f"{r['clouds_per_second']:.2f}",
+        "peak memory": f"{r['peak_memory_MB']:.0f} MB", "ops per forward+backward": r["ops_per_forward_backward"]}
+        for r in train]))
 
     op_table = op_rows(args.device, args.batch, args.points)
-    print("\n| op | vectorised (ms) | loop reference (ms) | speed-up |\n|---|---|---|---|")
-    for r in op_table:
-        loop = f"{r['loop_ms']:.0f} | {r['speedup']:.0f}x" if "loop_ms" in r else "– | –"
-        print(f"| {r['op']}{' x' + str(r['batch']) if 'batch' in r else ''} | {r['vectorised_ms']:.2f} | {loop} |")
+    print("\n" + markdown_table([{
+        "op": f"{r['op']}{' x' + str(r['batch']) if 'batch' in r else ''}",
+        "vectorised (ms)": f"{r['vectorised_ms']:.2f}",
+        "loop reference (ms)": f"{r['loop_ms']:.0f}" if "loop_ms" in r else "–",
+        "speed-up": f"{r['speedup']:.0f}x" if "loop_ms" in r else "–"} for r in op_table]))
 
     sizes = args.metric_points or [n for n in (256, 1024, 2048) if n <= args.points] or [args.points]
     metrics = metric_rows(args.device, tuple(sizes))
-    print("\n| points | Chamfer chunked / dense (ms) | dense difference tensor | EMD exact / Sinkhorn (ms) | "
-          "Sinkhorn gap |\n|---|---|---|---|---|")
-    for r in metrics:
-        print(f"| {r['points']} | {r['chamfer_chunked_ms']:.1f} / {r['chamfer_dense_ms']:.1f} | "
-              f"{r['chamfer_dense_matrix_MB']:.0f} MB | {r['emd_exact_ms']:.0f} / {r['emd_sinkhorn_ms']:.0f} | "
-              f"{100 * r['emd_relative_gap']:.2f}% |")
+    print("\n" + markdown_table([{
+        "points": r["points"],
+        "Chamfer chunked / dense (ms)": f"{r['chamfer_chunked_ms']:.1f} / {r['chamfer_dense_ms']:.1f}",
+        "dense difference tensor": f"{r['chamfer_dense_matrix_MB']:.0f} MB",
+        "EMD exact / Sinkhorn (ms)": f"{r['emd_exact_ms']:.0f} / {r['emd_sinkhorn_ms']:.0f}",
+        "Sinkhorn gap": f"{100 * r['emd_relative_gap']:.2f}%"} for r in metrics]))
     write_results(args.out, {"device": args.device, "train": train, "ops": op_table, "metrics": metrics})
 
 

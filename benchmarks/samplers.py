@@ -13,15 +13,12 @@ own sampling floor (~0.87/sqrt(num)) is printed alongside.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import math
-import sys
 import time
-from pathlib import Path
 
 import torch
 
+from multigen.benchmarking import markdown_table, write_results
 from multigen.samplers import DEFAULT_SPACING, ddim, ddpm, dpm_solver_pp, sampling_grid
 from multigen.schedules import NoiseSchedule
 from multigen.testing import gaussian_mixture_denoiser
@@ -82,23 +79,12 @@ def main() -> None:
         table["dpm_solver_pp (time grid)"][nfe] = exact_error(dpm_solver_pp, denoiser, sampling_grid(schedule, nfe))
 
     floor = 0.87 / math.sqrt(args.num)
-    header = "| NFE | " + " | ".join(table) + " |"
-    lines = [header, "|" + "---|" * (len(table) + 1)]
-    for nfe in args.nfe:
-        lines.append(f"| {nfe} | " + " | ".join(f"{table[n][nfe]:.4f}" for n in table) + " |")
-    print("\n".join(lines))
+    print(markdown_table([{"NFE": nfe, **{n: f"{table[n][nfe]:.4f}" for n in table}} for nfe in args.nfe]))
     print(f"\nKolmogorov distance to the data ({args.schedule} schedule); ddpm and ddim_eta1 use {args.num} samples "
           f"(their sampling floor is ~{floor:.4f}); ddim and dpm_solver_pp are exact.")
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "date": datetime.date.today().isoformat(), "device": "cpu", "torch": torch.__version__,
-        "command": " ".join(["python", *sys.argv]), "schedule": args.schedule, "num": args.num,
-        "sampling_floor": floor, "spacing": spacing, "kolmogorov_error": table, "seconds": seconds,
-    }, indent=2))
-    print(f"wrote {out}")
-
+    write_results(args.out, {"device": "cpu", "schedule": args.schedule, "num": args.num, "sampling_floor": floor,
+                             "spacing": spacing, "kolmogorov_error": table, "seconds": seconds})
 
 if __name__ == "__main__":
     main()

@@ -19,17 +19,14 @@ exact sampler would score.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import math
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from multigen.benchmarking import markdown_table, write_results
 from multigen.metrics import sliced_wasserstein
 from multigen.samplers import DEFAULT_SPACING, sample
 from multigen.schedules import SCHEDULES, NoiseSchedule
@@ -101,31 +98,16 @@ def main() -> None:
             results[name][nfe] = {**errors(x, reference, mean, cov), "seconds": seconds, "denoiser_calls": calls}
             print(f"{name:>14} NFE {nfe:>4}: SW2 {results[name][nfe]['sw2']:.4f}  {seconds:6.1f} s", flush=True)
 
-    lines = ["| NFE | " + " | ".join(RUNS) + " |", "|---" * (len(RUNS) + 1) + "|"]
-    lines += [f"| {nfe} | " + " | ".join(f"{results[n][nfe]['sw2']:.4f}" for n in RUNS) + " |" for nfe in args.nfe]
-    lines.append("| noise floor | " + " | ".join([f"{floor['sw2_mean']:.4f}"] * len(RUNS)) + " |")
     print(f"\nSliced W2 to the mixture, {args.num} samples, {args.schedule} schedule (T = 1000)\n")
-    print("\n".join(lines))
+    rows = [{"NFE": nfe, **{n: f"{results[n][nfe]['sw2']:.4f}" for n in RUNS}} for nfe in args.nfe]
+    print(markdown_table([*rows, {"NFE": "noise floor", **{n: f"{floor['sw2_mean']:.4f}" for n in RUNS}}]))
     print(f"\nnoise floor: SW2 of {FLOOR_DRAWS} exact samples, {floor['sw2_mean']:.4f} ± {floor['sw2_stdev']:.4f}")
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "device": str(device),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "command": " ".join(["python", *sys.argv]),
-        "schedule": args.schedule,
-        "timesteps": schedule.timesteps,
-        "num": args.num,
+    write_results(args.out, {
+        "device": str(device), "schedule": args.schedule, "timesteps": schedule.timesteps, "num": args.num,
         "data": {"weights": weights.tolist(), "means": means.tolist(), "covs": covs.tolist()},
         "spacing": {name: DEFAULT_SPACING[sampler] for name, (sampler, _) in RUNS.items()},
-        "noise_floor": floor,
-        "results": results,
-    }, indent=2))
-    print(f"\nwrote {out}")
-
+        "noise_floor": floor, "results": results})
 
 if __name__ == "__main__":
     main()

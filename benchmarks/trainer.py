@@ -23,7 +23,7 @@ from accelerate.state import AcceleratorState, GradientState
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
-from multigen.benchmarking import write_results  # noqa: E402
+from multigen.benchmarking import markdown_table, write_results  # noqa: E402
 from multigen.config import load_config  # noqa: E402
 from multigen.domain import get_domain  # noqa: E402
 from multigen.trainer import Trainer  # noqa: E402
@@ -67,10 +67,9 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args()
     rows = [steps_per_second(*run.split(":"), args.overrides, args.steps, args.warmup) for run in args.runs]
-    print("| run | device | batch | precision | compile | steps/s | ms/step |\n|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['domain']}:{r['config']} | {r['device']} | {r['batch']} | {r['mixed_precision']} | "
-              f"{r['compile']} | {r['steps_per_s']:.1f} | {r['ms_per_step']:.2f} |")
+    print(markdown_table([{"run": f"{r['domain']}:{r['config']}", "device": r["device"], "batch": r["batch"],
+                           "precision": r["mixed_precision"], "compile": r["compile"],
+                           "steps/s": f"{r['steps_per_s']:.1f}", "ms/step": f"{r['ms_per_step']:.2f}"} for r in rows]))
     write_results(args.out, {"overrides": args.overrides, "rows": rows})
 
 

@@ -254,7 +254,22 @@ def mfu_table(rows: list[dict]) -> str:
                         "warm-up s": f"{r['warmup_seconds']:.0f}"})
         table_rows.append({**row, "status": r["status"]})
     return markdown_table(table_rows, ["variant", "batch", "TFLOP/step", "s/step", "TFLOP/s", "MFU", "peak memory",
-                                  "warm-up s", "status"])
+                                       "warm-up s", "status"])
+
+
+def quality_table(rows: list[dict]) -> str:
+    """The rows of :func:`quality_by_sampler` as a markdown table: PSNR (dB) best / mean of the samples of a clip,
+    SSIM of the best, and each task's trivial baseline."""
+    def pair(r: dict, task: str) -> str:
+        return f"{r[task + '/psnr_best']:.2f} / {r[task + '/psnr_mean']:.2f}"
+
+    return markdown_table([{
+        "sampler": r["sampler"], "steps": r["steps"], "temperature": f"{r['temperature']:g}",
+        "future PSNR best / mean": pair(r, "future"), "copy-last PSNR": f"{r['future/baseline_psnr']:.2f}",
+        "future SSIM best": f"{r['future/ssim_best']:.3f}", "copy-last SSIM": f"{r['future/baseline_ssim']:.3f}",
+        "interp PSNR best / mean": pair(r, "interp"), "linear-blend PSNR": f"{r['interp/baseline_psnr']:.2f}",
+        "past PSNR best / mean": pair(r, "past"), "copy-first PSNR": f"{r['past/baseline_psnr']:.2f}",
+        "seconds": f"{r['seconds']:.0f}"} for r in rows])
 
 
 SAMPLER_SETTINGS = [("ddpm", 250), ("ddim", 50), ("dpm_solver_pp", 10), ("dpm_solver_pp", 25)]
@@ -293,17 +308,7 @@ def main() -> None:
 
     if args.quality:
         rows = quality_by_sampler(args.quality, args.device, args.samplers, args.temperatures, num_clips=args.clips)
-        print("| sampler | steps | temperature | future PSNR best / mean | copy-last PSNR | future SSIM best | "
-              "copy-last SSIM | interp PSNR best / mean | linear-blend PSNR | past PSNR best / mean | copy-first PSNR "
-              "| seconds |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for r in rows:
-            print(f"| {r['sampler']} | {r['steps']} | {r['temperature']:g} | "
-                  f"{r['future/psnr_best']:.2f} / {r['future/psnr_mean']:.2f} | "
-                  f"{r['future/baseline_psnr']:.2f} | {r['future/ssim_best']:.3f} | {r['future/baseline_ssim']:.3f} | "
-                  f"{r['interp/psnr_best']:.2f} / {r['interp/psnr_mean']:.2f} | {r['interp/baseline_psnr']:.2f} | "
-                  f"{r['past/psnr_best']:.2f} / {r['past/psnr_mean']:.2f} | {r['past/baseline_psnr']:.2f} | "
-                  f"{r['seconds']:.0f} |")
+        print(quality_table(rows))
         write_json(args, rows)
         return
 
@@ -317,11 +322,10 @@ def main() -> None:
                 print(f"{config}{' (peer)' if peer else ''}: failed\n{result.stderr[-2000:]}", file=sys.stderr)
                 continue
             rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
-    print("| config | model | clip (TxCxHxW) | params | batch | s/step | clips/s | peak memory |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['config']} | {r['model']} | {r['clip']} | {r['params_M']:.2f} M | {r['batch']} | "
-              f"{r['step_seconds']:.3f} | {r['clips_per_second']:.2f} | {r['peak_memory_MB']:.0f} MB |")
+    print(markdown_table([{"config": r["config"], "model": r["model"], "clip (TxCxHxW)": r["clip"],
+                           "params": f"{r['params_M']:.2f} M", "batch": r["batch"],
+                           "s/step": f"{r['step_seconds']:.3f}", "clips/s": f"{r['clips_per_second']:.2f}",
+                           "peak memory": f"{r['peak_memory_MB']:.0f} MB"} for r in rows]))
     write_json(args, rows)
 
 

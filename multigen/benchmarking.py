@@ -142,12 +142,12 @@ def table_cell(value: Any) -> str:
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
     """``rows`` as a markdown table (no trailing newline): one column per name in ``columns`` (default: every key of
     the rows, in the order they first appear), the column names as its header; a row's missing key is an empty
-    cell, and each value goes through :func:`table_cell` (format a number before to show it otherwise)."""
+    cell, and each value and name goes through :func:`table_cell` (format a number before to show it otherwise)."""
     if columns is None:
         columns = list(dict.fromkeys(k for r in rows for k in r))
     if not rows or not columns:
         return "(no rows)"
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = ["| " + " | ".join(table_cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
     return "\n".join(lines + ["| " + " | ".join(table_cell(r.get(c)) for c in columns) + " |" for r in rows])
 
 

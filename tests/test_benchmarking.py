@@ -19,6 +19,7 @@ def test_cells_cannot_break_the_table():
     assert table_cell(None) == ""
     assert table_cell({"k": 0.5, "n": 2}) == "k 0.5, n 2"
     assert all(line.count("|") == 3 for line in markdown_table([{"x": "1|2", "y": "a\nb"}]).splitlines())
+    assert markdown_table([{"q(x|y)": 1}]).splitlines()[0] == "| q(x/y) |"
 
 
 def test_no_rows():
