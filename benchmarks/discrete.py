@@ -557,5 +557,6 @@ def print_transitions(rows: list[dict]) -> None:
         "dense matrices (one step / all T)": f"{r['dense_matrices_MB']:.1f} MB / {r['dense_all_T_GB']:.1f} GB"}
         for r in rows]))
 
+
 if __name__ == "__main__":
     main()

@@ -86,5 +86,6 @@ def main() -> None:
     write_results(args.out, {"device": "cpu", "schedule": args.schedule, "num": args.num, "sampling_floor": floor,
                              "spacing": spacing, "kolmogorov_error": table, "seconds": seconds})
 
+
 if __name__ == "__main__":
     main()

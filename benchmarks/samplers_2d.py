@@ -32,7 +32,8 @@ from multigen.samplers import DEFAULT_SPACING, sample
 from multigen.schedules import SCHEDULES, NoiseSchedule
 from multigen.testing import gaussian_mixture_denoiser, sample_gaussian_mixture
 
-RUNS = {"ddpm": ("ddpm", 0.0), "ddim": ("ddim", 0.0), "ddim_eta1": ("ddim", 1.0), "dpm_solver_pp": ("dpm_solver_pp", 0.0)}
+RUNS = {"ddpm": ("ddpm", 0.0), "ddim": ("ddim", 0.0), "ddim_eta1": ("ddim", 1.0),
+        "dpm_solver_pp": ("dpm_solver_pp", 0.0)}
 """Column name -> (library sampler, eta)."""
 FLOOR_DRAWS = 10
 
@@ -108,6 +109,7 @@ def main() -> None:
         "data": {"weights": weights.tolist(), "means": means.tolist(), "covs": covs.tolist()},
         "spacing": {name: DEFAULT_SPACING[sampler] for name, (sampler, _) in RUNS.items()},
         "noise_floor": floor, "results": results})
+
 
 if __name__ == "__main__":
     main()
