@@ -9,7 +9,7 @@ import torch
 from multigen.benchmarking import sampler_setting
 from multigen.samplers import DEFAULT_SPACING, SAMPLERS, SPACINGS, Known, ddim, ddpm, dpm_solver_pp, sample, sampling_grid
 from multigen.schedules import NoiseSchedule
-from multigen.testing import gaussian_mixture_denoiser, sample_gaussian_mixture
+from multigen.testing import gaussian_mixture_denoiser
 
 N = 20000
 SCHEDULE = NoiseSchedule("cosine", 1000)

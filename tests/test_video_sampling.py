@@ -122,9 +122,9 @@ def test_past_prediction_keeps_the_context_at_the_end(setup):
                                      residual=residual)
         hier = extend_hierarchical(model, domain.diffusion, context, 17, window=5, settings=s, past=True,
                                    residual=residual)
-        for video, length in ((one, 5), (auto, 12), (hier, 17)):
-            assert video.shape == (2, length, 1, 16, 16) and torch.equal(video[:, -3:], context)
-            assert (video[:, :-3].flatten(2).abs().amax(2) > 0).all(), "every earlier frame was generated"
+        for clip, length in ((one, 5), (auto, 12), (hier, 17)):
+            assert clip.shape == (2, length, 1, 16, 16) and torch.equal(clip[:, -3:], context)
+            assert (clip[:, :-3].flatten(2).abs().amax(2) > 0).all(), "every earlier frame was generated"
     short = extend_hierarchical(model, domain.diffusion, context, 5, window=5, settings=s, past=True,
                                 generator=torch.Generator().manual_seed(0))
     assert torch.equal(short, predict(model, domain.diffusion, context, 5, s, past=True,
