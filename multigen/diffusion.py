@@ -174,6 +174,8 @@ class GaussianDiffusion:
 
         ``loss_mask`` (broadcastable to ``x0``, bool or 0/1) selects the elements the
         loss covers, e.g. the unobserved frames or points; the loss is their mean.
+        ``steps`` are ``(B,)``, or one per item ``(B, N)`` (e.g. a noise level per frame of ``(B, T, C, H, W)``
+        clips; ``model_fn`` then gets times ``(B, N)``), each item weighted by its own step's weighting.
         """
         batch = x0.shape[0]
         if steps is None:
@@ -184,13 +186,13 @@ class GaussianDiffusion:
         x_t = alpha * x0 + sigma * noise
         out = model_fn(x_t, self.schedule.model_time(steps)).float()
         target = self.target(x0, noise, alpha, sigma).float()
-        err = (out - target) ** 2
+        err = (out - target) ** 2 * expand_like(self.loss_weight(steps), out)
         if loss_mask is None:
             per_sample = err.flatten(1).mean(1)
         else:
             m = loss_mask.to(err.dtype).expand_as(err)
             per_sample = (err * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp(min=1.0)
-        return per_sample * self.loss_weight(steps).to(per_sample)
+        return per_sample
 
     def target(self, x0: Tensor, noise: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
         """The network's regression target, computed from ``x0`` and ``noise`` directly (no division by
@@ -202,14 +204,16 @@ class GaussianDiffusion:
         return alpha * noise - sigma * x0
 
     def loss_weight(self, steps: Tensor) -> Tensor:
-        """Factor applied to the network-target MSE at ``steps`` for the chosen weighting."""
+        """Factor applied to the network-target MSE at ``steps`` for the chosen weighting; 0 at step 0 (an item
+        given clean, as observed frames under per-frame levels are, has nothing to denoise)."""
+        clean = steps == 0
         if self.loss_weighting == "uniform":
-            return torch.ones(steps.shape, dtype=torch.float64, device=steps.device)
+            return (~clean).to(torch.float64)
         snr = torch.exp(self.schedule.log_snr(steps))
         # MSE on the network's target equals `native` times the x0 MSE.
         native = {"eps": snr, "x0": torch.ones_like(snr), "v": snr + 1.0}[self.parameterization]
         wanted = snr if self.loss_weighting == "snr" else snr.clamp(max=self.min_snr_gamma)
-        return wanted / native
+        return torch.where(clean, 0.0, wanted / native)
 
     # ---------------------------------------------------------------- sampling
     def steps_of(self, t: Tensor) -> Tensor:

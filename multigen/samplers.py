@@ -132,7 +132,8 @@ class Known:
             raise ValueError(f"known mask of shape {tuple(m.shape)} does not fit samples of shape {tuple(shape)}: "
                              f"give one value per item, {tuple(shape[:item_dims])}") from None
         flat = m.reshape(*lead, -1)
-        if flat.shape[-1] > 1 and not torch.equal(flat, flat[..., :1].expand_as(flat)):  # one check, at the start
+        checkable = flat.shape[-1] > 1 and not flat.is_meta  # meta tensors have no values to compare
+        if checkable and not torch.equal(flat, flat[..., :1].expand_as(flat)):  # one check, at the start
             raise ValueError(f"known mask of shape {tuple(m.shape)} varies inside an item of shape "
                              f"{tuple(shape[item_dims:])}; this domain keeps or generates whole items: give a mask "
                              f"of shape {tuple(shape[:item_dims])}")
@@ -231,12 +232,22 @@ def dpm_solver_pp(
     known: Known | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    delay: Tensor | None = None,
 ) -> Tensor:
     """DPM-Solver++(2M) (Lu et al., 2022): second-order multistep in data prediction.
 
     Uses the first-order update on the first step and on the final step to clean
     data (where ``log_snr`` is infinite), so 10–25 steps are usable.
+
+    ``delay`` (long, ``noise``'s leading item dims, e.g. ``(B, T)`` for the frames of clips ``(B, T, C, H, W)``)
+    staggers the items, as diffusion forcing samples (Chen et al., 2024): each walks the whole grid, starting
+    ``delay`` steps after the first, and holds still when not started or done; the denoiser then gets a time per
+    item (``(B, T)``). Known items are then clean throughout, their values at time 0 rather than noised to the
+    current level: for a model trained with such items (``task.per_frame`` of video). An item whose estimate does
+    not depend on the others follows the same path whatever its delay.
     """
+    if delay is not None:
+        return _staggered_dpm_solver_pp(denoiser, noise, grid, delay, known, progress)
     x = _impose(noise, known, grid.alpha_bar[0], generator)
     alphas, sigmas = grid.alpha_bar.sqrt(), (1.0 - grid.alpha_bar).sqrt()
     lambdas = torch.log(alphas) - torch.log(sigmas)
@@ -258,18 +269,55 @@ def dpm_solver_pp(
     return x
 
 
+def _staggered_dpm_solver_pp(denoiser: Denoiser, noise: Tensor, grid: TimeGrid, delay: Tensor,
+                             known: Known | None, progress: bool) -> Tensor:
+    """:func:`dpm_solver_pp` with a start ``delay`` per item: at outer step ``n`` an item goes from grid index
+    ``clamp(n - delay, 0, S)`` to the next one (when they differ), by the same update as the unstaggered solver
+    (its coefficients per item, computed in float64 like the solver's Python floats)."""
+    S, items = grid.steps, delay.ndim
+    per_item = lambda v: v.reshape(v.shape + (1,) * (noise.ndim - items))  # noqa: E731
+    delay = delay.to(noise.device).long().expand(noise.shape[:items])
+    x = noise
+    if known is not None:  # clean from the start: always at index S
+        fixed = known.item_mask(tuple(noise.shape), items).to(noise.device)
+        delay = delay.masked_fill(fixed, -S)
+        x = torch.where(per_item(fixed), known.values.to(noise).expand_as(noise), noise)
+    times = grid.t.to(device=noise.device, dtype=torch.float32)
+    alphas = grid.alpha_bar.to(noise.device).sqrt()
+    sigmas = (1.0 - grid.alpha_bar.to(noise.device)).sqrt()
+    lambdas = torch.log(alphas) - torch.log(sigmas)
+    x0_prev: Tensor | None = None
+    last = S if delay.is_meta else S + max(int(delay.max()), 0)  # one read; meta has no values: one pass still
+    for n in tqdm(range(last), desc="dpm-solver++ (staggered)", disable=not progress):  # runs every operation
+        i, j = (n - delay).clamp(0, S), (n + 1 - delay).clamp(0, S)
+        x0 = denoiser(x, times[i])
+        a_t, s_t, a_s, s_s = alphas[i], sigmas[i], alphas[j], sigmas[j]
+        # second order where the item moved on the previous step too (i > 0) and does not land on clean data
+        r = (lambdas[i] - lambdas[(i - 1).clamp(min=0)]) / (lambdas[j] - lambdas[i])
+        c = torch.where((i > 0) & (s_s > 0), 0.5 / r, 0.0)
+        d = x0 if x0_prev is None else per_item((1.0 + c).to(x.dtype)) * x0 - per_item(c.to(x.dtype)) * x0_prev
+        moved = per_item((s_s / s_t).to(x.dtype)) * x + per_item((a_s - s_s * a_t / s_t).to(x.dtype)) * d
+        x = torch.where(per_item(j > i), moved, x)  # items not started or done hold still (their s_t may be 0)
+        x0_prev = x0
+    return x
+
+
 SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": ddpm, "ddim": ddim, "dpm_solver_pp": dpm_solver_pp}
 
 
-def check_settings(sampler: str, eta: float = 0.0, resample: int = 1) -> None:
+def check_settings(sampler: str, eta: float = 0.0, resample: int = 1, staggered: bool = False) -> None:
     """Reject a sampler name that does not exist and a setting that the chosen sampler never uses:
-    ``eta`` (not 0) is ddim's, ``resample`` (not 1) is ddpm's. Raises ``ValueError`` naming the setting."""
+    ``eta`` (not 0) is ddim's, ``resample`` (not 1) is ddpm's, a ``staggered`` start (a delay per item)
+    dpm_solver_pp's. Raises ``ValueError`` naming the setting."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
     if eta != 0.0 and sampler != "ddim":
         raise ValueError(f"eta={eta} only applies to the ddim sampler, not to {sampler!r}")
     if resample != 1 and sampler != "ddpm":
         raise ValueError(f"resample={resample} only applies to the ddpm sampler (with a known part), not to {sampler!r}")
+    if staggered and sampler != "dpm_solver_pp":
+        raise ValueError(f"a delay per item (a staggered schedule) only applies to the dpm_solver_pp sampler, "
+                         f"not to {sampler!r}")
 
 
 def sample(
@@ -288,6 +336,7 @@ def sample(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
+    delay: Tensor | None = None,
 ) -> Tensor:
     """Draw ``x_T ~ N(0, I)`` of ``shape`` and run the named sampler over ``steps`` levels.
 
@@ -300,13 +349,18 @@ def sample(
     model's distribution; below 1 trades diversity for samples nearer the conditional mean (on Gaussian data
     a deterministic sampler's samples keep the mean and scale their spread by ``temperature``; 0 gives the
     mean itself). The known part is always noised at full scale.
+
+    ``delay`` (dpm_solver_pp only) starts each item that many steps later, its known items clean throughout (see
+    :func:`dpm_solver_pp`).
     """
-    check_settings(sampler, eta, resample)
+    check_settings(sampler, eta, resample, staggered=delay is not None)
     if not temperature >= 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     noise = temperature * torch.randn(shape, generator=generator, device=device, dtype=dtype)
     extra: dict = {"eta": eta, "temperature": temperature} if sampler == "ddim" else {}
     if sampler == "ddpm":
         extra = {"resample": resample if known is not None else 1, "temperature": temperature}
+    if delay is not None:
+        extra = {"delay": delay}
     grid = sampling_grid(schedule, steps, DEFAULT_SPACING[sampler] if spacing == "auto" else spacing)
     return SAMPLERS[sampler](denoiser, noise, grid, known=known, generator=generator, progress=progress, **extra)

@@ -48,6 +48,16 @@ def test_core_samplers_keep_to_the_device(device, sampler, kw, with_known):
         assert torch.equal(out[known.mask], known.values[known.mask])
 
 
+def test_staggered_dpm_solver_keeps_to_the_device(device):
+    delay = torch.tensor([0, 1, 3, 0], device=device).expand(3, 4)  # items (3, 4) of size 2, each with a time
+    denoiser = lambda x, t: 0.5 * x * t[..., None]  # noqa: E731
+    known = _known(device)
+    out = sample(denoiser, (3, 4, 2), SCHEDULE, steps=5, known=known, delay=delay, device=device)
+    assert out.device == device and out.shape == (3, 4, 2)
+    if device.type != "meta":
+        assert torch.equal(out[known.mask], known.values[known.mask])
+
+
 @pytest.mark.parametrize("param", ["eps", "x0", "v"])
 @pytest.mark.parametrize("weighting", ["uniform", "snr", "min_snr"])
 def test_diffusion_loss_and_denoiser_keep_to_the_device(device, param, weighting):

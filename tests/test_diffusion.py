@@ -11,6 +11,7 @@ from multigen.diffusion import (
     GaussianDiffusion,
     _discretized_gaussian_log_likelihood,
     convert,
+    expand_like,
     gaussian_posterior,
 )
 from multigen.schedules import NoiseSchedule
@@ -194,3 +195,21 @@ def test_training_target_is_exact_at_pure_noise(param):
     exact = x0.double() if param == "x0" else a * noise.double() - s * x0.double()
     loss = d.loss(lambda x, t: exact.float(), x0, steps=steps, noise=noise)
     assert loss.max().item() < 1e-12, loss.max()
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "snr", "min_snr"])
+def test_a_step_per_item_weights_each_item_by_its_own_step_and_step_zero_carries_no_loss(weighting):
+    """Steps ``(B, N)`` for data ``(B, N, D)``: the per-sample loss is the mean of the items' own weighted losses, as
+    if each item were a sample of its own; an item at step 0 (given clean) adds 0 and nothing non-finite."""
+    d = GaussianDiffusion(NoiseSchedule("cosine", 100), "v", weighting)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(3, 4, 2, generator=g), torch.randn(3, 4, 2, generator=g)
+    steps = torch.randint(1, 101, (3, 4), generator=g)
+    model = lambda x, t: 0.5 * x * expand_like(t, x)  # noqa: E731
+    per_item = d.loss(model, x0.flatten(0, 1)[:, None], steps=steps.flatten(), noise=noise.flatten(0, 1)[:, None])
+    torch.testing.assert_close(d.loss(model, x0, steps=steps, noise=noise), per_item.view(3, 4).mean(1))
+    steps[:, 0] = 0
+    loss = d.loss(model, x0, loss_mask=(steps > 0)[..., None], steps=steps, noise=noise)
+    expect = d.loss(model, x0[:, 1:], steps=steps[:, 1:], noise=noise[:, 1:])
+    assert loss.isfinite().all()
+    torch.testing.assert_close(loss, expect)

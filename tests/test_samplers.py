@@ -213,3 +213,41 @@ def test_temperature_keeps_the_known_part_and_rejects_a_negative_value():
     assert torch.equal(x[:, 0], values[:, 0])
     with pytest.raises(ValueError, match="temperature must be >= 0"):
         sample(D, (4, 2), SCHEDULE, temperature=-0.5)
+
+
+def test_a_staggered_dpm_solver_takes_each_independent_items_own_path():
+    """Gaussian data's exact denoiser treats every sample alone: started late or not, each follows the unstaggered
+    solver's path to the bit, and known items (clean throughout) come out as their values."""
+    denoiser = gaussian_mixture_denoiser(ONE, MEAN, COV, SCHEDULE)
+    grid = sampling_grid(SCHEDULE, 12, "log_snr")
+    delay = torch.randint(0, 9, (N,), generator=torch.Generator().manual_seed(3))
+    plain = dpm_solver_pp(denoiser, _noise(), grid)
+    assert torch.equal(dpm_solver_pp(denoiser, _noise(), grid, delay=delay), plain)
+    mask = (torch.arange(N) % 3 == 0)[:, None]
+    values = torch.full((N, 2), 7.0, dtype=torch.float64)
+    out = dpm_solver_pp(denoiser, _noise(), grid, delay=delay, known=Known(mask, values))
+    assert torch.equal(out[mask[:, 0]], values[mask[:, 0]]) and torch.equal(out[~mask[:, 0]], plain[~mask[:, 0]])
+
+
+def test_a_staggered_item_waits_its_delay_and_a_known_one_is_seen_clean():
+    grid = sampling_grid(SCHEDULE, 5, "log_snr")
+    seen = []
+
+    def spy(x, t):
+        seen.append(t.clone())
+        return torch.zeros_like(x)
+
+    delay = torch.tensor([[0, 2, 5, 0]])
+    known = Known(torch.tensor([[False, False, False, True]])[..., None], torch.ones(1, 4, 3))
+    out = dpm_solver_pp(spy, torch.randn(1, 4, 3), grid, delay=delay, known=known)
+    assert len(seen) == 5 + 5  # the last item finishes 5 steps after the first
+    for n, t in enumerate(seen):
+        expect = [float(grid.t[min(max(n - d, 0), 5)]) for d in (0, 2, 5)] + [0.0]
+        assert t.shape == (1, 4) and t[0].tolist() == pytest.approx(expect), n
+    assert torch.equal(out[0, 3], torch.ones(3)) and torch.equal(out[0, :3], torch.zeros(3, 3))
+
+
+def test_only_dpm_solver_takes_a_delay():
+    for sampler in ("ddpm", "ddim"):
+        with pytest.raises(ValueError, match="dpm_solver_pp"):
+            sample(lambda x, t: x, (2, 3), SCHEDULE, sampler=sampler, steps=3, delay=torch.zeros(2, dtype=torch.long))

@@ -127,3 +127,17 @@ def test_independent_frames_attend_only_to_themselves_as_with_a_mask():
         bias = layer.bias(distances)[:, None].masked_fill(blocked, -math.inf)
         ref = x + rearrange(layer.attn.merge(attention(q, k, v, bias)), "b (h w) t c -> (b t) c h w", h=3)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_a_time_per_frame_conditions_each_frame_on_its_own_level():
+    """``t`` ``(B, T)``: equal levels give the outputs of one level per clip; changing one frame's level changes
+    that frame's output (and, through temporal attention, others), not the clip's level."""
+    m = tiny_unet()
+    x = torch.randn(2, 5, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0.3, 0.8])
+    equal = m(x, t[:, None].repeat(1, 5))
+    assert torch.allclose(equal, m(x, t), atol=1e-5)
+    per_frame = t[:, None].repeat(1, 5)
+    per_frame[0, 2] = 0.0
+    changed = (m(x, per_frame) - equal).abs().flatten(2).amax(2) > 1e-6
+    assert changed[0, 2] and not changed[1].any()

@@ -4,12 +4,15 @@ import pytest
 import torch
 from torch import nn
 
-from multigen.config import ConfigError, SampleConfig, load_config
-from multigen.samplers import SAMPLERS, Known
+from multigen.config import ConfigError, load_config
+from multigen.samplers import DEFAULT_SPACING, SAMPLERS, Known, sampling_grid
 import video.sampling
-from video.conditioning import TaskMix, blended_observed, nearest_observed, pack_condition, sample_masks, scaled_residual
+from video.conditioning import (
+    TaskMix, blended_observed, nearest_observed, observed_distance, pack_condition, per_frame_steps, sample_masks,
+    scaled_residual,
+)
 from video.domain import Video, VideoConfig
-from video.sampling import extend_autoregressive, extend_hierarchical, generate, interpolate, predict
+from video.sampling import VideoSampleConfig, extend_autoregressive, extend_hierarchical, generate, interpolate, predict
 
 from .test_video_model import tiny_unet
 
@@ -65,7 +68,7 @@ def test_residual_scale_scales_what_is_diffused(setup, monkeypatch):
         d = Video(load_config(VideoConfig, overrides=["data.frames=5", "data.size=16", "diffusion.timesteps=100",
                                                       f"model.residual_scale={scale}"]))
         assert d.diffusion.clip_x0 == 2.0 * scale and d.residual_options()["residual_scale"] == scale
-        monkeypatch.setattr(d.diffusion, "loss", lambda fn, target, loss_mask: targets.append(target) or target)
+        monkeypatch.setattr(d.diffusion, "loss", lambda fn, target, loss_mask, steps: targets.append(target) or target)
         torch.manual_seed(0)  # the same masks
         d.training_loss(model, clips)
     assert torch.allclose(targets[0], 4.0 * targets[1]) and targets[1].abs().sum() > 0
@@ -210,14 +213,15 @@ def test_loss_ignores_observed_frames(setup, residual, reference):
 
 
 class Records(nn.Module):
-    """Wraps a video model and keeps every ``cond`` it is given."""
+    """Wraps a video model and keeps every ``cond`` and time ``t`` it is given."""
 
     def __init__(self, inner):
         super().__init__()
-        self.inner, self.conds = inner, []
+        self.inner, self.conds, self.times = inner, [], []
 
     def forward(self, x, t, cond, frame_index=None, independent=None):
         self.conds.append(cond)
+        self.times.append(t)
         return self.inner(x, t, cond, frame_index, independent)
 
 
@@ -280,4 +284,65 @@ def test_blended_observed_frame_reference():
     assert torch.allclose(blended_observed(clips, mask, far)[1, 1], (2 * clips[1, 0] + clips[1, 5]) / 3, atol=1e-6)
     with pytest.raises(ValueError, match="unknown residual reference 'mean'; choose one of nearest, blend"):
         generate(tiny_unet(), Video(load_config(VideoConfig, overrides=["data.frames=6", "data.size=16"])).diffusion,
-                 clips, mask, SampleConfig(steps=2), residual=True, reference="mean")
+                 clips, mask, VideoSampleConfig(steps=2), residual=True, reference="mean")
+
+
+def _farther_frames_are_noisier(steps, mask):
+    """Whether, in every clip, a frame farther from the observed ones never has a lower step than a nearer one."""
+    dist = observed_distance(mask)
+    return bool((steps[:, :, None] >= steps[:, None, :])[dist[:, :, None] > dist[:, None, :]].all())
+
+
+def test_per_frame_levels_keep_observed_frames_clean_and_order_the_others_by_distance():
+    mask = sample_masks(512, 8, TaskMix(), generator=torch.Generator().manual_seed(0))
+    ordered, independent = (per_frame_steps(mask, 100, o, torch.Generator().manual_seed(1)) for o in (True, False))
+    for steps in (ordered, independent):
+        assert torch.equal(steps == 0, mask) and int(steps.max()) <= 100
+    assert _farther_frames_are_noisier(ordered, mask) and not _farther_frames_are_noisier(independent, mask)
+    assert torch.equal(ordered.sort(1).values, independent.sort(1).values)  # the same draws, only placed in order
+    free = ~mask.any(1)  # nothing observed: in a random order, not the frames' own
+    assert free.sum() > 20 and not bool((ordered[free].diff(dim=1) >= 0).all())
+
+
+def test_per_frame_training_gives_the_network_a_level_per_frame():
+    overrides = ["data.frames=5", "data.size=16", "diffusion.timesteps=100", "task.per_frame_levels=ordered"]
+    clips = _clips(b=16)
+    for share, shape in ((0.0, (16,)), (1.0, (16, 5))):
+        domain = Video(load_config(VideoConfig, overrides=[*overrides, f"task.per_frame={share}"]))
+        model = Records(tiny_unet())
+        torch.manual_seed(0)
+        mask = sample_masks(16, 5, TaskMix())
+        torch.manual_seed(0)  # the loss draws the same masks
+        domain.training_loss(model, clips)
+        t = model.times[0]
+        assert t.shape == shape
+    assert torch.equal(t == 0, mask) and _farther_frames_are_noisier(t, mask)
+
+
+def test_frame_delay_starts_farther_frames_later_and_keeps_the_observed_ones(setup):
+    model, _ = setup
+    domain = Video(load_config(VideoConfig, overrides=[
+        "data.frames=5", "data.size=16", "diffusion.timesteps=100", "model.residual=false", "task.per_frame=0.5"]))
+    model, clips = Records(model), _clips()
+    mask = torch.tensor([[1, 1, 0, 0, 0], [1, 0, 0, 0, 1]], dtype=torch.bool)
+    settings = domain.sample_settings(steps=4, guidance=1.0, frame_delay=3)
+    out = generate(model, domain.diffusion, clips, mask, settings, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out[mask], clips[mask]) and not torch.equal(out[~mask], clips[~mask])
+    grid = sampling_grid(domain.diffusion.schedule, 4, DEFAULT_SPACING["dpm_solver_pp"])
+    delay = torch.tensor([[0, 0, 0, 3, 6], [0, 0, 3, 0, 0]])  # 3 steps per frame beyond the nearest observed one
+    assert len(model.times) == 4 + 6
+    for n, t in enumerate(model.times):
+        expect = torch.where(mask, 0.0, grid.t[(n - delay).clamp(0, 4)].float())
+        assert torch.equal(t, expect), n
+
+
+def test_a_frame_delay_needs_dpm_solver_and_a_per_frame_model():
+    with pytest.raises(ConfigError, match="sample.frame_delay.*dpm_solver_pp"):
+        Video(load_config(VideoConfig, overrides=["sample.frame_delay=2", "sample.sampler=ddim", "task.per_frame=0.5"]))
+    domain = Video(load_config(VideoConfig))
+    with pytest.raises(ValueError, match="task.per_frame"):
+        domain.sample_settings(frame_delay=2)
+    domain = Video(load_config(VideoConfig, overrides=["task.per_frame=0.5"]))
+    assert domain.sample_settings(frame_delay=2).frame_delay == 2
+    with pytest.raises(ValueError, match="dpm_solver_pp"):
+        domain.sample_settings(frame_delay=2, sampler="ddim")

@@ -20,22 +20,22 @@ import torch
 
 from multigen import load_pretrained
 from multigen.cli import add_export_arguments, add_sampler_arguments, run_command, seeded_generator
-from multigen.config import SampleConfig
 
 from .data import frames_to_clip
 from .io import read_video, to_uint8, write_video
-from .sampling import extend_autoregressive, extend_hierarchical, interpolate
+from .sampling import VideoSampleConfig, extend_autoregressive, extend_hierarchical, interpolate
 
 
 def _load(args: argparse.Namespace):
     return load_pretrained(args.checkpoint, args.device, domain="video")
 
 
-def _settings(args: argparse.Namespace, domain) -> SampleConfig:
+def _settings(args: argparse.Namespace, domain) -> VideoSampleConfig:
     """The model's sampling settings with the command line's ``--sampler``, ``--steps``, ``--guidance``,
-    ``--guidance-interval``, ``--temperature``."""
+    ``--guidance-interval``, ``--temperature``, ``--frame-delay``."""
     return domain.sample_settings(sampler=args.sampler, steps=args.steps, guidance=args.guidance,
-                                  guidance_interval=args.guidance_interval, temperature=args.temperature)
+                                  guidance_interval=args.guidance_interval, temperature=args.temperature,
+                                  frame_delay=args.frame_delay)
 
 
 def _options(args: argparse.Namespace, domain) -> dict:
@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--temperature", type=float,
                        help="sampling noise scale: below 1 is less diverse and nearer the mean (default: the "
                             "config's temperature; for `sample`, its unconditional_temperature, for every frame)")
+        p.add_argument("--frame-delay", type=int,
+                       help="models trained with task.per_frame: start each generated frame this many dpm_solver_pp "
+                            "steps after the one before it, counting from the observed frames (default: the model's)")
         p.add_argument("--fps", type=int, default=8)
 
     p = sub.add_parser("predict", help="continue a video from its first frames (or, with --past, its last ones "

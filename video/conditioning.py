@@ -101,6 +101,30 @@ def nearest_observed(observed: Tensor, mask: Tensor, frame_index: Tensor | None 
     return torch.where(mask.any(1)[:, None, None, None, None], ref, torch.zeros_like(ref))
 
 
+def observed_distance(mask: Tensor, frame_index: Tensor | None = None) -> Tensor:
+    """Each frame's distance ``(B, T)`` (float) in ``frame_index`` (default ``0..T-1``) to the nearest observed
+    frame: 0 on observed frames, ``inf`` in a clip with no observed frame."""
+    fi = _positions(mask, frame_index)
+    return (fi[:, :, None] - fi[:, None, :]).abs().masked_fill(~mask[:, None, :], float("inf")).amin(-1)
+
+
+def per_frame_steps(mask: Tensor, timesteps: int, ordered: bool = True,
+                    generator: torch.Generator | None = None) -> Tensor:
+    """Diffusion-forcing training levels: a step ``(B, T)`` (long) per frame, 0 (clean) on observed frames, each
+    generated frame's uniform on ``1..timesteps``. ``ordered`` sorts each clip's draws so that frames farther from
+    the observed ones get the higher steps (equally far ones, and all frames of a clip with none observed, in a
+    random order), as a sampler that starts the far frames later (``sample.frame_delay``) visits them; otherwise
+    each frame's step is its own draw."""
+    B, T = mask.shape
+    kw = {"device": mask.device, "generator": generator}
+    steps = torch.randint(1, timesteps + 1, (B, T), **kw).masked_fill(mask, 0)
+    if not ordered:
+        return steps
+    dist = observed_distance(mask)
+    key = torch.where(dist.isinf(), 0.0, dist) + 0.5 * torch.rand(B, T, **kw)  # observed first: key < 1
+    return torch.empty_like(steps).scatter_(1, key.argsort(1), steps.sort(1).values)
+
+
 def _nearest_on_side(mask: Tensor, fi: Tensor, before: bool, strict: bool) -> tuple[Tensor, Tensor]:
     """For each frame ``(B, T)``: the index of the nearest observed frame before it (``before``) or after it, the
     frame itself included unless ``strict``, and whether there is one (``(B, T)`` long and bool)."""

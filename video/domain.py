@@ -10,16 +10,17 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from multigen.config import ConfigError, DiffusionConfig, SampleConfig, TrainConfig, at_least, choice
+from multigen import samplers
+from multigen.config import ConfigError, DiffusionConfig, TrainConfig, at_least, choice
 from multigen.domain import GaussianDomain, no_condition
 from multigen.samplers import Known
 
-from .conditioning import TaskMix, motion_compensated, pack_condition, sample_masks, scaled_residual
+from .conditioning import TaskMix, motion_compensated, pack_condition, per_frame_steps, sample_masks, scaled_residual
 from .data import MovingDigits, VideoFolder
 from .io import save_clip_grid
 from .metrics import best_and_mean_scores, linear_blend
 from .model import SpaceTimeUNet
-from .sampling import generate
+from .sampling import VideoSampleConfig, generate
 
 
 @dataclass
@@ -79,6 +80,13 @@ class VideoTaskConfig:
     interpolate: float = 0.2
     random: float = 0.15
     image_prob: float = 0.0  # joint image-video training: fraction of clips made of independent frames
+    # Diffusion forcing (Chen et al., 2024): this fraction of the clips gets a noise level per generated frame and
+    # its observed frames clean at level 0, so that a sampler may take frames at different levels
+    # (sample.frame_delay). `independent`: each frame's level on its own; `ordered`: the same draws sorted so that
+    # frames farther from the observed ones get the higher levels, as that sampler visits them (better on one
+    # window, its long rollouts fade further: benchmarks/RESULTS.md, 2026-12-05).
+    per_frame: float = at_least(0.0, 0.0)
+    per_frame_levels: str = choice("independent", "independent", "ordered")
 
 
 @dataclass
@@ -106,9 +114,8 @@ class VideoConfig:
     # times only (t >= 0.8: 8 of DPM-Solver++'s 25 steps): SSIM +0.04 to +0.09 at level PSNR over 4 seeds, for 1.4x
     # the sampling time (RESULTS, 2026-12-04). Unconditional clips sample at temperature 1: at 0.2 every one is the
     # same blurred mean digit (RESULTS, 2026-12-05)
-    sample: SampleConfig = field(default_factory=lambda: SampleConfig(num=8, steps=25, temperature=0.2, guidance=2.0,
-                                                                      guidance_interval=(0.8, 1.0),
-                                                                      unconditional_temperature=1.0))
+    sample: VideoSampleConfig = field(default_factory=lambda: VideoSampleConfig(
+        num=8, steps=25, temperature=0.2, guidance=2.0, guidance_interval=(0.8, 1.0), unconditional_temperature=1.0))
     data: VideoDataConfig = field(default_factory=VideoDataConfig)
     model: VideoModelConfig = field(default_factory=VideoModelConfig)
     task: VideoTaskConfig = field(default_factory=VideoTaskConfig)
@@ -121,12 +128,32 @@ class Video(GaussianDomain):
     name = "video"
     config_class = VideoConfig
     conditional = True  # the observed frames: sample.guidance scales them
+    SETTINGS = (*GaussianDomain.SETTINGS, "frame_delay")
 
     def __init__(self, cfg: VideoConfig) -> None:
         super().__init__(cfg)
         if cfg.model.reference_input and not cfg.model.residual:
             raise ConfigError("model.reference_input shows a residual model the reference frames its output is "
                               "added to; with model.residual=false there are none")
+        try:
+            self._check_frame_delay(cfg.sample)
+        except ValueError as e:
+            raise ConfigError(f"sample.frame_delay: {e}") from None
+
+    def _check_frame_delay(self, settings: VideoSampleConfig) -> None:
+        """A ``frame_delay`` needs dpm_solver_pp and a model trained with a level per frame."""
+        if settings.frame_delay:
+            samplers.check_settings(settings.sampler, staggered=True)
+            if self.cfg.task.per_frame == 0:
+                raise ValueError(f"frame_delay={settings.frame_delay} needs a model trained with task.per_frame > 0 "
+                                 "(frames at different levels, observed frames clean); this one was not (use 0)")
+
+    def sample_settings(self, **overrides: Any) -> VideoSampleConfig:
+        """:meth:`GaussianDomain.sample_settings`; a ``frame_delay`` needs the dpm_solver_pp sampler and a model
+        trained with ``task.per_frame``."""
+        settings = super().sample_settings(**overrides)
+        self._check_frame_delay(settings)
+        return settings
 
     def clip_scale(self) -> float:
         m = self.cfg.model  # a residual of two frames in [-1, 1] lies in [-2, 2]
@@ -192,8 +219,14 @@ class Video(GaussianDomain):
         m = self.cfg.model
         target, ref = scaled_residual(batch, mask, m.reference, m.residual_scale) if m.residual else (batch, None)
         cond = pack_condition(batch, mask, ref if m.reference_input else None)
+        steps = None
+        if task.per_frame > 0:  # a level per frame in a share of the clips, one shared level in the others
+            shared = self.diffusion.random_steps(B, batch.device)[:, None]
+            own = per_frame_steps(mask, self.diffusion.timesteps, task.per_frame_levels == "ordered")
+            steps = torch.where(torch.rand(B, 1, device=batch.device) < task.per_frame, own, shared)
         loss = self.diffusion.loss(
-            lambda x, t: model(x, t, cond, None, independent), target, loss_mask=~mask[:, :, None, None, None]
+            lambda x, t: model(x, t, cond, None, independent), target, loss_mask=~mask[:, :, None, None, None],
+            steps=steps,
         )
         return loss.mean()
 

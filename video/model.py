@@ -1,6 +1,7 @@
 """Factorised space-time U-Net for masked video diffusion.
 
-Shapes: clips are ``(B, T, C, H, W)``; ``t`` is the diffusion time ``(B,)`` in ``[0, 1]``;
+Shapes: clips are ``(B, T, C, H, W)``; ``t`` is the diffusion time in ``[0, 1]``, ``(B,)`` (one level per clip)
+or ``(B, T)`` (one per frame: diffusion forcing, observed frames at 0);
 ``cond`` packs the conditioning as ``(B, T, C + 1, H, W)`` = ``[mask * x0, mask]``
 (observed clean frames and a per-frame observed flag; all zeros = unconditional), or
 ``(B, T, 2C + 1, H, W)`` with the residual's reference frames appended (``reference_input``);
@@ -191,7 +192,7 @@ class SpaceTimeUNet(nn.Module):
 
         Args:
             x: noisy clips ``(B, T, C, H, W)``.
-            t: diffusion time ``(B,)`` in ``[0, 1]``.
+            t: diffusion time in ``[0, 1]``: ``(B,)``, or ``(B, T)`` for a level per frame.
             cond: ``(B, T, C + 1, H, W)`` = ``[mask * x0, mask]``, with ``reference_input``
                 ``(B, T, 2C + 1, H, W)`` = ``[mask * x0, mask, reference]``; None = unconditional.
             frame_index: ``(B, T)`` frame positions; None = ``0..T-1``.
@@ -207,7 +208,7 @@ class SpaceTimeUNet(nn.Module):
         if frame_index is None:
             frame_index = torch.arange(T, device=x.device).expand(B, T)
         distances = frame_distances(frame_index)
-        emb = self.time_embed(t).repeat_interleave(T, dim=0)
+        emb = self.time_embed(t.reshape(-1)) if t.ndim == 2 else self.time_embed(t).repeat_interleave(T, dim=0)
 
         h = rearrange(torch.cat([x, cond.to(x.dtype)], dim=2), "b t c h w -> (b t) c h w")
         h = self.inp(h.contiguous(memory_format=torch.channels_last) if self.channels_last else h)

@@ -15,23 +15,36 @@ Long videos are built from windows of the model's training length ``T``:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from multigen import Known, sample
-from multigen.config import SampleConfig
+from multigen.config import SampleConfig, at_least
 from multigen.diffusion import GaussianDiffusion
 from multigen.guidance import classifier_free_guidance
 
-from .conditioning import pack_condition, scaled_residual
+from .conditioning import observed_distance, pack_condition, scaled_residual
+
+
+@dataclass
+class VideoSampleConfig(SampleConfig):
+    """:class:`~multigen.config.SampleConfig` and video's own setting."""
+
+    # A model trained with a level per frame (task.per_frame): with dpm_solver_pp, start each generated frame's
+    # schedule this many steps after the one before it, counting from the observed frames, so nearer frames are
+    # nearly formed when farther ones start (diffusion forcing's pyramid schedule); 0: all frames at one level.
+    frame_delay: int = at_least(0, 0)
+
 
 def generate(
     model: nn.Module,
     diffusion: GaussianDiffusion,
     observed: Tensor,
     mask: Tensor | None,
-    settings: SampleConfig,
+    settings: VideoSampleConfig,
     residual: bool = False,
     reference: str = "nearest",
     residual_scale: float = 1.0,
@@ -46,7 +59,10 @@ def generate(
     ``mask=None`` observes nothing (unconditional clips of ``observed``'s shape);
     ``frame_index`` ``(B, T)`` gives the frames' positions in the video (default ``0..T-1``).
     ``settings`` come from the domain's ``sample_settings`` (sampler, steps, spacing, eta, resample, guidance and
-    its interval, temperature; with nothing observed, ``unconditional_temperature`` where it is set).
+    its interval, temperature; with nothing observed, ``unconditional_temperature`` where it is set; a
+    ``frame_delay`` ``D`` > 0 starts each generated frame ``D * (k - 1)`` sampler steps late, ``k`` its distance in
+    frames to the nearest observed one, with the observed frames clean throughout: for a model trained with
+    ``task.per_frame``).
     With ``residual`` (the model's ``model.residual``) the sampler draws ``x`` minus its ``reference`` frames
     (``model.reference``: ``nearest``, ``blend`` or ``motion``, see ``REFERENCES``; exactly 0 on observed
     frames) times ``residual_scale`` (``model.residual_scale``), and the output is that divided by the scale plus
@@ -71,6 +87,9 @@ def generate(
         fi = None if frame_index is None else frame_index.to(x.device).repeat(len(x) // B, 1)
         return diffusion.denoiser(lambda x_t, t_: model(x_t, t_, c, fi))(x, t)
 
+    delay = None
+    if settings.frame_delay and not free:  # by slot: keyframes far apart in frame_index are one step apart
+        delay = (settings.frame_delay * (observed_distance(mask) - 1).clamp(min=0)).long()
     offset = None if base is None else base * residual_scale
     scale = 1.0 if free else settings.guidance  # nothing observed: the condition is the null one, nothing to guide
     guided = classifier_free_guidance(conditional, cond, torch.zeros_like(cond[0]), scale, offset, diffusion.alpha_of,
@@ -86,11 +105,12 @@ def generate(
         device=observed.device,
         dtype=observed.dtype,
         progress=progress,
+        delay=delay,
     )
     return out if base is None else (out / residual_scale + base).clamp(-1, 1)  # observed frames: 0 + themselves
 
 
-def predict(model, diffusion, context: Tensor, frames: int, settings: SampleConfig, past: bool = False,
+def predict(model, diffusion, context: Tensor, frames: int, settings: VideoSampleConfig, past: bool = False,
             **kw) -> Tensor:
     """Continue ``context`` ``(B, K, C, H, W)`` by ``frames - K`` frames in one window of ``frames``: after it,
     or with ``past`` before it (the context is then the window's last ``K`` frames)."""
@@ -103,7 +123,7 @@ def predict(model, diffusion, context: Tensor, frames: int, settings: SampleConf
     return generate(model, diffusion, observed, idx >= frames - K if past else idx < K, settings, **kw)
 
 
-def interpolate(model, diffusion, keyframes: Tensor, between: int, settings: SampleConfig, **kw) -> Tensor:
+def interpolate(model, diffusion, keyframes: Tensor, between: int, settings: VideoSampleConfig, **kw) -> Tensor:
     """Insert ``between`` frames between each pair of consecutive ``keyframes`` ``(B, K, C, H, W)``.
 
     Each gap is one window ``[key_i, between frames, key_{i+1}]``; returns
@@ -124,7 +144,7 @@ def interpolate(model, diffusion, keyframes: Tensor, between: int, settings: Sam
 
 
 def extend_autoregressive(
-    model, diffusion, context: Tensor, length: int, window: int, settings: SampleConfig, progress: bool = False,
+    model, diffusion, context: Tensor, length: int, window: int, settings: VideoSampleConfig, progress: bool = False,
     past: bool = False, **kw,
 ) -> Tensor:
     """Extend ``context`` ``(B, K, C, H, W)`` to ``length`` frames with windows of ``window`` frames.
@@ -150,7 +170,7 @@ def extend_autoregressive(
 
 
 def extend_hierarchical(
-    model, diffusion, first: Tensor, length: int, window: int, settings: SampleConfig, progress: bool = False,
+    model, diffusion, first: Tensor, length: int, window: int, settings: VideoSampleConfig, progress: bool = False,
     past: bool = False, **kw,
 ) -> Tensor:
     """Generate ``length`` frames from observed ``first`` frames ``(B, K, C, H, W)`` hierarchically.
