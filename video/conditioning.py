@@ -90,13 +90,18 @@ def _positions(mask: Tensor, frame_index: Tensor | None) -> Tensor:
     return (frame_index if frame_index is not None else torch.arange(T, device=mask.device).expand(B, T)).float()
 
 
+def _distances_to_observed(mask: Tensor, frame_index: Tensor | None) -> Tensor:
+    """``(B, T, T)``: the distance in ``frame_index`` (default ``0..T-1``) from frame ``t`` to frame ``s`` where
+    ``s`` is observed, ``inf`` where it is not."""
+    fi = _positions(mask, frame_index)
+    return (fi[:, :, None] - fi[:, None, :]).abs().masked_fill(~mask[:, None, :], float("inf"))
+
+
 def nearest_observed(observed: Tensor, mask: Tensor, frame_index: Tensor | None = None) -> Tensor:
     """Each frame's nearest observed frame ``(B, T, C, H, W)``: by distance in ``frame_index`` ``(B, T)``
     (default ``0..T-1``; the earlier frame on ties); observed frames map to themselves; all zeros in a
     clip with no observed frame."""
-    fi = _positions(mask, frame_index)
-    dist = (fi[:, :, None] - fi[:, None, :]).abs().masked_fill(~mask[:, None, :], float("inf"))
-    source = dist.argmin(-1)  # (B, T); argmin keeps the first (earlier) of equal distances
+    source = _distances_to_observed(mask, frame_index).argmin(-1)  # (B, T); the first (earlier) of equal distances
     ref = observed[torch.arange(mask.shape[0], device=mask.device)[:, None], source]
     return torch.where(mask.any(1)[:, None, None, None, None], ref, torch.zeros_like(ref))
 
@@ -104,8 +109,7 @@ def nearest_observed(observed: Tensor, mask: Tensor, frame_index: Tensor | None 
 def observed_distance(mask: Tensor, frame_index: Tensor | None = None) -> Tensor:
     """Each frame's distance ``(B, T)`` (float) in ``frame_index`` (default ``0..T-1``) to the nearest observed
     frame: 0 on observed frames, ``inf`` in a clip with no observed frame."""
-    fi = _positions(mask, frame_index)
-    return (fi[:, :, None] - fi[:, None, :]).abs().masked_fill(~mask[:, None, :], float("inf")).amin(-1)
+    return _distances_to_observed(mask, frame_index).amin(-1)
 
 
 def per_frame_steps(mask: Tensor, timesteps: int, ordered: bool = True,
