@@ -16,7 +16,7 @@ The number of steps is independent of the training ``T``: the grid picks
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import math
 
@@ -255,18 +255,27 @@ def dpm_solver_pp(
     for k in tqdm(range(grid.steps), desc="dpm-solver++", disable=not progress):
         a_t, s_t, a_s, s_s = (float(v) for v in (alphas[k], sigmas[k], alphas[k + 1], sigmas[k + 1]))
         x0 = denoiser(x, _time(grid, k, x))
-        final = s_s == 0.0
-        if x0_prev is None or final:
-            d = x0
-        else:
-            h = float(lambdas[k + 1] - lambdas[k])
-            r = float(lambdas[k] - lambdas[k - 1]) / h
-            d = (1.0 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
-        # x_s = (sigma_s / sigma_t) x_t + alpha_s (1 - e^{-h}) d, written to stay finite at sigma_s = 0
-        x = (s_s / s_t) * x + (a_s - s_s * a_t / s_t) * d
+        second = x0_prev is not None and s_s > 0.0  # first order on the first step and onto clean data
+        c = 0.5 / (float(lambdas[k] - lambdas[k - 1]) / float(lambdas[k + 1] - lambdas[k])) if second else 0.0
+        x = _dpm_solver_step(x, x0, x0_prev if second else None, c, a_t, s_t, a_s, s_s)
         x = _impose(x, known, grid.alpha_bar[k + 1], generator)
         x0_prev = x0
     return x
+
+
+def _dpm_solver_step(x: Tensor, x0: Tensor, x0_prev: Tensor | None, c: Any, a_t: Any, s_t: Any, a_s: Any, s_s: Any,
+                     per_item: Callable[[Tensor], Tensor] = lambda v: v) -> Tensor:
+    """One DPM-Solver++(2M) step of ``x`` from level ``(a_t, s_t)`` to ``(a_s, s_s)`` (signal and noise scales):
+    ``d = (1 + c) x0 - c x0_prev`` (``x0`` alone without ``x0_prev``: first order), then
+    ``x_s = (s_s / s_t) x + (a_s - s_s a_t / s_t) d``, that is ``alpha_s (1 - e^{-h}) d`` kept finite at
+    ``s_s = 0``. The coefficients are Python floats, or float64 tensors (one per item, shaped by ``per_item``),
+    computed in double precision either way and rounded once to ``x``'s dtype, so both give the same bits."""
+
+    def coef(v: Any) -> Any:
+        return per_item(v.to(x.dtype)) if isinstance(v, Tensor) else v
+
+    d = x0 if x0_prev is None else coef(1.0 + c) * x0 - coef(c) * x0_prev
+    return coef(s_s / s_t) * x + coef(a_s - s_s * a_t / s_t) * d
 
 
 def _staggered_dpm_solver_pp(denoiser: Denoiser, noise: Tensor, grid: TimeGrid, delay: Tensor,
@@ -295,8 +304,7 @@ def _staggered_dpm_solver_pp(denoiser: Denoiser, noise: Tensor, grid: TimeGrid, 
         # second order where the item moved on the previous step too (i > 0) and does not land on clean data
         r = (lambdas[i] - lambdas[(i - 1).clamp(min=0)]) / (lambdas[j] - lambdas[i])
         c = torch.where((i > 0) & (s_s > 0), 0.5 / r, 0.0)
-        d = x0 if x0_prev is None else per_item((1.0 + c).to(x.dtype)) * x0 - per_item(c.to(x.dtype)) * x0_prev
-        moved = per_item((s_s / s_t).to(x.dtype)) * x + per_item((a_s - s_s * a_t / s_t).to(x.dtype)) * d
+        moved = _dpm_solver_step(x, x0, x0_prev, c, a_t, s_t, a_s, s_s, per_item)
         x = torch.where(per_item(j > i), moved, x)  # items not started or done hold still (their s_t may be 0)
         x0_prev = x0
     return x
