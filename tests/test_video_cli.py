@@ -104,18 +104,21 @@ def test_errors_name_the_problem(tmp_path, export, capsys):
     assert "config.yaml" in capsys.readouterr().err
 
 
-def test_frame_delay_on_a_per_frame_model_and_an_error_on_another(tmp_path, export, capsys):
+def test_frame_delay_and_context_noise_on_a_per_frame_model_and_errors_on_another(tmp_path, export, capsys):
     cfg = load_config(VideoConfig, overrides=["data.frames=5", "data.size=16", "model.base_channels=8",
                                               "model.channel_mults=[1,2]", "model.attn_levels=[1]",
-                                              "diffusion.timesteps=50", "sample.steps=3", "task.per_frame=0.5"])
+                                              "diffusion.timesteps=50", "sample.steps=3", "task.per_frame=0.5",
+                                              "task.context_noise=0.2"])
     domain = Video(cfg)
     per_frame = export_model(domain.build_model(), domain, tmp_path / "per_frame")
     inp, out = tmp_path / "in.npy", tmp_path / "out.npy"
     np.save(inp, gray(6))
     common = ["predict", "--input", str(inp), "--context", "2", "--frames", "9", "--frame-delay", "2",
               "--out", str(out)]
-    assert main([*common, "--checkpoint", str(per_frame)]) == 0
+    assert main([*common, "--checkpoint", str(per_frame), "--context-noise", "0.1"]) == 0
     video = np.load(out)
     assert video.shape == (9, 16, 16, 1) and np.array_equal(video[:2], gray(6)[:2])
     assert main([*common, "--checkpoint", str(export)]) == 2
     assert "task.per_frame" in capsys.readouterr().err
+    assert main([*common, "--checkpoint", str(per_frame), "--context-noise", "0.3"]) == 2
+    assert "task.context_noise=0.2" in capsys.readouterr().err

@@ -78,14 +78,14 @@ def test_sample_keeps_to_the_device(device, domain, sampler, with_known):
 
 def test_per_frame_training_and_staggered_sampling_keep_to_the_device(device):
     video = Video(load_config(VideoConfig, overrides=[
-        "data.frames=5", "data.size=16", "diffusion.timesteps=50", "task.per_frame=0.5"]))
+        "data.frames=5", "data.size=16", "diffusion.timesteps=50", "task.per_frame=0.5", "task.context_noise=0.2"]))
     model = tiny_unet().to(device)
     loss = video.training_loss(model, torch.zeros(3, 5, 1, 16, 16, device=device))
     assert loss.device == device and loss.shape == ()
     mask = torch.zeros(2, 5, dtype=torch.bool, device=device)
     mask[:, :2] = True
     out = video.sample(model, 2, known=Known(mask, torch.zeros(SHAPE, device=device)), steps=2, frame_delay=2,
-                       generator=device_generator(device))
+                       context_noise=0.1, generator=device_generator(device))
     assert out.device == device and out.shape == SHAPE
 
 

@@ -346,3 +346,58 @@ def test_a_frame_delay_needs_dpm_solver_and_a_per_frame_model():
     assert domain.sample_settings(frame_delay=2).frame_delay == 2
     with pytest.raises(ValueError, match="dpm_solver_pp"):
         domain.sample_settings(frame_delay=2, sampler="ddim")
+
+
+def test_noised_context_training_shows_observed_frames_at_a_level_of_their_own():
+    """With ``task.context_noise``, a per-frame clip's observed frames share one level in ``[0, context_noise]``,
+    which the network is told, and the condition shows them noised to it (clean at level 0)."""
+    domain = Video(load_config(VideoConfig, overrides=[
+        "data.frames=5", "data.size=16", "diffusion.timesteps=100", "task.per_frame=1.0", "task.context_noise=0.3"]))
+    model, clips = Records(tiny_unet()), _clips(b=64)
+    torch.manual_seed(0)
+    mask = sample_masks(64, 5, TaskMix())
+    torch.manual_seed(0)  # the loss draws the same masks
+    domain.training_loss(model, clips)
+    t, shown = model.times[0], model.conds[0][:, :, :1]
+    level = torch.where(mask, t, -1.0).amax(1)  # each clip's observed frames' level
+    assert torch.equal(torch.where(mask, t, level[:, None]), level[:, None].expand(-1, 5))  # one per clip
+    seen = mask.any(1)
+    assert 0 <= level[seen].min() and level[seen].max() <= 0.3 and len(level[seen].unique()) > 5
+    clean = (shown == clips).flatten(2).all(2)
+    assert torch.equal(clean[mask], (t == 0)[mask])  # noised exactly where the level is above 0
+    noised = mask & (t > 0)  # shown = alpha clip + sigma eps at the frame's level, eps standard normal
+    alpha = domain.diffusion.alpha_of(t)[noised].float()[:, None, None, None]
+    eps = (shown[noised] - alpha * clips[noised]) / (1 - alpha**2).sqrt()
+    assert eps.numel() > 20_000 and abs(float(eps.mean())) < 0.03 and abs(float(eps.std()) - 1) < 0.03
+
+
+def test_noised_context_sampling_shows_the_observed_frames_at_one_fixed_level(setup):
+    """``sample.context_noise`` shows the observed frames noised to that time with the same noise at every step,
+    in the condition and in ``x``, and still returns them bit-exactly."""
+    domain = Video(load_config(VideoConfig, overrides=[
+        "data.frames=5", "data.size=16", "diffusion.timesteps=100", "task.per_frame=0.5", "task.context_noise=0.3"]))
+    clips, mask = _clips(), torch.tensor([[1, 1, 0, 0, 0], [1, 0, 0, 0, 1]], dtype=torch.bool)
+    for delay in (0, 2):
+        inputs = []
+        model = Records(setup[0])
+        model.register_forward_pre_hook(lambda _, args: inputs.append(args[0]))
+        settings = domain.sample_settings(steps=4, guidance=1.0, frame_delay=delay, context_noise=0.2)
+        out = generate(model, domain.diffusion, clips, mask, settings, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(out[mask], clips[mask]) and not torch.equal(out[~mask], clips[~mask])
+        assert len(model.times) == 4 + 2 * delay
+        for t, cond, x in zip(model.times, model.conds, inputs):
+            assert t.shape == (2, 5) and bool((t[mask] == 0.2).all()) and not bool((t[~mask] == 0.2).any())
+            assert torch.equal(cond, model.conds[0]) and torch.equal(x[mask], inputs[0][mask])
+        noised = model.conds[0][:, :, :1][mask]
+        assert not torch.equal(noised, clips[mask]) and (noised - clips[mask]).abs().max() < 4
+    with pytest.raises(ValueError, match="task.context_noise=0.3"):
+        domain.sample_settings(context_noise=0.5)
+
+
+def test_noised_context_needs_per_frame_training_and_a_level_the_model_saw():
+    with pytest.raises(ConfigError, match="task.context_noise"):
+        Video(load_config(VideoConfig, overrides=["task.context_noise=0.3"]))
+    with pytest.raises(ConfigError, match="task.context_noise"):
+        Video(load_config(VideoConfig, overrides=["task.per_frame=0.5", "task.context_noise=1.5"]))
+    with pytest.raises(ConfigError, match="sample.context_noise"):
+        Video(load_config(VideoConfig, overrides=["task.per_frame=0.5", "sample.context_noise=0.1"]))

@@ -32,10 +32,10 @@ def _load(args: argparse.Namespace):
 
 def _settings(args: argparse.Namespace, domain) -> VideoSampleConfig:
     """The model's sampling settings with the command line's ``--sampler``, ``--steps``, ``--guidance``,
-    ``--guidance-interval``, ``--temperature``, ``--frame-delay``."""
+    ``--guidance-interval``, ``--temperature``, ``--frame-delay``, ``--context-noise``."""
     return domain.sample_settings(sampler=args.sampler, steps=args.steps, guidance=args.guidance,
                                   guidance_interval=args.guidance_interval, temperature=args.temperature,
-                                  frame_delay=args.frame_delay)
+                                  frame_delay=args.frame_delay, context_noise=args.context_noise)
 
 
 def _options(args: argparse.Namespace, domain) -> dict:
@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--frame-delay", type=int,
                        help="models trained with task.per_frame: start each generated frame this many dpm_solver_pp "
                             "steps after the one before it, counting from the observed frames (default: the model's)")
+        p.add_argument("--context-noise", type=float,
+                       help="models trained with task.context_noise: show the network the observed frames noised to "
+                            "this diffusion time, at most the trained one (default: the model's)")
         p.add_argument("--fps", type=int, default=8)
 
     p = sub.add_parser("predict", help="continue a video from its first frames (or, with --past, its last ones "

@@ -87,6 +87,10 @@ class VideoTaskConfig:
     # window, its long rollouts fade further: benchmarks/RESULTS.md, 2026-12-05).
     per_frame: float = at_least(0.0, 0.0)
     per_frame_levels: str = choice("independent", "independent", "ordered")
+    # Noised context (as GameNGen's noise augmentation and DFoT's noisy history): in the per-frame clips the
+    # observed frames are shown noised to a level of their own, uniform on [0, context_noise] (diffusion time), and
+    # told it, so that a model continuing its own imperfect frames may be shown them noised (sample.context_noise).
+    context_noise: float = at_least(0.0, 0.0)
 
 
 @dataclass
@@ -128,17 +132,23 @@ class Video(GaussianDomain):
     name = "video"
     config_class = VideoConfig
     conditional = True  # the observed frames: sample.guidance scales them
-    SETTINGS = (*GaussianDomain.SETTINGS, "frame_delay")
+    SETTINGS = (*GaussianDomain.SETTINGS, "frame_delay", "context_noise")
 
     def __init__(self, cfg: VideoConfig) -> None:
         super().__init__(cfg)
         if cfg.model.reference_input and not cfg.model.residual:
             raise ConfigError("model.reference_input shows a residual model the reference frames its output is "
                               "added to; with model.residual=false there are none")
-        try:
-            self._check_frame_delay(cfg.sample)
-        except ValueError as e:
-            raise ConfigError(f"sample.frame_delay: {e}") from None
+        task = cfg.task
+        if task.context_noise > 1 or (task.context_noise and not task.per_frame):
+            raise ConfigError(f"task.context_noise: a diffusion time in [0, 1] for the observed frames of the "
+                              f"per-frame clips (task.per_frame > 0), got {task.context_noise} with task.per_frame="
+                              f"{task.per_frame}")
+        for key, check in (("frame_delay", self._check_frame_delay), ("context_noise", self._check_context_noise)):
+            try:
+                check(cfg.sample)
+            except ValueError as e:
+                raise ConfigError(f"sample.{key}: {e}") from None
 
     def _check_frame_delay(self, settings: VideoSampleConfig) -> None:
         """A ``frame_delay`` needs dpm_solver_pp and a model trained with a level per frame."""
@@ -148,11 +158,20 @@ class Video(GaussianDomain):
                 raise ValueError(f"frame_delay={settings.frame_delay} needs a model trained with task.per_frame > 0 "
                                  "(frames at different levels, observed frames clean); this one was not (use 0)")
 
+    def _check_context_noise(self, settings: VideoSampleConfig) -> None:
+        """A ``context_noise`` needs a model trained with noised context up to at least that level."""
+        trained = self.cfg.task.context_noise
+        if settings.context_noise > trained:
+            raise ValueError(f"context_noise={settings.context_noise} shows the observed frames noisier than this "
+                             f"model saw them in training (task.context_noise={trained}); use at most that")
+
     def sample_settings(self, **overrides: Any) -> VideoSampleConfig:
         """:meth:`GaussianDomain.sample_settings`; a ``frame_delay`` needs the dpm_solver_pp sampler and a model
-        trained with ``task.per_frame``."""
+        trained with ``task.per_frame``, a ``context_noise`` one trained with ``task.context_noise`` at least as
+        high."""
         settings = super().sample_settings(**overrides)
         self._check_frame_delay(settings)
+        self._check_context_noise(settings)
         return settings
 
     def clip_scale(self) -> float:
@@ -218,12 +237,19 @@ class Video(GaussianDomain):
             mask = mask & ~independent[:, None]
         m = self.cfg.model
         target, ref = scaled_residual(batch, mask, m.reference, m.residual_scale) if m.residual else (batch, None)
-        cond = pack_condition(batch, mask, ref if m.reference_input else None)
-        steps = None
+        seen, steps = batch, None
         if task.per_frame > 0:  # a level per frame in a share of the clips, one shared level in the others
             shared = self.diffusion.random_steps(B, batch.device)[:, None]
             own = per_frame_steps(mask, self.diffusion.timesteps, task.per_frame_levels == "ordered")
-            steps = torch.where(torch.rand(B, 1, device=batch.device) < task.per_frame, own, shared)
+            per_clip = torch.rand(B, 1, device=batch.device) < task.per_frame
+            if task.context_noise > 0:  # those clips' observed frames at a level of their own, shown noised
+                top = round(task.context_noise * self.diffusion.timesteps)
+                context = torch.randint(0, top + 1, (B,), device=batch.device)
+                own = torch.where(mask, context[:, None], own)
+                noised = (mask & per_clip)[:, :, None, None, None]
+                seen = torch.where(noised, self.diffusion.q_sample(batch, context, torch.randn_like(batch)), batch)
+            steps = torch.where(per_clip, own, shared)
+        cond = pack_condition(seen, mask, ref if m.reference_input else None)
         loss = self.diffusion.loss(
             lambda x, t: model(x, t, cond, None, independent), target, loss_mask=~mask[:, :, None, None, None],
             steps=steps,

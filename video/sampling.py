@@ -37,6 +37,9 @@ class VideoSampleConfig(SampleConfig):
     # schedule this many steps after the one before it, counting from the observed frames, so nearer frames are
     # nearly formed when farther ones start (diffusion forcing's pyramid schedule); 0: all frames at one level.
     frame_delay: int = at_least(0, 0)
+    # A model trained with task.context_noise: show it the observed frames noised to this diffusion time (0: clean),
+    # with a fixed noise for the whole run, so that it leans less on their fine detail.
+    context_noise: float = at_least(0.0, 0.0)
 
 
 def generate(
@@ -62,7 +65,8 @@ def generate(
     its interval, temperature; with nothing observed, ``unconditional_temperature`` where it is set; a
     ``frame_delay`` ``D`` > 0 starts each generated frame ``D * (k - 1)`` sampler steps late, ``k`` its distance in
     frames to the nearest observed one, with the observed frames clean throughout: for a model trained with
-    ``task.per_frame``).
+    ``task.per_frame``; a ``context_noise`` ``s`` > 0 shows the network the observed frames noised to time ``s``,
+    in the condition and in ``x``, and tells it that time: for a model trained with ``task.context_noise``).
     With ``residual`` (the model's ``model.residual``) the sampler draws ``x`` minus its ``reference`` frames
     (``model.reference``: ``nearest``, ``blend`` or ``motion``, see ``REFERENCES``; exactly 0 on observed
     frames) times ``residual_scale`` (``model.residual_scale``), and the output is that divided by the scale plus
@@ -81,10 +85,22 @@ def generate(
     mask = observed.new_zeros(B, T, dtype=torch.bool) if free else mask.to(observed.device)
     target, base = (scaled_residual(observed, mask, reference, residual_scale, frame_index) if residual
                     else (observed, None))  # residual: exactly 0 where observed
-    cond = pack_condition(observed, mask, base if residual and reference_input else None)
+    shown = None  # with a context noise: the observed frames as the network sees them in x, and their time
+    if settings.context_noise and not free:
+        step = round(settings.context_noise * diffusion.timesteps)
+        steps = torch.full((B,), step, device=observed.device)
+        noise = torch.randn((2, *observed.shape), generator=generator, device=observed.device, dtype=observed.dtype)
+        seen = torch.where(mask[:, :, None, None, None], diffusion.q_sample(observed, steps, noise[0]), observed)
+        shown = (diffusion.q_sample(target, steps, noise[1]), step / diffusion.timesteps)
+    cond = pack_condition(observed if shown is None else seen, mask, base if residual and reference_input else None)
 
     def conditional(x: Tensor, t: Tensor, c: Tensor) -> Tensor:  # x0 estimates (residuals for a residual model)
-        fi = None if frame_index is None else frame_index.to(x.device).repeat(len(x) // B, 1)
+        k = len(x) // B  # the guidance branches, batched
+        fi = None if frame_index is None else frame_index.to(x.device).repeat(k, 1)
+        if shown is not None:
+            given = mask.repeat(k, 1)
+            x = torch.where(given[:, :, None, None, None], shown[0].repeat(k, 1, 1, 1, 1), x)
+            t = torch.where(given, shown[1], t if t.dim() == 2 else t[:, None].expand(-1, T))
         return diffusion.denoiser(lambda x_t, t_: model(x_t, t_, c, fi))(x, t)
 
     delay = None
