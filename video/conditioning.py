@@ -112,13 +112,13 @@ def observed_distance(mask: Tensor, frame_index: Tensor | None = None) -> Tensor
     return _distances_to_observed(mask, frame_index).amin(-1)
 
 
-def per_frame_steps(mask: Tensor, timesteps: int, ordered: bool = True,
+def per_frame_steps(mask: Tensor, timesteps: int, ordered: bool = False,
                     generator: torch.Generator | None = None) -> Tensor:
     """Diffusion-forcing training levels: a step ``(B, T)`` (long) per frame, 0 (clean) on observed frames, each
-    generated frame's uniform on ``1..timesteps``. ``ordered`` sorts each clip's draws so that frames farther from
-    the observed ones get the higher steps (equally far ones, and all frames of a clip with none observed, in a
-    random order), as a sampler that starts the far frames later (``sample.frame_delay``) visits them; otherwise
-    each frame's step is its own draw."""
+    generated frame's uniform on ``1..timesteps``, its own draw (the default, as ``task.per_frame_levels``'s).
+    ``ordered`` sorts each clip's draws so that frames farther from the observed ones get the higher steps (equally
+    far ones, and all frames of a clip with none observed, in a random order), as a sampler that starts the far
+    frames later (``sample.frame_delay``) visits them."""
     B, T = mask.shape
     kw = {"device": mask.device, "generator": generator}
     steps = torch.randint(1, timesteps + 1, (B, T), **kw).masked_fill(mask, 0)
