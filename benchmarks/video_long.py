@@ -7,7 +7,8 @@ with the export's sampling settings (``--sample KEY=VALUE`` overrides them). Rep
 band of ``--band`` frames by distance from the context (frames 1-4, 5-8, ... away from it, then all): PSNR and
 SSIM averaged over those frames and the clips, next to copying the nearest observed frame (copy-last or
 copy-first) and to the observed frames moved along the clip's global motion
-(:func:`video.conditioning.motion_compensated`, extrapolated at constant velocity).
+(:func:`video.conditioning.motion_compensated`, extrapolated at constant velocity). The first clips of each
+direction and mode are drawn to ``--pictures`` (PNG and GIF: each real clip above its generated twin).
 
     python benchmarks/video_long.py EXPORT_DIR [--length 24] [--context 4] [--clips 32] [--band 4] [--sample ...]
 """
@@ -30,6 +31,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchm
 from multigen.benchmarking import load_export_of, markdown_table, override_sample_settings, write_results  # noqa: E402
 from video.conditioning import motion_compensated  # noqa: E402
 from video.domain import Video  # noqa: E402
+from video.io import save_clip_grid  # noqa: E402
 from video.metrics import linear_blend, psnr, ssim  # noqa: E402
 from video.sampling import extend_autoregressive, extend_hierarchical  # noqa: E402
 
@@ -52,10 +54,12 @@ def _frame_scores(frames: torch.Tensor, clips: torch.Tensor) -> tuple[torch.Tens
 
 @torch.no_grad()
 def long_rows(domain: Video, model: torch.nn.Module, clips: torch.Tensor, context: int, band: int = 4,
-              seed: int = 0, modes: tuple[str, ...] | None = None) -> list[dict]:
+              seed: int = 0, modes: tuple[str, ...] | None = None, pictures: Path | None = None,
+              picture_clips: int = 4) -> list[dict]:
     """One row per direction (``future``, ``past``), mode (``modes``, keys of ``MODES``; None: all) and band of
     generated frames of ``clips`` ``(n, L, C, H, W)`` in ``[-1, 1]``, from ``context`` observed frames, and one over
-    all generated frames."""
+    all generated frames. With a ``pictures`` folder, each direction's and mode's first ``picture_clips`` clips go
+    to ``{direction}_{mode}.png`` / ``.gif`` there, each real clip above the generated one."""
     window = domain.cfg.data.frames
     n, L = clips.shape[:2]
     if not 0 < context < min(window, L):
@@ -82,6 +86,9 @@ def long_rows(domain: Video, model: torch.nn.Module, clips: torch.Tensor, contex
             seconds = time.perf_counter() - start
             if not torch.equal(out[:, observed], clips[:, observed]):
                 raise AssertionError(f"{direction} {mode}: the observed frames changed")
+            if pictures is not None:
+                pairs = torch.stack([clips[:picture_clips], out[:picture_clips]], dim=1).flatten(0, 1)
+                save_clip_grid(pairs.cpu(), Path(pictures) / f"{direction}_{mode}")
             scores = {"model": _frame_scores(out, clips), **baselines}
             bands = [(lo, min(lo + band - 1, L - context)) for lo in range(1, L - context + 1, band)]
             for lo, hi in [*bands, (1, L - context)]:
@@ -120,15 +127,18 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0, help="the sampling draws")
     parser.add_argument("--out", default="benchmarks/out/video_long.json")
+    parser.add_argument("--pictures", help="folder for the first clips' pictures (default: --out without .json)")
     args = parser.parse_args()
     pretrained = load_export_of(Video, args.export, args.device)
     domain, model = pretrained.domain, pretrained.model
     override_sample_settings(domain, args.sample)
     clips = held_out_clips(domain, args.length, args.clips)
-    rows = long_rows(domain, model, clips, args.context, args.band, args.seed, tuple(args.modes))
+    pictures = Path(args.pictures or Path(args.out).with_suffix(""))
+    rows = long_rows(domain, model, clips, args.context, args.band, args.seed, tuple(args.modes), pictures)
     print(table(rows))
     write_results(args.out, {"export": args.export, "clips": len(clips), "length": args.length,
-                             "context": args.context, "sample": dataclasses.asdict(domain.cfg.sample), "results": rows})
+                             "context": args.context, "sample": dataclasses.asdict(domain.cfg.sample), "results": rows,
+                             "pictures": str(pictures)})
 
 
 if __name__ == "__main__":

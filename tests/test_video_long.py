@@ -1,10 +1,13 @@
 """benchmarks/video_long.py: long prediction forward and backward, scored by distance from the context."""
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from multigen.config import load_config
 from video.domain import Video, VideoConfig
+from video.io import to_uint8
 from video.metrics import PSNR_CAP, linear_blend, psnr
 
 from .conftest import load_benchmark
@@ -53,11 +56,11 @@ def test_rows_score_each_band_of_frames_away_from_the_context(bench, monkeypatch
         assert r["model_psnr"] == pytest.approx(r["copy_psnr"]) and r["model_ssim"] == pytest.approx(r["copy_ssim"])
 
 
-def test_the_chaining_runs_and_keeps_the_context(bench):
+def test_the_chaining_runs_and_keeps_the_context(bench, tmp_path):
     domain = _domain()
     torch.manual_seed(0)
     clips = bench.held_out_clips(domain, 9, 2)
-    rows = bench.long_rows(domain, domain.build_model(), clips, context=2, band=4)
+    rows = bench.long_rows(domain, domain.build_model(), clips, context=2, band=4, pictures=tmp_path)
     assert [(r["direction"], r["mode"], r["frames"]) for r in rows] == [
         (d, m, f) for d in ("future", "past") for m in ("autoregressive", "hierarchical")
         for f in ("1-4", "5-7", "1-7")]
@@ -66,6 +69,34 @@ def test_the_chaining_runs_and_keeps_the_context(bench):
         bench.long_rows(domain, domain.build_model(), clips, context=5)
     lines = bench.table(rows).splitlines()
     assert len(lines) == 2 + len(rows) and all(line.count("|") == 7 for line in lines)
+    for name in ("future_autoregressive", "past_hierarchical"):  # 2 clips, each real one above its generated one
+        with Image.open(tmp_path / f"{name}.png") as png:
+            assert png.size == (9 * 18 - 2, 4 * 18 - 2)
+        assert (tmp_path / f"{name}.gif").stat().st_size > 0
+
+
+def test_pictures_show_each_real_clip_above_its_generated_twin(bench, monkeypatch, tmp_path):
+    domain = _domain()
+    clips = bench.held_out_clips(domain, 7, 3)
+
+    def blank(model, diffusion, first, length, window, settings, past, generator, **kw):
+        """The observed frames, and grey (0) where the model would draw."""
+        observed = torch.arange(length) >= length - 2 if past else torch.arange(length) < 2
+        return torch.where(observed[:, None, None, None], clips[: len(first)], torch.zeros_like(clips[: len(first)]))
+
+    monkeypatch.setattr(bench, "MODES", {"blank": blank})
+    bench.long_rows(domain, domain.build_model(), clips, context=2, pictures=tmp_path, picture_clips=2)
+    with Image.open(tmp_path / "future_blank.png") as png:
+        strip = np.asarray(png)[..., 0]
+    assert strip.shape == (4 * 18 - 2, 7 * 18 - 2)  # 16-pixel frames, 2-pixel gaps
+
+    def frame(row: int, t: int) -> np.ndarray:
+        return strip[row * 18: row * 18 + 16, t * 18: t * 18 + 16]
+
+    real = [to_uint8(c)[..., 0] for c in clips[:2]]
+    grey = to_uint8(torch.zeros(1, 1, 16, 16))[0, ..., 0]
+    assert np.array_equal(frame(0, 4), real[0][4]) and np.array_equal(frame(2, 6), real[1][6])  # real clips
+    assert np.array_equal(frame(1, 4), grey) and np.array_equal(frame(1, 1), real[0][1])  # generated, context kept
 
 
 def test_sample_overrides_are_validated(bench):
