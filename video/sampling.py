@@ -85,14 +85,14 @@ def generate(
     mask = observed.new_zeros(B, T, dtype=torch.bool) if free else mask.to(observed.device)
     target, base = (scaled_residual(observed, mask, reference, residual_scale, frame_index) if residual
                     else (observed, None))  # residual: exactly 0 where observed
-    shown = None  # with a context noise: the observed frames as the network sees them in x, and their time
+    seen, shown = observed, None  # with a context noise: the condition's frames; the network's x there, its time
     if settings.context_noise and not free:
         step = round(settings.context_noise * diffusion.timesteps)
         steps = torch.full((B,), step, device=observed.device)
         noise = torch.randn((2, *observed.shape), generator=generator, device=observed.device, dtype=observed.dtype)
         seen = torch.where(mask[:, :, None, None, None], diffusion.q_sample(observed, steps, noise[0]), observed)
         shown = (diffusion.q_sample(target, steps, noise[1]), step / diffusion.timesteps)
-    cond = pack_condition(observed if shown is None else seen, mask, base if residual and reference_input else None)
+    cond = pack_condition(seen, mask, base if residual and reference_input else None)
 
     def conditional(x: Tensor, t: Tensor, c: Tensor) -> Tensor:  # x0 estimates (residuals for a residual model)
         k = len(x) // B  # the guidance branches, batched
