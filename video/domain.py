@@ -90,6 +90,7 @@ class VideoTaskConfig:
     # Noised context (as GameNGen's noise augmentation and DFoT's noisy history): in the per-frame clips the
     # observed frames are shown noised to a level of their own, uniform on [0, context_noise] (diffusion time), and
     # told it, so that a model continuing its own imperfect frames may be shown them noised (sample.context_noise).
+    # At 0.3 one seed of three got sharper long videos and two got worse (benchmarks/RESULTS.md, session 34): off.
     context_noise: float = at_least(0.0, 0.0)
 
 

@@ -31,7 +31,7 @@ from .conditioning import observed_distance, pack_condition, scaled_residual
 
 @dataclass
 class VideoSampleConfig(SampleConfig):
-    """:class:`~multigen.config.SampleConfig` and video's own setting."""
+    """:class:`~multigen.config.SampleConfig` and video's own settings."""
 
     # A model trained with a level per frame (task.per_frame): with dpm_solver_pp, start each generated frame's
     # schedule this many steps after the one before it, counting from the observed frames, so nearer frames are
