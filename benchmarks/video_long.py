@@ -67,7 +67,7 @@ def long_rows(domain: Video, model: torch.nn.Module, clips: torch.Tensor, contex
                          f"length ({L})")
     device = next(model.parameters()).device
     clips = clips.to(device)
-    settings, options = domain.sample_settings(), domain.residual_options()
+    settings, options = domain.sample_settings(), domain.model_options()
     g = torch.Generator(device=device).manual_seed(seed)
     idx = torch.arange(L, device=device)
     rows = []

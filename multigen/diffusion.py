@@ -19,6 +19,8 @@ from .schedules import NoiseSchedule
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 """``model_fn(x_t, t) -> output`` with ``t`` float time of shape ``(B,)``."""
+SelfConditionedFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
+"""``model_fn(x_t, t, previous) -> output``: ``previous`` an x0 estimate shaped like ``x_t``, or None (none yet)."""
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 """``denoiser(x_t, t) -> x0_hat``: a model turned into a clean-data estimate."""
 
@@ -35,6 +37,12 @@ def uniform_times(
     if not stratified:
         return torch.rand(batch, device=device, generator=generator)
     return (torch.arange(batch, device=device) + torch.rand(1, device=device, generator=generator)) / batch
+
+
+def host_coin(p: float) -> bool:
+    """True with probability ``p``, drawn from the default CPU generator (saved with a run's other random states),
+    so a training step that branches on it never waits on the device (self-conditioning's first pass)."""
+    return bool(torch.rand(()) < p)
 
 
 def expand_like(v: Tensor, x: Tensor) -> Tensor:
@@ -97,6 +105,30 @@ def _discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, std: Tensor, b
     upper = torch.where(x > edge, torch.ones_like(upper), upper)
     lower = torch.where(x < -edge, torch.zeros_like(lower), lower)
     return torch.log((upper - lower).clamp(min=1e-12))
+
+
+class EstimateHistory:
+    """Self-conditioning when sampling: a sampling run's last x0 estimate, shown to the network at its next call.
+
+    ``previous(x_t)`` is None before the first :meth:`update`; after it, the last estimate fitted to ``x_t``'s rows:
+    its first rows when the call has fewer (a guidance branch leaving the batch: ``[cond; null]`` -> ``cond``),
+    zeros for the extra rows when it has more (a branch joining with no estimate of its own yet, what a network
+    trained by :meth:`GaussianDiffusion.loss` sees as None).
+    """
+
+    def __init__(self) -> None:
+        self.last: Tensor | None = None
+
+    def previous(self, x_t: Tensor) -> Tensor | None:
+        if self.last is None:
+            return None
+        last, n = self.last, len(x_t)
+        if len(last) >= n:
+            return last[:n]
+        return torch.cat([last, last.new_zeros(n - len(last), *last.shape[1:])])
+
+    def update(self, x0: Tensor) -> None:
+        self.last = x0.detach()
 
 
 class GaussianDiffusion:
@@ -169,6 +201,7 @@ class GaussianDiffusion:
         loss_mask: Tensor | None = None,
         steps: Tensor | None = None,
         noise: Tensor | None = None,
+        self_condition: float = 0.0,
     ) -> Tensor:
         """Per-sample weighted denoising loss, shape ``(B,)``.
 
@@ -176,6 +209,9 @@ class GaussianDiffusion:
         loss covers, e.g. the unobserved frames or points; the loss is their mean.
         ``steps`` are ``(B,)``, or one per item ``(B, N)`` (e.g. a noise level per frame of ``(B, T, C, H, W)``
         clips; ``model_fn`` then gets times ``(B, N)``), each item weighted by its own step's weighting.
+        ``self_condition`` > 0: ``model_fn`` is a :data:`SelfConditionedFn`, trained as in self-conditioning (Chen
+        et al., 2023): with this probability a step first estimates x0 without gradient, as :meth:`denoiser` would
+        (clamped), and shows it to the network as ``previous``; otherwise ``previous`` is None.
         """
         batch = x0.shape[0]
         if steps is None:
@@ -184,7 +220,11 @@ class GaussianDiffusion:
             noise = torch.randn_like(x0)
         alpha, sigma = self.coefficients(steps, x0)
         x_t = alpha * x0 + sigma * noise
-        out = model_fn(x_t, self.schedule.model_time(steps)).float()
+        time = self.schedule.model_time(steps)
+        if self_condition > 0:
+            out = self._self_conditioned(model_fn, x_t, time, alpha, sigma, self_condition).float()
+        else:
+            out = model_fn(x_t, time).float()
         target = self.target(x0, noise, alpha, sigma).float()
         err = (out - target) ** 2 * expand_like(self.loss_weight(steps), out)
         if loss_mask is None:
@@ -193,6 +233,20 @@ class GaussianDiffusion:
             m = loss_mask.to(err.dtype).expand_as(err)
             per_sample = (err * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp(min=1.0)
         return per_sample
+
+    def _self_conditioned(self, model_fn: SelfConditionedFn, x_t: Tensor, time: Tensor, alpha: Tensor, sigma: Tensor,
+                          p: float) -> Tensor:
+        """:meth:`loss`'s network output with self-conditioning (its coin: :func:`host_coin`)."""
+        previous = None
+        if host_coin(p):
+            with torch.no_grad():
+                previous = self._x0(model_fn(x_t, time, None), x_t, alpha, sigma)
+        return model_fn(x_t, time, previous)
+
+    def _x0(self, out: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """The network's ``out`` as an x0 estimate in ``x_t``'s dtype, clamped to ``clip_x0`` when it is set."""
+        x0 = convert(out.to(x_t.dtype), x_t, alpha.to(x_t.dtype), sigma.to(x_t.dtype), self.parameterization, "x0")
+        return x0.clamp(-self.clip_x0, self.clip_x0) if self.clip_x0 is not None else x0
 
     def target(self, x0: Tensor, noise: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
         """The network's regression target, computed from ``x0`` and ``noise`` directly (no division by
@@ -230,10 +284,7 @@ class GaussianDiffusion:
 
         def denoise(x_t: Tensor, t: Tensor) -> Tensor:
             abar = self.schedule.alpha_bar(self.steps_of(t))
-            alpha, sigma = expand_like(abar.sqrt(), x_t), expand_like((1.0 - abar).sqrt(), x_t)
-            out = model_fn(x_t, t).to(x_t.dtype)
-            x0 = convert(out, x_t, alpha, sigma, self.parameterization, "x0")
-            return x0.clamp(-self.clip_x0, self.clip_x0) if self.clip_x0 is not None else x0
+            return self._x0(model_fn(x_t, t), x_t, expand_like(abar.sqrt(), x_t), expand_like((1.0 - abar).sqrt(), x_t))
 
         return denoise
 

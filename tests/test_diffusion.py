@@ -8,6 +8,7 @@ import torch
 
 from multigen.diffusion import (
     PARAMETERIZATIONS,
+    EstimateHistory,
     GaussianDiffusion,
     _discretized_gaussian_log_likelihood,
     convert,
@@ -213,3 +214,14 @@ def test_a_step_per_item_weights_each_item_by_its_own_step_and_step_zero_carries
     expect = d.loss(model, x0[:, 1:], steps=steps[:, 1:], noise=noise[:, 1:])
     assert loss.isfinite().all()
     torch.testing.assert_close(loss, expect)
+
+
+def test_estimate_history_fits_the_last_estimate_to_each_call():
+    """Self-conditioning's memory: nothing before the first estimate; a call with fewer rows keeps the first ones
+    (a guidance branch leaving), one with more gets zeros for the new rows (a branch joining)."""
+    history, x = EstimateHistory(), torch.randn(4, 3)
+    assert history.previous(x) is None
+    history.update(x.requires_grad_())
+    assert not history.previous(x).requires_grad and torch.equal(history.previous(x[:2]), x[:2])
+    grown = history.previous(torch.zeros(6, 3))
+    assert torch.equal(grown[:4], x) and torch.equal(grown[4:], torch.zeros(2, 3))

@@ -109,7 +109,7 @@ def test_video_guidance_of_a_residual_model_moves_its_unconditional_branch_to_th
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=g()) * 0.1)
     observed, mask = torch.rand(2, 3, 1, 8, 8) * 2 - 1, torch.tensor([[True, False, True], [True, False, False]])
-    opts = residual.residual_options()
+    opts = residual.model_options()
 
     def run(guidance: float, frames: torch.Tensor = observed, interval=(0.0, 1.0), **kw) -> torch.Tensor:
         settings = residual.sample_settings(sampler="ddim", steps=4, guidance=guidance, guidance_interval=interval)

@@ -89,6 +89,22 @@ def test_per_frame_training_and_staggered_sampling_keep_to_the_device(device):
     assert out.device == device and out.shape == SHAPE
 
 
+def test_self_conditioned_training_and_sampling_keep_to_the_device(device):
+    video = Video(load_config(VideoConfig, overrides=[
+        "data.frames=5", "data.size=16", "diffusion.timesteps=50", "model.self_condition=true"]))
+    model = tiny_unet(self_condition=True).to(device)
+    batch = torch.zeros(3, 5, 1, 16, 16, device=device)
+    torch.manual_seed(0)  # a coin per step, drawn on the host: with this seed both kinds of step occur
+    for _ in range(4):
+        loss = video.training_loss(model, batch)
+        assert loss.device == device and loss.shape == ()
+    mask = torch.zeros(2, 5, dtype=torch.bool, device=device)
+    mask[:, :2] = True
+    out = video.sample(model, 2, known=Known(mask, torch.zeros(SHAPE, device=device)), steps=3,
+                       generator=device_generator(device))  # guidance 2 on the noisiest steps: two branches
+    assert out.device == device and out.shape == SHAPE
+
+
 def test_long_video_samplers_keep_to_the_device(device):
     model = tiny_unet(reference_input=True).to(device)
     video = Video(load_config(VideoConfig, overrides=["diffusion.timesteps=50"]))

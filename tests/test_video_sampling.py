@@ -67,7 +67,7 @@ def test_residual_scale_scales_what_is_diffused(setup, monkeypatch):
     for scale in (4.0, 1.0):
         d = Video(load_config(VideoConfig, overrides=["data.frames=5", "data.size=16", "diffusion.timesteps=100",
                                                       f"model.residual_scale={scale}"]))
-        assert d.diffusion.clip_x0 == 2.0 * scale and d.residual_options()["residual_scale"] == scale
+        assert d.diffusion.clip_x0 == 2.0 * scale and d.model_options()["residual_scale"] == scale
         monkeypatch.setattr(d.diffusion, "loss", lambda fn, target, loss_mask, steps: targets.append(target) or target)
         torch.manual_seed(0)  # the same masks
         d.training_loss(model, clips)
@@ -219,10 +219,10 @@ class Records(nn.Module):
         super().__init__()
         self.inner, self.conds, self.times = inner, [], []
 
-    def forward(self, x, t, cond, frame_index=None, independent=None):
+    def forward(self, x, t, cond, frame_index=None, independent=None, previous=None):
         self.conds.append(cond)
         self.times.append(t)
-        return self.inner(x, t, cond, frame_index, independent)
+        return self.inner(x, t, cond, frame_index, independent, previous)
 
 
 @pytest.mark.parametrize("reference", ["blend", "motion"])
@@ -401,3 +401,69 @@ def test_noised_context_needs_per_frame_training_and_a_level_the_model_saw():
         Video(load_config(VideoConfig, overrides=["task.per_frame=0.5", "task.context_noise=1.5"]))
     with pytest.raises(ConfigError, match="sample.context_noise"):
         Video(load_config(VideoConfig, overrides=["task.per_frame=0.5", "sample.context_noise=0.1"]))
+
+
+class Estimates(nn.Module):
+    """Wraps a self-conditioned video model and keeps every ``x``, ``t``, ``previous`` and output of its calls."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.calls = inner, []
+
+    def forward(self, x, t, cond, frame_index=None, independent=None, previous=None):
+        out = self.inner(x, t, cond, frame_index, independent, previous)
+        self.calls.append((x, t, previous, out))
+        return out
+
+
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_self_conditioned_sampling_shows_each_step_the_estimate_of_the_step_before(guidance):
+    """``model.self_condition``: the first call sees no estimate; every later one sees the clamped x0 estimate the
+    call before it made, row for row: the guidance's two branches each their own while both run, and the
+    conditional branch's alone once the null branch leaves (``guidance_interval``)."""
+    domain = Video(load_config(VideoConfig, overrides=[
+        "data.frames=5", "data.size=16", "diffusion.timesteps=100", "model.self_condition=true"]))
+    model = Estimates(tiny_unet(self_condition=True))
+    clips, mask = _clips(), torch.tensor([[1, 1, 0, 0, 0], [1, 0, 0, 0, 1]], dtype=torch.bool)
+    settings = domain.sample_settings(steps=6, guidance=guidance, guidance_interval=(0.6, 1.0))
+    out = generate(model, domain.diffusion, clips, mask, settings, **domain.model_options(),
+                   generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out[mask], clips[mask]) and not torch.equal(out[~mask], clips[~mask])
+    calls, d = model.calls, domain.diffusion
+    assert len(calls) == 6 and calls[0][2] is None
+    rows = [len(x) for x, *_ in calls]
+    assert rows == ([4, 4, 4, 2, 2, 2] if guidance != 1.0 else [2] * 6)  # the interval: the 3 noisiest steps
+    for (x, t, _, out), (_, _, previous, _) in zip(calls, calls[1:]):
+        estimate = d.denoiser(lambda *_: out)(x, t)
+        assert estimate.abs().max() <= d.clip_x0 and torch.equal(previous, estimate[:len(previous)])
+
+
+def test_self_conditioned_training_shows_the_network_its_own_estimate_half_the_time():
+    """The loss's first pass runs without gradient at the same ``x_t`` and time, and the second sees its clamped x0
+    estimate; about half of the steps skip the first pass and show no estimate."""
+    domain = Video(load_config(VideoConfig, overrides=[
+        "data.frames=5", "data.size=16", "diffusion.timesteps=100", "model.self_condition=true"]))
+    model, clips = Estimates(tiny_unet(self_condition=True)), _clips(b=4)
+    torch.manual_seed(0)
+    shown = []
+    for _ in range(40):
+        model.calls.clear()
+        domain.training_loss(model, clips).backward()
+        shown.append(len(model.calls) == 2)
+        if shown[-1]:
+            (x, t, first, out), (x2, t2, previous, _) = model.calls
+            assert first is None and not out.requires_grad and torch.equal(x, x2) and torch.equal(t, t2)
+            assert torch.equal(previous, domain.diffusion.denoiser(lambda *_: out)(x, t))
+        else:
+            assert model.calls[0][2] is None
+    assert 10 <= sum(shown) <= 30
+
+
+def test_only_a_self_conditioned_network_takes_an_estimate():
+    x = torch.randn(2, 5, 1, 16, 16)
+    t = torch.full((2,), 0.5)
+    with pytest.raises(ValueError, match="self_condition"):
+        tiny_unet()(x, t, previous=x)
+    model = tiny_unet(self_condition=True)
+    assert torch.equal(model(x, t), model(x, t, previous=torch.zeros_like(x)))  # no estimate yet: zeros
+    assert not torch.allclose(model(x, t), model(x, t, previous=x))

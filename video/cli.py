@@ -40,7 +40,7 @@ def _settings(args: argparse.Namespace, domain) -> VideoSampleConfig:
 
 def _options(args: argparse.Namespace, domain) -> dict:
     """What every generation call takes besides the settings: the RNG and the model's residual mode."""
-    return {"generator": seeded_generator(args), **domain.residual_options()}
+    return {"generator": seeded_generator(args), **domain.model_options()}
 
 
 def _read_clip(args: argparse.Namespace, domain) -> torch.Tensor:

@@ -65,6 +65,9 @@ class VideoModelConfig:
     # frames to know what its output is added to. Not adopted (benchmarks/RESULTS.md, 2026-12-01): natural video,
     # 3 seeds, -0.2 / -0.4 dB on the mean (one seed +0.6 / +1.6, one failed); moving digits -0.5 / -1.1 dB.
     reference_input: bool = False
+    # Self-conditioning (Chen et al., 2023): the network also sees its own earlier x0 estimate (the last sampler
+    # step's; in training, half of the steps first estimate it without gradient, about 1.2x the step's time).
+    self_condition: bool = False
     # GPU speed levers, same weights and state dict, outputs equal up to rounding (benchmarks/video.py mfu_rows):
     channels_last: bool = False  # NHWC activations for the per-frame convolutions
     fold_frame_bias: bool = False  # temporal attention as one bias-free call (SDPA's flash kernel)
@@ -179,12 +182,12 @@ class Video(GaussianDomain):
         m = self.cfg.model  # a residual of two frames in [-1, 1] lies in [-2, 2]
         return 2.0 * m.residual_scale if m.residual else 1.0
 
-    def residual_options(self) -> dict[str, Any]:
-        """How :func:`~video.sampling.generate` must treat this model's output: ``residual``, ``reference``,
-        ``residual_scale`` and ``reference_input``."""
+    def model_options(self) -> dict[str, Any]:
+        """How :func:`~video.sampling.generate` must treat this model: ``residual``, ``reference``,
+        ``residual_scale``, ``reference_input`` and ``self_condition``."""
         m = self.cfg.model
         return {"residual": m.residual, "reference": m.reference, "residual_scale": m.residual_scale,
-                "reference_input": m.reference_input}
+                "reference_input": m.reference_input, "self_condition": m.self_condition}
 
     def build_model(self) -> nn.Module:
         m, d = self.cfg.model, self.cfg.data
@@ -192,7 +195,7 @@ class Video(GaussianDomain):
             channels=d.channels, base=m.base_channels, mults=tuple(m.channel_mults), blocks=m.blocks,
             attn_levels=tuple(m.attn_levels), head_channels=m.head_channels, dropout=m.dropout,
             temporal_attention=m.temporal_attention, channels_last=m.channels_last, fold_frame_bias=m.fold_frame_bias,
-            reference_input=m.reference_input,
+            reference_input=m.reference_input, self_condition=m.self_condition,
         )
 
     def build_dataset(self, split: str) -> Dataset:
@@ -251,10 +254,12 @@ class Video(GaussianDomain):
                 seen = torch.where(noised, self.diffusion.q_sample(batch, context, torch.randn_like(batch)), batch)
             steps = torch.where(per_clip, own, shared)
         cond = pack_condition(seen, mask, ref if m.reference_input else None)
-        loss = self.diffusion.loss(
-            lambda x, t: model(x, t, cond, None, independent), target, loss_mask=~mask[:, :, None, None, None],
-            steps=steps,
-        )
+        if m.self_condition:
+            loss = self.diffusion.loss(lambda x, t, previous: model(x, t, cond, None, independent, previous), target,
+                                       loss_mask=~mask[:, :, None, None, None], steps=steps, self_condition=0.5)
+        else:
+            loss = self.diffusion.loss(lambda x, t: model(x, t, cond, None, independent), target,
+                                       loss_mask=~mask[:, :, None, None, None], steps=steps)
         return loss.mean()
 
     def sample(
@@ -279,7 +284,7 @@ class Video(GaussianDomain):
             observed, mask = torch.zeros(shape, device=device), None
         else:
             observed, mask = known.values.to(device).expand(shape), known.item_mask(shape, 2).to(device)
-        return generate(model, self.diffusion, observed, mask, settings, **self.residual_options(),
+        return generate(model, self.diffusion, observed, mask, settings, **self.model_options(),
                         generator=generator, progress=progress)
 
     def evaluate(self, model: nn.Module, dataset: Dataset) -> dict[str, float]:
@@ -319,7 +324,7 @@ class Video(GaussianDomain):
             reps = clips.repeat(e.samples_per_clip, 1, 1, 1, 1)
             out = torch.cat([
                 generate(model, self.diffusion, chunk, frame_mask.expand(len(chunk), T), settings,
-                         **self.residual_options(), generator=generator)
+                         **self.model_options(), generator=generator)
                 for chunk in reps.split(e.batch_size)
             ])
             samples = out.float().reshape(e.samples_per_clip, *clips.shape)

@@ -136,6 +136,8 @@ class SpaceTimeUNet(nn.Module):
             Same weights; equal up to rounding.
         reference_input: ``cond`` also carries the reference frames a residual model's output is added to
             (``C`` more input channels).
+        self_condition: the network also sees an earlier estimate of its clean target (``previous``,
+            ``C`` more input channels; self-conditioning, Chen et al., 2023).
     """
 
     def __init__(
@@ -151,13 +153,14 @@ class SpaceTimeUNet(nn.Module):
         channels_last: bool = False,
         fold_frame_bias: bool = False,
         reference_input: bool = False,
+        self_condition: bool = False,
     ) -> None:
         super().__init__()
-        self.channels, self.channels_last = channels, channels_last
+        self.channels, self.channels_last, self.self_condition = channels, channels_last, self_condition
         self.cond_channels = (2 if reference_input else 1) * channels + 1
         emb_dim = base * 4
         self.time_embed = TimestepEmbedding(emb_dim)
-        self.inp = nn.Conv2d(channels + self.cond_channels, base, 3, padding=1)
+        self.inp = nn.Conv2d((2 if self_condition else 1) * channels + self.cond_channels, base, 3, padding=1)
         widths = [base * m for m in mults]
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
@@ -187,6 +190,7 @@ class SpaceTimeUNet(nn.Module):
         cond: Tensor | None = None,
         frame_index: Tensor | None = None,
         independent_frames: Tensor | None = None,
+        previous: Tensor | None = None,
     ) -> Tensor:
         """Predict the diffusion target for every frame.
 
@@ -198,6 +202,8 @@ class SpaceTimeUNet(nn.Module):
             frame_index: ``(B, T)`` frame positions; None = ``0..T-1``.
             independent_frames: ``(B,)`` bool; True makes that clip a batch of
                 independent images (temporal attention sees only the frame itself).
+            previous: with ``self_condition``, an earlier x0 estimate ``(B, T, C, H, W)`` of the clean target
+                (None: none yet, zeros).
 
         Returns:
             ``(B, T, C, H, W)``.
@@ -209,8 +215,13 @@ class SpaceTimeUNet(nn.Module):
             frame_index = torch.arange(T, device=x.device).expand(B, T)
         distances = frame_distances(frame_index)
         emb = self.time_embed(t.reshape(-1)) if t.ndim == 2 else self.time_embed(t).repeat_interleave(T, dim=0)
+        parts = [x, cond.to(x.dtype)]
+        if self.self_condition:
+            parts.append(torch.zeros_like(x) if previous is None else previous.to(x.dtype))
+        elif previous is not None:
+            raise ValueError("an earlier estimate (previous) is shown only to a network built with self_condition")
 
-        h = rearrange(torch.cat([x, cond.to(x.dtype)], dim=2), "b t c h w -> (b t) c h w")
+        h = rearrange(torch.cat(parts, dim=2), "b t c h w -> (b t) c h w")
         h = self.inp(h.contiguous(memory_format=torch.channels_last) if self.channels_last else h)
         skips = []
         for level, down in zip(self.down, self.downsample):

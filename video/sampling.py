@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from multigen import Known, sample
 from multigen.config import SampleConfig, at_least
-from multigen.diffusion import GaussianDiffusion
+from multigen.diffusion import EstimateHistory, GaussianDiffusion
 from multigen.guidance import classifier_free_guidance
 
 from .conditioning import observed_distance, pack_condition, scaled_residual
@@ -52,6 +52,7 @@ def generate(
     reference: str = "nearest",
     residual_scale: float = 1.0,
     reference_input: bool = False,
+    self_condition: bool = False,
     frame_index: Tensor | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
@@ -71,7 +72,8 @@ def generate(
     (``model.reference``: ``nearest``, ``blend`` or ``motion``, see ``REFERENCES``; exactly 0 on observed
     frames) times ``residual_scale`` (``model.residual_scale``), and the output is that divided by the scale plus
     the reference, clamped to ``[-1, 1]``; ``reference_input`` (``model.reference_input``) shows the network those
-    reference frames too.
+    reference frames too. ``self_condition`` (``model.self_condition``) shows the network its x0 estimate of the
+    step before (each guidance branch its own: :class:`~multigen.diffusion.EstimateHistory`).
     Guidance (``settings.guidance`` other than 1, at the times in ``settings.guidance_interval``) mixes the x0
     estimates of the conditional and unconditional branches; a residual model's unconditional branch (nothing
     observed, reference 0) drew whole frames times the scale, that is the residual plus ``residual_scale`` times
@@ -93,6 +95,7 @@ def generate(
         seen = torch.where(mask[:, :, None, None, None], diffusion.q_sample(observed, steps, noise[0]), observed)
         shown = (diffusion.q_sample(target, steps, noise[1]), step / diffusion.timesteps)
     cond = pack_condition(seen, mask, base if residual and reference_input else None)
+    history = EstimateHistory() if self_condition else None
 
     def conditional(x: Tensor, t: Tensor, c: Tensor) -> Tensor:  # x0 estimates (residuals for a residual model)
         k = len(x) // B  # the guidance branches, batched
@@ -101,7 +104,12 @@ def generate(
             given = mask.repeat(k, 1)
             x = torch.where(given[:, :, None, None, None], shown[0].repeat(k, 1, 1, 1, 1), x)
             t = torch.where(given, shown[1], t if t.dim() == 2 else t[:, None].expand(-1, T))
-        return diffusion.denoiser(lambda x_t, t_: model(x_t, t_, c, fi))(x, t)
+        if history is None:
+            return diffusion.denoiser(lambda x_t, t_: model(x_t, t_, c, fi))(x, t)
+        previous = history.previous(x)
+        x0 = diffusion.denoiser(lambda x_t, t_: model(x_t, t_, c, fi, None, previous))(x, t)
+        history.update(x0)
+        return x0
 
     delay = None
     if settings.frame_delay and not free:  # by slot: keyframes far apart in frame_index are one step apart
