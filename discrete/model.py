@@ -6,7 +6,8 @@ trailing ``vocab`` dimension. Built with ``known_flag=True`` (infilling training
 they also take a bool ``known`` of the tokens' shape: a learned vector is added to
 the embedding of each known (clean) token, so the model can tell them from noisy ones.
 Built with ``time_conditioning=False`` they ignore ``t`` (for the absorbing chain, whose
-exact denoiser depends on ``x_t`` alone: the masks say how far the chain has gone).
+exact denoiser depends on ``x_t`` alone: the masks say how far the chain has gone). Built with
+``self_condition=True`` they also see their own first estimate of ``x_0`` (:class:`SelfCondition`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from multigen.diffusion import host_coin
 from multigen.nn import Attention, FeedForward, GatedFeedForward, ResBlock, TimestepEmbedding, group_norm
 
 
@@ -31,6 +33,33 @@ class KnownFlag(nn.Module):
             raise ValueError("this model was trained without known parts marked (process.infill_rate=0); "
                              "sample it without `known` in the model call")
         return h + known[..., None].to(h.dtype) * self.vector
+
+
+class SelfCondition(nn.Module):
+    """Self-conditioning for a token denoiser (Chen et al., 2023): the network also sees its own estimate of ``x_0``,
+    the probabilities ``(B, *S, vocab)`` of a first pass, through a linear map (zero at first) added to the token
+    embeddings ``(B, *S, dim)``.
+
+    :meth:`run` takes ``step(previous) -> logits`` (``previous`` those probabilities, or None: none shown). In
+    training, half of the calls (a :func:`~multigen.diffusion.host_coin`) first run a pass without gradient and
+    show its probabilities to the second; the others show none. In evaluation every call runs both passes, so the
+    model stays a function of ``(x_t, t)`` (its bound and samplers are the plain ones) at twice the cost.
+    """
+
+    def __init__(self, vocab: int, dim: int) -> None:
+        super().__init__()
+        self.project = nn.Linear(vocab, dim, bias=False)
+        nn.init.zeros_(self.project.weight)
+
+    def run(self, step) -> Tensor:
+        previous = None
+        if not self.training or host_coin(0.5):
+            with torch.no_grad():
+                previous = step(None).float().softmax(-1)
+        return step(previous)
+
+    def forward(self, h: Tensor, previous: Tensor | None) -> Tensor:
+        return h if previous is None else h + self.project(previous.to(h.dtype))
 
 
 def embed_time(embedding: TimestepEmbedding | None, t: Tensor, timesteps: int, dim: int) -> Tensor:
@@ -75,7 +104,7 @@ class SequenceTransformer(nn.Module):
 
     def __init__(self, vocab: int, max_length: int, timesteps: int, dim: int = 256, depth: int = 6,
                  heads: int = 4, dropout: float = 0.0, causal: bool = False, known_flag: bool = False,
-                 mlp: str = "gelu", time_conditioning: bool = True) -> None:
+                 mlp: str = "gelu", time_conditioning: bool = True, self_condition: bool = False) -> None:
         super().__init__()
         self.timesteps, self.dim, self.causal = timesteps, dim, causal
         self.tokens = nn.Embedding(vocab, dim)
@@ -87,12 +116,21 @@ class SequenceTransformer(nn.Module):
         self.relative_bias = nn.Parameter(-2.0 * offsets.log1p().expand(depth, heads, -1).clone())
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, vocab)
+        self.self_condition = SelfCondition(vocab, dim) if self_condition else None  # last: the others' draws stay
 
     def forward(self, x: Tensor, t: Tensor, known: Tensor | None = None) -> Tensor:
         L = x.shape[1]
         if L > len(self.positions):
             raise ValueError(f"sequence of {L} tokens exceeds the model's maximum length {len(self.positions)}")
+        if self.self_condition is None:
+            return self._logits(x, t, known, None)
+        return self.self_condition.run(lambda previous: self._logits(x, t, known, previous))
+
+    def _logits(self, x: Tensor, t: Tensor, known: Tensor | None, previous: Tensor | None) -> Tensor:
+        L = x.shape[1]
         h = self.known(self.tokens(x), known) + self.positions[:L]
+        if self.self_condition is not None:
+            h = self.self_condition(h, previous)
         emb = embed_time(self.time, t, self.timesteps, self.dim)
         idx = torch.arange(L, device=x.device)
         offset = idx[None, :] - idx[:, None] + len(self.positions) - 1  # (L, L) into the bias table
@@ -110,7 +148,7 @@ class GridUNet(nn.Module):
     """
 
     def __init__(self, vocab: int, timesteps: int, base: int = 64, blocks: int = 2, known_flag: bool = False,
-                 time_conditioning: bool = True) -> None:
+                 time_conditioning: bool = True, self_condition: bool = False) -> None:
         super().__init__()
         self.timesteps = timesteps
         emb_dim = self.emb_dim = 4 * base
@@ -123,12 +161,21 @@ class GridUNet(nn.Module):
         self.up = nn.ConvTranspose2d(2 * base, base, 2, stride=2)
         self.out_blocks = nn.ModuleList(ResBlock(2 * base if i == 0 else base, base, emb_dim) for i in range(blocks))
         self.head = nn.Sequential(group_norm(base), nn.SiLU(), nn.Conv2d(base, vocab, 1))
+        self.self_condition = SelfCondition(vocab, base) if self_condition else None
 
     def forward(self, x: Tensor, t: Tensor, known: Tensor | None = None) -> Tensor:
         if x.shape[-1] % 2 or x.shape[-2] % 2:
             raise ValueError(f"grid {tuple(x.shape[-2:])} must have even height and width")
+        if self.self_condition is None:
+            return self._logits(x, t, known, None)
+        return self.self_condition.run(lambda previous: self._logits(x, t, known, previous))
+
+    def _logits(self, x: Tensor, t: Tensor, known: Tensor | None, previous: Tensor | None) -> Tensor:
         emb = embed_time(self.time, t, self.timesteps, self.emb_dim)
-        h = self.known(self.tokens(x), known).permute(0, 3, 1, 2)
+        h = self.known(self.tokens(x), known)
+        if self.self_condition is not None:
+            h = self.self_condition(h, previous)
+        h = h.permute(0, 3, 1, 2)
         for block in self.down:
             h = block(h, emb)
         skip, h = h, self.pool(h)

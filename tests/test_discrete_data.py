@@ -96,3 +96,32 @@ def test_causal_transformer_sees_only_earlier_tokens(causal):
     before, after = model(x, t), model(y, t)
     assert torch.equal(before[:, :12], after[:, :12]) == causal
     assert not torch.equal(before[:, 12:], after[:, 12:])
+
+
+def test_self_conditioned_denoisers_see_their_own_first_estimate():
+    """``self_condition``: in evaluation every call is two passes, the second shown the first's probabilities; in
+    training about half of the calls run that first pass (without gradient), the others one pass shown nothing."""
+    torch.manual_seed(0)
+    tokens, grid, t = torch.randint(0, 28, (2, 20)), torch.randint(0, 9, (2, 8, 8)), torch.tensor([3, 700])
+    models = (SequenceTransformer(28, 32, 1000, dim=32, depth=2, self_condition=True),
+              GridUNet(9, 1000, base=16, blocks=1, self_condition=True))
+    for model, x in zip(models, (tokens, grid)):
+        with torch.no_grad():
+            for p in model.parameters():  # zero-initialised layers (the estimate's projection) would hide it
+                p.normal_(std=0.1)
+        model.eval()
+        alone = model._logits(x, t, None, None)
+        assert torch.equal(model(x, t), model._logits(x, t, None, alone.softmax(-1)))
+        assert not torch.allclose(model(x, t), alone)
+        shown, passes = [], []
+        inner = model._logits
+        model._logits = lambda x_, t_, k, previous: shown.append(previous) or inner(x_, t_, k, previous)
+        model.train()
+        for _ in range(40):
+            shown.clear()
+            out = model(x, t)
+            passes.append(len(shown))
+            assert out.requires_grad and (shown[-1] is None) == (len(shown) == 1)
+            if len(shown) == 2:
+                assert shown[0] is None and not shown[1].requires_grad
+        assert set(passes) == {1, 2} and 10 <= passes.count(2) <= 30

@@ -225,7 +225,9 @@ def test_zero_temperature_is_a_config_error():
     ["process.timesteps=8", "process.transition=uniform"],  # hybrid D3PM loss
     ["process.timesteps=8", "data.source=digits", "data.levels=4", "process.transition=gaussian"],
     ["process.timesteps=8", "process.transition=uniform", "process.infill_rate=0.5"],
-], ids=["absorbing", "uniform", "digits_gaussian", "uniform_infill"])
+    ["process.timesteps=8", "model.self_condition=true"],
+    ["process.timesteps=8", "data.source=digits", "data.levels=4", "model.self_condition=true"],
+], ids=["absorbing", "uniform", "digits_gaussian", "uniform_infill", "self_conditioned", "digits_self_conditioned"])
 def test_training_loss_and_sampling_keep_to_the_device(device, overrides):
     """The domain's loss and sampler make every tensor on the model's device (meta raises on a CPU-made one)."""
     domain = Discrete(load_config(DiscreteConfig, None, [*overrides, "model.dim=16", "model.depth=1",
