@@ -67,7 +67,7 @@ class DiscreteModelConfig:
     # false: the network does not see t (absorbing chains only, whose exact denoiser depends on x_t alone)
     time_conditioning: bool = True
     # Self-conditioning: the network also sees its own first estimate of x0 (half of the training steps first run a
-    # pass without gradient, about 1.2x their time; evaluation and sampling always run both passes, 2x).
+    # pass without gradient, 1.2x their time; evaluation and sampling always run both passes, twice the calls).
     self_condition: bool = False
 
 

@@ -12,6 +12,8 @@ exact denoiser depends on ``x_t`` alone: the masks say how far the chain has gon
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -43,7 +45,7 @@ class SelfCondition(nn.Module):
     :meth:`run` takes ``step(previous) -> logits`` (``previous`` those probabilities, or None: none shown). In
     training, half of the calls (a :func:`~multigen.diffusion.host_coin`) first run a pass without gradient and
     show its probabilities to the second; the others show none. In evaluation every call runs both passes, so the
-    model stays a function of ``(x_t, t)`` (its bound and samplers are the plain ones) at twice the cost.
+    model stays a function of ``(x_t, t)`` (its bound and samplers are the plain ones) for twice the network calls.
     """
 
     def __init__(self, vocab: int, dim: int) -> None:
@@ -51,7 +53,7 @@ class SelfCondition(nn.Module):
         self.project = nn.Linear(vocab, dim, bias=False)
         nn.init.zeros_(self.project.weight)
 
-    def run(self, step) -> Tensor:
+    def run(self, step: Callable[[Tensor | None], Tensor]) -> Tensor:
         previous = None
         if not self.training or host_coin(0.5):
             with torch.no_grad():

@@ -254,13 +254,11 @@ class Video(GaussianDomain):
                 seen = torch.where(noised, self.diffusion.q_sample(batch, context, torch.randn_like(batch)), batch)
             steps = torch.where(per_clip, own, shared)
         cond = pack_condition(seen, mask, ref if m.reference_input else None)
-        if m.self_condition:
-            loss = self.diffusion.loss(lambda x, t, previous: model(x, t, cond, None, independent, previous), target,
-                                       loss_mask=~mask[:, :, None, None, None], steps=steps, self_condition=0.5)
-        else:
-            loss = self.diffusion.loss(lambda x, t: model(x, t, cond, None, independent), target,
-                                       loss_mask=~mask[:, :, None, None, None], steps=steps)
-        return loss.mean()
+        kw = {"loss_mask": ~mask[:, :, None, None, None], "steps": steps}
+        if m.self_condition:  # half of the steps show the network its own first estimate
+            return self.diffusion.loss(lambda x, t, previous: model(x, t, cond, None, independent, previous), target,
+                                       self_condition=0.5, **kw).mean()
+        return self.diffusion.loss(lambda x, t: model(x, t, cond, None, independent), target, **kw).mean()
 
     def sample(
         self,
