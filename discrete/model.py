@@ -64,6 +64,12 @@ class SelfCondition(nn.Module):
         return h if previous is None else h + self.project(previous.to(h.dtype))
 
 
+def run_self_conditioned(module: SelfCondition | None, step: Callable[[Tensor | None], Tensor]) -> Tensor:
+    """``step(previous) -> logits`` as :meth:`SelfCondition.run` runs it, or once with no estimate for a network built
+    without self-conditioning (``module`` None)."""
+    return step(None) if module is None else module.run(step)
+
+
 def embed_time(embedding: TimestepEmbedding | None, t: Tensor, timesteps: int, dim: int) -> Tensor:
     """The ``(B, dim)`` embedding of integer times ``t`` ``(B,)`` in ``1..timesteps``; with no ``embedding`` (a model
     built without time conditioning), zeros whatever ``t``: the layers it feeds then learn one scale and shift of
@@ -124,9 +130,7 @@ class SequenceTransformer(nn.Module):
         L = x.shape[1]
         if L > len(self.positions):
             raise ValueError(f"sequence of {L} tokens exceeds the model's maximum length {len(self.positions)}")
-        if self.self_condition is None:
-            return self._logits(x, t, known, None)
-        return self.self_condition.run(lambda previous: self._logits(x, t, known, previous))
+        return run_self_conditioned(self.self_condition, lambda previous: self._logits(x, t, known, previous))
 
     def _logits(self, x: Tensor, t: Tensor, known: Tensor | None, previous: Tensor | None) -> Tensor:
         L = x.shape[1]
@@ -168,9 +172,7 @@ class GridUNet(nn.Module):
     def forward(self, x: Tensor, t: Tensor, known: Tensor | None = None) -> Tensor:
         if x.shape[-1] % 2 or x.shape[-2] % 2:
             raise ValueError(f"grid {tuple(x.shape[-2:])} must have even height and width")
-        if self.self_condition is None:
-            return self._logits(x, t, known, None)
-        return self.self_condition.run(lambda previous: self._logits(x, t, known, previous))
+        return run_self_conditioned(self.self_condition, lambda previous: self._logits(x, t, known, previous))
 
     def _logits(self, x: Tensor, t: Tensor, known: Tensor | None, previous: Tensor | None) -> Tensor:
         emb = embed_time(self.time, t, self.timesteps, self.emb_dim)

@@ -244,8 +244,9 @@ class GaussianDiffusion:
         return model_fn(x_t, time, previous)
 
     def _x0(self, out: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-        """The network's ``out`` as an x0 estimate in ``x_t``'s dtype, clamped to ``clip_x0`` when it is set."""
-        x0 = convert(out.to(x_t.dtype), x_t, alpha.to(x_t.dtype), sigma.to(x_t.dtype), self.parameterization, "x0")
+        """The network's ``out`` as an x0 estimate in ``x_t``'s dtype (``alpha``, ``sigma`` broadcast in it), clamped
+        to ``clip_x0`` when it is set."""
+        x0 = convert(out.to(x_t.dtype), x_t, alpha, sigma, self.parameterization, "x0")
         return x0.clamp(-self.clip_x0, self.clip_x0) if self.clip_x0 is not None else x0
 
     def target(self, x0: Tensor, noise: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
