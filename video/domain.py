@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,11 +149,15 @@ class Video(GaussianDomain):
             raise ConfigError(f"task.context_noise: a diffusion time in [0, 1] for the observed frames of the "
                               f"per-frame clips (task.per_frame > 0), got {task.context_noise} with task.per_frame="
                               f"{task.per_frame}")
-        for key, check in (("frame_delay", self._check_frame_delay), ("context_noise", self._check_context_noise)):
+        for key, check in self._sample_checks():
             try:
                 check(cfg.sample)
             except ValueError as e:
                 raise ConfigError(f"sample.{key}: {e}") from None
+
+    def _sample_checks(self) -> tuple[tuple[str, Callable[[VideoSampleConfig], None]], ...]:
+        """Video's own sampling settings and their checks against the trained model (config and overrides)."""
+        return (("frame_delay", self._check_frame_delay), ("context_noise", self._check_context_noise))
 
     def _check_frame_delay(self, settings: VideoSampleConfig) -> None:
         """A ``frame_delay`` needs dpm_solver_pp and a model trained with a level per frame."""
@@ -174,8 +179,8 @@ class Video(GaussianDomain):
         trained with ``task.per_frame``, a ``context_noise`` one trained with ``task.context_noise`` at least as
         high."""
         settings = super().sample_settings(**overrides)
-        self._check_frame_delay(settings)
-        self._check_context_noise(settings)
+        for _, check in self._sample_checks():
+            check(settings)
         return settings
 
     def clip_scale(self) -> float:
