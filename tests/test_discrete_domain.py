@@ -34,8 +34,16 @@ TINY = [
 ]
 
 
+# English in the built-in text's style but not from it, long enough (592 characters, 18 windows of 32) that the
+# learning test's margin is several standard errors: on 171 characters it passed by 0.004 bits/char on torch 2.13
+# and failed by 0.014 on torch 2.11 (the same seed; kernels round differently); on these, 0.16 and 0.14
 HELD_OUT = ("The return statement leaves the current function call with the expression list, or None. "
-            "When it is used in a generator function, it indicates that the generator is done. ")
+            "When it is used in a generator function, it indicates that the generator is done. "
+            "A for loop runs its body once for each item of an iterable, binding the item to the loop's target. "
+            "A while loop runs its body as long as its condition is true; a break statement ends the loop at once, "
+            "and a continue statement skips to the next pass. Functions are defined with def and may give default "
+            "values to their parameters. A class statement creates a new type whose instances share the methods "
+            "written in its body.")
 
 
 def _export(tmp_path_factory, steps: int):
