@@ -387,7 +387,8 @@ class AutoregressiveText(Discrete):
         if d.source == "digits":
             raise ValueError("the autoregressive twin is for sequences (data.source=text or tokens)")
         return SequenceTransformer(self.data_vocab + 1, d.length, self.cfg.process.timesteps, dim=m.dim,
-                                   depth=m.depth, heads=m.heads, dropout=m.dropout, causal=True, mlp=m.mlp)
+                                   depth=m.depth, heads=m.heads, dropout=m.dropout, causal=True, mlp=m.mlp,
+                                   rotary=m.rotary, relative_bias=m.relative_bias)
 
     def training_loss(self, model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
         return autoregressive_bits(model, batch, self.data_vocab).mean()

@@ -69,6 +69,10 @@ class DiscreteModelConfig:
     # Self-conditioning: the network also sees its own first estimate of x0 (half of the training steps first run a
     # pass without gradient, 1.2x their time; evaluation and sampling always run both passes, twice the calls).
     self_condition: bool = False
+    # The transformer's positions (not the U-Net's): rotary (queries and keys turned by their positions) instead of
+    # learned absolute embeddings, and a learned per-head attention bias for each token offset.
+    rotary: bool = True
+    relative_bias: bool = True
 
 
 @dataclass
@@ -195,7 +199,8 @@ class Discrete(Domain):
                             time_conditioning=m.time_conditioning, self_condition=m.self_condition)
         return SequenceTransformer(self.vocab, self.cfg.data.length, p.timesteps, dim=m.dim, depth=m.depth,
                                    heads=m.heads, dropout=m.dropout, known_flag=flag, mlp=m.mlp,
-                                   time_conditioning=m.time_conditioning, self_condition=m.self_condition)
+                                   time_conditioning=m.time_conditioning, self_condition=m.self_condition,
+                                   rotary=m.rotary, relative_bias=m.relative_bias)
 
     def build_dataset(self, split: str) -> Dataset:
         d = self.cfg.data

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from multigen.diffusion import host_coin
-from multigen.nn import Attention, FeedForward, GatedFeedForward, ResBlock, TimestepEmbedding, group_norm
+from multigen.nn import (Attention, FeedForward, GatedFeedForward, ResBlock, TimestepEmbedding, group_norm,
+                          rotary_tables)
 
 
 class KnownFlag(nn.Module):
@@ -93,9 +94,10 @@ class TransformerBlock(nn.Module):
         nn.init.zeros_(self.modulation.bias)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, emb: Tensor, bias: Tensor) -> Tensor:
+    def forward(self, x: Tensor, emb: Tensor, bias: Tensor | None,
+                rotary: tuple[Tensor, Tensor] | None = None) -> Tensor:
         s1, b1, g1, s2, b2, g2 = self.modulation(emb)[:, None].chunk(6, dim=-1)
-        x = x + (1 + g1) * self.dropout(self.attn(self.norm1(x) * (1 + s1) + b1, bias))
+        x = x + (1 + g1) * self.dropout(self.attn(self.norm1(x) * (1 + s1) + b1, bias, rotary=rotary))
         return x + (1 + g2) * self.mlp(self.norm2(x) * (1 + s2) + b2)
 
 
@@ -104,7 +106,9 @@ class SequenceTransformer(nn.Module):
 
     Positions enter twice: learned absolute embeddings, and a learned per-head, per-block
     attention bias for each token offset (T5-style), initialised to favour near
-    neighbours, which makes character-level context usable after few steps. Any
+    neighbours, which makes character-level context usable after few steps. ``rotary=True`` replaces the absolute
+    embeddings by rotary ones (queries and keys turned by their positions); ``relative_bias=False`` drops the bias
+    (with rotary positions and no causal mask, SDPA may then take its flash kernel). Any
     ``L <= max_length`` works. ``causal=True`` masks attention to later positions (the
     autoregressive baseline of the same size: position i then sees tokens 0..i only). ``mlp`` is each block's MLP:
     ``"gelu"``, or ``"swiglu"`` (gated, about the same parameters).
@@ -112,39 +116,53 @@ class SequenceTransformer(nn.Module):
 
     def __init__(self, vocab: int, max_length: int, timesteps: int, dim: int = 256, depth: int = 6,
                  heads: int = 4, dropout: float = 0.0, causal: bool = False, known_flag: bool = False,
-                 mlp: str = "gelu", time_conditioning: bool = True, self_condition: bool = False) -> None:
+                 mlp: str = "gelu", time_conditioning: bool = True, self_condition: bool = False,
+                 rotary: bool = False, relative_bias: bool = True) -> None:
         super().__init__()
-        self.timesteps, self.dim, self.causal = timesteps, dim, causal
+        self.timesteps, self.dim, self.causal, self.max_length = timesteps, dim, causal, max_length
         self.tokens = nn.Embedding(vocab, dim)
         self.known = KnownFlag(dim, known_flag)
-        self.positions = nn.Parameter(torch.randn(max_length, dim) * 0.02)
+        self.positions = None if rotary else nn.Parameter(torch.randn(max_length, dim) * 0.02)
+        self.head_dim = dim // heads if rotary else None
         self.time = TimestepEmbedding(dim) if time_conditioning else None
         self.blocks = nn.ModuleList(TransformerBlock(dim, heads, dropout, mlp) for _ in range(depth))
         offsets = torch.arange(-(max_length - 1), max_length).abs().float()
-        self.relative_bias = nn.Parameter(-2.0 * offsets.log1p().expand(depth, heads, -1).clone())
+        self.relative_bias = (nn.Parameter(-2.0 * offsets.log1p().expand(depth, heads, -1).clone())
+                              if relative_bias else None)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, vocab)
         self.self_condition = SelfCondition(vocab, dim) if self_condition else None  # last: the others' draws stay
 
     def forward(self, x: Tensor, t: Tensor, known: Tensor | None = None) -> Tensor:
         L = x.shape[1]
-        if L > len(self.positions):
-            raise ValueError(f"sequence of {L} tokens exceeds the model's maximum length {len(self.positions)}")
+        if L > self.max_length:
+            raise ValueError(f"sequence of {L} tokens exceeds the model's maximum length {self.max_length}")
         return run_self_conditioned(self.self_condition, lambda previous: self._logits(x, t, known, previous))
 
     def _logits(self, x: Tensor, t: Tensor, known: Tensor | None, previous: Tensor | None) -> Tensor:
         L = x.shape[1]
-        h = self.known(self.tokens(x), known) + self.positions[:L]
+        h = self.known(self.tokens(x), known)
+        if self.positions is not None:
+            h = h + self.positions[:L]
         if self.self_condition is not None:
             h = self.self_condition(h, previous)
         emb = embed_time(self.time, t, self.timesteps, self.dim)
-        idx = torch.arange(L, device=x.device)
-        offset = idx[None, :] - idx[:, None] + len(self.positions) - 1  # (L, L) into the bias table
-        later = idx[None, :] > idx[:, None] if self.causal else None  # (L, L): key after query
-        for block, table in zip(self.blocks, self.relative_bias):
-            bias = table[:, offset]
-            h = block(h, emb, bias if later is None else bias.masked_fill(later, float("-inf")))
+        rotary = None if self.head_dim is None else rotary_tables(L, self.head_dim, x.device)
+        for block, bias in zip(self.blocks, self._biases(L, x.device)):
+            h = block(h, emb, bias, rotary)
         return self.head(self.norm(h))
+
+    def _biases(self, L: int, device: torch.device) -> list[Tensor | None]:
+        """Each block's attention bias ``(heads, L, L)`` (or ``(L, L)``, or None): its relative-position bias, with
+        ``-inf`` on keys after their query when causal."""
+        idx = torch.arange(L, device=device)
+        later = idx[None, :] > idx[:, None] if self.causal else None  # (L, L): key after query
+        if self.relative_bias is None:
+            mask = None if later is None else torch.zeros(L, L, device=device).masked_fill(later, float("-inf"))
+            return [mask] * len(self.blocks)
+        offset = idx[None, :] - idx[:, None] + self.max_length - 1  # (L, L) into the bias table
+        return [table[:, offset] if later is None else table[:, offset].masked_fill(later, float("-inf"))
+                for table in self.relative_bias]
 
 
 class GridUNet(nn.Module):

@@ -87,7 +87,8 @@ MOVED_KEYS = {("task", "guidance"): ("sample", "guidance")}
 
 
 EARLIER_DEFAULTS = {("video", "model", "reference"): "nearest", ("pointcloud", "model", "class_conditional"): False,
-                    ("discrete", "model", "mlp"): "gelu", ("video", "sample", "guidance"): 1.0,
+                    ("discrete", "model", "mlp"): "gelu", ("discrete", "model", "rotary"): False,
+                    ("video", "sample", "guidance"): 1.0,
                     ("video", "sample", "guidance_interval"): [0.0, 1.0],
                     ("video", "sample", "unconditional_temperature"): None}
 """Keys whose default changed since exports were first written ``(domain, section, key) -> earlier default``: an

@@ -83,12 +83,14 @@ def test_a_denoiser_without_time_conditioning_ignores_t(conditioned):
         assert torch.isfinite(early).all() and torch.equal(early, late) != conditioned
 
 
+@pytest.mark.parametrize("positions", [{}, {"rotary": True}, {"rotary": True, "relative_bias": False}])
 @pytest.mark.parametrize("causal", [True, False])
-def test_causal_transformer_sees_only_earlier_tokens(causal):
+def test_causal_transformer_sees_only_earlier_tokens(causal, positions):
     """The autoregressive baseline's mask: changing token 12 leaves positions 0..11 exactly as they were
-    (and changes them when the model is bidirectional)."""
+    (and changes them when the model is bidirectional), whatever its positions (learned absolute and a relative
+    bias, rotary and the bias, or rotary alone: then the mask is the only bias)."""
     torch.manual_seed(0)
-    model = SequenceTransformer(28, 32, 1000, dim=32, depth=2, causal=causal)
+    model = SequenceTransformer(28, 32, 1000, dim=32, depth=2, causal=causal, **positions)
     x = torch.randint(0, 28, (2, 20))
     y = x.clone()
     y[:, 12] = (x[:, 12] + 1) % 28
@@ -96,6 +98,21 @@ def test_causal_transformer_sees_only_earlier_tokens(causal):
     before, after = model(x, t), model(y, t)
     assert torch.equal(before[:, :12], after[:, :12]) == causal
     assert not torch.equal(before[:, 12:], after[:, 12:])
+
+
+def test_rotary_transformer_tells_positions_apart_without_absolute_embeddings():
+    """With rotary positions and no relative bias there are no position parameters, yet the same token at two
+    positions of one sequence gets different logits (with no position signal at all a bidirectional transformer is
+    permutation-equivariant: it would give them the same)."""
+    torch.manual_seed(0)
+    model = SequenceTransformer(28, 32, 1000, dim=32, depth=2, rotary=True, relative_bias=False)
+    assert model.positions is None and model.relative_bias is None
+    x = torch.randint(0, 28, (1, 20))
+    x[0, 3] = x[0, 15] = 5
+    logits = model(x, torch.tensor([400]))
+    assert not torch.allclose(logits[0, 3], logits[0, 15])
+    with pytest.raises(ValueError, match="maximum length 32"):
+        model(torch.zeros(1, 33, dtype=torch.long), torch.tensor([1]))
 
 
 def test_self_conditioned_denoisers_see_their_own_first_estimate():

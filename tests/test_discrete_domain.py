@@ -22,11 +22,12 @@ from multigen.trainer import read_log, train
 
 # Uniform times: with the default stratified draw this 400-step run once scored 3.66 ± 0.18 bits/char against the
 # learning test's 3.97 bound (one seed; at the default's scale it measured 3.220 against uniform's 3.261).
-# AdamW alone with beta2 0.99, a constant rate after the warmup, clipping at 1 and the GELU MLP: the recipe the
-# bound has held with (the text default's Muon, beta2 0.95, linear tail, clipping at 0.25 and SwiGLU were tuned at
-# 5 200 steps).
+# AdamW alone with beta2 0.99, a constant rate after the warmup, clipping at 1, the GELU MLP and learned absolute
+# positions: the recipe the bound has held with (the text default's Muon, beta2 0.95, linear tail, clipping at 0.25,
+# SwiGLU and rotary positions were tuned at 5 200 steps).
 TINY = [
     "process.timesteps=32", "process.time_sampling=uniform", "model.dim=96", "model.depth=2", "model.mlp=gelu",
+    "model.rotary=false",
     "train.optimizer=adamw", "data.length=32",
     "train.batch_size=32", "train.adam_betas=[0.9,0.99]", "train.lr_decay=none", "train.grad_clip=1",
     "train.lr=3e-3", "train.warmup_steps=20", "train.sample_every=0", "train.checkpoint_every=0",
@@ -94,14 +95,18 @@ def test_export_keeps_tokenizer_and_samples_decode(untrained_export):
     assert all(len(t) == 32 for t in p.domain.decode(tokens))
 
 
-def test_an_export_from_before_the_mlp_option_loads_with_gelu(untrained_export, tmp_path):
-    """model.mlp's default became swiglu; an export without the key was trained with the GELU MLP."""
+def test_an_export_from_before_the_mlp_and_rotary_options_loads_with_gelu_and_learned_positions(untrained_export,
+                                                                                                 tmp_path):
+    """model.mlp's default became swiglu and model.rotary's true; an export without the keys was trained with the
+    GELU MLP and learned absolute positions."""
     shutil.copytree(untrained_export / "export", tmp_path / "export")
     config = tmp_path / "export" / "config.yaml"
-    config.write_text(config.read_text().replace("  mlp: gelu\n", ""))
-    assert "mlp" not in config.read_text()
-    pretrained = load_pretrained(tmp_path / "export")  # the GELU weights load into the network it builds
+    config.write_text(config.read_text().replace("  mlp: gelu\n", "").replace("  rotary: false\n", ""))
+    assert "mlp" not in config.read_text() and "rotary" not in config.read_text()
+    pretrained = load_pretrained(tmp_path / "export")  # the weights load into the network it builds
     assert pretrained.config.model.mlp == "gelu" and DiscreteConfig().model.mlp == "swiglu"
+    assert pretrained.config.model.rotary is False and DiscreteConfig().model.rotary is True
+    assert pretrained.model.positions is not None
 
 
 def test_cli_infill_prompt_and_eval(untrained_export, tmp_path, capsys):

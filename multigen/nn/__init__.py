@@ -1,6 +1,6 @@
 """Network parts shared by the domains: time embeddings, attention, residual blocks."""
 
-from .attention import Attention, attention, xformers_available
+from .attention import Attention, attention, rotary_tables, rotate, xformers_available
 from .blocks import FeedForward, GatedFeedForward, ResBlock, group_norm
 from .embeddings import TimestepEmbedding, sinusoidal_embedding
 
@@ -12,6 +12,8 @@ __all__ = [
     "TimestepEmbedding",
     "attention",
     "group_norm",
+    "rotary_tables",
+    "rotate",
     "sinusoidal_embedding",
     "xformers_available",
 ]

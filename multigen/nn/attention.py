@@ -62,6 +62,25 @@ def attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, fold_
     return out.reshape(*lead, *out.shape[-3:])[..., :value_dim]
 
 
+def rotary_tables(length: int, head_dim: int, device: torch.device | None = None,
+                  base: float = 10000.0) -> tuple[Tensor, Tensor]:
+    """Cosines and sines ``(length, head_dim // 2)`` of rotary position embeddings (Su et al., 2021): position ``i``
+    turns channel pair ``j`` by the angle ``i * base ** (-2 j / head_dim)``."""
+    if head_dim % 2:
+        raise ValueError(f"rotary positions need an even head size, got {head_dim}")
+    freqs = base ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    angles = torch.arange(length, device=device, dtype=torch.float32)[:, None] * freqs
+    return angles.cos(), angles.sin()
+
+
+def rotate(x: Tensor, tables: tuple[Tensor, Tensor]) -> Tensor:
+    """``x`` ``(..., L, D)`` with each channel pair ``(x[2j], x[2j+1])`` of position ``i`` turned by the angle of
+    :func:`rotary_tables` ``(L, D // 2)``: then ``<rotate(q)_i, rotate(k)_j>`` depends on ``i - j`` alone."""
+    cos, sin = (t.to(x.dtype) for t in tables)
+    even, odd = x.unflatten(-1, (-1, 2)).unbind(-1)
+    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)
+
+
 def _fold_bias(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor]:
     """``q``, ``k``, ``v`` with ``bias`` folded into extra head channels (see :func:`attention`), each
     ``(*batch, L, D + Lq + pad)`` with ``batch`` the broadcast of their and the bias's leading dims."""
@@ -84,6 +103,7 @@ class Attention(nn.Module):
 
     ``bias`` (e.g. a relative-position bias) is added to the logits, shape
     broadcastable to ``(..., heads, L, L)``; ``fold_bias`` folds it into the heads (see :func:`attention`).
+    ``rotary`` (the tables of :func:`rotary_tables`) turns queries and keys by their positions.
     """
 
     def __init__(self, dim: int, heads: int = 4, head_dim: int | None = None) -> None:
@@ -104,5 +124,9 @@ class Attention(nn.Module):
         """Heads ``(..., heads, L, head_dim)`` back to ``(..., L, dim)`` through the output projection."""
         return self.out(out.transpose(-2, -3).flatten(-2))
 
-    def forward(self, x: Tensor, bias: Tensor | None = None, fold_bias: bool = False) -> Tensor:
-        return self.merge(attention(*self.project(x), bias, fold_bias))
+    def forward(self, x: Tensor, bias: Tensor | None = None, fold_bias: bool = False,
+                rotary: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        q, k, v = self.project(x)
+        if rotary is not None:
+            q, k = rotate(q, rotary), rotate(k, rotary)
+        return self.merge(attention(q, k, v, bias, fold_bias))
