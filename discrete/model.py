@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from multigen.diffusion import host_coin
 from multigen.nn import (Attention, FeedForward, GatedFeedForward, ResBlock, TimestepEmbedding, group_norm,
-                          rotary_tables)
+                         rotary_tables)
 
 
 class KnownFlag(nn.Module):
@@ -104,11 +104,11 @@ class TransformerBlock(nn.Module):
 class SequenceTransformer(nn.Module):
     """Bidirectional transformer over sequences: ``(B, L)`` tokens -> ``(B, L, vocab)`` logits.
 
-    Positions enter twice: learned absolute embeddings, and a learned per-head, per-block
-    attention bias for each token offset (T5-style), initialised to favour near
-    neighbours, which makes character-level context usable after few steps. ``rotary=True`` replaces the absolute
-    embeddings by rotary ones (queries and keys turned by their positions); ``relative_bias=False`` drops the bias
-    (with rotary positions and no causal mask, SDPA may then take its flash kernel). Any
+    Positions enter twice: learned absolute embeddings, or with ``rotary=True`` (the text default's) each head's
+    queries and keys turned by their positions (rotary embeddings); and a learned per-head, per-block attention bias
+    for each token offset (T5-style), initialised to favour near neighbours, which makes character-level context
+    usable after few steps. ``relative_bias=False`` drops the bias (with rotary positions and no causal mask, SDPA may
+    then take its flash kernel). Any
     ``L <= max_length`` works. ``causal=True`` masks attention to later positions (the
     autoregressive baseline of the same size: position i then sees tokens 0..i only). ``mlp`` is each block's MLP:
     ``"gelu"``, or ``"swiglu"`` (gated, about the same parameters).
@@ -147,7 +147,7 @@ class SequenceTransformer(nn.Module):
         if self.self_condition is not None:
             h = self.self_condition(h, previous)
         emb = embed_time(self.time, t, self.timesteps, self.dim)
-        rotary = None if self.head_dim is None else rotary_tables(L, self.head_dim, x.device)
+        rotary = None if self.head_dim is None else rotary_tables(torch.arange(L, device=x.device), self.head_dim)
         for block, bias in zip(self.blocks, self._biases(L, x.device)):
             h = block(h, emb, bias, rotary)
         return self.head(self.norm(h))

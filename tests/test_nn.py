@@ -30,7 +30,7 @@ def test_rotary_scores_depend_on_the_offset_alone():
     keeps its norm, position 0 is not turned, and a pair turns by the angle ``i * base ** (-2 j / D)``."""
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(2, 3, 16, 8, generator=g, dtype=torch.float64).unbind(0)  # (heads, L, D)
-    tables = rotary_tables(16 + 5, 8)
+    tables = rotary_tables(torch.arange(16 + 5), 8)
     qr = rotate(q, tuple(t[:16] for t in tables))
     scores = []
     for shift in (0, 5):
@@ -41,11 +41,11 @@ def test_rotary_scores_depend_on_the_offset_alone():
     torch.testing.assert_close(qr.norm(dim=-1), q.norm(dim=-1))
     torch.testing.assert_close(qr[:, 0], q[:, 0])
     pair = torch.tensor([1.0, 0.0, 0.0, 0.0])  # channel pair 1 of D = 4 turns by i / 100 at position i
-    turned = rotate(torch.tensor([[0.0, 0.0, 1.0, 0.0]]).expand(4, 4), rotary_tables(4, 4))
+    turned = rotate(torch.tensor([[0.0, 0.0, 1.0, 0.0]]).expand(4, 4), rotary_tables(torch.arange(4), 4))
     torch.testing.assert_close(turned[3], torch.tensor([0.0, 0.0, math.cos(0.03), math.sin(0.03)]))
-    torch.testing.assert_close(rotate(pair[None], rotary_tables(1, 4))[0], pair)
+    torch.testing.assert_close(rotate(pair[None], rotary_tables(torch.zeros(1), 4))[0], pair)
     with pytest.raises(ValueError, match="even head size"):
-        rotary_tables(4, 5)
+        rotary_tables(torch.arange(4), 5)
 
 
 def test_folded_bias_equals_the_biased_attention_and_is_one_bias_free_4d_call(monkeypatch):

@@ -50,16 +50,20 @@ def test_temporal_attention_mixes_frames_and_spatial_layers_do_not():
     assert independent.tolist() == [i == j for i in range(6)], "image mode blocks temporal mixing"
 
 
-def test_relative_frame_encoding_is_shift_invariant_but_sees_distances():
-    m = tiny_unet()
+@pytest.mark.parametrize("rotary", [False, True])
+def test_relative_frame_encoding_is_shift_invariant_but_sees_distances(rotary):
+    """The frame bias, and with ``rotary`` the turned queries and keys too, see the frames' differences alone."""
+    m = tiny_unet(rotary=rotary)
     x, t = torch.randn(1, 4, 1, 16, 16), torch.tensor([0.3])
     idx = torch.tensor([[0, 1, 2, 3]])
     with torch.no_grad():
         base = m(x, t, frame_index=idx)
         shifted = m(x, t, frame_index=idx + 100)
         spread = m(x, t, frame_index=idx * 10)
+        plain = tiny_unet()(x, t, frame_index=idx)
     torch.testing.assert_close(base, shifted, rtol=1e-5, atol=1e-5)
     assert (base - spread).abs().max() > 1e-4
+    assert ((base - plain).abs().max() > 1e-4) == rotary  # the same weights: the rotation alone changes them
 
 
 def test_task_masks_cover_every_task_and_keep_a_generated_frame():
@@ -121,7 +125,7 @@ def test_independent_frames_attend_only_to_themselves_as_with_a_mask():
     independent = torch.tensor([True, False])
     distances = frame_distances(fi)
     with torch.no_grad():
-        out = layer(x, distances, independent)
+        out = layer(x, fi, independent)
         q, k, v = layer.attn.project(rearrange(layer.norm(x), "(b t) c h w -> b (h w) t c", b=2))
         blocked = independent.view(2, 1, 1, 1, 1) & ~torch.eye(4, dtype=torch.bool)
         bias = layer.bias(distances)[:, None].masked_fill(blocked, -math.inf)

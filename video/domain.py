@@ -69,6 +69,9 @@ class VideoModelConfig:
     # Self-conditioning (Chen et al., 2023): the network also sees its own earlier x0 estimate (the last sampler
     # step's; in training, half of the steps first estimate it without gradient, about 1.2x the step's time).
     self_condition: bool = False
+    # The temporal attention also turns queries and keys by the frames' positions (rotary embeddings), beside its
+    # relative frame bias.
+    rotary: bool = False
     # GPU speed levers, same weights and state dict, outputs equal up to rounding (benchmarks/video.py mfu_rows):
     channels_last: bool = False  # NHWC activations for the per-frame convolutions
     fold_frame_bias: bool = False  # temporal attention as one bias-free call (SDPA's flash kernel)
@@ -200,7 +203,7 @@ class Video(GaussianDomain):
             channels=d.channels, base=m.base_channels, mults=tuple(m.channel_mults), blocks=m.blocks,
             attn_levels=tuple(m.attn_levels), head_channels=m.head_channels, dropout=m.dropout,
             temporal_attention=m.temporal_attention, channels_last=m.channels_last, fold_frame_bias=m.fold_frame_bias,
-            reference_input=m.reference_input, self_condition=m.self_condition,
+            reference_input=m.reference_input, self_condition=m.self_condition, rotary=m.rotary,
         )
 
     def build_dataset(self, split: str) -> Dataset:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from multigen.nn import Attention, ResBlock, TimestepEmbedding, attention, group_norm
+from multigen.nn import Attention, ResBlock, TimestepEmbedding, attention, group_norm, rotary_tables, rotate
 
 
 def frame_distances(frame_index: Tensor) -> Tensor:
@@ -66,27 +66,31 @@ class SpatialAttention(nn.Module):
 class TemporalAttention(nn.Module):
     """Self-attention across the frames at every spatial position, with its own relative frame bias.
 
-    ``x`` is ``(B * T, C, H, W)``; ``distances`` ``(B, T, T, 1)`` from :func:`frame_distances`;
-    ``independent`` bool ``(B,)`` or None: True makes a clip's frames attend only to themselves, whose
-    attention is then exactly each frame's own value (no mask is built: SDPA keeps its fused kernels).
-    ``fold_bias`` runs the biased attention as one bias-free 4-D call (see :func:`multigen.nn.attention`).
+    ``x`` is ``(B * T, C, H, W)``; ``frame_index`` ``(B, T)`` the frames' positions (their bias comes from
+    :func:`frame_distances`); ``independent`` bool ``(B,)`` or None: True makes a clip's frames attend only to
+    themselves, whose attention is then exactly each frame's own value (no mask is built: SDPA keeps its fused
+    kernels). ``fold_bias`` runs the biased attention as one bias-free 4-D call (see :func:`multigen.nn.attention`).
+    ``rotary`` also turns queries and keys by the frames' positions (rotary embeddings, beside the bias).
     """
 
-    def __init__(self, channels: int, heads: int, fold_bias: bool = False) -> None:
+    def __init__(self, channels: int, heads: int, fold_bias: bool = False, rotary: bool = False) -> None:
         super().__init__()
         self.norm = group_norm(channels)
         self.attn = Attention(channels, heads)
         self.bias = RelativeFrameBias(heads)
-        self.fold_bias = fold_bias
+        self.fold_bias, self.rotary = fold_bias, rotary
         nn.init.zeros_(self.attn.out.weight)
         nn.init.zeros_(self.attn.out.bias)
 
-    def forward(self, x: Tensor, distances: Tensor, independent: Tensor | None) -> Tensor:
-        b = distances.shape[0]
+    def forward(self, x: Tensor, frame_index: Tensor, independent: Tensor | None) -> Tensor:
+        b = frame_index.shape[0]
         h, w = x.shape[-2:]
         seq = rearrange(self.norm(x), "(b t) c h w -> b (h w) t c", b=b)
         q, k, v = self.attn.project(seq)  # each (b, h*w, heads, t, head_dim)
-        bias = self.bias(distances).to(x.dtype)[:, None]  # (b, 1, heads, t, t): broadcast over positions
+        if self.rotary:
+            tables = tuple(t[:, None, None] for t in rotary_tables(frame_index, q.shape[-1]))  # (b, 1, 1, t, hd/2)
+            q, k = rotate(q, tables), rotate(k, tables)
+        bias = self.bias(frame_distances(frame_index)).to(x.dtype)[:, None]  # (b, 1, heads, t, t): over positions
         out = attention(q, k, v, bias, self.fold_bias)
         if independent is not None:
             out = torch.where(independent.view(b, 1, 1, 1, 1), v, out)
@@ -98,7 +102,7 @@ class Level(nn.Module):
 
     def __init__(
         self, in_ch: int, out_ch: int, emb_dim: int, blocks: int, spatial: bool, temporal: bool, head_channels: int,
-        dropout: float, fold_bias: bool = False,
+        dropout: float, fold_bias: bool = False, rotary: bool = False,
     ) -> None:
         super().__init__()
         heads = max(1, out_ch // head_channels)
@@ -106,14 +110,14 @@ class Level(nn.Module):
             ResBlock(in_ch if i == 0 else out_ch, out_ch, emb_dim, dims=2, dropout=dropout) for i in range(blocks)
         )
         self.spatial = nn.ModuleList(SpatialAttention(out_ch, heads) if spatial else nn.Identity() for _ in range(blocks))
-        self.temporal = (nn.ModuleList(TemporalAttention(out_ch, heads, fold_bias) for _ in range(blocks))
+        self.temporal = (nn.ModuleList(TemporalAttention(out_ch, heads, fold_bias, rotary) for _ in range(blocks))
                          if temporal else None)
 
-    def forward(self, x: Tensor, emb: Tensor, distances: Tensor, independent: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, emb: Tensor, frame_index: Tensor, independent: Tensor | None) -> Tensor:
         for i, res in enumerate(self.res):
             x = self.spatial[i](res(x, emb))
             if self.temporal is not None:
-                x = self.temporal[i](x, distances, independent)
+                x = self.temporal[i](x, frame_index, independent)
         return x
 
 
@@ -138,6 +142,8 @@ class SpaceTimeUNet(nn.Module):
             (``C`` more input channels).
         self_condition: the network also sees an earlier estimate of its clean target (``previous``,
             ``C`` more input channels; self-conditioning, Chen et al., 2023).
+        rotary: the temporal attention also turns queries and keys by the frames' positions (rotary
+            embeddings, beside the relative frame bias).
     """
 
     def __init__(
@@ -154,6 +160,7 @@ class SpaceTimeUNet(nn.Module):
         fold_frame_bias: bool = False,
         reference_input: bool = False,
         self_condition: bool = False,
+        rotary: bool = False,
     ) -> None:
         super().__init__()
         self.channels, self.channels_last, self.self_condition = channels, channels_last, self_condition
@@ -167,16 +174,16 @@ class SpaceTimeUNet(nn.Module):
         ch = base
         for i, w in enumerate(widths):
             self.down.append(Level(ch, w, emb_dim, blocks, i in attn_levels, temporal_attention, head_channels, dropout,
-                                   fold_frame_bias))
+                                   fold_frame_bias, rotary))
             ch = w
             last = i == len(widths) - 1
             self.downsample.append(nn.Identity() if last else nn.Conv2d(w, w, 3, stride=2, padding=1))
-        self.mid = Level(ch, ch, emb_dim, 2, True, temporal_attention, head_channels, dropout, fold_frame_bias)
+        self.mid = Level(ch, ch, emb_dim, 2, True, temporal_attention, head_channels, dropout, fold_frame_bias, rotary)
         self.up = nn.ModuleList()
         self.upsample = nn.ModuleList()
         for i, w in reversed(list(enumerate(widths))):
             self.up.append(Level(ch + w, w, emb_dim, blocks + 1, i in attn_levels, temporal_attention, head_channels,
-                                 dropout, fold_frame_bias))
+                                 dropout, fold_frame_bias, rotary))
             ch = w
             self.upsample.append(nn.Identity() if i == 0 else nn.Conv2d(w, w, 3, padding=1))
         self.out = nn.Sequential(group_norm(ch), nn.SiLU(), nn.Conv2d(ch, channels, 3, padding=1))
@@ -213,7 +220,6 @@ class SpaceTimeUNet(nn.Module):
             cond = x.new_zeros(B, T, self.cond_channels, H, W)
         if frame_index is None:
             frame_index = torch.arange(T, device=x.device).expand(B, T)
-        distances = frame_distances(frame_index)
         emb = self.time_embed(t.reshape(-1)) if t.ndim == 2 else self.time_embed(t).repeat_interleave(T, dim=0)
         parts = [x, cond.to(x.dtype)]
         if self.self_condition:
@@ -225,12 +231,12 @@ class SpaceTimeUNet(nn.Module):
         h = self.inp(h.contiguous(memory_format=torch.channels_last) if self.channels_last else h)
         skips = []
         for level, down in zip(self.down, self.downsample):
-            h = level(h, emb, distances, independent_frames)
+            h = level(h, emb, frame_index, independent_frames)
             skips.append(h)
             h = down(h)
-        h = self.mid(h, emb, distances, independent_frames)
+        h = self.mid(h, emb, frame_index, independent_frames)
         for level, up in zip(self.up, self.upsample):
-            h = level(torch.cat([h, skips.pop()], dim=1), emb, distances, independent_frames)
+            h = level(torch.cat([h, skips.pop()], dim=1), emb, frame_index, independent_frames)
             if not isinstance(up, nn.Identity):
                 h = up(F.interpolate(h, scale_factor=2.0, mode="nearest"))
         return rearrange(self.out(h), "(b t) c h w -> b t c h w", b=B)

@@ -62,20 +62,21 @@ def attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, fold_
     return out.reshape(*lead, *out.shape[-3:])[..., :value_dim]
 
 
-def rotary_tables(length: int, head_dim: int, device: torch.device | None = None,
-                  base: float = 10000.0) -> tuple[Tensor, Tensor]:
-    """Cosines and sines ``(length, head_dim // 2)`` of rotary position embeddings (Su et al., 2021): position ``i``
-    turns channel pair ``j`` by the angle ``i * base ** (-2 j / head_dim)``."""
+def rotary_tables(positions: Tensor, head_dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
+    """Cosines and sines ``(*P, head_dim // 2)`` of rotary position embeddings (Su et al., 2021) for ``positions``
+    ``(*P)`` (integer or not): position ``p`` turns channel pair ``j`` by the angle
+    ``p * base ** (-2 j / head_dim)``."""
     if head_dim % 2:
         raise ValueError(f"rotary positions need an even head size, got {head_dim}")
-    freqs = base ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
-    angles = torch.arange(length, device=device, dtype=torch.float32)[:, None] * freqs
+    freqs = base ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions.float()[..., None] * freqs
     return angles.cos(), angles.sin()
 
 
 def rotate(x: Tensor, tables: tuple[Tensor, Tensor]) -> Tensor:
     """``x`` ``(..., L, D)`` with each channel pair ``(x[2j], x[2j+1])`` of position ``i`` turned by the angle of
-    :func:`rotary_tables` ``(L, D // 2)``: then ``<rotate(q)_i, rotate(k)_j>`` depends on ``i - j`` alone."""
+    :func:`rotary_tables` (broadcastable to ``(..., L, D // 2)``): ``<rotate(q)_i, rotate(k)_j>`` then depends on the
+    positions' difference alone."""
     cos, sin = (t.to(x.dtype) for t in tables)
     even, odd = x.unflatten(-1, (-1, 2)).unbind(-1)
     return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)
