@@ -125,7 +125,7 @@ def test_independent_frames_attend_only_to_themselves_as_with_a_mask():
     independent = torch.tensor([True, False])
     distances = frame_distances(fi)
     with torch.no_grad():
-        out = layer(x, fi, independent)
+        out = layer(x, fi, distances, independent)
         q, k, v = layer.attn.project(rearrange(layer.norm(x), "(b t) c h w -> b (h w) t c", b=2))
         blocked = independent.view(2, 1, 1, 1, 1) & ~torch.eye(4, dtype=torch.bool)
         bias = layer.bias(distances)[:, None].masked_fill(blocked, -math.inf)

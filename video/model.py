@@ -66,11 +66,12 @@ class SpatialAttention(nn.Module):
 class TemporalAttention(nn.Module):
     """Self-attention across the frames at every spatial position, with its own relative frame bias.
 
-    ``x`` is ``(B * T, C, H, W)``; ``frame_index`` ``(B, T)`` the frames' positions (their bias comes from
-    :func:`frame_distances`); ``independent`` bool ``(B,)`` or None: True makes a clip's frames attend only to
-    themselves, whose attention is then exactly each frame's own value (no mask is built: SDPA keeps its fused
-    kernels). ``fold_bias`` runs the biased attention as one bias-free 4-D call (see :func:`multigen.nn.attention`).
-    ``rotary`` also turns queries and keys by the frames' positions (rotary embeddings, beside the bias).
+    ``x`` is ``(B * T, C, H, W)``; ``frame_index`` ``(B, T)`` the frames' positions and ``distances``
+    ``(B, T, T, 1)`` their :func:`frame_distances` (computed once per network call); ``independent`` bool
+    ``(B,)`` or None: True makes a clip's frames attend only to themselves, whose attention is then exactly each
+    frame's own value (no mask is built: SDPA keeps its fused kernels). ``fold_bias`` runs the biased attention as
+    one bias-free 4-D call (see :func:`multigen.nn.attention`). ``rotary`` also turns queries and keys by the
+    frames' positions (rotary embeddings, beside the bias).
     """
 
     def __init__(self, channels: int, heads: int, fold_bias: bool = False, rotary: bool = False) -> None:
@@ -82,7 +83,7 @@ class TemporalAttention(nn.Module):
         nn.init.zeros_(self.attn.out.weight)
         nn.init.zeros_(self.attn.out.bias)
 
-    def forward(self, x: Tensor, frame_index: Tensor, independent: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, frame_index: Tensor, distances: Tensor, independent: Tensor | None) -> Tensor:
         b = frame_index.shape[0]
         h, w = x.shape[-2:]
         seq = rearrange(self.norm(x), "(b t) c h w -> b (h w) t c", b=b)
@@ -90,7 +91,7 @@ class TemporalAttention(nn.Module):
         if self.rotary:
             tables = tuple(t[:, None, None] for t in rotary_tables(frame_index, q.shape[-1]))  # (b, 1, 1, t, hd/2)
             q, k = rotate(q, tables), rotate(k, tables)
-        bias = self.bias(frame_distances(frame_index)).to(x.dtype)[:, None]  # (b, 1, heads, t, t): over positions
+        bias = self.bias(distances).to(x.dtype)[:, None]  # (b, 1, heads, t, t): broadcast over positions
         out = attention(q, k, v, bias, self.fold_bias)
         if independent is not None:
             out = torch.where(independent.view(b, 1, 1, 1, 1), v, out)
@@ -113,11 +114,12 @@ class Level(nn.Module):
         self.temporal = (nn.ModuleList(TemporalAttention(out_ch, heads, fold_bias, rotary) for _ in range(blocks))
                          if temporal else None)
 
-    def forward(self, x: Tensor, emb: Tensor, frame_index: Tensor, independent: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, emb: Tensor, frame_index: Tensor, distances: Tensor,
+                independent: Tensor | None) -> Tensor:
         for i, res in enumerate(self.res):
             x = self.spatial[i](res(x, emb))
             if self.temporal is not None:
-                x = self.temporal[i](x, frame_index, independent)
+                x = self.temporal[i](x, frame_index, distances, independent)
         return x
 
 
@@ -220,6 +222,7 @@ class SpaceTimeUNet(nn.Module):
             cond = x.new_zeros(B, T, self.cond_channels, H, W)
         if frame_index is None:
             frame_index = torch.arange(T, device=x.device).expand(B, T)
+        frames = (frame_index, frame_distances(frame_index))
         emb = self.time_embed(t.reshape(-1)) if t.ndim == 2 else self.time_embed(t).repeat_interleave(T, dim=0)
         parts = [x, cond.to(x.dtype)]
         if self.self_condition:
@@ -231,12 +234,12 @@ class SpaceTimeUNet(nn.Module):
         h = self.inp(h.contiguous(memory_format=torch.channels_last) if self.channels_last else h)
         skips = []
         for level, down in zip(self.down, self.downsample):
-            h = level(h, emb, frame_index, independent_frames)
+            h = level(h, emb, *frames, independent_frames)
             skips.append(h)
             h = down(h)
-        h = self.mid(h, emb, frame_index, independent_frames)
+        h = self.mid(h, emb, *frames, independent_frames)
         for level, up in zip(self.up, self.upsample):
-            h = level(torch.cat([h, skips.pop()], dim=1), emb, frame_index, independent_frames)
+            h = level(torch.cat([h, skips.pop()], dim=1), emb, *frames, independent_frames)
             if not isinstance(up, nn.Identity):
                 h = up(F.interpolate(h, scale_factor=2.0, mode="nearest"))
         return rearrange(self.out(h), "(b t) c h w -> b t c h w", b=B)
