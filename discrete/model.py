@@ -123,7 +123,7 @@ class SequenceTransformer(nn.Module):
         self.tokens = nn.Embedding(vocab, dim)
         self.known = KnownFlag(dim, known_flag)
         self.positions = None if rotary else nn.Parameter(torch.randn(max_length, dim) * 0.02)
-        self.head_dim = dim // heads if rotary else None
+        self.rotary = rotary
         self.time = TimestepEmbedding(dim) if time_conditioning else None
         self.blocks = nn.ModuleList(TransformerBlock(dim, heads, dropout, mlp) for _ in range(depth))
         offsets = torch.arange(-(max_length - 1), max_length).abs().float()
@@ -137,9 +137,12 @@ class SequenceTransformer(nn.Module):
         L = x.shape[1]
         if L > self.max_length:
             raise ValueError(f"sequence of {L} tokens exceeds the model's maximum length {self.max_length}")
-        return run_self_conditioned(self.self_condition, lambda previous: self._logits(x, t, known, previous))
+        positions = self._positions(L, x.device)  # built once, shared by a self-conditioned model's two passes
+        return run_self_conditioned(self.self_condition,
+                                    lambda previous: self._logits(x, t, known, previous, positions))
 
-    def _logits(self, x: Tensor, t: Tensor, known: Tensor | None, previous: Tensor | None) -> Tensor:
+    def _logits(self, x: Tensor, t: Tensor, known: Tensor | None, previous: Tensor | None,
+                positions: tuple[tuple[Tensor, Tensor] | None, list[Tensor | None]]) -> Tensor:
         L = x.shape[1]
         h = self.known(self.tokens(x), known)
         if self.positions is not None:
@@ -147,22 +150,24 @@ class SequenceTransformer(nn.Module):
         if self.self_condition is not None:
             h = self.self_condition(h, previous)
         emb = embed_time(self.time, t, self.timesteps, self.dim)
-        rotary = None if self.head_dim is None else rotary_tables(torch.arange(L, device=x.device), self.head_dim)
-        for block, bias in zip(self.blocks, self._biases(L, x.device)):
+        rotary, biases = positions
+        for block, bias in zip(self.blocks, biases):
             h = block(h, emb, bias, rotary)
         return self.head(self.norm(h))
 
-    def _biases(self, L: int, device: torch.device) -> list[Tensor | None]:
-        """Each block's attention bias ``(heads, L, L)`` (or ``(L, L)``, or None): its relative-position bias, with
+    def _positions(self, L: int, device: torch.device) -> tuple[tuple[Tensor, Tensor] | None, list[Tensor | None]]:
+        """What positions give attention over ``L`` tokens: the rotary tables (None without rotary positions) and
+        each block's attention bias ``(heads, L, L)`` (or ``(L, L)``, or None), its relative-position bias with
         ``-inf`` on keys after their query when causal."""
         idx = torch.arange(L, device=device)
+        rotary = rotary_tables(idx, self.blocks[0].attn.head_dim) if self.rotary else None
         later = idx[None, :] > idx[:, None] if self.causal else None  # (L, L): key after query
         if self.relative_bias is None:
             mask = None if later is None else torch.zeros(L, L, device=device).masked_fill(later, float("-inf"))
-            return [mask] * len(self.blocks)
+            return rotary, [mask] * len(self.blocks)
         offset = idx[None, :] - idx[:, None] + self.max_length - 1  # (L, L) into the bias table
-        return [table[:, offset] if later is None else table[:, offset].masked_fill(later, float("-inf"))
-                for table in self.relative_bias]
+        return rotary, [table[:, offset] if later is None else table[:, offset].masked_fill(later, float("-inf"))
+                        for table in self.relative_bias]
 
 
 class GridUNet(nn.Module):

@@ -127,12 +127,13 @@ def test_self_conditioned_denoisers_see_their_own_first_estimate():
             for p in model.parameters():  # zero-initialised layers (the estimate's projection) would hide it
                 p.normal_(std=0.1)
         model.eval()
-        alone = model._logits(x, t, None, None)
-        assert torch.equal(model(x, t), model._logits(x, t, None, alone.softmax(-1)))
+        extra = (model._positions(x.shape[1], x.device),) if isinstance(model, SequenceTransformer) else ()
+        alone = model._logits(x, t, None, None, *extra)
+        assert torch.equal(model(x, t), model._logits(x, t, None, alone.softmax(-1), *extra))
         assert not torch.allclose(model(x, t), alone)
         shown, passes = [], []
         inner = model._logits
-        model._logits = lambda x_, t_, k, previous: shown.append(previous) or inner(x_, t_, k, previous)
+        model._logits = lambda x_, t_, k, previous, *rest: shown.append(previous) or inner(x_, t_, k, previous, *rest)
         model.train()
         for _ in range(40):
             shown.clear()
