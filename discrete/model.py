@@ -86,7 +86,8 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, dim: int, heads: int, dropout: float, mlp: str = "gelu") -> None:
         super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(dim, elementwise_affine=False), nn.LayerNorm(dim, elementwise_affine=False)
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False)
         self.attn = Attention(dim, heads)
         self.mlp = {"gelu": FeedForward, "swiglu": GatedFeedForward}[mlp](dim, dropout=dropout)
         self.modulation = nn.Linear(dim, 6 * dim)
