@@ -109,10 +109,9 @@ class SequenceTransformer(nn.Module):
     queries and keys turned by their positions (rotary embeddings); and a learned per-head, per-block attention bias
     for each token offset (T5-style), initialised to favour near neighbours, which makes character-level context
     usable after few steps. ``relative_bias=False`` drops the bias (with rotary positions and no causal mask, SDPA may
-    then take its flash kernel). Any
-    ``L <= max_length`` works. ``causal=True`` masks attention to later positions (the
-    autoregressive baseline of the same size: position i then sees tokens 0..i only). ``mlp`` is each block's MLP:
-    ``"gelu"``, or ``"swiglu"`` (gated, about the same parameters).
+    then take its flash kernel). Any ``L <= max_length`` works. ``causal=True`` masks attention to later positions
+    (the autoregressive baseline of the same size: position i then sees tokens 0..i only). ``mlp`` is each block's
+    MLP: ``"gelu"``, or ``"swiglu"`` (gated, about the same parameters).
     """
 
     def __init__(self, vocab: int, max_length: int, timesteps: int, dim: int = 256, depth: int = 6,
@@ -157,8 +156,8 @@ class SequenceTransformer(nn.Module):
         return self.head(self.norm(h))
 
     def _positions(self, L: int, device: torch.device) -> tuple[tuple[Tensor, Tensor] | None, list[Tensor | None]]:
-        """What positions give attention over ``L`` tokens: the rotary tables (None without rotary positions) and
-        each block's attention bias ``(heads, L, L)`` (or ``(L, L)``, or None), its relative-position bias with
+        """The positional inputs of attention over ``L`` tokens: the rotary tables (None without rotary positions)
+        and each block's attention bias ``(heads, L, L)`` (or ``(L, L)``, or None), its relative-position bias with
         ``-inf`` on keys after their query when causal."""
         idx = torch.arange(L, device=device)
         rotary = rotary_tables(idx, self.blocks[0].attn.head_dim) if self.rotary else None
