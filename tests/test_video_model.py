@@ -6,7 +6,7 @@ import pytest
 import torch
 from einops import rearrange
 
-from multigen.nn import attention
+from multigen.nn import attention, rotary_tables
 from video.conditioning import TaskMix, pack_condition, sample_masks
 from video.model import SpaceTimeUNet, TemporalAttention, frame_distances
 
@@ -64,6 +64,27 @@ def test_relative_frame_encoding_is_shift_invariant_but_sees_distances(rotary):
     torch.testing.assert_close(base, shifted, rtol=1e-5, atol=1e-5)
     assert (base - spread).abs().max() > 1e-4
     assert ((base - plain).abs().max() > 1e-4) == rotary  # the same weights: the rotation alone changes them
+
+
+def test_rotary_tables_are_built_once_per_call_for_every_head_size(monkeypatch):
+    """Levels of different head sizes (16 and 32 here) each get their own tables, built once per network call and
+    not once per temporal attention layer; frame shifts still leave the output unchanged."""
+    import video.model as vm
+
+    calls = []
+    monkeypatch.setattr(vm, "rotary_tables", lambda p, d: calls.append(d) or rotary_tables(p, d))
+    torch.manual_seed(0)
+    m = SpaceTimeUNet(channels=1, base=16, mults=(1, 2), attn_levels=(1,), head_channels=24, rotary=True).eval()
+    layers = [x for x in m.modules() if isinstance(x, TemporalAttention)]
+    assert m.rotary_sizes == [16, 32] and len(layers) == 8
+    for p in m.parameters():
+        if p.abs().sum() == 0 and p.ndim > 1:
+            torch.nn.init.normal_(p, std=0.05)
+    x, t, idx = torch.randn(1, 4, 1, 8, 8), torch.tensor([0.3]), torch.tensor([[0, 1, 2, 3]])
+    with torch.no_grad():
+        out, shifted = m(x, t, frame_index=idx), m(x, t, frame_index=idx + 7)
+    assert sorted(calls) == [16, 16, 32, 32]
+    torch.testing.assert_close(out, shifted, rtol=1e-5, atol=1e-5)
 
 
 def test_task_masks_cover_every_task_and_keep_a_generated_frame():
@@ -125,7 +146,7 @@ def test_independent_frames_attend_only_to_themselves_as_with_a_mask():
     independent = torch.tensor([True, False])
     distances = frame_distances(fi)
     with torch.no_grad():
-        out = layer(x, fi, distances, independent)
+        out = layer(x, distances, None, independent)
         q, k, v = layer.attn.project(rearrange(layer.norm(x), "(b t) c h w -> b (h w) t c", b=2))
         blocked = independent.view(2, 1, 1, 1, 1) & ~torch.eye(4, dtype=torch.bool)
         bias = layer.bias(distances)[:, None].masked_fill(blocked, -math.inf)

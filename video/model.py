@@ -24,6 +24,8 @@ from torch import Tensor, nn
 
 from multigen.nn import Attention, ResBlock, TimestepEmbedding, attention, group_norm, rotary_tables, rotate
 
+RotaryTables = dict[int, tuple[Tensor, Tensor]]  # head size -> cosines and sines (B, 1, 1, T, head size // 2)
+
 
 def frame_distances(frame_index: Tensor) -> Tensor:
     """Signed log distances ``sign(d) log(1 + |d|)`` of ``d = j - i``: ``(B, T)`` -> ``(B, T, T, 1)``."""
@@ -66,8 +68,9 @@ class SpatialAttention(nn.Module):
 class TemporalAttention(nn.Module):
     """Self-attention across the frames at every spatial position, with its own relative frame bias.
 
-    ``x`` is ``(B * T, C, H, W)``; ``frame_index`` ``(B, T)`` the frames' positions and ``distances``
-    ``(B, T, T, 1)`` their :func:`frame_distances` (computed once per network call); ``independent`` bool
+    ``x`` is ``(B * T, C, H, W)``; ``distances`` ``(B, T, T, 1)`` the frames' :func:`frame_distances` and
+    ``rotary`` None or the rotary tables of their positions by head size (each ``(B, 1, 1, T, head_size // 2)``;
+    both computed once per network call, see :meth:`SpaceTimeUNet.frame_encodings`); ``independent`` bool
     ``(B,)`` or None: True makes a clip's frames attend only to themselves, whose attention is then exactly each
     frame's own value (no mask is built: SDPA keeps its fused kernels). ``fold_bias`` runs the biased attention as
     one bias-free 4-D call (see :func:`multigen.nn.attention`). ``rotary`` also turns queries and keys by the
@@ -83,14 +86,14 @@ class TemporalAttention(nn.Module):
         nn.init.zeros_(self.attn.out.weight)
         nn.init.zeros_(self.attn.out.bias)
 
-    def forward(self, x: Tensor, frame_index: Tensor, distances: Tensor, independent: Tensor | None) -> Tensor:
-        b = frame_index.shape[0]
+    def forward(self, x: Tensor, distances: Tensor, rotary: RotaryTables | None,
+                independent: Tensor | None) -> Tensor:
+        b = distances.shape[0]
         h, w = x.shape[-2:]
         seq = rearrange(self.norm(x), "(b t) c h w -> b (h w) t c", b=b)
         q, k, v = self.attn.project(seq)  # each (b, h*w, heads, t, head_dim)
         if self.rotary:
-            tables = tuple(t[:, None, None] for t in rotary_tables(frame_index, q.shape[-1]))  # (b, 1, 1, t, hd/2)
-            q, k = rotate(q, tables), rotate(k, tables)
+            q, k = rotate(q, rotary[q.shape[-1]]), rotate(k, rotary[q.shape[-1]])
         bias = self.bias(distances).to(x.dtype)[:, None]  # (b, 1, heads, t, t): broadcast over positions
         out = attention(q, k, v, bias, self.fold_bias)
         if independent is not None:
@@ -110,16 +113,17 @@ class Level(nn.Module):
         self.res = nn.ModuleList(
             ResBlock(in_ch if i == 0 else out_ch, out_ch, emb_dim, dims=2, dropout=dropout) for i in range(blocks)
         )
-        self.spatial = nn.ModuleList(SpatialAttention(out_ch, heads) if spatial else nn.Identity() for _ in range(blocks))
+        self.spatial = nn.ModuleList(SpatialAttention(out_ch, heads) if spatial else nn.Identity()
+                                     for _ in range(blocks))
         self.temporal = (nn.ModuleList(TemporalAttention(out_ch, heads, fold_bias, rotary) for _ in range(blocks))
                          if temporal else None)
 
-    def forward(self, x: Tensor, emb: Tensor, frame_index: Tensor, distances: Tensor,
+    def forward(self, x: Tensor, emb: Tensor, distances: Tensor, rotary: RotaryTables | None,
                 independent: Tensor | None) -> Tensor:
         for i, res in enumerate(self.res):
             x = self.spatial[i](res(x, emb))
             if self.temporal is not None:
-                x = self.temporal[i](x, frame_index, distances, independent)
+                x = self.temporal[i](x, distances, rotary, independent)
         return x
 
 
@@ -191,6 +195,15 @@ class SpaceTimeUNet(nn.Module):
         self.out = nn.Sequential(group_norm(ch), nn.SiLU(), nn.Conv2d(ch, channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
+        self.rotary_sizes = sorted({m.attn.head_dim for m in self.modules() if isinstance(m, TemporalAttention)}
+                                   if rotary else ())
+
+    def frame_encodings(self, frame_index: Tensor) -> tuple[Tensor, RotaryTables | None]:
+        """What every temporal attention layer needs of the frames' positions ``(B, T)``, computed once per call:
+        their :func:`frame_distances` ``(B, T, T, 1)`` and, with ``rotary``, the rotary tables of every head size
+        used, each ``(B, 1, 1, T, head_size // 2)`` (None without)."""
+        rotary = {d: tuple(t[:, None, None] for t in rotary_tables(frame_index, d)) for d in self.rotary_sizes}
+        return frame_distances(frame_index), rotary or None
 
     def forward(
         self,
@@ -222,7 +235,7 @@ class SpaceTimeUNet(nn.Module):
             cond = x.new_zeros(B, T, self.cond_channels, H, W)
         if frame_index is None:
             frame_index = torch.arange(T, device=x.device).expand(B, T)
-        frames = (frame_index, frame_distances(frame_index))
+        frames = self.frame_encodings(frame_index)
         emb = self.time_embed(t.reshape(-1)) if t.ndim == 2 else self.time_embed(t).repeat_interleave(T, dim=0)
         parts = [x, cond.to(x.dtype)]
         if self.self_condition:
