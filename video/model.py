@@ -69,7 +69,7 @@ class TemporalAttention(nn.Module):
     """Self-attention across the frames at every spatial position, with its own relative frame bias.
 
     ``x`` is ``(B * T, C, H, W)``; ``distances`` ``(B, T, T, 1)`` the frames' :func:`frame_distances` and
-    ``rotary`` None or the rotary tables of their positions by head size (each ``(B, 1, 1, T, head_size // 2)``;
+    ``tables`` None or the rotary tables of their positions by head size (each ``(B, 1, 1, T, head_size // 2)``;
     both computed once per network call, see :meth:`SpaceTimeUNet.frame_encodings`); ``independent`` bool
     ``(B,)`` or None: True makes a clip's frames attend only to themselves, whose attention is then exactly each
     frame's own value (no mask is built: SDPA keeps its fused kernels). ``fold_bias`` runs the biased attention as
@@ -86,14 +86,14 @@ class TemporalAttention(nn.Module):
         nn.init.zeros_(self.attn.out.weight)
         nn.init.zeros_(self.attn.out.bias)
 
-    def forward(self, x: Tensor, distances: Tensor, rotary: RotaryTables | None,
+    def forward(self, x: Tensor, distances: Tensor, tables: RotaryTables | None,
                 independent: Tensor | None) -> Tensor:
         b = distances.shape[0]
         h, w = x.shape[-2:]
         seq = rearrange(self.norm(x), "(b t) c h w -> b (h w) t c", b=b)
         q, k, v = self.attn.project(seq)  # each (b, h*w, heads, t, head_dim)
         if self.rotary:
-            q, k = rotate(q, rotary[q.shape[-1]]), rotate(k, rotary[q.shape[-1]])
+            q, k = rotate(q, tables[q.shape[-1]]), rotate(k, tables[q.shape[-1]])
         bias = self.bias(distances).to(x.dtype)[:, None]  # (b, 1, heads, t, t): broadcast over positions
         out = attention(q, k, v, bias, self.fold_bias)
         if independent is not None:
@@ -118,12 +118,12 @@ class Level(nn.Module):
         self.temporal = (nn.ModuleList(TemporalAttention(out_ch, heads, fold_bias, rotary) for _ in range(blocks))
                          if temporal else None)
 
-    def forward(self, x: Tensor, emb: Tensor, distances: Tensor, rotary: RotaryTables | None,
+    def forward(self, x: Tensor, emb: Tensor, distances: Tensor, tables: RotaryTables | None,
                 independent: Tensor | None) -> Tensor:
         for i, res in enumerate(self.res):
             x = self.spatial[i](res(x, emb))
             if self.temporal is not None:
-                x = self.temporal[i](x, distances, rotary, independent)
+                x = self.temporal[i](x, distances, tables, independent)
         return x
 
 
@@ -202,8 +202,8 @@ class SpaceTimeUNet(nn.Module):
         """What every temporal attention layer needs of the frames' positions ``(B, T)``, computed once per call:
         their :func:`frame_distances` ``(B, T, T, 1)`` and, with ``rotary``, the rotary tables of every head size
         used, each ``(B, 1, 1, T, head_size // 2)`` (None without)."""
-        rotary = {d: tuple(t[:, None, None] for t in rotary_tables(frame_index, d)) for d in self.rotary_sizes}
-        return frame_distances(frame_index), rotary or None
+        tables = {d: tuple(t[:, None, None] for t in rotary_tables(frame_index, d)) for d in self.rotary_sizes}
+        return frame_distances(frame_index), tables or None
 
     def forward(
         self,
