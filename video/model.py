@@ -73,16 +73,16 @@ class TemporalAttention(nn.Module):
     both computed once per network call, see :meth:`SpaceTimeUNet.frame_encodings`); ``independent`` bool
     ``(B,)`` or None: True makes a clip's frames attend only to themselves, whose attention is then exactly each
     frame's own value (no mask is built: SDPA keeps its fused kernels). ``fold_bias`` runs the biased attention as
-    one bias-free 4-D call (see :func:`multigen.nn.attention`). ``rotary`` also turns queries and keys by the
-    frames' positions (rotary embeddings, beside the bias).
+    one bias-free 4-D call (see :func:`multigen.nn.attention`). Given ``tables``, queries and keys are also turned
+    by the frames' positions (rotary embeddings, beside the bias).
     """
 
-    def __init__(self, channels: int, heads: int, fold_bias: bool = False, rotary: bool = False) -> None:
+    def __init__(self, channels: int, heads: int, fold_bias: bool = False) -> None:
         super().__init__()
         self.norm = group_norm(channels)
         self.attn = Attention(channels, heads)
         self.bias = RelativeFrameBias(heads)
-        self.fold_bias, self.rotary = fold_bias, rotary
+        self.fold_bias = fold_bias
         nn.init.zeros_(self.attn.out.weight)
         nn.init.zeros_(self.attn.out.bias)
 
@@ -92,7 +92,7 @@ class TemporalAttention(nn.Module):
         h, w = x.shape[-2:]
         seq = rearrange(self.norm(x), "(b t) c h w -> b (h w) t c", b=b)
         q, k, v = self.attn.project(seq)  # each (b, h*w, heads, t, head_dim)
-        if self.rotary:
+        if tables is not None:
             q, k = rotate(q, tables[q.shape[-1]]), rotate(k, tables[q.shape[-1]])
         bias = self.bias(distances).to(x.dtype)[:, None]  # (b, 1, heads, t, t): broadcast over positions
         out = attention(q, k, v, bias, self.fold_bias)
@@ -106,7 +106,7 @@ class Level(nn.Module):
 
     def __init__(
         self, in_ch: int, out_ch: int, emb_dim: int, blocks: int, spatial: bool, temporal: bool, head_channels: int,
-        dropout: float, fold_bias: bool = False, rotary: bool = False,
+        dropout: float, fold_bias: bool = False,
     ) -> None:
         super().__init__()
         heads = max(1, out_ch // head_channels)
@@ -115,7 +115,7 @@ class Level(nn.Module):
         )
         self.spatial = nn.ModuleList(SpatialAttention(out_ch, heads) if spatial else nn.Identity()
                                      for _ in range(blocks))
-        self.temporal = (nn.ModuleList(TemporalAttention(out_ch, heads, fold_bias, rotary) for _ in range(blocks))
+        self.temporal = (nn.ModuleList(TemporalAttention(out_ch, heads, fold_bias) for _ in range(blocks))
                          if temporal else None)
 
     def forward(self, x: Tensor, emb: Tensor, distances: Tensor, tables: RotaryTables | None,
@@ -180,16 +180,16 @@ class SpaceTimeUNet(nn.Module):
         ch = base
         for i, w in enumerate(widths):
             self.down.append(Level(ch, w, emb_dim, blocks, i in attn_levels, temporal_attention, head_channels, dropout,
-                                   fold_frame_bias, rotary))
+                                   fold_frame_bias))
             ch = w
             last = i == len(widths) - 1
             self.downsample.append(nn.Identity() if last else nn.Conv2d(w, w, 3, stride=2, padding=1))
-        self.mid = Level(ch, ch, emb_dim, 2, True, temporal_attention, head_channels, dropout, fold_frame_bias, rotary)
+        self.mid = Level(ch, ch, emb_dim, 2, True, temporal_attention, head_channels, dropout, fold_frame_bias)
         self.up = nn.ModuleList()
         self.upsample = nn.ModuleList()
         for i, w in reversed(list(enumerate(widths))):
             self.up.append(Level(ch + w, w, emb_dim, blocks + 1, i in attn_levels, temporal_attention, head_channels,
-                                 dropout, fold_frame_bias, rotary))
+                                 dropout, fold_frame_bias))
             ch = w
             self.upsample.append(nn.Identity() if i == 0 else nn.Conv2d(w, w, 3, padding=1))
         self.out = nn.Sequential(group_norm(ch), nn.SiLU(), nn.Conv2d(ch, channels, 3, padding=1))
