@@ -20,7 +20,7 @@ import sys
 import torch
 
 from multigen import load_pretrained
-from multigen.cli import add_export_arguments, run_command, seeded_generator
+from multigen.cli import add_export_arguments, positive_int, run_command, seeded_generator
 from multigen.samplers import Known
 
 from .data import TokenWindows, read_text, read_tokens
@@ -47,7 +47,7 @@ def _known(domain, args: argparse.Namespace, length: int) -> Known | None:
         given[: len(text)] = True
         values[: len(text)] = domain.tokenizer.encode(text, source="--prompt")
     else:
-        keep = torch.tensor([c != args.mask_char for c in text])
+        keep = torch.tensor([c != args.mask_char for c in text], dtype=torch.bool)
         kept = "".join(c for c in text if c != args.mask_char)
         ids = domain.tokenizer.encode(kept, source="--infill")
         given[: len(text)] = keep
@@ -60,9 +60,15 @@ def cmd_sample(args: argparse.Namespace) -> None:
     domain = p.domain
     if domain.cfg.data.source == "digits":
         raise ValueError("this is a digit-grid model; sample it through the library (Pretrained.sample)")
-    length = args.length or (len(args.infill) if args.infill else domain.cfg.data.length)
-    if length > domain.cfg.data.length:
-        raise ValueError(f"--length {length} exceeds the model's maximum sequence length {domain.cfg.data.length}")
+    if len(args.mask_char) != 1:
+        raise ValueError(f"--mask-char must be one character, got {args.mask_char!r}")
+    limit = domain.cfg.data.length
+    if args.length and args.length > limit:
+        raise ValueError(f"--length {args.length} exceeds the model's maximum sequence length {limit}")
+    length = args.length or (len(args.infill) if args.infill else limit)
+    if length > limit:  # an infill text sets the length when --length is not given
+        raise ValueError(f"the infill text has {length} characters, more than the model's maximum sequence length "
+                         f"{limit}")
     known = _known(domain, args, length)
     g = seeded_generator(args)
     with torch.no_grad():
@@ -107,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="generate, continue a prompt, or infill masked characters")
     add_export_arguments(p)
-    p.add_argument("--num", type=int, default=4)
-    p.add_argument("--length", type=int, help="tokens per sample (default: the model's length)")
+    p.add_argument("--num", type=positive_int, default=4)
+    p.add_argument("--length", type=positive_int, help="tokens per sample (default: the model's length)")
     p.add_argument("--steps", type=int, help="denoising steps, at most the model's timesteps (default: config)")
     p.add_argument("--temperature", type=float, help="scales the model's x0 logits (default: config)")
     p.add_argument("--seed", type=int, default=0)
@@ -121,9 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="negative ELBO in bits per token of a file (an unbiased estimate, with its s.e.)")
     add_export_arguments(p)
     p.add_argument("--data", required=True, help="a UTF-8 text file (text models) or a 1-D .npy token array")
-    p.add_argument("--length", type=int, help="tokens per scored sequence (default: the model's length)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-sequences", type=int, help="score only the first N sequences")
+    p.add_argument("--length", type=positive_int, help="tokens per scored sequence (default: the model's length)")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--max-sequences", type=positive_int, help="score only the first N sequences")
     p.add_argument("--steps", type=int,
                    help="score the chain that sampling with this many steps runs (default: every timestep)")
     p.add_argument("--any-order", action="store_true",

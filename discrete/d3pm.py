@@ -133,8 +133,9 @@ class Transition(ABC):
     def posterior_log_probs(self, x_t: Tensor, x0_log_probs: Tensor, s: Tensor | None, t: Tensor) -> Tensor:
         """``log Σ_x̃0 q(x_s | x_t, x̃0) p̃(x̃0)`` ``(B, *S, K)`` float64, by Bayes on ``w = p̃ / q(x_t | ·)``.
 
-        ``x0_log_probs`` ``(B, *S, K)``: ``log p̃`` (or any logits of it). ``p̃`` is restricted to the x̃0
-        that can produce ``x_t`` and renormalised there in log space, so the weights sum to one."""
+        ``x0_log_probs`` ``(B, *S, K)``: ``log p̃``, normalised (:meth:`D3PM.model_log_probs`; the fused forms of
+        subclasses rely on it). ``p̃`` is restricted to the x̃0 that can produce ``x_t`` and renormalised there in
+        log space, so the weights sum to one."""
         likelihood = self.likelihood(x_t, t)  # q(x_t | x_0 = k)
         possible = likelihood > 0  # x̃0 that can produce x_t; a zero divisor would poison the gradient
         p = torch.softmax(x0_log_probs.double().masked_fill(~possible, -math.inf), dim=-1)
@@ -376,7 +377,8 @@ class D3PM:
 
     def posterior_log_probs(self, x_t: Tensor, x0_log_probs: Tensor, s: Tensor | None, t: Tensor) -> Tensor:
         """``log q(x_s | x_t, x_0)`` for a one-hot ``exp(x0_log_probs)``, or the model's reverse step
-        ``log p(x_s | x_t) = log Σ_x̃0 q(x_s | x_t, x̃0) p̃(x̃0)`` for predicted log-probabilities; float64."""
+        ``log p(x_s | x_t) = log Σ_x̃0 q(x_s | x_t, x̃0) p̃(x̃0)`` for predicted log-probabilities (normalised:
+        :meth:`model_log_probs`); float64."""
         return self.transition.posterior_log_probs(x_t, x0_log_probs, s, t)
 
     def model_log_probs(self, logits: Tensor, temperature: float = 1.0) -> Tensor:

@@ -22,7 +22,7 @@ from multigen.config import ConfigError, TrainConfig, at_least, choice
 from multigen.domain import Domain, no_condition
 from multigen.samplers import Known
 
-from .data import CharTokenizer, DigitGrids, TokenWindows, builtin_text, read_text, read_tokens
+from .data import CharTokenizer, DigitGrids, TokenError, TokenWindows, builtin_text, read_text, read_tokens
 from .d3pm import D3PM, TRANSITIONS, d3pm_betas, random_known
 from .model import GridUNet, SequenceTransformer
 
@@ -117,12 +117,19 @@ class Discrete(Domain):
         d, p = cfg.data, cfg.process
         if d.source == "tokens" and d.vocab_size < 2:
             raise ValueError("data.vocab_size must be set (>= 2) when data.source=tokens")
+        if d.source == "tokens" and not d.path:
+            raise ConfigError("data.path: data.source=tokens reads a 1-D .npy token array from it; none given")
         if not cfg.sample.temperature > 0:
             raise ConfigError(f"sample.temperature: must be > 0 (it divides the model's logits), "
                               f"got {cfg.sample.temperature}")
         if p.objective == "masked" and p.transition != "absorbing":
             raise ValueError("process.objective=masked needs process.transition=absorbing")
         self.objective = p.objective if p.objective != "auto" else ("masked" if p.transition == "absorbing" else "d3pm")
+        if self.objective == "masked" and p.schedule not in ("auto", "jsd"):
+            raise ConfigError(f"process.schedule={p.schedule} with the masked objective (process.objective=auto picks "
+                              f"it for the absorbing transition): it trains at the jsd schedule's times, where a "
+                              f"token is masked at step t with probability t/T, so sampling and the bound need that "
+                              f"chain; use process.schedule=auto (or jsd), or process.objective=d3pm")
         if not p.infill_rate <= 1:
             raise ConfigError(f"process.infill_rate: a share of the training sequences, in [0, 1]; got {p.infill_rate}")
         if not cfg.model.time_conditioning and p.transition != "absorbing":
@@ -133,10 +140,20 @@ class Discrete(Domain):
                               "the masked objective's visible tokens are already clean, so it infills without it")
 
     def fit(self) -> None:
-        """The training text's characters become ``data.vocab`` (text source, unless given)."""
+        """The characters of the training and held-out text become ``data.vocab`` (text source, unless given: a
+        character only the held-out part has needs an id to be scored); then each split of a token stream must
+        encode and hold one ``data.length`` window, so a bad file fails here, before training, not at the final
+        evaluation."""
         d = self.cfg.data
+        if d.source == "digits":
+            return
         if d.source == "text" and not d.vocab:
-            d.vocab = CharTokenizer.from_text(self._text("train")).chars
+            d.vocab = CharTokenizer.from_text(self._text("train") + self._text("val")).chars
+        for split in ("train", "val"):
+            n = len(self.stream(split))
+            if n < d.length:
+                raise TokenError(f"{self._source(split)} holds {n} tokens, fewer than one window of data.length="
+                                 f"{d.length}: give more data (or a data.val_path) or a smaller data.length")
 
     @cached_property
     def tokenizer(self) -> CharTokenizer | None:
@@ -169,12 +186,23 @@ class Discrete(Domain):
         betas = d3pm_betas(schedule if p.schedule == "auto" else p.schedule, p.timesteps)
         return D3PM(TRANSITIONS[p.transition](self.vocab, betas), hybrid_lambda=p.hybrid_lambda)
 
+    def _source(self, split: str) -> str:
+        """Where ``split``'s tokens come from, in words (errors name it)."""
+        d = self.cfg.data
+        if split == "val" and d.val_path:
+            return d.val_path
+        if not d.path:
+            return "the built-in text" + ("'s training part" if split == "train" else "'s held-out tenth")
+        if d.val_path:
+            return d.path
+        return f"{d.path} ({'its first nine tenths' if split == 'train' else 'its held-out last tenth'})"
+
     def _text(self, split: str) -> str:
         d = self.cfg.data
-        if not d.path:
-            return builtin_text(split)
         if split == "val" and d.val_path:
             return read_text(d.val_path)
+        if not d.path:
+            return builtin_text(split)
         text = read_text(d.path)
         cut = int(0.9 * len(text)) if not d.val_path else len(text)
         return text[:cut] if split == "train" else text[cut:]
@@ -183,8 +211,7 @@ class Discrete(Domain):
         """The whole ``split`` as one token stream ``(N,)`` (text and tokens sources)."""
         d = self.cfg.data
         if d.source == "text":
-            source = d.val_path if split == "val" and d.val_path else (d.path or "built-in text")
-            return self.tokenizer.encode(self._text(split), source=source)
+            return self.tokenizer.encode(self._text(split), source=self._source(split))
         tokens = read_tokens(d.val_path if split == "val" and d.val_path else d.path, d.vocab_size)
         if split == "val" and d.val_path:
             return tokens

@@ -32,6 +32,14 @@ def add_sampler_arguments(p: argparse.ArgumentParser, guidance_help: str) -> Non
     p.add_argument("--seed", type=int, default=0)
 
 
+def positive_int(text: str) -> int:
+    """An argparse ``type``: an integer >= 1 (argparse reports anything else as a bad value of its option)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def seeded_generator(args: argparse.Namespace) -> torch.Generator:
     """A generator on ``args.device`` seeded with ``args.seed``."""
     return torch.Generator(device=args.device).manual_seed(args.seed)

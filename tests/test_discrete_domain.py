@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from discrete.cli import main as discrete_cli
 from discrete.d3pm import D3PM, Uniform, d3pm_betas, random_known
-from discrete.data import TokenWindows
+from discrete.data import TokenError, TokenWindows
 from discrete.domain import Discrete, DiscreteConfig
 from discrete.model import SequenceTransformer
 from multigen import load_pretrained
@@ -139,6 +139,15 @@ def test_cli_infill_prompt_and_eval(untrained_export, tmp_path, capsys):
     assert "'Ω'" in capsys.readouterr().err
     assert discrete_cli(["sample", "--checkpoint", ckpt, "--prompt", "The", "--temperature", "0"]) == 2
     assert "temperature must be > 0" in capsys.readouterr().err
+    assert discrete_cli(["sample", "--checkpoint", ckpt, "--num", "1", "--steps", "2", "--infill", ""]) == 0
+    assert discrete_cli(["sample", "--checkpoint", ckpt, "--infill", "the __ fox", "--mask-char", "__"]) == 2
+    assert "--mask-char must be one character" in capsys.readouterr().err
+    assert discrete_cli(["sample", "--checkpoint", ckpt, "--infill", "_" * 33]) == 2
+    assert "the infill text has 33 characters, more than the model's maximum sequence length 32" in \
+        capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        discrete_cli(["eval", "--checkpoint", ckpt, "--data", str(held_out), "--batch-size", "0"])
+    assert "--batch-size: must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_digit_grids_domain_trains_and_samples(tmp_path):
@@ -164,10 +173,34 @@ def test_masked_objective_needs_absorbing():
     (["process.infill_rate=0.5"], "masked objective"),
     (["process.transition=uniform", "model.time_conditioning=false"], "needs process.transition=absorbing"),
     (["process.transition=uniform", "process.infill_rate=1.5"], "in \\[0, 1\\]"),
+    (["process.schedule=linear"], "process.schedule=linear with the masked objective"),
+    (["data.source=tokens", "data.vocab_size=5"], "data.path: data.source=tokens"),
 ])
 def test_infill_rate_and_time_conditioning_are_validated(overrides, message):
     with pytest.raises(ConfigError, match=message):
         Discrete(load_config(DiscreteConfig, None, overrides))
+
+
+def test_fit_reads_both_splits_before_training(tmp_path):
+    """A character only the held-out tenth has is in the vocabulary; a held-out part shorter than one window, or a
+    held-out file with characters the given vocabulary lacks, fails in ``fit`` (before training), naming that part;
+    ``data.val_path`` is read for the held-out split also when the training text is the built-in one."""
+    text = tmp_path / "text.txt"
+    text.write_text("ab" * 45 + "abZ" * 4)  # 102 characters: Z only in the last tenth
+    domain = Discrete(load_config(DiscreteConfig, None, [f"data.path={text}", "data.length=8"]))
+    domain.fit()
+    assert "Z" in domain.cfg.data.vocab and len(domain.build_dataset("val")) == 1
+    domain = Discrete(load_config(DiscreteConfig, None, [f"data.path={text}", "data.length=16"]))
+    with pytest.raises(TokenError, match=r"text\.txt \(its held-out last tenth\) holds 11 tokens.*data\.length=16"):
+        domain.fit()
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text("abc" * 10)
+    overrides = [f"data.val_path={held_out}", "data.length=8"]
+    with pytest.raises(TokenError, match=r"held_out\.txt has characters .* \['c'\]"):
+        Discrete(load_config(DiscreteConfig, None, [*overrides, f"data.path={text}", "data.vocab=abZ"])).fit()
+    domain = Discrete(load_config(DiscreteConfig, None, overrides))  # built-in training text, own held-out file
+    domain.fit()
+    assert domain.stream("val").tolist() == domain.tokenizer.encode("abc" * 10).tolist()
 
 
 def test_infilling_model_is_told_the_known_part():
