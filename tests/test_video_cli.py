@@ -48,6 +48,19 @@ def test_predict_keeps_context_exactly(tmp_path, export, capsys):
         assert video.shape == (11, 16, 16, 1) and np.array_equal(video[-context:], gray(6)[-context:])
 
 
+def test_predict_takes_its_context_at_the_model_frame_rate(tmp_path, export):
+    """``--stride`` (default: the model's ``data.stride``) takes every stride-th frame of the input as context:
+    the first K, or with ``--past`` the last K ending at the input's last frame."""
+    inp = tmp_path / "in.npy"
+    np.save(inp, gray(10))
+    for past, kept in ((False, [0, 3, 6]), (True, [3, 6, 9])):
+        out = tmp_path / f"out_{past}.npy"
+        assert main(["predict", "--checkpoint", str(export), "--input", str(inp), "--context", "3", "--frames", "5",
+                     "--stride", "3", *(["--past"] if past else []), "--out", str(out)]) == 0
+        video = np.load(out)
+        assert video.shape[0] == 5 and np.array_equal(video[-3:] if past else video[:3], gray(10)[kept])
+
+
 def test_predict_from_an_mp4_to_mp4_and_gif(tmp_path, export):
     inp = tmp_path / "in.mp4"
     write_video(inp, gradient_video(8, 40, 48))
@@ -102,6 +115,13 @@ def test_errors_name_the_problem(tmp_path, export, capsys):
     assert "sample.temperature: must be >= 0" in capsys.readouterr().err
     assert main(["sample", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "s")]) == 2
     assert "config.yaml" in capsys.readouterr().err
+    assert main(["predict", "--checkpoint", str(export), "--input", str(tmp_path / "two.npy"), "--context", "2",
+                 "--frames", "4", "--stride", "2", "--out", str(tmp_path / "o.npy")]) == 2
+    assert "--context 2 must be between 1 and the 1 frames taken every 2" in capsys.readouterr().err
+    # an output the command cannot write fails before the model is loaded or anything sampled
+    assert main(["predict", "--checkpoint", str(tmp_path), "--input", str(tmp_path / "two.npy"), "--context", "1",
+                 "--frames", "4", "--out", str(tmp_path / "o.avi")]) == 2
+    assert "cannot write" in capsys.readouterr().err
 
 
 def test_frame_delay_and_context_noise_on_a_per_frame_model_and_errors_on_another(tmp_path, export, capsys):

@@ -88,6 +88,36 @@ def test_video_folder_clips_corrupt_and_short_files_and_cache(tmp_path, mp4, mon
         VideoFolder(empty)
 
 
+def test_a_video_folder_holds_out_the_last_tenth_of_each_video(tmp_path, mp4):
+    """Without ``data.val_root`` the held-out clips are each video's last tenth (at least one, from videos of two or
+    more clips) and training takes the rest; with it, all of each folder. Bad sizes and channels are config
+    errors."""
+    from multigen.config import ConfigError, load_config
+    from video.domain import Video, VideoConfig
+
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "a.mp4").write_bytes(mp4.read_bytes())  # 20 frames, span 7 at stride 2: clips at 0 and 7
+    np.save(root / "b.npy", gradient_video(9, 32, 32))  # one clip: training only
+    folder = ["data.source=folder", f"data.root={root}", "data.frames=4", "data.size=16", "data.stride=2"]
+    domain = Video(load_config(VideoConfig, overrides=folder))
+    train, val = domain.build_dataset("train"), domain.build_dataset("val")
+    assert [(p.name, s) for p, s in train.clips] == [("a.mp4", 0), ("b.npy", 0)]
+    assert [(p.name, s) for p, s in val.clips] == [("a.mp4", 7)]
+    assert len(VideoFolder(root, frames=4, size=16, stride=2, split="all")) == 3
+    one = tmp_path / "one"
+    one.mkdir()
+    np.save(one / "b.npy", gradient_video(9, 32, 32))
+    with pytest.raises(VideoReadError, match="no usable held-out"):
+        VideoFolder(one, frames=4, size=16, stride=2, split="val")  # its one video has one clip
+    domain = Video(load_config(VideoConfig, overrides=[*folder, f"data.val_root={root}"]))
+    assert len(domain.build_dataset("train")) == len(domain.build_dataset("val")) == 3
+    with pytest.raises(ConfigError, match="data.channels: 1 .* got 2"):
+        Video(load_config(VideoConfig, overrides=["data.channels=2"]))
+    with pytest.raises(ConfigError, match="data.size=18: .* a multiple of 4"):
+        Video(load_config(VideoConfig, overrides=["data.size=18"]))
+
+
 def test_frames_to_clip_resizes_crops_and_converts_exactly_at_model_size():
     frames = gradient_video(3, 40, 48)
     clip = frames_to_clip(frames, 32, 3)

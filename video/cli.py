@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from multigen import load_pretrained
-from multigen.cli import add_export_arguments, add_sampler_arguments, run_command, seeded_generator
+from multigen.cli import add_export_arguments, add_sampler_arguments, positive_int, run_command, seeded_generator
 
 from .data import frames_to_clip
-from .io import read_video, to_uint8, write_video
+from .io import count_frames, read_video, to_uint8, writable, write_video
 from .sampling import VideoSampleConfig, extend_autoregressive, extend_hierarchical, interpolate
 
 
@@ -43,27 +43,34 @@ def _options(args: argparse.Namespace, domain) -> dict:
     return {"generator": seeded_generator(args), **domain.model_options()}
 
 
-def _read_clip(args: argparse.Namespace, domain) -> torch.Tensor:
+def _read_clip(args: argparse.Namespace, domain, indices: list[int] | None = None) -> torch.Tensor:
+    """``(1, T, C, size, size)`` on ``args.device``: the frames of ``args.input`` at ``indices`` (None: all)."""
     d = domain.cfg.data
-    frames = read_video(args.input)
+    frames = read_video(args.input, indices)
     return frames_to_clip(frames, d.size, d.channels).to(args.device)[None]
 
 
 def cmd_predict(args: argparse.Namespace) -> Path:
+    writable(args.out)
     p = _load(args)
-    clip = _read_clip(args, p.domain)
     K, window = args.context, p.domain.cfg.data.frames
-    if not 0 < K <= clip.shape[1]:
-        raise ValueError(f"--context {K} must be between 1 and the {clip.shape[1]} frames of {args.input}")
+    stride = args.stride or p.domain.cfg.data.stride
+    n = count_frames(args.input)
+    available = (n - 1) // stride + 1  # frames at the model's rate: every stride-th, from the first (or last)
+    rate = f" taken every {stride}" if stride > 1 else ""
+    if not 0 < K <= available:
+        raise ValueError(f"--context {K} must be between 1 and the {available} frames{rate} of {args.input}")
     if args.frames <= K:
         raise ValueError(f"--frames {args.frames} must exceed --context {K}")
+    # decode only the context: the first K frames at the model's rate (with --past, the last K)
+    clip = _read_clip(args, p.domain, [n - 1 - stride * i for i in reversed(range(K))] if args.past
+                      else [stride * i for i in range(K)])
     keep = min(K, window - 1)  # the frames a window can condition on: those nearest the generated ones
     if keep < K:
         print(f"note: the model's window is {window} frames; conditioning on the {'first' if args.past else 'last'} "
               f"{keep} context frames")
     if args.past:  # the last K frames; a window conditions on the first `keep` of them
-        start = clip.shape[1] - K
-        near, rest = clip[:, start : start + keep], clip[:, start + keep :]
+        near, rest = clip[:, :keep], clip[:, keep:]
     else:
         near, rest = clip[:, K - keep : K], clip[:, : K - keep]
     extend = extend_hierarchical if args.mode == "hierarchical" else extend_autoregressive
@@ -75,6 +82,7 @@ def cmd_predict(args: argparse.Namespace) -> Path:
 
 
 def cmd_interpolate(args: argparse.Namespace) -> Path:
+    writable(args.out)
     p = _load(args)
     clip = _read_clip(args, p.domain)
     if clip.shape[1] < 2:
@@ -136,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, required=True, help="total frames of the output, context included")
     p.add_argument("--mode", choices=["autoregressive", "hierarchical"], default="autoregressive")
     p.add_argument("--past", action="store_true", help="predict the frames before the context instead of after it")
+    p.add_argument("--stride", type=positive_int,
+                   help="take every this-many-th frame of --input as the context (default: the model's data.stride, "
+                        "the frame rate it was trained at)")
     p.add_argument("--out", required=True, help=".mp4, .gif or .npy")
     p.set_defaults(func=cmd_predict)
 

@@ -6,6 +6,7 @@ Items are float clips ``(T, C, H, W)`` in ``[-1, 1]``.
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -129,10 +130,12 @@ class VideoFolder(Dataset):
     """Clips from every video under ``root`` (recursive; ``.mp4 .avi .webm .mov .mkv .npy``).
 
     Each video gives all its non-overlapping clips of ``frames`` frames taken every
-    ``stride`` frames. Frame counts are cached in ``cache_path`` (default
-    ``<root>/.multigen_index.json``), keyed by file size and modification time. A file
-    that cannot be decoded, is empty or is too short raises :class:`VideoReadError`
-    naming it, or with ``skip_corrupt=True`` is skipped with a warning.
+    ``stride`` frames. ``split="all"`` keeps them all; ``"val"`` keeps the last tenth (at least
+    one) of each video's clips in time, from videos of two or more clips, and ``"train"`` the
+    rest, so one folder gives disjoint training and held-out frames. Frame counts are cached in
+    ``cache_path`` (default ``<root>/.multigen_index.json``), keyed by file size and
+    modification time. A file that cannot be decoded, is empty or is too short raises
+    :class:`VideoReadError` naming it, or with ``skip_corrupt=True`` is skipped with a warning.
     """
 
     def __init__(
@@ -144,7 +147,10 @@ class VideoFolder(Dataset):
         stride: int = 1,
         skip_corrupt: bool = False,
         cache_path: str | Path | None = None,
+        split: str = "all",
     ) -> None:
+        if split not in ("all", "train", "val"):
+            raise ValueError(f"unknown split {split!r}; use 'all', 'train' or 'val'")
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"video folder not found: {self.root}")
@@ -164,9 +170,17 @@ class VideoFolder(Dataset):
                     raise VideoReadError(f"{path} {problem} (set data.skip_corrupt=true to skip such files)")
                 warnings.warn(f"skipping {path}: it {problem}", stacklevel=2)
                 continue
-            self.clips.extend((path, s) for s in range(0, n - span + 1, span))
+            starts = list(range(0, n - span + 1, span))
+            held_out = math.ceil(len(starts) / 10) if len(starts) > 1 else 0
+            if split == "train":
+                starts = starts[: len(starts) - held_out]
+            elif split == "val":
+                starts = starts[len(starts) - held_out:]
+            self.clips.extend((path, s) for s in starts)
         if not self.clips:
-            raise VideoReadError(f"no usable clips of {frames} frames (stride {stride}) in {self.root}")
+            which = {"all": "", "train": "training ", "val": "held-out (each video's last tenth, from videos of 2 "
+                     "or more clips) "}[split]
+            raise VideoReadError(f"no usable {which}clips of {frames} frames (stride {stride}) in {self.root}")
 
     def _index(self, files: list[Path], cache: Path) -> dict[str, int | None]:
         """Frame count per file (None: unreadable), reusing the cache where size and mtime match."""

@@ -28,10 +28,10 @@ from .sampling import VideoSampleConfig, generate
 class VideoDataConfig:
     source: str = choice("moving_digits", "moving_digits", "folder", "natural")  # natural: pans/zooms over photos
     root: str = ""  # folder of videos (.mp4/.avi/.webm/.mov/.mkv/.npy) when source=folder
-    val_root: str = ""  # held-out folder; empty: the validation set is drawn from `root`
+    val_root: str = ""  # held-out folder; empty: the last tenth of each video's clips in `root` (trained on the rest)
     frames: int = at_least(8, 2)
     size: int = at_least(32, 8)
-    channels: int = at_least(1, 1)  # 1 (grayscale) or 3 (RGB)
+    channels: int = 1  # 1 (grayscale) or 3 (RGB)
     stride: int = at_least(1, 1)  # take every `stride`-th frame of a video
     num_train: int = at_least(20000, 1)  # moving digits, natural: clips per epoch (generated on the fly)
     num_val: int = at_least(256, 1)
@@ -144,7 +144,14 @@ class Video(GaussianDomain):
 
     def __init__(self, cfg: VideoConfig) -> None:
         super().__init__(cfg)
-        if cfg.model.reference_input and not cfg.model.residual:
+        d, m = cfg.data, cfg.model
+        if d.channels not in (1, 3):
+            raise ConfigError(f"data.channels: 1 (grayscale) or 3 (RGB), got {d.channels}")
+        halvings = len(m.channel_mults) - 1
+        if d.size % 2**halvings:
+            raise ConfigError(f"data.size={d.size}: the U-Net halves it {halvings} times (model.channel_mults="
+                              f"{list(m.channel_mults)}), so it must be a multiple of {2**halvings}")
+        if m.reference_input and not m.residual:
             raise ConfigError("model.reference_input shows a residual model the reference frames its output is "
                               "added to; with model.residual=false there are none")
         task = cfg.task
@@ -228,7 +235,7 @@ class Video(GaussianDomain):
         if not root:
             raise ValueError("data.root must name a folder of videos when data.source=folder")
         return VideoFolder(root, frames=d.frames, size=d.size, channels=d.channels, stride=d.stride,
-                           skip_corrupt=d.skip_corrupt)
+                           skip_corrupt=d.skip_corrupt, split="all" if d.val_root else split)
 
     def sample_shape(self) -> tuple[int, ...]:
         d = self.cfg.data

@@ -105,12 +105,19 @@ def from_uint8(frames: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
+def writable(path: str | Path) -> Path:
+    """``path`` as a ``Path`` if :func:`write_video` writes its type, else a ``ValueError`` naming it (check an
+    output before the work that fills it)."""
+    path = Path(path)
+    if path.suffix.lower() not in WRITE_SUFFIXES:
+        raise ValueError(f"cannot write {path}: use one of {', '.join(WRITE_SUFFIXES)}")
+    return path
+
+
 def write_video(path: str | Path, frames: np.ndarray, fps: int = 8) -> Path:
     """Write uint8 ``(T, H, W, C)`` frames as ``.mp4`` (H.264), ``.gif`` (looping) or ``.npy`` (exact)."""
-    path = Path(path)
+    path = writable(path)
     suffix = path.suffix.lower()
-    if suffix not in WRITE_SUFFIXES:
-        raise ValueError(f"cannot write {path}: use one of {', '.join(WRITE_SUFFIXES)}")
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] not in (1, 3):
         raise ValueError(f"expected uint8 (T, H, W, C) frames with C in (1, 3), got {frames.dtype} {frames.shape}")
     path.parent.mkdir(parents=True, exist_ok=True)
