@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from multigen import Known, load_pretrained
-from multigen.cli import add_export_arguments, add_sampler_arguments, run_command, seeded_generator
+from multigen.cli import add_export_arguments, add_sampler_arguments, positive_int, run_command, seeded_generator
 
 from .domain import GENERATED_COLOR, PARTIAL_COLOR
 from .io import PointCloudError, read_points, render_clouds, write_ply
@@ -92,8 +92,9 @@ def cmd_complete(args: argparse.Namespace) -> Path:
     # a dense scan would hide the generated points: draw it faint when it outnumbers them
     partial_rgba = np.array([[*PARTIAL_COLOR, min(1.0, max(0.15, generated.shape[1] / len(partial)))]] * len(partial))
     clouds, colors = [], []
+    dtype = np.result_type(partial.dtype, np.float32)  # an integer or float16 scan must not round what is generated
     for i, g in enumerate(generated):
-        cloud = np.concatenate([partial, g.astype(partial.dtype)])
+        cloud = np.concatenate([partial.astype(dtype), g.astype(dtype)])
         write_ply(out / f"completion_{i:03d}.ply", cloud)
         clouds.append(cloud)
         colors.append(np.concatenate([partial_rgba, np.array([[*GENERATED_COLOR, 1.0]] * len(g))]))
@@ -109,6 +110,9 @@ def cmd_sample(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     g, names = seeded_generator(args), p.domain.class_names
+    if args.cls is not None and not names:
+        raise PointCloudError(f"--class {args.cls}: this model is not class-conditional (model.class_conditional=false,"
+                              f" or fewer than two classes)")
     # a class-conditional model's classes are drawn here (unless given), so that each sample's can be named
     labels = p.domain.sample_labels(args.num, args.cls, True, g, torch.device(args.device)) if names else None
     with torch.no_grad():
@@ -146,7 +150,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     add_export_arguments(p)
     add_sampler_arguments(p, guidance_help="class-conditional models: classifier-free guidance scale on --class "
                                            "(default: the model's)")
-    p.add_argument("--num", type=int, default=4)
+    p.add_argument("--num", type=positive_int, default=4)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--class", dest="cls", metavar="NAME",
                    help="class-conditional models (model.class_conditional): the class of every output (default: "
@@ -162,7 +166,7 @@ def _complete_args(p: argparse.ArgumentParser) -> None:
                         "the model recorded them, else partial")
     p.add_argument("--partial-radius", type=float, default=0.8,
                    help="--normalize partial: half-diagonal of the partial in the model's frame")
-    p.add_argument("--max-partial", type=int, help="most input points conditioned on (default: the model's)")
+    p.add_argument("--max-partial", type=positive_int, help="most input points conditioned on (default: the model's)")
     p.set_defaults(func=cmd_complete)
 
 
@@ -178,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .ply (a .png view is written next to it)")
     p.add_argument("--view", type=float, nargs=3, metavar=("X", "Y", "Z"),
                    help="direction from the shape's centre to the sensor (default: random by --seed)")
-    p.add_argument("--points", type=int, default=8192, help="points sampled from a mesh's surface")
+    p.add_argument("--points", type=positive_int, default=8192, help="points sampled from a mesh's surface")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_scan)
     return parser

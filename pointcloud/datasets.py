@@ -107,9 +107,11 @@ class ShapeFolder(Dataset):
             raise ValueError(f"unknown split {split!r}; use 'train' or 'val'")
         suffixes = set(POINT_SUFFIXES + MESH_SUFFIXES)
         cache = Path(cache_dir) if cache_dir else root / ".multigen_cache"
+        resolved_cache = cache.resolve()  # given absolute beside a relative root (or the reverse), still excluded
 
         def shapes(folder: Path) -> list[Path]:
-            return sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and cache not in p.parents)
+            return sorted(p for p in folder.rglob("*")
+                          if p.suffix.lower() in suffixes and not p.resolve().is_relative_to(resolved_cache))
 
         if (root / "train").is_dir() and (root / "val").is_dir():
             self.files = shapes(root / split)

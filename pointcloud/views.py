@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.spatial import ConvexHull
+from scipy.spatial import ConvexHull, QhullError
 from torch import Tensor
 
+from .io import PointCloudError
 from .shapes import unit_sphere_frame
 
 
@@ -26,7 +27,12 @@ def visible_points(points: np.ndarray, viewpoint: np.ndarray, gamma: float = 2.0
     norm = np.linalg.norm(v, axis=1, keepdims=True).clip(min=1e-12)
     radius = norm.max() * 10**gamma
     flipped = v + 2 * (radius - norm) * v / norm
-    hull = ConvexHull(np.vstack([flipped, np.zeros((1, 3))]))
+    try:
+        hull = ConvexHull(np.vstack([flipped, np.zeros((1, 3))]))
+    except QhullError:  # fewer than 4 points, or all on one line or plane with the viewpoint
+        raise PointCloudError(f"cannot find the points visible from {np.round(viewpoint, 4).tolist()}: with it, the "
+                              f"{len(points)} points span no volume (they are too few, coincide, or lie on a line or "
+                              f"plane)") from None
     mask = np.zeros(len(points), dtype=bool)
     mask[hull.vertices[hull.vertices < len(points)]] = True
     return mask

@@ -118,6 +118,15 @@ def test_shape_folder_splits_samples_meshes_and_caches(mesh_folder, monkeypatch)
     assert all(torch.equal(a, again[i]) for i, a in enumerate(first))
 
 
+def test_shape_folder_skips_its_cache_named_absolute_beside_a_relative_root(mesh_folder, monkeypatch):
+    monkeypatch.chdir(mesh_folder.parent)
+    cache = (mesh_folder / "cache").resolve()
+    first = ShapeFolder(mesh_folder.name, "train", 64, cache_dir=cache)
+    [first[i] for i in range(len(first))]  # fills the cache inside the folder
+    assert len(list(cache.glob("*.npy"))) == len(first)
+    assert ShapeFolder(mesh_folder.name, "train", 64, cache_dir=cache).files == first.files
+
+
 def test_shape_folder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no train shapes"):
         ShapeFolder(tmp_path, "train", 64)

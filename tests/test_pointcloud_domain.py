@@ -98,6 +98,11 @@ def test_cli_completes_a_partial_keeping_every_input_point(export_dir, tmp_path,
         cloud = read_points(out / f"completion_{i:03d}.ply")
         assert cloud.shape == (100 + 256 - 40, 3)
         assert np.array_equal(cloud[:100], partial)  # bit-exact, float64 kept
+    np.save(tmp_path / "integer.npy", np.round(partial * 10).astype(np.int64))  # a scan in integer units
+    assert complete_main(["--checkpoint", str(export_dir), "--input", str(tmp_path / "integer.npy"), "--num", "1",
+                          "--steps", "2", "--normalize", "partial", "--out", str(tmp_path / "int_out")]) == 0
+    cloud = read_points(tmp_path / "int_out" / "completion_000.ply")
+    assert np.array_equal(cloud[:100], np.round(partial * 10)) and (cloud[100:] != np.round(cloud[100:])).any()
     from PIL import Image
 
     with Image.open(out / "completions.png") as png:  # the partial and two completions side by side
@@ -114,6 +119,11 @@ def test_cli_on_a_real_mesh_and_sampling(export_dir, tmp_path):
     assert pointcloud_cli(["sample", "--checkpoint", str(export_dir), "--num", "2", "--steps", "2",
                            "--out", str(tmp_path / "samples")]) == 0
     assert (tmp_path / "samples" / "samples.png").is_file()
+    unconditional = small_domain("model.class_conditional=false")
+    plain = export_model(unconditional.build_model(), unconditional, tmp_path / "plain")
+    assert pointcloud_cli(["sample", "--checkpoint", str(plain), "--class", "chair", "--out", str(tmp_path / "x")]) == 2
+    with pytest.raises(SystemExit):
+        pointcloud_cli(["sample", "--checkpoint", str(export_dir), "--num", "0", "--out", str(tmp_path / "x")])
 
 
 def test_cli_scans_the_visible_side_of_a_mesh(tmp_path, capsys):
@@ -128,6 +138,10 @@ def test_cli_scans_the_visible_side_of_a_mesh(tmp_path, capsys):
     assert "of 4000 points visible from [15.0" in capsys.readouterr().out and out.with_suffix(".png").is_file()
     assert pointcloud_cli(["scan", "--input", str(out), "--out", str(tmp_path / "s.npy")]) == 2
     assert pointcloud_cli(["scan", "--input", str(out), "--out", str(out), "--view", "0", "0", "0"]) == 2
+    np.save(tmp_path / "line.npy", np.outer(np.arange(10.0), [1.0, 2.0, 3.0]))  # accepted, but spans no volume
+    capsys.readouterr()
+    assert pointcloud_cli(["scan", "--input", str(tmp_path / "line.npy"), "--out", str(out)]) == 2
+    assert "the 10 points span no volume" in capsys.readouterr().err
 
 
 def test_render_frames_clouds_far_from_the_origin(tmp_path):

@@ -201,6 +201,22 @@ def test_chamfer_matches_brute_force():
     assert torch.allclose(chamfer_distance(x, x), torch.zeros(2, dtype=torch.float64))
 
 
+def test_distances_keep_float32_precision_far_from_the_origin():
+    """Chamfer distances and neighbours of float32 clouds 100 units out equal those at the origin (the expanded
+    square distance, uncentred, lost a third of the neighbours there)."""
+    x, y = cloud(n=300, seed=8).float() * 0.3, cloud(n=300, seed=9).float() * 0.3
+    shift = torch.tensor([100.0, 50.0, -100.0])
+    torch.testing.assert_close(chamfer_distance(x + shift, y + shift), chamfer_distance(x, y), rtol=1e-4, atol=1e-6)
+    assert chamfer_distance(x + shift, x + shift).abs().max() < 1e-6
+    assert torch.equal(knn(x + shift, y + shift, 4)[1], knn_loop(x.double(), y.double(), 4)[1])
+
+
+def test_fps_start_must_index_the_cloud():
+    for start in (5, -1):
+        with pytest.raises(ValueError, match="start must index the 5 points"):
+            farthest_point_sample(cloud(b=1, n=5), 2, torch.tensor([start]))
+
+
 def test_point_ops_keep_to_the_device(device):
     """FPS (the loop on meta, the Triton kernel on CUDA), kNN, ball query, voxelize/devoxelize, Chamfer and
     Sinkhorn EMD make every tensor on their inputs' device; on a real device they equal the CPU results."""
