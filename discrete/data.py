@@ -96,7 +96,8 @@ class TokenWindows(Dataset):
     """Windows of ``length`` tokens from one long token stream ``(N,)``.
 
     ``num`` windows start at seeded random offsets (``num=0``: consecutive
-    non-overlapping windows, the held-out protocol: every token scored once).
+    non-overlapping windows, the held-out protocol: every token scored once, but
+    a last part shorter than a window, which is left out).
     """
 
     def __init__(self, tokens: Tensor, length: int, num: int = 0, seed: int = 0) -> None:
