@@ -5,11 +5,12 @@ its config written, the model, its EMA copy, the optimiser), resumes from the ne
 then repeats one optimisation step (accumulate gradients, clip, step, update the EMA) and the periodic work
 (log, sample, evaluate, checkpoint), and finally exports the EMA weights.
 
-The optimisation step never waits on the accelerator. A non-finite loss is noticed on the device, where it
-turns that step and every later one into a no-op: parameters, optimiser state (its step count included),
-EMA weights and count stay bit-identical. The periodic work reads that flag before it logs or saves
-anything and raises :class:`NonFiniteLossError` naming the first bad step, with the step counter (and with it
-the learning rate, a function of the step) set back to before it.
+The optimisation step never waits on the accelerator. A non-finite loss (or, without fp16's loss scaler, a
+non-finite gradient under a finite loss) is noticed on the device, where it turns that step and every later one
+into a no-op: parameters, optimiser state (its step count included), EMA weights and count stay bit-identical.
+The periodic work reads that flag before it logs or saves anything and raises :class:`NonFiniteLossError` naming
+the first bad step, with the step counter (and with it the learning rate, a function of the step) set back to
+before it.
 
 Output directory layout (``train.output_dir``)::
 
@@ -54,7 +55,7 @@ CHECKPOINT_FORMAT = 2  # 1 (no CHECKPOINT_INFO) also saved LambdaLR states; 2: t
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; nothing was updated or saved from that step on."""
+    """The training loss or its gradients became NaN or infinite; nothing was updated or saved from that step on."""
 
 
 @dataclass
@@ -208,7 +209,7 @@ class Trainer:
     def __init__(self, domain_cls: type[Domain], cfg: Any) -> None:
         """Set up Accelerate, the domain (fitted to its data, then ``config.yaml`` written), the model, its EMA
         copy, the optimisers (AdamW; with ``train.optimizer=muon`` also Muon for the hidden matrices), and the
-        device-side non-finite-loss record."""
+        device-side record of non-finite losses and gradients."""
         t = self.t = cfg.train
         if t.optimizer == "muon" and t.mixed_precision == "fp16":
             raise ConfigError("train.optimizer=muon with train.mixed_precision=fp16: Accelerate's loss scaler "
@@ -262,9 +263,11 @@ class Trainer:
         self.ema.to(acc.device)
         self.state = TrainState()
         acc.register_for_checkpointing(self.ema, self.state)
-        # steps skipped since the first non-finite loss (a tail of the run), and that loss
+        # steps skipped since the first non-finite loss or gradient (a tail of the run), and that step's loss and
+        # gradient norm
         self.skipped = torch.zeros((), dtype=torch.long, device=acc.device)
         self.first_bad_loss = torch.zeros((), device=acc.device)
+        self.first_bad_norm = torch.zeros((), device=acc.device)
         self.grad_norm = torch.full((), math.nan, device=acc.device)  # the last step's, before clipping
         self.val_set: Dataset | None = None
 
@@ -324,7 +327,7 @@ class Trainer:
 
     def step(self) -> Tensor:
         """One optimisation step over ``train.grad_accum`` micro-batches, with no host sync; returns the mean
-        loss (0-dim, on the device). From a non-finite loss on, steps leave every state as it was."""
+        loss (0-dim, on the device). From a non-finite loss or gradient on, steps leave every state as it was."""
         t, acc = self.t, self.accelerator
         total = torch.zeros((), device=acc.device)
         onednn = torch.backends.mkldnn.enabled
@@ -341,16 +344,21 @@ class Trainer:
         mean_loss = acc.reduce(total / t.grad_accum, reduction="mean")
 
         bad = ~torch.isfinite(mean_loss)
-        self.first_bad_loss = torch.where(bad & (self.skipped == 0), mean_loss, self.first_bad_loss)
-        skip = bad | (self.skipped > 0)
-        self.skipped += skip
         if acc.scaler is not None:
-            # fp16: GradScaler sets the optimiser's found_inf from the gradients alone; make them non-finite
+            # fp16: GradScaler sets the optimiser's found_inf from the gradients alone (an overflow skips that step
+            # and lowers the scale, as loss scaling should); after a bad loss, make them non-finite
             grads = [p.grad for p in self.raw_model.parameters() if p.grad is not None]
-            torch._foreach_mul_(grads, torch.where(skip, float("nan"), 1.0))
+            torch._foreach_mul_(grads, torch.where(bad | (self.skipped > 0), float("nan"), 1.0))
         # the norm before clipping, kept on the device for the next log step (max_norm inf: measured, not clipped)
         norm = acc.clip_grad_norm_(self.model.parameters(), t.grad_clip or math.inf)
         self.grad_norm = self.grad_norm if norm is None else norm
+        if acc.scaler is None and norm is not None:  # a finite loss can still have NaN or infinite gradients
+            bad = bad | ~torch.isfinite(norm)
+        first = bad & (self.skipped == 0)
+        self.first_bad_loss = torch.where(first, mean_loss, self.first_bad_loss)
+        self.first_bad_norm = torch.where(first, self.grad_norm, self.first_bad_norm)
+        skip = bad | (self.skipped > 0)
+        self.skipped += skip
         for optimizer in self.optimizers:
             if acc.scaler is None:  # where 1, parameters, moments and step count stay
                 optimizer.optimizer.found_inf = skip.float()
@@ -373,9 +381,10 @@ class Trainer:
         self.set_learning_rate()
         self.bar.close()
         raise NonFiniteLossError(
-            f"non-finite training loss ({self.first_bad_loss.item()}) at step {first}; no update was applied from "
-            f"it on. Last checkpoint: {latest_checkpoint(self.checkpoint_dir) or 'none'}. Try a lower train.lr, "
-            f"train.grad_clip or train.mixed_precision=no."
+            f"non-finite training loss or gradients (loss {self.first_bad_loss.item()}, gradient norm "
+            f"{self.first_bad_norm.item()}) at step {first}; no update was applied from it on. Last checkpoint: "
+            f"{latest_checkpoint(self.checkpoint_dir) or 'none'}. Try a lower train.lr, train.grad_clip or "
+            f"train.mixed_precision=no."
         )
 
     def periodic(self, loss: Tensor) -> None:

@@ -103,8 +103,9 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(toy_cfg):
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
-def nan_at_step(step: int) -> type[Toy2D]:
-    """Toy2D whose loss is NaN at optimisation step ``step`` only (one micro-batch a step)."""
+def nan_at_step(step: int, where: str = "loss") -> type[Toy2D]:
+    """Toy2D whose loss (``where="loss"``), or only its gradients (``"gradient"``: the loss stays finite), is NaN at
+    optimisation step ``step`` only (one micro-batch a step)."""
 
     class OneNaN(Toy2D):
         calls = 0
@@ -112,7 +113,9 @@ def nan_at_step(step: int) -> type[Toy2D]:
         def training_loss(self, model, batch):
             OneNaN.calls += 1
             loss = super().training_loss(model, batch)
-            return loss * float("nan") if OneNaN.calls == step else loss
+            if OneNaN.calls != step:
+                return loss
+            return loss * float("nan") if where == "loss" else loss + (0 * loss).sqrt()  # d sqrt at 0: inf * 0
 
     return OneNaN
 
@@ -145,14 +148,15 @@ def assert_bit_identical(a, b, where: str = "") -> None:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
-@pytest.mark.parametrize("precision,optimizer", [("no", "adamw"), ("no", "muon"), pytest.param(
-    "fp16", "adamw", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                              reason="fp16 loss scaling (GradScaler) needs CUDA"))])
-def test_non_finite_loss_leaves_every_state_bit_identical(toy_cfg, precision, optimizer):
+@pytest.mark.parametrize("precision,optimizer,where", [
+    ("no", "adamw", "loss"), ("no", "muon", "loss"), ("no", "adamw", "gradient"), ("no", "muon", "gradient"),
+    pytest.param("fp16", "adamw", "loss", marks=pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="fp16 loss scaling (GradScaler) needs CUDA"))])
+def test_non_finite_loss_leaves_every_state_bit_identical(toy_cfg, precision, optimizer, where):
     # warmup and weight decay: a skipped step that still stepped the schedule or an optimiser would show
     cfg = toy_cfg("train.checkpoint_every=0", "train.warmup_steps=20", "train.weight_decay=0.1",
                   f"train.mixed_precision={precision}", f"train.optimizer={optimizer}")
-    trainer = Trainer(nan_at_step(13), cfg)  # step 13 logs nothing (log_every=10)
+    trainer = Trainer(nan_at_step(13, where), cfg)  # step 13 logs nothing (log_every=10)
     assert len(trainer.optimizers) == (2 if optimizer == "muon" else 1)
     trainer.resume()
     for _ in range(12):
@@ -161,7 +165,9 @@ def test_non_finite_loss_leaves_every_state_bit_identical(toy_cfg, precision, op
     for _ in range(3):  # NaN at 13; finite losses at 14 and 15 must not be applied either
         trainer.step()
     assert trainer.state.step == 15
-    with pytest.raises(NonFiniteLossError, match=r"\(nan\) at step 13; .*Last checkpoint: none"):
+    loss = "nan" if where == "loss" else r"\d\.\d+"
+    with pytest.raises(NonFiniteLossError, match=rf"\(loss {loss}, gradient norm nan\) at step 13; .*Last checkpoint: "
+                                                 rf"none"):
         trainer.check_finite()
     after = snapshot(trainer)
     assert after["ema"]["n_averaged"] == 12  # (fp16: the loss scaler may have skipped early AdamW steps itself)
