@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar, get_type_hints
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -30,8 +31,13 @@ def choice(default: str, *options: str) -> Any:
 
 
 def at_least(default: float | None, minimum: float) -> Any:
-    """A numeric field with a lower bound (None, where the field's type allows it, is not checked)."""
+    """A numeric field with a lower bound (None, where the field's type allows it, is not checked; NaN fails)."""
     return field(default=default, metadata={"min": minimum})
+
+
+def between(default: float, minimum: float, maximum: float) -> Any:
+    """A numeric field in ``[minimum, maximum]``."""
+    return field(default=default, metadata={"min": minimum, "max": maximum})
 
 
 def unit_interval(default: tuple[float, float]) -> Any:
@@ -60,7 +66,7 @@ class TrainConfig:
     lr_decay: str = choice("none", "none", "cosine", "linear")  # after warmup: constant, or down to 0 at max_steps
     lr_decay_steps: int = at_least(0, 0)  # the decay spans the last this many steps (constant before); 0: all
     grad_clip: float = at_least(1.0, 0.0)  # 0 disables clipping
-    ema_decay: float = at_least(0.999, 0.0)
+    ema_decay: float = between(0.999, 0.0, 1.0)
     mixed_precision: str = choice("no", "no", "fp16", "bf16")
     compile: bool = False  # torch.compile the network for training (checkpoints and exports keep plain keys)
     seed: int = 0
@@ -105,7 +111,7 @@ class SampleConfig:
     sampler: str = choice("dpm_solver_pp", "ddpm", "ddim", "dpm_solver_pp")
     steps: int = at_least(25, 1)
     spacing: str = choice("auto", "auto", "time", "log_snr", "karras")  # spread of the steps; auto: per sampler
-    eta: float = at_least(0.0, 0.0)
+    eta: float = between(0.0, 0.0, 1.0)  # DDIM's: 0 deterministic, 1 as ancestral DDPM
     # ddpm with a known part (completion, prediction): take every step this many times (RePaint's resampling);
     # other samplers and unconditional sampling ignore it
     resample: int = at_least(1, 1)
@@ -144,23 +150,42 @@ def validate(obj: Any, prefix: str = "") -> None:
             continue
         options = f.metadata.get("choices")
         if options is not None and value not in options:
-            boolean = value in ("True", "False")
-            hint = " (YAML reads an unquoted no/yes/off/on as a boolean: quote it)" if boolean else ""
-            raise ConfigError(f"{key}: must be one of {list(options)}, got {value!r}{hint}")
-        minimum = f.metadata.get("min")
-        if minimum is not None and value is not None and value < minimum:
+            raise ConfigError(f"{key}: must be one of {list(options)}, got {value!r}")
+        minimum, maximum = f.metadata.get("min"), f.metadata.get("max")
+        if minimum is not None and value is not None and not value >= minimum:  # NaN fails too
             raise ConfigError(f"{key}: must be >= {minimum}, got {value!r}")
+        if maximum is not None and value is not None and value > maximum:
+            raise ConfigError(f"{key}: must be <= {maximum}, got {value!r}")
         if f.metadata.get("unit_interval") and not 0 <= value[0] <= value[1] <= 1:
             raise ConfigError(f"{key}: must be [lo, hi] with 0 <= lo <= hi <= 1, got {list(value)}")
 
 
-def _is_text_field(schema: type, dotted: str) -> bool:
-    """Whether ``dotted`` (``"train.mixed_precision"``) names a plain ``str`` field of ``schema``."""
+def _text_kind(schema: type, dotted: str) -> str | None:
+    """``"str"`` or ``"list"`` where ``dotted`` (``"data.categories"``) names a plain ``str`` or ``list[str]`` field of
+    ``schema``, else None."""
     cls: Any = schema
     *parents, leaf = dotted.split(".")
     for part in parents:
         cls = get_type_hints(cls).get(part) if dataclasses.is_dataclass(cls) else None
-    return dataclasses.is_dataclass(cls) and get_type_hints(cls).get(leaf) is str
+    hint = get_type_hints(cls).get(leaf) if dataclasses.is_dataclass(cls) else None
+    return "str" if hint is str else "list" if hint == list[str] else None
+
+
+def _as_typed(schema: type, loaded: Any, raw: Any, prefix: str = "") -> None:
+    """Put into ``loaded`` (a YAML file's mapping) the text of its ``str`` and ``list[str]`` values as they were typed,
+    from ``raw`` (the same file read with every scalar a string): YAML 1.1 would read ``03001627`` (a ShapeNet synset)
+    as the octal number 787351 and ``no`` as false."""
+    if not isinstance(loaded, dict) or not isinstance(raw, dict):
+        return
+    for key, value in loaded.items():
+        dotted, typed = f"{prefix}{key}", raw.get(key)
+        kind = _text_kind(schema, dotted)
+        if kind == "str" and value is not None and isinstance(typed, str):
+            loaded[key] = typed
+        elif kind == "list" and isinstance(value, list) and None not in value and isinstance(typed, list):
+            loaded[key] = typed
+        elif isinstance(value, dict):
+            _as_typed(schema, value, typed, dotted + ".")
 
 
 def load_config(
@@ -181,9 +206,10 @@ def load_config(
             path = Path(file)
             if not path.is_file():
                 raise ConfigError(f"config file not found: {path}")
-            loaded = OmegaConf.load(path)
+            loaded = OmegaConf.to_container(OmegaConf.load(path))
             if not isinstance(loaded, Mapping) and loaded is not None:
                 raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+            _as_typed(schema, loaded, yaml.load(path.read_text(), Loader=yaml.BaseLoader))
             merged = OmegaConf.merge(merged, loaded or {})
         if values:
             merged = OmegaConf.merge(merged, OmegaConf.create(dict(values)))
@@ -192,11 +218,14 @@ def load_config(
                 raise ConfigError(f"override {item!r} is not of the form key.sub=value")
             parsed = OmegaConf.from_dotlist([item])
             key, _, text = item.partition("=")
-            if _is_text_field(schema, key) and not isinstance(OmegaConf.select(parsed, key), str):
-                nested: Any = text  # a string field takes `no`, `1e-3` as typed, not as YAML's false, 0.001
+            kind = _text_kind(schema, key)
+            # a string field takes `no`, `1e-3` as typed, not as YAML's false, 0.001; a list of strings its items
+            # (`[03001627]` is a synset, not the octal 787351)
+            typed: Any = text if kind == "str" else yaml.load(text, Loader=yaml.BaseLoader) if kind == "list" else None
+            if (kind == "str" and not isinstance(OmegaConf.select(parsed, key), str)) or isinstance(typed, list):
                 for part in reversed(key.split(".")):
-                    nested = {part: nested}
-                parsed = OmegaConf.create(nested)
+                    typed = {part: typed}
+                parsed = OmegaConf.create(typed)
             merged = OmegaConf.merge(merged, parsed)
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:

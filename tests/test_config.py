@@ -43,9 +43,29 @@ def test_string_fields_take_override_text_as_typed(tmp_path):
     with pytest.raises(ConfigError, match="train.max_steps"):
         load_config(Toy2DConfig, overrides=["train.max_steps=no"])
     f = tmp_path / "c.yaml"
-    f.write_text("train:\n  mixed_precision: no\n")  # unquoted in a file: a boolean, and the error says so
-    with pytest.raises(ConfigError, match="train.mixed_precision: .*got 'False' .*quote it"):
-        load_config(Toy2DConfig, f)
+    f.write_text("train:\n  mixed_precision: no\n  output_dir: 0755\n  max_steps: 0x10\n")  # a file's too
+    cfg = load_config(Toy2DConfig, f)
+    assert (cfg.train.mixed_precision, cfg.train.output_dir, cfg.train.max_steps) == ("no", "0755", 16)
+
+
+def test_lists_of_strings_keep_their_items_as_typed(tmp_path):
+    """A ShapeNet synset such as 03001627 (chair) is all octal digits: YAML 1.1 would read it as 787351."""
+    from pointcloud.domain import PointCloudConfig
+
+    cfg = load_config(PointCloudConfig, overrides=["data.categories=[03001627, airplane, 02691156]"])
+    assert cfg.data.categories == ["03001627", "airplane", "02691156"]
+    f = tmp_path / "c.yaml"
+    f.write_text("data:\n  categories: [03001627, '04379243']\n  points: 0x100\n")
+    cfg = load_config(PointCloudConfig, f, ["data.families=[chair]"])
+    assert (cfg.data.categories, cfg.data.points, cfg.data.families) == (["03001627", "04379243"], 256, ["chair"])
+    with pytest.raises(ConfigError, match="data.families"):
+        load_config(PointCloudConfig, overrides=["data.families=chair"])
+
+
+@pytest.mark.parametrize("override", ["train.lr=nan", "train.ema_decay=1.5", "sample.eta=2"])
+def test_numbers_out_of_range_or_nan_are_errors(override):
+    with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
+        load_config(Toy2DConfig, overrides=[override])
 
 
 def test_missing_file_and_bad_file(tmp_path):
