@@ -31,6 +31,7 @@ import math
 import os
 import re
 import shutil
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +139,25 @@ def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, step: int, k
     return final
 
 
+RUN_FILES = ("config.yaml", "log.jsonl", "logs", "samples", "checkpoints", "export")  # what a run writes
+
+
+def set_aside_earlier_run(out: Path) -> Path | None:
+    """Move what an earlier run wrote in ``out`` (:data:`RUN_FILES`) into ``out/earlier_<date-time>/``, so that a run
+    that starts over there neither mixes with it nor deletes it; return that folder (None: nothing to move)."""
+    found = [out / name for name in RUN_FILES if (out / name).exists()]
+    if not found:
+        return None
+    aside = out / f"earlier_{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 1
+    while aside.exists():
+        aside, n = aside.with_name(f"{aside.name.split('.')[0]}.{n}"), n + 1
+    aside.mkdir()
+    for path in found:
+        os.replace(path, aside / path.name)
+    return aside
+
+
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -232,6 +252,9 @@ class Trainer:
 
         self.domain = domain_cls(cfg)
         self.domain.fit()  # vocabulary, normalisation: into the config before it is written
+        if self.main and not t.resume and (aside := set_aside_earlier_run(self.out)):
+            acc.print(f"train.resume=false: moved the earlier run's files in {self.out} to {aside}")
+        acc.wait_for_everyone()
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(to_yaml(cfg))

@@ -175,6 +175,21 @@ def test_non_finite_loss_leaves_every_state_bit_identical(toy_cfg, precision, op
     assert_bit_identical(before, after)
 
 
+def test_starting_over_sets_the_earlier_run_aside(toy_cfg):
+    """``train.resume=false`` in a used output_dir moves the earlier run's files into ``earlier_<date-time>/``: its
+    checkpoints neither prune the new run's (the highest steps are kept) nor take over a later resume."""
+    first = train(Toy2D, toy_cfg("train.max_steps=20", out="again")).parent
+    again = toy_cfg("train.max_steps=5", "train.checkpoint_every=5", "train.resume=false", out="again")
+    train(Toy2D, again)
+    assert sorted(p.name for p in (first / "checkpoints").iterdir()) == ["step_5"]
+    assert [r["step"] for r in read_log(first) if "loss" in r] == [5]
+    (aside,) = first.glob("earlier_*")
+    assert sorted(p.name for p in (aside / "checkpoints").iterdir()) == ["step_10", "step_20"]
+    assert [r["step"] for r in read_log(aside) if "loss" in r] == [10, 20] and (aside / "export" / "model.safetensors").is_file()
+    train(Toy2D, again)
+    assert len(list(first.glob("earlier_*"))) == 2
+
+
 def test_resuming_with_another_optimiser_is_an_error_naming_the_checkpoint(toy_cfg):
     train(Toy2D, toy_cfg("train.max_steps=10", "train.checkpoint_every=10", out="switch"))
     with pytest.raises(ConfigError, match=r"step_10 was trained with train.optimizer=adamw, this run has "
