@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from . import samplers
-from .config import SampleConfig, validate
+from .config import ConfigError, SampleConfig, validate
 from .diffusion import GaussianDiffusion
 from .samplers import Known
 from .schedules import NoiseSchedule
@@ -127,6 +127,19 @@ class GaussianDomain(Domain):
         self.diffusion = GaussianDiffusion(
             schedule, d.parameterization, d.loss_weighting, d.min_snr_gamma, clip, d.time_sampling
         )
+        s = cfg.sample
+        try:  # here, not at the first sampling of a long run
+            samplers.check_settings(s.sampler, s.eta, s.resample, prefix="sample.")
+            self._check_guidance(s.guidance, "sample.guidance")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    def _check_guidance(self, guidance: float, name: str = "guidance") -> None:
+        """A ``guidance`` other than 1 needs a domain with a condition to guide on."""
+        if guidance != 1.0 and not self.conditional:
+            raise ValueError(f"{name}={guidance}: {self.name} samples have no condition to guide on; "
+                             "classifier-free guidance applies to conditional domains (video's observed frames, "
+                             "class-conditional point clouds)")
 
     def clip_scale(self) -> float:
         """Factor on ``diffusion.clip_x0``, which is given in the data's units: a domain that diffuses
@@ -148,16 +161,11 @@ class GaussianDomain(Domain):
         ``resample`` DDPM's (an error for another sampler); ``guidance`` needs a domain with a condition.
         The config's ``eta``/``resample`` belong to the config's sampler: when ``sampler`` is overridden
         they start from their defaults unless given too."""
-        s = self.cfg.sample
-        samplers.check_settings(s.sampler, s.eta, s.resample)  # the config is consistent in itself
-        if overrides.get("sampler") not in (None, s.sampler):
+        if overrides.get("sampler") not in (None, self.cfg.sample.sampler):
             overrides = {"eta": 0.0, "resample": 1, **{k: v for k, v in overrides.items() if v is not None}}
         settings = super().sample_settings(**overrides)
         samplers.check_settings(settings.sampler, settings.eta, settings.resample)
-        if settings.guidance != 1.0 and not self.conditional:
-            raise ValueError(f"guidance={settings.guidance}: {self.name} samples have no condition to guide on; "
-                             "classifier-free guidance applies to conditional domains (video's observed frames, "
-                             "class-conditional point clouds)")
+        self._check_guidance(settings.guidance)
         return settings
 
     conditional: ClassVar[bool] = False

@@ -313,16 +313,18 @@ def _staggered_dpm_solver_pp(denoiser: Denoiser, noise: Tensor, grid: TimeGrid, 
 SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": ddpm, "ddim": ddim, "dpm_solver_pp": dpm_solver_pp}
 
 
-def check_settings(sampler: str, eta: float = 0.0, resample: int = 1, staggered: bool = False) -> None:
+def check_settings(sampler: str, eta: float = 0.0, resample: int = 1, staggered: bool = False,
+                   prefix: str = "") -> None:
     """Reject a sampler name that does not exist and a setting that the chosen sampler never uses:
     ``eta`` (not 0) is ddim's, ``resample`` (not 1) is ddpm's, a ``staggered`` start (a delay per item)
-    dpm_solver_pp's. Raises ``ValueError`` naming the setting."""
+    dpm_solver_pp's. Raises ``ValueError`` naming the setting (as ``prefix + name``: ``sample.eta``)."""
     if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+        raise ValueError(f"unknown {prefix}sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
     if eta != 0.0 and sampler != "ddim":
-        raise ValueError(f"eta={eta} only applies to the ddim sampler, not to {sampler!r}")
+        raise ValueError(f"{prefix}eta={eta} only applies to the ddim sampler, not to {sampler!r}")
     if resample != 1 and sampler != "ddpm":
-        raise ValueError(f"resample={resample} only applies to the ddpm sampler (with a known part), not to {sampler!r}")
+        raise ValueError(f"{prefix}resample={resample} only applies to the ddpm sampler (with a known part), not to "
+                         f"{sampler!r}")
     if staggered and sampler != "dpm_solver_pp":
         raise ValueError(f"a delay per item (a staggered schedule) only applies to the dpm_solver_pp sampler, "
                          f"not to {sampler!r}")

@@ -67,13 +67,18 @@ def test_gaussian_settings_must_fit_the_sampler(name):
 
 def test_the_configs_sampler_settings_do_not_follow_another_sampler():
     """The point-cloud completion config resamples DDPM steps twice; asking for DDIM leaves resampling at 1, while
-    a config whose own sampler cannot use its setting is an error."""
+    a config whose own sampler cannot use its setting is an error when the domain is built (not at the first sampling
+    of a long run), naming the key; so is guidance on a domain without a condition."""
     domain = _domain("pointcloud", "sample.sampler=ddpm", "sample.resample=2")
     assert domain.sample_settings(sampler="ddim").resample == 1
     assert domain.sample_settings().resample == 2
-    bad = _domain("pointcloud", "sample.sampler=ddim", "sample.resample=2")
-    with pytest.raises(ValueError, match="resample=2 only applies to the ddpm sampler"):
-        bad.sample_settings()
+    for domain, overrides, message in [
+        ("pointcloud", ["sample.sampler=ddim", "sample.resample=2"], "sample.resample=2 only applies to the ddpm"),
+        ("toy2d", ["sample.eta=0.5"], "sample.eta=0.5 only applies to the ddim sampler, not to 'dpm_solver_pp'"),
+        ("toy2d", ["sample.guidance=2"], "sample.guidance=2.0: toy2d samples have no condition"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            _domain(domain, *overrides)
 
 
 def test_point_cloud_configs_sample_generation_with_dpm_solver_and_completion_with_resampled_ddpm():
