@@ -18,8 +18,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from multigen.domain import DataError
 
-class TokenError(ValueError):
+
+class TokenError(DataError):
     """Token data that cannot be used (unknown characters, ids out of range, empty files)."""
 
 

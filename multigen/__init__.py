@@ -9,7 +9,7 @@ Accelerate trainer (:mod:`multigen.trainer`) and exports (:mod:`multigen.export`
 
 from .config import ConfigError, DiffusionConfig, SampleConfig, TrainConfig, load_config
 from .diffusion import GaussianDiffusion, convert, gaussian_posterior
-from .domain import Domain, GaussianDomain, available_domains, get_domain
+from .domain import DataError, Domain, GaussianDomain, available_domains, get_domain
 from .export import Pretrained, export_model, load_pretrained
 from .guidance import classifier_free_guidance, drop_condition
 from .samplers import SAMPLERS, Known, TimeGrid, ddim, ddpm, dpm_solver_pp, sample, sampling_grid
@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 __all__ = [
     "SAMPLERS",
     "ConfigError",
+    "DataError",
     "DiffusionConfig",
     "Domain",
     "GaussianDiffusion",

@@ -32,6 +32,11 @@ class UnknownDomainError(LookupError):
     """No domain of that name is installed."""
 
 
+class DataError(ValueError):
+    """A domain's input data cannot be used (unreadable, empty, non-finite, too short); the message names it. Each
+    domain's own error (``VideoReadError``, ``PointCloudError``, ``TokenError``) is one."""
+
+
 class Domain(ABC):
     """Everything the trainer and the tools need from a domain, built from its config."""
 

@@ -20,7 +20,7 @@ if __name__ == "__main__" and __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from multigen.config import ConfigError, load_config, to_yaml  # noqa: E402
-from multigen.domain import UnknownDomainError, available_domains, get_domain  # noqa: E402
+from multigen.domain import DataError, UnknownDomainError, available_domains, get_domain  # noqa: E402
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
 
@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as e:
         print(f"multigen-train: error: {e}", file=sys.stderr)
         return 1
+    except (ConfigError, DataError, FileNotFoundError) as e:  # a setting or input the run cannot use: named
+        print(f"multigen-train: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

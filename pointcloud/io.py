@@ -8,11 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
+from multigen.domain import DataError
+
 POINT_SUFFIXES = (".npy", ".xyz", ".txt", ".ply", ".pt")
 MESH_SUFFIXES = (".obj", ".off", ".stl", ".ply")
 
 
-class PointCloudError(ValueError):
+class PointCloudError(DataError):
     """A point cloud that cannot be used: unreadable, empty, non-finite or too small."""
 
 

@@ -1,5 +1,6 @@
 """Typed configs: errors name the key, files and overrides merge, shipped YAML files stay valid."""
 
+import re
 import subprocess
 import sys
 
@@ -114,3 +115,16 @@ def test_cli_errors_exit_nonzero_naming_the_problem():
     assert r.returncode == 2 and "nosuchname" in r.stderr
     r = run("--domain", "toy2d", "--print-config", "train.max_steps=3")
     assert r.returncode == 0 and "max_steps: 3" in r.stdout
+
+
+def test_training_on_bad_data_stops_with_one_line_naming_it(tmp_path, capsys):
+    """A missing or unusable input, met after the config loaded, is the same one-line error (exit 2), no traceback."""
+    from multigen.train import main
+
+    short = tmp_path / "short.txt"
+    short.write_text("too short for one window")
+    for data, named in [(tmp_path / "missing.txt", "text file .*missing.txt not found"),
+                        (short, r".*short.txt \(its first nine tenths\) holds 21 tokens")]:
+        assert main(["--domain", "discrete", f"data.path={data}", f"train.output_dir={tmp_path / 'run'}"]) == 2
+        err = capsys.readouterr().err
+        assert re.search(f"^multigen-train: error: {named}", err) and "Traceback" not in err

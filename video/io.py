@@ -13,12 +13,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from multigen.domain import DataError
+
 VIDEO_SUFFIXES = (".mp4", ".avi", ".webm", ".mov", ".mkv")
 READ_SUFFIXES = VIDEO_SUFFIXES + (".npy",)
 WRITE_SUFFIXES = (".mp4", ".gif", ".npy")
 
 
-class VideoReadError(ValueError):
+class VideoReadError(DataError):
     """A video file could not be decoded, is empty, or has the wrong layout; the message names it."""
 
 
