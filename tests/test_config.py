@@ -5,8 +5,9 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
-from multigen.config import ConfigError, load_config, to_yaml
+from multigen.config import ConfigError, flatten, load_config, to_yaml
 from multigen.domain import UnknownDomainError, get_domain
 from multigen.toy2d import Toy2DConfig
 
@@ -98,6 +99,12 @@ def test_shipped_configs_load(path):
     cfg = load_config(get_domain(path.parent.name).config_class, path)
     if path.name == "default.yaml":
         assert cfg == get_domain(path.parent.name).config_class(), "default.yaml must list the schema defaults"
+
+        def keys(tree: dict, prefix: str = "") -> set[str]:
+            return set().union(*[keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k}
+                                 for k, v in tree.items()])
+
+        assert keys(yaml.safe_load(path.read_text())) == set(flatten(cfg)), "default.yaml lists every key"
 
 
 def test_unknown_domain_lists_available():
