@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--prompt", help="text every sample starts with")
     group.add_argument("--infill", help="text whose --mask-char characters are generated, the rest kept")
-    p.add_argument("--mask-char", default="_")
+    p.add_argument("--mask-char", default="_", help="the --infill character that marks a position to generate "
+                                                     "(default %(default)s)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("eval", help="negative ELBO in bits per token of a file (an unbiased estimate, with its s.e.)")

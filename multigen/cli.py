@@ -18,7 +18,8 @@ from .samplers import SAMPLERS
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
     """``--checkpoint`` (an export directory) and ``--device`` (default: cuda when present, else cpu)."""
     p.add_argument("--checkpoint", required=True, help="export directory (model.safetensors + config.yaml)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where to run (default: %(default)s, cuda when present)")
 
 
 def add_sampler_arguments(p: argparse.ArgumentParser, guidance_help: str) -> None:

@@ -159,7 +159,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _complete_args(p: argparse.ArgumentParser) -> None:
     _common(p)
-    p.add_argument("--input", required=True, help="partial cloud: .ply/.npy/.xyz or a mesh .obj/.off/.stl")
+    p.add_argument("--input", required=True,
+                   help="partial cloud: .ply/.npy/.xyz, a PyG Data .pt, or a mesh .obj/.off/.stl")
     p.add_argument("--normalize", choices=["auto", "data", "partial", "none"], default="auto",
                    help="data: the training data's recorded centre/scale (input in the data's units); partial: fit "
                         "the partial's bounding box into the model's frame; none: input is in it; auto: data when "

@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--context-noise", type=float,
                        help="models trained with task.context_noise: show the network the observed frames noised to "
                             "this diffusion time, at most the trained one (default: the model's)")
-        p.add_argument("--fps", type=int, default=8)
+        p.add_argument("--fps", type=positive_int, default=8, help="frame rate of an .mp4 or .gif output (default 8)")
 
     p = sub.add_parser("predict", help="continue a video from its first frames (or, with --past, its last ones "
                                        "backward)")
@@ -152,9 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("interpolate", help="insert frames between every pair of input frames")
     common(p)
-    p.add_argument("--input", required=True)
+    p.add_argument("--input", required=True, help="keyframes: a video file (.mp4/.avi/.webm/.mov/.mkv) or a uint8 .npy "
+                                                  "(T, H, W, C)")
     p.add_argument("--between", type=int, default=3, help="frames inserted between consecutive input frames")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help=".mp4, .gif or .npy")
     p.set_defaults(func=cmd_interpolate)
 
     p = sub.add_parser("sample", help="unconditional videos (longer than the window: keyframes then infilling)")
