@@ -40,6 +40,7 @@ from typing import Any, Iterator
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, send_to_device, set_seed
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
@@ -158,6 +159,13 @@ def set_aside_earlier_run(out: Path) -> Path | None:
     return aside
 
 
+def changed_settings(config_file: Path, cfg: Any) -> dict[str, tuple[Any, Any]]:
+    """``key -> (then, now)`` for each setting of ``cfg`` that an earlier run's ``config_file`` has with another value
+    (settings it lacks, added since, are not compared)."""
+    then, now = flatten(OmegaConf.load(config_file)), flatten(OmegaConf.create(to_yaml(cfg)))  # both as YAML has them
+    return {k: (then[k], v) for k, v in now.items() if k in then and then[k] != v}
+
+
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -252,6 +260,19 @@ class Trainer:
 
         self.domain = domain_cls(cfg)
         self.domain.fit()  # vocabulary, normalisation: into the config before it is written
+        if t.resume and latest_checkpoint(self.checkpoint_dir) and (self.out / "config.yaml").is_file():
+            changes = changed_settings(self.out / "config.yaml", cfg)
+
+            def listed(keys: list[str]) -> str:
+                return ", ".join(f"{k}: {changes[k][0]} -> {changes[k][1]}" for k in keys)
+
+            network = [k for k in sorted(changes) if k.startswith("model.")]
+            if network:
+                raise ConfigError(f"{self.out} holds checkpoints of another network ({listed(network)}): set a new "
+                                  f"train.output_dir, or train.resume=false to start over there")
+            if changes:
+                acc.print(f"resuming with settings changed since the checkpoints were written: "
+                          f"{listed(sorted(changes))}")
         if self.main and not t.resume and (aside := set_aside_earlier_run(self.out)):
             acc.print(f"train.resume=false: moved the earlier run's files in {self.out} to {aside}")
         acc.wait_for_everyone()

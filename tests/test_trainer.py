@@ -190,6 +190,18 @@ def test_starting_over_sets_the_earlier_run_aside(toy_cfg):
     assert len(list(first.glob("earlier_*"))) == 2
 
 
+def test_resuming_another_network_is_an_error_and_other_changes_are_named(toy_cfg, capsys):
+    """Checkpoints of another network in the output folder (shapes alike or not) are refused before anything is
+    written there; other changed settings (training longer, say) are allowed and listed."""
+    run = train(Toy2D, toy_cfg("train.max_steps=10", out="changed")).parent
+    before = (run / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"another network \(model.hidden: 64 -> 32\).*train.resume=false"):
+        train(Toy2D, toy_cfg("train.max_steps=20", "model.hidden=32", out="changed"))
+    assert (run / "config.yaml").read_text() == before
+    train(Toy2D, toy_cfg("train.max_steps=20", out="changed"))
+    assert "settings changed since the checkpoints were written: train.max_steps: 10 -> 20" in capsys.readouterr().out
+
+
 def test_resuming_with_another_optimiser_is_an_error_naming_the_checkpoint(toy_cfg):
     train(Toy2D, toy_cfg("train.max_steps=10", "train.checkpoint_every=10", out="switch"))
     with pytest.raises(ConfigError, match=r"step_10 was trained with train.optimizer=adamw, this run has "
