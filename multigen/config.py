@@ -40,6 +40,24 @@ def between(default: float, minimum: float, maximum: float) -> Any:
     return field(default=default, metadata={"min": minimum, "max": maximum})
 
 
+def speed_only(default: bool) -> Any:
+    """A switch of how fast a network runs that keeps its weights and outputs (up to rounding): a run may resume with
+    it changed."""
+    return field(default=default, metadata={"speed_only": True})
+
+
+def speed_only_keys(cfg: Any, prefix: str = "") -> set[str]:
+    """The dotted keys of ``cfg``'s :func:`speed_only` fields."""
+    keys: set[str] = set()
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            keys |= speed_only_keys(value, f"{prefix}{f.name}.")
+        elif f.metadata.get("speed_only"):
+            keys.add(prefix + f.name)
+    return keys
+
+
 def unit_interval(default: tuple[float, float]) -> Any:
     """A ``(lo, hi)`` pair with ``0 <= lo <= hi <= 1``."""
     return field(default=default, metadata={"unit_interval": True})

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from .config import ConfigError, flatten, to_yaml
+from .config import ConfigError, flatten, speed_only_keys, to_yaml
 from .domain import Domain
 from .export import export_model
 from .optim import Muon, hidden_matrices
@@ -266,7 +266,7 @@ class Trainer:
             def listed(keys: list[str]) -> str:
                 return ", ".join(f"{k}: {changes[k][0]} -> {changes[k][1]}" for k in keys)
 
-            network = [k for k in sorted(changes) if k.startswith("model.")]
+            network = [k for k in sorted(changes) if k.startswith("model.") and k not in speed_only_keys(cfg)]
             if network:
                 raise ConfigError(f"{self.out} holds checkpoints of another network ({listed(network)}): set a new "
                                   f"train.output_dir, or train.resume=false to start over there")

@@ -200,6 +200,10 @@ def test_resuming_another_network_is_an_error_and_other_changes_are_named(toy_cf
     assert (run / "config.yaml").read_text() == before
     train(Toy2D, toy_cfg("train.max_steps=20", out="changed"))
     assert "settings changed since the checkpoints were written: train.max_steps: 10 -> 20" in capsys.readouterr().out
+    from multigen.config import speed_only_keys
+    from video.domain import VideoConfig
+
+    assert speed_only_keys(VideoConfig()) == {"model.channels_last", "model.fold_frame_bias"}  # may change on resume
 
 
 def test_resuming_with_another_optimiser_is_an_error_naming_the_checkpoint(toy_cfg):

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from multigen import samplers
-from multigen.config import ConfigError, DiffusionConfig, TrainConfig, at_least, choice
+from multigen.config import ConfigError, DiffusionConfig, TrainConfig, at_least, choice, speed_only
 from multigen.domain import GaussianDomain, no_condition
 from multigen.samplers import Known
 
@@ -73,8 +73,8 @@ class VideoModelConfig:
     # relative frame bias.
     rotary: bool = False
     # GPU speed levers, same weights and state dict, outputs equal up to rounding (benchmarks/video.py mfu_rows):
-    channels_last: bool = False  # NHWC activations for the per-frame convolutions
-    fold_frame_bias: bool = False  # temporal attention as one bias-free call (SDPA's flash kernel)
+    channels_last: bool = speed_only(False)  # NHWC activations for the per-frame convolutions
+    fold_frame_bias: bool = speed_only(False)  # temporal attention as one bias-free call (SDPA's flash kernel)
 
 
 @dataclass
