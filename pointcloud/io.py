@@ -20,6 +20,8 @@ class PointCloudError(DataError):
 
 def check_points(points: np.ndarray, source: str) -> np.ndarray:
     """``points`` as ``(N, 3)``; empty, one-point or non-finite clouds are errors naming ``source``."""
+    if points.size == 0:
+        raise PointCloudError(f"{source} has no points")
     if points.ndim != 2 or points.shape[1] < 3:
         raise PointCloudError(f"{source}: expected points of shape (N, 3), got {points.shape}")
     points = points[:, :3]

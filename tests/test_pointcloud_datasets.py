@@ -127,6 +127,13 @@ def test_shape_folder_skips_its_cache_named_absolute_beside_a_relative_root(mesh
     assert ShapeFolder(mesh_folder.name, "train", 64, cache_dir=cache).files == first.files
 
 
+def test_empty_point_files_say_so(tmp_path):
+    for name in ("empty.xyz", "empty.txt"):
+        (tmp_path / name).write_text("")
+        with pytest.raises(PointCloudError, match=f"{name} has no points"):
+            read_points(tmp_path / name)
+
+
 def test_shape_folder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no train shapes"):
         ShapeFolder(tmp_path, "train", 64)
