@@ -170,7 +170,8 @@ def off_surface_rows(export: str, device: str, num_shapes: int, steps: tuple[int
 
 def completion_rows(export: str, device: str, num_shapes: int, bank: int, sample: list[str] = (),
                     seed: int = 0) -> list[dict]:
-    """Completion of held-out partial views against the nearest of ``bank`` training shapes, per family.
+    """Completion of held-out partial views against the nearest of ``bank`` training shapes, per family, and
+    against that shape holding the observed points as a completion does (``with_partial``).
 
     Both are scored by Chamfer to the held-out cloud (as in training's evaluation), paired per view
     (mean difference, its standard error, the share of views the model wins), and by the mean squared
@@ -180,6 +181,7 @@ def completion_rows(export: str, device: str, num_shapes: int, bank: int, sample
     overrides fields of the export's sample config, e.g. ``["steps=100", "resample=3"]``.
     """
     from multigen.export import load_pretrained
+    from pointcloud.domain import with_partial
     from pointcloud.metrics import chamfer
     from pointcloud.shapes import ProceduralShapes
     from pointcloud.views import partial_masks
@@ -199,10 +201,12 @@ def completion_rows(export: str, device: str, num_shapes: int, bank: int, sample
     with torch.no_grad():
         done = domain.complete(model, shapes, mask, g)
     seconds = time.perf_counter() - start
-    nearest = domain.nearest_training_shapes([s[m] for s, m in zip(shapes, mask)], bank)
+    partials = [s[m] for s, m in zip(shapes, mask)]
+    nearest = domain.nearest_training_shapes(partials, bank)
+    kept = torch.stack([with_partial(c, part) for c, part in zip(nearest, partials)])
     bank = min(bank, len(domain.build_dataset("train")))
     to_surface = lambda c: ops.knn(c.contiguous(), surface, 1)[0][..., 0]  # noqa: E731  (n, N)
-    model_cd, near_cd = chamfer(done, shapes), chamfer(nearest, shapes)
+    model_cd, near_cd, kept_cd = chamfer(done, shapes), chamfer(nearest, shapes), chamfer(kept, shapes)
     model_off, near_off = to_surface(done), to_surface(nearest)
     families = [data.family(i) for i in range(n)]
     s = domain.cfg.sample
@@ -210,7 +214,7 @@ def completion_rows(export: str, device: str, num_shapes: int, bank: int, sample
     rows = []
     for fam in ["all", *(dict.fromkeys(families) if len(set(families)) > 1 else [])]:
         idx = torch.tensor([i for i in range(n) if fam in ("all", families[i])])
-        diff = model_cd[idx] - near_cd[idx]
+        diff, diff_kept = model_cd[idx] - near_cd[idx], model_cd[idx] - kept_cd[idx]
         generated = model_off[idx][~mask[idx]]
         worst = generated.sort().values[int(0.9 * len(generated)):]
         rows.append({
@@ -218,6 +222,9 @@ def completion_rows(export: str, device: str, num_shapes: int, bank: int, sample
             "nearest_chamfer": near_cd[idx].mean().item(), "paired_diff": diff.mean().item(),
             "paired_se": (diff.std() / len(idx) ** 0.5).item() if len(idx) > 1 else float("nan"),
             "model_wins": (diff < 0).float().mean().item(),
+            "nearest_with_partial_chamfer": kept_cd[idx].mean().item(), "paired_diff_with_partial":
+                diff_kept.mean().item(), "paired_se_with_partial": (diff_kept.std() / len(idx) ** 0.5).item()
+                if len(idx) > 1 else float("nan"),
             "model_to_surface": model_off[idx].mean().item(), "nearest_to_surface": near_off[idx].mean().item(),
             "generated_to_surface_median": generated.median().item(),
             "generated_worst_10pct_share": (worst.sum() / generated.sum()).item(),
@@ -352,6 +359,8 @@ def main() -> None:
             "nearest training shape": f"{r['nearest_chamfer']:.4f}",
             "paired difference": f"{r['paired_diff']:+.4f} ± {r['paired_se']:.4f}",
             "model closer": f"{100 * r['model_wins']:.0f}%",
+            "nearest, partial kept": f"{r['nearest_with_partial_chamfer']:.4f}",
+            "paired difference to it": f"{r['paired_diff_with_partial']:+.4f} ± {r['paired_se_with_partial']:.4f}",
             "to surface: model / nearest": f"{r['model_to_surface']:.4f} / {r['nearest_to_surface']:.4f}",
             "generated points: median, worst 10% share":
                 f"{r['generated_to_surface_median']:.5f}, {100 * r['generated_worst_10pct_share']:.0f}%"}

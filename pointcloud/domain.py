@@ -388,13 +388,17 @@ class PointCloud(GaussianDomain):
         return ref, samples, blob, g
 
     def evaluate_completion(self, model: nn.Module, shapes: Tensor, generator: torch.Generator) -> dict[str, float]:
-        """Chamfer of completed partial views to the full shapes, and of the nearest training shape."""
+        """Chamfer of completed partial views to the full shapes, and of two baselines: the nearest training shape,
+        and that shape given the observed points as a completion keeps them (:func:`with_partial`)."""
         mask = partial_masks(shapes, self.cfg.task.partial_points, seed=self.cfg.sample.seed)
         done = self.complete(model, shapes, mask, generator)
-        nearest = self.nearest_training_shapes([s[m] for s, m in zip(shapes, mask)], 4 * len(shapes))
+        partials = [s[m] for s, m in zip(shapes, mask)]
+        nearest = self.nearest_training_shapes(partials, 4 * len(shapes))
+        kept = torch.stack([with_partial(n, p) for n, p in zip(nearest, partials)])
         return {
             "completion/chamfer": chamfer(done, shapes).mean().item(),
             "completion/baseline_nearest_train_chamfer": chamfer(nearest, shapes).mean().item(),
+            "completion/baseline_nearest_train_with_partial_chamfer": chamfer(kept, shapes).mean().item(),
         }
 
     def complete(self, model: nn.Module, shapes: Tensor, mask: Tensor, generator: torch.Generator) -> Tensor:
@@ -417,6 +421,13 @@ class PointCloud(GaussianDomain):
         out = path.with_suffix(".png")
         render_clouds([s.numpy() for s in samples.float()], out)
         return out
+
+
+def with_partial(shape: Tensor, partial: Tensor) -> Tensor:
+    """``shape`` ``(N, 3)`` with its ``P`` points nearest to ``partial`` ``(P, 3)`` replaced by the partial's points:
+    a retrieved shape holding the observed points exactly, as a completion does (still ``(N, 3)``)."""
+    nearest = knn(shape[None], partial[None], 1)[0][0, :, 0]  # each shape point's distance to the partial
+    return torch.cat([partial, shape[nearest.topk(len(shape) - len(partial)).indices]])
 
 
 def chamfer_to(partial: Tensor, bank: Tensor) -> Tensor:
