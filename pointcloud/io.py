@@ -4,6 +4,7 @@ name the file."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,9 @@ def read_points(path: str | Path, num_points: int = 2048, seed: int = 0) -> np.n
         if suffix == ".npy":
             points = np.load(path, allow_pickle=False)
         elif suffix in (".xyz", ".txt"):
-            points = np.loadtxt(path, ndmin=2)
+            with warnings.catch_warnings():  # an empty file: check_points says so, naming it
+                warnings.filterwarnings("ignore", "loadtxt: input contained no data", UserWarning)
+                points = np.loadtxt(path, ndmin=2)
         elif suffix == ".pt":
             points = _read_torch(path)
         else:

@@ -55,7 +55,8 @@ def emd_approx(x: Tensor, y: Tensor, epsilon: float = 3e-3, scaling: float = 0.5
                          f"scaling={scaling}, overrelax={overrelax}")
     cost = square_distance(x.float(), y.float()).clamp_min(0).sqrt()  # (B, N, N)
     N = x.shape[1]
-    target = epsilon * cost.pow(2).mean((1, 2), keepdim=True).sqrt()  # (B, 1, 1)
+    # (B, 1, 1); kept above 0 for two clouds of one coincident point each, whose cost is 0 (not 0 / 0)
+    target = (epsilon * cost.pow(2).mean((1, 2), keepdim=True).sqrt()).clamp_min(1e-12)
     log_w = -math.log(N)
 
     # With c = cost / eps precomputed per blur level, an update is one (B, N, N) pass and a logsumexp.

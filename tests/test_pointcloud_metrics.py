@@ -47,6 +47,12 @@ def test_emd_approx_within_stated_gap_of_exact():
     assert gap < 0.02, gap  # the stated bound: within 2 % on these clouds
 
 
+def test_emd_approx_of_coincident_clouds_is_zero_not_nan():
+    same = torch.ones(2, 16, 3)  # every point of both clouds at one place: cost 0 everywhere
+    assert torch.equal(emd_approx(same, same), torch.zeros(2))
+    assert torch.allclose(emd_approx(same, same + 1), torch.full((2,), 3 ** 0.5))
+
+
 def test_emd_approx_converges_early_and_without_host_reads(monkeypatch):
     """Epsilon-scaling and over-relaxation stop well before the 500 iterations plain Sinkhorn ran; with
     ``tol=None`` a fixed schedule (no reads of the device) stays within the bound too."""
