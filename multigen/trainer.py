@@ -159,11 +159,6 @@ def set_aside_earlier_run(out: Path) -> Path | None:
     return aside
 
 
-def changed_settings(config_file: Path, cfg: Any) -> dict[str, tuple[Any, Any]]:
-    """``key -> (then, now)`` for each setting of ``cfg`` that an earlier run's ``config_file`` has with another value
-    (settings it lacks, added since, are not compared)."""
-    then, now = flatten(OmegaConf.load(config_file)), flatten(OmegaConf.create(to_yaml(cfg)))  # both as YAML has them
-    return {k: (then[k], v) for k, v in now.items() if k in then and then[k] != v}
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
@@ -216,6 +211,25 @@ class EMA(nn.Module):
         self.n_averaged += ~skip
 
 
+def check_same_network(config_file: Path, cfg: Any) -> str:
+    """Raise :class:`ConfigError` if the run whose checkpoints lie beside ``config_file`` (its config) built another
+    network than ``cfg`` does (a ``model.*`` setting changed, :func:`~multigen.config.speed_only` ones aside);
+    return the settings that did change, in words (``''``: none). Settings the earlier config lacks, added since,
+    are not compared."""
+    then, now = flatten(OmegaConf.load(config_file)), flatten(OmegaConf.create(to_yaml(cfg)))  # both as YAML has them
+    changed = sorted(k for k, v in now.items() if k in then and then[k] != v)
+    speed = speed_only_keys(cfg)
+    network = [k for k in changed if k.startswith("model.") and k not in speed]
+
+    def listed(keys: list[str]) -> str:
+        return ", ".join(f"{k}: {then[k]} -> {now[k]}" for k in keys)
+
+    if network:
+        raise ConfigError(f"{config_file.parent} holds checkpoints of another network ({listed(network)}): set a new "
+                          f"train.output_dir, or train.resume=false to start over there")
+    return listed(changed)
+
+
 def check_resumable(checkpoint: Path, optimizer: str) -> None:
     """Raise :class:`ConfigError` unless ``checkpoint``'s :data:`CHECKPOINT_INFO` says this trainer can load it
     into a run with ``train.optimizer=optimizer``."""
@@ -261,18 +275,8 @@ class Trainer:
         self.domain = domain_cls(cfg)
         self.domain.fit()  # vocabulary, normalisation: into the config before it is written
         if t.resume and latest_checkpoint(self.checkpoint_dir) and (self.out / "config.yaml").is_file():
-            changes = changed_settings(self.out / "config.yaml", cfg)
-
-            def listed(keys: list[str]) -> str:
-                return ", ".join(f"{k}: {changes[k][0]} -> {changes[k][1]}" for k in keys)
-
-            network = [k for k in sorted(changes) if k.startswith("model.") and k not in speed_only_keys(cfg)]
-            if network:
-                raise ConfigError(f"{self.out} holds checkpoints of another network ({listed(network)}): set a new "
-                                  f"train.output_dir, or train.resume=false to start over there")
-            if changes:
-                acc.print(f"resuming with settings changed since the checkpoints were written: "
-                          f"{listed(sorted(changes))}")
+            if changes := check_same_network(self.out / "config.yaml", cfg):
+                acc.print(f"resuming with settings changed since the checkpoints were written: {changes}")
         if self.main and not t.resume and (aside := set_aside_earlier_run(self.out)):
             acc.print(f"train.resume=false: moved the earlier run's files in {self.out} to {aside}")
         acc.wait_for_everyone()
