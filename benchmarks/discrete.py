@@ -369,9 +369,10 @@ def best_autoregressive_eval(out_dir: Path) -> dict:
 
 
 def autoregressive_bits(model, x: torch.Tensor, start_id: int) -> torch.Tensor:
-    """Exact negative log-likelihood of each sequence ``x`` ``(B, L)`` in bits per token ``(B,)``."""
+    """Exact negative log-likelihood of each sequence ``x`` ``(B, L)`` in bits per token ``(B,)``; the start
+    token (the last class) is never a prediction, so the softmax runs over the data's tokens only."""
     inputs = torch.cat([torch.full_like(x[:, :1], start_id), x[:, :-1]], dim=1)
-    logits = model(inputs, torch.zeros(len(x), device=x.device))
+    logits = model(inputs, torch.zeros(len(x), device=x.device))[..., :start_id]
     return F.cross_entropy(logits.transpose(1, 2), x, reduction="none").mean(1) / math.log(2)
 
 

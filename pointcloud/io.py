@@ -25,6 +25,9 @@ def check_points(points: np.ndarray, source: str) -> np.ndarray:
         raise PointCloudError(f"{source} has no points")
     if points.ndim != 2 or points.shape[1] < 3:
         raise PointCloudError(f"{source}: expected points of shape (N, 3), got {points.shape}")
+    if points.shape[0] == 3 and points.shape[1] > 3:
+        raise PointCloudError(f"{source}: shape {points.shape} looks channels-first (3, N), as PVD stores clouds; "
+                              f"save its transpose, of shape (N, 3)")
     points = points[:, :3]
     if len(points) == 0:
         raise PointCloudError(f"{source} has no points")

@@ -100,6 +100,25 @@ def test_causal_transformer_sees_only_earlier_tokens(causal, positions):
     assert not torch.equal(before[:, 12:], after[:, 12:])
 
 
+def test_autoregressive_baseline_is_a_distribution_over_sequences():
+    """The twin's exact likelihood sums to 1 over every sequence of the data's tokens: the start token, an input
+    only, takes no probability away from them (a baseline scored on a leaky softmax would be penalised)."""
+    import itertools
+    import math
+
+    from .conftest import load_benchmark
+
+    bench = load_benchmark("discrete")
+    torch.manual_seed(0)
+    vocab, length = 3, 4
+    model = SequenceTransformer(vocab + 1, length, 1000, dim=32, depth=1, causal=True)
+    for p in model.parameters():  # a model far from uniform, with weight on the start token's logit
+        p.data.normal_(std=0.3)
+    x = torch.tensor(list(itertools.product(range(vocab), repeat=length)))
+    bits = bench.autoregressive_bits(model, x, vocab).double()
+    assert math.isclose(torch.exp2(-bits * length).sum().item(), 1.0, rel_tol=1e-4)
+
+
 def test_rotary_transformer_tells_positions_apart_without_absolute_embeddings():
     """With rotary positions and no relative bias there are no position parameters, yet the same token at two
     positions of one sequence gets different logits (with no position signal at all a bidirectional transformer is

@@ -138,6 +138,15 @@ def test_empty_point_files_say_so(tmp_path):
                 read_points(tmp_path / name)
 
 
+def test_channels_first_clouds_are_refused(tmp_path):
+    cloud = np.random.default_rng(0).normal(size=(500, 3))
+    np.save(tmp_path / "pvd.npy", cloud.T)  # (3, N), as PVD's code stores clouds: not three points of N columns
+    with pytest.raises(PointCloudError, match=r"pvd.npy: shape \(3, 500\) looks channels-first"):
+        read_points(tmp_path / "pvd.npy")
+    np.save(tmp_path / "ok.npy", cloud)
+    assert read_points(tmp_path / "ok.npy").shape == (500, 3)
+
+
 def test_shape_folder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no train shapes"):
         ShapeFolder(tmp_path, "train", 64)
