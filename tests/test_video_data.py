@@ -38,6 +38,30 @@ def test_decord_reads_an_mp4_written_with_pyav(mp4):
     assert read_video(mp4, [0, 5]).shape == (2, 40, 48, 3)
 
 
+@pytest.mark.parametrize("size", [(32, 48), (48, 64)])
+@pytest.mark.parametrize("degrees", [90, -90, 180])
+def test_videos_stored_turned_are_read_upright(tmp_path, degrees, size):
+    """A phone stores portrait video as landscape frames and a display rotation. decord turns the frames itself
+    where it decodes them; where it cannot (here: an upright width that is no multiple of 32), PyAV decodes
+    them and they are turned the same way. Both sizes take each path for some rotation."""
+    import av
+
+    h, w = size
+    frames = gradient_video(4, h, w)
+    path = tmp_path / f"turned{degrees}.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.set_display_rotation(degrees)  # counter-clockwise
+        for f in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        container.mux(stream.encode())
+    upright = np.rot90(frames, k=degrees // 90 % 4, axes=(1, 2))
+    read = read_video(path, [0, 3])
+    assert read.shape == upright[[0, 3]].shape
+    assert np.abs(read.astype(int) - upright[[0, 3]].astype(int)).mean() < 10
+
+
 def test_corrupt_missing_and_bad_files_fail_naming_the_file(tmp_path):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(np.random.default_rng(0).bytes(5000))

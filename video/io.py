@@ -82,7 +82,9 @@ def read_video(path: str | Path, indices: list[int] | None = None) -> np.ndarray
 
 
 def _read_with_pyav(path: Path, indices: list[int]) -> np.ndarray:
-    """Decode the frames at ``indices`` with PyAV (the fallback where decord cannot convert a frame)."""
+    """Decode the frames at ``indices`` with PyAV (the fallback where decord cannot convert a frame, which
+    includes every frame a phone stores turned by 90 degrees), upright as decord shows them: turned by the
+    container's display rotation (counter-clockwise degrees)."""
     import av
 
     wanted = set(indices)
@@ -90,7 +92,7 @@ def _read_with_pyav(path: Path, indices: list[int]) -> np.ndarray:
     with av.open(str(path)) as container:
         for i, frame in enumerate(container.decode(video=0)):
             if i in wanted:
-                frames[i] = frame.to_ndarray(format="rgb24")
+                frames[i] = np.rot90(frame.to_ndarray(format="rgb24"), k=round(frame.rotation / 90) % 4)
             if i >= max(indices):
                 break
     return np.stack([frames[i] for i in indices])
