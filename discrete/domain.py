@@ -114,6 +114,7 @@ class Discrete(Domain):
 
     def __init__(self, cfg: DiscreteConfig) -> None:
         super().__init__(cfg)
+        self._streams: dict[str, Tensor] = {}  # encoded once: by fit()'s checks, then by build_dataset
         d, p = cfg.data, cfg.process
         if d.source == "tokens" and d.vocab_size < 2:
             raise ValueError("data.vocab_size must be set (>= 2) when data.source=tokens")
@@ -208,7 +209,12 @@ class Discrete(Domain):
         return text[:cut] if split == "train" else text[cut:]
 
     def stream(self, split: str) -> Tensor:
-        """The whole ``split`` as one token stream ``(N,)`` (text and tokens sources)."""
+        """The whole ``split`` as one token stream ``(N,)`` (text and tokens sources), read and encoded once."""
+        if split not in self._streams:
+            self._streams[split] = self._read_stream(split)
+        return self._streams[split]
+
+    def _read_stream(self, split: str) -> Tensor:
         d = self.cfg.data
         if d.source == "text":
             return self.tokenizer.encode(self._text(split), source=self._source(split))

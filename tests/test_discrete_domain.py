@@ -203,6 +203,20 @@ def test_fit_reads_both_splits_before_training(tmp_path):
     assert domain.stream("val").tolist() == domain.tokenizer.encode("abc" * 10).tolist()
 
 
+def test_each_split_is_read_and_encoded_once(tmp_path, monkeypatch):
+    """``fit`` checks both splits; building their datasets then reuses those streams, not the file again."""
+    import discrete.domain as domain_module
+
+    text = tmp_path / "text.txt"
+    text.write_text("abcd" * 50)
+    reads = []
+    monkeypatch.setattr(domain_module, "read_text", lambda path: reads.append(path) or text.read_text())
+    domain = Discrete(load_config(DiscreteConfig, None, [f"data.path={text}", "data.length=8"]))
+    domain.fit()
+    sizes = [len(domain.build_dataset(split)) for split in ("train", "val")]
+    assert len(reads) == 4 and sizes[1] == 2  # fit: the vocabulary, then each split checked; no more
+
+
 def test_infilling_model_is_told_the_known_part():
     """Trained with ``process.infill_rate``, the model gets the known mask in training and in ``sample``; a model
     trained without it gets none, and refuses one given by hand."""
