@@ -9,6 +9,7 @@ the same at every resume; :class:`Resampled` draws training clouds afresh from l
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -138,7 +139,7 @@ class ShapeFolder(Dataset):
         cloud = _subsample(read_points(path, num_points=self.points, seed=seed), self.points, seed, str(path),
                            self.least)
         self.cache.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp.npy")
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp.npy")  # the processes of a run fill one cache at once
         np.save(tmp, cloud)
         tmp.replace(cached)
         return torch.from_numpy(cloud)

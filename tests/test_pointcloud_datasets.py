@@ -1,5 +1,6 @@
 """File datasets: PointFlow's ShapeNet PC15k layout, mesh/point folders with a cache, normalisation round trips."""
 
+import os
 import warnings
 
 import numpy as np
@@ -118,6 +119,26 @@ def test_shape_folder_splits_samples_meshes_and_caches(mesh_folder, monkeypatch)
     monkeypatch.setattr(datasets, "read_points", lambda *a, **k: pytest.fail("read a cached shape again"))
     again = ShapeFolder(mesh_folder, "train", 256)
     assert all(torch.equal(a, again[i]) for i, a in enumerate(first))
+
+
+def test_processes_filling_one_cache_at_once_do_not_collide(mesh_folder, monkeypatch):
+    """The processes of a run (every one calls ``fit``) cache the same shape at the same moment: here a second
+    process, with its own id, saves and renames the shape between this one's save and rename."""
+    shapes = ShapeFolder(mesh_folder, "train", 64)
+    save = np.save
+
+    def save_while_another_process_does(path, cloud):
+        save(path, cloud)
+        if not getattr(save_while_another_process_does, "busy", False):
+            save_while_another_process_does.busy = True
+            with monkeypatch.context() as m:
+                m.setattr(os, "getpid", lambda: 999_999)
+                ShapeFolder(mesh_folder, "train", 64)[0]
+
+    monkeypatch.setattr(datasets.np, "save", save_while_another_process_does)
+    first = shapes[0]
+    assert torch.equal(first, ShapeFolder(mesh_folder, "train", 64)[0])
+    assert not list((mesh_folder / ".multigen_cache").glob("*tmp*"))
 
 
 def test_shape_folder_skips_its_cache_named_absolute_beside_a_relative_root(mesh_folder, monkeypatch):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -202,8 +203,10 @@ class VideoFolder(Dataset):
             fresh[key] = entry
             out[key] = entry["frames"]
         if fresh != cached:
+            tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")  # the processes of a run index at once
             try:
-                cache.write_text(json.dumps(fresh))
+                tmp.write_text(json.dumps(fresh))
+                tmp.replace(cache)
             except OSError as e:
                 warnings.warn(f"could not write the video index cache {cache}: {e}", stacklevel=3)
         return out
