@@ -454,19 +454,21 @@ class Trainer:
             acc.log(logs, step=step)
             if self.main:
                 _append_jsonl(self.out / "log.jsonl", {"step": step, **logs})
-        if self.main and sample:
-            _write_samples(self.domain, self.ema.module, self.out / "samples" / f"step_{step:06d}", acc)
-        if self.main and evaluate:
-            self.val_set = self.val_set if self.val_set is not None else self.domain.build_dataset("val")
-            with acc.autocast():
-                metrics = self.domain.evaluate(self.ema.module, self.val_set)
-            if metrics:
-                logs = {f"eval/{k}": v for k, v in metrics.items()}
-                acc.log(logs, step=step)
-                _append_jsonl(self.out / "log.jsonl", {"step": step, **logs})
-                self.bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-        if checkpoint:
-            save_checkpoint(acc, self.checkpoint_dir, step, t.keep_checkpoints, t.optimizer)
+        try:
+            if self.main and sample:
+                _write_samples(self.domain, self.ema.module, self.out / "samples" / f"step_{step:06d}", acc)
+            if self.main and evaluate:
+                self.val_set = self.val_set if self.val_set is not None else self.domain.build_dataset("val")
+                with acc.autocast():
+                    metrics = self.domain.evaluate(self.ema.module, self.val_set)
+                if metrics:
+                    logs = {f"eval/{k}": v for k, v in metrics.items()}
+                    acc.log(logs, step=step)
+                    _append_jsonl(self.out / "log.jsonl", {"step": step, **logs})
+                    self.bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        finally:  # a sampling or evaluation that fails loses no training: the step's checkpoint is still written
+            if checkpoint:
+                save_checkpoint(acc, self.checkpoint_dir, step, t.keep_checkpoints, t.optimizer)
 
     def export(self) -> Path:
         """Write the EMA weights and the config to ``<output_dir>/export``; return that directory."""

@@ -103,6 +103,25 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(toy_cfg):
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
+def test_a_failed_final_evaluation_keeps_the_final_checkpoint_and_a_resume_exports(toy_cfg):
+    """An error in the last evaluation (after hours of training) still writes the last step's checkpoint; the run
+    resumed there trains nothing more and exports."""
+
+    class FailingEvaluation(Toy2D):
+        def evaluate(self, model, dataset):
+            raise Interrupted
+
+    cfg = toy_cfg("train.max_steps=12", "train.checkpoint_every=100", "train.eval_every=0", "train.sample_every=0")
+    with pytest.raises(Interrupted):
+        train(FailingEvaluation, cfg)
+    out = REPO.joinpath(cfg.train.output_dir)
+    assert latest_checkpoint(out / "checkpoints").name == "step_12" and not (out / "export").exists()
+    assert (train(Toy2D, cfg) / "model.safetensors").is_file()
+    assert toy_cfg("data.num_val=3").data.num_val == 3
+    with pytest.raises(ConfigError, match="data.num_val"):  # the Gaussian baseline's covariance needs 3
+        toy_cfg("data.num_val=2")
+
+
 def nan_at_step(step: int, where: str = "loss") -> type[Toy2D]:
     """Toy2D whose loss (``where="loss"``), or only its gradients (``"gradient"``: the loss stays finite), is NaN at
     optimisation step ``step`` only (one micro-batch a step)."""
