@@ -90,6 +90,8 @@ class TrainConfig:
     seed: int = 0
     cpu: bool = False  # force the CPU even when a GPU is present
     cpu_threads: int = at_least(0, 0)  # torch threads per process on a CPU; 0: the cores / local processes
+    # minutes a process waits for the others (they wait while the main process samples and evaluates alone)
+    process_timeout_min: int = at_least(60, 1)
     num_workers: int = at_least(0, 0)
     log_every: int = at_least(50, 1)
     sample_every: int = at_least(500, 0)  # 0: only at the end

@@ -29,17 +29,20 @@ import json
 import logging
 import math
 import os
+import random
 import re
 import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, send_to_device, set_seed
+from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, gather_object, send_to_device, set_seed
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -52,7 +55,7 @@ from .optim import Muon, hidden_matrices
 
 log = logging.getLogger("multigen")
 CHECKPOINT = re.compile(r"^step_(\d+)$")
-CHECKPOINT_INFO = "multigen.json"  # in every checkpoint: its format, step and optimiser, read before resuming
+CHECKPOINT_INFO = "multigen.json"  # in every checkpoint: its format, step, optimiser, processes and samples a step
 CHECKPOINT_FORMAT = 2  # 1 (no CHECKPOINT_INFO) also saved LambdaLR states; 2: the learning rate follows the step
 
 
@@ -118,9 +121,10 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, step: int, keep: int, optimizer: str) -> Path:
+def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, step: int, keep: int, optimizer: str,
+                    samples_per_step: int) -> Path:
     """``save_state`` and :data:`CHECKPOINT_INFO` to a temp name, rename to ``step_<N>`` and prune to the newest
-    ``keep``."""
+    ``keep``; ``samples_per_step`` is the effective batch (all processes), from which a resume finds its data."""
     final = checkpoint_dir / f"step_{step}"
     tmp = checkpoint_dir / f".tmp_step_{step}"
     if accelerator.is_main_process:
@@ -129,7 +133,8 @@ def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, step: int, k
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        info = {"format": CHECKPOINT_FORMAT, "step": step, "optimizer": optimizer}
+        info = {"format": CHECKPOINT_FORMAT, "step": step, "optimizer": optimizer,
+                "processes": accelerator.num_processes, "samples_per_step": samples_per_step}
         (tmp / CHECKPOINT_INFO).write_text(json.dumps(info) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
@@ -230,9 +235,9 @@ def check_same_network(config_file: Path, cfg: Any) -> str:
     return listed(changed)
 
 
-def check_resumable(checkpoint: Path, optimizer: str) -> None:
-    """Raise :class:`ConfigError` unless ``checkpoint``'s :data:`CHECKPOINT_INFO` says this trainer can load it
-    into a run with ``train.optimizer=optimizer``."""
+def check_resumable(checkpoint: Path, optimizer: str) -> dict[str, Any]:
+    """``checkpoint``'s :data:`CHECKPOINT_INFO`; a :class:`ConfigError` unless it says this trainer can load it into
+    a run with ``train.optimizer=optimizer``."""
     info_path = checkpoint / CHECKPOINT_INFO
     info = json.loads(info_path.read_text()) if info_path.is_file() else {"format": 1}
     if info["format"] != CHECKPOINT_FORMAT:
@@ -242,6 +247,19 @@ def check_resumable(checkpoint: Path, optimizer: str) -> None:
         raise ConfigError(f"{checkpoint} was trained with train.optimizer={info['optimizer']}, this run has "
                           f"train.optimizer={optimizer}: resume with the optimiser it was trained with, or set a "
                           f"new train.output_dir")
+    return info
+
+
+def stream_seed(*parts: Any) -> int:
+    """A 32-bit seed drawn from ``parts`` (e.g. seed, process, step): distinct parts, unrelated streams."""
+    return random.Random(":".join(map(str, parts))).getrandbits(32)
+
+
+def seed_worker(worker_id: int, seed: int, rank: int, start_step: int) -> None:
+    """A data-loader worker's ``worker_init_fn``: PyTorch seeds worker ``i`` with one base seed + ``i``, the same
+    on every process and at every start, so workers' random draws (a partial view, a subsample) would repeat across
+    processes and after each resume; these seeds differ by process and start step."""
+    torch.manual_seed(stream_seed(seed, rank, start_step, worker_id))
 
 
 class Trainer:
@@ -265,8 +283,14 @@ class Trainer:
             mixed_precision=t.mixed_precision,
             log_with="tensorboard" if t.tensorboard else None,
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
+            # the other processes wait in a collective while the main one samples and evaluates alone
+            kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=t.process_timeout_min))],
         )
         self.main = acc.is_main_process
+        launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")  # `accelerate config` or launch's flag
+        if launched != "no" and launched != t.mixed_precision:
+            acc.print(f"accelerate asked for mixed precision {launched}; train.mixed_precision={t.mixed_precision} "
+                      f"decides (set it to change)")
         if acc.device.type == "cpu":
             # `accelerate launch` sets OMP_NUM_THREADS=1 unless told --cpu; share the cores between local processes.
             local = int(os.environ.get("LOCAL_WORLD_SIZE", acc.num_processes))
@@ -324,10 +348,25 @@ class Trainer:
         RNG states), then start the data stream where the run left off."""
         t, acc = self.t, self.accelerator
         resume_from = latest_checkpoint(self.checkpoint_dir) if t.resume else None
+        seen = gather_object([resume_from and resume_from.name])  # one per process
+        if len(set(seen)) > 1:
+            raise ConfigError(f"the processes find different newest checkpoints in {self.checkpoint_dir} ("
+                              f"{', '.join(f'process {i}: {c}' for i, c in enumerate(seen))}): train.output_dir "
+                              f"must be one folder that every machine shares")
+        samples_per_step = t.batch_size * t.grad_accum * acc.num_processes
+        consumed = 0  # training items drawn by all processes so far
         if resume_from is not None:
-            check_resumable(resume_from, t.optimizer)
+            info = check_resumable(resume_from, t.optimizer)
             acc.load_state(str(resume_from))
             acc.print(f"resumed from {resume_from} at step {self.state.step}")
+            consumed = self.state.step * info.get("samples_per_step", samples_per_step)
+            written_by = info.get("processes", acc.num_processes)
+            if written_by != acc.num_processes:
+                acc.print(f"the checkpoint was written by {written_by} process(es), this run has "
+                          f"{acc.num_processes}: the data goes on where it stopped, but the run is no longer "
+                          f"bit-exact to one that was not resumed")
+                if acc.process_index >= written_by:  # no random state saved for it: its own, unrelated stream
+                    set_seed(stream_seed(t.seed, acc.process_index, self.state.step))
         else:
             set_seed(t.seed, device_specific=True)  # independent noise on every process
         self.set_learning_rate()
@@ -338,7 +377,7 @@ class Trainer:
             seed=t.seed,
             rank=acc.process_index,
             world=acc.num_processes,
-            start=self.state.step * t.grad_accum * t.batch_size,
+            start=consumed // acc.num_processes,
         )
         loader = DataLoader(
             train_set,
@@ -349,6 +388,7 @@ class Trainer:
             drop_last=True,
             pin_memory=acc.device.type == "cuda",
             generator=torch.Generator().manual_seed(t.seed),  # keeps DataLoader seeding off the global RNG
+            worker_init_fn=partial(seed_worker, seed=t.seed, rank=acc.process_index, start_step=self.state.step),
         )
         self.data = iter(loader)
 
@@ -468,7 +508,8 @@ class Trainer:
                     self.bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         finally:  # a sampling or evaluation that fails loses no training: the step's checkpoint is still written
             if checkpoint:
-                save_checkpoint(acc, self.checkpoint_dir, step, t.keep_checkpoints, t.optimizer)
+                save_checkpoint(acc, self.checkpoint_dir, step, t.keep_checkpoints, t.optimizer,
+                                t.batch_size * t.grad_accum * acc.num_processes)
 
     def export(self) -> Path:
         """Write the EMA weights and the config to ``<output_dir>/export``; return that directory."""

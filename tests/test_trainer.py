@@ -225,6 +225,69 @@ def test_resuming_another_network_is_an_error_and_other_changes_are_named(toy_cf
     assert speed_only_keys(VideoConfig()) == {"model.channels_last", "model.fold_frame_bias"}  # may change on resume
 
 
+def test_processes_that_find_different_checkpoints_stop_with_an_error(toy_cfg, monkeypatch):
+    """Machines without a shared train.output_dir each find their own newest checkpoint (or none): all stop with
+    an error instead of training different weights into a collective that hangs."""
+    import multigen.trainer as trainer_module
+
+    cfg = toy_cfg("train.max_steps=10", out="unshared")
+    train(Toy2D, cfg)
+    monkeypatch.setattr(trainer_module, "gather_object", lambda mine: mine + [None])  # a second process finds none
+    trainer = Trainer(Toy2D, toy_cfg("train.max_steps=20", out="unshared"))
+    with pytest.raises(ConfigError, match=r"process 0: step_10, process 1: None.*every machine shares"):
+        trainer.resume()
+
+
+def test_resuming_with_other_processes_or_batch_continues_the_data_where_it_stopped(toy_cfg, capsys):
+    """The checkpoint records how many training items a step drew (all processes); a run resumed with another
+    number of processes or batch starts each process's share of the stream there, and says it is not bit-exact."""
+    cfg = toy_cfg("train.max_steps=10", out="regrouped")
+    train(Toy2D, cfg)
+    info_file = REPO.joinpath(cfg.train.output_dir) / "checkpoints" / "step_10" / "multigen.json"
+    info = json.loads(info_file.read_text())
+    assert (info["processes"], info["samples_per_step"]) == (1, 64)
+    info.update(processes=2, samples_per_step=2 * 48)  # as if 2 processes of batch 48 had written it
+    info_file.write_text(json.dumps(info))
+    trainer = Trainer(Toy2D, toy_cfg("train.max_steps=20", out="regrouped"))
+    trainer.resume()
+    assert "written by 2 process(es), this run has 1" in capsys.readouterr().out
+    data = trainer.domain.build_dataset("train").tensors[0]
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.train.seed))
+    assert torch.equal(next(trainer.data), data[order[960:1024]])  # 10 steps of 96 items drawn, then batch 64
+
+
+def test_data_workers_draw_differently_on_each_process_and_start(tmp_path):
+    """Workers' random draws (a partial view, a subsample) differ between processes and between a run and its
+    resumption, and repeat for the same process and start."""
+    from functools import partial
+
+    from torch.utils.data import DataLoader
+
+    from multigen.trainer import seed_worker
+
+    class Draws(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.rand(())
+
+    def draws(rank, start_step):
+        loader = DataLoader(Draws(), batch_size=4, num_workers=1, generator=torch.Generator().manual_seed(0),
+                            worker_init_fn=partial(seed_worker, seed=0, rank=rank, start_step=start_step))
+        return next(iter(loader))
+
+    first = draws(0, 0)
+    assert torch.equal(first, draws(0, 0))
+    assert not torch.equal(first, draws(1, 0)) and not torch.equal(first, draws(0, 500))
+
+
+def test_precision_asked_of_accelerate_is_named_when_the_config_differs(toy_cfg, monkeypatch, capsys):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    Trainer(Toy2D, toy_cfg(out="precision"))
+    assert "accelerate asked for mixed precision bf16; train.mixed_precision=no decides" in capsys.readouterr().out
+
+
 def test_resuming_with_another_optimiser_is_an_error_naming_the_checkpoint(toy_cfg):
     train(Toy2D, toy_cfg("train.max_steps=10", "train.checkpoint_every=10", out="switch"))
     with pytest.raises(ConfigError, match=r"step_10 was trained with train.optimizer=adamw, this run has "
@@ -236,7 +299,8 @@ def test_resuming_with_another_optimiser_is_an_error_naming_the_checkpoint(toy_c
 def test_resuming_a_checkpoint_of_another_format_is_an_error_naming_it(toy_cfg):
     checkpoint = train(Toy2D, toy_cfg("train.max_steps=10", "train.checkpoint_every=10", out="old_format"))
     checkpoint = checkpoint.parent / "checkpoints" / "step_10"
-    assert json.loads((checkpoint / "multigen.json").read_text()) == {"format": 2, "step": 10, "optimizer": "adamw"}
+    assert json.loads((checkpoint / "multigen.json").read_text()) == {"format": 2, "step": 10, "optimizer": "adamw",
+                                                                     "processes": 1, "samples_per_step": 64}
     (checkpoint / "multigen.json").unlink()  # as written before the format was recorded
     with pytest.raises(ConfigError, match=r"step_10 is in checkpoint format 1 \(this multigen reads 2\)"):
         train(Toy2D, toy_cfg("train.max_steps=20", "train.checkpoint_every=10", out="old_format"))
