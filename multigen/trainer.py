@@ -164,8 +164,6 @@ def set_aside_earlier_run(out: Path) -> Path | None:
     return aside
 
 
-
-
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
