@@ -58,11 +58,12 @@ from discrete.model import SequenceTransformer  # noqa: E402
 from multigen.benchmarking import markdown_table, timed, write_results  # noqa: E402
 
 
-def dense_matrices(process: D3PM, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``Q̄_{t-1}``, ``Q_t``, ``Q̄_t`` as dense K x K float64 matrices (what the closed forms avoid)."""
+def dense_matrices(process: D3PM, t: int, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``Q̄_{t-1}``, ``Q_t``, ``Q̄_t`` as dense K x K float64 matrices built on ``device`` (what the closed forms
+    avoid)."""
     tr = process.transition
-    K, eye = tr.K, torch.eye(tr.K, dtype=torch.float64)
-    pi = tr.pi[None, :].expand(K, K)
+    K, eye = tr.K, torch.eye(tr.K, dtype=torch.float64, device=device)
+    pi = tr.pi.to(device=device, dtype=torch.float64)[None, :].expand(K, K)
 
     def bar(s: int) -> torch.Tensor:
         a = float(tr.alpha_bar[s])
@@ -100,21 +101,21 @@ def compare(kind: str, K: int, tokens: int, predicted_tokens: int, device: str) 
     # A dense implementation cannot keep Q̄_t for all T at large K (T·K²·8 bytes), so it builds the
     # matrices of the step it needs; all dense timings include that.
     def dense_q():  # rows of Q̄_t, then a categorical draw from each
-        rows = dense_matrices(process, t)[2].to(device)[x0]
+        rows = dense_matrices(process, t, device)[2][x0]
         return (rows.clamp_min(1e-30).log() - torch.empty_like(rows).exponential_().log()).argmax(-1)
 
     def dense_posterior():
-        bar_s, step, _ = (m.to(device) for m in dense_matrices(process, t))
+        bar_s, step, _ = dense_matrices(process, t, device)
         joint = step[:, x_t].movedim(0, -1) * bar_s[x0]  # q(x_t | x_{t-1}=k) q(x_{t-1}=k | x_0)
         return torch.log_softmax(joint.clamp_min(1e-30).log(), -1)
 
     def dense_reverse():  # the D3PM reference's form: Σ_x̃0 q(x_s | x_t, x̃0) p̃(x̃0) with w = p̃ / q(x_t | x̃0)
-        bar_s, step, bar_t = (m.to(device) for m in dense_matrices(process, t))
+        bar_s, step, bar_t = dense_matrices(process, t, device)
         w = probs / bar_t[:, x_t_few].movedim(0, -1).clamp_min(1e-300)
         joint = step[:, x_t_few].movedim(0, -1) * (w @ bar_s)
         return torch.log_softmax(joint.clamp_min(1e-30).log(), -1)
 
-    assert torch.allclose(process.q_probs(x0, tt), dense_matrices(process, t)[2].to(device)[x0], atol=1e-12)
+    assert torch.allclose(process.q_probs(x0, tt), dense_matrices(process, t, device)[2][x0], atol=1e-12)
     c, u, v = closed_posterior()
     pi = process.transition.pi.to(device)
     densified = c[..., None] * pi + u[..., None] * F.one_hot(x_t, K) + v[..., None] * onehot
@@ -490,6 +491,7 @@ def main() -> None:
     if rows:
         print_transitions(rows)
     result = {"device": args.device, "transitions": rows}
+    write_results(args.out, result)  # after each part: a run stopped from outside keeps what it measured
     if args.throughput:
         result["throughput"] = throughput(args.device, args.steps)
         print("\n" + markdown_table([{

@@ -209,9 +209,11 @@ def pointcloud_figures(trainer: Any) -> dict[str, dict[str, float]]:
     return {k: {"value": metrics[k], "baseline": metrics[f"baseline_gaussian/{k}"]} for k in names}
 
 
-def text_figures(trainer: Any, seed: int, write: Callable[[dict], None]) -> dict[str, dict[str, float]]:
+def text_figures(trainer: Any, seed: int, write: Callable[[dict], None], deadline: float
+                 ) -> dict[str, dict[str, float]]:
     """Held-out bits/char of the text model (negative ELBO, with its standard error), written at once; then its
-    autoregressive twin trained for as many steps, its best exact NLL on the same windows the baseline."""
+    autoregressive twin trained for as many steps (or until ``deadline``, ``time.time()``, at a log step), its
+    best exact NLL on the same windows the baseline."""
     from discrete.domain import mean_and_stderr
 
     bench = load_script("discrete")
@@ -226,7 +228,8 @@ def text_figures(trainer: Any, seed: int, write: Callable[[dict], None]) -> dict
     twin_dir = Path(trainer.t.output_dir) / "autoregressive"
     # its trainer scores the same windows by exact NLL (its config is a copy of this one) every tenth of its run:
     # the baseline is its best, since an autoregressive model of this size over-fits the text in a long run
-    _, seconds = bench.train_autoregressive(domain, seed, device.type, twin_dir,
+    minutes = max(deadline - time.time(), 1.0) / 60  # the evaluation above may have eaten into its time
+    _, seconds = bench.train_autoregressive(domain, seed, device.type, twin_dir, [f"train.max_minutes={minutes}"],
                                             eval_every=max(1, steps // TWIN_EVALS))
     best = bench.best_autoregressive_eval(twin_dir)
     figure["baseline"], figure["baseline_stderr"] = best["nll_bits"], best["nll_stderr"]
@@ -264,7 +267,7 @@ def run_one(args: argparse.Namespace) -> None:
     elif recipe == "pointcloud":
         write(pointcloud_figures(trainer))
     else:
-        write(text_figures(trainer, seed, write))
+        write(text_figures(trainer, seed, write, args.deadline))
     result["info"]["eval_seconds"] = time.time() - start
     write()
 

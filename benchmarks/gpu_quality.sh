@@ -4,7 +4,7 @@
 # gpu_quick recipe with 2 seeds at once and writes gpu_quality.json, gpu_quality.md and gpu_quality.log to $OUT
 # (else benchmarks/out/gpu_quality). Arguments go to gpu_quality.py (--budget, --train-seconds, --work).
 #
-#   bash benchmarks/gpu_quality.sh                 # on the GPU machine, with .whl carried beside the checkout
+#   MULTIGEN_COMMIT=<hash> bash benchmarks/gpu_quality.sh   # on the GPU machine, .whl/ in the checkout's root
 #   bash benchmarks/gpu_quality.sh --dry-run       # anywhere: the CPU, tiny configs and sizes, no wheels needed
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh" "$@"  # the wheels of .whl/ (not for a dry run); cd to the checkout

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # (Re)creates .whl/: the wheels benchmarks/gpu.sh and benchmarks/gpu_quality.sh install on a GPU machine that has
-# torch, accelerate, einops, scipy, scikit-learn, tensorboard and Triton but no package index. Run here (with a package index), from any
-# directory; then carry .whl to the GPU machine (it is ignored by git through .git/info/exclude).
+# torch, accelerate, einops, scipy, scikit-learn, tensorboard and Triton but no package index. Run here (with a
+# package index), from any directory; then carry .whl to the GPU machine (it is ignored by git through
+# .git/info/exclude).
 #
 #   bash benchmarks/make_gpu_wheels.sh            # target: CPython 3.12 on x86-64 Linux
 #
 # Left out on purpose: av (PyAV, ~36 MB with its FFmpeg; only writing .mp4 needs it, and nothing gpu.sh runs
-# does), and torch/torchvision/transformers (already there). omegaconf 2.4 vendors its ANTLR runtime, so
-# antlr4-python3-runtime is not needed.
+# does), decord (nothing they run reads video files), and torch/torchvision/transformers (already there).
+# omegaconf 2.4 vendors its ANTLR runtime, so antlr4-python3-runtime is not needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -26,8 +27,6 @@ target=(--no-deps --only-binary=:all: --python-version 3.12 --implementation cp
 "$PY" -m pip download -q "${target[@]}" \
     scikit-image==0.26.0 networkx==3.6.1 pillow==13.0.0 imageio==2.38.1 tifffile==2026.3.3 lazy-loader==0.6 \
     packaging==26.4
-# decord's wheel is py3-none (loaded through ctypes), so it serves CPython 3.12; skipped if the index lacks it
-"$PY" -m pip download -q "${target[@]}" decord==0.6.0 || echo "decord: no wheel, skipped (video files unused)"
 # this checkout as a wheel: gpu.sh puts the checkout first on PYTHONPATH, so the wheel's job is the entry points
 # (the domain registry) and the console scripts
 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w .whl .

@@ -392,8 +392,11 @@ def main() -> None:
         "s/step": f"{r['step_seconds']:.3f}", "clouds/s": f"{r['clouds_per_second']:.2f}",
         "peak memory": f"{r['peak_memory_MB']:.0f} MB", "ops per forward+backward": r["ops_per_forward_backward"]}
         for r in train]))
+    result = {"device": args.device, "train": train}
+    write_results(args.out, result)  # after each part: a run stopped from outside keeps what it measured
 
-    op_table = op_rows(args.device, args.batch, args.points)
+    op_table = result["ops"] = op_rows(args.device, args.batch, args.points)
+    write_results(args.out, result)
     print("\n" + markdown_table([{
         "op": f"{r['op']}{' x' + str(r['batch']) if 'batch' in r else ''}",
         "vectorised (ms)": f"{r['vectorised_ms']:.2f}",
@@ -401,14 +404,14 @@ def main() -> None:
         "speed-up": f"{r['speedup']:.0f}x" if "loop_ms" in r else "–"} for r in op_table]))
 
     sizes = args.metric_points or [n for n in (256, 1024, 2048) if n <= args.points] or [args.points]
-    metrics = metric_rows(args.device, tuple(sizes))
+    metrics = result["metrics"] = metric_rows(args.device, tuple(sizes))
     print("\n" + markdown_table([{
         "points": r["points"],
         "Chamfer chunked / dense (ms)": f"{r['chamfer_chunked_ms']:.1f} / {r['chamfer_dense_ms']:.1f}",
         "dense difference tensor": f"{r['chamfer_dense_matrix_MB']:.0f} MB",
         "EMD exact / Sinkhorn (ms)": f"{r['emd_exact_ms']:.0f} / {r['emd_sinkhorn_ms']:.0f}",
         "Sinkhorn gap": f"{100 * r['emd_relative_gap']:.2f}%"} for r in metrics]))
-    write_results(args.out, {"device": args.device, "train": train, "ops": op_table, "metrics": metrics})
+    write_results(args.out, result)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ activations, the temporal attention's bias folded for flash, ``torch.compile``) 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import subprocess
@@ -152,6 +153,7 @@ def mfu_rows(
     variants: list[str] | None = None,
     steps: int = 5,
     budget_s: float | None = 100.0,
+    compile_seconds: float | None = None,
 ) -> list[dict]:
     """Model FLOPs utilisation of ``configs/video/gpu.yaml``'s training step for each variant and batch.
 
@@ -161,8 +163,9 @@ def mfu_rows(
     (default 8, 16, 32, 64), the ``variants`` (:data:`MFU_VARIANTS`, all by default) in that order; a variant
     that runs out of memory is not tried at larger batches. Compiled models are compiled afresh (static
     shapes) for every batch. Rows that would not end within ``budget_s`` seconds of the start are returned
-    as skipped (None: no limit; a compiled row is assumed to need 60 s, then as long as the longest compile
-    seen), so that a caller with a time box gets what fits: the baseline and the expected best first.
+    as skipped (None: no limit; a compiled row is assumed to need ``compile_seconds``, by default 60 s, then as
+    long as the longest compile seen), so that a caller with a time box gets what fits: the baseline and the
+    expected best first.
     ``dry_run``: the tiny config at batch 1, one timed step, a 256^3 peak, by default only
     :data:`DRY_RUN_VARIANTS`, and ``torch.compile(backend="eager")`` (the plumbing in seconds on a CPU; its
     figures mean nothing).
@@ -180,10 +183,11 @@ def mfu_rows(
         raise ValueError(f"unknown MFU variant(s) {unknown}; choose from {list(MFU_VARIANTS)}")
     if peak_tflops is None:
         peak_tflops = matmul_tflops(device, n=256 if dry_run else 8192, dtype=torch.bfloat16 if cuda else torch.float32)
-    per_clip = step_flops(video_config(config, None))  # times the batch: see step_flops
+    per_clip = per_clip_flops(config)  # times the batch: see step_flops
     dtype = torch.bfloat16 if cuda else None
     rows = []
-    compile_seconds = 0.0 if dry_run else 60.0  # a compiled row needs this much budget left (then: the longest seen)
+    # a compiled row needs this much budget left (then: the longest seen)
+    compile_seconds = 0.0 if dry_run else 60.0 if compile_seconds is None else compile_seconds
     out_of_memory: set[str] = set()
     for batch in batches:
         for name in variants:
@@ -212,6 +216,12 @@ def mfu_rows(
             rows.append({**row, "status": "ok"})
             print(json.dumps(rows[-1]), file=sys.stderr)
     return rows
+
+
+@functools.lru_cache
+def per_clip_flops(config: str) -> float:
+    """:func:`step_flops` of ``configs/video/<config>.yaml`` at batch 1 (seconds each: counted once a process)."""
+    return step_flops(video_config(config, None))
 
 
 def _mfu_step(config: str, overrides: list[str], compiled: bool, batch: int, device: str, dtype, steps: int,
@@ -322,6 +332,7 @@ def main() -> None:
                 print(f"{config}{' (peer)' if peer else ''}: failed\n{result.stderr[-2000:]}", file=sys.stderr)
                 continue
             rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
+            write_json(args, rows)  # after each row: a run stopped from outside keeps what it measured
     print(markdown_table([{"config": r["config"], "model": r["model"], "clip (TxCxHxW)": r["clip"],
                            "params": f"{r['params_M']:.2f} M", "batch": r["batch"],
                            "s/step": f"{r['step_seconds']:.3f}", "clips/s": f"{r['clips_per_second']:.2f}",

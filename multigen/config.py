@@ -69,6 +69,9 @@ class TrainConfig:
 
     output_dir: str = "runs/default"
     max_steps: int = at_least(1000, 1)
+    # > 0: the run ends at the first log step past this many minutes of training (sampling, evaluation, a
+    # checkpoint and the export as at max_steps; a learning-rate decay is cut short there); 0: no limit
+    max_minutes: float = at_least(0.0, 0.0)
     batch_size: int = at_least(64, 1)  # per process; the effective batch is this x processes x grad_accum
     grad_accum: int = at_least(1, 1)
     lr: float = at_least(1e-3, 0.0)

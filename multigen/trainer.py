@@ -400,6 +400,13 @@ class Trainer:
         self.bar = tqdm(total=t.max_steps, initial=self.state.step, disable=not self.main,
                         desc=f"train {self.domain.name}", dynamic_ncols=True)
         self.model.train()
+        self.started = time.monotonic()
+
+    def out_of_time(self) -> bool:
+        """Whether ``train.max_minutes`` (> 0) have passed since :meth:`resume` on any process (all agree)."""
+        t, acc = self.t, self.accelerator
+        over = torch.tensor(float(time.monotonic() - self.started > 60 * t.max_minutes), device=acc.device)
+        return bool(acc.reduce(over, reduction="sum") > 0)
 
     def set_learning_rate(self) -> None:
         """Set every optimiser's learning rate for the next step: ``train.lr`` times :func:`lr_factor` of the step
@@ -475,11 +482,15 @@ class Trainer:
 
     def periodic(self, loss: Tensor) -> None:
         """After a step: when anything is due, check the losses were finite, then log, sample, evaluate and
-        checkpoint as ``train.*_every`` say (all of them at the last step)."""
+        checkpoint as ``train.*_every`` say (all of them at the last step). At a log step past
+        ``train.max_minutes``, that step becomes the last: ``train.max_steps`` is set to it."""
         t, acc, step = self.t, self.accelerator, self.state.step
         self.bar.update(1)
         end = step == t.max_steps
         log = step % t.log_every == 0 or end
+        if log and not end and t.max_minutes and self.out_of_time():
+            acc.print(f"train.max_minutes={t.max_minutes} have passed: step {step} is the last")
+            t.max_steps, self.bar.total, end = step, step, True
         sample = bool(t.sample_every and step % t.sample_every == 0) or end
         evaluate = bool(t.eval_every and step % t.eval_every == 0) or end
         checkpoint = bool(t.checkpoint_every) and (step % t.checkpoint_every == 0 or end)

@@ -225,6 +225,21 @@ def test_resuming_another_network_is_an_error_and_other_changes_are_named(toy_cf
     assert speed_only_keys(VideoConfig()) == {"model.channels_last", "model.fold_frame_bias"}  # may change on resume
 
 
+def test_a_time_limit_ends_the_run_at_a_log_step_with_its_checkpoint_and_export(toy_cfg, monkeypatch, capsys):
+    """``train.max_minutes``: past it, the next log step is the last (final sampling, evaluation, checkpoint and
+    export, as at max_steps); the clock is read at log steps only."""
+    import multigen.trainer as trainer_module
+
+    clock = iter(range(0, 10_000, 7))  # seconds: 7 more at every reading
+    monkeypatch.setattr(trainer_module.time, "monotonic", lambda: float(next(clock)))
+    cfg = toy_cfg("train.max_steps=1000", "train.max_minutes=0.5", "train.log_every=10",
+                  "train.checkpoint_every=1000", out="timed")
+    export = train(Toy2D, cfg)
+    assert "train.max_minutes=0.5 have passed: step 50 is the last" in capsys.readouterr().out
+    assert latest_checkpoint(export.parent / "checkpoints").name == "step_50" and (export / "model.safetensors").is_file()
+    assert any("eval/sliced_w2" in r and r["step"] == 50 for r in read_log(export.parent))
+
+
 def test_processes_that_find_different_checkpoints_stop_with_an_error(toy_cfg, monkeypatch):
     """Machines without a shared train.output_dir each find their own newest checkpoint (or none): all stop with
     an error instead of training different weights into a collective that hangs."""
