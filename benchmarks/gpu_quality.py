@@ -22,7 +22,8 @@ Recipes and figures (each a mean over the seeds, with half the seeds' range as i
   twin stopped early by an oracle, since a long run over-fits the text).
 
 Time: the run stops training by wall time. Every child gets the same deadline, ``--train-seconds`` after the
-start (the text child splits its share: the diffusion model until halfway, its twin for as many steps after).
+start (the text child splits its share: the diffusion model until halfway; after its held-out ELBO, its twin
+for as many steps or as many seconds, whichever ends first, so past the deadline by the ELBO's time).
 Early in its run (after ``CALIBRATE`` of its time) a child measures its step rate, with the other runs sharing
 the GPU, and sets ``train.max_steps`` to the steps that rate fits in the time left, so a cosine learning-rate
 decay (``multigen.trainer``'s schedule reads ``train.max_steps`` at every step) ends near the stop; the deadline
@@ -209,11 +210,11 @@ def pointcloud_figures(trainer: Any) -> dict[str, dict[str, float]]:
     return {k: {"value": metrics[k], "baseline": metrics[f"baseline_gaussian/{k}"]} for k in names}
 
 
-def text_figures(trainer: Any, seed: int, write: Callable[[dict], None], deadline: float
+def text_figures(trainer: Any, seed: int, write: Callable[[dict], None], seconds: float
                  ) -> dict[str, dict[str, float]]:
     """Held-out bits/char of the text model (negative ELBO, with its standard error), written at once; then its
-    autoregressive twin trained for as many steps (or until ``deadline``, ``time.time()``, at a log step), its
-    best exact NLL on the same windows the baseline."""
+    autoregressive twin trained for as many steps or as many ``seconds`` as it trained (at a log step), whichever
+    comes first, its best exact NLL on the same windows the baseline."""
     from discrete.domain import mean_and_stderr
 
     bench = load_script("discrete")
@@ -228,8 +229,8 @@ def text_figures(trainer: Any, seed: int, write: Callable[[dict], None], deadlin
     twin_dir = Path(trainer.t.output_dir) / "autoregressive"
     # its trainer scores the same windows by exact NLL (its config is a copy of this one) every tenth of its run:
     # the baseline is its best, since an autoregressive model of this size over-fits the text in a long run
-    minutes = max(deadline - time.time(), 1.0) / 60  # the evaluation above may have eaten into its time
-    _, seconds = bench.train_autoregressive(domain, seed, device.type, twin_dir, [f"train.max_minutes={minutes}"],
+    _, seconds = bench.train_autoregressive(domain, seed, device.type, twin_dir,
+                                            [f"train.max_minutes={seconds / 60}"],
                                             eval_every=max(1, steps // TWIN_EVALS))
     best = bench.best_autoregressive_eval(twin_dir)
     figure["baseline"], figure["baseline_stderr"] = best["nll_bits"], best["nll_stderr"]
@@ -267,7 +268,7 @@ def run_one(args: argparse.Namespace) -> None:
     elif recipe == "pointcloud":
         write(pointcloud_figures(trainer))
     else:
-        write(text_figures(trainer, seed, write, args.deadline))
+        write(text_figures(trainer, seed, write, result["info"]["train_seconds"]))
     result["info"]["eval_seconds"] = time.time() - start
     write()
 
