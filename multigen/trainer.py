@@ -55,7 +55,7 @@ from .optim import Muon, hidden_matrices
 
 log = logging.getLogger("multigen")
 CHECKPOINT = re.compile(r"^step_(\d+)$")
-CHECKPOINT_INFO = "multigen.json"  # in every checkpoint: its format, step, optimiser, processes and samples a step
+CHECKPOINT_INFO = "multigen.json"  # in every checkpoint: its format, step, optimiser, processes and items drawn
 CHECKPOINT_FORMAT = 2  # 1 (no CHECKPOINT_INFO) also saved LambdaLR states; 2: the learning rate follows the step
 
 
@@ -122,9 +122,9 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
 
 
 def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, step: int, keep: int, optimizer: str,
-                    samples_per_step: int) -> Path:
+                    consumed: int) -> Path:
     """``save_state`` and :data:`CHECKPOINT_INFO` to a temp name, rename to ``step_<N>`` and prune to the newest
-    ``keep``; ``samples_per_step`` is the effective batch (all processes), from which a resume finds its data."""
+    ``keep``; ``consumed`` is the training items all processes have drawn, where a resume's data goes on."""
     final = checkpoint_dir / f"step_{step}"
     tmp = checkpoint_dir / f".tmp_step_{step}"
     if accelerator.is_main_process:
@@ -134,7 +134,7 @@ def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, step: int, k
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         info = {"format": CHECKPOINT_FORMAT, "step": step, "optimizer": optimizer,
-                "processes": accelerator.num_processes, "samples_per_step": samples_per_step}
+                "processes": accelerator.num_processes, "consumed": consumed}
         (tmp / CHECKPOINT_INFO).write_text(json.dumps(info) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
@@ -351,13 +351,13 @@ class Trainer:
             raise ConfigError(f"the processes find different newest checkpoints in {self.checkpoint_dir} ("
                               f"{', '.join(f'process {i}: {c}' for i, c in enumerate(seen))}): train.output_dir "
                               f"must be one folder that every machine shares")
-        samples_per_step = t.batch_size * t.grad_accum * acc.num_processes
-        consumed = 0  # training items drawn by all processes so far
+        self.samples_per_step = t.batch_size * t.grad_accum * acc.num_processes
+        consumed = 0  # training items drawn by all processes so far (batches and processes may have changed)
         if resume_from is not None:
             info = check_resumable(resume_from, t.optimizer)
             acc.load_state(str(resume_from))
             acc.print(f"resumed from {resume_from} at step {self.state.step}")
-            consumed = self.state.step * info.get("samples_per_step", samples_per_step)
+            consumed = info.get("consumed", self.state.step * self.samples_per_step)
             written_by = info.get("processes", acc.num_processes)
             if written_by != acc.num_processes:
                 acc.print(f"the checkpoint was written by {written_by} process(es), this run has "
@@ -368,6 +368,7 @@ class Trainer:
         else:
             set_seed(t.seed, device_specific=True)  # independent noise on every process
         self.set_learning_rate()
+        self.consumed_at, self.step_at = consumed, self.state.step  # items drawn at this start, and its step
 
         train_set = self.domain.build_dataset("train")
         sampler = ShardedStreamSampler(
@@ -489,7 +490,8 @@ class Trainer:
         end = step == t.max_steps
         log = step % t.log_every == 0 or end
         if log and not end and t.max_minutes and self.out_of_time():
-            acc.print(f"train.max_minutes={t.max_minutes} have passed: step {step} is the last")
+            if self.main:
+                self.bar.write(f"train.max_minutes={t.max_minutes} have passed: step {step} is the last")
             t.max_steps, self.bar.total, end = step, step, True
         sample = bool(t.sample_every and step % t.sample_every == 0) or end
         evaluate = bool(t.eval_every and step % t.eval_every == 0) or end
@@ -517,8 +519,8 @@ class Trainer:
                     self.bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         finally:  # a sampling or evaluation that fails loses no training: the step's checkpoint is still written
             if checkpoint:
-                save_checkpoint(acc, self.checkpoint_dir, step, t.keep_checkpoints, t.optimizer,
-                                t.batch_size * t.grad_accum * acc.num_processes)
+                consumed = self.consumed_at + (step - self.step_at) * self.samples_per_step
+                save_checkpoint(acc, self.checkpoint_dir, step, t.keep_checkpoints, t.optimizer, consumed)
 
     def export(self) -> Path:
         """Write the EMA weights and the config to ``<output_dir>/export``; return that directory."""

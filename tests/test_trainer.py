@@ -254,14 +254,15 @@ def test_processes_that_find_different_checkpoints_stop_with_an_error(toy_cfg, m
 
 
 def test_resuming_with_other_processes_or_batch_continues_the_data_where_it_stopped(toy_cfg, capsys):
-    """The checkpoint records how many training items a step drew (all processes); a run resumed with another
-    number of processes or batch starts each process's share of the stream there, and says it is not bit-exact."""
+    """The checkpoint records how many training items all processes have drawn; a run resumed with another number
+    of processes or batch starts each process's share of the stream there (and says it is not bit-exact), and
+    its own checkpoints count on from there, so a second resume continues too."""
     cfg = toy_cfg("train.max_steps=10", out="regrouped")
     train(Toy2D, cfg)
     info_file = REPO.joinpath(cfg.train.output_dir) / "checkpoints" / "step_10" / "multigen.json"
     info = json.loads(info_file.read_text())
-    assert (info["processes"], info["samples_per_step"]) == (1, 64)
-    info.update(processes=2, samples_per_step=2 * 48)  # as if 2 processes of batch 48 had written it
+    assert (info["processes"], info["consumed"]) == (1, 10 * 64)
+    info.update(processes=2, consumed=10 * 2 * 48)  # as if 2 processes of batch 48 had written it
     info_file.write_text(json.dumps(info))
     trainer = Trainer(Toy2D, toy_cfg("train.max_steps=20", out="regrouped"))
     trainer.resume()
@@ -269,6 +270,9 @@ def test_resuming_with_other_processes_or_batch_continues_the_data_where_it_stop
     data = trainer.domain.build_dataset("train").tensors[0]
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.train.seed))
     assert torch.equal(next(trainer.data), data[order[960:1024]])  # 10 steps of 96 items drawn, then batch 64
+    train(Toy2D, toy_cfg("train.max_steps=20", out="regrouped"))
+    info = json.loads((info_file.parent.parent / "step_20" / "multigen.json").read_text())
+    assert info["consumed"] == 960 + 10 * 64
 
 
 def test_data_workers_draw_differently_on_each_process_and_start(tmp_path):
@@ -315,7 +319,7 @@ def test_resuming_a_checkpoint_of_another_format_is_an_error_naming_it(toy_cfg):
     checkpoint = train(Toy2D, toy_cfg("train.max_steps=10", "train.checkpoint_every=10", out="old_format"))
     checkpoint = checkpoint.parent / "checkpoints" / "step_10"
     assert json.loads((checkpoint / "multigen.json").read_text()) == {
-        "format": 2, "step": 10, "optimizer": "adamw", "processes": 1, "samples_per_step": 64}
+        "format": 2, "step": 10, "optimizer": "adamw", "processes": 1, "consumed": 640}
     (checkpoint / "multigen.json").unlink()  # as written before the format was recorded
     with pytest.raises(ConfigError, match=r"step_10 is in checkpoint format 1 \(this multigen reads 2\)"):
         train(Toy2D, toy_cfg("train.max_steps=20", "train.checkpoint_every=10", out="old_format"))
