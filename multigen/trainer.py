@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from .config import ConfigError, flatten, speed_only_keys, to_yaml
-from .domain import Domain
+from .domain import DataError, Domain
 from .export import export_model
 from .optim import Muon, hidden_matrices
 
@@ -237,7 +237,11 @@ def check_resumable(checkpoint: Path, optimizer: str) -> dict[str, Any]:
     """``checkpoint``'s :data:`CHECKPOINT_INFO`; a :class:`ConfigError` unless it says this trainer can load it into
     a run with ``train.optimizer=optimizer``."""
     info_path = checkpoint / CHECKPOINT_INFO
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {"format": 1}
+    try:
+        info = json.loads(info_path.read_text()) if info_path.is_file() else {"format": 1}
+    except ValueError as e:  # written by a run killed as its disk failed, say
+        raise ConfigError(f"{info_path} is damaged ({e}): delete {checkpoint} to resume from the checkpoint before "
+                          f"it, or set train.resume=false") from None
     if info["format"] != CHECKPOINT_FORMAT:
         raise ConfigError(f"{checkpoint} is in checkpoint format {info['format']} (this multigen reads "
                           f"{CHECKPOINT_FORMAT}): set a new train.output_dir, or train.resume=false to start over")
@@ -304,7 +308,6 @@ class Trainer:
         acc.wait_for_everyone()
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(to_yaml(cfg))
 
         set_seed(t.seed)  # identical initial weights on every process
         self.raw_model = self.domain.build_model()
@@ -355,7 +358,12 @@ class Trainer:
         consumed = 0  # training items drawn by all processes so far (batches and processes may have changed)
         if resume_from is not None:
             info = check_resumable(resume_from, t.optimizer)
-            acc.load_state(str(resume_from))
+            try:
+                acc.load_state(str(resume_from))
+            except Exception as e:  # a file damaged on disk, or weights of another network with no config.yaml
+                first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+                raise ConfigError(f"{resume_from} could not be loaded ({type(e).__name__}: {first}): delete it to "
+                                  f"resume from the checkpoint before it, or set train.resume=false") from e
             acc.print(f"resumed from {resume_from} at step {self.state.step}")
             consumed = info.get("consumed", self.state.step * self.samples_per_step)
             written_by = info.get("processes", acc.num_processes)
@@ -369,6 +377,9 @@ class Trainer:
             set_seed(t.seed, device_specific=True)  # independent noise on every process
         self.set_learning_rate()
         self.consumed_at, self.step_at = consumed, self.state.step  # items drawn at this start, and its step
+        if self.main:  # after a successful load: a failed resume leaves the config of its checkpoints in place
+            (self.out / "config.yaml").write_text(to_yaml(self.domain.cfg))
+        self.check_held_out_data()
 
         train_set = self.domain.build_dataset("train")
         sampler = ShardedStreamSampler(
@@ -402,6 +413,24 @@ class Trainer:
                         desc=f"train {self.domain.name}", dynamic_ncols=True)
         self.model.train()
         self.started = time.monotonic()
+
+    def check_held_out_data(self) -> None:
+        """Build the held-out split on the main process and read its first item before training, so that a bad one
+        (missing, empty, unreadable) stops the run at once, on every process, not at its final evaluation."""
+        error: Exception | None = None
+        if self.main:
+            try:
+                self.val_set = self.domain.build_dataset("val")
+                if len(self.val_set) == 0:  # type: ignore[arg-type]
+                    raise DataError(f"{self.domain.name}: the held-out split has no items")
+                self.val_set[0]
+            except Exception as e:  # re-raised below, once every process knows
+                error = e
+        found = gather_object([None if error is None else f"{type(error).__name__}: {error}"])
+        if error is not None:
+            raise error
+        if any(found):
+            raise DataError(f"the main process cannot use the held-out data: {next(m for m in found if m)}")
 
     def out_of_time(self) -> bool:
         """Whether ``train.max_minutes`` (> 0) have passed since :meth:`resume` on any process (all agree)."""
@@ -505,6 +534,7 @@ class Trainer:
             acc.log(logs, step=step)
             if self.main:
                 _append_jsonl(self.out / "log.jsonl", {"step": step, **logs})
+        finished = False
         try:
             if self.main and sample:
                 _write_samples(self.domain, self.ema.module, self.out / "samples" / f"step_{step:06d}", acc)
@@ -517,10 +547,13 @@ class Trainer:
                     acc.log(logs, step=step)
                     _append_jsonl(self.out / "log.jsonl", {"step": step, **logs})
                     self.bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-        finally:  # a sampling or evaluation that fails loses no training: the step's checkpoint is still written
-            if checkpoint:
+            finished = True
+        finally:  # a sampling or evaluation that fails loses no training: the step's checkpoint is still written,
+            if checkpoint:  # and at the last step the export (with checkpoints off, the only copy of the weights)
                 consumed = self.consumed_at + (step - self.step_at) * self.samples_per_step
                 save_checkpoint(acc, self.checkpoint_dir, step, t.keep_checkpoints, t.optimizer, consumed)
+            if end and not finished and self.main:
+                export_model(self.ema.module, self.domain, self.out / "export")
 
     def export(self) -> Path:
         """Write the EMA weights and the config to ``<output_dir>/export``; return that directory."""

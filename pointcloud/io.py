@@ -68,8 +68,8 @@ def read_points(path: str | Path, num_points: int = 2048, seed: int = 0) -> np.n
                 points = np.asarray(geometry.vertices)
     except PointCloudError:
         raise
-    except (OSError, ValueError, IndexError, KeyError, AttributeError, RuntimeError) as e:
-        raise PointCloudError(f"{path} could not be read: {e}") from e
+    except (OSError, ValueError, IndexError, KeyError, AttributeError, RuntimeError, EOFError) as e:
+        raise PointCloudError(f"{path} could not be read: {str(e) or type(e).__name__}") from e
     return check_points(np.asarray(points), str(path))
 
 

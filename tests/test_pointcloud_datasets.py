@@ -157,6 +157,10 @@ def test_empty_point_files_say_so(tmp_path):
             warnings.simplefilter("error")  # numpy's own warning about the empty file is not passed on
             with pytest.raises(PointCloudError, match=f"{name} has no points"):
                 read_points(tmp_path / name)
+    for name in ("empty.npy", "empty.pt"):  # zero bytes: numpy and torch raise EOFError
+        (tmp_path / name).write_bytes(b"")
+        with pytest.raises(PointCloudError, match=f"{name} could not be read"):
+            read_points(tmp_path / name)
 
 
 def test_channels_first_clouds_are_refused(tmp_path):

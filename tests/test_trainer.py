@@ -103,9 +103,9 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(toy_cfg):
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
-def test_a_failed_final_evaluation_keeps_the_final_checkpoint_and_a_resume_exports(toy_cfg):
-    """An error in the last evaluation (after hours of training) still writes the last step's checkpoint; the run
-    resumed there trains nothing more and exports."""
+def test_a_failed_final_evaluation_keeps_the_final_checkpoint_and_the_export(toy_cfg):
+    """An error in the last evaluation (after hours of training) still writes the last step's checkpoint and the
+    export (with checkpoints off, the only copy of the weights); a run resumed there trains no more and exports."""
 
     class FailingEvaluation(Toy2D):
         def evaluate(self, model, dataset):
@@ -115,11 +115,43 @@ def test_a_failed_final_evaluation_keeps_the_final_checkpoint_and_a_resume_expor
     with pytest.raises(Interrupted):
         train(FailingEvaluation, cfg)
     out = REPO.joinpath(cfg.train.output_dir)
-    assert latest_checkpoint(out / "checkpoints").name == "step_12" and not (out / "export").exists()
+    assert latest_checkpoint(out / "checkpoints").name == "step_12" and (out / "export" / "model.safetensors").is_file()
     assert (train(Toy2D, cfg) / "model.safetensors").is_file()
+    unsaved = toy_cfg("train.max_steps=12", "train.checkpoint_every=0", out="unsaved")
+    with pytest.raises(Interrupted):
+        train(FailingEvaluation, unsaved)
+    assert load_pretrained(REPO.joinpath(unsaved.train.output_dir) / "export").domain.name == "toy2d"
     assert toy_cfg("data.num_val=3").data.num_val == 3
     with pytest.raises(ConfigError, match="data.num_val"):  # the Gaussian baseline's covariance needs 3
         toy_cfg("data.num_val=2")
+
+
+def test_held_out_data_that_cannot_be_used_stops_the_run_before_training(toy_cfg):
+    class NoHeldOut(Toy2D):
+        def build_dataset(self, split):
+            if split == "val":
+                raise FileNotFoundError("no val shapes under /data")
+            return super().build_dataset(split)
+
+    cfg = toy_cfg("train.max_steps=12", out="no_val")
+    with pytest.raises(FileNotFoundError, match="no val shapes"):
+        train(NoHeldOut, cfg)
+    assert not (REPO.joinpath(cfg.train.output_dir) / "log.jsonl").exists()  # not one step was trained
+
+
+def test_a_damaged_checkpoint_is_named_and_the_config_of_its_run_kept(toy_cfg):
+    cfg = toy_cfg("train.max_steps=10", out="damaged")
+    out = REPO.joinpath(cfg.train.output_dir)
+    train(Toy2D, cfg)
+    config = (out / "config.yaml").read_text()
+    weights = out / "checkpoints" / "step_10" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # a file cut short as its disk filled
+    with pytest.raises(ConfigError, match=r"step_10 could not be loaded \(SafetensorError.*delete it"):
+        train(Toy2D, toy_cfg("train.max_steps=20", out="damaged"))
+    assert (out / "config.yaml").read_text() == config
+    (out / "checkpoints" / "step_10" / "multigen.json").write_text("{")
+    with pytest.raises(ConfigError, match=r"multigen.json is damaged"):
+        train(Toy2D, toy_cfg("train.max_steps=20", out="damaged"))
 
 
 def nan_at_step(step: int, where: str = "loss") -> type[Toy2D]:

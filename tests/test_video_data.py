@@ -69,6 +69,9 @@ def test_corrupt_missing_and_bad_files_fail_naming_the_file(tmp_path):
         read_video(bad)
     with pytest.raises(FileNotFoundError, match="nothere.mp4"):
         read_video(tmp_path / "nothere.mp4")
+    (tmp_path / "empty.npy").write_bytes(b"")
+    with pytest.raises(VideoReadError, match="empty.npy: not a readable .npy array"):
+        read_video(tmp_path / "empty.npy")
     wrong = tmp_path / "floats.npy"
     np.save(wrong, np.zeros((3, 4, 4, 3), np.float32))
     with pytest.raises(VideoReadError, match="floats.npy.*uint8"):
