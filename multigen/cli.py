@@ -5,6 +5,7 @@ loads its export with ``load_pretrained(args.checkpoint, args.device, domain=...
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,8 +19,20 @@ from .samplers import SAMPLERS
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
     """``--checkpoint`` (an export directory) and ``--device`` (default: cuda when present, else cpu)."""
     p.add_argument("--checkpoint", required=True, help="export directory (model.safetensors + config.yaml)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    p.add_argument("--device", type=available_device, default="cuda" if torch.cuda.is_available() else "cpu",
                    help="where to run (default: %(default)s, cuda when present)")
+
+
+def available_device(text: str) -> str:
+    """An argparse ``type``: a torch device this machine has (``cpu``, ``cuda``, ``cuda:1``, ``mps``...)."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device (cpu, cuda, cuda:1, mps...)") from None
+    if device.type != "cpu" and not (torch.accelerator.is_available()
+                                     and torch.accelerator.current_accelerator().type == device.type):
+        raise argparse.ArgumentTypeError(f"{text}: this machine has no {device.type} device (use cpu)")
+    return text
 
 
 def add_sampler_arguments(p: argparse.ArgumentParser, guidance_help: str) -> None:
@@ -41,19 +54,37 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """An argparse ``type``: a finite number > 0."""
+    value = float(text)
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def output_folder(path: str | Path) -> Path:
+    """``path`` as a folder that exists (made now, before the work that fills it), else a ``ValueError`` naming it."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot make the output folder {path}: {e.strerror or e}") from None
+    return path
+
+
 def seeded_generator(args: argparse.Namespace) -> torch.Generator:
     """A generator on ``args.device`` seeded with ``args.seed``."""
     return torch.Generator(device=args.device).manual_seed(args.seed)
 
 
 def run_command(args: argparse.Namespace, prog: str) -> int:
-    """Run ``args.func(args)``: a returned path is printed as ``wrote PATH``; a ``FileNotFoundError`` or a
-    ``ValueError`` (the domains' input errors are ones) is printed as ``PROG: error: ...`` and returns 2, argparse's
-    code for a bad command line."""
+    """Run ``args.func(args)``: a returned path is printed as ``wrote PATH``; an ``OSError`` (a missing file, a
+    folder that cannot be written) or a ``ValueError`` (the domains' input errors are ones) is printed as
+    ``PROG: error: ...`` and returns 2, argparse's code for a bad command line."""
     func: Callable[[argparse.Namespace], Any] = args.func
     try:
         result = func(args)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     if isinstance(result, Path):

@@ -211,6 +211,15 @@ def _as_typed(schema: type, loaded: Any, raw: Any, prefix: str = "") -> None:
             _as_typed(schema, value, typed, dotted + ".")
 
 
+def read_yaml(path: Path) -> Any:
+    """The contents of the YAML file ``path`` (OmegaConf's reading, as plain containers); a file that is not valid
+    YAML (a tab, an unclosed bracket, bytes that are not UTF-8) is a :class:`ConfigError` naming it and the place."""
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())[:300]}") from None
+
+
 def load_config(
     schema: type[T],
     file: str | Path | None = None,
@@ -229,10 +238,10 @@ def load_config(
             path = Path(file)
             if not path.is_file():
                 raise ConfigError(f"config file not found: {path}")
-            loaded = OmegaConf.to_container(OmegaConf.load(path))
+            loaded, raw = read_yaml(path), yaml.load(path.read_text(), Loader=yaml.BaseLoader)
             if not isinstance(loaded, Mapping) and loaded is not None:
                 raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-            _as_typed(schema, loaded, yaml.load(path.read_text(), Loader=yaml.BaseLoader))
+            _as_typed(schema, loaded, raw)
             merged = OmegaConf.merge(merged, loaded or {})
         if values:
             merged = OmegaConf.merge(merged, OmegaConf.create(dict(values)))

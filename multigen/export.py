@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
-from .config import load_config, to_yaml
+from .config import ConfigError, load_config, read_yaml, to_yaml
 from .domain import Domain, get_domain
 
 WEIGHTS = "model.safetensors"
@@ -115,7 +114,7 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu", domain
     for name in (CONFIG, WEIGHTS):
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path / name} not found: {path} is not a multigen export directory")
-    raw = OmegaConf.to_container(OmegaConf.load(path / CONFIG))
+    raw = read_yaml(path / CONFIG)
     if not isinstance(raw, dict) or "domain" not in raw:
         raise ValueError(f"{path / CONFIG} has no 'domain' key")
     _move_renamed_keys(raw)
@@ -124,10 +123,16 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu", domain
         raise ValueError(f"{path} holds a {name} model, not a {domain} model")
     _fill_earlier_defaults(name, raw)
     domain_cls = get_domain(name)
-    built = domain_cls(load_config(domain_cls.config_class, values=raw))
+    try:
+        built = domain_cls(load_config(domain_cls.config_class, values=raw))
+    except ConfigError as e:
+        raise ConfigError(f"{path / CONFIG}: {e}") from None
     model = built.build_model()
-    with safe_open(path / WEIGHTS, "pt") as f:
-        mismatch = _mismatch(_shapes(model), {k: torch.Size(f.get_slice(k).get_shape()) for k in f.keys()})
+    try:
+        with safe_open(path / WEIGHTS, "pt") as f:
+            mismatch = _mismatch(_shapes(model), {k: torch.Size(f.get_slice(k).get_shape()) for k in f.keys()})
+    except Exception as e:  # safetensors' own error: a file cut short or not safetensors at all
+        raise ValueError(f"{path / WEIGHTS} is not a readable safetensors file ({str(e).splitlines()[0]})") from None
     if mismatch:
         raise ValueError(f"{path / WEIGHTS} does not match the model its {CONFIG} builds: {mismatch}")
     load_model(model, str(path / WEIGHTS))

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as e:
         print(f"multigen-train: error: {e}", file=sys.stderr)
         return 1
-    except (ConfigError, DataError, FileNotFoundError) as e:  # a setting or input the run cannot use: named
+    except (ConfigError, DataError, OSError) as e:  # a setting, input or folder the run cannot use: named
         print(f"multigen-train: error: {e}", file=sys.stderr)
         return 2
     return 0

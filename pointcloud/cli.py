@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from multigen import Known, load_pretrained
-from multigen.cli import add_export_arguments, add_sampler_arguments, positive_int, run_command, seeded_generator
+from multigen.cli import (add_export_arguments, add_sampler_arguments, output_folder, positive_float, positive_int,
+                          run_command, seeded_generator)
 
 from .domain import GENERATED_COLOR, PARTIAL_COLOR
 from .io import PointCloudError, read_points, render_clouds, write_ply
@@ -61,6 +62,7 @@ def _to_model_frame(points: np.ndarray, how: str, radius: float, normalizer) -> 
 
 
 def cmd_complete(args: argparse.Namespace) -> Path:
+    out = output_folder(args.out)
     p = _load(args)
     d, task = p.domain.cfg.data, p.domain.cfg.task
     limit = args.max_partial or task.partial_points
@@ -87,8 +89,6 @@ def cmd_complete(args: argparse.Namespace) -> Path:
                                guidance_interval=args.guidance_interval, generator=seeded_generator(args),
                                progress=True)
     generated = done[:, P:].double().cpu().numpy() * scale + centre
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     # a dense scan would hide the generated points: draw it faint when it outnumbers them
     partial_rgba = np.array([[*PARTIAL_COLOR, min(1.0, max(0.15, generated.shape[1] / len(partial)))]] * len(partial))
     clouds, colors = [], []
@@ -106,9 +106,8 @@ def cmd_complete(args: argparse.Namespace) -> Path:
 
 
 def cmd_sample(args: argparse.Namespace) -> Path:
+    out = output_folder(args.out)
     p = _load(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     g, names = seeded_generator(args), p.domain.class_names
     if args.cls is not None and not names:
         raise PointCloudError(f"--class {args.cls}: this model is not class-conditional (model.class_conditional=false,"
@@ -165,7 +164,7 @@ def _complete_args(p: argparse.ArgumentParser) -> None:
                    help="data: the training data's recorded centre/scale (input in the data's units); partial: fit "
                         "the partial's bounding box into the model's frame; none: input is in it; auto: data when "
                         "the model recorded them, else partial")
-    p.add_argument("--partial-radius", type=float, default=0.8,
+    p.add_argument("--partial-radius", type=positive_float, default=0.8,
                    help="--normalize partial: half-diagonal of the partial in the model's frame")
     p.add_argument("--max-partial", type=positive_int, help="most input points conditioned on (default: the model's)")
     p.set_defaults(func=cmd_complete)

@@ -28,7 +28,7 @@ from multigen.domain import GaussianDomain, no_condition
 from multigen.guidance import classifier_free_guidance, drop_condition
 
 from .datasets import Labelled, NormalizedClouds, Normalizer, Resampled, ShapeFolder, ShapeNetPC15k
-from .io import render_clouds
+from .io import PointCloudError, render_clouds
 from .metrics import chamfer, set_metrics
 from .model import PVCNNUNet, pvd_spec
 from .ops import knn
@@ -138,6 +138,19 @@ class PointCloudConfig:
     eval: PointEvalConfig = field(default_factory=PointEvalConfig)
 
 
+def check_known_points(points: Tensor | None) -> None:
+    """A :class:`PointCloudError` unless the known points ``(K, 3)`` (None: not checked) are finite and lie within
+    1 000 units of the origin of the model's frame (its clouds fill the unit sphere): a scan in another frame, or
+    a NaN, would otherwise fail deep inside the voxel grid."""
+    if points is None or not points.numel():
+        return
+    if not torch.isfinite(points).all():
+        raise PointCloudError("known points: some are NaN or infinite")
+    if (reach := points.abs().max().item()) > 1e3:
+        raise PointCloudError(f"known points reach {reach:.3g} from the origin; the model's clouds fill the unit "
+                              f"sphere: normalise the scan first (multigen-complete --normalize does)")
+
+
 class PointCloud(GaussianDomain):
     """Clouds ``(N, 3)``; batches ``(B, N, 3)``; ``known.mask`` marks observed points ``(B, N, 1)``; a
     class-conditional model's ``condition`` is the class of each sample (see :meth:`sample_labels`)."""
@@ -149,6 +162,8 @@ class PointCloud(GaussianDomain):
         super().__init__(cfg)
         self.scale = cfg.model.diffusion_scale
         d = cfg.data
+        if d.source == "procedural" and (unknown := sorted(set(d.families) - set(FAMILIES))):
+            raise ConfigError(f"data.families: unknown {unknown}; choose from {list(FAMILIES)}")
         if 0 < d.pool < d.points:
             raise ConfigError(f"data.pool={d.pool}: training clouds of data.points={d.points} are drawn from it; "
                               "give at least that many points, or 0 for fixed clouds")
@@ -318,6 +333,7 @@ class PointCloud(GaussianDomain):
         else:
             observed = known.values.to(device).expand(shape)
             mask = known.item_mask(shape, 2).to(device)
+            check_known_points(observed[mask] if device.type != "meta" else None)
         scaled = observed * self.scale
         kept = None if known is None else Known(mask[..., None], scaled)
         guided = self.network(model, scaled, mask, label, settings.guidance, tuple(settings.guidance_interval))

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from discrete.cli import main as discrete_main
-from multigen.cli import add_export_arguments, add_sampler_arguments, run_command, seeded_generator
+from multigen.cli import (add_export_arguments, add_sampler_arguments, output_folder, positive_float, run_command,
+                          seeded_generator)
 from multigen.config import load_config
 from multigen.export import export_model
 from multigen.toy2d import Toy2D, Toy2DConfig
@@ -65,6 +66,42 @@ def test_run_command_reports_paths_and_input_errors(capsys, tmp_path):
         assert capsys.readouterr().err == f"prog: error: {message}\n"
     with pytest.raises(RuntimeError, match="a bug"):
         run_command(argparse.Namespace(func=bug), "prog")
+
+
+def test_a_damaged_export_is_named(toy_export, tmp_path):
+    from multigen import load_pretrained
+    from multigen.config import ConfigError
+
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "config.yaml").write_text((toy_export / "config.yaml").read_text())
+    (damaged / "model.safetensors").write_bytes((toy_export / "model.safetensors").read_bytes()[:50])
+    with pytest.raises(ValueError, match=r"damaged/model.safetensors is not a readable safetensors file"):
+        load_pretrained(damaged)
+    (damaged / "config.yaml").write_text("domain: toy2d\ntrain: [1\n")
+    with pytest.raises(ConfigError, match=r"damaged/config.yaml is not valid YAML"):
+        load_pretrained(damaged)
+    (damaged / "config.yaml").write_text("domain: toy2d\ntrain:\n  lr: -1\n")
+    with pytest.raises(ConfigError, match=r"damaged/config.yaml: train.lr"):
+        load_pretrained(damaged)
+
+
+def test_devices_numbers_and_output_folders_are_checked_before_the_work(tmp_path, capsys):
+    for device in ("gpu", "cuda:x"):
+        with pytest.raises(SystemExit):
+            _parser().parse_args(["--checkpoint", "x", "--device", device])
+        assert "is not a torch device" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            _parser().parse_args(["--checkpoint", "x", "--device", "cuda"])
+        assert "this machine has no cuda device" in capsys.readouterr().err
+    for text in ("0", "-1", "nan", "inf"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            positive_float(text)
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ValueError, match=r"cannot make the output folder .*afile/sub"):
+        output_folder(tmp_path / "afile" / "sub")
+    assert output_folder(tmp_path / "new" / "sub").is_dir()
 
 
 @pytest.fixture(scope="module")

@@ -79,6 +79,13 @@ def test_missing_file_and_bad_file(tmp_path):
         load_config(Toy2DConfig, bad)
     with pytest.raises(ConfigError, match="key.sub=value"):
         load_config(Toy2DConfig, overrides=["justakey"])
+    for text in ("train:\n  max_steps: [1\n", "train:\n\tmax_steps: 3\n"):  # an unclosed bracket, a tab
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=r"bad.yaml is not valid YAML: .*line 2"):
+            load_config(Toy2DConfig, bad)
+    bad.write_bytes(b"train:\n  output_dir: caf\xe9\n")  # Latin-1, not UTF-8
+    with pytest.raises(ConfigError, match="bad.yaml is not valid YAML"):
+        load_config(Toy2DConfig, bad)
 
 
 def test_an_interval_setting_must_lie_in_zero_one_in_order():

@@ -6,13 +6,13 @@ import torch
 import trimesh
 
 from multigen import Known
-from multigen.config import load_config
+from multigen.config import ConfigError, load_config
 from multigen.export import export_model
 from multigen.samplers import SAMPLERS
 from multigen.trainer import read_log, train
 from pointcloud.cli import complete_main, main as pointcloud_cli
 from pointcloud.domain import PointCloud, PointCloudConfig, with_partial
-from pointcloud.io import read_points, render_clouds
+from pointcloud.io import PointCloudError, read_points, render_clouds
 
 SMALL = ["data.points=256", "model.width=0.25", "model.voxel_resolution=0.25", "task.partial_points=40"]
 
@@ -48,6 +48,21 @@ def test_partial_is_kept_exactly(sampler):
     mask[:, :40] = True
     out = domain.sample(model, 2, known=Known(mask, shapes), steps=4, sampler=sampler)
     assert torch.equal(out[mask], shapes[mask]) and torch.isfinite(out).all()
+
+
+def test_known_points_outside_the_model_frame_and_unknown_families_are_errors():
+    domain = small_domain()
+    model = domain.build_model().eval()
+    values, mask = torch.zeros(1, 256, 3), torch.zeros(1, 256, dtype=torch.bool)
+    mask[:, :40] = True
+    for bad, message in [(float("nan"), "NaN or infinite"), (1e20, "reach 1e\\+20 .* normalise the scan")]:
+        values[0, 7, 1] = bad
+        with pytest.raises(PointCloudError, match=message):
+            domain.sample(model, 1, known=Known(mask, values), steps=2, sampler="ddim")
+    values[0, 7, 1], values[0, 100] = 0.0, float("nan")  # an unobserved point's value is not read
+    assert torch.isfinite(domain.sample(model, 1, known=Known(mask, values), steps=2, sampler="ddim")).all()
+    with pytest.raises(ConfigError, match=r"data.families: unknown \['chiar'\]"):
+        small_domain("data.families=[chiar]")
 
 
 def test_known_mask_varying_inside_a_point_is_an_error():

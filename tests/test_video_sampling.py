@@ -61,7 +61,7 @@ def test_residual_scale_scales_what_is_diffused(setup, monkeypatch):
     monkeypatch.setattr("video.sampling.sample", fake_sample)
     out = generate(model, domain.diffusion, clips, mask, domain.sample_settings(steps=2), residual=True,
                    reference="blend", residual_scale=4.0)
-    assert torch.allclose(seen["known"], 4.0 * (clips - ref))
+    assert torch.allclose(seen["known"][mask], 4.0 * (clips - ref)[mask])  # what is known: the observed frames
     assert torch.allclose(out, (0.3 / 4.0 + ref).clamp(-1, 1))
     targets = []
     for scale in (4.0, 1.0):
@@ -163,6 +163,23 @@ def test_hierarchical_gap_windows_observe_both_ends(setup, past):
         assert observed == (True,) + (False,) * (len(index) - 2) + (True,), (index, observed)
         made += index[1:-1]
     assert sorted(made) == sorted(set(range(17)) - set(keys))  # every other frame generated exactly once
+
+
+def test_observed_frames_outside_the_convention_are_errors(setup):
+    """uint8 frames, frames in [0, 255] or with a NaN would come out saturated or all NaN: each is named instead."""
+    model, domain = setup
+    clips, mask = _clips(), torch.tensor([[1, 1, 0, 0, 0]] * 2, dtype=torch.bool)
+    settings = domain.sample_settings(steps=2, sampler="ddim")
+    nan = clips.clone()
+    nan[0, 1, 0, 3, 3] = float("nan")
+    for bad, message in [(((clips + 1) * 127.5).to(torch.uint8), "expected floats in \\[-1, 1\\].*from_uint8"),
+                         ((clips + 1) * 127.5, "values reach 2.*frames are in \\[-1, 1\\]"),
+                         (nan, "NaN or infinite"), (clips[0], "expected \\(B, T, C, H, W\\)")]:
+        with pytest.raises(ValueError, match=message):
+            generate(model, domain.diffusion, bad, mask[: len(bad)] if bad.dim() == 5 else mask, settings)
+    nan[0, 3] = float("nan")  # frames to generate are not read: only the observed ones must be frames
+    nan[0, 1] = clips[0, 1]
+    assert torch.isfinite(generate(model, domain.diffusion, nan, mask, settings)).all()
 
 
 def test_known_mask_varying_inside_a_frame_is_an_error(setup):

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from multigen import load_pretrained
-from multigen.cli import add_export_arguments, add_sampler_arguments, positive_int, run_command, seeded_generator
+from multigen.cli import (add_export_arguments, add_sampler_arguments, output_folder, positive_int, run_command,
+                          seeded_generator)
 
 from .data import frames_to_clip
 from .io import count_frames, read_video, to_uint8, writable, write_video
@@ -97,10 +98,9 @@ def cmd_interpolate(args: argparse.Namespace) -> Path:
 
 
 def cmd_sample(args: argparse.Namespace) -> Path:
+    out = output_folder(args.out)
     p = _load(args)
     d = p.domain.cfg.data
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     empty = torch.zeros(args.num, 0, d.channels, d.size, d.size, device=args.device)
     settings = _settings(args, p.domain)
     # generation: the keyframes' window and the gaps filled between them, all at the unconditional temperature
@@ -160,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="unconditional videos (longer than the window: keyframes then infilling)")
     common(p)
-    p.add_argument("--num", type=int, default=4)
-    p.add_argument("--frames", type=int, help="frames per video (default: the model's window)")
+    p.add_argument("--num", type=positive_int, default=4)
+    p.add_argument("--frames", type=positive_int, help="frames per video (default: the model's window)")
     p.add_argument("--format", choices=["gif", "mp4", "npy"], default="gif")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=cmd_sample)

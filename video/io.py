@@ -110,11 +110,17 @@ def from_uint8(frames: np.ndarray) -> Tensor:
 
 
 def writable(path: str | Path) -> Path:
-    """``path`` as a ``Path`` if :func:`write_video` writes its type, else a ``ValueError`` naming it (check an
-    output before the work that fills it)."""
+    """``path`` as a ``Path`` if :func:`write_video` writes its type there (its folder made now), else a
+    ``ValueError`` naming it (check an output before the work that fills it)."""
     path = Path(path)
     if path.suffix.lower() not in WRITE_SUFFIXES:
         raise ValueError(f"cannot write {path}: use one of {', '.join(WRITE_SUFFIXES)}")
+    if path.is_dir():
+        raise ValueError(f"cannot write {path}: it is a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot write {path}: cannot make its folder {path.parent} ({e.strerror or e})") from None
     return path
 
 

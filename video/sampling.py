@@ -42,6 +42,25 @@ class VideoSampleConfig(SampleConfig):
     context_noise: float = at_least(0.0, 0.0)
 
 
+def check_observed(observed: Tensor, mask: Tensor | None) -> None:
+    """A ``ValueError`` unless ``observed`` is float ``(B, T, C, H, W)`` whose observed frames (``mask``; None:
+    none) are finite and in ``[-1, 1]``: a uint8 clip, or one in ``[0, 255]``, would come out saturated, and a NaN
+    would spread to every generated frame."""
+    if observed.dim() != 5:
+        raise ValueError(f"observed frames: expected (B, T, C, H, W), got shape {tuple(observed.shape)}")
+    if not observed.is_floating_point():
+        raise ValueError(f"observed frames: expected floats in [-1, 1] (video.io.from_uint8 converts uint8 frames), "
+                         f"got {observed.dtype}")
+    if mask is None or observed.device.type == "meta":
+        return
+    seen = observed[mask.to(observed.device)]
+    if not torch.isfinite(seen).all():
+        raise ValueError("observed frames: some values are NaN or infinite")
+    if seen.numel() and seen.abs().max() > 1 + 1e-3:
+        raise ValueError(f"observed frames: values reach {seen.abs().max().item():.4g}; frames are in [-1, 1] "
+                         f"(video.io.from_uint8 converts uint8 frames)")
+
+
 def generate(
     model: nn.Module,
     diffusion: GaussianDiffusion,
@@ -81,10 +100,12 @@ def generate(
     ``null_offset``).
     Every tensor is made on the model's device; ``generator`` must be on it too.
     """
+    check_observed(observed, mask)
     B, T = observed.shape[:2]
     observed = observed.to(next(model.parameters()).device)
     free = mask is None
     mask = observed.new_zeros(B, T, dtype=torch.bool) if free else mask.to(observed.device)
+    observed = torch.where(mask[:, :, None, None, None], observed, 0.0)  # the others are ignored, a NaN there too
     target, base = (scaled_residual(observed, mask, reference, residual_scale, frame_index) if residual
                     else (observed, None))  # residual: exactly 0 where observed
     seen, shown = observed, None  # with a context noise: the condition's frames; the network's x there, its time
