@@ -102,9 +102,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     unit = "bits/char" if d.source == "text" else "bits/token"
     chain = ("continuous time, one random order per sequence" if args.any_order
              else f"{args.steps or domain.cfg.process.timesteps} steps")
-    print(f"{args.data}: {mean:.4f} ± {stderr:.4f} {unit} (negative ELBO over {data.numel()} tokens in {len(data)} "
-          f"sequences, {chain}; every term a one-sample Monte Carlo estimate, so unbiased, not exact; ± one "
-          "standard error over sequences)")
+    spread = (f" ± {stderr:.4f}", "; ± one standard error over sequences") if len(data) > 1 else ("", "")
+    print(f"{args.data}: {mean:.4f}{spread[0]} {unit} (negative ELBO over {data.numel()} tokens in {len(data)} "
+          f"sequence(s), {chain}; every term a one-sample Monte Carlo estimate, so unbiased, not exact{spread[1]})")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -339,7 +339,7 @@ class Discrete(Domain):
 def mean_and_stderr(values: Tensor) -> tuple[float, float]:
     """Mean of per-sequence estimates ``(N,)`` and its standard error ``std / sqrt(N)`` (NaN for one sequence)."""
     values = values.double()
-    return values.mean().item(), (values.std() / math.sqrt(len(values))).item()
+    return values.mean().item(), (values.std() / math.sqrt(len(values))).item() if len(values) > 1 else math.nan
 
 
 def _save_grids(grids: Tensor, levels: int, out: Path) -> Path:

@@ -122,6 +122,15 @@ def test_errors_name_the_problem(tmp_path, export, capsys):
     assert main(["predict", "--checkpoint", str(tmp_path), "--input", str(tmp_path / "two.npy"), "--context", "1",
                  "--frames", "4", "--out", str(tmp_path / "o.avi")]) == 2
     assert "cannot write" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("")
+    assert main(["predict", "--checkpoint", str(tmp_path), "--input", str(tmp_path / "two.npy"), "--context", "1",
+                 "--frames", "4", "--out", str(tmp_path / "afile" / "o.npy")]) == 2
+    assert "cannot make its folder" in capsys.readouterr().err
+    np.save(tmp_path / "one.npy", gray(1))
+    assert main(["interpolate", "--checkpoint", str(export), "--input", str(tmp_path / "one.npy"),
+                 "--out", str(tmp_path / "i.npy")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("multigen-video: error: ") and "interpolation needs at least 2" in err
 
 
 def test_frame_delay_and_context_noise_on_a_per_frame_model_and_errors_on_another(tmp_path, export, capsys):

@@ -87,10 +87,10 @@ def cmd_interpolate(args: argparse.Namespace) -> Path:
     p = _load(args)
     clip = _read_clip(args, p.domain)
     if clip.shape[1] < 2:
-        raise SystemExit(f"{args.input} has {clip.shape[1]} frame(s); interpolation needs at least 2")
+        raise ValueError(f"{args.input} has {clip.shape[1]} frame(s); interpolation needs at least 2")
     window = p.domain.cfg.data.frames
     if args.between + 2 > window:
-        raise SystemExit(f"--between {args.between} does not fit the model's window of {window} frames")
+        raise ValueError(f"--between {args.between} does not fit the model's window of {window} frames")
     with torch.no_grad():
         video = interpolate(p.model, p.domain.diffusion, clip, args.between, _settings(args, p.domain),
                             progress=False, **_options(args, p.domain))

@@ -163,9 +163,9 @@ class VideoFolder(Dataset):
         span = (frames - 1) * stride + 1
         self.clips: list[tuple[Path, int]] = []
         for path in files:
-            n = counts.get(str(path.relative_to(self.root)))
-            problem = "cannot be decoded" if n is None else f"has {n} frames, fewer than the {span} a clip needs" \
-                if n < span else None
+            n = counts[str(path.relative_to(self.root))]
+            problem = (f"cannot be read ({n})" if isinstance(n, str)
+                       else f"has {n} frames, fewer than the {span} a clip needs" if n < span else None)
             if problem:
                 if not skip_corrupt:
                     raise VideoReadError(f"{path} {problem} (set data.skip_corrupt=true to skip such files)")
@@ -183,25 +183,26 @@ class VideoFolder(Dataset):
                      "or more clips) "}[split]
             raise VideoReadError(f"no usable {which}clips of {frames} frames (stride {stride}) in {self.root}")
 
-    def _index(self, files: list[Path], cache: Path) -> dict[str, int | None]:
-        """Frame count per file (None: unreadable), reusing the cache where size and mtime match."""
+    def _index(self, files: list[Path], cache: Path) -> dict[str, int | str]:
+        """Frame count per file (for one that cannot be read, why), reusing the cache where size and mtime match."""
         try:
             cached = json.loads(cache.read_text()) if cache.is_file() else {}
         except (OSError, ValueError):
             cached = {}
-        out: dict[str, int | None] = {}
+        out: dict[str, int | str] = {}
         fresh: dict[str, dict] = {}
         for path in tqdm(files, desc="indexing videos", disable=len(files) < 50):
             key, st = str(path.relative_to(self.root)), path.stat()
             entry = cached.get(key)
-            if not (entry and entry["size"] == st.st_size and entry["mtime"] == st.st_mtime):
+            if not (entry and entry["size"] == st.st_size and entry["mtime"] == st.st_mtime and "error" in entry):
+                frames, error = None, None
                 try:
-                    frames: int | None = count_frames(path)
-                except VideoReadError:
-                    frames = None
-                entry = {"size": st.st_size, "mtime": st.st_mtime, "frames": frames}
+                    frames = count_frames(path)
+                except VideoReadError as e:
+                    error = str(e).removeprefix(f"{path}: ")
+                entry = {"size": st.st_size, "mtime": st.st_mtime, "frames": frames, "error": error}
             fresh[key] = entry
-            out[key] = entry["frames"]
+            out[key] = entry["frames"] if entry["error"] is None else entry["error"]
         if fresh != cached:
             tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")  # the processes of a run index at once
             try:
