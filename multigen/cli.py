@@ -15,6 +15,9 @@ import torch
 
 from .samplers import SAMPLERS
 
+# errors a path given on the command line causes (missing, a file where a folder should be, no permission): one line
+PATH_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
     """``--checkpoint`` (an export directory) and ``--device`` (default: cuda when present, else cpu)."""
@@ -78,13 +81,13 @@ def seeded_generator(args: argparse.Namespace) -> torch.Generator:
 
 
 def run_command(args: argparse.Namespace, prog: str) -> int:
-    """Run ``args.func(args)``: a returned path is printed as ``wrote PATH``; an ``OSError`` (a missing file, a
-    folder that cannot be written) or a ``ValueError`` (the domains' input errors are ones) is printed as
-    ``PROG: error: ...`` and returns 2, argparse's code for a bad command line."""
+    """Run ``args.func(args)``: a returned path is printed as ``wrote PATH``; one of :data:`PATH_ERRORS` (a
+    missing file, a folder that cannot be written) or a ``ValueError`` (the domains' input errors are ones) is
+    printed as ``PROG: error: ...`` and returns 2, argparse's code for a bad command line."""
     func: Callable[[argparse.Namespace], Any] = args.func
     try:
         result = func(args)
-    except (OSError, ValueError) as e:
+    except (*PATH_ERRORS, ValueError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     if isinstance(result, Path):

@@ -211,6 +211,13 @@ def _as_typed(schema: type, loaded: Any, raw: Any, prefix: str = "") -> None:
             _as_typed(schema, value, typed, dotted + ".")
 
 
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of ``error``'s message (at most ``limit`` characters), or its type's name when it has none:
+    what a one-line error quotes of the error it replaces."""
+    lines = str(error).strip().splitlines()
+    return lines[0][:limit] if lines else type(error).__name__
+
+
 def read_yaml(path: Path) -> Any:
     """The contents of the YAML file ``path`` (OmegaConf's reading, as plain containers); a file that is not valid
     YAML (a tab, an unclosed bracket, bytes that are not UTF-8) is a :class:`ConfigError` naming it and the place."""
@@ -262,7 +269,7 @@ def load_config(
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
-        msg = (getattr(e, "msg", None) or str(e)).strip().splitlines()[0]
+        msg = first_line(getattr(e, "msg", None) or e)
         raise ConfigError(f"{key}: {msg}" if key else msg) from None
     validate(cfg)
     return cfg  # type: ignore[return-value]

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
-from .config import ConfigError, load_config, read_yaml, to_yaml
+from .config import ConfigError, first_line, load_config, read_yaml, to_yaml
 from .domain import Domain, get_domain
 
 WEIGHTS = "model.safetensors"
@@ -131,8 +131,8 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu", domain
     try:
         with safe_open(path / WEIGHTS, "pt") as f:
             mismatch = _mismatch(_shapes(model), {k: torch.Size(f.get_slice(k).get_shape()) for k in f.keys()})
-    except Exception as e:  # safetensors' own error: a file cut short or not safetensors at all
-        raise ValueError(f"{path / WEIGHTS} is not a readable safetensors file ({str(e).splitlines()[0]})") from None
+    except SafetensorError as e:  # a file cut short, or not safetensors at all
+        raise ValueError(f"{path / WEIGHTS} is not a readable safetensors file ({first_line(e)})") from None
     if mismatch:
         raise ValueError(f"{path / WEIGHTS} does not match the model its {CONFIG} builds: {mismatch}")
     load_model(model, str(path / WEIGHTS))

@@ -19,6 +19,7 @@ if __name__ == "__main__" and __package__ in (None, ""):
     # Run as a file: put the checkout root, not multigen/, first on the path.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+from multigen.cli import PATH_ERRORS  # noqa: E402
 from multigen.config import ConfigError, load_config, to_yaml  # noqa: E402
 from multigen.domain import DataError, UnknownDomainError, available_domains, get_domain  # noqa: E402
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as e:
         print(f"multigen-train: error: {e}", file=sys.stderr)
         return 1
-    except (ConfigError, DataError, OSError) as e:  # a setting, input or folder the run cannot use: named
+    except (ConfigError, DataError, *PATH_ERRORS) as e:  # a setting, input or folder the run cannot use: named
         print(f"multigen-train: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,9 +1,9 @@
 """The one training loop every domain uses, built on Hugging Face Accelerate.
 
-:func:`train` reads top to bottom: :class:`Trainer` sets up (Accelerate, the domain fitted to its data and
-its config written, the model, its EMA copy, the optimiser), resumes from the newest complete checkpoint,
-then repeats one optimisation step (accumulate gradients, clip, step, update the EMA) and the periodic work
-(log, sample, evaluate, checkpoint), and finally exports the EMA weights.
+:func:`train` reads top to bottom: :class:`Trainer` sets up (Accelerate, the domain fitted to its data, the model,
+its EMA copy, the optimiser), resumes from the newest complete checkpoint (then writes the run's config and checks
+its held-out data), then repeats one optimisation step (accumulate gradients, clip, step, update the EMA) and the
+periodic work (log, sample, evaluate, checkpoint), and finally exports the EMA weights.
 
 The optimisation step never waits on the accelerator. A non-finite loss (or, without fp16's loss scaler, a
 non-finite gradient under a finite loss) is noticed on the device, where it turns that step and every later one
@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 import re
 import shutil
@@ -44,11 +45,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, gather_object, send_to_device, set_seed
 from omegaconf import OmegaConf
+from safetensors import SafetensorError
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from .config import ConfigError, flatten, speed_only_keys, to_yaml
+from .config import ConfigError, first_line, flatten, speed_only_keys, to_yaml
 from .domain import DataError, Domain
 from .export import export_model
 from .optim import Muon, hidden_matrices
@@ -240,8 +242,8 @@ def check_resumable(checkpoint: Path, optimizer: str) -> dict[str, Any]:
     try:
         info = json.loads(info_path.read_text()) if info_path.is_file() else {"format": 1}
     except ValueError as e:  # written by a run killed as its disk failed, say
-        raise ConfigError(f"{info_path} is damaged ({e}): delete {checkpoint} to resume from the checkpoint before "
-                          f"it, or set train.resume=false") from None
+        raise ConfigError(f"{info_path} is damaged ({e}): move {checkpoint} out of its folder to resume from the "
+                          f"checkpoint before it, or set train.resume=false") from None
     if info["format"] != CHECKPOINT_FORMAT:
         raise ConfigError(f"{checkpoint} is in checkpoint format {info['format']} (this multigen reads "
                           f"{CHECKPOINT_FORMAT}): set a new train.output_dir, or train.resume=false to start over")
@@ -269,9 +271,9 @@ class Trainer:
     :meth:`periodic`, and :meth:`export` (see :func:`train`, which runs them in that order)."""
 
     def __init__(self, domain_cls: type[Domain], cfg: Any) -> None:
-        """Set up Accelerate, the domain (fitted to its data, then ``config.yaml`` written), the model, its EMA
-        copy, the optimisers (AdamW; with ``train.optimizer=muon`` also Muon for the hidden matrices), and the
-        device-side record of non-finite losses and gradients."""
+        """Set up Accelerate, the domain (fitted to its data), the model, its EMA copy, the optimisers (AdamW; with
+        ``train.optimizer=muon`` also Muon for the hidden matrices), and the device-side record of non-finite
+        losses and gradients."""
         t = self.t = cfg.train
         if t.optimizer == "muon" and t.mixed_precision == "fp16":
             raise ConfigError("train.optimizer=muon with train.mixed_precision=fp16: Accelerate's loss scaler "
@@ -346,7 +348,8 @@ class Trainer:
 
     def resume(self) -> None:
         """Load the newest complete checkpoint if ``train.resume`` (weights, optimiser, EMA, schedule, step and
-        RNG states), then start the data stream where the run left off."""
+        RNG states), write ``config.yaml`` (the export's config), check the held-out data
+        (:meth:`check_held_out_data`), then start the data stream where the run left off."""
         t, acc = self.t, self.accelerator
         resume_from = latest_checkpoint(self.checkpoint_dir) if t.resume else None
         seen = gather_object([resume_from and resume_from.name])  # one per process
@@ -360,10 +363,13 @@ class Trainer:
             info = check_resumable(resume_from, t.optimizer)
             try:
                 acc.load_state(str(resume_from))
-            except Exception as e:  # a file damaged on disk, or weights of another network with no config.yaml
-                first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-                raise ConfigError(f"{resume_from} could not be loaded ({type(e).__name__}: {first}): delete it to "
-                                  f"resume from the checkpoint before it, or set train.resume=false") from e
+            except (SafetensorError, pickle.UnpicklingError, EOFError, KeyError, RuntimeError) as e:
+                if isinstance(e, torch.OutOfMemoryError):
+                    raise
+                # a file damaged on disk, or weights of another network (whose config.yaml is gone)
+                raise ConfigError(f"{resume_from} could not be loaded ({type(e).__name__}: {first_line(e)}): move "
+                                  f"it out of {self.checkpoint_dir} to resume from the one before it, or set "
+                                  f"train.resume=false") from e
             acc.print(f"resumed from {resume_from} at step {self.state.step}")
             consumed = info.get("consumed", self.state.step * self.samples_per_step)
             written_by = info.get("processes", acc.num_processes)
@@ -534,7 +540,6 @@ class Trainer:
             acc.log(logs, step=step)
             if self.main:
                 _append_jsonl(self.out / "log.jsonl", {"step": step, **logs})
-        finished = False
         try:
             if self.main and sample:
                 _write_samples(self.domain, self.ema.module, self.out / "samples" / f"step_{step:06d}", acc)
@@ -547,13 +552,20 @@ class Trainer:
                     acc.log(logs, step=step)
                     _append_jsonl(self.out / "log.jsonl", {"step": step, **logs})
                     self.bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-            finished = True
-        finally:  # a sampling or evaluation that fails loses no training: the step's checkpoint is still written,
-            if checkpoint:  # and at the last step the export (with checkpoints off, the only copy of the weights)
-                consumed = self.consumed_at + (step - self.step_at) * self.samples_per_step
-                save_checkpoint(acc, self.checkpoint_dir, step, t.keep_checkpoints, t.optimizer, consumed)
-            if end and not finished and self.main:
+        except Exception:  # a sampling or evaluation that fails loses no training: the step's checkpoint is
+            if checkpoint:  # written, and at the last step the export (with checkpoints off, the weights' only copy)
+                self.save_checkpoint()
+            if end and self.main:
                 export_model(self.ema.module, self.domain, self.out / "export")
+            raise
+        if checkpoint:
+            self.save_checkpoint()
+
+    def save_checkpoint(self) -> Path:
+        """:func:`save_checkpoint` of this step, with the items drawn so far (on every process)."""
+        t, step = self.t, self.state.step
+        consumed = self.consumed_at + (step - self.step_at) * self.samples_per_step
+        return save_checkpoint(self.accelerator, self.checkpoint_dir, step, t.keep_checkpoints, t.optimizer, consumed)
 
     def export(self) -> Path:
         """Write the EMA weights and the config to ``<output_dir>/export``; return that directory."""

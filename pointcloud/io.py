@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from multigen.config import first_line
 from multigen.domain import DataError
 
 POINT_SUFFIXES = (".npy", ".xyz", ".txt", ".ply", ".pt")
@@ -89,7 +90,7 @@ def _read_torch(path: Path) -> np.ndarray:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise PointCloudError(f"{path} holds something other than one torch_geometric Data or a tensor (a Batch? "
-                              f"save one cloud: batch.get_example(i)): {str(e).splitlines()[0]}") from None
+                              f"save one cloud: batch.get_example(i)): {first_line(e)}") from None
     if isinstance(obj, Data):
         if obj.pos is None:
             raise PointCloudError(f"{path}: the torch_geometric Data has no `pos` (its points)")

@@ -146,7 +146,7 @@ def test_a_damaged_checkpoint_is_named_and_the_config_of_its_run_kept(toy_cfg):
     config = (out / "config.yaml").read_text()
     weights = out / "checkpoints" / "step_10" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # a file cut short as its disk filled
-    with pytest.raises(ConfigError, match=r"step_10 could not be loaded \(SafetensorError.*delete it"):
+    with pytest.raises(ConfigError, match=r"step_10 could not be loaded \(SafetensorError.*move it out of"):
         train(Toy2D, toy_cfg("train.max_steps=20", out="damaged"))
     assert (out / "config.yaml").read_text() == config
     (out / "checkpoints" / "step_10" / "multigen.json").write_text("{")

@@ -182,6 +182,27 @@ def test_observed_frames_outside_the_convention_are_errors(setup):
     assert torch.isfinite(generate(model, domain.diffusion, nan, mask, settings)).all()
 
 
+def test_chaining_a_model_that_overshoots_the_frame_range():
+    """A model of whole frames without clip_x0 may draw values past [-1, 1]; chained windows take them as context
+    clamped (the range check is for a user's frames), and the observed frames stay exact."""
+    loose = Video(load_config(VideoConfig, overrides=["data.frames=5", "data.size=16", "diffusion.timesteps=100",
+                                                      "model.residual=false", "diffusion.clip_x0=null"]))
+
+    class Overshoots(nn.Module):  # a constant prediction whose x0 estimates leave [-1, 1]
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(()))
+
+        def forward(self, x, t, *args, **kwargs):
+            return torch.full_like(x, 1.3) * self.scale
+
+    settings = loose.sample_settings(steps=2, sampler="ddim")
+    first = _clips(1, 2)
+    for extend in (extend_hierarchical, extend_autoregressive):
+        out = extend(Overshoots(), loose.diffusion, first, 12, 5, settings, **loose.model_options())
+        assert out.shape[1] == 12 and torch.equal(out[:, :2], first)
+
+
 def test_known_mask_varying_inside_a_frame_is_an_error(setup):
     """Issue 17 item 5: a mask is one value per frame; one that varies inside a frame was cut to its first pixel."""
     model, domain = setup

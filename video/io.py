@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from multigen.config import first_line
 from multigen.domain import DataError
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".webm", ".mov", ".mkv")
@@ -49,7 +50,7 @@ def _reader(path: Path):
     try:
         vr = decord.VideoReader(str(path), num_threads=1)
     except Exception as e:  # decord raises its own DECORDError and RuntimeError
-        raise VideoReadError(f"{path}: cannot decode video ({str(e).splitlines()[0][:200]})") from None
+        raise VideoReadError(f"{path}: cannot decode video ({first_line(e, 200)})") from None
     if len(vr) == 0:
         raise VideoReadError(f"{path}: the video has no frames")
     return vr
@@ -74,7 +75,7 @@ def read_video(path: str | Path, indices: list[int] | None = None) -> np.ndarray
     try:
         return vr.get_batch(wanted).asnumpy()
     except Exception as e:  # decord 0.6 fails on frame widths that are not 32-aligned
-        first_error = str(e).splitlines()[0][:200]
+        first_error = first_line(e, 200)
     try:
         return _read_with_pyav(path, wanted)
     except Exception as e:
@@ -92,7 +93,8 @@ def _read_with_pyav(path: Path, indices: list[int]) -> np.ndarray:
     with av.open(str(path)) as container:
         for i, frame in enumerate(container.decode(video=0)):
             if i in wanted:
-                frames[i] = np.rot90(frame.to_ndarray(format="rgb24"), k=round(frame.rotation / 90) % 4)
+                turn = round(getattr(frame, "rotation", 0) / 90) % 4  # PyAV < 14.1 does not read the rotation
+                frames[i] = np.rot90(frame.to_ndarray(format="rgb24"), k=turn)
             if i >= max(indices):
                 break
     return np.stack([frames[i] for i in indices])

@@ -204,12 +204,12 @@ def extend_autoregressive(
     with tqdm(total=length, initial=K, desc="frames", disable=not progress) as bar:
         while video.shape[1] < length:
             new = min(window - K, length - video.shape[1])
-            if past:
+            if past:  # generated frames become context: clamped (see clamp_generated)
                 clip = predict(model, diffusion, video[:, :K], K + new, settings, past=True, **kw)
-                video = torch.cat([clip[:, :new], video], dim=1)
+                video = torch.cat([clip[:, :new].clamp(-1, 1), video], dim=1)
             else:
                 clip = predict(model, diffusion, video[:, -K:], K + new, settings, **kw)
-                video = torch.cat([video, clip[:, K:]], dim=1)
+                video = torch.cat([video, clip[:, K:].clamp(-1, 1)], dim=1)
             bar.update(new)
     return video
 
@@ -252,8 +252,9 @@ def extend_hierarchical(
         key_index = [round((length - 1) * i / (window - 1)) for i in range(window)]
     if past:  # mirrored: the observed frames are the last K, the keyframes spread back to frame 0
         key_index = [length - 1 - i for i in reversed(key_index)]
-    keys = generate(model, diffusion, *place(window), settings,
-                    frame_index=torch.tensor(key_index, device=device).expand(B, window), **kw)
+    observed, seen = place(window)
+    keys = clamp_generated(generate(model, diffusion, observed, seen, settings,
+                                    frame_index=torch.tensor(key_index, device=device).expand(B, window), **kw), seen)
 
     video = first.new_zeros(B, length, *first.shape[2:])
     video[:, key_index] = keys
@@ -265,11 +266,20 @@ def extend_hierarchical(
             idx = [a, *inner, b]
             ends = torch.tensor([True] + [False] * len(inner) + [True], device=device).expand(B, -1)
             index = torch.tensor(idx, device=device)
-            video[:, index] = generate(model, diffusion, video[:, index], ends, settings,
-                                       frame_index=index.expand(B, -1), **kw)
+            video[:, index] = clamp_generated(generate(model, diffusion, video[:, index], ends, settings,
+                                                       frame_index=index.expand(B, -1), **kw), ends)
             bar.update(len(inner))
             gaps += [(i, j) for i, j in zip(idx[:-1], idx[1:]) if j - i > 1]
     return video
+
+
+def clamp_generated(frames: Tensor, observed: Tensor | None) -> Tensor:
+    """``frames`` ``(B, T, C, H, W)`` with the generated ones (not ``observed``, ``(B, T)``; None: none observed)
+    clamped to ``[-1, 1]``, before they become the next window's context: a model of whole frames without
+    ``clip_x0`` can overshoot; the observed frames stay bit-exact."""
+    if observed is None:
+        return frames.clamp(-1, 1)
+    return torch.where(observed[:, :, None, None, None], frames, frames.clamp(-1, 1))
 
 
 def _spread(a: int, b: int, n: int) -> list[int]:
