@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from .config import ConfigError, first_line, flatten, speed_only_keys, to_yaml
+from .config import ConfigError, first_line, flatten, read_yaml, speed_only_keys, to_yaml
 from .domain import DataError, Domain
 from .export import export_model
 from .optim import Muon, hidden_matrices
@@ -221,7 +221,8 @@ def check_same_network(config_file: Path, cfg: Any) -> str:
     network than ``cfg`` does (a ``model.*`` setting changed, :func:`~multigen.config.speed_only` ones aside);
     return the settings that did change, in words (``''``: none). Settings the earlier config lacks, added since,
     are not compared."""
-    then, now = flatten(OmegaConf.load(config_file)), flatten(OmegaConf.create(to_yaml(cfg)))  # both as YAML has them
+    # both as YAML has them
+    then, now = flatten(OmegaConf.create(read_yaml(config_file))), flatten(OmegaConf.create(to_yaml(cfg)))
     changed = sorted(k for k, v in now.items() if k in then and then[k] != v)
     speed = speed_only_keys(cfg)
     network = [k for k in changed if k.startswith("model.") and k not in speed]
@@ -413,7 +414,7 @@ class Trainer:
         n_params = sum(p.numel() for p in self.raw_model.parameters())
         acc.print(
             f"{self.domain.name}: {n_params / 1e6:.2f}M parameters, {acc.num_processes} process(es) on "
-            f"{acc.device}, effective batch {t.batch_size * t.grad_accum * acc.num_processes}"
+            f"{acc.device}, effective batch {self.samples_per_step}"
         )
         self.bar = tqdm(total=t.max_steps, initial=self.state.step, disable=not self.main,
                         desc=f"train {self.domain.name}", dynamic_ncols=True)
@@ -544,8 +545,7 @@ class Trainer:
             if self.main and sample:
                 _write_samples(self.domain, self.ema.module, self.out / "samples" / f"step_{step:06d}", acc)
             if self.main and evaluate:
-                self.val_set = self.val_set if self.val_set is not None else self.domain.build_dataset("val")
-                with acc.autocast():
+                with acc.autocast():  # the held-out set: built by check_held_out_data before training
                     metrics = self.domain.evaluate(self.ema.module, self.val_set)
                 if metrics:
                     logs = {f"eval/{k}": v for k, v in metrics.items()}

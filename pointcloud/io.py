@@ -70,7 +70,7 @@ def read_points(path: str | Path, num_points: int = 2048, seed: int = 0) -> np.n
     except PointCloudError:
         raise
     except (OSError, ValueError, IndexError, KeyError, AttributeError, RuntimeError, EOFError) as e:
-        raise PointCloudError(f"{path} could not be read: {str(e) or type(e).__name__}") from e
+        raise PointCloudError(f"{path} could not be read: {first_line(e)}") from e
     return check_points(np.asarray(points), str(path))
 
 

@@ -36,7 +36,7 @@ def _load_npy(path: Path) -> np.ndarray:
     try:
         arr = np.load(path, mmap_mode="r")
     except (ValueError, OSError, EOFError) as e:  # EOFError: an empty file
-        raise VideoReadError(f"{path}: not a readable .npy array ({str(e) or type(e).__name__})") from None
+        raise VideoReadError(f"{path}: not a readable .npy array ({first_line(e)})") from None
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] not in (1, 3):
         raise VideoReadError(f"{path}: expected uint8 (T, H, W, C) with C in (1, 3), got {arr.dtype} {arr.shape}")
     if arr.shape[0] == 0:

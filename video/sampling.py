@@ -56,8 +56,8 @@ def check_observed(observed: Tensor, mask: Tensor | None) -> None:
     seen = observed[mask.to(observed.device)]
     if not torch.isfinite(seen).all():
         raise ValueError("observed frames: some values are NaN or infinite")
-    if seen.numel() and seen.abs().max() > 1 + 1e-3:
-        raise ValueError(f"observed frames: values reach {seen.abs().max().item():.4g}; frames are in [-1, 1] "
+    if seen.numel() and (reach := seen.abs().max().item()) > 1 + 1e-3:
+        raise ValueError(f"observed frames: values reach {reach:.4g}; frames are in [-1, 1] "
                          f"(video.io.from_uint8 converts uint8 frames)")
 
 
