@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from multigen.config import ConfigError, TrainConfig, at_least, choice
-from multigen.domain import Domain, no_condition
+from multigen.domain import Domain, check_count, no_condition
 from multigen.samplers import Known
 
 from .data import CharTokenizer, DigitGrids, TokenError, TokenWindows, builtin_text, read_text, read_tokens
@@ -275,6 +275,7 @@ class Discrete(Domain):
         ``length`` (tokens per sequence, for text and token data; 0: ``data.length``). D3PM has one
         ancestral sampler: ``sampler``, ``eta``, ``resample`` and ``guidance`` are the Gaussian domains'.
         """
+        check_count(n)
         no_condition(self.name, condition)
         s = self.sample_settings(**settings)
         if s.length and self.cfg.data.source == "digits":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import operator
 from abc import ABC, abstractmethod
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -187,6 +188,7 @@ class GaussianDomain(Domain):
         progress: bool = False,
         **settings: Any,
     ) -> Tensor:
+        check_count(n)
         no_condition(self.name, condition)
         device = next(model.parameters()).device
         return self.run_sampler(model, (n, *self.sample_shape()), self.sample_settings(**settings), known=known,
@@ -215,6 +217,16 @@ class GaussianDomain(Domain):
             device=device,
             progress=progress,
         )
+
+
+def check_count(n: Any) -> None:
+    """Raise for a number of samples ``n`` that is not a positive integer (NumPy and 0-d tensor ints pass)."""
+    try:
+        count = -1 if isinstance(n, bool) else operator.index(n)
+    except TypeError:
+        count = -1
+    if count < 1:
+        raise ValueError(f"the number of samples must be a positive integer, got {n!r}")
 
 
 def no_condition(domain: str, condition: Any) -> None:

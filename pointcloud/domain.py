@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from multigen import Known
 from multigen.config import ConfigError, DiffusionConfig, SampleConfig, TrainConfig, at_least, choice
 from multigen.diffusion import uniform_times
-from multigen.domain import GaussianDomain, no_condition
+from multigen.domain import GaussianDomain, check_count, no_condition
 from multigen.guidance import classifier_free_guidance, drop_condition
 
 from .datasets import Labelled, NormalizedClouds, Normalizer, Resampled, ShapeFolder, ShapeNetPC15k
@@ -324,6 +324,7 @@ class PointCloud(GaussianDomain):
         """``n`` clouds; with ``known`` (mask ``(n, N)`` or ``(n, N, 1)``, values ``(n, N, 3)``) those points are kept.
         A class-conditional model's ``condition``: see :meth:`sample_labels`. ``settings``: see
         :meth:`sample_settings` (``resample`` acts only with a known part; ``guidance`` scales the class)."""
+        check_count(n)
         settings = self.sample_settings(**settings)
         device = next(model.parameters()).device
         label = self.sample_labels(n, condition, known is None, generator, device)

@@ -45,6 +45,9 @@ def test_every_domain_names_an_unknown_setting_and_refuses_a_condition(name):
         domain.sample(model, 1, condition=torch.zeros(1, 4))
     with pytest.raises(ConfigError, match="sample.steps: must be >= "):
         domain.sample_settings(steps=-1)
+    for n in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match=f"number of samples must be a positive integer, got {n!r}"):
+            domain.sample(model, n)
 
 
 def test_the_discrete_domain_names_the_gaussian_settings_it_does_not_take():

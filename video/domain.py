@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from multigen import samplers
 from multigen.config import ConfigError, DiffusionConfig, TrainConfig, at_least, choice, speed_only
-from multigen.domain import GaussianDomain, no_condition
+from multigen.domain import GaussianDomain, check_count, no_condition
 from multigen.samplers import Known
 
 from .conditioning import TaskMix, motion_compensated, pack_condition, per_frame_steps, sample_masks, scaled_residual
@@ -289,6 +289,7 @@ class Video(GaussianDomain):
         """``n`` clips ``(n, T, C, H, W)``; with ``known`` (values ``(n, T, C, H, W)``, mask ``(n, T)`` or
         ``(n, T, 1, 1, 1)``; a full-size mask must be constant inside each frame) those frames are kept.
         ``settings``: see :meth:`sample_settings` (``guidance`` scales the observed frames' condition)."""
+        check_count(n)
         no_condition(self.name, condition)
         settings = self.sample_settings(**settings)
         shape = (n, *self.sample_shape())
