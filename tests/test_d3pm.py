@@ -324,6 +324,27 @@ def test_random_known_parts():
     assert prompts.any()
     grids = random_known(torch.zeros(8, 4, 6, dtype=torch.long), 1.0)
     assert grids.shape == (8, 4, 6) and grids.dtype == torch.bool
+    # E[hidden tokens] = (scattered: N / 2 + a run uniform on 1..N: (N + 1) / 2) / 2 = 12.25 for N = 24
+    hidden = (~random_known(torch.zeros(40_000, 24, dtype=torch.long), 1.0, torch.Generator().manual_seed(1)))
+    assert abs(hidden.sum(1).double().mean().item() - 12.25) < 0.15  # 4 standard errors
+
+
+@pytest.mark.parametrize("kind", ["uniform", "absorbing"])
+def test_the_hybrid_loss_is_vb_plus_lambda_ce_at_a_step_uniform_on_1_to_T(kind):
+    """``loss`` draws t uniformly on {1..T} from the generator, then takes ``L_vb + λ CE`` of :meth:`loss_terms`
+    on that draw: replayed with the same generator, the two agree exactly, for two values of λ."""
+    process, _ = build(kind)
+    x0 = torch.randint(0, K - 1, (64, 6), generator=torch.Generator().manual_seed(0))
+    w = torch.randn(K, K, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    model = LogitModel(lambda x, t: w[x] + t.double()[:, None, None] / T)
+    for lam in (0.01, 1.0):
+        process.hybrid_lambda = lam
+        loss = process.loss(model, x0, torch.Generator().manual_seed(2))
+        g = torch.Generator().manual_seed(2)
+        t = torch.randint(1, T + 1, (len(x0),), generator=g)
+        vb, ce = process.loss_terms(model, x0, t, g)
+        torch.testing.assert_close(loss, (vb + lam * ce).float(), rtol=0, atol=0)
+    assert (ce > 0).all() and (vb > 0).any()
 
 
 @pytest.mark.parametrize("stratified", [True, False])

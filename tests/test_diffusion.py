@@ -98,6 +98,23 @@ def test_stratified_steps_put_one_step_in_each_stratum_and_are_uniform_overall()
         GaussianDiffusion(NoiseSchedule("cosine", 10), time_sampling="sobol")
 
 
+def test_uniform_steps_cover_every_step_equally():
+    d = GaussianDiffusion(NoiseSchedule("cosine", 10))
+    draws = d.random_steps(50_000, torch.device("cpu"), generator=torch.Generator().manual_seed(0))
+    counts = torch.bincount(draws, minlength=12).double()
+    assert counts[0] == 0 and counts[11] == 0  # steps 1..T only
+    assert ((counts[1:11] - 5000).abs() < 4 * 5000**0.5).all(), counts
+
+
+def test_the_denoiser_reads_the_samplers_float_times_as_their_integer_steps():
+    """Samplers pass ``model_time(step)`` = step / T in float32; ``steps_of`` must give back the step exactly (a
+    float32 i / T can fall just below i / T, so flooring it would use the level below)."""
+    for T in (10, 1000, 4000):
+        d = GaussianDiffusion(NoiseSchedule("cosine", T))
+        steps = torch.arange(T + 1)
+        assert torch.equal(d.steps_of(d.schedule.model_time(steps)), steps)
+
+
 def test_loss_mask_ignores_masked_elements():
     d = GaussianDiffusion(NoiseSchedule("cosine", 100), "eps")
     x0 = torch.randn(4, 6)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pointcloud.ops import (
-    ball_query, chamfer_distance, farthest_point_sample, farthest_point_sample_torch, group, knn, normalize_coords,
+    ball_query, chamfer_distance, farthest_point_sample, farthest_point_sample_torch, group, knn,
     trilinear_devoxelize, voxelization, voxelize,
 )
 from pointcloud.reference import ball_query_loop, chamfer_dense, fps_loop, knn_loop, voxelize_loop
@@ -144,7 +144,11 @@ def test_voxelize_averages_features_per_voxel_and_devoxelize_interpolates():
     feats = torch.randn(2, 3, 500, dtype=torch.float64)
     R = 6
     grid, norm = voxelize(feats, coords, R)
-    torch.testing.assert_close(norm, normalize_coords(coords, R))
+    # PVCNN's normalisation in closed form: centred, the farthest point at distance R / 2 from the grid's centre
+    centred = coords - coords.mean(2, keepdim=True)
+    expected = (centred / (2 * centred.norm(dim=1).amax(1))[:, None, None] + 0.5) * R
+    torch.testing.assert_close(norm, expected.clamp(0, R - 1))
+    assert torch.allclose((expected - R / 2).norm(dim=1).amax(1), torch.full((2,), R / 2, dtype=torch.float64))
     torch.testing.assert_close(grid, voxelize_loop(feats, norm.round().long(), R))
     vox = voxelization(coords, R)  # kept by layers that voxelize the same cloud again
     assert torch.equal(vox.average(feats), grid)

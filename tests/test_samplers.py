@@ -86,6 +86,25 @@ def test_dpm_solver_converges_on_a_bimodal_mixture_faster_than_ddim():
     assert err[20] < 1.6 / math.sqrt(n)
 
 
+def test_dpm_solver_is_second_order_on_uneven_steps():
+    """On Gaussian data the probability-flow ODE has a closed form: x_T maps to m + s (x_T - alpha_T m) / sqrt(
+    alpha_T^2 s^2 + sigma_T^2). On steps even in time (uneven in log-SNR, so the multistep ratio r is not 1)
+    DPM-Solver++(2M)'s error falls faster than first order as the steps double, and far below DDIM's (first
+    order). 100 000 levels make the rounding of the grid to integer steps negligible."""
+    schedule = NoiseSchedule("cosine", 100_000)
+    m, s = 1.5, 0.3
+    D = gaussian_mixture_denoiser(torch.ones(1), torch.tensor([[m]]), torch.tensor([[[s * s]]]), schedule)
+    x_T = torch.linspace(-2, 2, 9, dtype=torch.float64)[:, None]
+    abar = schedule.alpha_bar(torch.tensor([schedule.timesteps])).double()
+    exact = m + s * (x_T - abar.sqrt() * m) / (abar * s * s + 1 - abar).sqrt()
+
+    def error(sampler, steps):
+        return (sampler(D, x_T.clone(), sampling_grid(schedule, steps, "time")) - exact).abs().max().item()
+
+    assert error(dpm_solver_pp, 20) > 3 * error(dpm_solver_pp, 40)
+    assert error(dpm_solver_pp, 40) < 0.1 * error(ddim, 40)
+
+
 def test_ddim_eta_one_is_ancestral_ddpm():
     mix, cdf = _bimodal(0.1)
     D = gaussian_mixture_denoiser(*mix, SCHEDULE)
@@ -140,6 +159,28 @@ def test_grids_are_strictly_decreasing_from_T_to_clean(spacing):
     if spacing == "log_snr":  # evenly spaced between the clip level and step 1, up to integer rounding
         gaps = log_snr[2:-1].diff()
         assert gaps.max() < 1.5 * gaps.min() + 0.05
+
+
+@pytest.mark.parametrize("spacing", ["log_snr", "karras"])
+def test_grid_levels_are_the_nearest_steps_to_their_closed_form_targets(spacing):
+    """Between step 1 and the level where sigma/alpha = 80, the interior levels are evenly spaced in log-SNR, or
+    (Karras et al.) in (sigma/alpha)^(1/7): each chosen step is the step nearest its target, computed here from
+    the schedule's alpha_bar alone."""
+    steps = 10
+    abar = SCHEDULE.alpha_bar(torch.arange(1, SCHEDULE.timesteps + 1)).double()
+    log_s = 0.5 * (torch.log1p(-abar) - torch.log(abar))  # log(sigma / alpha) at steps 1..T, increasing
+    lo, hi = float(log_s[0]), min(float(log_s[-1]), math.log(80.0))
+    u = torch.linspace(0, 1, steps, dtype=torch.float64)[1:]
+    if spacing == "log_snr":
+        target = hi + u * (lo - hi)
+    else:
+        rho = 7.0
+        target = rho * torch.log(math.exp(hi / rho) + u * (math.exp(lo / rho) - math.exp(hi / rho)))
+    nearest = (log_s[None, :] - target[:, None]).abs().argmin(1) + 1
+    grid = sampling_grid(SCHEDULE, steps, spacing)
+    chosen = torch.round(grid.t * SCHEDULE.timesteps).long()
+    assert chosen[0] == SCHEDULE.timesteps and chosen[-1] == 0
+    assert torch.equal(chosen[1:-1], nearest), (chosen, nearest)
 
 
 def test_grid_and_argument_errors():
@@ -197,12 +238,23 @@ def test_temperature_scales_a_deterministic_samplers_spread_about_the_mean(sampl
     assert (torch.cov(x.T) - 0.25 * COV[0]).abs().max() < 0.01, torch.cov(x.T)
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm_solver_pp"])
-def test_temperature_zero_gives_the_mean_of_gaussian_data(sampler):
+@pytest.mark.parametrize("sampler,kw", [("ddpm", {}), ("ddim", {}), ("ddim", {"eta": 1.0}), ("dpm_solver_pp", {})])
+def test_temperature_zero_gives_the_mean_of_gaussian_data(sampler, kw):
     D = gaussian_mixture_denoiser(ONE, MEAN, COV, SCHEDULE)
     x = sample(D, (8, 2), SCHEDULE, sampler=sampler, steps=50, temperature=0.0, dtype=torch.float64,
-               generator=torch.Generator().manual_seed(0))
+               generator=torch.Generator().manual_seed(0), **kw)
     assert (x - MEAN).abs().max() < 1e-4, x
+
+
+def test_the_known_part_is_noised_to_the_marginal_of_its_level():
+    """``Known.impose`` draws the known entries from q(x_t | x0) = N(sqrt(abar) x0, (1 - abar) I), the rest kept."""
+    x0 = torch.tensor([2.0, -1.0], dtype=torch.float64)
+    known = Known(torch.tensor([True, False]), x0)
+    x = torch.full((200_000, 2), 7.0, dtype=torch.float64)
+    out = known.impose(x, torch.tensor(0.25, dtype=torch.float64), torch.Generator().manual_seed(0))
+    assert torch.equal(out[:, 1], x[:, 1])
+    assert abs(out[:, 0].mean().item() - 0.5 * 2.0) < 0.01 and abs(out[:, 0].var().item() - 0.75) < 0.01
+    assert torch.equal(known.impose(x, torch.tensor(1.0), None)[:, 0], x0[0].expand(len(x)))
 
 
 def test_temperature_keeps_the_known_part_and_rejects_a_negative_value():

@@ -99,6 +99,10 @@ def test_task_masks_cover_every_task_and_keep_a_generated_frame():
     only_future = sample_masks(500, 8, TaskMix(0, 1, 0, 0, 0), g)
     k = only_future.sum(1)
     assert torch.equal(only_future, torch.arange(8).expand(500, 8) < k[:, None])
+    only_past = sample_masks(7000, 8, TaskMix(0, 0, 1, 0, 0), g)
+    k = only_past.sum(1)
+    assert torch.equal(only_past, torch.arange(8).expand(7000, 8) >= 8 - k[:, None])  # the last k frames
+    assert (torch.bincount(k, minlength=8)[1:] - 1000).abs().max() < 150  # k uniform on 1..7 (sd ~ 29)
     interp = sample_masks(6000, 8, TaskMix(0, 0, 0, 1, 0), g)
     first, last = interp.int().argmin(1), 7 - interp.int().flip(1).argmin(1)  # first and last generated frame
     assert interp[:, 0].all() and interp[:, -1].all()  # both ends observed

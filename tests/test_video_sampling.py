@@ -113,6 +113,31 @@ def test_long_video_chaining_keeps_context_and_keyframes(setup):
     assert uncond.shape == (2, 9, 1, 16, 16)
 
 
+@pytest.mark.parametrize("past", [False, True])
+def test_each_chained_window_conditions_on_the_frames_nearest_the_new_ones(monkeypatch, past):
+    """A stand-in for ``predict`` that continues a ramp (each new frame 0.01 past its neighbour) and records its
+    context: every window sees the K frames last produced (with ``past``: the K first), so the chained video is
+    the whole ramp, with windows of 2 new frames and a last one of 1."""
+    calls = []
+
+    def ramp(model, diffusion, context, frames, settings, past=False, **kw):
+        calls.append(context.clone())
+        steps = 0.01 * torch.arange(1, frames - len(context[0]) + 1, dtype=context.dtype)[None, :, None, None, None]
+        if past:
+            return torch.cat([context[:, :1] - steps.flip(1), context], 1)
+        return torch.cat([context, context[:, -1:] + steps], 1)
+
+    monkeypatch.setattr(video.sampling, "predict", ramp)
+    context = 0.01 * torch.arange(3, dtype=torch.float32)[None, :, None, None, None].expand(2, 3, 1, 4, 4)
+    out = extend_autoregressive(None, None, context, 10, window=5, settings=None, past=past)
+    expected = 0.01 * torch.arange(-7 if past else 0, 3 if past else 10, dtype=torch.float32)
+    torch.testing.assert_close(out[0, :, 0, 0, 0], expected)
+    assert len(calls) == 4
+    for i, seen in enumerate(calls):  # after i windows: 3 + 2 i frames, the context the 3 nearest the new ones
+        frames = 0.01 * (torch.arange(-2 * i, -2 * i + 3) if past else torch.arange(2 * i, 2 * i + 3))
+        torch.testing.assert_close(seen[0, :, 0, 0, 0], frames.float())
+
+
 def test_past_prediction_keeps_the_context_at_the_end(setup):
     """``past=True`` generates the frames before the context: the context ends every output bit-exactly, in one
     window, chained backward and hierarchically."""
