@@ -162,3 +162,41 @@ def test_self_conditioned_denoisers_see_their_own_first_estimate():
             if len(shown) == 2:
                 assert shown[0] is None and not shown[1].requires_grad
         assert set(passes) == {1, 2} and 10 <= passes.count(2) <= 30
+
+
+def test_the_autoregressive_twin_never_samples_its_start_token():
+    from multigen.config import load_config
+
+    from .conftest import load_benchmark
+
+    bench = load_benchmark("discrete")
+    domain = bench.AutoregressiveText(load_config(bench.AutoregressiveText.config_class, overrides=[
+        "data.length=8", "model.dim=16", "model.depth=1", "model.heads=1"]))
+    domain.fit()
+    model = domain.build_model()
+    with torch.no_grad():
+        model.head.bias[domain.data_vocab] = 50.0  # all the weight on the start token's logit
+    x = domain.sample(model, 16, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (16, 8) and (x < domain.data_vocab).all()
+
+
+def test_the_unigram_baseline_is_the_cross_entropy_under_add_one_training_frequencies():
+    from discrete.domain import Discrete, DiscreteConfig
+    from multigen.config import load_config
+
+    domain = Discrete(load_config(DiscreteConfig, overrides=["data.length=16"]))
+    domain.fit()
+    train, val = domain.build_dataset("train").tokens, domain.build_dataset("val").tokens
+    counts = torch.bincount(train, minlength=domain.data_vocab).double() + 1
+    data = val[: 4 * 16].reshape(4, 16)
+    expected = -(counts[data.flatten()] / counts.sum()).log2().mean().item()
+    assert abs(domain.unigram_bits(data) - expected) < 1e-9 and 3.0 < expected < 6.0
+
+
+def test_the_time_embedding_sees_t_over_T():
+    from discrete.model import embed_time
+    from multigen.nn import TimestepEmbedding
+
+    emb, t = TimestepEmbedding(16), torch.tensor([1, 128, 256])
+    torch.testing.assert_close(embed_time(emb, t, 256, 16), emb(t.float() / 256))
+    assert torch.equal(embed_time(None, t, 256, 16), torch.zeros(3, 16))

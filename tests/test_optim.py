@@ -127,3 +127,13 @@ def test_a_unets_hidden_matrices_are_its_linear_weights_and_kernels_but_its_outp
     layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     assert chosen == {id(m.weight) for m in layers if m is not output}
     assert any(p.ndim == 4 for p in hidden_matrices(model)) and id(output.weight) not in chosen
+
+
+def test_transposed_convolutions_stay_with_adamw():
+    """A transposed kernel is ``(in, out, *k)``: taken as an ``(out, in)`` matrix it would be orthogonalised the wrong
+    way round, so Muon never gets one (the digit grids' upsampling is one)."""
+    from discrete.model import GridUNet
+
+    model = GridUNet(vocab=5, timesteps=10)
+    transposed = [m.weight for m in model.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert transposed and not any(any(w is p for p in hidden_matrices(model)) for w in transposed)

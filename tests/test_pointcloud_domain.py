@@ -39,9 +39,10 @@ def test_loss_ignores_observed_points():
     assert (seen["flag"].sum((1, 2)) == 40).all()
 
 
+@pytest.mark.parametrize("scale", [2.0, 3.0])  # 3: x * 3 / 3 is not always x, so the points must be put back
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
-def test_partial_is_kept_exactly(sampler):
-    domain = small_domain()
+def test_partial_is_kept_exactly(sampler, scale):
+    domain = small_domain(f"model.diffusion_scale={scale}")
     model = domain.build_model().eval()
     shapes = torch.stack([domain.build_dataset("val")[i] for i in range(2)])
     mask = torch.zeros(2, 256, dtype=torch.bool)
@@ -276,3 +277,15 @@ def test_cli_and_evaluation_on_the_device(device, export_dir, tmp_path):
     domain = small_domain("task.completion=0.5", "sample.steps=2", "eval.num_shapes=4")
     metrics = domain.evaluate(domain.build_model().to(device), domain.build_dataset("val"))
     assert all(np.isfinite(v) for v in metrics.values()) and "completion/chamfer" in metrics
+
+
+def test_the_gaussian_blob_baseline_has_the_held_out_clouds_mean_and_covariance():
+    domain = small_domain("eval.num_shapes=16", "sample.steps=2")
+    domain.fit()
+    mix = torch.tensor([[0.3, 0.2, 0.0], [0.0, 0.1, 0.15], [0.0, 0.0, 0.05]])  # strongly correlated coordinates
+    clouds = list(torch.randn(16, 256, 3, generator=torch.Generator().manual_seed(3)) @ mix + 0.1)
+    ref, _, blob, _ = domain.generation_sets(domain.build_model().eval(), clouds)
+    assert blob.shape == ref.shape == (16, 256, 3)
+    flat, drawn = ref.reshape(-1, 3), blob.reshape(-1, 3)
+    assert (drawn.mean(0) - flat.mean(0)).abs().max() < 0.01
+    torch.testing.assert_close(torch.cov(drawn.T), torch.cov(flat.T), atol=4e-3, rtol=0)

@@ -61,3 +61,28 @@ def test_visibility_of_a_sphere_and_partial_masks():
     for cloud, mask in zip(clouds, masks):
         direction = cloud[mask].mean(0)
         assert (cloud[mask] @ direction > -0.1).float().mean() > 0.95
+
+
+def test_viewpoints_lie_outside_the_unit_sphere_and_a_short_view_fills_up_nearest_first():
+    from pointcloud.views import partial_mask, random_viewpoint
+
+    rng = np.random.default_rng(0)
+    eyes = np.stack([random_viewpoint(rng) for _ in range(100)])
+    assert np.allclose(np.linalg.norm(eyes, axis=1), 2.5)
+    p = rng.normal(size=(300, 3))
+    p /= np.linalg.norm(p, axis=1, keepdims=True)
+    assert visible_points(p, eyes[0]).mean() < 0.8  # from outside, much of the far side is hidden (inside: all seen)
+    # asked for more points than are visible: the hidden points nearest the viewpoint fill up
+    eye = random_viewpoint(np.random.default_rng(5))
+    visible = visible_points(p, eye)
+    mask = partial_mask(p, 250, np.random.default_rng(5))
+    filled, left = mask & ~visible, ~mask
+    assert mask.sum() == 250 and (mask >= visible).all() and filled.any()
+    distance = np.linalg.norm(p - eye, axis=1)
+    assert distance[filled].max() <= distance[left].min()
+
+
+def test_every_seed_and_split_draws_its_own_shapes():
+    firsts = [ProceduralShapes(num_shapes=1, points=64, seed=s, split=split)[0] for s in range(4)
+              for split in ("train", "val")]
+    assert all(not torch.equal(a, b) for i, a in enumerate(firsts) for b in firsts[i + 1:])

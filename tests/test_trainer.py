@@ -487,3 +487,58 @@ def test_lr_factor_linear_decay_over_the_last_steps():
     assert tail[8:] == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0, 0.0])  # a straight line to 0 at max_steps
     assert lr_factor(5, 2, 12, "linear") == pytest.approx(0.7)  # decay_steps 0: the line starts after the warmup
     assert lr_factor(3, 2, 12, "cosine", decay_steps=50) == lr_factor(3, 2, 12, "cosine")  # never into the warmup
+
+
+def test_ema_takes_the_first_weights_then_moves_one_minus_decay_of_the_way_and_copies_buffers():
+    from multigen.trainer import EMA
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = EMA(model, decay=0.9)
+    no, yes = torch.tensor(False), torch.tensor(True)
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[1].running_mean.fill_(5.0)
+        ema.update(model, no)
+        torch.testing.assert_close(ema.module[0].weight, torch.ones(2, 2))  # to rounding: w + 1 * (1 - w)
+        assert int(ema.n_averaged) == 1
+        assert torch.equal(ema.module[1].running_mean, torch.full((2,), 5.0))
+        model[0].weight.fill_(3.0)
+        ema.update(model, no)
+        torch.testing.assert_close(ema.module[0].weight, torch.full((2, 2), 0.9 * 1.0 + 0.1 * 3.0))
+        model[0].weight.fill_(100.0)
+        model[1].running_mean.fill_(-1.0)
+        ema.update(model, yes)  # a skipped step changes nothing
+        torch.testing.assert_close(ema.module[0].weight, torch.full((2, 2), 1.2))
+        assert torch.equal(ema.module[1].running_mean, torch.full((2,), 5.0)) and int(ema.n_averaged) == 2
+
+
+def test_clipping_bounds_the_gradient_the_optimiser_sees(toy_cfg, monkeypatch):
+    seen = []
+    original = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        seen.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    train(Toy2D, toy_cfg("train.grad_clip=1e-4", "train.max_steps=5", "train.checkpoint_every=0",
+                         "train.optimizer=adamw"))
+    assert len(seen) == 5 and max(seen) <= 1e-4 * (1 + 1e-5), seen
+
+
+def test_two_accumulated_half_batches_are_one_whole_batch(toy_cfg):
+    """``train.grad_accum=2`` at batch 32 takes the step batch 64 takes: the same logged loss and gradient norm
+    (a loss with no random draws of its own, on the same stream of items)."""
+
+    class Deterministic(Toy2D):
+        def training_loss(self, model, batch):
+            return (model(batch, torch.full((len(batch),), 0.5)) - batch).pow(2).mean()
+
+    logs = []
+    for accum, batch in ((1, 64), (2, 32)):
+        cfg = toy_cfg(f"train.grad_accum={accum}", f"train.batch_size={batch}", "train.max_steps=1",
+                      "train.log_every=1", "train.checkpoint_every=0", "train.ema_decay=0", out=f"accum{accum}")
+        logs.append([r for r in read_log(train(Deterministic, cfg).parent) if "loss" in r][0])
+    assert logs[0]["loss"] == pytest.approx(logs[1]["loss"], rel=1e-5)
+    assert logs[0]["grad_norm"] == pytest.approx(logs[1]["grad_norm"], rel=1e-5)

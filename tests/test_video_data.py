@@ -313,3 +313,34 @@ def test_natural_video_without_scikit_image_names_the_extra(monkeypatch):
     monkeypatch.delitem(sys.modules, "video.natural", raising=False)
     with pytest.raises(ImportError, match=r"pip install multigen-diffusion\[video\]"):
         importlib.import_module("video.natural")
+
+
+def test_the_domains_held_out_digits_are_the_fifth_never_trained_on_and_its_task_masks():
+    from multigen.config import load_config
+    from video.domain import Video, VideoConfig
+
+    domain = Video(load_config(VideoConfig, overrides=["data.size=16", "data.num_val=2", "eval.context=4"]))
+    train, val = domain.build_dataset("train").images, domain.build_dataset("val").images
+    assert len(val) == 360 and len(train) == 1437  # 80 / 20 of scikit-learn's 1 797 digit images
+    assert not (train.flatten(1)[:, None] == val.flatten(1)[None]).all(-1).any()  # no image in both
+    masks = {k: v.int().tolist() for k, v in domain.task_masks(8).items()}
+    assert masks == {"future": [1, 1, 1, 1, 0, 0, 0, 0], "interp": [1, 0, 0, 0, 0, 0, 0, 1],
+                     "past": [0, 0, 0, 0, 1, 1, 1, 1]}
+
+
+def test_colour_frames_become_grey_with_the_luma_weights():
+    frames = np.zeros((3, 8, 8, 3), dtype=np.uint8)
+    for c in range(3):
+        frames[c, ..., c] = 255  # pure red, green, blue
+    grey = frames_to_clip(frames, 8, 1)[:, 0, 0, 0]
+    torch.testing.assert_close(grey, 2 * torch.tensor([0.299, 0.587, 0.114]) - 1, atol=1e-3, rtol=0)
+
+
+def test_natural_video_windows_stay_inside_their_photograph(natural):
+    data = natural.NaturalVideo(300, frames=8, size=16, channels=1, seed=0, split="train")
+    for i in range(len(data)):
+        path = data.camera(i)
+        _, H, W = data.photos[path.photo].shape
+        half = path.side / 2 * (path.angle.cos().abs() + path.angle.sin().abs())  # the rotated window's half-extent
+        assert (path.center - half[:, None] >= -1e-3).all() and (path.center[:, 0] + half <= W + 1e-3).all()
+        assert (path.center[:, 1] + half <= H + 1e-3).all(), (i, path.kind)
