@@ -146,3 +146,36 @@ def test_motion_is_estimated_in_float32_under_bf16_autocast():
         motion, ref = estimate_motion(a, b), motion_compensated(clips, mask)
     assert motion.dtype == ref.dtype == torch.float32
     assert torch.equal(motion, estimate_motion(a, b)) and torch.equal(ref, motion_compensated(clips, mask))
+
+
+def test_refinement_never_ends_worse_than_it_starts_and_counts_only_pixels_from_inside():
+    """A Gauss-Newton step is kept only where it lowers the error: from any start, on frames where the linear model
+    is poor (unrelated, unsmoothed noise), the refined motion's error is at most the start's. A shift of 2.5 pixels
+    draws 2.5 columns from outside the frame: 3 of 48 columns are left out of the error."""
+    from video.motion import _residual, refine_motion
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(16, 1, 32, 32, generator=g), torch.randn(16, 1, 32, 32, generator=g)
+    start = torch.randn(16, 4, generator=g) * torch.tensor([2.0, 2.0, 0.05, 0.05])
+    before, after = _residual(a, b, start)[2], _residual(a, b, refine_motion(a, b, start))[2]
+    assert (after <= before).all(), (after - before).max()
+    inside = _residual(torch.randn(1, 1, 48, 48), torch.randn(1, 1, 48, 48), _shift((2.5, 0.0)))[1]
+    assert inside[0, 0].sum(1).eq(45).all()
+
+
+def test_the_evaluations_motion_baseline_is_the_motion_compensated_reference():
+    """On pans the evaluation's ``baseline_motion`` scores follow the camera (far above the blend's, and the
+    reference's own PSNR on the generated frames), for every task."""
+    from multigen.config import load_config
+    from video.domain import Video, VideoConfig
+
+    domain = Video(load_config(VideoConfig, overrides=[
+        "data.frames=8", "data.size=32", "model.base_channels=8", "model.channel_mults=[1]", "model.attn_levels=[]",
+        "diffusion.timesteps=20", "sample.steps=1", "eval.samples_per_clip=1", "eval.context=3"]))
+    clips = torch.stack([_pan((1.5, 0.5), seed=1), _pan((-1.0, 1.0), seed=2)])
+    scores = domain.evaluation_scores(domain.build_model().eval(), clips, torch.Generator().manual_seed(0))
+    for task, mask in domain.task_masks(8).items():
+        motion = motion_compensated(clips, mask.expand(2, 8))
+        expected = psnr(motion[:, ~mask], clips[:, ~mask]).mean()
+        torch.testing.assert_close(scores[f"{task}/baseline_motion_psnr"], expected)
+        assert scores[f"{task}/baseline_motion_psnr"] > scores[f"{task}/baseline_psnr"] + 3, task
