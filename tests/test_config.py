@@ -142,3 +142,9 @@ def test_training_on_bad_data_stops_with_one_line_naming_it(tmp_path, capsys):
         assert main(["--domain", "discrete", f"data.path={data}", f"train.output_dir={tmp_path / 'run'}"]) == 2
         err = capsys.readouterr().err
         assert re.search(f"^multigen-train: error: {named}", err) and "Traceback" not in err
+
+
+def test_bounds_are_inclusive():
+    cfg = load_config(Toy2DConfig, overrides=["train.ema_decay=1.0", "sample.eta=1.0",
+                                              "sample.guidance_interval=[0.5,0.5]"])
+    assert cfg.train.ema_decay == 1.0 and cfg.sample.eta == 1.0 and list(cfg.sample.guidance_interval) == [0.5, 0.5]

@@ -200,3 +200,27 @@ def test_the_time_embedding_sees_t_over_T():
     emb, t = TimestepEmbedding(16), torch.tensor([1, 128, 256])
     torch.testing.assert_close(embed_time(emb, t, 256, 16), emb(t.float() / 256))
     assert torch.equal(embed_time(None, t, 256, 16), torch.zeros(3, 16))
+
+
+def test_windows_cover_an_exact_multiple_and_digit_levels_round_to_the_nearest():
+    from sklearn.datasets import load_digits
+
+    assert TokenWindows(torch.arange(8), 4).starts.tolist() == [0, 4]
+    images = torch.from_numpy(load_digits().images)[torch.arange(1797) % 5 != 4]  # the training digits
+    grids = DigitGrids(levels=8).grids
+    assert ((grids.double() * 16 / 7 - images).abs() <= 16 / 7 / 2 + 1e-9).all()  # within half a level
+
+
+def test_the_offset_bias_reads_key_minus_query_and_the_grid_unet_keeps_its_skip():
+    from .test_nn import capture
+
+    model = SequenceTransformer(vocab=5, max_length=6, timesteps=10, dim=16, depth=1, heads=2)
+    with torch.no_grad():
+        model.relative_bias.copy_(torch.arange(11.0).expand(1, 2, 11))  # offsets -5..5
+    bias = model._positions(4, torch.device("cpu"))[1][0]
+    assert bias[0, 0, 1] == 6.0 and bias[0, 1, 0] == 4.0  # the key one after the query: offset +1
+    grid = GridUNet(vocab=5, timesteps=10, base=8, blocks=1).eval()
+    encoded, decoder_input = capture(grid.down[-1]), capture(grid.out_blocks[0], inputs=True)
+    with torch.no_grad():
+        grid(torch.randint(0, 5, (1, 4, 4)), torch.tensor([3]))
+    assert torch.equal(decoder_input["x"][:, :8], encoded["x"])

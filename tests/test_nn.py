@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from multigen.nn import (Attention, FeedForward, GatedFeedForward, ResBlock, TimestepEmbedding, attention,
-                         rotary_tables, rotate, sinusoidal_embedding)
+                         group_norm, rotary_tables, rotate, sinusoidal_embedding)
 
 
 def naive_attention(q, k, v, bias=None):
@@ -109,3 +109,33 @@ def test_gated_feed_forward_is_swiglu_at_the_size_of_the_gelu_mlp():
     expected = (a * torch.sigmoid(a) * g) @ gated.down.weight.T + gated.down.bias
     torch.testing.assert_close(gated(x), expected)
     assert GatedFeedForward(10)(torch.randn(4, 10)).shape == (4, 10)
+
+
+def capture(module: torch.nn.Module, inputs: bool = False) -> dict:
+    """What ``module`` receives (``inputs``) or returns on its next call, under ``"x"``."""
+    box: dict = {}
+    if inputs:
+        module.register_forward_pre_hook(lambda m, a: box.__setitem__("x", a[0]))
+    else:
+        module.register_forward_hook(lambda m, a, out: box.__setitem__("x", out))
+    return box
+
+
+def test_group_norm_groups_and_the_sinusoidal_embedding_in_closed_form():
+    assert [group_norm(c).num_groups for c in (64, 48)] == [32, 24] and group_norm(8, 8).num_groups == 8
+    freqs = 10000.0 ** (-torch.arange(4) / 4)  # dim 8: 4 frequencies, t scaled by 1 000
+    torch.testing.assert_close(sinusoidal_embedding(torch.tensor([0.3]), 8)[0],
+                               torch.cat([torch.cos(300 * freqs), torch.sin(300 * freqs)]))
+
+
+def test_a_resblock_without_modulation_adds_its_two_convolutions_to_the_input():
+    """With the embedding's projection zero, scale and shift are 0: ``x + conv2(act(norm2(conv1(act(norm1 x)))))``
+    (the scale enters as 1 + scale)."""
+    torch.manual_seed(0)
+    block = ResBlock(8, 8, emb_dim=4)
+    torch.nn.init.normal_(block.conv2.weight)
+    torch.nn.init.zeros_(block.emb.weight)
+    torch.nn.init.zeros_(block.emb.bias)
+    x = torch.randn(2, 8, 5, 5)
+    expected = x + block.conv2(block.act(block.norm2(block.conv1(block.act(block.norm1(x))))))
+    torch.testing.assert_close(block(x, torch.randn(2, 4)), expected)

@@ -195,3 +195,43 @@ def pc15k(tmp_path):
         for i in range(3):
             np.save(folder / f"{i}.npy", rng.normal(size=(200, 3)).astype(np.float32))
     return tmp_path / "pc15k"
+
+
+def _pvd_network(**kw):
+    from pointcloud.model import PVCNNUNet, pvd_spec
+
+    torch.manual_seed(0)
+    return PVCNNUNet(pvd_spec(0.25, 0.25, 256), **kw).eval()
+
+
+def test_the_point_branch_grouping_interpolation_and_observed_flag_reach_the_output():
+    from pointcloud.model import PointLevel, PVConv
+
+    from .test_nn import capture
+
+    torch.manual_seed(0)
+    conv = PVConv(8, 8, 4, 16).eval()
+    with torch.no_grad():
+        conv.voxel[3].weight.zero_()
+        conv.voxel[3].bias.zero_()  # the voxel branch gives 0: what is left is the point branch
+        out = conv(torch.randn(1, 8, 50), PointLevel(torch.rand(1, 50, 3) - 0.5), torch.randn(1, 16))
+    assert out.abs().max() > 1e-3
+    net = _pvd_network()
+    grouping = net.encoder[0]
+    offsets = capture(grouping.mlp, inputs=True)
+    with torch.no_grad():
+        net(torch.randn(1, 256, 3) * 0.5, torch.rand(1))
+    norms = offsets["x"][:, :3].norm(dim=1)  # offsets to the ball's centre, in units of its radius
+    assert norms.max() <= 1 + 1e-5 and norms.max() > 1.5 * grouping.spec.radius
+    up = net.decoder[-1]
+    coarse, coarse_xyz = torch.randn(1, 5, 4), torch.rand(1, 4, 3)
+    skip = torch.randn(1, up.mlp[0].in_channels - 5, 10)
+    up.mlp, up.convs = torch.nn.Identity(), torch.nn.ModuleList()
+    xyz = torch.cat([coarse_xyz, torch.rand(1, 6, 3)], 1)  # the first 4 fine points are the coarse ones
+    out = up(coarse, coarse_xyz, skip, PointLevel(xyz), torch.randn(1, 16))
+    torch.testing.assert_close(out[:, :5, :4], coarse, atol=1e-5, rtol=1e-5)  # inverse-distance: exact there
+    flagged = _pvd_network(extra_channels=1)
+    torch.nn.init.normal_(flagged.head[-1].weight)
+    x, t = torch.randn(1, 256, 3), torch.rand(1)
+    with torch.no_grad():
+        assert (flagged(x, t, torch.zeros(1, 1, 256)) - flagged(x, t, torch.ones(1, 1, 256))).abs().max() > 1e-4

@@ -209,3 +209,11 @@ def test_folder_domain_records_global_normalization_and_samples_in_data_units(me
                            "--out", str(tmp_path / "s")]) == 0
     points = read_points(tmp_path / "s" / "sample_000.ply")
     assert np.abs(points.mean(0) - centre).max() < scale  # in the data's units, around the data's centre
+
+
+def test_extra_columns_of_an_xyz_file_are_not_read_as_coordinates(tmp_path):
+    from pointcloud.io import read_points
+
+    points = np.random.default_rng(0).normal(size=(10, 6))  # x y z and normals
+    np.savetxt(tmp_path / "a.xyz", points)
+    np.testing.assert_allclose(read_points(tmp_path / "a.xyz"), points[:, :3])

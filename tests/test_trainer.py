@@ -542,3 +542,11 @@ def test_two_accumulated_half_batches_are_one_whole_batch(toy_cfg):
         logs.append([r for r in read_log(train(Deterministic, cfg).parent) if "loss" in r][0])
     assert logs[0]["loss"] == pytest.approx(logs[1]["loss"], rel=1e-5)
     assert logs[0]["grad_norm"] == pytest.approx(logs[1]["grad_norm"], rel=1e-5)
+
+
+def test_a_loaded_export_is_in_eval_mode(tmp_path):
+    from multigen.toy2d import Toy2DConfig
+
+    domain = Toy2D(load_config(Toy2DConfig))
+    out = export_model(domain.build_model().train(), domain, tmp_path / "export")
+    assert not load_pretrained(out).model.training

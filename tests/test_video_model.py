@@ -170,3 +170,20 @@ def test_a_time_per_frame_conditions_each_frame_on_its_own_level():
     per_frame[0, 2] = 0.0
     changed = (m(x, per_frame) - equal).abs().flatten(2).amax(2) > 1e-6
     assert changed[0, 2] and not changed[1].any()
+
+
+def test_frame_distances_are_signed_the_decoder_sees_the_encoder_and_channels_last_reaches_the_convolutions():
+    from .test_nn import capture
+
+    d = frame_distances(torch.tensor([[0, 2, 5]]))
+    assert torch.equal(d, -d.transpose(1, 2)) and d[0, 0, 1, 0] > 0  # a later frame is not an earlier one
+    net = SpaceTimeUNet(channels=1, base=8, mults=(1, 2), attn_levels=(), head_channels=8).eval()
+    encoded, decoder_input = capture(net.down[0]), capture(net.up[-1].res[0], inputs=True)
+    with torch.no_grad():
+        net(torch.randn(1, 3, 1, 8, 8), torch.rand(1))
+    assert torch.equal(decoder_input["x"][:, -8:], encoded["x"])  # the skip connection
+    fast = SpaceTimeUNet(channels=1, base=8, mults=(1,), attn_levels=(), head_channels=8, channels_last=True).eval()
+    first = capture(fast.inp, inputs=True)
+    with torch.no_grad():
+        fast(torch.randn(1, 2, 1, 8, 8), torch.rand(1))
+    assert first["x"].is_contiguous(memory_format=torch.channels_last)
