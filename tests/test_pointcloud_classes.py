@@ -13,7 +13,7 @@ from multigen.trainer import train
 from pointcloud.cli import main as pointcloud_cli
 from pointcloud.datasets import Labelled
 from pointcloud.domain import PointCloud, PointCloudConfig
-from pointcloud.model import PVCNNUNet, pvd_spec
+from pointcloud.model import PointLevel, PVCNNUNet, PVConv, pvd_spec
 from pointcloud.shapes import ProceduralShapes
 
 SMALL = ["data.points=256", "model.width=0.25", "model.voxel_resolution=0.25", "task.partial_points=40"]
@@ -198,15 +198,11 @@ def pc15k(tmp_path):
 
 
 def _pvd_network(**kw):
-    from pointcloud.model import PVCNNUNet, pvd_spec
-
     torch.manual_seed(0)
     return PVCNNUNet(pvd_spec(0.25, 0.25, 256), **kw).eval()
 
 
 def test_the_point_branch_grouping_interpolation_and_observed_flag_reach_the_output():
-    from pointcloud.model import PointLevel, PVConv
-
     from .test_nn import capture
 
     torch.manual_seed(0)

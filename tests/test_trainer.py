@@ -12,11 +12,11 @@ import torch
 from safetensors.torch import load_file, save_model
 
 from multigen import load_pretrained
-from multigen.toy2d import Toy2D
+from multigen.toy2d import Toy2D, Toy2DConfig
 from multigen.config import ConfigError, load_config
 from multigen.domain import get_domain
 from multigen.export import export_model
-from multigen.trainer import NonFiniteLossError, Trainer, latest_checkpoint, lr_factor, read_log, train
+from multigen.trainer import EMA, NonFiniteLossError, Trainer, latest_checkpoint, lr_factor, read_log, train
 
 from .conftest import REPO
 
@@ -490,8 +490,6 @@ def test_lr_factor_linear_decay_over_the_last_steps():
 
 
 def test_ema_takes_the_first_weights_then_moves_one_minus_decay_of_the_way_and_copies_buffers():
-    from multigen.trainer import EMA
-
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
     ema = EMA(model, decay=0.9)
     no, yes = torch.tensor(False), torch.tensor(True)
@@ -545,8 +543,6 @@ def test_two_accumulated_half_batches_are_one_whole_batch(toy_cfg):
 
 
 def test_a_loaded_export_is_in_eval_mode(tmp_path):
-    from multigen.toy2d import Toy2DConfig
-
     domain = Toy2D(load_config(Toy2DConfig))
     out = export_model(domain.build_model().train(), domain, tmp_path / "export")
     assert not load_pretrained(out).model.training
