@@ -56,6 +56,7 @@ from discrete.d3pm import D3PM, Absorbing, DiscretizedGaussian, Uniform, d3pm_be
 from discrete.domain import Discrete, mean_and_stderr  # noqa: E402
 from discrete.model import SequenceTransformer  # noqa: E402
 from multigen.benchmarking import markdown_table, timed, write_results  # noqa: E402
+from multigen.domain import check_count  # noqa: E402
 
 
 def dense_matrices(process: D3PM, t: int, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -402,6 +403,7 @@ class AutoregressiveText(Discrete):
         ``data.length``); one forward pass per token (no cache): a baseline, not a fast sampler."""
         if condition is not None or known is not None:
             raise ValueError("the autoregressive twin samples left to right only: no condition or known tokens")
+        check_count(n)
         s = self.sample_settings(**settings)
         length = s.length or self.cfg.data.length
         device = next(model.parameters()).device

@@ -164,7 +164,7 @@ def test_self_conditioned_denoisers_see_their_own_first_estimate():
         assert set(passes) == {1, 2} and 10 <= passes.count(2) <= 30
 
 
-def test_the_autoregressive_twin_never_samples_its_start_token():
+def test_the_autoregressive_twin_never_samples_its_start_token_and_checks_its_count():
     from multigen.config import load_config
 
     from .conftest import load_benchmark
@@ -178,6 +178,8 @@ def test_the_autoregressive_twin_never_samples_its_start_token():
         model.head.bias[domain.data_vocab] = 50.0  # all the weight on the start token's logit
     x = domain.sample(model, 16, generator=torch.Generator().manual_seed(0))
     assert x.shape == (16, 8) and (x < domain.data_vocab).all()
+    with pytest.raises(ValueError, match="number of samples must be a positive integer, got 0"):
+        domain.sample(model, 0)
 
 
 def test_the_unigram_baseline_is_the_cross_entropy_under_add_one_training_frequencies():
