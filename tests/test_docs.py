@@ -1,11 +1,15 @@
-"""The markdown tables of the README and of benchmarks/RESULTS.md: every row has its header's number of cells (a
-``|`` inside a cell, even in backticks, splits it and shifts the rest of the row)."""
+"""The README and benchmarks/RESULTS.md: every table row has its header's number of cells (a ``|`` inside a cell, even
+in backticks, splits it and shifts the rest of the row), and every name of ours they cite or import exists."""
 
+import importlib
+import re
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+DOCS = ["README.md", "benchmarks/RESULTS.md"]
+PACKAGES = "multigen|video|pointcloud|discrete"
 
 
 def table_rows(text: str) -> list[tuple[int, int, int]]:
@@ -27,8 +31,46 @@ def test_a_split_cell_is_found():
         (2, 2), (2, 2), (3, 2), (1, 1), (1, 1)]
 
 
-@pytest.mark.parametrize("doc", ["README.md", "benchmarks/RESULTS.md"])
+@pytest.mark.parametrize("doc", DOCS)
 def test_every_table_row_has_its_headers_cells(doc):
     bad = [f"line {n}: {cells} cells, header {header}" for n, cells, header in table_rows((REPO / doc).read_text())
            if cells != header]
     assert not bad, f"{doc}: " + "; ".join(bad)
+
+
+def cited_names(text: str) -> set[str]:
+    """Dotted names of our packages that ``text`` cites in backticks (`video.metrics.linear_blend`) or imports in its
+    code (``from video.metrics import linear_blend, psnr``: `video.metrics.linear_blend`, `video.metrics.psnr`)."""
+    names = set(re.findall(rf"`((?:{PACKAGES})(?:\.\w+)+)", text))
+    for module, imported in re.findall(rf"^\s*from ((?:{PACKAGES})[.\w]*) import ([\w, ]+)", text, re.MULTILINE):
+        names.update(f"{module}.{name.strip()}" for name in imported.split(","))
+    return names
+
+
+def resolves(name: str) -> bool:
+    """Whether the dotted ``name`` is a module of ours or an attribute of one."""
+    parts = name.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:split]))
+        except ModuleNotFoundError:
+            continue
+        for attribute in parts[split:]:
+            if not hasattr(obj, attribute):
+                return False
+            obj = getattr(obj, attribute)
+        return True
+    return False
+
+
+def test_cited_names_are_found_and_a_missing_one_is_caught():
+    text = "`video.metrics.psnr` and\n```python\nfrom video.metrics import linear_blend, no_such_name\n```"
+    names = cited_names(text)
+    assert names == {"video.metrics.psnr", "video.metrics.linear_blend", "video.metrics.no_such_name"}
+    assert [resolves(n) for n in sorted(names)] == [True, False, True]
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_name_of_ours_a_document_cites_exists(doc):
+    missing = sorted(name for name in cited_names((REPO / doc).read_text()) if not resolves(name))
+    assert not missing, f"{doc} cites names that do not exist: {', '.join(missing)}"
