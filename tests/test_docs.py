@@ -1,11 +1,15 @@
 """The README and benchmarks/RESULTS.md: every table row has its header's number of cells (a ``|`` inside a cell, even
-in backticks, splits it and shifts the rest of the row), and every name of ours they cite or import exists."""
+in backticks, splits it and shifts the rest of the row), every name of ours they cite or import exists, and every
+config override they write is a key of some domain's config."""
 
+import dataclasses
 import importlib
 import re
 from pathlib import Path
 
 import pytest
+
+from multigen.domain import available_domains, get_domain
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = ["README.md", "benchmarks/RESULTS.md"]
@@ -74,3 +78,25 @@ def test_cited_names_are_found_and_a_missing_one_is_caught():
 def test_every_name_of_ours_a_document_cites_exists(doc):
     missing = sorted(name for name in cited_names((REPO / doc).read_text()) if not resolves(name))
     assert not missing, f"{doc} cites names that do not exist: {', '.join(missing)}"
+
+
+def config_keys() -> set[str]:
+    """``section.field`` of every installed domain's config."""
+    keys = set()
+    for domain in available_domains():
+        config = get_domain(domain).config_class()
+        for section in dataclasses.fields(config):
+            value = getattr(config, section.name)
+            if dataclasses.is_dataclass(value):
+                keys.update(f"{section.name}.{field.name}" for field in dataclasses.fields(value))
+    return keys
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_config_override_a_document_writes_is_a_key(doc):
+    """``train.lr=3e-3`` anywhere in the text; an override the document shows being refused (the README's example of
+    the error naming a misspelt key) is not counted."""
+    text = (REPO / doc).read_text()
+    written = set(re.findall(r"\b((?:train|model|data|sample|task|diffusion|process|eval)\.\w+)=", text))
+    unknown = sorted(key for key in written - config_keys() if f"{key}: Key" not in text)
+    assert "train.lr" in written and not unknown, f"{doc} writes overrides of unknown keys: {', '.join(unknown)}"
