@@ -192,10 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(build_parser().parse_args(argv), "multigen-pointcloud")
 
 
-def complete_main(argv: list[str] | None = None) -> int:
+def build_complete_parser() -> argparse.ArgumentParser:
+    """``multigen-complete``: ``multigen-pointcloud complete`` as a command of its own."""
     parser = argparse.ArgumentParser(prog="multigen-complete", description="Complete a partial point cloud.")
     _complete_args(parser)
-    return run_command(parser.parse_args(argv), "multigen-complete")
+    return parser
+
+
+def complete_main(argv: list[str] | None = None) -> int:
+    return run_command(build_complete_parser().parse_args(argv), "multigen-complete")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,24 @@
 """The README and benchmarks/RESULTS.md: every table row has its header's number of cells (a ``|`` inside a cell, even
-in backticks, splits it and shifts the rest of the row), every name of ours they cite or import exists, and every
-config override they write is a key of some domain's config."""
+in backticks, splits it and shifts the rest of the row), every name of ours they cite or import exists, every
+config override they write is a key of some domain's config, the README's commands parse (its training commands
+resolve their configs), and its layout lists every module."""
 
+import contextlib
 import dataclasses
 import importlib
+import io
 import re
+import shlex
 from pathlib import Path
 
 import pytest
 
+import multigen.train
+from discrete.cli import build_parser as discrete_parser
 from multigen.domain import available_domains, get_domain
+from pointcloud.cli import build_complete_parser
+from pointcloud.cli import build_parser as pointcloud_parser
+from video.cli import build_parser as video_parser
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = ["README.md", "benchmarks/RESULTS.md"]
@@ -100,3 +109,72 @@ def test_every_config_override_a_document_writes_is_a_key(doc):
     written = set(re.findall(r"\b((?:train|model|data|sample|task|diffusion|process|eval)\.\w+)=", text))
     unknown = sorted(key for key in written - config_keys() if f"{key}: Key" not in text)
     assert "train.lr" in written and not unknown, f"{doc} writes overrides of unknown keys: {', '.join(unknown)}"
+
+
+def readme_commands() -> list[list[str]]:
+    """The README's command lines in its shell code blocks (and ``$`` prompts in its other plain ones) as argument
+    lists (``\\`` continuations joined, comments and ``a && b`` chains split off), from the program on:
+    ``multigen-*``, or ``multigen/train.py`` after ``accelerate launch``'s or ``python``'s own arguments; lines with
+    a placeholder (``...``, ``NAME``) are left out."""
+    commands, block, line = [], None, ""
+    for raw in (REPO / "README.md").read_text().splitlines():
+        if raw.startswith("```"):
+            block, line = (raw[3:] if block is None else None), ""
+            continue
+        if not (block == "bash" or block == "" and raw.startswith("$ ")):  # shell blocks, shell prompts in others
+            continue
+        line += raw.removeprefix("$ ")
+        if line.endswith("\\"):
+            line = line[:-1]
+            continue
+        tokens = shlex.split(line, comments=True)
+        ands = [i for i, token in enumerate(tokens) if token == "&&"]
+        for start, end in zip([-1, *ands], [*ands, len(tokens)]):
+            args = tokens[start + 1:end]
+            starts = [i for i, a in enumerate(args) if a.startswith("multigen-") or a == "multigen/train.py"]
+            if starts and not {"...", "NAME"} & set(args):
+                commands.append(args[starts[0]:])
+        line = ""
+    return commands
+
+
+def test_the_readme_commands_are_found():
+    programs = {args[0] for args in readme_commands()}
+    assert programs == {"multigen/train.py", "multigen-train", "multigen-video", "multigen-pointcloud",
+                        "multigen-complete", "multigen-discrete"}
+    assert ["multigen/train.py", "--domain", "video"] in readme_commands()
+
+
+@pytest.mark.parametrize("args", [a for a in readme_commands() if a[0] in ("multigen/train.py", "multigen-train")],
+                         ids=" ".join)
+def test_the_readme_training_commands_resolve_their_configs(args):
+    """Each training command's domain, config file and overrides load (``--print-config`` stops there); the README's
+    example of a misspelt key is refused."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = multigen.train.main([*args[1:], "--print-config"])
+    misspelt = "train.bach_size=8" in args
+    assert code == (2 if misspelt else 0), err.getvalue()
+
+
+PARSERS = {"multigen-video": video_parser, "multigen-pointcloud": pointcloud_parser,
+           "multigen-discrete": discrete_parser, "multigen-complete": build_complete_parser}
+
+
+@pytest.mark.parametrize("args", [a for a in readme_commands() if a[0] in PARSERS], ids=" ".join)
+def test_the_readme_tool_commands_parse(args):
+    PARSERS[args[0]]().parse_args(args[1:])  # an unknown option or a missing argument exits
+
+
+def test_the_readme_layout_lists_every_module_of_each_package():
+    text = (REPO / "README.md").read_text()
+    layout = text[text.index("## Layout"):].split("```")[1]
+    listed: dict[str, set[str]] = {}
+    for line in layout.strip().splitlines():
+        if not line.startswith(" "):
+            package = line.split()[0]
+        listed.setdefault(package, set()).update(re.findall(r"\b(\w+\.py|\w+/)(?=\s|$)", line.removeprefix(package)))
+    for package in ("multigen/", "video/", "pointcloud/", "discrete/"):
+        modules = {p.name for p in (REPO / package).glob("*.py") if p.name != "__init__.py"}
+        modules |= {f"{p.name}/" for p in (REPO / package).iterdir() if (p / "__init__.py").exists()}
+        assert listed[package] == modules, package
