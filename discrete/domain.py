@@ -117,14 +117,14 @@ class Discrete(Domain):
         self._streams: dict[str, Tensor] = {}  # encoded once: by fit()'s checks, then by build_dataset
         d, p = cfg.data, cfg.process
         if d.source == "tokens" and d.vocab_size < 2:
-            raise ValueError("data.vocab_size must be set (>= 2) when data.source=tokens")
+            raise ConfigError("data.vocab_size: must be set (>= 2) when data.source=tokens")
         if d.source == "tokens" and not d.path:
             raise ConfigError("data.path: data.source=tokens reads a 1-D .npy token array from it; none given")
         if not cfg.sample.temperature > 0:
             raise ConfigError(f"sample.temperature: must be > 0 (it divides the model's logits), "
                               f"got {cfg.sample.temperature}")
         if p.objective == "masked" and p.transition != "absorbing":
-            raise ValueError("process.objective=masked needs process.transition=absorbing")
+            raise ConfigError("process.objective=masked needs process.transition=absorbing")
         self.objective = p.objective if p.objective != "auto" else ("masked" if p.transition == "absorbing" else "d3pm")
         if self.objective == "masked" and p.schedule not in ("auto", "jsd"):
             raise ConfigError(f"process.schedule={p.schedule} with the masked objective (process.objective=auto picks "

@@ -95,8 +95,8 @@ class ShapeFolder(Dataset):
     recursively. Meshes are sampled to ``points`` surface points (area-weighted) once and cached as
     ``.npy`` under ``cache_dir`` (default ``<root>/.multigen_cache``), keyed by path, size, mtime and
     ``points``. ``root/train`` and ``root/val`` are the splits when they exist; otherwise every tenth
-    file (sorted) is validation. With ``least``, point files of fewer than ``points`` points (at least ``least``)
-    give all of theirs.
+    file (sorted) is validation, or the last of 2 to 9 files. With ``least``, point files of fewer than
+    ``points`` points (at least ``least``) give all of theirs.
     """
 
     def __init__(self, root: str | Path, split: str, points: int, seed: int = 0, cache_dir: str | Path = "",
@@ -118,7 +118,8 @@ class ShapeFolder(Dataset):
             self.files = shapes(root / split)
         else:
             every = shapes(root)
-            self.files = [p for i, p in enumerate(every) if (i % 10 == 9) == (split == "val")]
+            val = set(range(9, len(every), 10)) or ({len(every) - 1} if len(every) > 1 else set())
+            self.files = [p for i, p in enumerate(every) if (i in val) == (split == "val")]
         if not self.files:
             raise FileNotFoundError(f"no {split} shapes ({', '.join(sorted(suffixes))}) under {root}")
         self.points, self.seed, self.cache, self.least = points, seed, cache, least

@@ -164,6 +164,10 @@ class PointCloud(GaussianDomain):
         d = cfg.data
         if d.source == "procedural" and (unknown := sorted(set(d.families) - set(FAMILIES))):
             raise ConfigError(f"data.families: unknown {unknown}; choose from {list(FAMILIES)}")
+        if d.source == "procedural" and not d.families:
+            raise ConfigError(f"data.families: empty; name at least one of {list(FAMILIES)}")
+        if d.source == "shapenet" and not d.categories:
+            raise ConfigError("data.categories: empty; name at least one category (e.g. chair) or synset id")
         if 0 < d.pool < d.points:
             raise ConfigError(f"data.pool={d.pool}: training clouds of data.points={d.points} are drawn from it; "
                               "give at least that many points, or 0 for fixed clouds")
@@ -231,7 +235,7 @@ class PointCloud(GaussianDomain):
         """The files' clouds of ``data.points``, or with ``pool`` training pools of up to that many."""
         d = self.cfg.data
         if not d.root:
-            raise ValueError(f"data.source={d.source} needs data.root (the dataset's folder)")
+            raise ConfigError(f"data.root: data.source={d.source} needs it (the dataset's folder)")
         points, least = (pool, d.points) if pool else (d.points, None)
         if d.source == "shapenet":
             return ShapeNetPC15k(d.root, list(d.categories), split, points, d.seed, least)

@@ -21,7 +21,7 @@ class PointCloudError(DataError):
 
 
 def check_points(points: np.ndarray, source: str) -> np.ndarray:
-    """``points`` as ``(N, 3)``; empty, one-point or non-finite clouds are errors naming ``source``."""
+    """``points`` as ``(N, 3)``; empty, one-point, non-finite or coincident clouds are errors naming ``source``."""
     if points.size == 0:
         raise PointCloudError(f"{source} has no points")
     if points.ndim != 2 or points.shape[1] < 3:
@@ -37,6 +37,8 @@ def check_points(points: np.ndarray, source: str) -> np.ndarray:
         raise PointCloudError(f"{source}: point {bad} is not finite (NaN or inf)")
     if len(points) < 2:
         raise PointCloudError(f"{source} has only one point; a shape needs at least 2")
+    if (points == points[0]).all():
+        raise PointCloudError(f"{source}: all {len(points)} points coincide; a shape needs some extent")
     return points
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch_geometric.data import Batch, Data
@@ -101,6 +100,6 @@ class NormalizeUnitSphere(BaseTransform):
     """
 
     def forward(self, data: Data) -> Data:
-        points = data.pos.detach().double().cpu().numpy()
-        data.pos = torch.from_numpy(normalize(np.asarray(points))).to(data.pos)
+        points = check_points(data.pos.detach().double().cpu().numpy(), "the transformed Data's pos")
+        data.pos = torch.from_numpy(normalize(points)).to(data.pos)
         return data

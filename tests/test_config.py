@@ -144,6 +144,25 @@ def test_training_on_bad_data_stops_with_one_line_naming_it(tmp_path, capsys):
         assert re.search(f"^multigen-train: error: {named}", err) and "Traceback" not in err
 
 
+@pytest.mark.parametrize("domain,overrides,named", [
+    ("discrete", ["data.source=tokens", "data.path=tokens.npy"], "data.vocab_size: must be set"),
+    ("discrete", ["process.objective=masked", "process.transition=uniform"], "process.objective=masked needs"),
+    ("video", ["data.source=folder"], "data.root: must name a folder"),
+    ("pointcloud", ["data.source=folder"], "data.root: data.source=folder needs it"),
+    ("pointcloud", ["data.source=shapenet"], "data.root: data.source=shapenet needs it"),
+    ("pointcloud", ["data.families=[]"], "data.families: empty"),
+    ("pointcloud", ["data.source=shapenet", "data.root=.", "data.categories=[]"], "data.categories: empty"),
+])
+def test_settings_a_domain_refuses_stop_training_with_one_line_naming_them(domain, overrides, named, tmp_path, capsys):
+    """Checked by the domain (not by the config's types), a setting it cannot use is still a config error: one line,
+    exit 2, no traceback."""
+    from multigen.train import main
+
+    assert main(["--domain", domain, "--config", "tiny", *overrides, f"train.output_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"multigen-train: error: {named}") and "Traceback" not in err
+
+
 def test_bounds_are_inclusive():
     cfg = load_config(Toy2DConfig, overrides=["train.ema_decay=1.0", "sample.eta=1.0",
                                               "sample.guidance_interval=[0.5,0.5]"])

@@ -150,6 +150,21 @@ def test_shape_folder_skips_its_cache_named_absolute_beside_a_relative_root(mesh
     assert ShapeFolder(mesh_folder.name, "train", 64, cache_dir=cache).files == first.files
 
 
+def test_a_small_folder_holds_out_its_last_file_and_a_degenerate_file_is_named(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        np.save(tmp_path / f"s{i}.npy", rng.normal(size=(50, 3)))
+    train, val = ShapeFolder(tmp_path, "train", 32), ShapeFolder(tmp_path, "val", 32)
+    assert [p.name for p in train.files] == ["s0.npy", "s1.npy"] and [p.name for p in val.files] == ["s2.npy"]
+    np.save(tmp_path / "s1.npy", np.ones((50, 3)))  # every point the same: no extent to normalise
+    with pytest.raises(PointCloudError, match="s1.npy: all 50 points coincide"):
+        ShapeFolder(tmp_path, "train", 32)[1]
+    for extra in tmp_path.glob("s[12].npy"):
+        extra.unlink()
+    with pytest.raises(FileNotFoundError, match="no val shapes"):  # one file: nothing to hold out
+        ShapeFolder(tmp_path, "val", 32)
+
+
 def test_empty_point_files_say_so(tmp_path):
     for name in ("empty.xyz", "empty.txt"):
         (tmp_path / name).write_text("")

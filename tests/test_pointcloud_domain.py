@@ -184,7 +184,7 @@ def test_render_frames_clouds_far_from_the_origin(tmp_path):
 
 @pytest.mark.parametrize("points, message", [
     (np.zeros((0, 3)), "no points"), (np.array([[0.0, np.nan, 1.0], [1, 1, 1]]), "point 0 is not finite"),
-    (np.ones((1, 3)), "only one point"),
+    (np.ones((1, 3)), "only one point"), (np.ones((5, 3)), "all 5 points coincide"),
 ])
 def test_cli_rejects_bad_partials(export_dir, tmp_path, capsys, points, message):
     np.save(tmp_path / "bad.npy", points)

@@ -61,6 +61,9 @@ def test_unit_sphere_transform_equals_ours_and_pyg_normalize_scale_does_not():
     np.testing.assert_array_equal(ours.pos.numpy(), normalize(points))
     theirs = NormalizeScale()(Data(pos=torch.from_numpy(points)))
     assert not np.allclose(theirs.pos.numpy(), normalize(points), atol=1e-2)
+    for bad, message in [(torch.ones(4, 3), "all 4 points coincide"), (torch.zeros(0, 3), "has no points")]:
+        with pytest.raises(PointCloudError, match=f"the transformed Data's pos.*{message}"):
+            pyg.NormalizeUnitSphere()(Data(pos=bad))
 
 
 def test_cli_reads_a_data_file_and_writes_batches(pretrained, tmp_path):

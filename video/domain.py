@@ -233,7 +233,7 @@ class Video(GaussianDomain):
             )
         root = d.val_root if split == "val" and d.val_root else d.root
         if not root:
-            raise ValueError("data.root must name a folder of videos when data.source=folder")
+            raise ConfigError("data.root: must name a folder of videos when data.source=folder")
         return VideoFolder(root, frames=d.frames, size=d.size, channels=d.channels, stride=d.stride,
                            skip_corrupt=d.skip_corrupt, split="all" if d.val_root else split)
 
