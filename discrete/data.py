@@ -65,6 +65,8 @@ def builtin_text(split: str) -> str:
 
 def read_text(path: str | Path) -> str:
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"text file {path} is a folder; name a UTF-8 text file")
     if not path.is_file():
         raise FileNotFoundError(f"text file {path} not found")
     try:
@@ -79,6 +81,8 @@ def read_text(path: str | Path) -> str:
 def read_tokens(path: str | Path, vocab_size: int) -> Tensor:
     """A 1-D int ``.npy`` token array ``(N,)``; an id outside ``[0, vocab_size)`` is an error naming its position."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"token file {path} is a folder; name a 1-D .npy token array")
     if not path.is_file():
         raise FileNotFoundError(f"token file {path} not found")
     try:

@@ -236,9 +236,9 @@ def check_same_network(config_file: Path, cfg: Any) -> str:
     return listed(changed)
 
 
-def check_resumable(checkpoint: Path, optimizer: str) -> dict[str, Any]:
+def check_resumable(checkpoint: Path, optimizer: str, max_steps: int) -> dict[str, Any]:
     """``checkpoint``'s :data:`CHECKPOINT_INFO`; a :class:`ConfigError` unless it says this trainer can load it into
-    a run with ``train.optimizer=optimizer``."""
+    a run with ``train.optimizer=optimizer`` that ends at ``train.max_steps=max_steps``."""
     info_path = checkpoint / CHECKPOINT_INFO
     try:
         info = json.loads(info_path.read_text()) if info_path.is_file() else {"format": 1}
@@ -252,6 +252,10 @@ def check_resumable(checkpoint: Path, optimizer: str) -> dict[str, Any]:
         raise ConfigError(f"{checkpoint} was trained with train.optimizer={info['optimizer']}, this run has "
                           f"train.optimizer={optimizer}: resume with the optimiser it was trained with, or set a "
                           f"new train.output_dir")
+    if info.get("step", 0) > max_steps:  # a run cannot end before its checkpoint; its config would say it did
+        raise ConfigError(f"{checkpoint} is at step {info['step']}, past train.max_steps={max_steps}: raise "
+                          f"train.max_steps to train on, or set a new train.output_dir (or train.resume=false) to "
+                          f"start over")
     return info
 
 
@@ -361,7 +365,7 @@ class Trainer:
         self.samples_per_step = t.batch_size * t.grad_accum * acc.num_processes
         consumed = 0  # training items drawn by all processes so far (batches and processes may have changed)
         if resume_from is not None:
-            info = check_resumable(resume_from, t.optimizer)
+            info = check_resumable(resume_from, t.optimizer, t.max_steps)
             try:
                 acc.load_state(str(resume_from))
             except (SafetensorError, pickle.UnpicklingError, EOFError, KeyError, RuntimeError) as e:

@@ -45,7 +45,8 @@ def _load(args: argparse.Namespace):
 
 
 def _to_model_frame(points: np.ndarray, how: str, radius: float, normalizer) -> tuple[np.ndarray, float]:
-    """``(centre (3,), scale)`` with model-frame points ``(points - centre) / scale``."""
+    """``(centre (3,), scale)`` with model-frame points ``(points - centre) / scale`` (``points`` as
+    :func:`read_points` returns them: not all coincident)."""
     if how == "auto":
         how = "data" if normalizer.mode == "global" else "partial"
     if how == "data":
@@ -55,15 +56,20 @@ def _to_model_frame(points: np.ndarray, how: str, radius: float, normalizer) -> 
     if how == "none":
         return np.zeros(3), 1.0
     lo, hi = points.min(0), points.max(0)
-    half_diagonal = float(np.linalg.norm(hi - lo)) / 2
-    if half_diagonal == 0:
-        raise PointCloudError("all input points coincide; a partial shape needs spatial extent")
-    return (lo + hi) / 2, half_diagonal / radius
+    return (lo + hi) / 2, float(np.linalg.norm(hi - lo)) / 2 / radius
+
+
+def _check_class(args: argparse.Namespace, names: list[str]) -> None:
+    """``--class`` needs a class-conditional model (``names``: its classes)."""
+    if args.cls is not None and not names:
+        raise PointCloudError(f"--class {args.cls}: this model is not class-conditional (model.class_conditional=false,"
+                              f" or fewer than two classes)")
 
 
 def cmd_complete(args: argparse.Namespace) -> Path:
     out = output_folder(args.out)
     p = _load(args)
+    _check_class(args, p.domain.class_names)
     d, task = p.domain.cfg.data, p.domain.cfg.task
     limit = args.max_partial or task.partial_points
     if not 0 < limit < d.points:
@@ -109,9 +115,7 @@ def cmd_sample(args: argparse.Namespace) -> Path:
     out = output_folder(args.out)
     p = _load(args)
     g, names = seeded_generator(args), p.domain.class_names
-    if args.cls is not None and not names:
-        raise PointCloudError(f"--class {args.cls}: this model is not class-conditional (model.class_conditional=false,"
-                              f" or fewer than two classes)")
+    _check_class(args, names)
     # a class-conditional model's classes are drawn here (unless given), so that each sample's can be named
     labels = p.domain.sample_labels(args.num, args.cls, True, g, torch.device(args.device)) if names else None
     with torch.no_grad():

@@ -127,8 +127,9 @@ class PointCloudConfig:
     # DPM-Solver++ 25 gave 1-NNA-CD 0.76 / 0.80 / 0.79 over three sampling seeds against 0.83 / 0.90 / 0.83 for
     # ancestral DDPM-250, 3x faster; Karras spacing took 0.017 more off over 4 draws, and 20 steps 0.02 more
     # (10: +0.07, 50: +0.02 against 25) (benchmarks/RESULTS.md, 2026-12-01).
-    # Completion: configs that train for it (completion.yaml, tiny.yaml) sample with DDPM and take every step twice
-    # (RePaint's resampling): on 96 held-out torus/table views the 6 000-step completion model went from 0.0133
+    # Completion: the configs set up for it (completion.yaml, which trains for it, and tiny.yaml, which the README's
+    # completion recipe trains with task.completion=1) sample with DDPM and take every step twice (RePaint's
+    # resampling): on 96 held-out torus/table views the 6 000-step completion model went from 0.0133
     # (behind the nearest of 4 000 training shapes, 0.0127) to 0.0125, ahead by 2 standard errors, where the
     # few-step samplers were worse (DDIM-50 0.0142).
     sample: SampleConfig = field(default_factory=lambda: SampleConfig(num=8, steps=20, spacing="karras"))

@@ -138,6 +138,7 @@ def test_training_on_bad_data_stops_with_one_line_naming_it(tmp_path, capsys):
     short = tmp_path / "short.txt"
     short.write_text("too short for one window")
     for data, named in [(tmp_path / "missing.txt", "text file .*missing.txt not found"),
+                        (tmp_path, "text file .* is a folder"),
                         (short, r".*short.txt \(its first nine tenths\) holds 21 tokens")]:
         assert main(["--domain", "discrete", f"data.path={data}", f"train.output_dir={tmp_path / 'run'}"]) == 2
         err = capsys.readouterr().err

@@ -134,7 +134,7 @@ def test_cli_completes_a_partial_keeping_every_input_point(export_dir, tmp_path,
         assert png.size == (900, 300)
 
 
-def test_cli_on_a_real_mesh_and_sampling(export_dir, tmp_path):
+def test_cli_on_a_real_mesh_and_sampling(export_dir, tmp_path, capsys):
     mesh = trimesh.creation.capsule(height=1.0, radius=0.4)
     half = mesh.submesh([np.flatnonzero(mesh.triangles_center[:, 0] > 0)], append=True)  # the half a scan sees
     half.export(tmp_path / "half.obj")
@@ -146,7 +146,11 @@ def test_cli_on_a_real_mesh_and_sampling(export_dir, tmp_path):
     assert (tmp_path / "samples" / "samples.png").is_file()
     unconditional = small_domain("model.class_conditional=false")
     plain = export_model(unconditional.build_model(), unconditional, tmp_path / "plain")
+    capsys.readouterr()
     assert pointcloud_cli(["sample", "--checkpoint", str(plain), "--class", "chair", "--out", str(tmp_path / "x")]) == 2
+    assert complete_main(["--checkpoint", str(plain), "--input", str(tmp_path / "half.obj"), "--class", "chair",
+                          "--out", str(tmp_path / "y")]) == 2
+    assert capsys.readouterr().err.count("--class chair: this model is not class-conditional") == 2
     with pytest.raises(SystemExit):
         pointcloud_cli(["sample", "--checkpoint", str(export_dir), "--num", "0", "--out", str(tmp_path / "x")])
 

@@ -347,6 +347,15 @@ def test_resuming_with_another_optimiser_is_an_error_naming_the_checkpoint(toy_c
                              out="switch"))
 
 
+def test_resuming_past_max_steps_is_an_error_and_the_runs_config_is_kept(toy_cfg):
+    export = train(Toy2D, toy_cfg("train.max_steps=20", "train.checkpoint_every=10", out="past"))
+    config = (export.parent / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"step_20 is at step 20, past train.max_steps=10: raise train.max_steps"):
+        train(Toy2D, toy_cfg("train.max_steps=10", "train.checkpoint_every=10", out="past"))
+    assert (export.parent / "config.yaml").read_text() == config and "max_steps: 20" in config
+    train(Toy2D, toy_cfg("train.max_steps=20", "train.checkpoint_every=10", out="past"))  # at its end: exports again
+
+
 def test_resuming_a_checkpoint_of_another_format_is_an_error_naming_it(toy_cfg):
     checkpoint = train(Toy2D, toy_cfg("train.max_steps=10", "train.checkpoint_every=10", out="old_format"))
     checkpoint = checkpoint.parent / "checkpoints" / "step_10"
