@@ -120,6 +120,13 @@ class Discrete(Domain):
             raise ConfigError("data.vocab_size: must be set (>= 2) when data.source=tokens")
         if d.source == "tokens" and not d.path:
             raise ConfigError("data.path: data.source=tokens reads a 1-D .npy token array from it; none given")
+        if cfg.sample.steps > p.timesteps:  # here, not at the first sampling of a long run
+            raise ConfigError(f"sample.steps={cfg.sample.steps}: at most process.timesteps={p.timesteps}")
+        if cfg.sample.length and d.source == "digits":
+            raise ConfigError(f"sample.length={cfg.sample.length}: digit grids have a fixed shape (use 0)")
+        if cfg.sample.length > d.length:
+            raise ConfigError(f"sample.length={cfg.sample.length}: at most data.length={d.length}, the longest "
+                              f"sequence the model takes")
         if not cfg.sample.temperature > 0:
             raise ConfigError(f"sample.temperature: must be > 0 (it divides the model's logits), "
                               f"got {cfg.sample.temperature}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence, TypeVar, get_type_hints
+from typing import Any, Callable, Mapping, Sequence, TypeVar, get_type_hints
 
 import yaml
 from omegaconf import OmegaConf
@@ -60,7 +60,14 @@ def speed_only_keys(cfg: Any, prefix: str = "") -> set[str]:
 
 def unit_interval(default: tuple[float, float]) -> Any:
     """A ``(lo, hi)`` pair with ``0 <= lo <= hi <= 1``."""
-    return field(default=default, metadata={"unit_interval": True})
+    return field(default=default, metadata={"pair": ("[lo, hi] with 0 <= lo <= hi <= 1",
+                                                     lambda lo, hi: 0 <= lo <= hi <= 1)})
+
+
+def decay_rates(default: tuple[float, float]) -> Any:
+    """A pair of rates each in ``[0, 1)`` (Adam's betas)."""
+    return field(default=default, metadata={"pair": ("[b1, b2] with each in [0, 1)",
+                                                     lambda b1, b2: 0 <= b1 < 1 and 0 <= b2 < 1)})
 
 
 @dataclass
@@ -76,7 +83,7 @@ class TrainConfig:
     grad_accum: int = at_least(1, 1)
     lr: float = at_least(1e-3, 0.0)
     weight_decay: float = at_least(0.0, 0.0)
-    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_betas: tuple[float, float] = decay_rates((0.9, 0.999))
     # muon: the network's hidden weight matrices (its nn.Linear weights and convolution kernels but the last
     # layer's) take Muon steps (multigen.optim, at the same lr and weight decay), every other parameter AdamW's
     optimizer: str = choice("adamw", "adamw", "muon")
@@ -164,7 +171,7 @@ class SampleConfig:
 
 
 def validate(obj: Any, prefix: str = "") -> None:
-    """Check every field's ``choices``/``min``/``unit_interval`` metadata, recursively; :class:`ConfigError` names
+    """Check every field's ``choices``/``min``/``max``/``pair`` metadata, recursively; :class:`ConfigError` names
     the key."""
     for f in dataclasses.fields(obj):
         value, key = getattr(obj, f.name), f"{prefix}{f.name}"
@@ -179,8 +186,14 @@ def validate(obj: Any, prefix: str = "") -> None:
             raise ConfigError(f"{key}: must be >= {minimum}, got {value!r}")
         if maximum is not None and value is not None and value > maximum:
             raise ConfigError(f"{key}: must be <= {maximum}, got {value!r}")
-        if f.metadata.get("unit_interval") and not 0 <= value[0] <= value[1] <= 1:
-            raise ConfigError(f"{key}: must be [lo, hi] with 0 <= lo <= hi <= 1, got {list(value)}")
+        if (pair := f.metadata.get("pair")) and not _is_pair(value, pair[1]):
+            raise ConfigError(f"{key}: must be {pair[0]}, got {value!r}")
+
+
+def _is_pair(value: Any, check: Callable[[float, float], bool]) -> bool:
+    """Whether ``value`` is two real numbers that pass ``check``."""
+    return (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) and check(*value))
 
 
 def _text_kind(schema: type, dotted: str) -> str | None:
@@ -265,7 +278,10 @@ def load_config(
                 for part in reversed(key.split(".")):
                     typed = {part: typed}
                 parsed = OmegaConf.create(typed)
-            merged = OmegaConf.merge(merged, parsed)
+            try:
+                merged = OmegaConf.merge(merged, parsed)
+            except OmegaConfBaseException as e:  # some (a tuple's length, say) do not name the key themselves
+                raise ConfigError(f"{key}: {first_line(getattr(e, 'msg', None) or e)}") from None
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)

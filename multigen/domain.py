@@ -134,6 +134,9 @@ class GaussianDomain(Domain):
             schedule, d.parameterization, d.loss_weighting, d.min_snr_gamma, clip, d.time_sampling
         )
         s = cfg.sample
+        if s.steps > d.timesteps:
+            raise ConfigError(f"sample.steps={s.steps}: at most diffusion.timesteps={d.timesteps} (the schedule's "
+                              f"levels)")
         try:  # here, not at the first sampling of a long run
             samplers.check_settings(s.sampler, s.eta, s.resample, prefix="sample.")
             self._check_guidance(s.guidance, "sample.guidance")

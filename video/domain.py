@@ -147,6 +147,11 @@ class Video(GaussianDomain):
         d, m = cfg.data, cfg.model
         if d.channels not in (1, 3):
             raise ConfigError(f"data.channels: 1 (grayscale) or 3 (RGB), got {d.channels}")
+        if not m.channel_mults:
+            raise ConfigError("model.channel_mults: empty; give one width multiplier per U-Net level (e.g. [1, 2, 2])")
+        if bad := sorted(set(m.attn_levels) - set(range(len(m.channel_mults)))):
+            raise ConfigError(f"model.attn_levels: the U-Net has levels 0..{len(m.channel_mults) - 1} "
+                              f"(model.channel_mults={list(m.channel_mults)}), not {bad}")
         halvings = len(m.channel_mults) - 1
         if d.size % 2**halvings:
             raise ConfigError(f"data.size={d.size}: the U-Net halves it {halvings} times (model.channel_mults="
@@ -155,6 +160,15 @@ class Video(GaussianDomain):
             raise ConfigError("model.reference_input shows a residual model the reference frames its output is "
                               "added to; with model.residual=false there are none")
         task = cfg.task
+        self.task_mix = TaskMix(task.unconditional, task.future, task.past, task.interpolate, task.random)
+        try:
+            self.task_mix.weights()
+        except ValueError as e:
+            raise ConfigError(f"task: {e}") from None
+        if cfg.sample.guidance != 1 and task.unconditional == 0:
+            raise ConfigError(f"sample.guidance={cfg.sample.guidance}: classifier-free guidance needs the "
+                              f"unconditional clips that task.unconditional trains, and it is 0; use "
+                              f"sample.guidance=1, or task.unconditional > 0")
         if task.context_noise > 1 or (task.context_noise and not task.per_frame):
             raise ConfigError(f"task.context_noise: a diffusion time in [0, 1] for the observed frames of the "
                               f"per-frame clips (task.per_frame > 0), got {task.context_noise} with task.per_frame="
@@ -244,8 +258,7 @@ class Video(GaussianDomain):
     def training_loss(self, model: nn.Module, batch: Tensor) -> Tensor:
         B, T = batch.shape[:2]
         task = self.cfg.task
-        mix = TaskMix(task.unconditional, task.future, task.past, task.interpolate, task.random)
-        mask = sample_masks(B, T, mix, device=batch.device)
+        mask = sample_masks(B, T, self.task_mix, device=batch.device)
         independent = None
         if task.image_prob > 0:
             independent = torch.rand(B, device=batch.device) < task.image_prob
