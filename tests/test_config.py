@@ -160,7 +160,7 @@ def test_training_on_bad_data_stops_with_one_line_naming_it(tmp_path, capsys):
     ("video", [f"task.{k}=0" for k in ("unconditional", "future", "past", "interpolate", "random")],
      "task: task probabilities must be >= 0 and not all 0"),
     ("video", ["task.unconditional=0", "sample.guidance=2"], "sample.guidance=2.0: classifier-free guidance needs"),
-    ("video", ["model.attn_levels=[5]"], r"model.attn_levels: the U-Net has levels 0..1 \(model.channel_mults=\[1, 2\]\)"),
+    ("video", ["model.attn_levels=[5]"], r"model.attn_levels: the U-Net has levels 0..1 \(model.channel_mults=\[1, 2"),
     ("video", ["model.channel_mults=[]"], "model.channel_mults: empty"),
     ("toy2d", ["sample.steps=5000"], "sample.steps=5000: at most diffusion.timesteps=1000"),
     ("discrete", ["process.timesteps=8", "sample.steps=16"], "sample.steps=16: at most process.timesteps=8"),
