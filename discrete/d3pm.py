@@ -527,8 +527,9 @@ class D3PM:
         x = _gumbel_sample(self.transition.stationary().double().clamp_min(TINY).log().to(device).expand(*shape, -1),
                            generator)
         if known is not None:
+            known.check(shape)
             mask = known.mask.to(device).bool()
-            values = known.values.to(device).expand(shape)
+            values = known.values_for(shape).to(device)
         for t_now, t_next in tqdm(grid, desc="sample", disable=not progress, leave=False):
             t = torch.full((B,), t_now, device=device)
             if known is not None:

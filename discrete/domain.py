@@ -289,6 +289,12 @@ class Discrete(Domain):
             raise ValueError(f"length={s.length}: digit grids have a fixed shape {self.sample_shape()}")
         shape = (n, s.length) if s.length else (n, *self.sample_shape())
         device = next(model.parameters()).device
+        if known is not None:
+            known.check(shape)
+            kept = known.values_for(shape)[known.mask.bool().expand(shape)]
+            if not kept.is_meta and ((kept < 0) | (kept >= self.data_vocab)).any():
+                bad = kept[(kept < 0) | (kept >= self.data_vocab)][0].item()
+                raise ValueError(f"known tokens must be ids in [0, {self.data_vocab}), the data's vocabulary; got {bad}")
         if known is not None and self.cfg.process.infill_rate > 0:  # trained to be told which tokens are known
             model = partial(model, known=known.mask.to(device).bool().expand(shape))
         return self.process.sample(model, shape, steps=s.steps or None, temperature=s.temperature, known=known,

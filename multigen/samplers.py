@@ -103,6 +103,25 @@ class Known:
     mask: Tensor
     values: Tensor
 
+    def values_for(self, shape: tuple[int, ...]) -> Tensor:
+        """``values`` expanded to samples of ``shape``; an error naming both shapes where they do not fit."""
+        try:
+            return self.values.expand(shape)
+        except RuntimeError:
+            raise ValueError(f"known values of shape {tuple(self.values.shape)} do not fit samples of shape "
+                             f"{tuple(shape)}") from None
+
+    def check(self, shape: tuple[int, ...]) -> None:
+        """An error naming the shapes unless ``mask`` and ``values`` broadcast to samples of ``shape``."""
+        self.values_for(shape)
+        try:
+            fits = torch.broadcast_shapes(self.mask.shape, shape) == torch.Size(shape)
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(f"known mask of shape {tuple(self.mask.shape)} does not fit samples of shape "
+                             f"{tuple(shape)}")
+
     def impose(self, x: Tensor, alpha_bar: Tensor, generator: torch.Generator | None) -> Tensor:
         """Replace the known entries of ``x`` by the values noised to level ``alpha_bar``."""
         mask = self.mask.to(x.device).bool()
@@ -290,7 +309,7 @@ def _staggered_dpm_solver_pp(denoiser: Denoiser, noise: Tensor, grid: TimeGrid, 
     if known is not None:  # clean from the start: always at index S
         fixed = known.item_mask(tuple(noise.shape), items).to(noise.device)
         delay = delay.masked_fill(fixed, -S)
-        x = torch.where(per_item(fixed), known.values.to(noise).expand_as(noise), noise)
+        x = torch.where(per_item(fixed), known.values_for(tuple(noise.shape)).to(noise), noise)
     times = grid.t.to(device=noise.device, dtype=torch.float32)
     alphas = grid.alpha_bar.to(noise.device).sqrt()
     sigmas = (1.0 - grid.alpha_bar.to(noise.device)).sqrt()
@@ -364,6 +383,8 @@ def sample(
     :func:`dpm_solver_pp`).
     """
     check_settings(sampler, eta, resample, staggered=delay is not None)
+    if known is not None and delay is None:  # a staggered sampler's mask is one per item (see dpm_solver_pp)
+        known.check(tuple(shape))
     if not temperature >= 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     noise = temperature * torch.randn(shape, generator=generator, device=device, dtype=dtype)

@@ -337,7 +337,7 @@ class PointCloud(GaussianDomain):
         if known is None:
             observed, mask = torch.zeros(shape, device=device), torch.zeros(shape[:2], dtype=torch.bool, device=device)
         else:
-            observed = known.values.to(device).expand(shape)
+            observed = known.values_for(shape).to(device)
             mask = known.item_mask(shape, 2).to(device)
             check_known_points(observed[mask] if device.type != "meta" else None)
         scaled = observed * self.scale

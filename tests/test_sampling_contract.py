@@ -16,7 +16,8 @@ from pointcloud.domain import PointCloudConfig
 SMALL = {
     "toy2d": ("multigen.toy2d:Toy2D", ["model.hidden=8"]),
     "video": ("video.domain:Video", ["data.frames=3", "data.size=8", "model.base_channels=8", "model.channel_mults=[1]",
-                                     "model.head_channels=8", "diffusion.timesteps=20"]),
+                                     "model.head_channels=8", "model.attn_levels=[]", "diffusion.timesteps=20",
+                                     "sample.steps=4"]),
     "pointcloud": ("pointcloud.domain:PointCloud", ["data.points=64", "model.width=0.25",
                                                     "model.voxel_resolution=0.25", "task.partial_points=10"]),
     "discrete": ("discrete.domain:Discrete", ["data.source=digits", "data.levels=4", "process.timesteps=8",
@@ -48,6 +49,30 @@ def test_every_domain_names_an_unknown_setting_and_refuses_a_condition(name):
     for n in (0, -2, 1.5, True):
         with pytest.raises(ValueError, match=f"number of samples must be a positive integer, got {n!r}"):
             domain.sample(model, n)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_every_domain_names_a_known_part_that_does_not_fit_its_samples(name):
+    domain = _domain(name)
+    model, shape = domain.build_model(), (2, *domain.sample_shape())
+    wrong = (2, *[s + 1 for s in shape[1:]])
+    values = torch.zeros(wrong, dtype=torch.long if name == "discrete" else torch.float32)
+    mask = torch.zeros(shape[:2] if name in ("video", "pointcloud") else shape, dtype=torch.bool)
+    with pytest.raises(ValueError, match=rf"known values of shape \({wrong[0]}, {wrong[1]}.* do not fit samples of "
+                                         rf"shape \({shape[0]}, {shape[1]}"):
+        domain.sample(model, 2, known=Known(mask, values), steps=2)
+    if name in ("toy2d", "discrete"):  # the others' masks (one per frame or point) are checked by item_mask
+        with pytest.raises(ValueError, match=r"known mask of shape \(3,\) does not fit samples of shape"):
+            domain.sample(model, 2, known=Known(torch.zeros(3, dtype=torch.bool), torch.zeros(shape).long()),
+                          steps=2)
+
+
+def test_known_tokens_outside_the_vocabulary_are_named():
+    domain = _domain("discrete")
+    shape = (1, *domain.sample_shape())
+    with pytest.raises(ValueError, match=rf"known tokens must be ids in \[0, 4\).*got 9999"):
+        domain.sample(domain.build_model(), 1, known=Known(torch.ones(shape, dtype=torch.bool),
+                                                          torch.full(shape, 9999)), steps=2)
 
 
 def test_the_discrete_domain_names_the_gaussian_settings_it_does_not_take():

@@ -310,7 +310,7 @@ class Video(GaussianDomain):
         if known is None:
             observed, mask = torch.zeros(shape, device=device), None
         else:
-            observed, mask = known.values.to(device).expand(shape), known.item_mask(shape, 2).to(device)
+            observed, mask = known.values_for(shape).to(device), known.item_mask(shape, 2).to(device)
         return generate(model, self.diffusion, observed, mask, settings, **self.model_options(),
                         generator=generator, progress=progress)
 
