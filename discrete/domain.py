@@ -292,9 +292,10 @@ class Discrete(Domain):
         if known is not None:
             known.check(shape)
             kept = known.values_for(shape)[known.mask.bool().expand(shape)]
-            if not kept.is_meta and ((kept < 0) | (kept >= self.data_vocab)).any():
-                bad = kept[(kept < 0) | (kept >= self.data_vocab)][0].item()
-                raise ValueError(f"known tokens must be ids in [0, {self.data_vocab}), the data's vocabulary; got {bad}")
+            outside = (kept < 0) | (kept >= self.data_vocab)
+            if not kept.is_meta and outside.any():
+                raise ValueError(f"known tokens must be ids in [0, {self.data_vocab}), the data's vocabulary; got "
+                                 f"{kept[outside][0].item()}")
         if known is not None and self.cfg.process.infill_rate > 0:  # trained to be told which tokens are known
             model = partial(model, known=known.mask.to(device).bool().expand(shape))
         return self.process.sample(model, shape, steps=s.steps or None, temperature=s.temperature, known=known,

@@ -70,9 +70,9 @@ def test_every_domain_names_a_known_part_that_does_not_fit_its_samples(name):
 def test_known_tokens_outside_the_vocabulary_are_named():
     domain = _domain("discrete")
     shape = (1, *domain.sample_shape())
-    with pytest.raises(ValueError, match=rf"known tokens must be ids in \[0, 4\).*got 9999"):
-        domain.sample(domain.build_model(), 1, known=Known(torch.ones(shape, dtype=torch.bool),
-                                                          torch.full(shape, 9999)), steps=2)
+    known = Known(torch.ones(shape, dtype=torch.bool), torch.full(shape, 9999))
+    with pytest.raises(ValueError, match=r"known tokens must be ids in \[0, 4\).*got 9999"):
+        domain.sample(domain.build_model(), 1, known=known, steps=2)
 
 
 def test_the_discrete_domain_names_the_gaussian_settings_it_does_not_take():
