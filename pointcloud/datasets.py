@@ -108,11 +108,13 @@ class ShapeFolder(Dataset):
             raise ValueError(f"unknown split {split!r}; use 'train' or 'val'")
         suffixes = set(POINT_SUFFIXES + MESH_SUFFIXES)
         cache = Path(cache_dir) if cache_dir else root / ".multigen_cache"
-        resolved_cache = cache.resolve()  # given absolute beside a relative root (or the reverse), still excluded
+        # never shapes: this cache (given absolute beside a relative root, or the reverse), nor the default one that an
+        # earlier run with another cache_dir may have filled
+        caches = {cache.resolve(), (root / ".multigen_cache").resolve()}
 
         def shapes(folder: Path) -> list[Path]:
-            return sorted(p for p in folder.rglob("*")
-                          if p.suffix.lower() in suffixes and not p.resolve().is_relative_to(resolved_cache))
+            return sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes
+                          and not any(p.resolve().is_relative_to(c) for c in caches))
 
         if (root / "train").is_dir() and (root / "val").is_dir():
             self.files = shapes(root / split)
@@ -134,8 +136,8 @@ class ShapeFolder(Dataset):
         key = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{self.points}:{self.seed}{least}"
                            .encode())
         cached = self.cache / f"{key.hexdigest()}.npy"
-        if cached.is_file():
-            return torch.from_numpy(np.load(cached))
+        if cached.is_file():  # checked again: a cache an older multigen wrote may hold what it let through
+            return torch.from_numpy(check_points(np.load(cached), f"{path} (cached as {cached})"))
         seed = _seed_of(path, self.seed)
         cloud = _subsample(read_points(path, num_points=self.points, seed=seed), self.points, seed, str(path),
                            self.least)

@@ -1,0 +1,110 @@
+"""Video files and clips at their boundaries: reading and writing, how a folder of videos is cut into clips, the
+checks of multigen-video's --context, --frames and --between, and the natural photographs' scale (each test was
+written against a one-line change the rest of the suite let through)."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from multigen.config import load_config
+from multigen.export import export_model
+from video.cli import main as video_main
+from video.data import VideoFolder, frames_to_clip
+from video.domain import Video, VideoConfig
+from video.io import VideoReadError, count_frames, read_video, writable, write_video
+from video.natural import NaturalVideo
+
+
+def test_an_npy_video_without_frames_is_refused(tmp_path):
+    np.save(tmp_path / "none.npy", np.zeros((0, 8, 8, 1), np.uint8))
+    for read in (read_video, count_frames):
+        with pytest.raises(VideoReadError, match="none.npy: the video has no frames"):
+            read(tmp_path / "none.npy")
+
+
+def test_an_output_that_is_a_folder_is_refused(tmp_path):
+    (tmp_path / "out.npy").mkdir()
+    with pytest.raises(ValueError, match="out.npy: it is a folder"):
+        writable(tmp_path / "out.npy")
+
+
+@pytest.mark.parametrize("h, w", [(15, 16), (16, 15)])
+def test_an_mp4_of_odd_height_or_width_is_padded_on_that_side(tmp_path, h, w):
+    frames = np.random.default_rng(0).integers(0, 256, (3, h, w, 3), dtype=np.uint8)
+    path = write_video(tmp_path / "odd.mp4", frames)
+    assert read_video(path).shape == (3, 16, 16, 3)
+
+
+def test_frames_to_clip_crops_the_centre():
+    frames = np.zeros((2, 16, 48, 1), np.uint8)
+    frames[:, :, 16:32] = 255  # a white middle third between black thirds
+    clip = frames_to_clip(frames, 16, 1)
+    assert clip.shape == (2, 1, 16, 16) and clip.min() > 0.9
+
+
+def test_a_video_of_exactly_whole_clips_gives_every_one(tmp_path):
+    """frames=4 at stride 2 span 7 frames: a 7-frame video is one clip, a 14-frame one two."""
+    y = np.arange(8, dtype=np.uint8)
+    np.save(tmp_path / "a.npy", np.broadcast_to(y[None, :, None, None], (7, 8, 8, 1)).copy())
+    np.save(tmp_path / "b.npy", np.broadcast_to(y[None, :, None, None], (14, 8, 8, 1)).copy())
+    ds = VideoFolder(tmp_path, frames=4, size=8, channels=1, stride=2)
+    assert [(p.name, s) for p, s in ds.clips] == [("a.npy", 0), ("b.npy", 0), ("b.npy", 7)]
+
+
+def test_the_index_cache_notices_a_rewritten_file_of_the_same_size(tmp_path):
+    """A file rewritten with the same byte size but another frame count is re-indexed (its mtime changed)."""
+
+    path = tmp_path / "v.npy"
+    np.save(path, np.zeros((4, 16, 16, 3), np.uint8))
+    size, mtime = path.stat().st_size, path.stat().st_mtime_ns
+    assert len(VideoFolder(tmp_path, frames=2, size=16, channels=1)) == 2
+    np.save(path, np.zeros((12, 16, 16, 1), np.uint8))  # 3 072 bytes of frames either way
+    assert path.stat().st_size == size
+    os.utime(path, ns=(mtime + 10**9, mtime + 10**9))  # a later modification time, even on a coarse clock
+    assert len(VideoFolder(tmp_path, frames=2, size=16, channels=1)) == 6
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    cfg = load_config(VideoConfig, overrides=["data.frames=5", "data.size=16", "model.base_channels=8",
+                                              "model.channel_mults=[1,2]", "model.attn_levels=[1]",
+                                              "diffusion.timesteps=50", "sample.steps=3"])
+    domain = Video(cfg)
+    return export_model(domain.build_model(), domain, tmp_path_factory.mktemp("export") / "export")
+
+
+def _gray(frames):
+    return np.random.default_rng(0).integers(0, 256, (frames, 16, 16, 1), dtype=np.uint8)
+
+
+def test_context_may_use_every_frame_at_the_model_rate(tmp_path, export, monkeypatch):
+    """7 frames taken every 3rd are frames 0, 3 and 6: three context frames are available."""
+    monkeypatch.setattr("video.cli.extend_autoregressive",
+                        lambda model, diffusion, first, length, *a, **kw:
+                        torch.cat([first, torch.zeros(1, length - first.shape[1], *first.shape[2:])], 1))
+    np.save(tmp_path / "in.npy", _gray(7))
+    assert video_main(["predict", "--checkpoint", str(export), "--input", str(tmp_path / "in.npy"), "--context", "3",
+                       "--frames", "5", "--stride", "3", "--out", str(tmp_path / "o.npy")]) == 0
+    assert np.array_equal(np.load(tmp_path / "o.npy")[:3], _gray(7)[[0, 3, 6]])
+
+
+def test_frames_equal_to_the_context_are_refused(tmp_path, export, capsys):
+    np.save(tmp_path / "in.npy", _gray(6))
+    assert video_main(["predict", "--checkpoint", str(export), "--input", str(tmp_path / "in.npy"), "--context", "3",
+                       "--frames", "3", "--out", str(tmp_path / "o.npy")]) == 2
+    assert "--frames 3 must exceed --context 3" in capsys.readouterr().err
+
+
+def test_between_must_leave_room_for_both_keyframes_in_the_window(tmp_path, export, capsys):
+    np.save(tmp_path / "keys.npy", _gray(2))
+    assert video_main(["interpolate", "--checkpoint", str(export), "--input", str(tmp_path / "keys.npy"),
+                       "--between", "4", "--out", str(tmp_path / "o.npy")]) == 2
+    assert "--between 4 does not fit the model's window of 5 frames" in capsys.readouterr().err
+
+
+def test_natural_video_caches_photos_with_the_shorter_side_three_sizes():
+    ds = NaturalVideo(4, size=16, split="val")
+    assert all(min(p.shape[1:]) == 48 and max(p.shape[1:]) >= 48 for p in ds.photos)
+    assert any(max(p.shape[1:]) > 48 for p in ds.photos)
