@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
 from multigen.benchmarking import load_export_of, markdown_table, write_results  # noqa: E402
+from multigen.cli import positive_int  # noqa: E402
 from video.conditioning import pack_condition, scaled_residual  # noqa: E402
 from video.domain import Video  # noqa: E402
 
@@ -86,13 +87,16 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("export", help="a residual video model's export directory")
-    parser.add_argument("--clips", type=int, default=64, help="held-out clips")
-    parser.add_argument("--levels", nargs="+", type=int, default=list(LEVELS), help="noise levels t in 1..T")
+    parser.add_argument("--clips", type=positive_int, default=64, help="held-out clips")
+    parser.add_argument("--levels", nargs="+", type=positive_int, default=list(LEVELS), help="noise levels t in 1..T")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0, help="the noise draws")
     parser.add_argument("--out", default="benchmarks/out/video_levels.json")
     args = parser.parse_args()
     pretrained = load_export_of(Video, args.export, args.device)
+    T = pretrained.domain.diffusion.timesteps
+    if too_high := [level for level in args.levels if level > T]:
+        parser.error(f"--levels {too_high}: this model's schedule has levels 1..{T}")
     domain, model = pretrained.domain, pretrained.model
     val = domain.build_dataset("val")
     clips = torch.stack([val[i] for i in range(min(args.clips, len(val)))])

@@ -216,23 +216,31 @@ class EMA(nn.Module):
         self.n_averaged += ~skip
 
 
+PROCESS_KEYS = ("diffusion.schedule", "diffusion.timesteps", "diffusion.beta_start", "diffusion.beta_end",
+                "diffusion.cosine_s", "diffusion.sigmoid_start", "diffusion.sigmoid_end", "diffusion.sigmoid_tau",
+                "diffusion.max_beta", "diffusion.parameterization", "process.transition", "process.timesteps",
+                "process.schedule")
+"""Settings that say what a trained network's input time and output mean (its noise process and its target): a
+checkpoint trained under other values is another model, however alike the weights' shapes."""
+
+
 def check_same_network(config_file: Path, cfg: Any) -> str:
     """Raise :class:`ConfigError` if the run whose checkpoints lie beside ``config_file`` (its config) built another
-    network than ``cfg`` does (a ``model.*`` setting changed, :func:`~multigen.config.speed_only` ones aside);
-    return the settings that did change, in words (``''``: none). Settings the earlier config lacks, added since,
-    are not compared."""
+    network than ``cfg`` does (a ``model.*`` setting changed, :func:`~multigen.config.speed_only` ones aside) or
+    trained it for another process (:data:`PROCESS_KEYS`); return the settings that did change, in words (``''``:
+    none). Settings the earlier config lacks, added since, are not compared."""
     # both as YAML has them
     then, now = flatten(OmegaConf.create(read_yaml(config_file))), flatten(OmegaConf.create(to_yaml(cfg)))
     changed = sorted(k for k, v in now.items() if k in then and then[k] != v)
     speed = speed_only_keys(cfg)
-    network = [k for k in changed if k.startswith("model.") and k not in speed]
+    network = [k for k in changed if (k.startswith("model.") and k not in speed) or k in PROCESS_KEYS]
 
     def listed(keys: list[str]) -> str:
         return ", ".join(f"{k}: {then[k]} -> {now[k]}" for k in keys)
 
     if network:
-        raise ConfigError(f"{config_file.parent} holds checkpoints of another network ({listed(network)}): set a new "
-                          f"train.output_dir, or train.resume=false to start over there")
+        raise ConfigError(f"{config_file.parent} holds checkpoints of another network or process "
+                          f"({listed(network)}): set a new train.output_dir, or train.resume=false to start over there")
     return listed(changed)
 
 
@@ -240,6 +248,9 @@ def check_resumable(checkpoint: Path, optimizer: str, max_steps: int) -> dict[st
     """``checkpoint``'s :data:`CHECKPOINT_INFO`; a :class:`ConfigError` unless it says this trainer can load it into
     a run with ``train.optimizer=optimizer`` that ends at ``train.max_steps=max_steps``."""
     info_path = checkpoint / CHECKPOINT_INFO
+    if not info_path.is_file() and not any(checkpoint.glob("model*")):  # not a checkpoint of an older format either
+        raise ConfigError(f"{checkpoint} is incomplete (no weights, no {CHECKPOINT_INFO}): move it out of "
+                          f"{checkpoint.parent} to resume from the checkpoint before it, or set train.resume=false")
     try:
         info = json.loads(info_path.read_text()) if info_path.is_file() else {"format": 1}
     except ValueError as e:  # written by a run killed as its disk failed, say

@@ -246,8 +246,11 @@ def test_resuming_another_network_is_an_error_and_other_changes_are_named(toy_cf
     written there; other changed settings (training longer, say) are allowed and listed."""
     run = train(Toy2D, toy_cfg("train.max_steps=10", out="changed")).parent
     before = (run / "config.yaml").read_text()
-    with pytest.raises(ConfigError, match=r"another network \(model.hidden: 64 -> 32\).*train.resume=false"):
+    with pytest.raises(ConfigError, match=r"another network or process \(model.hidden: 64 -> 32\).*train.resume="):
         train(Toy2D, toy_cfg("train.max_steps=20", "model.hidden=32", out="changed"))
+    with pytest.raises(ConfigError, match=r"\(diffusion.parameterization: v -> eps, diffusion.schedule: cosine -> "):
+        train(Toy2D, toy_cfg("train.max_steps=20", "diffusion.parameterization=eps", "diffusion.schedule=linear",
+                             out="changed"))
     assert (run / "config.yaml").read_text() == before
     train(Toy2D, toy_cfg("train.max_steps=20", out="changed"))
     assert "settings changed since the checkpoints were written: train.max_steps: 10 -> 20" in capsys.readouterr().out
@@ -363,6 +366,9 @@ def test_resuming_a_checkpoint_of_another_format_is_an_error_naming_it(toy_cfg):
         "format": 2, "step": 10, "optimizer": "adamw", "processes": 1, "consumed": 640}
     (checkpoint / "multigen.json").unlink()  # as written before the format was recorded
     with pytest.raises(ConfigError, match=r"step_10 is in checkpoint format 1 \(this multigen reads 2\)"):
+        train(Toy2D, toy_cfg("train.max_steps=20", "train.checkpoint_every=10", out="old_format"))
+    (checkpoint.parent / "step_15").mkdir()  # made by hand, or emptied: no checkpoint of any format
+    with pytest.raises(ConfigError, match=r"step_15 is incomplete \(no weights, no multigen.json\): move it out"):
         train(Toy2D, toy_cfg("train.max_steps=20", "train.checkpoint_every=10", out="old_format"))
 
 
