@@ -145,8 +145,12 @@ def test_a_video_folder_holds_out_the_last_tenth_of_each_video(tmp_path, mp4):
     one = tmp_path / "one"
     one.mkdir()
     np.save(one / "b.npy", gradient_video(9, 32, 32))
-    with pytest.raises(VideoReadError, match="no usable held-out"):
+    with pytest.raises(VideoReadError, match=r"no usable held-out .* in \S+one$"):
         VideoFolder(one, frames=4, size=16, stride=2, split="val")  # its one video has one clip
+    np.save(one / "c.npy", gradient_video(3, 32, 32))
+    with pytest.warns(UserWarning, match="c.npy: it has 3 frames"), pytest.raises(
+            VideoReadError, match=r"no usable held-out .* \(1 of its 2 videos skipped as unreadable or too short\)"):
+        VideoFolder(one, frames=4, size=16, stride=2, split="val", skip_corrupt=True)
     domain = Video(load_config(VideoConfig, overrides=[*folder, f"data.val_root={root}"]))
     assert len(domain.build_dataset("train")) == len(domain.build_dataset("val")) == 3
     with pytest.raises(ConfigError, match="data.channels: 1 .* got 2"):

@@ -162,6 +162,7 @@ class VideoFolder(Dataset):
         counts = self._index(files, Path(cache_path) if cache_path else self.root / ".multigen_index.json")
         span = (frames - 1) * stride + 1
         self.clips: list[tuple[Path, int]] = []
+        skipped = 0
         for path in files:
             n = counts[str(path.relative_to(self.root))]
             problem = (f"cannot be read ({n})" if isinstance(n, str)
@@ -170,6 +171,7 @@ class VideoFolder(Dataset):
                 if not skip_corrupt:
                     raise VideoReadError(f"{path} {problem} (set data.skip_corrupt=true to skip such files)")
                 warnings.warn(f"skipping {path}: it {problem}", stacklevel=2)
+                skipped += 1
                 continue
             starts = list(range(0, n - span + 1, span))
             held_out = math.ceil(len(starts) / 10) if len(starts) > 1 else 0
@@ -181,7 +183,9 @@ class VideoFolder(Dataset):
         if not self.clips:
             which = {"all": "", "train": "training ", "val": "held-out (each video's last tenth, from videos of 2 "
                      "or more clips) "}[split]
-            raise VideoReadError(f"no usable {which}clips of {frames} frames (stride {stride}) in {self.root}")
+            unusable = f" ({skipped} of its {len(files)} videos skipped as unreadable or too short)" if skipped else ""
+            raise VideoReadError(f"no usable {which}clips of {frames} frames (stride {stride}) in {self.root}"
+                                 f"{unusable}")
 
     def _index(self, files: list[Path], cache: Path) -> dict[str, int | str]:
         """Frame count per file (for one that cannot be read, why), reusing the cache where size and mtime match."""
