@@ -291,11 +291,11 @@ class Discrete(Domain):
         device = next(model.parameters()).device
         if known is not None:
             known.check(shape)
-            kept = known.values_for(shape)[known.mask.bool().expand(shape)]
-            outside = (kept < 0) | (kept >= self.data_vocab)
-            if not kept.is_meta and outside.any():
+            values, mask = known.values_for(shape).to(device), known.mask.to(device).bool().expand(shape)
+            outside = mask & ((values < 0) | (values >= self.data_vocab))
+            if not outside.is_meta and outside.any():  # meta tensors hold no values to check
                 raise ValueError(f"known tokens must be ids in [0, {self.data_vocab}), the data's vocabulary; got "
-                                 f"{kept[outside][0].item()}")
+                                 f"{values[outside][0].item()}")
         if known is not None and self.cfg.process.infill_rate > 0:  # trained to be told which tokens are known
             model = partial(model, known=known.mask.to(device).bool().expand(shape))
         return self.process.sample(model, shape, steps=s.steps or None, temperature=s.temperature, known=known,

@@ -28,6 +28,9 @@ import torch
 from torch import Tensor
 
 SCHEDULES = ("linear", "cosine", "sigmoid")
+PARAMETERS = {"linear": ("beta_start", "beta_end"), "cosine": ("cosine_s",),
+              "sigmoid": ("sigmoid_start", "sigmoid_end", "sigmoid_tau")}
+"""The settings each schedule reads (every one also reads ``timesteps`` and ``max_beta``)."""
 MAX_TERMINAL_ALPHA_BAR = 1e-3
 """A schedule must end this close to pure noise: samplers start from ``N(0, I)``. The linear
 schedule's default betas (DDPM's, for ``T = 1000``) end at 4e-5 but at 0.36 for ``T = 100``."""

@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from . import schedules
 from .config import ConfigError, first_line, flatten, read_yaml, speed_only_keys, to_yaml
 from .domain import DataError, Domain
 from .export import export_model
@@ -216,24 +217,27 @@ class EMA(nn.Module):
         self.n_averaged += ~skip
 
 
-PROCESS_KEYS = ("diffusion.schedule", "diffusion.timesteps", "diffusion.beta_start", "diffusion.beta_end",
-                "diffusion.cosine_s", "diffusion.sigmoid_start", "diffusion.sigmoid_end", "diffusion.sigmoid_tau",
-                "diffusion.max_beta", "diffusion.parameterization", "process.transition", "process.timesteps",
-                "process.schedule")
-"""Settings that say what a trained network's input time and output mean (its noise process and its target): a
-checkpoint trained under other values is another model, however alike the weights' shapes."""
+def process_keys(cfg: Any) -> set[str]:
+    """The settings of ``cfg`` that say what a trained network's input time and output mean (its noise process, the
+    parameters its schedule reads, and its target): a checkpoint trained under other values is another model,
+    however alike the weights' shapes."""
+    keys = {"diffusion.schedule", "diffusion.timesteps", "diffusion.max_beta", "diffusion.parameterization",
+            "process.transition", "process.timesteps", "process.schedule"}
+    if (diffusion := getattr(cfg, "diffusion", None)) is not None:
+        keys |= {f"diffusion.{name}" for name in schedules.PARAMETERS[diffusion.schedule]}
+    return keys
 
 
 def check_same_network(config_file: Path, cfg: Any) -> str:
     """Raise :class:`ConfigError` if the run whose checkpoints lie beside ``config_file`` (its config) built another
     network than ``cfg`` does (a ``model.*`` setting changed, :func:`~multigen.config.speed_only` ones aside) or
-    trained it for another process (:data:`PROCESS_KEYS`); return the settings that did change, in words (``''``:
+    trained it for another process (:func:`process_keys`); return the settings that did change, in words (``''``:
     none). Settings the earlier config lacks, added since, are not compared."""
     # both as YAML has them
     then, now = flatten(OmegaConf.create(read_yaml(config_file))), flatten(OmegaConf.create(to_yaml(cfg)))
     changed = sorted(k for k, v in now.items() if k in then and then[k] != v)
     speed = speed_only_keys(cfg)
-    network = [k for k in changed if (k.startswith("model.") and k not in speed) or k in PROCESS_KEYS]
+    network = [k for k in changed if (k.startswith("model.") and k not in speed) or k in process_keys(cfg)]
 
     def listed(keys: list[str]) -> str:
         return ", ".join(f"{k}: {then[k]} -> {now[k]}" for k in keys)

@@ -44,9 +44,9 @@ def _load(args: argparse.Namespace):
     return load_pretrained(args.checkpoint, args.device, domain="pointcloud")
 
 
-def _to_model_frame(points: np.ndarray, how: str, radius: float, normalizer) -> tuple[np.ndarray, float]:
-    """``(centre (3,), scale)`` with model-frame points ``(points - centre) / scale`` (``points`` as
-    :func:`read_points` returns them: not all coincident)."""
+def _to_model_frame(points: np.ndarray, how: str, radius: float, normalizer,
+                    source: str = "the partial") -> tuple[np.ndarray, float]:
+    """``(centre (3,), scale)`` with model-frame points ``(points - centre) / scale``."""
     if how == "auto":
         how = "data" if normalizer.mode == "global" else "partial"
     if how == "data":
@@ -56,7 +56,11 @@ def _to_model_frame(points: np.ndarray, how: str, radius: float, normalizer) -> 
     if how == "none":
         return np.zeros(3), 1.0
     lo, hi = points.min(0), points.max(0)
-    return (lo + hi) / 2, float(np.linalg.norm(hi - lo)) / 2 / radius
+    half_diagonal = float(np.linalg.norm(hi - lo)) / 2
+    if half_diagonal == 0:
+        raise PointCloudError(f"{source}: all {len(points)} points coincide, and --normalize partial scales the "
+                              f"partial by its extent (give --normalize none or data for points already in place)")
+    return (lo + hi) / 2, half_diagonal / radius
 
 
 def _check_class(args: argparse.Namespace, names: list[str]) -> None:
@@ -78,7 +82,7 @@ def cmd_complete(args: argparse.Namespace) -> Path:
     if p.domain.cfg.task.completion == 0:
         print("note: this model was trained for generation only (task.completion=0); completions keep the partial "
               "exactly but were not trained for it")
-    centre, scale = _to_model_frame(partial, args.normalize, args.partial_radius, p.domain.normalizer)
+    centre, scale = _to_model_frame(partial, args.normalize, args.partial_radius, p.domain.normalizer, args.input)
     observed = torch.from_numpy((partial - centre) / scale).float()
     if len(observed) > limit:
         print(f"note: {args.input} has {len(observed)} points; conditioning on {limit} of them chosen by farthest "
@@ -137,7 +141,7 @@ def cmd_sample(args: argparse.Namespace) -> Path:
 def cmd_scan(args: argparse.Namespace) -> Path:
     if Path(args.out).suffix.lower() != ".ply":
         raise PointCloudError(f"--out {args.out}: the scan is written as .ply")
-    points = read_points(args.input, num_points=args.points, seed=args.seed)
+    points = read_points(args.input, num_points=args.points, seed=args.seed, need_extent=True)
     direction = np.random.default_rng(args.seed).normal(size=3) if args.view is None else np.array(args.view)
     eye = viewpoint_towards(points, direction)
     scan = points[visible_points(points, eye)]

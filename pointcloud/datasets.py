@@ -86,7 +86,7 @@ class ShapeNetPC15k(Dataset):
             cloud = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise PointCloudError(f"{path} could not be read: {e}") from e
-        cloud = check_points(np.asarray(cloud, dtype=np.float64), str(path))
+        cloud = check_points(np.asarray(cloud, dtype=np.float64), str(path), need_extent=True)
         return torch.from_numpy(_subsample(cloud, self.points, _seed_of(path, self.seed), str(path), self.least))
 
 
@@ -137,10 +137,10 @@ class ShapeFolder(Dataset):
                            .encode())
         cached = self.cache / f"{key.hexdigest()}.npy"
         if cached.is_file():  # checked again: a cache an older multigen wrote may hold what it let through
-            return torch.from_numpy(check_points(np.load(cached), f"{path} (cached as {cached})"))
+            return torch.from_numpy(check_points(np.load(cached), f"{path} (cached as {cached})", need_extent=True))
         seed = _seed_of(path, self.seed)
-        cloud = _subsample(read_points(path, num_points=self.points, seed=seed), self.points, seed, str(path),
-                           self.least)
+        points = read_points(path, num_points=self.points, seed=seed, need_extent=True)
+        cloud = _subsample(points, self.points, seed, str(path), self.least)
         self.cache.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(f".{os.getpid()}.tmp.npy")  # the processes of a run fill one cache at once
         np.save(tmp, cloud)

@@ -20,8 +20,9 @@ class PointCloudError(DataError):
     """A point cloud that cannot be used: unreadable, empty, non-finite or too small."""
 
 
-def check_points(points: np.ndarray, source: str) -> np.ndarray:
-    """``points`` as ``(N, 3)``; empty, one-point, non-finite or coincident clouds are errors naming ``source``."""
+def check_points(points: np.ndarray, source: str, need_extent: bool = False) -> np.ndarray:
+    """``points`` as ``(N, 3)``; empty, one-point or non-finite clouds are errors naming ``source``, and with
+    ``need_extent`` (a whole shape, normalised by its size) so are clouds whose points all coincide."""
     if points.size == 0:
         raise PointCloudError(f"{source} has no points")
     if points.ndim != 2 or points.shape[1] < 3:
@@ -37,13 +38,14 @@ def check_points(points: np.ndarray, source: str) -> np.ndarray:
         raise PointCloudError(f"{source}: point {bad} is not finite (NaN or inf)")
     if len(points) < 2:
         raise PointCloudError(f"{source} has only one point; a shape needs at least 2")
-    if (points == points[0]).all():
+    if need_extent and (points == points[0]).all():
         raise PointCloudError(f"{source}: all {len(points)} points coincide; a shape needs some extent")
     return points
 
 
-def read_points(path: str | Path, num_points: int = 2048, seed: int = 0) -> np.ndarray:
-    """Points of a point file, or ``num_points`` area-weighted samples of a mesh's surface."""
+def read_points(path: str | Path, num_points: int = 2048, seed: int = 0, need_extent: bool = False) -> np.ndarray:
+    """Points of a point file, or ``num_points`` area-weighted samples of a mesh's surface (checked by
+    :func:`check_points`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"point cloud file {path} not found")
@@ -73,7 +75,7 @@ def read_points(path: str | Path, num_points: int = 2048, seed: int = 0) -> np.n
         raise
     except (OSError, ValueError, IndexError, KeyError, AttributeError, RuntimeError, EOFError) as e:
         raise PointCloudError(f"{path} could not be read: {first_line(e)}") from e
-    return check_points(np.asarray(points), str(path))
+    return check_points(np.asarray(points), str(path), need_extent)
 
 
 def _read_torch(path: Path) -> np.ndarray:

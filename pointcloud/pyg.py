@@ -100,6 +100,6 @@ class NormalizeUnitSphere(BaseTransform):
     """
 
     def forward(self, data: Data) -> Data:
-        points = check_points(data.pos.detach().double().cpu().numpy(), "the transformed Data's pos")
+        points = check_points(data.pos.detach().double().cpu().numpy(), "the transformed Data's pos", need_extent=True)
         data.pos = torch.from_numpy(normalize(points)).to(data.pos)
         return data

@@ -15,6 +15,7 @@ import pytest
 
 import multigen.train
 from discrete.cli import build_parser as discrete_parser
+from multigen.config import load_config
 from multigen.domain import available_domains, get_domain
 from pointcloud.cli import build_complete_parser
 from pointcloud.cli import build_parser as pointcloud_parser
@@ -148,13 +149,20 @@ def test_the_readme_commands_are_found():
 @pytest.mark.parametrize("args", [a for a in readme_commands() if a[0] in ("multigen/train.py", "multigen-train")],
                          ids=" ".join)
 def test_the_readme_training_commands_resolve_their_configs(args):
-    """Each training command's domain, config file and overrides load (``--print-config`` stops there); the README's
-    example of a misspelt key is refused."""
+    """Each training command's domain, config file and overrides load (``--print-config`` stops there), and the
+    domain accepts them (its own checks: settings that fit together); the README's example of a misspelt key is
+    refused."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = multigen.train.main([*args[1:], "--print-config"])
     misspelt = "train.bach_size=8" in args
     assert code == (2 if misspelt else 0), err.getvalue()
+    domain = args[args.index("--domain") + 1]
+    if code == 0 and domain != "list":
+        config = args[args.index("--config") + 1] if "--config" in args else None
+        cls = get_domain(domain)
+        cls(load_config(cls.config_class, multigen.train.resolve_config_file(domain, config),
+                        [a for a in args if "=" in a]))
 
 
 PARSERS = {"multigen-video": video_parser, "multigen-pointcloud": pointcloud_parser,

@@ -133,6 +133,17 @@ def test_generated_points_return_to_the_partials_place(export, tmp_path):
     assert np.abs(cloud[20:].mean(0) - 100.0).max() < 20
 
 
+def test_a_coincident_partial_is_completed_where_nothing_scales_it_by_its_extent(export, tmp_path):
+    """Points already in the model's frame may all lie at one place (a single observed spot); only a whole shape, or
+    a partial that --normalize partial scales by its size, needs extent."""
+    np.save(tmp_path / "p.npy", np.full((20, 3), 0.1))
+    assert complete_main(["--checkpoint", str(export), "--input", str(tmp_path / "p.npy"), "--num", "1", "--steps",
+                          "2", "--normalize", "none", "--out", str(tmp_path / "o")]) == 0
+    assert np.isfinite(read_points(tmp_path / "o" / "completion_000.ply")).all()
+    with pytest.raises(PointCloudError, match="p.npy: all 20 points coincide"):
+        read_points(tmp_path / "p.npy", need_extent=True)
+
+
 def test_scan_writes_an_upper_case_ply_suffix(tmp_path):
     np.save(tmp_path / "cloud.npy", np.random.default_rng(0).normal(size=(500, 3)))
     out = tmp_path / "scan.PLY"

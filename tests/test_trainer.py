@@ -254,6 +254,8 @@ def test_resuming_another_network_is_an_error_and_other_changes_are_named(toy_cf
     assert (run / "config.yaml").read_text() == before
     train(Toy2D, toy_cfg("train.max_steps=20", out="changed"))
     assert "settings changed since the checkpoints were written: train.max_steps: 10 -> 20" in capsys.readouterr().out
+    train(Toy2D, toy_cfg("train.max_steps=30", "diffusion.beta_start=0.0002", out="changed"))  # the linear schedule's
+    assert "diffusion.beta_start: 0.0001 -> 0.0002" in capsys.readouterr().out  # setting: this run's cosine ignores it
     from multigen.config import speed_only_keys
     from video.domain import VideoConfig
 
