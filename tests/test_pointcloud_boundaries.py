@@ -15,8 +15,7 @@ from pointcloud.datasets import Labelled, Normalizer, Resampled, ShapeFolder
 from pointcloud.domain import PointCloud, PointCloudConfig
 from pointcloud.io import PointCloudError, read_points
 
-SMALL = ["data.points=128", "model.width=0.25", "model.voxel_resolution=0.25", "task.partial_points=30",
-         "sample.steps=2"]
+from .test_pointcloud_pyg import SMALL
 
 
 @pytest.fixture(scope="module")

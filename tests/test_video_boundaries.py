@@ -1,18 +1,12 @@
-"""Video files and clips at their boundaries: reading and writing, how a folder of videos is cut into clips, the
-checks of multigen-video's --context, --frames and --between, and the natural photographs' scale (each test was
-written against a one-line change the rest of the suite let through)."""
+"""Video files and clips at their boundaries: reading and writing, how a folder of videos is cut into clips, and the
+natural photographs' scale (each test was written against a one-line change the rest of the suite let through)."""
 
 import os
 
 import numpy as np
 import pytest
-import torch
 
-from multigen.config import load_config
-from multigen.export import export_model
-from video.cli import main as video_main
 from video.data import VideoFolder, frames_to_clip
-from video.domain import Video, VideoConfig
 from video.io import VideoReadError, count_frames, read_video, writable, write_video
 from video.natural import NaturalVideo
 
@@ -64,44 +58,6 @@ def test_the_index_cache_notices_a_rewritten_file_of_the_same_size(tmp_path):
     assert path.stat().st_size == size
     os.utime(path, ns=(mtime + 10**9, mtime + 10**9))  # a later modification time, even on a coarse clock
     assert len(VideoFolder(tmp_path, frames=2, size=16, channels=1)) == 6
-
-
-@pytest.fixture(scope="module")
-def export(tmp_path_factory):
-    cfg = load_config(VideoConfig, overrides=["data.frames=5", "data.size=16", "model.base_channels=8",
-                                              "model.channel_mults=[1,2]", "model.attn_levels=[1]",
-                                              "diffusion.timesteps=50", "sample.steps=3"])
-    domain = Video(cfg)
-    return export_model(domain.build_model(), domain, tmp_path_factory.mktemp("export") / "export")
-
-
-def _gray(frames):
-    return np.random.default_rng(0).integers(0, 256, (frames, 16, 16, 1), dtype=np.uint8)
-
-
-def test_context_may_use_every_frame_at_the_model_rate(tmp_path, export, monkeypatch):
-    """7 frames taken every 3rd are frames 0, 3 and 6: three context frames are available."""
-    monkeypatch.setattr("video.cli.extend_autoregressive",
-                        lambda model, diffusion, first, length, *a, **kw:
-                        torch.cat([first, torch.zeros(1, length - first.shape[1], *first.shape[2:])], 1))
-    np.save(tmp_path / "in.npy", _gray(7))
-    assert video_main(["predict", "--checkpoint", str(export), "--input", str(tmp_path / "in.npy"), "--context", "3",
-                       "--frames", "5", "--stride", "3", "--out", str(tmp_path / "o.npy")]) == 0
-    assert np.array_equal(np.load(tmp_path / "o.npy")[:3], _gray(7)[[0, 3, 6]])
-
-
-def test_frames_equal_to_the_context_are_refused(tmp_path, export, capsys):
-    np.save(tmp_path / "in.npy", _gray(6))
-    assert video_main(["predict", "--checkpoint", str(export), "--input", str(tmp_path / "in.npy"), "--context", "3",
-                       "--frames", "3", "--out", str(tmp_path / "o.npy")]) == 2
-    assert "--frames 3 must exceed --context 3" in capsys.readouterr().err
-
-
-def test_between_must_leave_room_for_both_keyframes_in_the_window(tmp_path, export, capsys):
-    np.save(tmp_path / "keys.npy", _gray(2))
-    assert video_main(["interpolate", "--checkpoint", str(export), "--input", str(tmp_path / "keys.npy"),
-                       "--between", "4", "--out", str(tmp_path / "o.npy")]) == 2
-    assert "--between 4 does not fit the model's window of 5 frames" in capsys.readouterr().err
 
 
 def test_natural_video_caches_photos_with_the_shorter_side_three_sizes():

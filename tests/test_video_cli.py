@@ -151,3 +151,32 @@ def test_frame_delay_and_context_noise_on_a_per_frame_model_and_errors_on_anothe
     assert "task.per_frame" in capsys.readouterr().err
     assert main([*common, "--checkpoint", str(per_frame), "--context-noise", "0.3"]) == 2
     assert "task.context_noise=0.2" in capsys.readouterr().err
+
+
+def _gray(frames):
+    return np.random.default_rng(0).integers(0, 256, (frames, 16, 16, 1), dtype=np.uint8)
+
+
+def test_context_may_use_every_frame_at_the_model_rate(tmp_path, export, monkeypatch):
+    """7 frames taken every 3rd are frames 0, 3 and 6: three context frames are available."""
+    monkeypatch.setattr("video.cli.extend_autoregressive",
+                        lambda model, diffusion, first, length, *a, **kw:
+                        torch.cat([first, torch.zeros(1, length - first.shape[1], *first.shape[2:])], 1))
+    np.save(tmp_path / "in.npy", _gray(7))
+    assert main(["predict", "--checkpoint", str(export), "--input", str(tmp_path / "in.npy"), "--context", "3",
+                 "--frames", "5", "--stride", "3", "--out", str(tmp_path / "o.npy")]) == 0
+    assert np.array_equal(np.load(tmp_path / "o.npy")[:3], _gray(7)[[0, 3, 6]])
+
+
+def test_frames_equal_to_the_context_are_refused(tmp_path, export, capsys):
+    np.save(tmp_path / "in.npy", _gray(6))
+    assert main(["predict", "--checkpoint", str(export), "--input", str(tmp_path / "in.npy"), "--context", "3",
+                 "--frames", "3", "--out", str(tmp_path / "o.npy")]) == 2
+    assert "--frames 3 must exceed --context 3" in capsys.readouterr().err
+
+
+def test_between_must_leave_room_for_both_keyframes_in_the_window(tmp_path, export, capsys):
+    np.save(tmp_path / "keys.npy", _gray(2))
+    assert main(["interpolate", "--checkpoint", str(export), "--input", str(tmp_path / "keys.npy"),
+                 "--between", "4", "--out", str(tmp_path / "o.npy")]) == 2
+    assert "--between 4 does not fit the model's window of 5 frames" in capsys.readouterr().err
