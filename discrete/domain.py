@@ -120,13 +120,12 @@ class Discrete(Domain):
             raise ConfigError("data.vocab_size: must be set (>= 2) when data.source=tokens")
         if d.source == "tokens" and not d.path:
             raise ConfigError("data.path: data.source=tokens reads a 1-D .npy token array from it; none given")
-        if cfg.sample.steps > p.timesteps:  # here, not at the first sampling of a long run
-            raise ConfigError(f"sample.steps={cfg.sample.steps}: at most process.timesteps={p.timesteps}")
-        if cfg.sample.length and d.source == "digits":
-            raise ConfigError(f"sample.length={cfg.sample.length}: digit grids have a fixed shape (use 0)")
-        if cfg.sample.length > d.length:
-            raise ConfigError(f"sample.length={cfg.sample.length}: at most data.length={d.length}, the longest "
-                              f"sequence the model takes")
+        try:  # here, not at the first sampling of a long run
+            self.sample_settings()
+        except ConfigError:
+            raise
+        except ValueError as e:
+            raise ConfigError(f"sample.{e}") from None
         if not cfg.sample.temperature > 0:
             raise ConfigError(f"sample.temperature: must be > 0 (it divides the model's logits), "
                               f"got {cfg.sample.temperature}")
@@ -265,6 +264,20 @@ class Discrete(Domain):
 
     SETTINGS = ("steps", "temperature", "length")
 
+    def sample_settings(self, **overrides: Any) -> DiscreteSampleConfig:
+        """:meth:`Domain.sample_settings`; ``steps`` at most the process's timesteps, ``length`` at most
+        ``data.length`` (the longest sequence the model takes) and 0 for digit grids."""
+        s = super().sample_settings(**overrides)
+        d, T = self.cfg.data, self.cfg.process.timesteps
+        if s.steps > T:
+            raise ValueError(f"steps={s.steps}: at most process.timesteps={T}")
+        if s.length and d.source == "digits":
+            raise ValueError(f"length={s.length}: digit grids have a fixed shape {self.sample_shape()} (use 0)")
+        if s.length > d.length:
+            raise ValueError(f"length={s.length}: at most data.length={d.length}, the longest sequence the model "
+                             f"takes")
+        return s
+
     def sample(
         self,
         model: nn.Module,
@@ -285,8 +298,6 @@ class Discrete(Domain):
         check_count(n)
         no_condition(self.name, condition)
         s = self.sample_settings(**settings)
-        if s.length and self.cfg.data.source == "digits":
-            raise ValueError(f"length={s.length}: digit grids have a fixed shape {self.sample_shape()}")
         shape = (n, s.length) if s.length else (n, *self.sample_shape())
         device = next(model.parameters()).device
         if known is not None:

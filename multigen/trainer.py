@@ -236,8 +236,8 @@ def check_same_network(config_file: Path, cfg: Any) -> str:
     # both as YAML has them
     then, now = flatten(OmegaConf.create(read_yaml(config_file))), flatten(OmegaConf.create(to_yaml(cfg)))
     changed = sorted(k for k, v in now.items() if k in then and then[k] != v)
-    speed = speed_only_keys(cfg)
-    network = [k for k in changed if (k.startswith("model.") and k not in speed) or k in process_keys(cfg)]
+    speed, process = speed_only_keys(cfg), process_keys(cfg)
+    network = [k for k in changed if (k.startswith("model.") and k not in speed) or k in process]
 
     def listed(keys: list[str]) -> str:
         return ", ".join(f"{k}: {then[k]} -> {now[k]}" for k in keys)
