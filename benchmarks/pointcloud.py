@@ -169,7 +169,7 @@ def off_surface_rows(export: str, device: str, num_shapes: int, steps: tuple[int
 
 
 def completion_rows(export: str, device: str, num_shapes: int, bank: int, sample: list[str] = (),
-                    seed: int = 0) -> list[dict]:
+                    seed: int = 0, start: float | None = None) -> list[dict]:
     """Completion of held-out partial views against the nearest of ``bank`` training shapes, per family, and
     against that shape holding the observed points as a completion does (``with_partial``).
 
@@ -178,7 +178,9 @@ def completion_rows(export: str, device: str, num_shapes: int, bank: int, sample
     distance of their points to the true surface (a dense sampling of the mesh): what the sampling of
     the reference cloud does not blur. For the model's generated points the median of that distance and
     the share of it that comes from their worst 10% (stray points) are also given. ``sample``
-    overrides fields of the export's sample config, e.g. ``["steps=100", "resample=3"]``.
+    overrides fields of the export's sample config, e.g. ``["steps=100", "resample=3"]``; ``start`` its
+    ``task.completion_start`` (None: kept). A completion that starts from the nearest training shape searches
+    the same ``bank`` as the baselines.
     """
     from multigen.export import load_pretrained
     from pointcloud.domain import with_partial
@@ -189,6 +191,9 @@ def completion_rows(export: str, device: str, num_shapes: int, bank: int, sample
     p = load_pretrained(export, device=device)
     domain, model = p.domain, p.model.eval()
     override_sample_settings(domain, sample)
+    domain.cfg.task.completion_bank = bank
+    if start is not None:
+        domain.cfg.task.completion_start = start
     data = domain.build_dataset("val")
     if not isinstance(data, ProceduralShapes):
         raise SystemExit(f"--completion needs a model trained on the procedural shapes; {export} was not")
@@ -211,6 +216,8 @@ def completion_rows(export: str, device: str, num_shapes: int, bank: int, sample
     families = [data.family(i) for i in range(n)]
     s = domain.cfg.sample
     sampler = f"{s.sampler}-{s.steps}" + (f" x{s.resample} passes" if s.resample > 1 else "")
+    if domain.cfg.task.completion_start < 1:
+        sampler += f" from the nearest shape at t = {domain.cfg.task.completion_start:g}"
     rows = []
     for fam in ["all", *(dict.fromkeys(families) if len(set(families)) > 1 else [])]:
         idx = torch.tensor([i for i in range(n) if fam in ("all", families[i])])
@@ -328,6 +335,9 @@ def main() -> None:
     parser.add_argument("--bank", type=int, default=4000, help="--completion: training shapes searched")
     parser.add_argument("--sample", nargs="+", default=[], metavar="KEY=VALUE",
                         help="--completion: override the export's sample settings, e.g. steps=100 resample=3")
+    parser.add_argument("--start", type=float, help="--completion: start each completion from the nearest training "
+                        "shape noised to this diffusion time, or 1 from noise (default: the export's "
+                        "task.completion_start)")
     parser.add_argument("--profile", metavar="CONFIG", help="print torch.profiler's table of one train step")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one config, print JSON
     parser.add_argument("--out", default="benchmarks/out/pointcloud.json")
@@ -353,7 +363,7 @@ def main() -> None:
         return
 
     if args.completion:
-        rows = completion_rows(args.completion, args.device, args.shapes, args.bank, args.sample)
+        rows = completion_rows(args.completion, args.device, args.shapes, args.bank, args.sample, start=args.start)
         print(markdown_table([{
             "family": r["family"], "views": r["views"], "completion Chamfer": f"{r['model_chamfer']:.4f}",
             "nearest training shape": f"{r['nearest_chamfer']:.4f}",

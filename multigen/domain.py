@@ -207,9 +207,12 @@ class GaussianDomain(Domain):
         generator: torch.Generator | None,
         device: torch.device,
         progress: bool,
+        init: Tensor | None = None,
+        start: float = 1.0,
     ) -> Tensor:
         """The core sampler that ``settings`` (from :meth:`sample_settings`) name over the network
-        ``model_fn(x_t, t)``, drawing a batch of ``shape``; ``known`` parts are held fixed."""
+        ``model_fn(x_t, t)``, drawing a batch of ``shape``; ``known`` parts are held fixed; ``init`` and ``start``
+        (in the network's frame): see :func:`multigen.samplers.sample`."""
         return samplers.sample(
             self.diffusion.denoiser(model_fn),
             shape,
@@ -219,6 +222,8 @@ class GaussianDomain(Domain):
             generator=generator,
             device=device,
             progress=progress,
+            init=init,
+            start=start,
         )
 
 

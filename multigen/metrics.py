@@ -10,8 +10,9 @@ def sliced_wasserstein(x: Tensor, y: Tensor, projections: int = 256, seed: int =
     """Sliced 2-Wasserstein distance between point sets ``x`` ``(N, D)`` and ``y`` ``(M, D)``.
 
     Averages the squared 1-D W2 over ``projections`` random directions (fixed by
-    ``seed``) and returns its square root. Sets of unequal size are compared
-    through ``min(N, M)`` evenly spaced quantiles.
+    ``seed``) and returns its square root. Each 1-D W2 is exact between the two
+    empirical distributions, of equal size or not: their quantile functions are
+    compared on every interval of levels where both are constant.
     """
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
         raise ValueError(f"expected (N, D) and (M, D) point sets, got {tuple(x.shape)} and {tuple(y.shape)}")
@@ -20,11 +21,12 @@ def sliced_wasserstein(x: Tensor, y: Tensor, projections: int = 256, seed: int =
     dirs /= dirs.norm(dim=0, keepdim=True)
     px = (x.double().cpu() @ dirs).sort(dim=0).values
     py = (y.double().cpu() @ dirs).sort(dim=0).values
-    n = min(len(px), len(py))
-    if len(px) != n or len(py) != n:
-        q = (torch.arange(n, dtype=torch.float64) + 0.5) / n
-        px, py = torch.quantile(px, q, dim=0), torch.quantile(py, q, dim=0)
-    return float(((px - py) ** 2).mean().sqrt())
+    n, m = len(px), len(py)
+    # the levels where either quantile function steps, and on each interval between them each set's sorted index
+    levels = torch.cat([torch.arange(n + 1) / n, torch.arange(m + 1) / m]).double().unique()
+    middle, width = (levels[1:] + levels[:-1]) / 2, levels.diff()
+    gap = px[(middle * n).long().clamp_max(n - 1)] - py[(middle * m).long().clamp_max(m - 1)]
+    return float((width[:, None] * gap**2).sum(0).mean().sqrt())
 
 
 def one_nna(d_ss: Tensor, d_rr: Tensor, d_sr: Tensor) -> float:

@@ -44,6 +44,15 @@ class TimeGrid:
     def steps(self) -> int:
         return len(self.t) - 1
 
+    def starting_at(self, start: float) -> TimeGrid:
+        """The grid's tail from its first level at or below model time ``start``: the levels a
+        sampler visits when it starts from data noised to that level (SDEdit); an error if no noisy level is left."""
+        first = int((self.t > start).sum())  # t decreases: the levels above start come first
+        if first >= self.steps:
+            raise ValueError(f"start={start} lies below every noisy level of this {self.steps}-step grid (the lowest "
+                             f"is t={float(self.t[-2]):.4g}): raise start or the sampler's steps")
+        return TimeGrid(t=self.t[first:], alpha_bar=self.alpha_bar[first:])
+
 
 SPACINGS = ("time", "log_snr", "karras")
 DEFAULT_SPACING = {"ddpm": "time", "ddim": "time", "dpm_solver_pp": "log_snr"}
@@ -366,8 +375,14 @@ def sample(
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
     delay: Tensor | None = None,
+    init: Tensor | None = None,
+    start: float = 1.0,
 ) -> Tensor:
     """Draw ``x_T ~ N(0, I)`` of ``shape`` and run the named sampler over ``steps`` levels.
+
+    With ``init`` (a guess of the clean sample, of ``shape``) and ``start < 1`` the sampler starts from ``init``
+    noised to model time ``start`` instead, and takes only the grid's steps at and below it
+    (:meth:`TimeGrid.starting_at`; SDEdit, Meng et al., 2022): the lower ``start``, the more of ``init`` survives.
 
     ``spacing="auto"`` takes the sampler's :data:`DEFAULT_SPACING`. ``eta`` belongs to ddim alone and
     ``resample`` to ddpm alone (:func:`check_settings`: giving one to another sampler is an error). With a
@@ -387,6 +402,14 @@ def sample(
         known.check(tuple(shape))
     if not temperature >= 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0.0 < start <= 1.0:
+        raise ValueError(f"start must lie in (0, 1], got {start}")
+    if (init is None) != (start == 1.0):
+        raise ValueError(f"init and start < 1 go together (SDEdit: init noised to time start), got "
+                         f"{'no init' if init is None else 'an init'} with start={start}")
+    if init is not None and (delay is not None or tuple(init.shape) != tuple(shape)):
+        raise ValueError(f"init of shape {tuple(init.shape)} for samples of shape {tuple(shape)}" if delay is None
+                         else "init (a start below t = 1) and a delay per item do not go together")
     noise = temperature * torch.randn(shape, generator=generator, device=device, dtype=dtype)
     extra: dict = {"eta": eta, "temperature": temperature} if sampler == "ddim" else {}
     if sampler == "ddpm":
@@ -394,4 +417,8 @@ def sample(
     if delay is not None:
         extra = {"delay": delay}
     grid = sampling_grid(schedule, steps, DEFAULT_SPACING[sampler] if spacing == "auto" else spacing)
+    if init is not None:
+        grid = grid.starting_at(start)
+        level = grid.alpha_bar[0]
+        noise = float(level) ** 0.5 * init.to(device=device, dtype=dtype) + float(1 - level) ** 0.5 * noise
     return SAMPLERS[sampler](denoiser, noise, grid, known=known, generator=generator, progress=progress, **extra)

@@ -17,7 +17,9 @@ is; ``auto``, the default: ``data`` when recorded, else ``partial``), completed,
 generated points are mapped back. Every output ``.ply`` holds every input
 point unchanged followed by the generated points; ``completions.pt`` holds them all as a
 torch_geometric ``Batch`` (``pos``, ``batch``, ``observed``; ``samples.pt`` for ``sample``);
-``completions.png`` shows the partial in red and the generated points in blue.
+``completions.png`` shows the partial in red and the generated points in blue. ``--start T`` below 1
+starts each completion from the nearest training shape holding the partial, noised to diffusion time
+``T`` (retrieval, then diffusion: the model's ``task.completion_start`` by default).
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ def cmd_complete(args: argparse.Namespace) -> Path:
         done = p.domain.sample(p.model, args.num, known=Known(mask.to(args.device), values.to(args.device)),
                                condition=args.cls, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
                                guidance_interval=args.guidance_interval, generator=seeded_generator(args),
-                               progress=True)
+                               progress=True, start=args.start)
     generated = done[:, P:].double().cpu().numpy() * scale + centre
     # a dense scan would hide the generated points: draw it faint when it outnumbers them
     partial_rgba = np.array([[*PARTIAL_COLOR, min(1.0, max(0.15, generated.shape[1] / len(partial)))]] * len(partial))
@@ -175,7 +177,19 @@ def _complete_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--partial-radius", type=positive_float, default=0.8,
                    help="--normalize partial: half-diagonal of the partial in the model's frame")
     p.add_argument("--max-partial", type=positive_int, help="most input points conditioned on (default: the model's)")
+    p.add_argument("--start", type=diffusion_time, metavar="T",
+                   help="below 1: start from the nearest of the model's training shapes holding the partial, noised "
+                        "to diffusion time T (its training data must be at hand: built in, or data.root); 1: from "
+                        "noise (default: the model's task.completion_start)")
     p.set_defaults(func=cmd_complete)
+
+
+def diffusion_time(text: str) -> float:
+    """An argparse ``type``: a diffusion time in ``(0, 1]``."""
+    value = positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

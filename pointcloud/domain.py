@@ -6,7 +6,9 @@ in the unit-sphere frame. The network gets one extra per-point channel, the *obs
 so one model can generate shapes (no point observed) and complete partial scans (the
 observed points enter the network clean, as in PVD, and are kept exactly by the samplers'
 known-part constraint; the loss covers only the generated points).
-``task.completion`` sets the fraction of training shapes given a partial view.
+``task.completion`` sets the fraction of training shapes given a partial view; ``task.completion_start`` below 1
+starts a completion from the nearest training shape holding the partial, noised to that diffusion time (SDEdit
+over retrieval), instead of from noise.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from multigen import Known
-from multigen.config import ConfigError, DiffusionConfig, SampleConfig, TrainConfig, at_least, choice
+from multigen.config import ConfigError, DiffusionConfig, SampleConfig, TrainConfig, at_least, between, choice
 from multigen.diffusion import uniform_times
 from multigen.domain import GaussianDomain, check_count, no_condition
 from multigen.guidance import classifier_free_guidance, drop_condition
@@ -92,6 +94,11 @@ class PointTaskConfig:
     # class-conditional models: share of training clouds shown with no class (classifier-free guidance, unlabelled
     # completion)
     class_dropout: float = at_least(0.1, 0.0)
+    # completion's start (SDEdit): below 1, a completion starts from the nearest of the first `completion_bank`
+    # training shapes holding the partial, noised to this diffusion time, and takes the sampler's steps below it;
+    # 1: from pure noise. The evaluation's retrieval baselines search the same bank.
+    completion_start: float = between(1.0, 0.0, 1.0)
+    completion_bank: int = at_least(400, 1)
 
 
 @dataclass
@@ -162,6 +169,7 @@ class PointCloud(GaussianDomain):
     def __init__(self, cfg: PointCloudConfig) -> None:
         super().__init__(cfg)
         self.scale = cfg.model.diffusion_scale
+        self.banks: dict[int, Tensor] = {}  # training_bank's, by size
         d = cfg.data
         if d.source == "procedural" and (unknown := sorted(set(d.families) - set(FAMILIES))):
             raise ConfigError(f"data.families: unknown {unknown}; choose from {list(FAMILIES)}")
@@ -169,6 +177,8 @@ class PointCloud(GaussianDomain):
             raise ConfigError(f"data.families: empty; name at least one of {list(FAMILIES)}")
         if d.source == "shapenet" and not d.categories:
             raise ConfigError("data.categories: empty; name at least one category (e.g. chair) or synset id")
+        if not cfg.task.completion_start > 0:
+            raise ConfigError("task.completion_start: must be > 0 (a diffusion time in (0, 1]; 1 starts from noise)")
         if 0 < d.pool < d.points:
             raise ConfigError(f"data.pool={d.pool}: training clouds of data.points={d.points} are drawn from it; "
                               "give at least that many points, or 0 for fixed clouds")
@@ -324,13 +334,20 @@ class PointCloud(GaussianDomain):
         known: Known | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
+        start: float | None = None,
         **settings: Any,
     ) -> Tensor:
         """``n`` clouds; with ``known`` (mask ``(n, N)`` or ``(n, N, 1)``, values ``(n, N, 3)``) those points are kept.
         A class-conditional model's ``condition``: see :meth:`sample_labels`. ``settings``: see
-        :meth:`sample_settings` (``resample`` acts only with a known part; ``guidance`` scales the class)."""
+        :meth:`sample_settings` (``resample`` acts only with a known part; ``guidance`` scales the class).
+        ``start`` (None: ``task.completion_start`` with a known part, else 1): below 1 a completion starts from
+        :meth:`start_clouds` noised to that diffusion time (SDEdit); 1 starts from noise."""
         check_count(n)
         settings = self.sample_settings(**settings)
+        start = (1.0 if known is None else self.cfg.task.completion_start) if start is None else start
+        if start < 1 and known is None:
+            raise ValueError(f"start={start}: a completion's start (the nearest training shape holding the known "
+                             f"points); give a known part, or start=1 to generate from noise")
         device = next(model.parameters()).device
         label = self.sample_labels(n, condition, known is None, generator, device)
         shape = (n, *self.sample_shape())
@@ -343,8 +360,9 @@ class PointCloud(GaussianDomain):
         scaled = observed * self.scale
         kept = None if known is None else Known(mask[..., None], scaled)
         guided = self.network(model, scaled, mask, label, settings.guidance, tuple(settings.guidance_interval))
+        init = None if start == 1 else self.start_clouds(observed, mask) * self.scale
         out = self.run_sampler(guided, shape, settings, known=kept, generator=generator, device=device,
-                               progress=progress)
+                               progress=progress, init=init, start=start)
         return torch.where(mask[..., None], observed, out / self.scale)  # observed points bit-exact
 
     def sample_labels(self, n: int, condition: Any, draw: bool, generator: torch.Generator | None,
@@ -410,12 +428,13 @@ class PointCloud(GaussianDomain):
         return ref, samples, blob, g
 
     def evaluate_completion(self, model: nn.Module, shapes: Tensor, generator: torch.Generator) -> dict[str, float]:
-        """Chamfer of completed partial views to the full shapes, and of two baselines: the nearest training shape,
-        and that shape given the observed points as a completion keeps them (:func:`with_partial`)."""
+        """Chamfer of completed partial views to the full shapes, and of two baselines: the nearest of the first
+        ``task.completion_bank`` training shapes, and that shape given the observed points as a completion keeps
+        them (:func:`with_partial`)."""
         mask = partial_masks(shapes, self.cfg.task.partial_points, seed=self.cfg.sample.seed)
         done = self.complete(model, shapes, mask, generator)
         partials = [s[m] for s, m in zip(shapes, mask)]
-        nearest = self.nearest_training_shapes(partials, 4 * len(shapes))
+        nearest = self.nearest_training_shapes(partials, self.cfg.task.completion_bank)
         kept = torch.stack([with_partial(n, p) for n, p in zip(nearest, partials)])
         return {
             "completion/chamfer": chamfer(done, shapes).mean().item(),
@@ -435,9 +454,31 @@ class PointCloud(GaussianDomain):
     def nearest_training_shapes(self, partials: list[Tensor], max_bank: int) -> Tensor:
         """For each partial ``(P_i, 3)``, the training shape ``(N, 3)`` it is closest to (partial -> shape
         one-sided Chamfer), searched among the first ``max_bank`` training shapes: ``(len(partials), N, 3)``."""
-        train = self.fixed_clouds("train")
-        bank = torch.stack([train[i] for i in range(min(len(train), max_bank))]).float()  # type: ignore[arg-type]
-        return torch.stack([bank[chamfer_to(p, bank).argmin()] for p in partials])
+        bank = self.training_bank(max_bank)
+        return torch.stack([bank[chamfer_to(p.cpu().float(), bank).argmin()] for p in partials])
+
+    def training_bank(self, size: int) -> Tensor:
+        """The first ``size`` training shapes (all, if fewer) as fixed clouds ``(S, N, 3)`` float32 on the CPU,
+        built once per size."""
+        if size not in self.banks:
+            train = self.fixed_clouds("train")
+            self.banks[size] = torch.stack([train[i] for i in range(min(len(train), size))]).float()  # type: ignore
+        return self.banks[size]
+
+    def start_clouds(self, observed: Tensor, mask: Tensor) -> Tensor:
+        """Where a completion with ``task.completion_start < 1`` starts: for each cloud ``observed`` ``(n, N, 3)``,
+        known where ``mask`` ``(n, N)``, the nearest of the first ``task.completion_bank`` training shapes to its
+        known points, holding them (:func:`with_partial`) in their own slots: ``(n, N, 3)`` on ``observed``'s
+        device (on ``meta``, shapes only)."""
+        if observed.is_meta:
+            return torch.empty_like(observed)
+        cpu, keep = observed.detach().float().cpu(), mask.cpu()
+        partials = [o[m] for o, m in zip(cpu, keep)]
+        nearest = self.nearest_training_shapes(partials, self.cfg.task.completion_bank)
+        out = torch.empty_like(cpu)
+        for o, m, shape, partial in zip(out, keep, nearest, partials):
+            o[torch.cat([m.nonzero()[:, 0], (~m).nonzero()[:, 0]])] = with_partial(shape, partial)
+        return out.to(observed)
 
     def save_samples(self, samples: Tensor, path: Path) -> Path:
         out = path.with_suffix(".png")

@@ -303,3 +303,42 @@ def test_only_dpm_solver_takes_a_delay():
     for sampler in ("ddpm", "ddim"):
         with pytest.raises(ValueError, match="dpm_solver_pp"):
             sample(lambda x, t: x, (2, 3), SCHEDULE, sampler=sampler, steps=3, delay=torch.zeros(2, dtype=torch.long))
+
+
+def test_a_grid_started_at_a_time_is_its_tail_from_the_first_level_not_above_it():
+    grid = sampling_grid(SCHEDULE, 10, "time")  # t = 1, 0.9, ..., 0.1, 0
+    tail = grid.starting_at(0.35)
+    assert tail.t.tolist() == pytest.approx([0.3, 0.2, 0.1, 0.0]) and torch.equal(tail.alpha_bar, grid.alpha_bar[7:])
+    assert torch.equal(grid.starting_at(1.0).t, grid.t) and tail.steps == 3
+    with pytest.raises(ValueError, match="below every noisy level"):
+        grid.starting_at(0.05)
+
+
+def test_started_from_a_noised_guess_ddpm_samples_gaussian_datas_posterior_given_that_level():
+    """SDEdit with the exact denoiser: from ``init`` noised to level a (``x_a = sqrt(a) init + sqrt(1 - a) z``),
+    ancestral steps sample ``p(x0 | x_a)``, so over the draws of ``z`` the samples have mean
+    ``mu + sqrt(a) K (init - mu)`` and covariance ``Sigma - sqrt(a) K Sigma + (1 - a) K K^T``, with
+    ``K = sqrt(a) Sigma (a Sigma + (1 - a) I)^-1``: a closed form, not the data's own mean and covariance."""
+    init = torch.tensor([1.5, 1.0], dtype=torch.float64)
+    a = float(sampling_grid(SCHEDULE, 1000, "time").starting_at(0.3).alpha_bar[0])
+    sigma, eye = COV[0], torch.eye(2, dtype=torch.float64)
+    gain = a**0.5 * sigma @ torch.linalg.inv(a * sigma + (1 - a) * eye)
+    mean = MEAN[0] + a**0.5 * gain @ (init - MEAN[0])
+    cov = sigma - a**0.5 * gain @ sigma + (1 - a) * gain @ gain.T
+    x = sample(gaussian_mixture_denoiser(ONE, MEAN, COV, SCHEDULE), (N, 2), SCHEDULE, sampler="ddpm", steps=1000,
+               init=init.expand(N, 2), start=0.3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert (mean - MEAN[0]).abs().max() > 0.2 and (cov - COV[0]).abs().max() > 0.1  # far from the data's own
+    assert (x.mean(0) - mean).abs().max() < 0.02, (x.mean(0), mean)
+    assert (torch.cov(x.T) - cov).abs().max() < 0.02, (torch.cov(x.T), cov)
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"start": 0.5}, "go together"), ({"init": torch.zeros(4, 2)}, "go together"),
+    ({"init": torch.zeros(4, 2), "start": 0.0}, r"\(0, 1\]"), ({"init": torch.zeros(4, 2), "start": 1.5}, r"\(0, 1\]"),
+    ({"init": torch.zeros(3, 2), "start": 0.5}, "init of shape"),
+    ({"init": torch.zeros(4, 2), "start": 0.5, "delay": torch.zeros(4, dtype=torch.long)}, "delay"),
+])
+def test_a_start_below_one_needs_an_init_of_the_samples_shape(kw, match):
+    sampler = "dpm_solver_pp" if "delay" in kw else "ddpm"
+    with pytest.raises(ValueError, match=match):
+        sample(lambda x, t: x, (4, 2), SCHEDULE, sampler=sampler, steps=10, **kw)

@@ -1,0 +1,136 @@
+"""Exports and checkpoints on disk: weights round-trip, replacement without losing the previous export, temp
+folders of crashed runs ignored, checkpoint rotation by step number (mutation round 5)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+import multigen.export as export_mod
+from multigen.config import load_config
+from multigen.export import _mismatch, export_model, load_pretrained
+from multigen.toy2d import Toy2D, Toy2DConfig
+from multigen.trainer import latest_checkpoint, save_checkpoint
+
+
+def _toy(*overrides: str) -> Toy2D:
+    return Toy2D(load_config(Toy2DConfig, overrides=["model.hidden=8", "data.num_val=100", *overrides]))
+
+
+def _randomized(model: nn.Module, seed: int = 1) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    return model
+
+
+def test_a_loaded_export_holds_the_exported_weights(tmp_path):
+    domain = _toy()
+    model = _randomized(domain.build_model())
+    loaded = load_pretrained(export_model(model, domain, tmp_path / "export")).model
+    fresh = domain.build_model()
+    for (name, want), got in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(got, want), name
+    assert any(not torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), loaded.state_dict().values()))
+
+
+def test_reexporting_replaces_the_export_and_leaves_no_side_folders(tmp_path):
+    domain = _toy()
+    first, second = _randomized(domain.build_model(), 1), _randomized(domain.build_model(), 2)
+    export_model(first, domain, tmp_path / "export")
+    export_model(second, domain, tmp_path / "export")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    loaded = load_pretrained(tmp_path / "export").model
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), second.state_dict().values()))
+
+
+def test_an_export_after_a_crashed_one_ignores_its_leftover_temp_folder(tmp_path):
+    domain = _toy()
+    (tmp_path / "export.tmp").mkdir()
+    (tmp_path / "export.tmp" / "stale.bin").write_bytes(b"junk")
+    out = export_model(domain.build_model(), domain, tmp_path / "export")
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "model.safetensors"]
+    assert not (tmp_path / "export.tmp").exists()
+
+
+def test_an_export_makes_its_missing_parent_folders(tmp_path):
+    domain = _toy()
+    out = export_model(domain.build_model(), domain, tmp_path / "a" / "b" / "export")
+    assert (out / "model.safetensors").is_file() and load_pretrained(out).domain.name == "toy2d"
+
+
+def test_exporting_leaves_the_global_random_state_as_it_was(tmp_path):
+    domain = _toy()
+    model = domain.build_model()
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    export_model(model, domain, tmp_path / "export")
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_failed_replacement_keeps_the_previous_export_aside(tmp_path, monkeypatch):
+    domain = _toy()
+    old = _randomized(domain.build_model(), 1)
+    export_model(old, domain, tmp_path / "export")
+    real_replace = os.replace
+
+    def failing(src, dst):
+        if str(src).endswith(".tmp"):
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(export_mod.os, "replace", failing)
+    with pytest.raises(OSError, match="disk full"):
+        export_model(_randomized(domain.build_model(), 2), domain, tmp_path / "export")
+    monkeypatch.setattr(export_mod.os, "replace", real_replace)
+    kept = load_pretrained(tmp_path / "export.old").model  # the earlier export, moved aside, not deleted
+    assert all(torch.equal(a, b) for a, b in zip(kept.state_dict().values(), old.state_dict().values()))
+
+
+def test_load_pretrained_puts_the_model_on_the_asked_device(tmp_path):
+    domain = _toy()
+    out = export_model(domain.build_model(), domain, tmp_path / "export")
+    pretrained = load_pretrained(out, device="meta")
+    assert {p.device.type for p in pretrained.model.parameters()} == {"meta"}
+    assert not pretrained.model.training
+
+
+def test_a_mismatch_of_more_than_five_names_says_there_are_more():
+    six = {f"w{i}": torch.Size([1]) for i in range(6)}
+    assert _mismatch(six, {}).endswith(" ...")
+    assert not _mismatch(dict(list(six.items())[:5]), {}).endswith("...")
+
+
+def _save(accelerator: Accelerator, folder: Path, step: int, keep: int = 2) -> Path:
+    return save_checkpoint(accelerator, folder, step, keep, "adamw", consumed=0)
+
+
+def test_checkpoint_rotation_keeps_the_newest_by_step_number(tmp_path):
+    accelerator = Accelerator(cpu=True)
+    for step in (5, 9, 10, 20):
+        _save(accelerator, tmp_path, step)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_10", "step_20"]
+    info = json.loads((tmp_path / "step_20" / "multigen.json").read_text())
+    assert info["step"] == 20
+
+
+def test_latest_checkpoint_compares_step_numbers_not_names(tmp_path):
+    for name in ("step_9", "step_10", ".tmp_step_11", "step_x"):
+        (tmp_path / name).mkdir()
+    assert latest_checkpoint(tmp_path).name == "step_10"
+
+
+def test_a_leftover_temp_checkpoint_is_not_mixed_into_the_new_one(tmp_path):
+    (tmp_path / ".tmp_step_10").mkdir()
+    (tmp_path / ".tmp_step_10" / "random_states_7.pkl").write_bytes(b"from a crashed run")
+    final = _save(Accelerator(cpu=True), tmp_path, 10)
+    assert not (final / "random_states_7.pkl").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_10"]

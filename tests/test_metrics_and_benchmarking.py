@@ -1,0 +1,105 @@
+"""The sliced Wasserstein distance against exact 1-D W2 (equal and unequal set sizes), and the benchmark helpers:
+timing after warm-up, FLOP counts, precision, settings overrides, result files and table cells (mutation round 5)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import multigen.benchmarking as benchmarking
+from multigen.config import load_config
+from multigen.export import export_model
+from multigen.metrics import sliced_wasserstein
+from multigen.toy2d import Toy2D, Toy2DConfig
+
+
+def _toy(*overrides: str) -> Toy2D:
+    return Toy2D(load_config(Toy2DConfig, overrides=["model.hidden=8", "data.num_val=100", *overrides]))
+
+
+def test_sliced_wasserstein_in_one_dimension_is_the_exact_w2_whatever_the_order():
+    x = torch.tensor([[2.0], [0.0], [1.0]])
+    y = torch.tensor([[1.5], [3.5], [2.5]])  # x + 1.5, in another order
+    assert sliced_wasserstein(x, y) == pytest.approx(1.5)
+    assert sliced_wasserstein(x, x.flip(0)) == 0.0
+
+
+def test_sliced_wasserstein_of_a_translation_averages_its_projections():
+    """x + v: every direction theta moves by v . theta; in 2-D the mean of (v . theta)^2 is |v|^2 / 2."""
+    x = torch.randn(200, 2, generator=torch.Generator().manual_seed(0))
+    assert sliced_wasserstein(x, x + torch.tensor([3.0, 0.0])) == pytest.approx(3.0 / 2**0.5, rel=0.1)
+
+
+def test_sliced_wasserstein_between_sets_of_unequal_size_is_the_exact_w2_of_their_distributions():
+    """{0, 1} against {0, 0.5, 1}: the quantile functions differ by 0.5 on levels (1/3, 2/3), so W2^2 = 1/12; a set
+    against itself repeated is at distance 0 (resampling both sets to common quantiles had made it 0.25)."""
+    x = torch.tensor([[0.0], [1.0]])
+    assert sliced_wasserstein(x, torch.tensor([[0.0], [0.5], [1.0]])) == pytest.approx((1 / 12) ** 0.5)
+    assert sliced_wasserstein(x, torch.cat([x, x])) == 0.0
+    points = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    assert sliced_wasserstein(points, torch.cat([points, points, points])) == pytest.approx(0.0, abs=1e-12)
+
+
+
+def test_timed_is_the_mean_of_the_timed_calls_after_the_warmup(monkeypatch):
+    clock = {"now": 0.0, "calls": 0}
+
+    def fn():  # each call takes 1 s of a fake clock more than the one before: 1, 2, 3, 4, 5
+        clock["calls"] += 1
+        clock["now"] += clock["calls"]
+
+    monkeypatch.setattr(benchmarking.time, "perf_counter", lambda: clock["now"])
+    assert benchmarking.timed(fn, repeats=3, warmup=2) == pytest.approx((3 + 4 + 5) / 3)
+    assert clock["calls"] == 5
+
+
+def test_matmul_tflops_counts_two_n_cubed_flops(monkeypatch):
+    monkeypatch.setattr(benchmarking, "timed", lambda fn, device, repeats, warmup: 1e-3)
+    assert benchmarking.matmul_tflops("cpu", n=8, dtype=torch.float32) == pytest.approx(2 * 8**3 / 1e-3 / 1e12)
+
+
+def test_time_train_steps_runs_in_full_precision_without_a_dtype_and_leaves_no_gradients():
+    w = nn.Parameter(torch.ones(3))
+    autocast = []
+
+    def loss():
+        autocast.append(torch.is_autocast_enabled("cpu"))
+        return (w * 2).sum()
+
+    seconds, peak = benchmarking.time_train_steps(loss, [w], "cpu", None, steps=3)
+    assert seconds >= 0 and peak > 0
+    assert autocast == [False] * 5  # 2 warm-up steps, 3 timed
+    assert w.grad is None
+    benchmarking.time_train_steps(loss, [w], "cpu", torch.bfloat16, steps=1)
+    assert autocast[-1] is True
+
+
+def test_override_sample_settings_keeps_the_settings_it_does_not_name():
+    domain = _toy("sample.steps=17", "sample.sampler=ddim")
+    benchmarking.override_sample_settings(domain, ["temperature=0.5"])
+    s = domain.cfg.sample
+    assert (s.temperature, s.steps, s.sampler) == (0.5, 17, "ddim")
+
+
+def test_write_results_makes_its_folder(tmp_path):
+    path = benchmarking.write_results(tmp_path / "a" / "b" / "r.json", {"x": 1})
+    assert json.loads(path.read_text())["x"] == 1
+
+
+def test_table_cells_format_the_numbers_inside_a_dict():
+    assert benchmarking.table_cell({"a": 1 / 3, "b": None}) == "a 0.3333, b "
+
+
+def test_quality_by_sampler_evaluates_at_each_sampler_and_temperature(tmp_path, monkeypatch):
+    domain = _toy()
+    out = export_model(domain.build_model(), domain, tmp_path / "export")
+    seen = []
+    monkeypatch.setattr(Toy2D, "evaluate", lambda self, model, val: seen.append(
+        (self.cfg.sample.sampler, self.cfg.sample.steps, self.cfg.sample.temperature)) or {"score": 0.0})
+    rows = benchmarking.quality_by_sampler(out, "cpu", [("ddim", 2), ("ddpm", 3)], (0.5, 1.0))
+    expected = [("ddim", 2, 0.5), ("ddim", 2, 1.0), ("ddpm", 3, 0.5), ("ddpm", 3, 1.0)]
+    assert seen == expected
+    assert [(r["sampler"], r["steps"], r["temperature"]) for r in rows] == expected
