@@ -45,12 +45,10 @@ class TimeGrid:
         return len(self.t) - 1
 
     def starting_at(self, start: float) -> TimeGrid:
-        """The grid's tail from its first level at or below model time ``start``: the levels a
-        sampler visits when it starts from data noised to that level (SDEdit); an error if no noisy level is left."""
-        first = int((self.t > start).sum())  # t decreases: the levels above start come first
-        if first >= self.steps:
-            raise ValueError(f"start={start} lies below every noisy level of this {self.steps}-step grid (the lowest "
-                             f"is t={float(self.t[-2]):.4g}): raise start or the sampler's steps")
+        """The grid's tail from its first level at or below model time ``start`` (from its lowest noisy level if
+        ``start`` lies below them all, so that one step is left): the levels a sampler visits when it starts from
+        data noised to the tail's first level (SDEdit)."""
+        first = min(int((self.t > start).sum()), self.steps - 1)  # t decreases: the levels above start come first
         return TimeGrid(t=self.t[first:], alpha_bar=self.alpha_bar[first:])
 
 
@@ -381,8 +379,9 @@ def sample(
     """Draw ``x_T ~ N(0, I)`` of ``shape`` and run the named sampler over ``steps`` levels.
 
     With ``init`` (a guess of the clean sample, of ``shape``) and ``start < 1`` the sampler starts from ``init``
-    noised to model time ``start`` instead, and takes only the grid's steps at and below it
-    (:meth:`TimeGrid.starting_at`; SDEdit, Meng et al., 2022): the lower ``start``, the more of ``init`` survives.
+    noised to the grid's first level at or below model time ``start`` instead (its noise scaled by ``temperature``
+    too), and takes only the grid's steps from there (:meth:`TimeGrid.starting_at`; SDEdit, Meng et al., 2022): the
+    lower ``start``, the more of ``init`` survives.
 
     ``spacing="auto"`` takes the sampler's :data:`DEFAULT_SPACING`. ``eta`` belongs to ddim alone and
     ``resample`` to ddpm alone (:func:`check_settings`: giving one to another sampler is an error). With a

@@ -94,9 +94,10 @@ class PointTaskConfig:
     # class-conditional models: share of training clouds shown with no class (classifier-free guidance, unlabelled
     # completion)
     class_dropout: float = at_least(0.1, 0.0)
-    # completion's start (SDEdit): below 1, a completion starts from the nearest of the first `completion_bank`
-    # training shapes holding the partial, noised to this diffusion time, and takes the sampler's steps below it;
-    # 1: from pure noise. The evaluation's retrieval baselines search the same bank.
+    # completion's start (SDEdit): below 1, a completion starts from the nearest of `completion_bank` training shapes
+    # (spread over the set; of the asked class, for class-conditional models) holding the partial, noised to this
+    # diffusion time, and takes the sampler's steps below it; 1: from pure noise. The evaluation's retrieval
+    # baselines search the same bank.
     completion_start: float = between(1.0, 0.0, 1.0)
     completion_bank: int = at_least(400, 1)
 
@@ -169,7 +170,7 @@ class PointCloud(GaussianDomain):
     def __init__(self, cfg: PointCloudConfig) -> None:
         super().__init__(cfg)
         self.scale = cfg.model.diffusion_scale
-        self.banks: dict[int, Tensor] = {}  # training_bank's, by size
+        self.banks: dict[int, tuple[Tensor, Tensor]] = {}  # training_bank's, by size
         d = cfg.data
         if d.source == "procedural" and (unknown := sorted(set(d.families) - set(FAMILIES))):
             raise ConfigError(f"data.families: unknown {unknown}; choose from {list(FAMILIES)}")
@@ -360,7 +361,7 @@ class PointCloud(GaussianDomain):
         scaled = observed * self.scale
         kept = None if known is None else Known(mask[..., None], scaled)
         guided = self.network(model, scaled, mask, label, settings.guidance, tuple(settings.guidance_interval))
-        init = None if start == 1 else self.start_clouds(observed, mask) * self.scale
+        init = None if start == 1 else self.start_clouds(observed, mask, label) * self.scale
         out = self.run_sampler(guided, shape, settings, known=kept, generator=generator, device=device,
                                progress=progress, init=init, start=start)
         return torch.where(mask[..., None], observed, out / self.scale)  # observed points bit-exact
@@ -451,30 +452,48 @@ class PointCloud(GaussianDomain):
             for s, m in zip(shapes.split(b), mask.split(b))
         ])
 
-    def nearest_training_shapes(self, partials: list[Tensor], max_bank: int) -> Tensor:
+    def nearest_training_shapes(self, partials: list[Tensor], max_bank: int, labels: Tensor | None = None) -> Tensor:
         """For each partial ``(P_i, 3)``, the training shape ``(N, 3)`` it is closest to (partial -> shape
-        one-sided Chamfer), searched among the first ``max_bank`` training shapes: ``(len(partials), N, 3)``."""
-        bank = self.training_bank(max_bank)
-        return torch.stack([bank[chamfer_to(p.cpu().float(), bank).argmin()] for p in partials])
+        one-sided Chamfer), searched among :meth:`training_bank`'s ``max_bank`` shapes, and with ``labels``
+        (``(len(partials),)``, a class-conditional model's; ``K``: no class) among those of each one's class:
+        ``(len(partials), N, 3)``."""
+        bank, index = self.training_bank(max_bank)
+        classes = None if labels is None else self.class_labels("train")[index]
+        found = []
+        for i, partial in enumerate(partials):
+            pool = bank
+            if classes is not None and int(labels[i]) < len(self.class_names):
+                pool = bank[classes == labels[i]]
+                if not len(pool):
+                    raise ValueError(f"no training shape of class {self.class_names[int(labels[i])]!r} among the "
+                                     f"{len(bank)} searched: raise task.completion_bank")
+            found.append(pool[chamfer_to(partial.cpu().float(), pool).argmin()])
+        return torch.stack(found)
 
-    def training_bank(self, size: int) -> Tensor:
-        """The first ``size`` training shapes (all, if fewer) as fixed clouds ``(S, N, 3)`` float32 on the CPU,
-        built once per size."""
+    def training_bank(self, size: int) -> tuple[Tensor, Tensor]:
+        """``size`` training shapes (all, if fewer) spread evenly over the training set (whose files come sorted
+        by category), as fixed clouds ``(S, N, 3)`` float32 on the CPU, and their indices ``(S,)``; built once."""
         if size not in self.banks:
             train = self.fixed_clouds("train")
-            self.banks[size] = torch.stack([train[i] for i in range(min(len(train), size))]).float()  # type: ignore
+            index = torch.linspace(0, len(train) - 1, min(len(train), size)).round().long()  # type: ignore[arg-type]
+            self.banks[size] = torch.stack([train[i] for i in index.tolist()]).float(), index
         return self.banks[size]
 
-    def start_clouds(self, observed: Tensor, mask: Tensor) -> Tensor:
+    def start_clouds(self, observed: Tensor, mask: Tensor, labels: Tensor | None = None) -> Tensor:
         """Where a completion with ``task.completion_start < 1`` starts: for each cloud ``observed`` ``(n, N, 3)``,
-        known where ``mask`` ``(n, N)``, the nearest of the first ``task.completion_bank`` training shapes to its
-        known points, holding them (:func:`with_partial`) in their own slots: ``(n, N, 3)`` on ``observed``'s
-        device (on ``meta``, shapes only)."""
+        known where ``mask`` ``(n, N)``, the nearest of ``task.completion_bank`` training shapes (of its class, for
+        a class-conditional model's ``labels``) to its known points, holding them (:func:`with_partial`) in their own
+        slots: ``(n, N, 3)`` on ``observed``'s device (on ``meta``, shapes only)."""
         if observed.is_meta:
             return torch.empty_like(observed)
         cpu, keep = observed.detach().float().cpu(), mask.cpu()
+        if not keep.any(1).all():
+            raise ValueError(f"a completion's start (task.completion_start < 1) is the training shape nearest to its "
+                             f"known points, and cloud {int((~keep.any(1)).nonzero()[0])} has none: give start=1 to "
+                             f"draw it from noise")
         partials = [o[m] for o, m in zip(cpu, keep)]
-        nearest = self.nearest_training_shapes(partials, self.cfg.task.completion_bank)
+        nearest = self.nearest_training_shapes(partials, self.cfg.task.completion_bank,
+                                               None if labels is None else labels.cpu())
         out = torch.empty_like(cpu)
         for o, m, shape, partial in zip(out, keep, nearest, partials):
             o[torch.cat([m.nonzero()[:, 0], (~m).nonzero()[:, 0]])] = with_partial(shape, partial)

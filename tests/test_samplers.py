@@ -310,8 +310,27 @@ def test_a_grid_started_at_a_time_is_its_tail_from_the_first_level_not_above_it(
     tail = grid.starting_at(0.35)
     assert tail.t.tolist() == pytest.approx([0.3, 0.2, 0.1, 0.0]) and torch.equal(tail.alpha_bar, grid.alpha_bar[7:])
     assert torch.equal(grid.starting_at(1.0).t, grid.t) and tail.steps == 3
-    with pytest.raises(ValueError, match="below every noisy level"):
-        grid.starting_at(0.05)
+    assert grid.starting_at(0.05).t.tolist() == pytest.approx([0.1, 0.0])  # below every noisy level: the last step
+
+
+def test_a_sampler_started_from_a_guess_first_sees_it_noised_to_the_tails_first_level():
+    """On a coarse grid (10 steps, start 0.35: first level t = 0.3) at temperature 0 the first denoiser call gets
+    exactly ``sqrt(alpha_bar(0.3)) init`` and ``t = 0.3``, for every sampler."""
+    init = torch.randn(4, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    level = sampling_grid(SCHEDULE, 10, "time").starting_at(0.35)
+    for sampler in SAMPLERS:
+        seen = []
+
+        def spy(x, t):
+            seen.append((x.clone(), t.clone()))
+            return torch.zeros_like(x)
+
+        sample(spy, (4, 2), SCHEDULE, sampler=sampler, steps=10, spacing="time", init=init, start=0.35,
+               temperature=0.0, dtype=torch.float64)
+        x, t = seen[0]
+        assert float(level.t[0]) == pytest.approx(0.3) and t.tolist() == pytest.approx([0.3] * 4), sampler
+        assert torch.allclose(x, float(level.alpha_bar[0]) ** 0.5 * init, rtol=0, atol=1e-12), sampler
+        assert len(seen) == 3, sampler  # levels 0.3, 0.2, 0.1, then clean
 
 
 def test_started_from_a_noised_guess_ddpm_samples_gaussian_datas_posterior_given_that_level():
