@@ -337,9 +337,9 @@ def main() -> None:
     parser.add_argument("--bank", type=int, default=4000, help="--completion: training shapes searched")
     parser.add_argument("--sample", nargs="+", default=[], metavar="KEY=VALUE",
                         help="--completion: override the export's sample settings, e.g. steps=100 resample=3")
-    parser.add_argument("--start", type=diffusion_time, help="--completion: start each completion from the nearest training "
-                        "shape noised to this diffusion time, or 1 from noise (default: the export's "
-                        "task.completion_start)")
+    parser.add_argument("--start", type=diffusion_time,
+                        help="--completion: start each completion from the nearest training shape noised to this "
+                             "diffusion time, or 1 from noise (default: the export's task.completion_start)")
     parser.add_argument("--profile", metavar="CONFIG", help="print torch.profiler's table of one train step")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one config, print JSON
     parser.add_argument("--out", default="benchmarks/out/pointcloud.json")

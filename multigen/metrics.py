@@ -23,7 +23,7 @@ def sliced_wasserstein(x: Tensor, y: Tensor, projections: int = 256, seed: int =
     py = (y.double().cpu() @ dirs).sort(dim=0).values
     n, m = len(px), len(py)
     # the levels where either quantile function steps, and on each interval between them each set's sorted index
-    levels = torch.cat([torch.arange(n + 1, dtype=torch.float64) / n, torch.arange(m + 1, dtype=torch.float64) / m]).unique()
+    levels = torch.cat([torch.arange(k + 1, dtype=torch.float64) / k for k in (n, m)]).unique()
     middle, width = (levels[1:] + levels[:-1]) / 2, levels.diff()
     gap = px[(middle * n).long().clamp_max(n - 1)] - py[(middle * m).long().clamp_max(m - 1)]
     return float((width[:, None] * gap**2).sum(0).mean().sqrt())

@@ -43,7 +43,6 @@ def test_sliced_wasserstein_between_sets_of_unequal_size_is_the_exact_w2_of_thei
     assert sliced_wasserstein(points, torch.cat([points, points, points])) == pytest.approx(0.0, abs=1e-12)
 
 
-
 def test_timed_is_the_mean_of_the_timed_calls_after_the_warmup(monkeypatch):
     clock = {"now": 0.0, "calls": 0}
 

@@ -106,8 +106,8 @@ def test_predict_takes_the_context_at_the_models_stride_by_default(tmp_path, vid
     assert np.array_equal(np.load(tmp_path / "o.npy")[:3], _gray(7)[[0, 3, 6]])
 
 
-def test_forward_prediction_from_more_context_than_the_window_keeps_the_context_in_order(tmp_path, video_exports,
-                                                                                        monkeypatch):
+def test_forward_prediction_from_more_context_than_the_window_keeps_the_context_in_order(
+        tmp_path, video_exports, monkeypatch):
     seen = []
 
     def extend(model, diffusion, first, length, *a, **kw):
