@@ -429,9 +429,9 @@ class PointCloud(GaussianDomain):
         return ref, samples, blob, g
 
     def evaluate_completion(self, model: nn.Module, shapes: Tensor, generator: torch.Generator) -> dict[str, float]:
-        """Chamfer of completed partial views to the full shapes, and of two baselines: the nearest of the first
-        ``task.completion_bank`` training shapes, and that shape given the observed points as a completion keeps
-        them (:func:`with_partial`)."""
+        """Chamfer of completed partial views to the full shapes, and of two baselines: the nearest of
+        ``task.completion_bank`` training shapes (:meth:`training_bank`), and that shape given the observed points as
+        a completion keeps them (:func:`with_partial`)."""
         mask = partial_masks(shapes, self.cfg.task.partial_points, seed=self.cfg.sample.seed)
         done = self.complete(model, shapes, mask, generator)
         partials = [s[m] for s, m in zip(shapes, mask)]
