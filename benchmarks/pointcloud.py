@@ -42,8 +42,8 @@ from multigen.benchmarking import (  # noqa: E402
     markdown_table, override_sample_settings, quality_by_sampler, sampler_setting, time_train_steps, timed,
     write_results,
 )
+from multigen.cli import diffusion_time  # noqa: E402
 from pointcloud import ops, reference  # noqa: E402
-from pointcloud.cli import diffusion_time  # noqa: E402
 from pointcloud.metrics import emd_approx, emd_exact  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 

@@ -65,6 +65,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def diffusion_time(text: str) -> float:
+    """An argparse ``type``: a diffusion time in ``(0, 1]``."""
+    value = positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {text}")
+    return value
+
+
 def output_folder(path: str | Path) -> Path:
     """``path`` as a folder that exists (made now, before the work that fills it), else a ``ValueError`` naming it."""
     path = Path(path)

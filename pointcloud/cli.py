@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from multigen import Known, load_pretrained
-from multigen.cli import (add_export_arguments, add_sampler_arguments, output_folder, positive_float, positive_int,
-                          run_command, seeded_generator)
+from multigen.cli import (add_export_arguments, add_sampler_arguments, diffusion_time, output_folder, positive_float,
+                          positive_int, run_command, seeded_generator)
 
 from .domain import GENERATED_COLOR, PARTIAL_COLOR
 from .io import PointCloudError, read_points, render_clouds, write_ply
@@ -182,14 +182,6 @@ def _complete_args(p: argparse.ArgumentParser) -> None:
                         "to diffusion time T (its training data must be at hand: built in, or data.root); 1: from "
                         "noise (default: the model's task.completion_start)")
     p.set_defaults(func=cmd_complete)
-
-
-def diffusion_time(text: str) -> float:
-    """An argparse ``type``: a diffusion time in ``(0, 1]``."""
-    value = positive_float(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
