@@ -16,7 +16,7 @@ import multigen.export as export_mod
 from multigen.config import load_config
 from multigen.export import _mismatch, export_model, load_pretrained
 from multigen.toy2d import Toy2D, Toy2DConfig
-from multigen.trainer import latest_checkpoint, save_checkpoint
+from multigen.checkpoints import latest_checkpoint, save_checkpoint
 
 
 def _toy(*overrides: str) -> Toy2D:

@@ -16,7 +16,8 @@ from multigen.toy2d import Toy2D, Toy2DConfig
 from multigen.config import ConfigError, load_config
 from multigen.domain import get_domain
 from multigen.export import export_model
-from multigen.trainer import EMA, NonFiniteLossError, Trainer, latest_checkpoint, lr_factor, read_log, train
+from multigen.checkpoints import latest_checkpoint
+from multigen.trainer import EMA, NonFiniteLossError, Trainer, lr_factor, read_log, train
 
 from .conftest import REPO
 
