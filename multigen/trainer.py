@@ -18,6 +18,7 @@ Output directory layout (``train.output_dir``)::
     log.jsonl                    loss, learning rate, gradient norm, evaluation metrics: one JSON record a line
     logs/                        TensorBoard event files
     samples/step_000500.png      what the EMA model draws (domain-specific format)
+    samples/step_000500/         point clouds: one PLY a sample
     checkpoints/step_500/        Accelerate state + multigen.json (written as .tmp_step_500, then renamed)
     export/                      model.safetensors (EMA) + config.yaml, for load_pretrained
 """

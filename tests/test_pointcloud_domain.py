@@ -21,6 +21,28 @@ def small_domain(*extra):
     return PointCloud(load_config(PointCloudConfig, None, [*SMALL, *extra]))
 
 
+def test_training_samples_are_a_picture_and_one_ply_a_cloud_in_the_datas_units(tmp_path):
+    """What the trainer writes at a sample step: the clouds side by side in a PNG, and each as a PLY mapped back
+    from the model's frame to the units of the training files (here centred on (5, 5, 5))."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        (tmp_path / "clouds" / split).mkdir(parents=True)
+        for i in range(2):
+            np.save(tmp_path / "clouds" / split / f"c{i}.npy", rng.normal(5, 0.7, (64, 3)).astype(np.float32))
+    domain = PointCloud(load_config(PointCloudConfig, None, ["data.source=folder", f"data.root={tmp_path / 'clouds'}",
+                                                             "data.points=64", "data.normalization=global"]))
+    domain.fit()
+    samples = 0.5 * torch.randn(3, 64, 3)
+    png = domain.save_samples(samples, tmp_path / "samples" / "step_000010")
+    assert png == tmp_path / "samples" / "step_000010.png" and png.is_file()
+    plys = sorted((tmp_path / "samples" / "step_000010").iterdir())
+    assert [p.name for p in plys] == ["sample_000.ply", "sample_001.ply", "sample_002.ply"]
+    for ply, cloud in zip(plys, samples):
+        written = read_points(ply)
+        assert np.allclose(written, domain.normalizer.invert(cloud).numpy(), atol=1e-5)
+        assert np.abs(written.mean(0) - 5).max() < 0.5  # in the files' units, not the model's frame
+
+
 def test_loss_ignores_observed_points():
     domain = small_domain("task.completion=1.0")
     model = domain.build_model()
