@@ -452,13 +452,16 @@ class Trainer:
             if self.main and sample:
                 _write_samples(self.domain, self.ema.module, self.out / "samples" / f"step_{step:06d}", acc)
             if self.main and evaluate:
+                self.bar.write(f"step {step}: evaluating the EMA model on the held-out data")  # minutes, at times
+                began = time.monotonic()
                 with acc.autocast():  # the held-out set: built by check_held_out_data before training
                     metrics = self.domain.evaluate(self.ema.module, self.val_set)
                 if metrics:
                     logs = {f"eval/{k}": v for k, v in metrics.items()}
                     acc.log(logs, step=step)
                     _append_jsonl(self.out / "log.jsonl", {"step": step, **logs})
-                    self.bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+                    self.bar.write(f"step {step} (evaluated in {time.monotonic() - began:.0f} s): "
+                                   + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         except Exception:  # a sampling or evaluation that fails loses no training: the step's checkpoint is
             if checkpoint:  # written, and at the last step the export (with checkpoints off, the weights' only copy)
                 self.save_checkpoint()
