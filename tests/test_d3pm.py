@@ -503,3 +503,20 @@ def test_d3pm_sampling_elbo_and_losses_keep_to_the_device(device, kind, steps):
             finally:
                 torch.cuda.set_sync_debug_mode(0)
             assert value.shape == (3,)
+
+
+def test_the_masked_objective_never_asks_the_model_at_a_time_below_one_thousandth():
+    """A stratified batch of 4096 puts its first time at ``v / 4096`` (below 1e-3 whatever ``v``); the objective
+    floors it at 1e-3 (mask rate and 1/u weight alike), so the model sees ``t >= 1e-3 T`` and every per-sample
+    loss of a uniform predictor stays below ``1000 log(K - 1)``."""
+    process, _ = build("absorbing", T=100)
+    seen = []
+
+    def uniform(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        seen.append(t)
+        return torch.zeros(*x.shape, K)
+
+    x0 = torch.randint(0, K - 1, (4096, 8), generator=torch.Generator().manual_seed(0))
+    loss = process.masked_diffusion_loss(LogitModel(uniform), x0, torch.Generator().manual_seed(1), stratified=True)
+    assert float(seen[0].min()) >= 1e-3 * 100 * (1 - 1e-6)
+    assert torch.isfinite(loss).all() and float(loss.max()) <= 1000 * torch.log(torch.tensor(K - 1.0)) + 1e-3

@@ -134,7 +134,8 @@ def generate(
 
     delay = None
     if settings.frame_delay and not free:  # by slot: keyframes far apart in frame_index are one step apart
-        delay = (settings.frame_delay * (observed_distance(mask) - 1).clamp(min=0)).long()
+        dist = observed_distance(mask)  # inf in a clip with nothing observed: all its frames start at once
+        delay = (settings.frame_delay * torch.where(dist.isinf(), 0.0, dist - 1).clamp(min=0)).long()
     offset = None if base is None else base * residual_scale
     scale = 1.0 if free else settings.guidance  # nothing observed: the condition is the null one, nothing to guide
     guided = classifier_free_guidance(conditional, cond, torch.zeros_like(cond[0]), scale, offset, diffusion.alpha_of,
