@@ -150,17 +150,20 @@ class Discrete(Domain):
         """The characters of the training and held-out text become ``data.vocab`` (text source, unless given: a
         character only the held-out part has needs an id to be scored); then each split of a token stream must
         encode and hold one ``data.length`` window, so a bad file fails here, before training, not at the final
-        evaluation."""
+        evaluation. Last, the transition is built over the fitted categories (a dense one has a size limit)."""
         d = self.cfg.data
-        if d.source == "digits":
-            return
         if d.source == "text" and not d.vocab:
             d.vocab = CharTokenizer.from_text(self._text("train") + self._text("val")).chars
-        for split in ("train", "val"):
+        for split in ("train", "val") if d.source != "digits" else ():
             n = len(self.stream(split))
             if n < d.length:
                 raise TokenError(f"{self._source(split)} holds {n} tokens, fewer than one window of data.length="
                                  f"{d.length}: give more data (or a data.val_path) or a smaller data.length")
+        try:
+            self.process  # noqa: B018
+        except ValueError as e:
+            raise ConfigError(f"process.transition={self.cfg.process.transition} over {self.vocab} categories: {e}"
+                              ) from None
 
     @cached_property
     def tokenizer(self) -> CharTokenizer | None:

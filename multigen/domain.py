@@ -125,10 +125,14 @@ class GaussianDomain(Domain):
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
         d = cfg.diffusion
-        schedule = NoiseSchedule(
-            d.schedule, d.timesteps, beta_start=d.beta_start, beta_end=d.beta_end, cosine_s=d.cosine_s,
-            sigmoid_start=d.sigmoid_start, sigmoid_end=d.sigmoid_end, sigmoid_tau=d.sigmoid_tau, max_beta=d.max_beta,
-        )
+        try:
+            schedule = NoiseSchedule(
+                d.schedule, d.timesteps, beta_start=d.beta_start, beta_end=d.beta_end, cosine_s=d.cosine_s,
+                sigmoid_start=d.sigmoid_start, sigmoid_end=d.sigmoid_end, sigmoid_tau=d.sigmoid_tau,
+                max_beta=d.max_beta,
+            )
+        except ValueError as e:  # its parameters are the diffusion section's keys
+            raise ConfigError(f"diffusion.schedule={d.schedule}, diffusion.timesteps={d.timesteps}: {e}") from None
         clip = None if d.clip_x0 is None else d.clip_x0 * self.clip_scale()
         self.diffusion = GaussianDiffusion(
             schedule, d.parameterization, d.loss_weighting, d.min_snr_gamma, clip, d.time_sampling

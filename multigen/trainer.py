@@ -281,12 +281,18 @@ class Trainer:
             acc.print(f"resumed from {resume_from} at step {self.state.step}")
             consumed = info.get("consumed", self.state.step * self.samples_per_step)
             written_by = info.get("processes", acc.num_processes)
+            regrouped = []
             if written_by != acc.num_processes:
-                acc.print(f"the checkpoint was written by {written_by} process(es), this run has "
-                          f"{acc.num_processes}: the data goes on where it stopped, but the run is no longer "
-                          f"bit-exact to one that was not resumed")
+                regrouped.append(f"the checkpoint was written by {written_by} process(es), this run has "
+                                 f"{acc.num_processes}")
                 if acc.process_index >= written_by:  # no random state saved for it: its own, unrelated stream
                     set_seed(stream_seed(t.seed, acc.process_index, self.state.step))
+            if consumed != self.state.step * self.samples_per_step:  # another batch (or grad_accum) at some point
+                regrouped.append(f"its run drew {consumed} training items in {self.state.step} steps, this run "
+                                 f"draws {self.samples_per_step} a step")
+            if regrouped:
+                acc.print(f"{'; '.join(regrouped)}: the data goes on where it stopped, but the run is no longer "
+                          f"bit-exact to one that was not resumed")
         else:
             set_seed(t.seed, device_specific=True)  # independent noise on every process
         self.set_learning_rate()

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from multigen import Known
 from multigen.config import ConfigError, DiffusionConfig, SampleConfig, TrainConfig, at_least, between, choice
 from multigen.diffusion import uniform_times
-from multigen.domain import GaussianDomain, check_count, no_condition
+from multigen.domain import DataError, GaussianDomain, check_count, no_condition
 from multigen.guidance import classifier_free_guidance, drop_condition
 
 from .datasets import Labelled, NormalizedClouds, Normalizer, Resampled, ShapeFolder, ShapeNetPC15k
@@ -369,9 +369,9 @@ class PointCloud(GaussianDomain):
     def sample_labels(self, n: int, condition: Any, draw: bool, generator: torch.Generator | None,
                       device: torch.device) -> Tensor | None:
         """Class indices ``(n,)`` on ``device`` for a class-conditional model, None for another (which takes no
-        ``condition``). ``condition``: a class name, a list of ``n`` names, or indices ``(n,)`` (``K``, the number
-        of classes, is no class); None draws the classes from :meth:`class_prior` (stratified) when ``draw``
-        (generation), else gives no class (completion of an unlabelled scan)."""
+        ``condition``). ``condition``: a class name, a list of ``n`` names or indices (mixed too), or indices
+        ``(n,)`` (``K``, the number of classes, is no class); None draws the classes from :meth:`class_prior`
+        (stratified) when ``draw`` (generation), else gives no class (completion of an unlabelled scan)."""
         names = self.class_names
         if not names:
             no_condition(self.name, condition)
@@ -385,11 +385,11 @@ class PointCloud(GaussianDomain):
             return torch.searchsorted(self.class_prior().to(device).cumsum(0), u, right=True).clamp_max(len(names) - 1)
         if isinstance(condition, str):
             condition = [condition] * n
-        if isinstance(condition, (list, tuple)) and all(isinstance(c, str) for c in condition):
-            unknown = sorted(set(condition) - set(names))
+        if isinstance(condition, (list, tuple)):  # names, indices, or both
+            unknown = sorted({c for c in condition if isinstance(c, str)} - set(names))
             if unknown:
                 raise ValueError(f"unknown classes {unknown}; this model's are {names}")
-            condition = [names.index(c) for c in condition]
+            condition = [names.index(c) if isinstance(c, str) else c for c in condition]
         label = torch.as_tensor(condition)
         if label.shape != (n,) or label.is_floating_point() or not ((label >= 0) & (label <= len(names))).all():
             raise ValueError(f"condition: {n} class indices in [0, {len(names)}] ({len(names)}: no class), or names "
@@ -492,8 +492,13 @@ class PointCloud(GaussianDomain):
                              f"known points, and cloud {int((~keep.any(1)).nonzero()[0])} has none: give start=1 to "
                              f"draw it from noise")
         partials = [o[m] for o, m in zip(cpu, keep)]
-        nearest = self.nearest_training_shapes(partials, self.cfg.task.completion_bank,
-                                               None if labels is None else labels.cpu())
+        try:
+            nearest = self.nearest_training_shapes(partials, self.cfg.task.completion_bank,
+                                                   None if labels is None else labels.cpu())
+        except (OSError, DataError) as e:  # an export used away from its training shapes, say
+            raise DataError(f"a completion that starts below t = 1 (task.completion_start) starts from the training "
+                            f"shape nearest to its known points, and the training shapes cannot be read ({e}): "
+                            f"start from noise instead (start=1; multigen-complete --start 1)") from e
         out = torch.empty_like(cpu)
         for o, m, shape, partial in zip(out, keep, nearest, partials):
             o[torch.cat([m.nonzero()[:, 0], (~m).nonzero()[:, 0]])] = with_partial(shape, partial)

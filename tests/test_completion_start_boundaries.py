@@ -144,3 +144,28 @@ def test_the_completion_baselines_are_the_nearest_training_shape_without_and_wit
     assert abs(plain - held) > 1e-4
     assert metrics["completion/baseline_nearest_train_chamfer"] == pytest.approx(plain, rel=1e-6)
     assert metrics["completion/baseline_nearest_train_with_partial_chamfer"] == pytest.approx(held, rel=1e-6)
+
+
+def test_a_start_whose_training_shapes_are_gone_says_to_start_from_noise(tmp_path):
+    """An export completing away from the shape folder it was trained on: a start below 1 needs those shapes, and
+    the error says so and names the way round (start = 1), not only the missing folder."""
+    import shutil
+
+    import numpy as np
+
+    from multigen.domain import DataError
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        (tmp_path / "clouds" / split).mkdir(parents=True)
+        for i in range(2):
+            np.save(tmp_path / "clouds" / split / f"c{i}.npy", rng.normal(0, 0.5, (256, 3)).astype(np.float32))
+    domain = small_domain("data.source=folder", f"data.root={tmp_path / 'clouds'}", "task.completion_start=0.1")
+    domain.fit()
+    shutil.rmtree(tmp_path / "clouds")
+    shapes = torch.randn(1, 256, 3) * 0.3
+    with pytest.raises(DataError, match=r"shape folder .*clouds.* not found.*start from noise instead \(start=1"):
+        domain.start_clouds(shapes, _partial_mask(1))
+    spy = Spy()
+    domain.sample(spy, 1, known=Known(_partial_mask(1), shapes), start=1.0, sampler="ddim", steps=2)  # from noise
+    assert len(spy.calls) == 2

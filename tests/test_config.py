@@ -4,6 +4,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import yaml
 
@@ -133,6 +134,8 @@ def test_cli_errors_exit_nonzero_naming_the_problem():
     assert r.returncode == 2 and "nosuchname" in r.stderr
     r = run("--domain", "toy2d", "--print-config", "train.max_steps=3")
     assert r.returncode == 0 and "max_steps: 3" in r.stdout
+    r = run("--domain", "toy2d", "sample.steps=20", "--config", "tiny", "--print-config", "train.max_steps=3")
+    assert r.returncode == 0 and "  steps: 20" in r.stdout and "max_steps: 3" in r.stdout  # overrides anywhere
 
 
 def test_training_on_bad_data_stops_with_one_line_naming_it(tmp_path, capsys):
@@ -167,6 +170,12 @@ def test_training_on_bad_data_stops_with_one_line_naming_it(tmp_path, capsys):
     ("discrete", ["sample.length=64"], "sample.length=64: at most data.length=32"),
     ("discrete", ["train.adam_betas=[0.9,1.5]"], r"train.adam_betas: must be \[b1, b2\] with each in \[0, 1\)"),
     ("video", ["sample.guidance_interval=[0.5]"], "sample.guidance_interval: TupleConfig length 1"),
+    ("toy2d", ["diffusion.schedule=linear", "diffusion.timesteps=100"],
+     r"diffusion.schedule=linear, diffusion.timesteps=100: .* raise beta_end \(e.g. beta_end >= 0.138"),
+    ("toy2d", ["diffusion.schedule=sigmoid", "diffusion.sigmoid_tau=0"],
+     r"diffusion.schedule=sigmoid, diffusion.timesteps=\d+: the sigmoid schedule needs sigmoid_tau > 0"),
+    ("toy2d", ["diffusion.schedule=linear", "diffusion.beta_start=0.03"],
+     "diffusion.schedule=linear, .* beta_start=0.03"),
 ])
 def test_settings_a_domain_refuses_stop_training_with_one_line_naming_them(domain, overrides, named, tmp_path, capsys):
     """Checked by the domain (not by the config's types), a setting it cannot use is still a config error: one line,
@@ -176,6 +185,20 @@ def test_settings_a_domain_refuses_stop_training_with_one_line_naming_them(domai
     assert main(["--domain", domain, "--config", "tiny", *overrides, f"train.output_dir={tmp_path / 'run'}"]) == 2
     err = capsys.readouterr().err
     assert re.match(f"multigen-train: error: {named}", err) and "Traceback" not in err
+
+
+def test_a_transition_the_fitted_categories_cannot_use_stops_training_before_anything_is_written(tmp_path, capsys):
+    """The discretised Gaussian transition is dense (at most 256 categories): 300 token ids fail when the domain is
+    fitted, before the run writes its config or logs."""
+    from multigen.train import main
+
+    np.save(tmp_path / "ids.npy", np.random.default_rng(0).integers(0, 300, 5000))
+    assert main(["--domain", "discrete", "--config", "tiny", "process.transition=gaussian", "data.source=tokens",
+                 f"data.path={tmp_path / 'ids.npy'}", "data.vocab_size=300",
+                 f"train.output_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert re.match(r"multigen-train: error: process.transition=gaussian over 300 categories: .* K = 300 > 256", err)
+    assert not (tmp_path / "run").exists()
 
 
 def test_bounds_are_inclusive():

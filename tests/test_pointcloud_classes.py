@@ -99,6 +99,8 @@ def test_sampling_by_class_from_the_prior_or_with_none():
     assert torch.equal(spy.labels[-1], torch.tensor([3, 3, 3]))
     domain.sample(spy, 2, condition=["vase", "chair"])
     assert torch.equal(spy.labels[-1], torch.tensor([4, 0]))
+    domain.sample(spy, 3, condition=["vase", 1, 5])  # names and indices mixed
+    assert torch.equal(spy.labels[-1], torch.tensor([4, 1, 5]))
     domain.sample(spy, 2, condition=torch.tensor([1, 5]))
     assert torch.equal(spy.labels[-1], torch.tensor([1, 5]))
     # generation: classes in the training proportions, stratified (each within one sample of its share)

@@ -304,13 +304,25 @@ def test_resuming_with_other_processes_or_batch_continues_the_data_where_it_stop
     info_file.write_text(json.dumps(info))
     trainer = Trainer(Toy2D, toy_cfg("train.max_steps=20", out="regrouped"))
     trainer.resume()
-    assert "written by 2 process(es), this run has 1" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert ("the checkpoint was written by 2 process(es), this run has 1; its run drew 960 training items in 10 steps, "
+            "this run draws 64 a step") in said
+    assert "no longer bit-exact" in said
     data = trainer.domain.build_dataset("train").tensors[0]
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.train.seed))
     assert torch.equal(next(trainer.data), data[order[960:1024]])  # 10 steps of 96 items drawn, then batch 64
     train(Toy2D, toy_cfg("train.max_steps=20", out="regrouped"))
     info = json.loads((info_file.parent.parent / "step_20" / "multigen.json").read_text())
     assert info["consumed"] == 960 + 10 * 64
+    capsys.readouterr()
+    train(Toy2D, toy_cfg("train.max_steps=30", "train.batch_size=32", out="regrouped"))  # one process, another batch
+    said = capsys.readouterr().out
+    assert "its run drew 1600 training items in 20 steps, this run draws 32 a step" in said
+    assert "written by" not in said
+    capsys.readouterr()
+    train(Toy2D, toy_cfg("train.max_steps=40", out="straight"))
+    train(Toy2D, toy_cfg("train.max_steps=50", out="straight"))  # same processes and batch: nothing to say
+    assert "bit-exact" not in capsys.readouterr().out
 
 
 def test_data_workers_draw_differently_on_each_process_and_start(tmp_path):
