@@ -160,7 +160,7 @@ class Discrete(Domain):
                 raise TokenError(f"{self._source(split)} holds {n} tokens, fewer than one window of data.length="
                                  f"{d.length}: give more data (or a data.val_path) or a smaller data.length")
         try:
-            self.process  # noqa: B018
+            self.process  # noqa: B018  (built now: one the fitted categories cannot use fails before a run writes)
         except ValueError as e:
             raise ConfigError(f"process.transition={self.cfg.process.transition} over {self.vocab} categories: {e}"
                               ) from None

@@ -23,7 +23,7 @@ from . import schedules
 from .config import ConfigError, flatten, read_yaml, speed_only_keys, to_yaml
 
 CHECKPOINT = re.compile(r"^step_(\d+)$")
-CHECKPOINT_INFO = "multigen.json"  # in every checkpoint: its format, step, optimiser, processes and items drawn
+CHECKPOINT_INFO = "multigen.json"  # in every checkpoint: format, step, optimiser, processes, items drawn (a step)
 CHECKPOINT_FORMAT = 2  # 1 (no CHECKPOINT_INFO) also saved LambdaLR states; 2: the learning rate follows the step
 
 
@@ -36,9 +36,10 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
 
 
 def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, step: int, keep: int, optimizer: str,
-                    consumed: int) -> Path:
+                    consumed: int, samples_per_step: int = 0) -> Path:
     """``save_state`` and :data:`CHECKPOINT_INFO` to a temp name, rename to ``step_<N>`` and prune to the newest
-    ``keep``; ``consumed`` is the training items all processes have drawn, where a resume's data goes on."""
+    ``keep``; ``consumed`` is the training items all processes have drawn, where a resume's data goes on, and
+    ``samples_per_step`` (if known) how many the run draws a step (batch x accumulation x processes)."""
     final = checkpoint_dir / f"step_{step}"
     tmp = checkpoint_dir / f".tmp_step_{step}"
     if accelerator.is_main_process:
@@ -48,7 +49,7 @@ def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, step: int, k
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         info = {"format": CHECKPOINT_FORMAT, "step": step, "optimizer": optimizer,
-                "processes": accelerator.num_processes, "consumed": consumed}
+                "processes": accelerator.num_processes, "consumed": consumed, "samples_per_step": samples_per_step}
         (tmp / CHECKPOINT_INFO).write_text(json.dumps(info) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)

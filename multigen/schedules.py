@@ -66,13 +66,13 @@ class NoiseSchedule:
             raise ValueError(f"unknown noise schedule {self.kind!r}; choose one of {SCHEDULES}")
         if self.timesteps < 1:
             raise ValueError(f"timesteps must be >= 1, got {self.timesteps}")
-        if self.kind == "linear" and not 0 < self.beta_start <= self.beta_end < 1:
-            raise ValueError(f"the linear schedule needs 0 < beta_start <= beta_end < 1, got beta_start="
+        if self.kind == "linear" and not min(self.beta_start, self.beta_end) >= 0:  # above 1: clipped to max_beta
+            raise ValueError(f"the linear schedule's betas are noise variances, >= 0; got beta_start="
                              f"{self.beta_start}, beta_end={self.beta_end}")
-        if self.kind == "sigmoid" and not (self.sigmoid_tau > 0 and self.sigmoid_start < self.sigmoid_end):
-            raise ValueError(f"the sigmoid schedule needs sigmoid_tau > 0 and sigmoid_start < sigmoid_end, got "
-                             f"sigmoid_tau={self.sigmoid_tau}, sigmoid_start={self.sigmoid_start}, sigmoid_end="
-                             f"{self.sigmoid_end}")
+        if self.kind == "sigmoid" and (self.sigmoid_tau == 0 or self.sigmoid_start == self.sigmoid_end):
+            raise ValueError(f"the sigmoid schedule needs sigmoid_tau != 0 and sigmoid_start != sigmoid_end (it "
+                             f"divides by both), got sigmoid_tau={self.sigmoid_tau}, sigmoid_start="
+                             f"{self.sigmoid_start}, sigmoid_end={self.sigmoid_end}")
         betas = self._discrete_betas().clamp(max=self.max_beta)
         alpha_bars = torch.cumprod(1.0 - betas, dim=0)
         # index 0 is clean data

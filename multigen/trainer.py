@@ -287,9 +287,11 @@ class Trainer:
                                  f"{acc.num_processes}")
                 if acc.process_index >= written_by:  # no random state saved for it: its own, unrelated stream
                     set_seed(stream_seed(t.seed, acc.process_index, self.state.step))
-            if consumed != self.state.step * self.samples_per_step:  # another batch (or grad_accum) at some point
-                regrouped.append(f"its run drew {consumed} training items in {self.state.step} steps, this run "
-                                 f"draws {self.samples_per_step} a step")
+            drew = info.get("samples_per_step") or None  # a step, in the run that wrote it (older ones: unknown)
+            if drew is None and consumed != self.state.step * self.samples_per_step:
+                drew = f"{consumed / self.state.step:g} (on average)"
+            if drew is not None and drew != self.samples_per_step:  # another batch, accumulation or process count
+                regrouped.append(f"its run drew {drew} training items a step, this run draws {self.samples_per_step}")
             if regrouped:
                 acc.print(f"{'; '.join(regrouped)}: the data goes on where it stopped, but the run is no longer "
                           f"bit-exact to one that was not resumed")
@@ -458,7 +460,8 @@ class Trainer:
             if self.main and sample:
                 _write_samples(self.domain, self.ema.module, self.out / "samples" / f"step_{step:06d}", acc)
             if self.main and evaluate:
-                self.bar.write(f"step {step}: evaluating the EMA model on the held-out data")  # minutes, at times
+                if type(self.domain).evaluate is not Domain.evaluate:  # one with metrics: minutes, at times
+                    self.bar.write(f"step {step}: evaluating the EMA model on the held-out data")
                 began = time.monotonic()
                 with acc.autocast():  # the held-out set: built by check_held_out_data before training
                     metrics = self.domain.evaluate(self.ema.module, self.val_set)
@@ -482,7 +485,8 @@ class Trainer:
         process)."""
         t, step = self.t, self.state.step
         consumed = self.consumed_at + (step - self.step_at) * self.samples_per_step
-        return save_checkpoint(self.accelerator, self.checkpoint_dir, step, t.keep_checkpoints, t.optimizer, consumed)
+        return save_checkpoint(self.accelerator, self.checkpoint_dir, step, t.keep_checkpoints, t.optimizer, consumed,
+                               self.samples_per_step)
 
     def export(self) -> Path:
         """Write the EMA weights and the config to ``<output_dir>/export``; return that directory."""

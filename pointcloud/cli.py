@@ -36,7 +36,7 @@ from multigen.cli import (add_export_arguments, add_sampler_arguments, diffusion
                           positive_int, run_command, seeded_generator)
 
 from .domain import GENERATED_COLOR, PARTIAL_COLOR
-from .io import PointCloudError, read_points, render_clouds, write_ply
+from .io import PointCloudError, read_points, render_clouds, write_ply, write_plys
 from .ops import farthest_point_sample, gather_points
 from .pyg import to_batch
 from .views import visible_points, viewpoint_towards
@@ -129,8 +129,7 @@ def cmd_sample(args: argparse.Namespace) -> Path:
                                  guidance=args.guidance, guidance_interval=args.guidance_interval, generator=g,
                                  progress=True).float().cpu()
     clouds = p.domain.normalizer.invert(clouds).numpy()  # in the training data's units (global normalization)
-    for i, c in enumerate(clouds):
-        write_ply(out / f"sample_{i:03d}.ply", c)
+    write_plys(out, clouds)
     torch.save(to_batch(torch.from_numpy(clouds)), out / "samples.pt")
     titles = [f"sample {i}" for i in range(len(clouds))]
     if labels is not None:

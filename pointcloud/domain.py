@@ -30,7 +30,7 @@ from multigen.domain import DataError, GaussianDomain, check_count, no_condition
 from multigen.guidance import classifier_free_guidance, drop_condition
 
 from .datasets import Labelled, NormalizedClouds, Normalizer, Resampled, ShapeFolder, ShapeNetPC15k
-from .io import PointCloudError, render_clouds, write_ply
+from .io import PointCloudError, render_clouds, write_plys
 from .metrics import chamfer, set_metrics
 from .model import PVCNNUNet, pvd_spec
 from .ops import knn
@@ -506,12 +506,11 @@ class PointCloud(GaussianDomain):
 
     def save_samples(self, samples: Tensor, path: Path) -> Path:
         """Clouds ``(n, N, 3)`` in the model's frame, rendered side by side in ``<path>.png`` and written one a file
-        as ``<path>/sample_<i>.ply`` in the training data's units (:attr:`normalizer`); returns the PNG."""
+        as ``<path>/sample_<i>.ply`` mapped back by :attr:`normalizer` (global normalisation: into the training
+        data's units; per-shape or none: as drawn); returns the PNG."""
+        write_plys(path, self.normalizer.invert(samples.float()).numpy())
         out = path.with_suffix(".png")
-        path.mkdir(parents=True, exist_ok=True)
         render_clouds([s.numpy() for s in samples.float()], out)
-        for i, cloud in enumerate(self.normalizer.invert(samples.float()).numpy()):
-            write_ply(path / f"sample_{i:03d}.ply", cloud)
         return out
 
 

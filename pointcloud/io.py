@@ -118,6 +118,12 @@ def write_ply(path: str | Path, points: np.ndarray) -> Path:
     return path
 
 
+def write_plys(folder: Path, clouds: np.ndarray) -> list[Path]:
+    """Clouds ``(n, N, 3)`` as ``folder/sample_000.ply``, ``sample_001.ply``, ... (the folder is made)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return [write_ply(folder / f"sample_{i:03d}.ply", cloud) for i, cloud in enumerate(clouds)]
+
+
 def render_clouds(clouds: list[np.ndarray], path: str | Path, colors: list[np.ndarray] | None = None,
                   titles: list[str] | None = None, point_size: float = 2.0) -> Path:
     """One 3-D scatter per cloud (y up, same view and limits, centred on the clouds' common bounding box) in a

@@ -26,15 +26,19 @@ def load_benchmark(name: str) -> ModuleType:
     return module
 
 
+def reset_accelerate() -> None:
+    """Forget Accelerate's process-wide singletons, as before a second training run in one process."""
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
 @pytest.fixture(autouse=True)
 def _fresh_accelerate_state():
     """Accelerate keeps process-wide singletons; each test starts from none."""
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate()
     torch.set_num_threads(2)
     yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate()
 
 
 @pytest.fixture

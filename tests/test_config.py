@@ -173,9 +173,9 @@ def test_training_on_bad_data_stops_with_one_line_naming_it(tmp_path, capsys):
     ("toy2d", ["diffusion.schedule=linear", "diffusion.timesteps=100"],
      r"diffusion.schedule=linear, diffusion.timesteps=100: .* raise beta_end \(e.g. beta_end >= 0.138"),
     ("toy2d", ["diffusion.schedule=sigmoid", "diffusion.sigmoid_tau=0"],
-     r"diffusion.schedule=sigmoid, diffusion.timesteps=\d+: the sigmoid schedule needs sigmoid_tau > 0"),
-    ("toy2d", ["diffusion.schedule=linear", "diffusion.beta_start=0.03"],
-     "diffusion.schedule=linear, .* beta_start=0.03"),
+     r"diffusion.schedule=sigmoid, diffusion.timesteps=\d+: the sigmoid schedule needs sigmoid_tau != 0"),
+    ("toy2d", ["diffusion.schedule=linear", "diffusion.beta_start=-0.01"],
+     "diffusion.schedule=linear, .* beta_start=-0.01"),
 ])
 def test_settings_a_domain_refuses_stop_training_with_one_line_naming_them(domain, overrides, named, tmp_path, capsys):
     """Checked by the domain (not by the config's types), a setting it cannot use is still a config error: one line,

@@ -13,10 +13,10 @@ from accelerate import Accelerator
 from torch import nn
 
 import multigen.export as export_mod
+from multigen.checkpoints import latest_checkpoint, save_checkpoint
 from multigen.config import load_config
 from multigen.export import _mismatch, export_model, load_pretrained
 from multigen.toy2d import Toy2D, Toy2DConfig
-from multigen.checkpoints import latest_checkpoint, save_checkpoint
 
 
 def _toy(*overrides: str) -> Toy2D:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from multigen.checkpoints import check_same_network
 from multigen.config import ConfigError, load_config, to_yaml
 from multigen.toy2d import Toy2DConfig
-from multigen.checkpoints import check_same_network
 
 
 def _earlier_config(tmp_path, cfg, drop: tuple[str, str], **changes):

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 
 from multigen.config import load_config
 from multigen.domain import Domain, get_domain
 from multigen.trainer import train
 
-from .conftest import REPO
+from .conftest import REPO, reset_accelerate
 
 # (domain, config, overrides): a few steps with each domain's training randomness switched on, and a cheap final
 # evaluation
@@ -53,11 +52,6 @@ def killed_after(domain_cls: type[Domain], calls: int) -> type[Domain]:
     return Killed
 
 
-def fresh_accelerate() -> None:
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(case, tmp_path):
@@ -71,11 +65,11 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(case, tmp_p
             "train.cpu_threads=1", *overrides])
 
     straight = train(domain_cls, config("straight"))
-    fresh_accelerate()
+    reset_accelerate()
     with pytest.raises(Interrupted):
         train(killed_after(domain_cls, 4), config("resumed"))  # dies in step 5, after the checkpoint of step 3
     assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["step_3"]
-    fresh_accelerate()
+    reset_accelerate()
     resumed = train(domain_cls, config("resumed"))
 
     for weights in ("checkpoints/step_6/model.safetensors", "export/model.safetensors"):  # trained, and EMA
