@@ -14,14 +14,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 if __name__ == "__main__" and __package__ in (None, ""):
     # Run as a file: put the checkout root, not multigen/, first on the path.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from multigen.cli import PATH_ERRORS  # noqa: E402
-from multigen.config import ConfigError, load_config, to_yaml  # noqa: E402
-from multigen.domain import DataError, UnknownDomainError, available_domains, get_domain  # noqa: E402
+from multigen.config import ConfigError, load_config, read_yaml, to_yaml  # noqa: E402
+from multigen.domain import DataError, Domain, UnknownDomainError, available_domains, get_domain  # noqa: E402
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
 
@@ -39,6 +40,21 @@ def resolve_config_file(domain: str, config: str | None) -> Path | None:
     raise ConfigError(f"config {config!r} is neither a file nor a name in {CONFIG_ROOT / domain}")
 
 
+def read_config(domain_cls: type[Domain], file: Path | None, overrides: list[str]) -> Any:
+    """The run's config: ``domain_cls``'s defaults, ``file`` and ``overrides``. ``file`` may be an export's
+    ``config.yaml``, whose first key names its domain (it must be ``domain_cls``'s): to train anew as it was."""
+    raw = read_yaml(file) if file is not None and file.is_file() else None
+    if not (isinstance(raw, dict) and "domain" in raw):
+        return load_config(domain_cls.config_class, file, overrides)
+    if raw["domain"] != domain_cls.name:
+        raise ConfigError(f"{file} is the config of a {raw['domain']} export, not of a {domain_cls.name} model")
+    try:
+        return load_config(domain_cls.config_class, None, overrides, values={k: v for k, v in raw.items()
+                                                                             if k != "domain"})
+    except ConfigError as e:
+        raise ConfigError(f"{file}: {e}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="multigen-train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--domain", required=True, help="domain name (%(prog)s --domain list shows them)")
@@ -52,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         domain_cls = get_domain(args.domain)
-        cfg = load_config(domain_cls.config_class, resolve_config_file(args.domain, args.config), args.overrides)
+        cfg = read_config(domain_cls, resolve_config_file(args.domain, args.config), args.overrides)
     except (ConfigError, UnknownDomainError) as e:
         print(f"multigen-train: error: {e}", file=sys.stderr)
         return 2

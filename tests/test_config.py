@@ -205,3 +205,18 @@ def test_bounds_are_inclusive():
     cfg = load_config(Toy2DConfig, overrides=["train.ema_decay=1.0", "sample.eta=1.0",
                                               "sample.guidance_interval=[0.5,0.5]"])
     assert cfg.train.ema_decay == 1.0 and cfg.sample.eta == 1.0 and list(cfg.sample.guidance_interval) == [0.5, 0.5]
+
+
+def test_an_exports_config_trains_anew_in_its_own_domain_only(tmp_path, capsys):
+    """``--config EXPORT/config.yaml`` (whose first key names the domain) gives the exported settings, overrides on
+    top; in another domain it is an error naming both."""
+    from multigen.export import export_model
+    from multigen.train import main
+
+    domain = Toy2D(load_config(Toy2DConfig, overrides=["model.hidden=48", "sample.steps=17"]))
+    config = export_model(domain.build_model(), domain, tmp_path / "export") / "config.yaml"
+    assert main(["--domain", "toy2d", "--config", str(config), "train.max_steps=7", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert (printed["model"]["hidden"], printed["sample"]["steps"], printed["train"]["max_steps"]) == (48, 17, 7)
+    assert main(["--domain", "video", "--config", str(config)]) == 2
+    assert f"{config} is the config of a toy2d export, not of a video model" in capsys.readouterr().err
