@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_arguments(p)
     p.add_argument("--num", type=positive_int, default=4)
     p.add_argument("--length", type=positive_int, help="tokens per sample (default: the model's length)")
-    p.add_argument("--steps", type=int, help="denoising steps, at most the model's timesteps; 0: every timestep (default: config)")
+    p.add_argument("--steps", type=int,
+                   help="denoising steps, at most the model's timesteps; 0: every timestep (default: config)")
     p.add_argument("--temperature", type=float, help="scales the model's x0 logits (default: config)")
     p.add_argument("--seed", type=int, default=0)
     group = p.add_mutually_exclusive_group()
