@@ -216,6 +216,9 @@ class GaussianDiffusion:
         batch = x0.shape[0]
         if steps is None:
             steps = self.random_steps(batch, x0.device)
+        elif steps.is_floating_point():  # a diffusion time in [0, 1] would be read as a level of the schedule's
+            raise ValueError(f"steps: integer levels in 0..{self.schedule.timesteps} (t = steps / T), got "
+                             f"{steps.dtype}")
         if noise is None:
             noise = torch.randn_like(x0)
         alpha, sigma = self.coefficients(steps, x0)

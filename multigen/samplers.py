@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import math
+import operator
 
 import torch
 from torch import Tensor
@@ -77,8 +78,8 @@ def sampling_grid(
     grid is always strictly decreasing.
     """
     T = schedule.timesteps
-    if not 1 <= steps <= T:
-        raise ValueError(f"sampler steps must lie in [1, {T}] (the schedule's timesteps), got {steps}")
+    if not (_is_whole(steps) and 1 <= steps <= T):
+        raise ValueError(f"sampler steps must be an integer in [1, {T}] (the schedule's timesteps), got {steps!r}")
     if spacing not in SPACINGS:
         raise ValueError(f"unknown grid spacing {spacing!r}; choose one of {SPACINGS}")
     if spacing == "time" or steps == 1:
@@ -339,6 +340,32 @@ def _staggered_dpm_solver_pp(denoiser: Denoiser, noise: Tensor, grid: TimeGrid, 
 SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": ddpm, "ddim": ddim, "dpm_solver_pp": dpm_solver_pp}
 
 
+def _is_whole(n: Any) -> bool:
+    """Whether ``n`` is an integer (a Python, NumPy or 0-dim torch one; not a float, not a bool)."""
+    try:
+        operator.index(n)
+    except TypeError:
+        return False
+    return not isinstance(n, bool)
+
+
+def check_delay(delay: Tensor, shape: tuple[int, ...]) -> None:
+    """A staggered sampler's ``delay``: whole steps ``>= 0``, of shape ``shape``'s leading item dims (or broadcast
+    to them); a ``ValueError`` naming what is wrong otherwise."""
+    items = shape[: delay.ndim]
+    if delay.is_floating_point() or delay.is_complex() or delay.dtype == torch.bool:
+        raise ValueError(f"delay: whole sampler steps (an integer tensor), got {delay.dtype}")
+    try:
+        fits = delay.ndim <= len(shape) and torch.broadcast_shapes(delay.shape, items) == items
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(f"delay of shape {tuple(delay.shape)} for samples of shape {shape}: it takes the samples' "
+                         f"leading dims, e.g. {shape[:1]} or {shape[:2]}")
+    if not delay.is_meta and bool((delay < 0).any()):
+        raise ValueError("delay: steps >= 0 (an item starts that many steps after the first), got a negative one")
+
+
 def check_settings(sampler: str, eta: float = 0.0, resample: int = 1, staggered: bool = False,
                    prefix: str = "") -> None:
     """Reject a sampler name that does not exist and a setting that the chosen sampler never uses:
@@ -346,6 +373,10 @@ def check_settings(sampler: str, eta: float = 0.0, resample: int = 1, staggered:
     dpm_solver_pp's. Raises ``ValueError`` naming the setting (as ``prefix + name``: ``sample.eta``)."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown {prefix}sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"{prefix}eta={eta}: DDIM's eta lies in [0, 1] (0 deterministic, 1 ancestral DDPM)")
+    if not (_is_whole(resample) and resample >= 1):
+        raise ValueError(f"{prefix}resample={resample}: the times each step is taken, an integer >= 1")
     if eta != 0.0 and sampler != "ddim":
         raise ValueError(f"{prefix}eta={eta} only applies to the ddim sampler, not to {sampler!r}")
     if resample != 1 and sampler != "ddpm":
@@ -406,6 +437,8 @@ def sample(
     if (init is None) != (start == 1.0):
         raise ValueError(f"init and start < 1 go together (SDEdit: init noised to time start), got "
                          f"{'no init' if init is None else 'an init'} with start={start}")
+    if delay is not None:
+        check_delay(delay, tuple(shape))
     if init is not None and (delay is not None or tuple(init.shape) != tuple(shape)):
         raise ValueError(f"init of shape {tuple(init.shape)} for samples of shape {tuple(shape)}" if delay is None
                          else "init (a start below t = 1) and a delay per item do not go together")

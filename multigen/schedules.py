@@ -36,7 +36,7 @@ MAX_TERMINAL_ALPHA_BAR = 1e-3
 schedule's default betas (DDPM's, for ``T = 1000``) end at 4e-5 but at 0.36 for ``T = 100``."""
 
 
-@dataclass
+@dataclass(eq=False)  # its tables are tensors: two schedules are compared by their parameters, not by ==
 class NoiseSchedule:
     """A VP noise schedule; see the module docstring for the time conventions.
 
@@ -64,8 +64,10 @@ class NoiseSchedule:
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULES:
             raise ValueError(f"unknown noise schedule {self.kind!r}; choose one of {SCHEDULES}")
-        if self.timesteps < 1:
-            raise ValueError(f"timesteps must be >= 1, got {self.timesteps}")
+        if isinstance(self.timesteps, bool) or not isinstance(self.timesteps, int) or self.timesteps < 1:
+            raise ValueError(f"timesteps must be an integer >= 1, got {self.timesteps!r}")
+        if not 0 < self.max_beta <= 1:
+            raise ValueError(f"max_beta caps each step's noise variance: in (0, 1], got {self.max_beta}")
         if self.kind == "linear" and not min(self.beta_start, self.beta_end) >= 0:  # above 1: clipped to max_beta
             raise ValueError(f"the linear schedule's betas are noise variances, >= 0; got beta_start="
                              f"{self.beta_start}, beta_end={self.beta_end}")

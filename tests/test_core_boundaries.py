@@ -36,3 +36,50 @@ def test_toy2d_holds_out_points_of_another_seed():
     assert train.shape == val.shape == (50, 2) and not torch.equal(train, val)
     with pytest.raises(ValueError, match="unknown split 'test'"):
         toy.build_dataset("test")
+
+
+def test_the_core_samplers_name_settings_they_cannot_use():
+    """Called directly (not through a domain's checked config), the samplers still refuse what would sample the
+    wrong distribution or fail deep inside: eta outside [0, 1] (at -1 every sample was the mean), a float or
+    boolean step count, resample below 1, and a delay that is fractional, negative (its item skipped the first
+    levels and started from noise read as a lower level) or shaped for other samples."""
+    import numpy as np
+
+    from multigen.samplers import sample
+    from multigen.schedules import NoiseSchedule
+
+    schedule, zero = NoiseSchedule("cosine", 100), lambda x, t: torch.zeros_like(x)
+    for kw, message in [({"sampler": "ddim", "eta": -1.0}, r"eta=-1.0: DDIM's eta lies in \[0, 1\]"),
+                        ({"sampler": "ddim", "eta": 1.5}, "eta=1.5"),
+                        ({"steps": 5.0}, "steps must be an integer in"), ({"steps": True}, "got True"),
+                        ({"sampler": "ddpm", "resample": 0}, "resample=0: .* an integer >= 1"),
+                        ({"delay": torch.zeros(4)}, "delay: whole sampler steps"),
+                        ({"delay": torch.tensor([0, 1, -1, 0])}, "delay: steps >= 0"),
+                        ({"delay": torch.zeros(3, dtype=torch.long)}, r"delay of shape \(3,\) for samples of shape")]:
+        with pytest.raises(ValueError, match=message):
+            sample(zero, (4, 2), schedule, **{"steps": 5, **kw})
+    for delay in (torch.zeros(4, dtype=torch.long), torch.zeros(4, 1, dtype=torch.long), torch.tensor(0)):
+        assert sample(zero, (4, 2), schedule, steps=5, delay=delay).shape == (4, 2)
+    assert sample(zero, (4, 2), schedule, steps=np.int64(5)).shape == (4, 2)  # a NumPy integer is an integer
+
+
+def test_a_schedule_refuses_what_breaks_it_and_compares_without_error():
+    from multigen.diffusion import GaussianDiffusion
+    from multigen.schedules import NoiseSchedule
+
+    for kw, message in [({"timesteps": 100.0}, "timesteps must be an integer >= 1, got 100.0"),
+                        ({"max_beta": 1.5}, r"max_beta .* in \(0, 1\], got 1.5"),
+                        ({"kind": "linear", "beta_start": -1e-3}, "betas are noise variances, >= 0"),
+                        ({"kind": "sigmoid", "sigmoid_tau": 0.0}, "sigmoid_tau != 0"),
+                        ({"kind": "sigmoid", "sigmoid_start": 1.0, "sigmoid_end": 1.0},
+                         "sigmoid_start != sigmoid_end")]:
+        with pytest.raises(ValueError, match=message):
+            NoiseSchedule(**{"kind": "cosine", "timesteps": 100, **kw})
+    # reversed or decreasing parameters that still end at pure noise are schedules
+    assert NoiseSchedule("sigmoid", 100, sigmoid_start=3.0, sigmoid_end=-3.0).alpha_bar(torch.tensor(1.0)) < 1e-3
+    assert NoiseSchedule("linear", 1000, beta_start=0.02, beta_end=1e-4).betas[-1] < 1e-3
+    a = NoiseSchedule("cosine", 100)
+    assert a == a and a != NoiseSchedule("cosine", 100)  # by identity (it held tensors: == raised)
+    diffusion = GaussianDiffusion(a)
+    with pytest.raises(ValueError, match=r"steps: integer levels in 0..100 \(t = steps / T\), got torch.float32"):
+        diffusion.loss(lambda x, t: x, torch.zeros(2, 3), steps=torch.tensor([0.5, 0.5]))

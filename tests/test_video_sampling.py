@@ -190,6 +190,16 @@ def test_hierarchical_gap_windows_observe_both_ends(setup, past):
     assert sorted(made) == sorted(set(range(17)) - set(keys))  # every other frame generated exactly once
 
 
+def test_float64_frames_are_taken_in_the_networks_precision(setup):
+    """Frames in float64 (a NumPy clip, say) go into a float32 network as float32 (they failed inside its first
+    convolution), and come back as exactly those float32 frames, as by every other path."""
+    model, domain = setup
+    clips, mask = _clips().double(), torch.tensor([[1, 1, 0, 0, 0], [1, 0, 0, 0, 1]], dtype=torch.bool)
+    out = generate(model, domain.diffusion, clips, mask, domain.sample_settings(steps=3),
+                   generator=torch.Generator().manual_seed(0))
+    assert out.dtype == torch.float32 and torch.equal(out[mask], clips.float()[mask])
+
+
 def test_observed_frames_outside_the_convention_are_errors(setup):
     """uint8 frames, frames in [0, 255] or with a NaN would come out saturated or all NaN: each is named instead."""
     model, domain = setup

@@ -102,7 +102,8 @@ def generate(
     """
     check_observed(observed, mask)
     B, T = observed.shape[:2]
-    observed = observed.to(next(model.parameters()).device)
+    weight = next(model.parameters())
+    observed = observed.to(weight.device, weight.dtype)  # float64 frames into a float32 network: as float32
     free = mask is None
     mask = observed.new_zeros(B, T, dtype=torch.bool) if free else mask.to(observed.device)
     observed = torch.where(mask[:, :, None, None, None], observed, 0.0)  # the others are ignored, a NaN there too
