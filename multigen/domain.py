@@ -252,6 +252,14 @@ def available_domains() -> list[str]:
     return sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
 
 
+def domain_spec(cls: type[Domain]) -> str:
+    """What names ``cls`` to :func:`get_domain` (an export's ``domain:``): its ``name`` when a domain is registered
+    under it (or the class is local to a function, which no import reaches), else ``package.module:Class``."""
+    if cls.name in available_domains() or "<locals>" in cls.__qualname__:
+        return cls.name
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
 def get_domain(name: str) -> type[Domain]:
     """The domain class registered as ``name``, or given as ``package.module:Class``."""
     if ":" in name:

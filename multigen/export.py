@@ -14,7 +14,7 @@ from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
 from .config import ConfigError, first_line, load_config, read_yaml, to_yaml
-from .domain import Domain, get_domain
+from .domain import Domain, domain_spec, get_domain
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
@@ -60,7 +60,7 @@ def export_model(model: nn.Module, domain: Domain, out_dir: str | Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_model(model, str(tmp / WEIGHTS))
-    (tmp / CONFIG).write_text(f"domain: {domain.name}\n" + to_yaml(domain.cfg))
+    (tmp / CONFIG).write_text(f"domain: {domain_spec(type(domain))}\n" + to_yaml(domain.cfg))
     replace_dir(tmp, out_dir)
     return out_dir
 

@@ -134,3 +134,27 @@ def test_a_leftover_temp_checkpoint_is_not_mixed_into_the_new_one(tmp_path):
     final = _save(Accelerator(cpu=True), tmp_path, 10)
     assert not (final / "random_states_7.pkl").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_10"]
+
+
+def test_a_domain_given_as_module_and_class_exports_and_loads_without_registering(tmp_path, monkeypatch, capsys):
+    """README: ``--domain package.module:Class`` works without registering the domain. Its export names it so
+    (``domain: package.module:Class``), so that ``load_pretrained`` and ``--config EXPORT/config.yaml`` find it
+    again (the export said ``domain: mytoy``, which nothing could load)."""
+    (tmp_path / "mytoymod.py").write_text("from multigen.toy2d import Toy2D\n\n\nclass MyToy(Toy2D):\n"
+                                          "    name = 'mytoy'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from multigen.domain import get_domain
+    from multigen.train import main
+
+    cls = get_domain("mytoymod:MyToy")
+    domain = cls(load_config(cls.config_class, overrides=["model.hidden=16"]))
+    export = export_model(domain.build_model(), domain, tmp_path / "export")
+    assert (export / "config.yaml").read_text().startswith("domain: mytoymod:MyToy\n")
+    loaded = load_pretrained(export)
+    assert type(loaded.domain) is cls and loaded.sample(3, steps=2).shape == (3, 2)
+    assert load_pretrained(export, domain="mytoymod:MyToy").domain.cfg.model.hidden == 16
+    assert main(["--domain", "mytoymod:MyToy", "--config", str(export / "config.yaml"), "--print-config"]) == 0
+    assert "hidden: 16" in capsys.readouterr().out
+    registered = Toy2D(load_config(Toy2DConfig))  # a registered domain keeps its name
+    assert (export_model(registered.build_model(), registered, tmp_path / "toy") / "config.yaml").read_text(
+    ).startswith("domain: toy2d\n")

@@ -379,7 +379,7 @@ def test_resuming_a_checkpoint_of_another_format_is_an_error_naming_it(toy_cfg):
     checkpoint = train(Toy2D, toy_cfg("train.max_steps=10", "train.checkpoint_every=10", out="old_format"))
     checkpoint = checkpoint.parent / "checkpoints" / "step_10"
     assert json.loads((checkpoint / "multigen.json").read_text()) == {
-        "format": 2, "step": 10, "optimizer": "adamw", "processes": 1, "consumed": 640}
+        "format": 2, "step": 10, "optimizer": "adamw", "processes": 1, "consumed": 640, "samples_per_step": 64}
     (checkpoint / "multigen.json").unlink()  # as written before the format was recorded
     with pytest.raises(ConfigError, match=r"step_10 is in checkpoint format 1 \(this multigen reads 2\)"):
         train(Toy2D, toy_cfg("train.max_steps=20", "train.checkpoint_every=10", out="old_format"))
