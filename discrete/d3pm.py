@@ -366,6 +366,17 @@ class D3PM:
         self.transition, self.hybrid_lambda = transition, hybrid_lambda
         self.K, self.T = transition.K, transition.T
 
+    def check_tokens(self, x: Tensor, name: str = "x0") -> None:
+        """A ``ValueError`` naming ``name`` unless ``x`` holds data tokens: integers in ``[0, K)``, the absorbing
+        chain's mask token ``K - 1`` excluded (a host read: for evaluation and sampling, not the training step)."""
+        data = self.K - isinstance(self.transition, Absorbing)
+        if x.is_floating_point() or x.dtype == torch.bool:
+            raise ValueError(f"{name}: integer token ids, got {x.dtype}")
+        if x.numel() and not x.is_meta and not bool(((x >= 0) & (x < data)).all()):
+            raise ValueError(f"{name}: token ids in [0, {data}) (the data's categories"
+                             f"{'; the mask token is ' + str(data) if data < self.K else ''}), got "
+                             f"{int(x.min())}..{int(x.max())}")
+
     # -- closed forms
     def q_probs(self, x0: Tensor, t: Tensor) -> Tensor:
         """``q(x_t | x_0)`` ``(B, *S, K)`` (float64)."""
@@ -449,6 +460,7 @@ class D3PM:
         ``KL(q(x_T|x_0) || stationary) + Σ_{i≥2} KL(q(x_{τ_{i-1}}|x_{τ_i},x_0) || p(x_{τ_{i-1}}|x_{τ_i})) − log p(x_0|x_{τ_1})``.
         Every term is kept (none is subsampled), but each is evaluated on one draw ``x_t ~ q(x_t | x_0)``:
         an unbiased one-sample Monte Carlo estimate of the bound, not its exact value. One model call per step."""
+        self.check_tokens(x0)
         B, tokens = len(x0), x0[0].numel()
         T_all = torch.full((B,), self.T, device=x0.device)
         log_prior = self.transition.stationary().double().to(x0.device).clamp_min(TINY).log()
@@ -475,6 +487,7 @@ class D3PM:
         ``L`` model calls."""
         if not isinstance(self.transition, Absorbing):
             raise ValueError("the any-order bound is for the absorbing transition")
+        self.check_tokens(x0)
         B, L = len(x0), x0[0].numel()
         flat = x0.reshape(B, L)
         rank = torch.rand(B, L, device=x0.device, generator=generator).argsort(1).argsort(1)  # a random order
@@ -530,6 +543,8 @@ class D3PM:
             known.check(shape)
             mask = known.mask.to(device).bool()
             values = known.values_for(shape).to(device)
+            if not values.is_meta:  # (a boolean index has no shape there)
+                self.check_tokens(values[mask.expand(shape)], "known.values")
         for t_now, t_next in tqdm(grid, desc="sample", disable=not progress, leave=False):
             t = torch.full((B,), t_now, device=device)
             if known is not None:
