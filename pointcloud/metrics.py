@@ -31,7 +31,7 @@ def emd_exact(x: Tensor, y: Tensor) -> Tensor:
     optimal one-to-one matching (Hungarian algorithm on the CPU; for small N). ``(B,)``."""
     if x.shape != y.shape:
         raise ValueError(f"EMD needs clouds of equal size, got {tuple(x.shape)} and {tuple(y.shape)}")
-    dist = square_distance(x.double(), y.double()).clamp_min(0).sqrt().cpu().numpy()
+    dist = square_distance(x.detach().double(), y.detach().double()).clamp_min(0).sqrt().cpu().numpy()
     out = [d[linear_sum_assignment(d)].mean() for d in dist]
     return torch.tensor(np.array(out), dtype=x.dtype, device=x.device)
 
@@ -151,6 +151,10 @@ def set_metrics(samples: Tensor, refs: Tensor, metrics: tuple[str, ...] = ("cd",
     """``MMD-X``, ``COV-X`` and ``1-NNA-X`` for each metric X in ``metrics`` (``cd``, ``emd``); with ``groups``
     (one name per reference), also ``COV-X/<group>`` (:func:`coverage_by_group`) and ``SHARE-X/<group>``
     (:func:`share_by_group`)."""
+    if isinstance(metrics, str):
+        metrics = (metrics,)
+    if groups is not None and len(groups) != len(refs):
+        raise ValueError(f"groups: one name per reference cloud, got {len(groups)} for {len(refs)}")
     out: dict[str, float] = {}
     for metric in metrics:
         d_sr = pairwise(samples, refs, metric, progress=progress)

@@ -25,6 +25,9 @@ def square_distance(a: Tensor, b: Tensor) -> Tensor:
     Both are first moved by ``b``'s centroid: ``|a|² + |b|² - 2 a·b`` cancels catastrophically for clouds far from
     the origin (100 units out, a float32 self-Chamfer of 4e-4 and a third of the kNN wrong), and distances do not
     change under a shift."""
+    if a.ndim != 3 or b.ndim != 3 or len(a) != len(b) or a.shape[-1] != b.shape[-1]:
+        raise ValueError(f"point sets (B, N, D) and (B, M, D), the same B and D, got {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
     centre = b.mean(1, keepdim=True)
     a, b = a - centre, b - centre
     d = (a * a).sum(-1)[:, :, None] + (b * b).sum(-1)[:, None, :] - 2 * a @ b.transpose(1, 2)
@@ -95,8 +98,10 @@ def knn(query: Tensor, ref: Tensor, k: int, chunk: int = 4096) -> tuple[Tensor, 
     ``(B, M, k)``, nearest first. Queries are processed in chunks of ``chunk`` so
     at most ``B * chunk * N`` distances exist at once.
     """
-    if k > ref.shape[1]:
-        raise ValueError(f"k = {k} exceeds the {ref.shape[1]} reference points")
+    if not 1 <= k <= ref.shape[1]:
+        raise ValueError(f"k = {k}: at least 1 and at most the {ref.shape[1]} reference points")
+    if chunk < 1:
+        raise ValueError(f"chunk = {chunk}: at least 1 query point a chunk")
     if query.shape[1] <= chunk:
         return square_distance(query, ref).topk(k, dim=-1, largest=False, sorted=True)
     dists, idxs = [], []
@@ -116,6 +121,9 @@ def ball_query(centres: Tensor, xyz: Tensor, radius: float, k: int) -> Tensor:
     use index 0). The j-th in-radius point is found by binary search in the running
     count of in-radius points (no sort or top-k over all ``N``).
     """
+    if not radius >= 0 or xyz.shape[1] == 0:
+        raise ValueError(f"ball query: a radius >= 0 and at least one point, got radius {radius} and "
+                         f"{xyz.shape[1]} points")
     B, M, _ = centres.shape
     N = xyz.shape[1]
     d = square_distance(centres, xyz)

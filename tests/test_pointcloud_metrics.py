@@ -102,3 +102,27 @@ def test_one_nna_half_for_one_distribution_and_one_for_separated_sets():
     far = b + 5.0
     d_far = pairwise(a, far)
     assert one_nna(d["aa"], pairwise(far, far), d_far) == 1.0
+
+
+def test_point_set_inputs_that_cannot_be_measured_are_named():
+    """Misshapen or out-of-range inputs are errors that say what is wrong (they were IndexErrors and RuntimeErrors
+    from deep inside), and the exact EMD of clouds that carry gradients is computed (on detached values)."""
+    from pointcloud.ops import ball_query, knn
+
+    a, b = torch.rand(2, 8, 3), torch.rand(3, 8, 3)
+    with pytest.raises(ValueError, match=r"point sets \(B, N, D\) and \(B, M, D\), the same B and D, got \(2, 8, 3\)"):
+        chamfer(a, b)
+    with pytest.raises(ValueError, match="the same B and D"):
+        chamfer(a[0], a[0])
+    with pytest.raises(ValueError, match="k = -1: at least 1"):
+        knn(a, a, -1)
+    with pytest.raises(ValueError, match="chunk = 0"):
+        knn(a, a, 1, chunk=0)
+    with pytest.raises(ValueError, match="a radius >= 0 and at least one point"):
+        ball_query(a, a, -0.1, 2)
+    with pytest.raises(ValueError, match="a radius >= 0 and at least one point"):
+        ball_query(a, a[:, :0], 0.1, 2)
+    with pytest.raises(ValueError, match="groups: one name per reference cloud, got 1 for 2"):
+        set_metrics(a, a, groups=["x"])
+    assert set_metrics(a, a, metrics="cd").keys() == set_metrics(a, a).keys()
+    assert torch.equal(emd_exact(a.requires_grad_(), a.detach() + 0.1), emd_exact(a.detach(), a.detach() + 0.1))
