@@ -45,6 +45,15 @@ def test_predict_refuses_a_context_that_fills_the_window():
         predict(None, None, _first(5), 5, None)
 
 
+def test_a_long_video_shorter_than_its_context_is_refused():
+    """extend_autoregressive returned the context itself (more frames than asked), extend_hierarchical failed on a
+    negative dimension."""
+    with pytest.raises(ValueError, match="length 2: at least the 3 context frames"):
+        extend_autoregressive(None, None, _first(3), 2, 5, None)
+    with pytest.raises(ValueError, match="length 2: at least the 3 observed frames"):
+        extend_hierarchical(None, None, _first(3), 2, 5, None)
+
+
 def test_backward_chaining_clamps_generated_frames_before_they_become_context():
     loose = _loose()
     out = extend_autoregressive(Overshoots(), loose.diffusion, _first(2), 12, 5,

@@ -202,6 +202,8 @@ def extend_autoregressive(
     B, K = context.shape[:2]
     if not 0 < K < window:
         raise ValueError(f"need 0 < context ({K}) < window ({window})")
+    if length < K:
+        raise ValueError(f"length {length}: at least the {K} context frames it extends")
     video = context
     with tqdm(total=length, initial=K, desc="frames", disable=not progress) as bar:
         while video.shape[1] < length:
@@ -241,6 +243,8 @@ def extend_hierarchical(
         mask = (idx >= frames - K) if past else (idx < K)
         return torch.cat([new, first] if past else [first, new], dim=1), mask.expand(B, frames) if K else None
 
+    if length < K:
+        raise ValueError(f"length {length}: at least the {K} observed frames it starts from")
     if length <= window:
         return generate(model, diffusion, *place(length), settings, **kw)
     if not (window >= 3 and K < window):
