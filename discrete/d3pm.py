@@ -535,7 +535,8 @@ class D3PM:
         """
         grid = self.grid(steps)
         _check_temperature(temperature)
-        device = device or next(model.parameters()).device
+        if device is None:  # a module's device; a plain function's: the CPU (give device= for another)
+            device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else torch.device("cpu")
         B = shape[0]
         x = _gumbel_sample(self.transition.stationary().double().clamp_min(TINY).log().to(device).expand(*shape, -1),
                            generator)

@@ -542,3 +542,11 @@ def test_the_bound_and_the_sampler_refuse_tokens_outside_the_data(kind):
     with pytest.raises(ValueError, match="x0: integer token ids, got torch.float32"):
         process.elbo_bits(model, torch.zeros(2, 3))
     assert torch.isfinite(process.elbo_bits(model, torch.full((2, 3), data - 1))).all()
+
+
+def test_a_plain_function_samples_on_the_cpu_without_naming_a_device():
+    """``sample``'s model is any ``model(x_t, t)``; a plain function (no parameters to read a device from) samples
+    on the CPU unless ``device`` says otherwise (it failed on ``.parameters()``)."""
+    process, _ = build("uniform")
+    out = process.sample(lambda x, t: torch.zeros(*x.shape, K), (2, 3), generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 3) and out.device.type == "cpu" and ((out >= 0) & (out < K)).all()
