@@ -22,6 +22,7 @@ Models receive time as a float in ``[0, 1]`` (``i / T`` for discrete steps).
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -64,7 +65,7 @@ class NoiseSchedule:
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULES:
             raise ValueError(f"unknown noise schedule {self.kind!r}; choose one of {SCHEDULES}")
-        if isinstance(self.timesteps, bool) or not isinstance(self.timesteps, int) or self.timesteps < 1:
+        if isinstance(self.timesteps, bool) or not isinstance(self.timesteps, numbers.Integral) or self.timesteps < 1:
             raise ValueError(f"timesteps must be an integer >= 1, got {self.timesteps!r}")
         if not 0 < self.max_beta <= 1:
             raise ValueError(f"max_beta caps each step's noise variance: in (0, 1], got {self.max_beta}")
