@@ -34,6 +34,9 @@ def to_batch(clouds: Tensor, observed: Tensor | None = None) -> Batch:
     """Dense clouds ``(B, N, 3)`` (and an ``observed`` mask ``(B, N)``) as a ``Batch`` of ``B`` clouds."""
     if clouds.ndim != 3 or clouds.shape[-1] != 3:
         raise PointCloudError(f"expected clouds of shape (B, N, 3), got {tuple(clouds.shape)}")
+    if observed is not None and tuple(observed.shape) != tuple(clouds.shape[:2]):
+        raise PointCloudError(f"observed: a mask (B, N) = {tuple(clouds.shape[:2])} for the clouds, got "
+                              f"{tuple(observed.shape)}")
     items = []
     for i, cloud in enumerate(clouds):
         data = Data(pos=cloud)

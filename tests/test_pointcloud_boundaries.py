@@ -99,6 +99,11 @@ def test_to_batch_refuses_clouds_that_are_not_3d_points():
         pyg.to_batch(torch.zeros(2, 5, 2))
 
 
+def test_to_batch_refuses_an_observed_mask_of_other_clouds():
+    with pytest.raises(PointCloudError, match=r"observed: a mask \(B, N\) = \(2, 4\) for the clouds, got \(3, 4\)"):
+        pyg.to_batch(torch.randn(2, 4, 3), torch.zeros(3, 4, dtype=torch.bool))
+
+
 def test_to_batch_keeps_each_clouds_own_observed_mask():
     observed = torch.tensor([[True, False, False, False], [True, True, True, False]])
     batch = pyg.to_batch(torch.randn(2, 4, 3), observed)
