@@ -253,11 +253,28 @@ def available_domains() -> list[str]:
 
 
 def domain_spec(cls: type[Domain]) -> str:
-    """What names ``cls`` to :func:`get_domain` (an export's ``domain:``): its ``name`` when a domain is registered
-    under it (or the class is local to a function, which no import reaches), else ``package.module:Class``."""
-    if cls.name in available_domains() or "<locals>" in cls.__qualname__:
+    """What names ``cls`` to :func:`get_domain` (an export's ``domain:``): its ``name`` when that is registered as
+    this very class, else ``package.module:Class``; ``name`` too for a class no import reaches (local to a function,
+    or in a script run as ``__main__``)."""
+    if "<locals>" in cls.__qualname__ or cls.__module__ == "__main__":
         return cls.name
+    try:
+        if get_domain(cls.name) is cls:
+            return cls.name
+    except UnknownDomainError:
+        pass
     return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def names_domain(name: str, cls: type[Domain]) -> bool:
+    """Whether ``name`` (an export's ``domain:``) names ``cls``: as :func:`domain_spec` writes it, or as any name
+    :func:`get_domain` resolves to it (an export written where the domain was not yet registered, say)."""
+    if name == domain_spec(cls):
+        return True
+    try:
+        return get_domain(name) is cls
+    except UnknownDomainError:
+        return False
 
 
 def get_domain(name: str) -> type[Domain]:

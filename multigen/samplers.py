@@ -373,15 +373,15 @@ def check_settings(sampler: str, eta: float = 0.0, resample: int = 1, staggered:
     dpm_solver_pp's. Raises ``ValueError`` naming the setting (as ``prefix + name``: ``sample.eta``)."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown {prefix}sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"{prefix}eta={eta}: DDIM's eta lies in [0, 1] (0 deterministic, 1 ancestral DDPM)")
-    if not (_is_whole(resample) and resample >= 1):
-        raise ValueError(f"{prefix}resample={resample}: the times each step is taken, an integer >= 1")
     if eta != 0.0 and sampler != "ddim":
         raise ValueError(f"{prefix}eta={eta} only applies to the ddim sampler, not to {sampler!r}")
     if resample != 1 and sampler != "ddpm":
         raise ValueError(f"{prefix}resample={resample} only applies to the ddpm sampler (with a known part), not to "
                          f"{sampler!r}")
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"{prefix}eta={eta}: DDIM's eta lies in [0, 1] (0 deterministic, 1 ancestral DDPM)")
+    if not (_is_whole(resample) and resample >= 1):
+        raise ValueError(f"{prefix}resample={resample}: the times each step is taken, an integer >= 1")
     if staggered and sampler != "dpm_solver_pp":
         raise ValueError(f"a delay per item (a staggered schedule) only applies to the dpm_solver_pp sampler, "
                          f"not to {sampler!r}")

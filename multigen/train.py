@@ -23,7 +23,7 @@ if __name__ == "__main__" and __package__ in (None, ""):
 from multigen.cli import PATH_ERRORS  # noqa: E402
 from multigen.config import ConfigError, load_config, read_yaml, to_yaml  # noqa: E402
 from multigen.domain import (DataError, Domain, UnknownDomainError, available_domains, domain_spec,  # noqa: E402
-                             get_domain)
+                             get_domain, names_domain)
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
 
@@ -47,7 +47,7 @@ def read_config(domain_cls: type[Domain], file: Path | None, overrides: list[str
     raw = read_yaml(file) if file is not None and file.is_file() else None
     if not (isinstance(raw, dict) and "domain" in raw):
         return load_config(domain_cls.config_class, file, overrides)
-    if raw["domain"] != domain_spec(domain_cls):
+    if not names_domain(str(raw["domain"]), domain_cls):
         raise ConfigError(f"{file} is the config of a {raw['domain']} export, not of a {domain_spec(domain_cls)} "
                           f"model")
     try:

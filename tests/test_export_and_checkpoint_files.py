@@ -141,7 +141,8 @@ def test_a_domain_given_as_module_and_class_exports_and_loads_without_registerin
     (``domain: package.module:Class``), so that ``load_pretrained`` and ``--config EXPORT/config.yaml`` find it
     again (the export said ``domain: mytoy``, which nothing could load)."""
     (tmp_path / "mytoymod.py").write_text("from multigen.toy2d import Toy2D\n\n\nclass MyToy(Toy2D):\n"
-                                          "    name = 'mytoy'\n")
+                                          "    name = 'mytoy'\n\n\nclass BigToy(Toy2D):  # toy2d's name, inherited\n"
+                                          "    pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     from multigen.domain import get_domain
     from multigen.train import main
@@ -155,6 +156,12 @@ def test_a_domain_given_as_module_and_class_exports_and_loads_without_registerin
     assert load_pretrained(export, domain="mytoymod:MyToy").domain.cfg.model.hidden == 16
     assert main(["--domain", "mytoymod:MyToy", "--config", str(export / "config.yaml"), "--print-config"]) == 0
     assert "hidden: 16" in capsys.readouterr().out
+    big = get_domain("mytoymod:BigToy")  # under a registered name that is another class's: loads back as itself
+    inherits = big(load_config(big.config_class))
+    export = export_model(inherits.build_model(), inherits, tmp_path / "big")
+    assert (export / "config.yaml").read_text().startswith("domain: mytoymod:BigToy\n")
+    assert type(load_pretrained(export).domain) is big
+    assert main(["--domain", "toy2d", "--config", str(export / "config.yaml"), "--print-config"]) == 2
     registered = Toy2D(load_config(Toy2DConfig))  # a registered domain keeps its name
     assert (export_model(registered.build_model(), registered, tmp_path / "toy") / "config.yaml").read_text(
     ).startswith("domain: toy2d\n")

@@ -192,12 +192,21 @@ def test_hierarchical_gap_windows_observe_both_ends(setup, past):
 
 def test_float64_frames_are_taken_in_the_networks_precision(setup):
     """Frames in float64 (a NumPy clip, say) go into a float32 network as float32 (they failed inside its first
-    convolution), and come back as exactly those float32 frames, as by every other path."""
+    convolution), and come back as exactly those float32 frames, by every sampler of video/sampling.py."""
     model, domain = setup
     clips, mask = _clips().double(), torch.tensor([[1, 1, 0, 0, 0], [1, 0, 0, 0, 1]], dtype=torch.bool)
-    out = generate(model, domain.diffusion, clips, mask, domain.sample_settings(steps=3),
-                   generator=torch.Generator().manual_seed(0))
+    settings = domain.sample_settings(steps=3)
+    out = generate(model, domain.diffusion, clips, mask, settings, generator=torch.Generator().manual_seed(0))
     assert out.dtype == torch.float32 and torch.equal(out[mask], clips.float()[mask])
+    first = clips[:1, :2]  # and the long-video samplers, whose buffers were float64 while generate gave float32
+    for past in (False, True):
+        for long in (extend_autoregressive(model, domain.diffusion, first, 8, 5, settings, past=past),
+                     extend_hierarchical(model, domain.diffusion, first, 8, 5, settings, past=past),
+                     extend_hierarchical(model, domain.diffusion, first, 4, 5, settings, past=past)):
+            kept = long[:, -2:] if past else long[:, :2]
+            assert long.dtype == torch.float32 and torch.equal(kept, first.float())
+    filled = interpolate(model, domain.diffusion, clips[:1, [0, 2, 4]], 1, settings)
+    assert filled.dtype == torch.float32 and torch.equal(filled[:, ::2], clips[:1, [0, 2, 4]].float())
 
 
 def test_observed_frames_outside_the_convention_are_errors(setup):

@@ -102,8 +102,7 @@ def generate(
     """
     check_observed(observed, mask)
     B, T = observed.shape[:2]
-    weight = next(model.parameters())
-    observed = observed.to(weight.device, weight.dtype)  # float64 frames into a float32 network: as float32
+    observed = in_network_dtype(model, observed).to(next(model.parameters()).device)
     free = mask is None
     mask = observed.new_zeros(B, T, dtype=torch.bool) if free else mask.to(observed.device)
     observed = torch.where(mask[:, :, None, None, None], observed, 0.0)  # the others are ignored, a NaN there too
@@ -157,6 +156,12 @@ def generate(
     return out if base is None else (out / residual_scale + base).clamp(-1, 1)  # observed frames: 0 + themselves
 
 
+def in_network_dtype(model, frames: Tensor) -> Tensor:
+    """``frames`` in the network's dtype (float64 clips into a float32 network as float32), as every sampler here
+    returns them: observed frames come back exactly as these."""
+    return frames.to(next(model.parameters()).dtype)
+
+
 def predict(model, diffusion, context: Tensor, frames: int, settings: VideoSampleConfig, past: bool = False,
             **kw) -> Tensor:
     """Continue ``context`` ``(B, K, C, H, W)`` by ``frames - K`` frames in one window of ``frames``: after it,
@@ -164,6 +169,7 @@ def predict(model, diffusion, context: Tensor, frames: int, settings: VideoSampl
     B, K = context.shape[:2]
     if not 0 < K < frames:
         raise ValueError(f"need 0 < context ({K}) < frames ({frames})")
+    context = in_network_dtype(model, context)
     new = context.new_zeros(B, frames - K, *context.shape[2:])
     observed = torch.cat([new, context] if past else [context, new], dim=1)
     idx = torch.arange(frames, device=context.device).expand(B, frames)
@@ -179,6 +185,7 @@ def interpolate(model, diffusion, keyframes: Tensor, between: int, settings: Vid
     B, K = keyframes.shape[:2]
     if K < 2 or between < 1:
         raise ValueError("interpolation needs at least 2 keyframes and between >= 1")
+    keyframes = in_network_dtype(model, keyframes)
     out = [keyframes[:, :1]]
     for i in range(K - 1):
         window = torch.zeros(B, between + 2, *keyframes.shape[2:], device=keyframes.device, dtype=keyframes.dtype)
@@ -204,7 +211,7 @@ def extend_autoregressive(
         raise ValueError(f"need 0 < context ({K}) < window ({window})")
     if length < K:
         raise ValueError(f"length {length}: at least the {K} context frames it extends")
-    video = context
+    video = in_network_dtype(model, context)
     with tqdm(total=length, initial=K, desc="frames", disable=not progress) as bar:
         while video.shape[1] < length:
             new = min(window - K, length - video.shape[1])
@@ -245,6 +252,7 @@ def extend_hierarchical(
 
     if length < K:
         raise ValueError(f"length {length}: at least the {K} observed frames it starts from")
+    first = in_network_dtype(model, first)
     if length <= window:
         return generate(model, diffusion, *place(length), settings, **kw)
     if not (window >= 3 and K < window):
