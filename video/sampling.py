@@ -211,16 +211,16 @@ def extend_autoregressive(
         raise ValueError(f"need 0 < context ({K}) < window ({window})")
     if length < K:
         raise ValueError(f"length {length}: at least the {K} context frames it extends")
-    video = in_network_dtype(model, context)
+    video = context
     with tqdm(total=length, initial=K, desc="frames", disable=not progress) as bar:
         while video.shape[1] < length:
             new = min(window - K, length - video.shape[1])
             if past:  # generated frames become context: clamped (see clamp_generated)
                 clip = predict(model, diffusion, video[:, :K], K + new, settings, past=True, **kw)
-                video = torch.cat([clip[:, :new].clamp(-1, 1), video], dim=1)
+                video = torch.cat([clip[:, :new].clamp(-1, 1), video.to(clip.dtype)], dim=1)  # predict's dtype
             else:
                 clip = predict(model, diffusion, video[:, -K:], K + new, settings, **kw)
-                video = torch.cat([video, clip[:, K:].clamp(-1, 1)], dim=1)
+                video = torch.cat([video.to(clip.dtype), clip[:, K:].clamp(-1, 1)], dim=1)
             bar.update(new)
     return video
 
