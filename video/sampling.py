@@ -169,7 +169,6 @@ def predict(model, diffusion, context: Tensor, frames: int, settings: VideoSampl
     B, K = context.shape[:2]
     if not 0 < K < frames:
         raise ValueError(f"need 0 < context ({K}) < frames ({frames})")
-    context = in_network_dtype(model, context)
     new = context.new_zeros(B, frames - K, *context.shape[2:])
     observed = torch.cat([new, context] if past else [context, new], dim=1)
     idx = torch.arange(frames, device=context.device).expand(B, frames)
