@@ -10,7 +10,7 @@ from video.cli import main
 from video.domain import Video, VideoConfig
 from video.io import read_video, write_video
 
-from .test_video_data import gradient_video
+from .test_video_data import gradient_video, save_frames
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,20 @@ def test_predict_from_an_mp4_to_mp4_and_gif(tmp_path, export):
                      "--out", str(out)]) == 0
         assert out.stat().st_size > 0
     assert read_video(tmp_path / "out.mp4").shape[:3] == (8, 16, 16)
+
+
+def test_predict_and_interpolate_from_a_folder_of_frames_and_a_gif(tmp_path, export):
+    """A folder of PNG frames is an input like a file: its first frames are kept exactly; a GIF's keyframes too."""
+    frames = save_frames(tmp_path / "frames", gray(12))
+    out = tmp_path / "future.npy"
+    assert main(["predict", "--checkpoint", str(export), "--input", str(frames), "--context", "3", "--frames", "6",
+                 "--stride", "2", "--out", str(out)]) == 0
+    assert np.array_equal(np.load(out)[:3], gray(12)[[0, 2, 4]])
+    keys = write_video(tmp_path / "keys.gif", np.repeat(gray(2, seed=3) // 64 * 64, 3, axis=-1))
+    out = tmp_path / "filled.npy"
+    assert main(["interpolate", "--checkpoint", str(export), "--input", str(keys), "--between", "2",
+                 "--out", str(out)]) == 0
+    assert np.array_equal(np.load(out)[[0, 3]], gray(2, seed=3) // 64 * 64)
 
 
 def test_interpolate_keeps_keyframes(tmp_path, export):

@@ -348,3 +348,83 @@ def test_natural_video_windows_stay_inside_their_photograph(natural):
         half = path.side / 2 * (path.angle.cos().abs() + path.angle.sin().abs())  # the rotated window's half-extent
         assert (path.center - half[:, None] >= -1e-3).all() and (path.center[:, 0] + half <= W + 1e-3).all()
         assert (path.center[:, 1] + half <= H + 1e-3).all(), (i, path.kind)
+
+
+def save_frames(folder, frames, name="frame_{}.png"):
+    """Each uint8 ``(H, W, C)`` frame as an image in ``folder`` (grey frames as 8-bit grey images)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(frames):
+        Image.fromarray(f[..., 0] if f.shape[-1] == 1 else f).save(folder / name.format(i))
+    return folder
+
+
+def test_a_folder_of_frame_images_is_a_video_in_natural_order(tmp_path):
+    """PNG frames read back exactly, in the numeric order of their names (frame_2 before frame_10); grey images stay
+    one channel; JPEG frames read back close; a gap in the names is no gap in the video."""
+    video = gradient_video(12, 20, 24)
+    folder = save_frames(tmp_path / "clip", video)  # frame_0 .. frame_11: sorted as text, frame_10 would be second
+    assert count_frames(folder) == 12
+    assert np.array_equal(read_video(folder), video)
+    assert np.array_equal(read_video(folder, [10, 2, 3]), video[[10, 2, 3]])
+    grey = save_frames(tmp_path / "grey", video[..., 1:2], name="{:04d}.png")
+    assert np.array_equal(read_video(grey), video[..., 1:2])
+    jpegs = save_frames(tmp_path / "jpegs", video[::3], name="img{}.jpg")
+    (jpegs / "img1.jpg").rename(jpegs / "img7.jpg")
+    read = read_video(jpegs)
+    assert read.shape == (4, 20, 24, 3) and np.abs(read.astype(int) - video[[0, 6, 9, 3]].astype(int)).mean() < 8
+
+
+def test_bad_frame_folders_fail_naming_the_frame(tmp_path):
+    video = gradient_video(6, 20, 24)
+    folder = save_frames(tmp_path / "clip", video)
+    with pytest.raises(VideoReadError, match="clip: frame indices 5..6 outside its 6 frames"):
+        read_video(folder, [5, 6])
+    save_frames(tmp_path / "clip", video[:1, :10], name="frame_9.png")
+    with pytest.raises(VideoReadError, match="frame_9.png: a frame of 24x10 pixels in a video of 24x20"):
+        count_frames(folder)
+    with pytest.raises(VideoReadError, match="frame_9.png: a frame of 24x10"):
+        read_video(folder, [0, 6])
+    (folder / "frame_9.png").write_bytes(b"not an image")
+    with pytest.raises(VideoReadError, match="frame_9.png: cannot read the image"):
+        count_frames(folder)
+    (tmp_path / "none").mkdir()
+    with pytest.raises(VideoReadError, match="none: a folder given as a video holds no frame images"):
+        read_video(tmp_path / "none")
+    (tmp_path / "fake.gif").write_bytes(b"not a gif")
+    with pytest.raises(VideoReadError, match="fake.gif: cannot read the image"):
+        count_frames(tmp_path / "fake.gif")
+
+
+def test_gifs_are_read_back_frame_by_frame(tmp_path):
+    """A GIF that multigen writes reads back as the same frames where its colours fit the palette (here 4)."""
+    levels = np.array([0, 80, 160, 240], np.uint8)
+    video = levels[np.random.default_rng(0).integers(0, 4, (5, 8, 10, 1))].repeat(3, axis=-1)
+    path = write_video(tmp_path / "clip.gif", video)
+    assert count_frames(path) == 5
+    assert np.array_equal(read_video(path), video)
+    assert np.array_equal(read_video(path, [4, 1]), video[[4, 1]])
+
+
+def test_a_video_folder_takes_frame_folders_and_skips_hidden_ones(tmp_path, mp4):
+    """Every folder holding frame images is one video beside the video files; hidden files and folders are not
+    videos; a frame folder with a broken frame is named (or skipped with ``skip_corrupt``)."""
+    root = tmp_path / "data"
+    save_frames(root / "kth" / "person01_walking", gradient_video(9, 32, 32))
+    save_frames(root / "kth" / "person02_running", gradient_video(5, 32, 32))
+    (root / "clip.mp4").write_bytes(mp4.read_bytes())
+    save_frames(root / ".thumbnails" / "x", gradient_video(9, 32, 32))
+    (root / "._clip.mp4").write_bytes(b"AppleDouble")
+    ds = VideoFolder(root, frames=4, size=16)
+    names = sorted({path.name for path, _ in ds.clips})
+    assert names == ["clip.mp4", "person01_walking", "person02_running"]
+    assert len(ds) == 5 + 2 + 1  # 20 frames, 9 and 5 in clips of 4
+    frames_clip = [i for i, (path, _) in enumerate(ds.clips) if path.name == "person01_walking"][1]
+    expected = frames_to_clip(gradient_video(9, 32, 32)[4:8], 16, 3)
+    assert torch.equal(ds[frames_clip], expected)
+    (root / "kth" / "person02_running" / "frame_3.png").write_bytes(b"broken")
+    with pytest.raises(VideoReadError, match="person02_running cannot be read .*frame_3.png: cannot read the image"):
+        VideoFolder(root, frames=4, size=16)
+    with pytest.warns(UserWarning, match="skipping .*person02_running"):
+        assert len(VideoFolder(root, frames=4, size=16, skip_corrupt=True)) == 5 + 2

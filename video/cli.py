@@ -1,9 +1,10 @@
 """``multigen-video``: predict, interpolate and sample videos with an exported video model.
 
-    multigen-video predict     --checkpoint EXPORT --input FILE --context K --frames N [--past] --out OUT
-    multigen-video interpolate --checkpoint EXPORT --input FILE --between M --out OUT
+    multigen-video predict     --checkpoint EXPORT --input VIDEO --context K --frames N [--past] --out OUT
+    multigen-video interpolate --checkpoint EXPORT --input VIDEO --between M --out OUT
     multigen-video sample      --checkpoint EXPORT --num N --frames F --out OUT_DIR
 
+VIDEO is a video file, a ``.gif``, a uint8 ``.npy`` ``(T, H, W, C)`` or a folder of frame images;
 OUT is ``.mp4``, ``.gif`` or ``.npy`` (uint8 ``(T, H, W, C)``). Input frames are
 resized and centre-cropped to the model's size; observed frames appear unchanged in
 the output (bit-exactly in ``.npy`` when the input already has the model's size).
@@ -138,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="continue a video from its first frames (or, with --past, its last ones "
                                        "backward)")
     common(p)
-    p.add_argument("--input", required=True, help="video file (.mp4/.avi/.webm/.mov/.mkv/.npy)")
+    p.add_argument("--input", required=True, help="video: a file (.mp4/.avi/.webm/.mov/.mkv/.gif/.npy) or a folder of frame images")
     p.add_argument("--context", type=int, required=True,
                    help="observed frames taken from the start of --input (with --past: from its end)")
     p.add_argument("--frames", type=int, required=True, help="total frames of the output, context included")

@@ -19,7 +19,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .io import READ_SUFFIXES, VideoReadError, count_frames, from_uint8, read_video
+from .io import (IMAGE_SUFFIXES, READ_SUFFIXES, READABLE, VideoReadError, count_frames, frame_files, from_uint8,
+                 read_video)
 
 
 def frames_to_clip(frames: np.ndarray, size: int, channels: int) -> Tensor:
@@ -127,8 +128,34 @@ class MovingDigits(Dataset):
         return clip.expand(-1, self.channels, -1, -1).contiguous()
 
 
+def _videos_under(root: Path) -> list[Path]:
+    """Every video file under ``root`` and every folder (``root`` too) directly holding frame images, sorted;
+    hidden files and folders (such as a cache) are skipped."""
+    videos: set[Path] = set()
+    for p in root.rglob("*"):
+        if any(part.startswith(".") for part in p.relative_to(root).parts) or not p.is_file():
+            continue
+        suffix = p.suffix.lower()
+        if suffix in READ_SUFFIXES:
+            videos.add(p)
+        elif suffix in IMAGE_SUFFIXES:
+            videos.add(p.parent)
+    return sorted(videos)
+
+
+def _signature(video: Path) -> tuple[int, float]:
+    """Size and modification time of a video file; of a frame folder, its frames' total size and the latest
+    modification of the folder or a frame (so an added, removed or rewritten frame changes it)."""
+    if not video.is_dir():
+        st = video.stat()
+        return st.st_size, st.st_mtime
+    stats = [p.stat() for p in frame_files(video)]
+    return sum(st.st_size for st in stats), max([video.stat().st_mtime] + [st.st_mtime for st in stats])
+
+
 class VideoFolder(Dataset):
-    """Clips from every video under ``root`` (recursive; ``.mp4 .avi .webm .mov .mkv .npy``).
+    """Clips from every video under ``root`` (recursive): the files :func:`video.io.read_video` reads, and
+    every folder that directly holds frame images, which is one video (its frames in natural order of name).
 
     Each video gives all its non-overlapping clips of ``frames`` frames taken every
     ``stride`` frames. ``split="all"`` keeps them all; ``"val"`` keeps the last tenth (at least
@@ -156,9 +183,9 @@ class VideoFolder(Dataset):
         if not self.root.is_dir():
             raise FileNotFoundError(f"video folder not found: {self.root}")
         self.frames, self.size, self.channels, self.stride = frames, size, channels, stride
-        files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in READ_SUFFIXES and p.is_file())
+        files = _videos_under(self.root)
         if not files:
-            raise FileNotFoundError(f"no videos in {self.root} (searched recursively for {', '.join(READ_SUFFIXES)})")
+            raise FileNotFoundError(f"no videos in {self.root} (searched recursively for {READABLE})")
         counts = self._index(files, Path(cache_path) if cache_path else self.root / ".multigen_index.json")
         span = (frames - 1) * stride + 1
         self.clips: list[tuple[Path, int]] = []
@@ -188,7 +215,8 @@ class VideoFolder(Dataset):
                                  f"{unusable}")
 
     def _index(self, files: list[Path], cache: Path) -> dict[str, int | str]:
-        """Frame count per file (for one that cannot be read, why), reusing the cache where size and mtime match."""
+        """Frame count per video (for one that cannot be read, why), reusing the cache where size and mtime match
+        (a frame folder's: its frames' total size and latest modification)."""
         try:
             cached = json.loads(cache.read_text()) if cache.is_file() else {}
         except (OSError, ValueError):
@@ -196,15 +224,15 @@ class VideoFolder(Dataset):
         out: dict[str, int | str] = {}
         fresh: dict[str, dict] = {}
         for path in tqdm(files, desc="indexing videos", disable=len(files) < 50):
-            key, st = str(path.relative_to(self.root)), path.stat()
+            key, (size, mtime) = str(path.relative_to(self.root)), _signature(path)
             entry = cached.get(key)
-            if not (entry and entry["size"] == st.st_size and entry["mtime"] == st.st_mtime and "error" in entry):
+            if not (entry and entry["size"] == size and entry["mtime"] == mtime and "error" in entry):
                 frames, error = None, None
                 try:
                     frames = count_frames(path)
                 except VideoReadError as e:
                     error = str(e).removeprefix(f"{path}: ")
-                entry = {"size": st.st_size, "mtime": st.st_mtime, "frames": frames, "error": error}
+                entry = {"size": size, "mtime": mtime, "frames": frames, "error": error}
             fresh[key] = entry
             out[key] = entry["frames"] if entry["error"] is None else entry["error"]
         if fresh != cached:

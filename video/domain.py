@@ -27,7 +27,7 @@ from .sampling import VideoSampleConfig, generate
 @dataclass
 class VideoDataConfig:
     source: str = choice("moving_digits", "moving_digits", "folder", "natural")  # natural: pans/zooms over photos
-    root: str = ""  # folder of videos (.mp4/.avi/.webm/.mov/.mkv/.npy) when source=folder
+    root: str = ""  # folder of videos (files, .gif, .npy, folders of frame images) when source=folder
     val_root: str = ""  # held-out folder; empty: the last tenth of each video's clips in `root` (trained on the rest)
     frames: int = at_least(8, 2)
     size: int = at_least(32, 8)

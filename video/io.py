@@ -1,12 +1,15 @@
 """Reading and writing videos.
 
 On disk and in numpy a video is uint8 ``(T, H, W, C)``; inside multigen a clip is a
-float tensor ``(T, C, H, W)`` in ``[-1, 1]``. Video files are decoded with decord and
-written with PyAV; ``.npy`` holds the uint8 array exactly; ``.gif`` is written with Pillow.
+float tensor ``(T, C, H, W)`` in ``[-1, 1]``. A video to read is a video file (decoded with
+decord, PyAV where decord cannot), a ``.gif``, a ``.npy`` holding the uint8 array exactly, or a
+folder of frame images (``.png``, ``.jpg``, ...; in natural order of their names, so ``frame_2``
+comes before ``frame_10``). Videos are written as ``.mp4`` with PyAV, ``.gif`` with Pillow, or ``.npy``.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,19 +20,43 @@ from multigen.config import first_line
 from multigen.domain import DataError
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".webm", ".mov", ".mkv")
-READ_SUFFIXES = VIDEO_SUFFIXES + (".npy",)
+READ_SUFFIXES = VIDEO_SUFFIXES + (".gif", ".npy")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 WRITE_SUFFIXES = (".mp4", ".gif", ".npy")
+READABLE = f"{', '.join(READ_SUFFIXES)}, or a folder of frame images ({', '.join(IMAGE_SUFFIXES)})"
 
 
 class VideoReadError(DataError):
     """A video file could not be decoded, is empty, or has the wrong layout; the message names it."""
 
 
+def _natural_key(path: Path) -> list:
+    """Sort key that orders the numbers in a name by value: ``frame_2`` before ``frame_10``."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+def frame_files(folder: Path) -> list[Path]:
+    """The frame images directly inside ``folder``, in natural order of their names (hidden files skipped)."""
+    images = [p for p in folder.iterdir()
+              if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")]
+    return sorted(images, key=_natural_key)
+
+
+def _frames_of_folder(folder: Path) -> list[Path]:
+    """:func:`frame_files`, or an error naming a folder that holds none."""
+    files = frame_files(folder)
+    if not files:
+        raise VideoReadError(f"{folder}: a folder given as a video holds no frame images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
 def _check(path: Path) -> None:
+    if path.is_dir():
+        return
     if not path.is_file():
         raise FileNotFoundError(f"video not found: {path}")
     if path.suffix.lower() not in READ_SUFFIXES:
-        raise VideoReadError(f"{path}: unsupported video type {path.suffix!r}; supported: {', '.join(READ_SUFFIXES)}")
+        raise VideoReadError(f"{path}: unsupported video type {path.suffix!r}; supported: {READABLE}")
 
 
 def _load_npy(path: Path) -> np.ndarray:
@@ -56,18 +83,96 @@ def _reader(path: Path):
     return vr
 
 
+def _open_image(path: Path, decode: bool = True):
+    """The image at ``path`` (with ``decode=False`` only its header is read: format, size and mode)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(path)
+        if decode:
+            image.load()
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise VideoReadError(f"{path}: cannot read the image ({first_line(e, 200)})") from None
+    return image
+
+
+def _check_sizes(files: list[Path], images: list) -> None:
+    for path, image in zip(files, images):
+        if image.size != images[0].size:
+            raise VideoReadError(f"{path}: a frame of {image.size[0]}x{image.size[1]} pixels in a video of "
+                                 f"{images[0].size[0]}x{images[0].size[1]} ({files[0].name}); a folder's frames "
+                                 "share a size")
+
+
+def _count_frame_files(folder: Path) -> int:
+    """The number of frames in a folder, each image's header read to check that it is an image of the first's size."""
+    files = _frames_of_folder(folder)
+    headers = []
+    for path in files:
+        with _open_image(path, decode=False) as image:
+            headers.append(image)
+    _check_sizes(files, headers)
+    return len(files)
+
+
+def _to_array(image, grey: bool) -> np.ndarray:
+    """uint8 ``(H, W, 1)`` for a grey frame (``grey``), else ``(H, W, 3)`` RGB."""
+    return np.asarray(image.convert("L"))[..., None] if grey else np.asarray(image.convert("RGB"))
+
+
+def _read_frames(files: list[Path]) -> np.ndarray:
+    """The frames of a folder in ``files``: grey ``C = 1`` where all are 8-bit grey, else RGB."""
+    images = [_open_image(path) for path in files]
+    _check_sizes(files, images)
+    grey = all(im.mode == "L" for im in images)
+    return np.stack([_to_array(im, grey) for im in images])
+
+
+def _open_gif(path: Path):
+    image = _open_image(path)
+    if image.format != "GIF":
+        raise VideoReadError(f"{path}: not a GIF (Pillow reads it as {image.format})")
+    return image
+
+
+def _read_gif(path: Path, indices: list[int]) -> np.ndarray:
+    """The frames at ``indices`` of a GIF as RGB (Pillow composes each frame over the previous ones)."""
+    frames = []
+    with _open_gif(path) as image:
+        for i in indices:
+            image.seek(i)
+            frames.append(_to_array(image, grey=False))
+    return np.stack(frames)
+
+
 def count_frames(path: str | Path) -> int:
     """Number of frames, without decoding them."""
     path = Path(path)
     _check(path)
-    return _load_npy(path).shape[0] if path.suffix.lower() == ".npy" else len(_reader(path))
+    if path.is_dir():
+        return _count_frame_files(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return _load_npy(path).shape[0]
+    if suffix == ".gif":
+        with _open_gif(path) as image:
+            return getattr(image, "n_frames", 1)
+    return len(_reader(path))
 
 
 def read_video(path: str | Path, indices: list[int] | None = None) -> np.ndarray:
-    """uint8 ``(T, H, W, C)`` frames of a video file or ``.npy`` (all, or those at ``indices``)."""
+    """uint8 ``(T, H, W, C)`` frames of a video (all, or those at ``indices``): see the module's docstring."""
     path = Path(path)
     _check(path)
-    if path.suffix.lower() == ".npy":
+    suffix = path.suffix.lower()
+    if path.is_dir() or suffix == ".gif":
+        files = _frames_of_folder(path) if path.is_dir() else []  # listed, not opened: read on every item
+        count = len(files) if path.is_dir() else count_frames(path)
+        wanted = list(range(count)) if indices is None else indices
+        if any(not 0 <= i < count for i in wanted):
+            raise VideoReadError(f"{path}: frame indices {min(wanted)}..{max(wanted)} outside its {count} frames")
+        return _read_frames([files[i] for i in wanted]) if path.is_dir() else _read_gif(path, wanted)
+    if suffix == ".npy":
         arr = _load_npy(path)
         return np.array(arr if indices is None else arr[indices])  # a writable copy of the memory map
     vr = _reader(path)
