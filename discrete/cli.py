@@ -4,12 +4,11 @@
                              [--infill TEXT --mask-char _] [--temperature T]
     multigen-discrete eval   --checkpoint EXPORT --data FILE
 
-``--prompt`` keeps TEXT as the start of every sample; ``--infill`` keeps every
-character of TEXT except the mask characters, which are generated. ``eval`` prints
-the negative ELBO in bits per token (bits per character for text models) with its
-standard error over the scored sequences: every one of the T terms is kept, but each
-is a one-sample Monte Carlo estimate, so the figure is an unbiased estimate of the
-bound, not its exact value.
+``--prompt`` keeps TEXT as the start of every sample; ``--infill`` keeps every character of TEXT
+except the mask characters, which are generated. ``eval`` prints the negative ELBO in bits per token
+(bits per character for text models) with its standard error over the scored sequences: every one of
+the T terms (S with ``--steps``) is kept, but each is a one-sample Monte Carlo estimate, so the
+figure is an unbiased estimate of the bound, not its exact value.
 """
 
 from __future__ import annotations

@@ -436,7 +436,7 @@ class D3PM:
                               stratified: bool = False) -> Tensor:
         """Continuous-time masked diffusion (MDLM / MD4), absorbing only, per sample ``(B,)``.
 
-        With ``α(u) = 1 − u``, each token is masked with probability ``u ~ U(0, 1]`` and the
+        With ``α(u) = 1 − u``, each token is masked with probability ``u ~ U[0.001, 1)`` and the
         loss is ``(1/u) · Σ_masked CE / L``, an upper bound on the negative log-likelihood.
         The model sees time ``u·T`` (the matching discrete step of the ``jsd`` schedule).
         ``stratified``: the batch's times are ``(i + v) / B`` for one ``v ~ U(0, 1)`` (MDLM's

@@ -1,13 +1,13 @@
 """Denoisers for categorical diffusion: ``(x_t tokens, t) -> logits of x_0``.
 
-Both take int64 tokens in ``[0, vocab)`` (the absorbing mask included in ``vocab``)
-and integer time ``t`` ``(B,)`` in ``1..timesteps``, and return logits with a
-trailing ``vocab`` dimension. Built with ``known_flag=True`` (infilling training),
-they also take a bool ``known`` of the tokens' shape: a learned vector is added to
-the embedding of each known (clean) token, so the model can tell them from noisy ones.
-Built with ``time_conditioning=False`` they ignore ``t`` (for the absorbing chain, whose
-exact denoiser depends on ``x_t`` alone: the masks say how far the chain has gone). Built with
-``self_condition=True`` they also see their own first estimate of ``x_0`` (:class:`SelfCondition`).
+Both take int64 tokens in ``[0, vocab)`` (the absorbing mask included in ``vocab``) and time ``t``
+``(B,)`` in ``(0, timesteps]`` (integer steps; float ones from the continuous-time objective), and
+return logits with a trailing ``vocab`` dimension. Built with ``known_flag=True`` (infilling
+training), they also take a bool ``known`` of the tokens' shape: a learned vector is added to the
+embedding of each known (clean) token, so the model can tell them from noisy ones. Built with
+``time_conditioning=False`` they ignore ``t`` (for the absorbing chain, whose exact denoiser depends
+on ``x_t`` alone: the masks say how far the chain has gone). Built with ``self_condition=True`` they
+also see their own first estimate of ``x_0`` (:class:`SelfCondition`).
 """
 
 from __future__ import annotations
@@ -72,9 +72,9 @@ def run_self_conditioned(module: SelfCondition | None, step: Callable[[Tensor | 
 
 
 def embed_time(embedding: TimestepEmbedding | None, t: Tensor, timesteps: int, dim: int) -> Tensor:
-    """The ``(B, dim)`` embedding of integer times ``t`` ``(B,)`` in ``1..timesteps``; with no ``embedding`` (a model
-    built without time conditioning), zeros whatever ``t``: the layers it feeds then learn one scale and shift of
-    their own, from their biases."""
+    """The ``(B, dim)`` embedding of times ``t`` ``(B,)`` in ``(0, timesteps]`` (integer or float); with no
+    ``embedding`` (a model built without time conditioning), zeros whatever ``t``: the layers it feeds then learn
+    one scale and shift of their own, from their biases."""
     if embedding is None:
         return t.new_zeros(len(t), dim, dtype=torch.get_default_dtype())
     return embedding(t.float() / timesteps)

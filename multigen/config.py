@@ -143,7 +143,7 @@ class SampleConfig:
     spacing: str = choice("auto", "auto", "time", "log_snr", "karras")  # spread of the steps; auto: per sampler
     eta: float = between(0.0, 0.0, 1.0)  # DDIM's: 0 deterministic, 1 as ancestral DDPM
     # ddpm with a known part (completion, prediction): take every step this many times (RePaint's resampling);
-    # other samplers and unconditional sampling ignore it
+    # unconditional sampling ignores it, other samplers refuse it
     resample: int = at_least(1, 1)
     # classifier-free guidance scale on the condition, for domains whose network has one (video: the observed
     # frames; class-conditional point clouds: the class); 1 is the conditional model itself, another value is an

@@ -109,7 +109,8 @@ def _move_renamed_keys(raw: dict) -> None:
 
 def load_pretrained(path: str | Path, device: str | torch.device = "cpu", domain: str | None = None) -> Pretrained:
     """Load an export directory written by :func:`export_model` (or the trainer) onto ``device``, in eval mode;
-    with ``domain`` (``"video"``...), an export of another domain raises a ``ValueError`` naming both."""
+    with ``domain`` (``"video"``...), an export of another domain (neither that class nor a subclass of it, however
+    the export names it) raises a ``ValueError`` naming both."""
     path = Path(path)
     for name in (CONFIG, WEIGHTS):
         if not (path / name).is_file():
@@ -119,10 +120,10 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu", domain
         raise ValueError(f"{path / CONFIG} has no 'domain' key")
     _move_renamed_keys(raw)
     name = raw.pop("domain")
-    if domain is not None and name != domain:
+    domain_cls = get_domain(name)
+    if domain is not None and not issubclass(domain_cls, get_domain(domain)):
         raise ValueError(f"{path} holds a {name} model, not a {domain} model")
     _fill_earlier_defaults(name, raw)
-    domain_cls = get_domain(name)
     try:
         built = domain_cls(load_config(domain_cls.config_class, values=raw))
     except ConfigError as e:

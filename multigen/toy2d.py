@@ -1,7 +1,7 @@
 """toy2d: diffusion on 2-D point distributions — the smallest complete multigen domain.
 
 A sample is one point ``(2,)``; a batch is ``(B, 2)``. Data are built by seeded
-generators (no files). The denoiser is an MLP on ``[x, time embedding]``.
+generators (no files). The denoiser is an MLP on ``x``, the time embedding added to every hidden layer.
 Samples are written as scatter plots over the data.
 
     multigen-train --domain toy2d data.distribution=two_moons

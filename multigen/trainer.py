@@ -255,9 +255,9 @@ class Trainer:
         self.val_set: Dataset | None = None
 
     def resume(self) -> None:
-        """Load the newest complete checkpoint if ``train.resume`` (weights, optimiser, EMA, schedule, step and
-        RNG states), write ``config.yaml`` (the export's config), check the held-out data
-        (:meth:`check_held_out_data`), then start the data stream where the run left off."""
+        """Load the newest complete checkpoint if ``train.resume`` (weights, optimiser, EMA, step and RNG
+        states; the learning rate follows the step), write ``config.yaml`` (the export's config), check the
+        held-out data (:meth:`check_held_out_data`), then start the data stream where the run left off."""
         t, acc = self.t, self.accelerator
         resume_from = latest_checkpoint(self.checkpoint_dir) if t.resume else None
         seen = gather_object([resume_from and resume_from.name])  # one per process
@@ -434,7 +434,7 @@ class Trainer:
 
     def periodic(self, loss: Tensor) -> None:
         """After a step: when anything is due, check the losses were finite, then log, sample, evaluate and
-        checkpoint as ``train.*_every`` say (all of them at the last step). At a log step past
+        checkpoint as ``train.*_every`` say (each one not set to 0 also at the last step). At a log step past
         ``train.max_minutes``, that step becomes the last: ``train.max_steps`` is set to it."""
         t, acc, step = self.t, self.accelerator, self.state.step
         self.bar.update(1)

@@ -91,12 +91,12 @@ class ShapeNetPC15k(Dataset):
 
 
 class ShapeFolder(Dataset):
-    """Every mesh (``.obj/.off/.stl/.ply``) and point file (``.npy/.xyz/.txt/.ply``) under ``root``,
+    """Every mesh (``.obj/.off/.stl/.ply``) and point file (``.npy/.pt/.xyz/.txt/.ply``) under ``root``,
     recursively. Meshes are sampled to ``points`` surface points (area-weighted) once and cached as
-    ``.npy`` under ``cache_dir`` (default ``<root>/.multigen_cache``), keyed by path, size, mtime and
-    ``points``. ``root/train`` and ``root/val`` are the splits when they exist; otherwise every tenth
-    file (sorted) is validation, or the last of 2 to 9 files. With ``least``, point files of fewer than
-    ``points`` points (at least ``least``) give all of theirs.
+    ``.npy`` under ``cache_dir`` (default ``<root>/.multigen_cache``), keyed by path, size, mtime,
+    ``points``, the seed and ``least``. ``root/train`` and ``root/val`` are the splits when they exist;
+    otherwise every tenth file (sorted) is validation, or the last of 2 to 9 files. With ``least``, point files
+    of fewer than ``points`` points (at least ``least``) give all of theirs.
     """
 
     def __init__(self, root: str | Path, split: str, points: int, seed: int = 0, cache_dir: str | Path = "",

@@ -96,7 +96,7 @@ def complete(pretrained: Any, partials: Data | Batch, **settings: Any) -> Batch:
 
 
 class NormalizeUnitSphere(BaseTransform):
-    """The normalisation the procedural shapes and ``data.normalize=shape`` use, as a PyG transform:
+    """The normalisation the procedural shapes and ``data.normalization=shape`` use, as a PyG transform:
     centre ``pos`` at its bounding-box centre and scale its farthest point onto the unit sphere.
 
     (PyG's ``NormalizeScale`` centres at the mean and scales by the largest coordinate: another frame.)

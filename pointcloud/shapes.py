@@ -133,7 +133,8 @@ class ProceduralShapes(Dataset):
             raise ValueError(f"unknown split {split!r}; use 'train' or 'val'")
         unknown = sorted(set(families) - set(BUILDERS))
         if unknown or not families:
-            raise ValueError(f"unknown shape families {unknown}; choose from {FAMILIES}")
+            raise ValueError(f"unknown shape families {unknown}; choose from {FAMILIES}" if unknown else
+                             f"no shape families given; choose one or more of {FAMILIES}")
         self.families, self.num_shapes, self.points = list(families), num_shapes, points
         self.base = (seed * 2 + (split == "val")) * 1_000_003
         self.cache: dict[int, Tensor] = {}

@@ -21,7 +21,7 @@ def visible_points(points: np.ndarray, viewpoint: np.ndarray, gamma: float = 2.0
     """Boolean ``(N,)``: which of ``points`` ``(N, 3)`` are visible from ``viewpoint`` ``(3,)``.
 
     ``gamma`` sets the flipping radius ``R = 10**gamma * max |p - viewpoint|``; larger
-    values keep fewer points near silhouettes.
+    values mark more points visible, hidden ones among them once it is large.
     """
     v = points - viewpoint
     norm = np.linalg.norm(v, axis=1, keepdims=True).clip(min=1e-12)

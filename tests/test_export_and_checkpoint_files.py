@@ -161,6 +161,11 @@ def test_a_domain_given_as_module_and_class_exports_and_loads_without_registerin
     export = export_model(inherits.build_model(), inherits, tmp_path / "big")
     assert (export / "config.yaml").read_text().startswith("domain: mytoymod:BigToy\n")
     assert type(load_pretrained(export).domain) is big
+    # a command for toy2d models takes a subclass's export, however the export names it, and builds the subclass
+    assert type(load_pretrained(export, domain="toy2d").domain) is big
+    assert type(load_pretrained(tmp_path / "export", domain="toy2d").domain) is cls
+    with pytest.raises(ValueError, match="holds a mytoymod:BigToy model, not a video model"):
+        load_pretrained(export, domain="video")
     assert main(["--domain", "toy2d", "--config", str(export / "config.yaml"), "--print-config"]) == 2
     registered = Toy2D(load_config(Toy2DConfig))  # a registered domain keeps its name
     assert (export_model(registered.build_model(), registered, tmp_path / "toy") / "config.yaml").read_text(

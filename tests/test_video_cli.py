@@ -165,6 +165,9 @@ def test_frame_delay_and_context_noise_on_a_per_frame_model_and_errors_on_anothe
     assert "task.per_frame" in capsys.readouterr().err
     assert main([*common, "--checkpoint", str(per_frame), "--context-noise", "0.3"]) == 2
     assert "task.context_noise=0.2" in capsys.readouterr().err
+    assert main([*common, "--checkpoint", str(per_frame), "--sampler", "ddim"]) == 2
+    assert "frame_delay=2 (frames farther from the observed ones start later) needs the dpm_solver_pp sampler, not " \
+        "'ddim'" in capsys.readouterr().err
 
 
 def _gray(frames):

@@ -11,7 +11,6 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from multigen import samplers
 from multigen.config import ConfigError, DiffusionConfig, TrainConfig, at_least, choice, speed_only
 from multigen.domain import GaussianDomain, check_count, no_condition
 from multigen.samplers import Known
@@ -123,7 +122,7 @@ class VideoConfig:
     )
     # temperature 0.2: samples nearer the conditional mean, +1.8-2.7 dB PSNR on prediction and interpolation
     # (benchmarks/RESULTS.md, 2026-12-01); 1 samples the model's full distribution. Guidance 2 at the noisiest
-    # times only (t >= 0.8: 8 of DPM-Solver++'s 25 steps): SSIM +0.04 to +0.09 at level PSNR over 4 seeds, for 1.4x
+    # times only (t >= 0.8: 9 of DPM-Solver++'s 25 steps): SSIM +0.04 to +0.09 at level PSNR over 4 seeds, for 1.4x
     # the sampling time (RESULTS, 2026-12-04). Unconditional clips sample at temperature 1: at 0.2 every one is the
     # same blurred mean digit (RESULTS, 2026-12-05)
     sample: VideoSampleConfig = field(default_factory=lambda: VideoSampleConfig(
@@ -186,7 +185,9 @@ class Video(GaussianDomain):
     def _check_frame_delay(self, settings: VideoSampleConfig) -> None:
         """A ``frame_delay`` needs dpm_solver_pp and a model trained with a level per frame."""
         if settings.frame_delay:
-            samplers.check_settings(settings.sampler, staggered=True)
+            if settings.sampler != "dpm_solver_pp":  # the one sampler with a time per frame
+                raise ValueError(f"frame_delay={settings.frame_delay} (frames farther from the observed ones start "
+                                 f"later) needs the dpm_solver_pp sampler, not {settings.sampler!r}")
             if self.cfg.task.per_frame == 0:
                 raise ValueError(f"frame_delay={settings.frame_delay} needs a model trained with task.per_frame > 0 "
                                  "(frames at different levels, observed frames clean); this one was not (use 0)")

@@ -58,7 +58,7 @@ def best_and_mean_scores(samples: Tensor, target: Tensor, generated: Tensor) -> 
     gen = generated.to(target.device).expand(target.shape[:2])
     out = {}
     for name, fn in (("psnr", psnr), ("ssim", ssim)):
-        per_frame = fn(samples, target.expand_as(samples))  # (S, B, T); observed frames score the cap
+        per_frame = fn(samples, target.expand_as(samples))  # (S, B, T); observed frames: PSNR's cap, SSIM 1
         per_clip = torch.where(gen, per_frame, 0.0).sum(-1) / gen.sum(-1)  # (S, B)
         out[f"{name}_best"] = per_clip.amax(0).mean()
         out[f"{name}_mean"] = per_clip.mean()
