@@ -44,7 +44,7 @@ def test_a_video_of_exactly_whole_clips_gives_every_one(tmp_path):
     np.save(tmp_path / "a.npy", np.broadcast_to(y[None, :, None, None], (7, 8, 8, 1)).copy())
     np.save(tmp_path / "b.npy", np.broadcast_to(y[None, :, None, None], (14, 8, 8, 1)).copy())
     ds = VideoFolder(tmp_path, frames=4, size=8, channels=1, stride=2)
-    assert [(p.name, s) for p, s in ds.clips] == [("a.npy", 0), ("b.npy", 0), ("b.npy", 7)]
+    assert [(p.name, s) for p, _, s in ds.clips] == [("a.npy", 0), ("b.npy", 0), ("b.npy", 7)]
 
 
 def test_the_index_cache_notices_a_rewritten_file_of_the_same_size(tmp_path):

@@ -111,7 +111,7 @@ def test_video_folder_clips_corrupt_and_short_files_and_cache(tmp_path, mp4, mon
     assert "zbroken.mp4" in messages and "short.npy" in messages and len(ds) == 3
 
     calls = []
-    monkeypatch.setattr("video.data.count_frames", lambda p: calls.append(p) or 20)
+    monkeypatch.setattr("video.data.count_frames", lambda p, video=None: calls.append(p) or 20)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         VideoFolder(root, frames=4, size=16, stride=2, skip_corrupt=True)
@@ -139,8 +139,8 @@ def test_a_video_folder_holds_out_the_last_tenth_of_each_video(tmp_path, mp4):
     folder = ["data.source=folder", f"data.root={root}", "data.frames=4", "data.size=16", "data.stride=2"]
     domain = Video(load_config(VideoConfig, overrides=folder))
     train, val = domain.build_dataset("train"), domain.build_dataset("val")
-    assert [(p.name, s) for p, s in train.clips] == [("a.mp4", 0), ("b.npy", 0)]
-    assert [(p.name, s) for p, s in val.clips] == [("a.mp4", 7)]
+    assert [(p.name, s) for p, _, s in train.clips] == [("a.mp4", 0), ("b.npy", 0)]
+    assert [(p.name, s) for p, _, s in val.clips] == [("a.mp4", 7)]
     assert len(VideoFolder(root, frames=4, size=16, stride=2, split="all")) == 3
     one = tmp_path / "one"
     one.mkdir()
@@ -417,10 +417,10 @@ def test_a_video_folder_takes_frame_folders_and_skips_hidden_ones(tmp_path, mp4)
     save_frames(root / ".thumbnails" / "x", gradient_video(9, 32, 32))
     (root / "._clip.mp4").write_bytes(b"AppleDouble")
     ds = VideoFolder(root, frames=4, size=16)
-    names = sorted({path.name for path, _ in ds.clips})
+    names = sorted({path.name for path, _, _ in ds.clips})
     assert names == ["clip.mp4", "person01_walking", "person02_running"]
     assert len(ds) == 5 + 2 + 1  # 20 frames, 9 and 5 in clips of 4
-    frames_clip = [i for i, (path, _) in enumerate(ds.clips) if path.name == "person01_walking"][1]
+    frames_clip = [i for i, (path, _, _) in enumerate(ds.clips) if path.name == "person01_walking"][1]
     expected = frames_to_clip(gradient_video(9, 32, 32)[4:8], 16, 3)
     assert torch.equal(ds[frames_clip], expected)
     (root / "kth" / "person02_running" / "frame_3.png").write_bytes(b"broken")
@@ -428,3 +428,30 @@ def test_a_video_folder_takes_frame_folders_and_skips_hidden_ones(tmp_path, mp4)
         VideoFolder(root, frames=4, size=16)
     with pytest.warns(UserWarning, match="skipping .*person02_running"):
         assert len(VideoFolder(root, frames=4, size=16, skip_corrupt=True)) == 5 + 2
+
+
+def test_a_npy_of_several_videos_holds_out_whole_videos(tmp_path):
+    """A ``.npy`` ``(N, T, H, W, C)`` is N videos: clips come from each, and its last tenth of videos (at least one)
+    is held out whole; read alone, it asks which video; Moving MNIST's ``(T, N, H, W)`` layout gets a recipe."""
+    videos = np.stack([gradient_video(9, 16, 16) // (v + 1) for v in range(12)])  # 12 videos of 9 frames
+    root = tmp_path / "data"
+    root.mkdir()
+    np.save(root / "many.npy", videos)
+    np.save(root / "one.npy", gradient_video(9, 16, 16))
+    train, val = (VideoFolder(root, frames=4, size=16, split=split) for split in ("train", "val"))
+    assert [(p.name, v, s) for p, v, s in val.clips] == [("many.npy", 10, 0), ("many.npy", 10, 4),
+                                                       ("many.npy", 11, 0), ("many.npy", 11, 4), ("one.npy", None, 4)]
+    assert {v for p, v, _ in train.clips if p.name == "many.npy"} == set(range(10))
+    assert len(train) == 10 * 2 + 1
+    assert torch.equal(val[2], frames_to_clip(videos[11, :4], 16, 3))
+    assert count_frames(root / "many.npy", video=3) == 9
+    assert np.array_equal(read_video(root / "many.npy", [1, 2], video=5), videos[5, 1:3])
+    with pytest.raises(VideoReadError, match=r"many.npy: holds 12 videos \(N, T, H, W, C\), not one"):
+        read_video(root / "many.npy")
+    with pytest.raises(VideoReadError, match="many.npy: no video 12 among its 12"):
+        read_video(root / "many.npy", video=12)
+    with pytest.raises(VideoReadError, match="one.npy: holds one video"):
+        read_video(root / "one.npy", video=0)
+    np.save(root / "mnist_test_seq.npy", videos[..., 0].transpose(1, 0, 2, 3))  # (T, N, H, W)
+    with pytest.raises(VideoReadError, match=r"Moving MNIST.*a.transpose\(1, 0, 2, 3\)\[..., None\]"):
+        VideoFolder(root, frames=4, size=16)

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .io import (IMAGE_SUFFIXES, READ_SUFFIXES, READABLE, VideoReadError, count_frames, frame_files, from_uint8,
-                 read_video)
+                 read_video, videos_in)
 
 
 def frames_to_clip(frames: np.ndarray, size: int, channels: int) -> Tensor:
@@ -153,6 +153,13 @@ def _signature(video: Path) -> tuple[int, float]:
     return sum(st.st_size for st in stats), max([video.stat().st_mtime] + [st.st_mtime for st in stats])
 
 
+def _split(items: list[int], split: str) -> list[int]:
+    """``items`` for ``split="all"``; their last tenth (at least one, of two or more) for ``"val"``; the rest for
+    ``"train"``."""
+    held_out = math.ceil(len(items) / 10) if len(items) > 1 else 0
+    return {"all": items, "train": items[: len(items) - held_out], "val": items[len(items) - held_out:]}[split]
+
+
 class VideoFolder(Dataset):
     """Clips from every video under ``root`` (recursive): the files :func:`video.io.read_video` reads, and
     every folder that directly holds frame images, which is one video (its frames in natural order of name).
@@ -160,7 +167,9 @@ class VideoFolder(Dataset):
     Each video gives all its non-overlapping clips of ``frames`` frames taken every
     ``stride`` frames. ``split="all"`` keeps them all; ``"val"`` keeps the last tenth (at least
     one) of each video's clips in time, from videos of two or more clips, and ``"train"`` the
-    rest, so one folder gives disjoint training and held-out frames. Frame counts are cached in
+    rest, so one folder gives disjoint training and held-out frames; of a ``.npy`` of several
+    videos ``(N, T, H, W, C)``, the last tenth of its videos (at least one) is held out whole.
+    Frame counts are cached in
     ``cache_path`` (default ``<root>/.multigen_index.json``), keyed by file size and
     modification time. A file that cannot be decoded, is empty or is too short raises
     :class:`VideoReadError` naming it, or with ``skip_corrupt=True`` is skipped with a warning.
@@ -188,11 +197,12 @@ class VideoFolder(Dataset):
             raise FileNotFoundError(f"no videos in {self.root} (searched recursively for {READABLE})")
         counts = self._index(files, Path(cache_path) if cache_path else self.root / ".multigen_index.json")
         span = (frames - 1) * stride + 1
-        self.clips: list[tuple[Path, int]] = []
+        self.clips: list[tuple[Path, int | None, int]] = []  # (file, its video in a .npy of several, first frame)
         skipped = 0
         for path in files:
-            n = counts[str(path.relative_to(self.root))]
-            problem = (f"cannot be read ({n})" if isinstance(n, str)
+            count = counts[str(path.relative_to(self.root))]
+            videos, n = (None, 0) if isinstance(count, str) else count
+            problem = (f"cannot be read ({count})" if isinstance(count, str)
                        else f"has {n} frames, fewer than the {span} a clip needs" if n < span else None)
             if problem:
                 if not skip_corrupt:
@@ -201,40 +211,39 @@ class VideoFolder(Dataset):
                 skipped += 1
                 continue
             starts = list(range(0, n - span + 1, span))
-            held_out = math.ceil(len(starts) / 10) if len(starts) > 1 else 0
-            if split == "train":
-                starts = starts[: len(starts) - held_out]
-            elif split == "val":
-                starts = starts[len(starts) - held_out:]
-            self.clips.extend((path, s) for s in starts)
+            if videos is None:
+                self.clips.extend((path, None, s) for s in _split(starts, split))
+            else:  # several videos in one .npy: whole videos are held out
+                self.clips.extend((path, v, s) for v in _split(list(range(videos)), split) for s in starts)
         if not self.clips:
             which = {"all": "", "train": "training ", "val": "held-out (each video's last tenth, from videos of 2 "
-                     "or more clips) "}[split]
+                     "or more clips, or files of 2 or more videos) "}[split]
             unusable = f" ({skipped} of its {len(files)} videos skipped as unreadable or too short)" if skipped else ""
             raise VideoReadError(f"no usable {which}clips of {frames} frames (stride {stride}) in {self.root}"
                                  f"{unusable}")
 
-    def _index(self, files: list[Path], cache: Path) -> dict[str, int | str]:
-        """Frame count per video (for one that cannot be read, why), reusing the cache where size and mtime match
-        (a frame folder's: its frames' total size and latest modification)."""
+    def _index(self, files: list[Path], cache: Path) -> dict[str, tuple[int | None, int] | str]:
+        """Videos and frames a video per file (for one that cannot be read, why), reusing the cache where size and
+        mtime match (a frame folder's: its frames' total size and latest modification)."""
         try:
             cached = json.loads(cache.read_text()) if cache.is_file() else {}
         except (OSError, ValueError):
             cached = {}
-        out: dict[str, int | str] = {}
+        out: dict[str, tuple[int | None, int] | str] = {}
         fresh: dict[str, dict] = {}
         for path in tqdm(files, desc="indexing videos", disable=len(files) < 50):
             key, (size, mtime) = str(path.relative_to(self.root)), _signature(path)
             entry = cached.get(key)
-            if not (entry and entry["size"] == size and entry["mtime"] == mtime and "error" in entry):
-                frames, error = None, None
+            if not (entry and entry["size"] == size and entry["mtime"] == mtime and "videos" in entry):
+                videos, frames, error = None, None, None
                 try:
-                    frames = count_frames(path)
+                    videos = videos_in(path)  # None: one video
+                    frames = count_frames(path, None if videos is None else 0)  # the videos of a .npy share it
                 except VideoReadError as e:
                     error = str(e).removeprefix(f"{path}: ")
-                entry = {"size": size, "mtime": mtime, "frames": frames, "error": error}
+                entry = {"size": size, "mtime": mtime, "videos": videos, "frames": frames, "error": error}
             fresh[key] = entry
-            out[key] = entry["frames"] if entry["error"] is None else entry["error"]
+            out[key] = (entry["videos"], entry["frames"]) if entry["error"] is None else entry["error"]
         if fresh != cached:
             tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")  # the processes of a run index at once
             try:
@@ -248,6 +257,6 @@ class VideoFolder(Dataset):
         return len(self.clips)
 
     def __getitem__(self, i: int) -> Tensor:
-        path, start = self.clips[i]
+        path, video, start = self.clips[i]
         indices = list(range(start, start + (self.frames - 1) * self.stride + 1, self.stride))
-        return frames_to_clip(read_video(path, indices), self.size, self.channels)
+        return frames_to_clip(read_video(path, indices, video), self.size, self.channels)

@@ -1,10 +1,11 @@
 """Reading and writing videos.
 
-On disk and in numpy a video is uint8 ``(T, H, W, C)``; inside multigen a clip is a
-float tensor ``(T, C, H, W)`` in ``[-1, 1]``. A video to read is a video file (decoded with
-decord, PyAV where decord cannot), a ``.gif``, a ``.npy`` holding the uint8 array exactly, or a
-folder of frame images (``.png``, ``.jpg``, ...; in natural order of their names, so ``frame_2``
-comes before ``frame_10``). Videos are written as ``.mp4`` with PyAV, ``.gif`` with Pillow, or ``.npy``.
+On disk and in numpy a video is uint8 ``(T, H, W, C)``; inside multigen a clip is a float tensor
+``(T, C, H, W)`` in ``[-1, 1]``. A video to read is a video file (decoded with decord, PyAV where
+decord cannot), a ``.gif``, a ``.npy`` holding the uint8 array exactly (or several videos,
+``(N, T, H, W, C)``), or a folder of frame images (``.png``, ``.jpg``, ...; in natural order of
+their names, so ``frame_2`` comes before ``frame_10``). Videos are written as ``.mp4`` with PyAV,
+``.gif`` with Pillow, or ``.npy``.
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ def _frames_of_folder(folder: Path) -> list[Path]:
     return files
 
 
-def _check(path: Path) -> None:
+def _check(path: Path, video: int | None = None) -> None:
+    if video is not None and (path.is_dir() or path.suffix.lower() != ".npy"):
+        raise VideoReadError(f"{path}: holds one video, not several (only a .npy holds several)")
     if path.is_dir():
         return
     if not path.is_file():
@@ -59,16 +62,43 @@ def _check(path: Path) -> None:
         raise VideoReadError(f"{path}: unsupported video type {path.suffix!r}; supported: {READABLE}")
 
 
-def _load_npy(path: Path) -> np.ndarray:
+def _load_npy(path: Path, video: int | None = None) -> np.ndarray:
+    """The memory-mapped uint8 ``(T, H, W, C)`` video of a ``.npy``; of a ``.npy`` of several videos
+    ``(N, T, H, W, C)``, the one at index ``video``."""
     try:
         arr = np.load(path, mmap_mode="r")
     except (ValueError, OSError, EOFError) as e:  # EOFError: an empty file
         raise VideoReadError(f"{path}: not a readable .npy array ({first_line(e)})") from None
-    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] not in (1, 3):
-        raise VideoReadError(f"{path}: expected uint8 (T, H, W, C) with C in (1, 3), got {arr.dtype} {arr.shape}")
+    if arr.dtype != np.uint8 or arr.ndim not in (4, 5) or arr.shape[-1] not in (1, 3):
+        hint = ("; for grey videos stored (T, N, H, W) as Moving MNIST's mnist_test_seq.npy, save "
+                "a.transpose(1, 0, 2, 3)[..., None]" if arr.ndim == 4 and arr.dtype == np.uint8 else "")
+        raise VideoReadError(f"{path}: expected uint8 (T, H, W, C), or (N, T, H, W, C) for N videos, with C in "
+                             f"(1, 3), got {arr.dtype} {arr.shape}{hint}")
+    if arr.ndim == 5:
+        if video is None:
+            raise VideoReadError(f"{path}: holds {arr.shape[0]} videos (N, T, H, W, C), not one; take one out "
+                                 "(np.load(path)[i]) or train on its folder")
+        if not 0 <= video < arr.shape[0]:
+            raise VideoReadError(f"{path}: no video {video} among its {arr.shape[0]}")
+        arr = arr[video]
+    elif video is not None:
+        raise VideoReadError(f"{path}: holds one video (T, H, W, C), not several")
     if arr.shape[0] == 0:
         raise VideoReadError(f"{path}: the video has no frames")
     return arr
+
+
+def videos_in(path: str | Path) -> int | None:
+    """N for a ``.npy`` of several videos ``(N, T, H, W, C)``; None for a source of one video."""
+    path = Path(path)
+    if path.is_dir() or path.suffix.lower() != ".npy":
+        return None
+    _check(path)
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as e:  # EOFError: an empty file
+        raise VideoReadError(f"{path}: not a readable .npy array ({first_line(e)})") from None
+    return arr.shape[0] if arr.ndim == 5 else None
 
 
 def _reader(path: Path):
@@ -145,25 +175,26 @@ def _read_gif(path: Path, indices: list[int]) -> np.ndarray:
     return np.stack(frames)
 
 
-def count_frames(path: str | Path) -> int:
-    """Number of frames, without decoding them."""
+def count_frames(path: str | Path, video: int | None = None) -> int:
+    """Number of frames, without decoding them (``video``: the index of one in a ``.npy`` of several)."""
     path = Path(path)
-    _check(path)
+    _check(path, video)
     if path.is_dir():
         return _count_frame_files(path)
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        return _load_npy(path).shape[0]
+        return _load_npy(path, video).shape[0]
     if suffix == ".gif":
         with _open_gif(path) as image:
             return getattr(image, "n_frames", 1)
     return len(_reader(path))
 
 
-def read_video(path: str | Path, indices: list[int] | None = None) -> np.ndarray:
-    """uint8 ``(T, H, W, C)`` frames of a video (all, or those at ``indices``): see the module's docstring."""
+def read_video(path: str | Path, indices: list[int] | None = None, video: int | None = None) -> np.ndarray:
+    """uint8 ``(T, H, W, C)`` frames of a video (all, or those at ``indices``): see the module's docstring.
+    ``video`` picks one video of a ``.npy`` of several, ``(N, T, H, W, C)``."""
     path = Path(path)
-    _check(path)
+    _check(path, video)
     suffix = path.suffix.lower()
     if path.is_dir() or suffix == ".gif":
         files = _frames_of_folder(path) if path.is_dir() else []  # listed, not opened: read on every item
@@ -173,7 +204,7 @@ def read_video(path: str | Path, indices: list[int] | None = None) -> np.ndarray
             raise VideoReadError(f"{path}: frame indices {min(wanted)}..{max(wanted)} outside its {count} frames")
         return _read_frames([files[i] for i in wanted]) if path.is_dir() else _read_gif(path, wanted)
     if suffix == ".npy":
-        arr = _load_npy(path)
+        arr = _load_npy(path, video)
         return np.array(arr if indices is None else arr[indices])  # a writable copy of the memory map
     vr = _reader(path)
     wanted = list(range(len(vr))) if indices is None else indices
