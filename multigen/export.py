@@ -14,7 +14,7 @@ from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
 from .config import ConfigError, first_line, load_config, read_yaml, to_yaml
-from .domain import Domain, domain_spec, get_domain
+from .domain import Domain, UnknownDomainError, domain_spec, get_domain
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
@@ -120,8 +120,13 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu", domain
         raise ValueError(f"{path / CONFIG} has no 'domain' key")
     _move_renamed_keys(raw)
     name = raw.pop("domain")
-    domain_cls = get_domain(name)
-    if domain is not None and not issubclass(domain_cls, get_domain(domain)):
+    try:
+        domain_cls = get_domain(name)
+    except UnknownDomainError:
+        if domain is None:
+            raise
+        domain_cls = None  # not installed here: certainly not the asked domain
+    if domain is not None and not (domain_cls and issubclass(domain_cls, get_domain(domain))):
         raise ValueError(f"{path} holds a {name} model, not a {domain} model")
     _fill_earlier_defaults(name, raw)
     try:

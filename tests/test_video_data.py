@@ -455,3 +455,70 @@ def test_a_npy_of_several_videos_holds_out_whole_videos(tmp_path):
     np.save(root / "mnist_test_seq.npy", videos[..., 0].transpose(1, 0, 2, 3))  # (T, N, H, W)
     with pytest.raises(VideoReadError, match=r"Moving MNIST.*a.transpose\(1, 0, 2, 3\)\[..., None\]"):
         VideoFolder(root, frames=4, size=16)
+
+
+def test_damaged_gifs_deep_frames_and_orientation_are_handled(tmp_path):
+    """A GIF cut short is a VideoReadError (Pillow fails deep inside with an IndexError); 16-bit grey frames are
+    scaled to 8 bits, not clipped; float images are refused; a JPEG's EXIF orientation is applied."""
+    from PIL import Image
+
+    gif = write_video(tmp_path / "clip.gif", gradient_video(6, 24, 24))
+    cut = tmp_path / "cut.gif"
+    cut.write_bytes(gif.read_bytes()[: gif.stat().st_size * 4 // 10])
+    with pytest.raises(VideoReadError, match="cut.gif: cannot decode the GIF"):
+        count_frames(cut)
+    cut.write_bytes(gif.read_bytes()[: gif.stat().st_size * 6 // 10])  # its frames counted, the last one cut
+    with pytest.raises(VideoReadError, match="cut.gif: cannot decode the GIF"):
+        read_video(cut)
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    Image.fromarray((np.arange(64, dtype=np.uint16).reshape(8, 8) * 1028)).save(deep / "0.png")  # 4 * 257 a step
+    frame = read_video(deep)[0, ..., 0]
+    assert np.array_equal(frame, (np.arange(64).reshape(8, 8) * 4).astype(np.uint8))
+    floats = tmp_path / "floats"
+    floats.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.float32)).save(floats / "0.tif")
+    with pytest.raises(VideoReadError, match="0.tif: a floating-point image"):
+        read_video(floats)
+    turned = tmp_path / "turned"
+    turned.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: turn 90 degrees clockwise to view
+    Image.fromarray(gradient_video(1, 8, 16)[0]).save(turned / "0.jpg", exif=exif)
+    assert read_video(turned).shape == (1, 16, 8, 3)
+    with pytest.raises(ValueError, match="no frame indices"):
+        read_video(turned, [])
+
+
+def test_video_folder_edge_cases_of_the_new_sources(tmp_path, monkeypatch):
+    """The root itself a frame folder reuses its cache (writing the cache does not invalidate it); a .npy of one
+    video (N = 1) is split in time like any video, one of none is named; a stray image names the folder it made a
+    video; a linked frame folder is followed, a link back up is not followed twice."""
+    clip = save_frames(tmp_path / "clip", gradient_video(20, 16, 16))
+    VideoFolder(clip, frames=4, size=16)
+    calls = []
+    monkeypatch.setattr("video.data.count_frames", lambda p, video=None: calls.append(p) or 20)
+    VideoFolder(clip, frames=4, size=16)
+    assert calls == [], "the index of a root that is a frame folder is reused"
+    monkeypatch.undo()
+
+    one = tmp_path / "one"
+    one.mkdir()
+    np.save(one / "a.npy", gradient_video(20, 16, 16)[None])
+    assert [(v, s) for _, v, s in VideoFolder(one, frames=4, size=16, split="val").clips] == [(0, 16)]
+    np.save(one / "a.npy", np.zeros((0, 5, 8, 8, 1), np.uint8))
+    with pytest.raises(VideoReadError, match="a.npy cannot be read .*holds no videos"):
+        VideoFolder(one, frames=4, size=16)
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    np.save(videos / "a.npy", gradient_video(9, 16, 16))
+    save_frames(videos, gradient_video(1, 16, 16), name="cover.png")
+    with pytest.raises(VideoReadError, match=r"videos has 1 frames \(a folder of frame images, read as one video\)"):
+        VideoFolder(videos, frames=4, size=16)
+
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "clip").symlink_to(clip, target_is_directory=True)
+    (linked / "loop").symlink_to(linked, target_is_directory=True)
+    assert {p.name for p, _, _ in VideoFolder(linked, frames=4, size=16).clips} == {"clip"}

@@ -5,6 +5,7 @@ Items are float clips ``(T, C, H, W)`` in ``[-1, 1]``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -130,27 +131,38 @@ class MovingDigits(Dataset):
 
 def _videos_under(root: Path) -> list[Path]:
     """Every video file under ``root`` and every folder (``root`` too) directly holding frame images, sorted;
-    hidden files and folders (such as a cache) are skipped."""
+    hidden files and folders (such as a cache) are skipped; linked folders are followed, each folder once."""
     videos: set[Path] = set()
-    for p in root.rglob("*"):
-        if any(part.startswith(".") for part in p.relative_to(root).parts) or not p.is_file():
+    seen: set[str] = set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        dirs[:] = [] if real in seen else [d for d in dirs if not d.startswith(".")]
+        if real in seen:
             continue
-        suffix = p.suffix.lower()
-        if suffix in READ_SUFFIXES:
-            videos.add(p)
-        elif suffix in IMAGE_SUFFIXES:
-            videos.add(p.parent)
+        seen.add(real)
+        for name in names:
+            path, suffix = Path(folder, name), Path(name).suffix.lower()
+            if name.startswith(".") or not path.is_file():  # a dangling link is no video
+                continue
+            if suffix in READ_SUFFIXES:
+                videos.add(path)
+            elif suffix in IMAGE_SUFFIXES:
+                videos.add(Path(folder))
     return sorted(videos)
 
 
-def _signature(video: Path) -> tuple[int, float]:
-    """Size and modification time of a video file; of a frame folder, its frames' total size and the latest
-    modification of the folder or a frame (so an added, removed or rewritten frame changes it)."""
+def _signature(video: Path) -> tuple[int | str, float]:
+    """Size and modification time of a video file; of a frame folder, its frames' names and total size, and
+    their latest modification (an added, removed, renamed or rewritten frame changes it; the folder's own time,
+    which a cache written into it changes too, is not part of it)."""
     if not video.is_dir():
         st = video.stat()
         return st.st_size, st.st_mtime
-    stats = [p.stat() for p in frame_files(video)]
-    return sum(st.st_size for st in stats), max([video.stat().st_mtime] + [st.st_mtime for st in stats])
+    files = frame_files(video)
+    stats = [p.stat() for p in files]
+    names = hashlib.sha1("\n".join(p.name for p in files).encode()).hexdigest()[:16]
+    return f"{len(files)} frames, {sum(st.st_size for st in stats)} bytes, names {names}", max(
+        (st.st_mtime for st in stats), default=0.0)
 
 
 def _split(items: list[int], split: str) -> list[int]:
@@ -168,7 +180,7 @@ class VideoFolder(Dataset):
     ``stride`` frames. ``split="all"`` keeps them all; ``"val"`` keeps the last tenth (at least
     one) of each video's clips in time, from videos of two or more clips, and ``"train"`` the
     rest, so one folder gives disjoint training and held-out frames; of a ``.npy`` of several
-    videos ``(N, T, H, W, C)``, the last tenth of its videos (at least one) is held out whole.
+    videos ``(N, T, H, W, C)`` with N >= 2, the last tenth of its videos (at least one) is held out whole.
     Frame counts are cached in
     ``cache_path`` (default ``<root>/.multigen_index.json``), keyed by file size and
     modification time. A file that cannot be decoded, is empty or is too short raises
@@ -202,8 +214,9 @@ class VideoFolder(Dataset):
         for path in files:
             count = counts[str(path.relative_to(self.root))]
             videos, n = (None, 0) if isinstance(count, str) else count
+            kind = " (a folder of frame images, read as one video)" if path.is_dir() else ""
             problem = (f"cannot be read ({count})" if isinstance(count, str)
-                       else f"has {n} frames, fewer than the {span} a clip needs" if n < span else None)
+                       else f"has {n} frames{kind}, fewer than the {span} a clip needs" if n < span else None)
             if problem:
                 if not skip_corrupt:
                     raise VideoReadError(f"{path} {problem} (set data.skip_corrupt=true to skip such files)")
@@ -211,8 +224,8 @@ class VideoFolder(Dataset):
                 skipped += 1
                 continue
             starts = list(range(0, n - span + 1, span))
-            if videos is None:
-                self.clips.extend((path, None, s) for s in _split(starts, split))
+            if videos is None or videos == 1:  # one video: its last clips are held out
+                self.clips.extend((path, None if videos is None else 0, s) for s in _split(starts, split))
             else:  # several videos in one .npy: whole videos are held out
                 self.clips.extend((path, v, s) for v in _split(list(range(videos)), split) for s in starts)
         if not self.clips:

@@ -11,6 +11,7 @@ their names, so ``frame_2`` comes before ``frame_10``). Videos are written as ``
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +38,16 @@ def _natural_key(path: Path) -> list:
 
 
 def frame_files(folder: Path) -> list[Path]:
-    """The frame images directly inside ``folder``, in natural order of their names (hidden files skipped)."""
+    """The frame images directly inside ``folder``, in natural order of their names (hidden files skipped);
+    remembered until the folder changes (a frame added, removed or renamed changes its modification time)."""
+    return list(_listed_frames(folder, folder.stat().st_mtime_ns))
+
+
+@lru_cache(maxsize=1024)
+def _listed_frames(folder: Path, mtime_ns: int) -> tuple[Path, ...]:
     images = [p for p in folder.iterdir()
               if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")]
-    return sorted(images, key=_natural_key)
+    return tuple(sorted(images, key=_natural_key))
 
 
 def _frames_of_folder(folder: Path) -> list[Path]:
@@ -75,6 +82,8 @@ def _load_npy(path: Path, video: int | None = None) -> np.ndarray:
         raise VideoReadError(f"{path}: expected uint8 (T, H, W, C), or (N, T, H, W, C) for N videos, with C in "
                              f"(1, 3), got {arr.dtype} {arr.shape}{hint}")
     if arr.ndim == 5:
+        if arr.shape[0] == 0:
+            raise VideoReadError(f"{path}: holds no videos (N, T, H, W, C) with N = 0")
         if video is None:
             raise VideoReadError(f"{path}: holds {arr.shape[0]} videos (N, T, H, W, C), not one; take one out "
                                  "(np.load(path)[i]) or train on its folder")
@@ -145,16 +154,28 @@ def _count_frame_files(folder: Path) -> int:
     return len(files)
 
 
+GREY_MODES = ("L", "I", "I;16", "I;16L", "I;16B")  # 8-bit grey, and 16-bit grey (Pillow's "I" for some PNGs)
+
+
 def _to_array(image, grey: bool) -> np.ndarray:
-    """uint8 ``(H, W, 1)`` for a grey frame (``grey``), else ``(H, W, 3)`` RGB."""
+    """uint8 ``(H, W, 1)`` for a grey frame (``grey``; 16-bit values scaled by 255/65535), else ``(H, W, 3)`` RGB."""
+    if image.mode != "L" and image.mode in GREY_MODES:
+        wide = np.asarray(image).astype(np.float64) * (255 / 65535)
+        frame = np.clip(np.rint(wide), 0, 255).astype(np.uint8)[..., None]
+        return frame if grey else np.repeat(frame, 3, axis=-1)
     return np.asarray(image.convert("L"))[..., None] if grey else np.asarray(image.convert("RGB"))
 
 
 def _read_frames(files: list[Path]) -> np.ndarray:
     """The frames of a folder in ``files``: grey ``C = 1`` where all are 8-bit grey, else RGB."""
-    images = [_open_image(path) for path in files]
+    from PIL import ImageOps
+
+    images = [ImageOps.exif_transpose(_open_image(path)) for path in files]  # upright, as a viewer shows them
+    for path, image in zip(files, images):
+        if image.mode == "F":
+            raise VideoReadError(f"{path}: a floating-point image; frames are 8- or 16-bit images")
     _check_sizes(files, images)
-    grey = all(im.mode == "L" for im in images)
+    grey = all(im.mode in GREY_MODES for im in images)
     return np.stack([_to_array(im, grey) for im in images])
 
 
@@ -169,10 +190,21 @@ def _read_gif(path: Path, indices: list[int]) -> np.ndarray:
     """The frames at ``indices`` of a GIF as RGB (Pillow composes each frame over the previous ones)."""
     frames = []
     with _open_gif(path) as image:
-        for i in indices:
-            image.seek(i)
-            frames.append(_to_array(image, grey=False))
+        try:
+            for i in indices:
+                image.seek(i)
+                frames.append(_to_array(image, grey=False))
+        except (IndexError, EOFError, OSError, ValueError) as e:  # a file cut short fails deep inside Pillow
+            raise VideoReadError(f"{path}: cannot decode the GIF ({first_line(e, 200) or type(e).__name__})") from None
     return np.stack(frames)
+
+
+def _gif_frames(path: Path) -> int:
+    with _open_gif(path) as image:
+        try:
+            return getattr(image, "n_frames", 1)
+        except (IndexError, EOFError, OSError, ValueError) as e:
+            raise VideoReadError(f"{path}: cannot decode the GIF ({first_line(e, 200) or type(e).__name__})") from None
 
 
 def count_frames(path: str | Path, video: int | None = None) -> int:
@@ -185,8 +217,7 @@ def count_frames(path: str | Path, video: int | None = None) -> int:
     if suffix == ".npy":
         return _load_npy(path, video).shape[0]
     if suffix == ".gif":
-        with _open_gif(path) as image:
-            return getattr(image, "n_frames", 1)
+        return _gif_frames(path)
     return len(_reader(path))
 
 
@@ -200,6 +231,8 @@ def read_video(path: str | Path, indices: list[int] | None = None, video: int | 
         files = _frames_of_folder(path) if path.is_dir() else []  # listed, not opened: read on every item
         count = len(files) if path.is_dir() else count_frames(path)
         wanted = list(range(count)) if indices is None else indices
+        if not wanted:
+            raise ValueError(f"{path}: no frame indices given")
         if any(not 0 <= i < count for i in wanted):
             raise VideoReadError(f"{path}: frame indices {min(wanted)}..{max(wanted)} outside its {count} frames")
         return _read_frames([files[i] for i in wanted]) if path.is_dir() else _read_gif(path, wanted)
