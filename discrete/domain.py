@@ -317,17 +317,17 @@ class Discrete(Domain):
 
     @torch.no_grad()
     def elbo_bits(self, model: nn.Module, data: Tensor, batch_size: int, steps: int | None = None,
-                  progress: bool = False, any_order: bool = False) -> Tensor:
+                  progress: bool = False, any_order: bool = False, orders: int = 1) -> Tensor:
         """Negative-ELBO estimate in bits per token of each sequence of ``data`` ``(N, *shape)`` under the
         ``steps``-step chain, or (``any_order``, absorbing only) its continuous-time limit
-        (:meth:`~discrete.d3pm.D3PM.any_order_bits`): ``(N,)`` float32 on the CPU (seeded, so a model scores the
-        same twice)."""
+        (:meth:`~discrete.d3pm.D3PM.any_order_bits`; ``orders`` above 1: its bound weighted over that many random
+        orders, tighter): ``(N,)`` float32 on the CPU (seeded, so a model scores the same twice)."""
         device = next(model.parameters()).device
         g = torch.Generator(device=device).manual_seed(0)
 
         def bits(chunk: Tensor) -> Tensor:
             if any_order:
-                return self.process.any_order_bits(model, chunk, generator=g, progress=progress)
+                return self.process.any_order_bits(model, chunk, generator=g, progress=progress, orders=orders)
             return self.process.elbo_bits(model, chunk, steps=steps, generator=g, progress=progress)
 
         return torch.cat([bits(chunk.to(device)).cpu() for chunk in data.split(batch_size)])

@@ -78,7 +78,7 @@ def sampling_grid(
     grid is always strictly decreasing.
     """
     T = schedule.timesteps
-    if not (_is_whole(steps) and 1 <= steps <= T):
+    if not (is_whole(steps) and 1 <= steps <= T):
         raise ValueError(f"sampler steps must be an integer in [1, {T}] (the schedule's timesteps), got {steps!r}")
     if spacing not in SPACINGS:
         raise ValueError(f"unknown grid spacing {spacing!r}; choose one of {SPACINGS}")
@@ -340,7 +340,7 @@ def _staggered_dpm_solver_pp(denoiser: Denoiser, noise: Tensor, grid: TimeGrid, 
 SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": ddpm, "ddim": ddim, "dpm_solver_pp": dpm_solver_pp}
 
 
-def _is_whole(n: Any) -> bool:
+def is_whole(n: Any) -> bool:
     """Whether ``n`` is an integer (a Python, NumPy or 0-dim torch one; not a float, not a bool)."""
     try:
         operator.index(n)
@@ -380,7 +380,7 @@ def check_settings(sampler: str, eta: float = 0.0, resample: int = 1, staggered:
                          f"{sampler!r}")
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"{prefix}eta={eta}: DDIM's eta lies in [0, 1] (0 deterministic, 1 ancestral DDPM)")
-    if not (_is_whole(resample) and resample >= 1):
+    if not (is_whole(resample) and resample >= 1):
         raise ValueError(f"{prefix}resample={resample}: the times each step is taken, an integer >= 1")
     if staggered and sampler != "dpm_solver_pp":
         raise ValueError(f"a delay per item (a staggered schedule) only applies to the dpm_solver_pp sampler, "

@@ -412,6 +412,44 @@ def test_any_order_bound_is_its_enumerated_value_and_the_limit_of_the_chains():
         build("uniform")[0].any_order_bits(model, x0)
 
 
+def test_the_bound_weighted_over_orders_tightens_to_the_mixtures_likelihood():
+    """The same predictor: the model that reveals one token per step in a uniformly random order has likelihood
+    ``(1/L!) Σ_σ p_σ(x0)``, enumerated here over the 24 orders. The importance-weighted bound over K orders
+    (``orders=K``) is the ELBO in expectation at K = 1, falls as K grows, and reaches that likelihood."""
+    import itertools
+
+    L, V = 4, 3
+    process, _ = build("absorbing", K=V + 1, T=100)
+    weights = torch.randn(L, V + 1, L, V + 1, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 2
+
+    def logits(x, t):
+        return torch.einsum("bik,ikjc->bjc", F.one_hot(x, V + 1).double(), weights)
+
+    model = LogitModel(logits)
+    x0 = torch.tensor([[0, 2, 1, 1]])
+    paths = []
+    for order in itertools.permutations(range(L)):  # reveal order[0] first: it is predicted with all masked
+        nats = 0.0
+        for k, j in enumerate(order):
+            x = x0.clone()
+            x[0, list(order[k:])] = V
+            nats -= float(process.model_log_probs(logits(x, None))[0, j, x0[0, j]])
+        paths.append(nats)
+    paths = torch.tensor(paths, dtype=torch.float64)
+    mixture = -(torch.logsumexp(-paths, 0) - math.log(len(paths))).item() / (L * math.log(2))
+    elbo = paths.mean().item() / (L * math.log(2))
+    assert elbo > mixture + 0.3, (elbo, mixture)  # the gap the weighting can close
+    many = x0.expand(500, L)
+    g = torch.Generator().manual_seed(5)
+    bound = {K: process.any_order_bits(model, many, generator=g, orders=K).double() for K in (1, 2, 8, 200)}
+    assert abs(bound[1].mean().item() - elbo) < 4 * bound[1].std().item() / 500**0.5
+    assert elbo > bound[2].mean() > bound[8].mean() > bound[200].mean() > mixture - 0.005
+    assert bound[200].mean().item() - mixture < 0.02, (bound[200].mean(), mixture)
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="orders: a whole number"):
+            process.any_order_bits(model, x0, orders=bad)
+
+
 def _use_generic_posterior(process: D3PM) -> None:
     """Route ``process`` through the generic Bayes step instead of the fused mixture one."""
     from discrete.d3pm import Transition
@@ -489,8 +527,9 @@ def test_d3pm_sampling_elbo_and_losses_keep_to_the_device(device, kind, steps):
     bits = process.elbo_bits(model, x0, steps=steps, generator=g)
     assert bits.device == device and bits.shape == (3,)
     if kind == "absorbing":
-        bits = process.any_order_bits(model, x0, generator=g)
-        assert bits.device == device and bits.shape == (3,)
+        for orders in (1, 2):
+            bits = process.any_order_bits(model, x0, generator=g, orders=orders)
+            assert bits.device == device and bits.shape == (3,)
     losses = [lambda: process.loss(model, x0, g)]
     if kind == "absorbing":
         losses.append(lambda: process.masked_diffusion_loss(model, x0, g))

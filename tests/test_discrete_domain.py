@@ -126,15 +126,19 @@ def test_cli_infill_prompt_and_eval(untrained_export, tmp_path, capsys):
     p = load_pretrained(untrained_export / "export")
     windows = TokenWindows(p.domain.tokenizer.encode(HELD_OUT), 32)
     data = torch.stack([windows[i] for i in range(len(windows))])
-    for extra, words in [([], "32 steps"), (["--steps", "4"], "4 steps"), (["--any-order"], "continuous time")]:
+    for extra, words in [([], "32 steps; every term"), (["--steps", "4"], "4 steps; every term"),
+                         (["--any-order"], "continuous time, one random order"),
+                         (["--orders", "3"], "importance-weighted over 3 random orders")]:
         bits, stderr, line = _eval_line(ckpt, held_out, capsys, *extra)
         per_sequence = p.domain.elbo_bits(p.model, data, 32, steps=4 if "--steps" in extra else None,
-                                          any_order="--any-order" in extra).double()
+                                          any_order=bool({"--any-order", "--orders"} & set(extra)),
+                                          orders=3 if "--orders" in extra else 1).double()
         assert bits == pytest.approx(per_sequence.mean().item(), abs=1e-4)
         assert stderr == pytest.approx(per_sequence.std().item() / len(data) ** 0.5, abs=1e-4) and stderr > 0
-        assert "bits/char" in line and "unbiased" in line and words in line
-    assert discrete_cli(["eval", "--checkpoint", ckpt, "--data", str(held_out), "--any-order", "--steps", "4"]) == 2
-    assert "takes no --steps" in capsys.readouterr().err
+        assert "bits/char" in line and words in line
+    for extra in (["--any-order"], ["--orders", "2"]):
+        assert discrete_cli(["eval", "--checkpoint", ckpt, "--data", str(held_out), *extra, "--steps", "4"]) == 2
+        assert "take no --steps" in capsys.readouterr().err
     assert discrete_cli(["sample", "--checkpoint", ckpt, "--prompt", "Ωmega"]) == 2
     assert "'Ω'" in capsys.readouterr().err
     assert discrete_cli(["sample", "--checkpoint", ckpt, "--prompt", "The", "--temperature", "0"]) == 2
