@@ -123,7 +123,7 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu", domain
     try:
         domain_cls = get_domain(name)
     except UnknownDomainError:
-        if domain is None:
+        if domain in (None, name):
             raise
         domain_cls = None  # not installed here: certainly not the asked domain
     if domain is not None and not (domain_cls and issubclass(domain_cls, get_domain(domain))):

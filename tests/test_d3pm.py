@@ -443,6 +443,19 @@ def test_the_bound_weighted_over_orders_tightens_to_the_mixtures_likelihood():
     g = torch.Generator().manual_seed(5)
     bound = {K: process.any_order_bits(model, many, generator=g, orders=K).double() for K in (1, 2, 8, 200)}
     assert abs(bound[1].mean().item() - elbo) < 4 * bound[1].std().item() / 500**0.5
+    # at K = 2 its expectation is the mean over pairs of orders of -log of their mean likelihood
+    pairs = -(torch.logaddexp(-paths[:, None], -paths[None, :]) - math.log(2)).mean().item() / (L * math.log(2))
+    assert abs(bound[2].mean().item() - pairs) < 4 * bound[2].std().item() / 500**0.5, (bound[2].mean(), pairs)
+    # at K = 1 it is the any-order ELBO of the drawn order (the mean over the masked tokens), not one path's
+    g = torch.Generator().manual_seed(9)
+    rank = torch.rand(1, L, generator=g).argsort(1).argsort(1)
+    by_hand = 0.0
+    for m in range(1, L + 1):
+        masked = rank >= L - m
+        ce = -process.model_log_probs(logits(torch.where(masked, V, x0), None)).gather(-1, x0[..., None])[..., 0]
+        by_hand += float(ce[masked].sum()) / m
+    estimate = process.any_order_bits(model, x0, generator=torch.Generator().manual_seed(9)).item()
+    assert estimate == pytest.approx(by_hand / (L * math.log(2)), rel=1e-6)
     assert elbo > bound[2].mean() > bound[8].mean() > bound[200].mean() > mixture - 0.005
     assert bound[200].mean().item() - mixture < 0.02, (bound[200].mean(), mixture)
     for bad in (0, 2.0, True):

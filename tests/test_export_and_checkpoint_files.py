@@ -170,8 +170,9 @@ def test_a_domain_given_as_module_and_class_exports_and_loads_without_registerin
     config.write_text(config.read_text().replace("domain: mytoymod:BigToy", "domain: elsewhere"))
     with pytest.raises(ValueError, match="holds a elsewhere model, not a toy2d model"):
         load_pretrained(export, domain="toy2d")
-    with pytest.raises(LookupError, match="elsewhere"):
-        load_pretrained(export)
+    for asked in (None, "elsewhere"):
+        with pytest.raises(LookupError, match="elsewhere"):
+            load_pretrained(export, domain=asked)
     assert main(["--domain", "toy2d", "--config", str(export / "config.yaml"), "--print-config"]) == 2
     registered = Toy2D(load_config(Toy2DConfig))  # a registered domain keeps its name
     assert (export_model(registered.build_model(), registered, tmp_path / "toy") / "config.yaml").read_text(

@@ -522,3 +522,86 @@ def test_video_folder_edge_cases_of_the_new_sources(tmp_path, monkeypatch):
     (linked / "clip").symlink_to(clip, target_is_directory=True)
     (linked / "loop").symlink_to(linked, target_is_directory=True)
     assert {p.name for p, _, _ in VideoFolder(linked, frames=4, size=16).clips} == {"clip"}
+
+
+def test_frame_folder_names_modes_and_indices_at_their_edges(tmp_path):
+    """Suffixes and numbers compare without case; hidden files are no frames; a 16-bit value rounds to the nearest
+    8-bit one and values outside 16 bits are clipped; one colour frame makes the clip colour (grey frames repeated
+    to three equal channels, 16-bit ones too); negative indices and a video index where there is one video are
+    refused; a file named .gif that is no GIF is named."""
+    from PIL import Image
+
+    video = gradient_video(3, 8, 8)
+    folder = tmp_path / "case"
+    folder.mkdir()
+    Image.fromarray(video[0]).save(folder / "frame_1.png")
+    Image.fromarray(video[1]).save(folder / "Frame_2.PNG")
+    (folder / "._frame_0.png").write_bytes(b"AppleDouble")
+    assert count_frames(folder) == 2 and np.array_equal(read_video(folder), video[:2])
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    Image.fromarray(np.array([[65407, 128]], np.uint16)).save(deep / "0.png")  # 254.502 and 0.498: 255 and 0
+    Image.fromarray(np.array([[-5, 70000]], np.int32)).save(deep / "1.tif")  # mode I, outside 16 bits: clipped
+    assert read_video(deep)[..., 0].tolist() == [[[255, 0]], [[0, 255]]]
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    Image.fromarray(video[0, ..., 1]).save(mixed / "0.png")  # 8-bit grey
+    Image.fromarray(np.full((8, 8), 257 * 9, np.uint16)).save(mixed / "1.png")  # 16-bit grey
+    Image.fromarray(video[2]).save(mixed / "2.png")  # colour
+    read = read_video(mixed)
+    assert read.shape == (3, 8, 8, 3) and np.array_equal(read[0], np.repeat(video[0, ..., 1:2], 3, axis=-1))
+    assert (read[1] == 9).all() and np.array_equal(read[2], video[2])
+    with pytest.raises(VideoReadError, match=r"frame indices -1..-1 outside its 3 frames"):
+        read_video(mixed, [-1])
+    many = tmp_path / "many.npy"
+    np.save(many, np.zeros((2, 3, 4, 4, 1), np.uint8))
+    with pytest.raises(VideoReadError, match="no video -1 among its 2"):
+        read_video(many, video=-1)
+    gif = write_video(tmp_path / "clip.gif", video)
+    for one in (mixed, gif):
+        with pytest.raises(VideoReadError, match="holds one video, not several"):
+            count_frames(one, video=0)
+    Image.fromarray(video[0]).save(tmp_path / "x.gif", format="PNG")
+    with pytest.raises(VideoReadError, match=r"x.gif: not a GIF \(Pillow reads it as PNG\)"):
+        count_frames(tmp_path / "x.gif")
+
+
+def test_video_folder_links_cache_signatures_and_old_caches(tmp_path):
+    """Upper-case suffixes are found and dangling links skipped; a folder linked twice is read once; a frame
+    rewritten at the same size, or at another size with its old time, is re-indexed; an index cache from before
+    several-video files (no "videos" entry) is re-indexed, not a KeyError."""
+    import json
+    import os
+
+    clip = save_frames(tmp_path / "clip", gradient_video(20, 16, 16))
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for name in ("clip", "clip2"):
+        (linked / name).symlink_to(clip, target_is_directory=True)
+    (linked / "gone.mp4").symlink_to(tmp_path / "missing.mp4")
+    with open(linked / "UPPER.NPY", "wb") as f:  # np.save would add ".npy" to a name without it
+        np.save(f, gradient_video(4, 16, 16))
+    ds = VideoFolder(linked, frames=4, size=16)
+    names = {p.name for p, _, _ in ds.clips}
+    assert len(ds) == 5 + 1 and "UPPER.NPY" in names and len(names - {"UPPER.NPY"} & {"clip", "clip2"}) == 1
+
+    last = clip / "frame_19.png"
+    stat = last.stat()
+    last.write_bytes(b"x" * stat.st_size)  # same size, later time
+    with pytest.raises(VideoReadError, match="clip cannot be read"):
+        VideoFolder(clip, frames=4, size=16)
+    save_frames(tmp_path / "clip", gradient_video(20, 16, 16))
+    VideoFolder(clip, frames=4, size=16)
+    stat = last.stat()
+    last.write_bytes(b"broken")  # another size, its old time put back
+    os.utime(last, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(VideoReadError, match="clip cannot be read"):
+        VideoFolder(clip, frames=4, size=16)
+
+    old = tmp_path / "old"
+    old.mkdir()
+    np.save(old / "a.npy", gradient_video(9, 16, 16))
+    st = (old / "a.npy").stat()
+    (old / ".multigen_index.json").write_text(json.dumps(
+        {"a.npy": {"size": st.st_size, "mtime": st.st_mtime, "frames": 9, "error": None}}))
+    assert len(VideoFolder(old, frames=4, size=16)) == 2
