@@ -180,11 +180,11 @@ class VideoFolder(Dataset):
     ``stride`` frames. ``split="all"`` keeps them all; ``"val"`` keeps the last tenth (at least
     one) of each video's clips in time, from videos of two or more clips, and ``"train"`` the
     rest, so one folder gives disjoint training and held-out frames; of a ``.npy`` of several
-    videos ``(N, T, H, W, C)`` with N >= 2, the last tenth of its videos (at least one) is held out whole.
-    Frame counts are cached in
-    ``cache_path`` (default ``<root>/.multigen_index.json``), keyed by file size and
-    modification time. A file that cannot be decoded, is empty or is too short raises
-    :class:`VideoReadError` naming it, or with ``skip_corrupt=True`` is skipped with a warning.
+    videos ``(N, T, H, W, C)`` with N >= 2, the last tenth of its videos (at least one) is held out
+    whole. Frame counts are cached in ``cache_path`` (default ``<root>/.multigen_index.json``), keyed
+    by size and modification time (a frame folder's: its frames' names, sizes and times). A video that
+    cannot be decoded, is empty or is too short raises :class:`VideoReadError` naming it, or with
+    ``skip_corrupt=True`` is skipped with a warning.
     """
 
     def __init__(

@@ -168,7 +168,7 @@ def _to_array(image, grey: bool) -> np.ndarray:
 
 
 def _read_frames(files: list[Path]) -> np.ndarray:
-    """The frames of a folder in ``files``: grey ``C = 1`` where all are 8-bit grey, else RGB."""
+    """The frames of a folder in ``files``: grey ``C = 1`` where all are grey (8- or 16-bit), else RGB."""
     from PIL import ImageOps
 
     images = [ImageOps.exif_transpose(_open_image(path)) for path in files]  # upright, as a viewer shows them
