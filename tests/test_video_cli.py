@@ -86,6 +86,30 @@ def test_predict_and_interpolate_from_a_folder_of_frames_and_a_gif(tmp_path, exp
     assert np.array_equal(np.load(out)[[0, 3]], gray(2, seed=3) // 64 * 64)
 
 
+def test_outputs_as_folders_of_png_frames(tmp_path, export, capsys):
+    """A path without a suffix is a new folder of PNG frames (context kept exactly, read back as a video); a folder
+    that already holds frames is refused before any work, as is a file where the folder should be; sample writes
+    one folder a sample with --format png."""
+    inp = tmp_path / "in.npy"
+    np.save(inp, gray(6))
+    out = tmp_path / "future"
+    assert main(["predict", "--checkpoint", str(export), "--input", str(inp), "--context", "3", "--frames", "7",
+                 "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir())[:2] == ["frame_00000.png", "frame_00001.png"]
+    video = read_video(out)
+    assert video.shape == (7, 16, 16, 1) and np.array_equal(video[:3], gray(6)[:3])
+    assert main(["predict", "--checkpoint", str(export), "--input", str(inp), "--context", "3", "--frames", "5",
+                 "--out", str(out)]) == 2
+    assert "it already holds frame images" in capsys.readouterr().err
+    (tmp_path / "afile").write_bytes(b"")
+    assert main(["interpolate", "--checkpoint", str(export), "--input", str(inp), "--between", "1",
+                 "--out", str(tmp_path / "afile")]) == 2
+    assert "it is a file" in capsys.readouterr().err
+    assert main(["sample", "--checkpoint", str(export), "--num", "2", "--frames", "5", "--format", "png",
+                 "--out", str(tmp_path / "samples")]) == 0
+    assert [read_video(tmp_path / "samples" / f"sample_00{i}").shape for i in range(2)] == [(5, 16, 16, 1)] * 2
+
+
 def test_interpolate_keeps_keyframes(tmp_path, export):
     inp = tmp_path / "keys.npy"
     np.save(inp, gray(3, seed=1))

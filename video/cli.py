@@ -5,9 +5,10 @@
     multigen-video sample      --checkpoint EXPORT --num N --frames F --out OUT_DIR
 
 VIDEO is a video file, a ``.gif``, a uint8 ``.npy`` ``(T, H, W, C)`` or a folder of frame images;
-OUT is ``.mp4``, ``.gif`` or ``.npy`` (uint8 ``(T, H, W, C)``). Input frames are
-resized and centre-cropped to the model's size; observed frames appear unchanged in
-the output (bit-exactly in ``.npy`` when the input already has the model's size).
+OUT is ``.mp4``, ``.gif``, ``.npy`` (uint8 ``(T, H, W, C)``) or a new folder (a path without a
+suffix) of PNG frames. Input frames are resized and centre-cropped to the model's size; observed
+frames appear unchanged in the output (bit-exactly in ``.npy`` and PNG frames when the input
+already has the model's size).
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ def cmd_sample(args: argparse.Namespace) -> Path:
         videos = extend_hierarchical(p.model, p.domain.diffusion, empty, args.frames or d.frames, d.frames, settings,
                                      progress=True, **_options(args, p.domain))
     for i, v in enumerate(videos):
-        write_video(out / f"sample_{i:03d}.{args.format}", to_uint8(v), fps=args.fps)
+        name = f"sample_{i:03d}" if args.format == "png" else f"sample_{i:03d}.{args.format}"
+        write_video(out / name, to_uint8(v), fps=args.fps)
     p.domain.save_samples(videos.float().cpu(), out / "grid")
     return out
 
@@ -139,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="continue a video from its first frames (or, with --past, its last ones "
                                        "backward)")
     common(p)
-    p.add_argument("--input", required=True, help="video: a file (.mp4/.avi/.webm/.mov/.mkv/.gif/.npy) or a folder of frame images")
+    p.add_argument("--input", required=True,
+                   help="video: a file (.mp4/.avi/.webm/.mov/.mkv/.gif/.npy) or a folder of frame images")
     p.add_argument("--context", type=int, required=True,
                    help="observed frames taken from the start of --input (with --past: from its end)")
     p.add_argument("--frames", type=int, required=True, help="total frames of the output, context included")
@@ -148,22 +151,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=positive_int,
                    help="take every this-many-th frame of --input as the context (default: the model's data.stride, "
                         "the frame rate it was trained at)")
-    p.add_argument("--out", required=True, help=".mp4, .gif or .npy")
+    p.add_argument("--out", required=True, help=".mp4, .gif, .npy, or a new folder (no suffix) of PNG frames")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("interpolate", help="insert frames between every pair of input frames")
     common(p)
-    p.add_argument("--input", required=True, help="keyframes: a video file (.mp4/.avi/.webm/.mov/.mkv) or a uint8 .npy "
-                                                  "(T, H, W, C)")
+    p.add_argument("--input", required=True, help="keyframes: a video file (.mp4/.avi/.webm/.mov/.mkv/.gif), a uint8 "
+                                                  ".npy (T, H, W, C) or a folder of frame images")
     p.add_argument("--between", type=int, default=3, help="frames inserted between consecutive input frames")
-    p.add_argument("--out", required=True, help=".mp4, .gif or .npy")
+    p.add_argument("--out", required=True, help=".mp4, .gif, .npy, or a new folder (no suffix) of PNG frames")
     p.set_defaults(func=cmd_interpolate)
 
     p = sub.add_parser("sample", help="unconditional videos (longer than the window: keyframes then infilling)")
     common(p)
     p.add_argument("--num", type=positive_int, default=4)
     p.add_argument("--frames", type=positive_int, help="frames per video (default: the model's window)")
-    p.add_argument("--format", choices=["gif", "mp4", "npy"], default="gif")
+    p.add_argument("--format", choices=["gif", "mp4", "npy", "png"], default="gif",
+                   help="png: a folder of PNG frames a sample (default %(default)s)")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=cmd_sample)
     return parser

@@ -283,26 +283,39 @@ def from_uint8(frames: np.ndarray) -> Tensor:
 
 def writable(path: str | Path) -> Path:
     """``path`` as a ``Path`` if :func:`write_video` writes its type there (its folder made now), else a
-    ``ValueError`` naming it (check an output before the work that fills it)."""
+    ``ValueError`` naming it (check an output before the work that fills it). A path without a suffix is a
+    folder of PNG frames, which must not hold frame images already (a shorter video would leave stale ones)."""
     path = Path(path)
-    if path.suffix.lower() not in WRITE_SUFFIXES:
-        raise ValueError(f"cannot write {path}: use one of {', '.join(WRITE_SUFFIXES)}")
-    if path.is_dir():
+    frames_folder = path.suffix == ""
+    if not frames_folder and path.suffix.lower() not in WRITE_SUFFIXES:
+        raise ValueError(f"cannot write {path}: use one of {', '.join(WRITE_SUFFIXES)}, or a folder (no suffix) "
+                         "for PNG frames")
+    if frames_folder and path.is_file():
+        raise ValueError(f"cannot write PNG frames into {path}: it is a file")
+    if frames_folder and path.is_dir() and frame_files(path):
+        raise ValueError(f"cannot write PNG frames into {path}: it already holds frame images (name a new folder)")
+    if not frames_folder and path.is_dir():
         raise ValueError(f"cannot write {path}: it is a folder")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        (path if frames_folder else path.parent).mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ValueError(f"cannot write {path}: cannot make its folder {path.parent} ({e.strerror or e})") from None
+        raise ValueError(f"cannot write {path}: cannot make its folder ({e.strerror or e})") from None
     return path
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: int = 8) -> Path:
-    """Write uint8 ``(T, H, W, C)`` frames as ``.mp4`` (H.264), ``.gif`` (looping) or ``.npy`` (exact)."""
+    """Write uint8 ``(T, H, W, C)`` frames as ``.mp4`` (H.264), ``.gif`` (looping), ``.npy`` (exact) or, to a path
+    without a suffix, a folder of PNG frames ``frame_00000.png``... (exact; grey frames as grey images)."""
     path = writable(path)
     suffix = path.suffix.lower()
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] not in (1, 3):
         raise ValueError(f"expected uint8 (T, H, W, C) frames with C in (1, 3), got {frames.dtype} {frames.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == "":
+        from PIL import Image
+
+        for i, frame in enumerate(frames):
+            Image.fromarray(frame[..., 0] if frame.shape[-1] == 1 else frame).save(path / f"frame_{i:05d}.png")
+        return path
     if suffix == ".npy":
         np.save(path, frames)
         return path
