@@ -366,11 +366,12 @@ def check_delay(delay: Tensor, shape: tuple[int, ...]) -> None:
         raise ValueError("delay: steps >= 0 (an item starts that many steps after the first), got a negative one")
 
 
-def check_settings(sampler: str, eta: float = 0.0, resample: int = 1, staggered: bool = False,
+def check_settings(sampler: str, eta: float = 0.0, resample: int = 1, staggered: str = "",
                    prefix: str = "") -> None:
     """Reject a sampler name that does not exist and a setting that the chosen sampler never uses:
-    ``eta`` (not 0) is ddim's, ``resample`` (not 1) is ddpm's, a ``staggered`` start (a delay per item)
-    dpm_solver_pp's. Raises ``ValueError`` naming the setting (as ``prefix + name``: ``sample.eta``)."""
+    ``eta`` (not 0) is ddim's, ``resample`` (not 1) is ddpm's, a staggered start (a delay per item; ``staggered``
+    names what asks for one) dpm_solver_pp's. Raises ``ValueError`` naming the setting (as ``prefix + name``:
+    ``sample.eta``)."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown {prefix}sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
     if eta != 0.0 and sampler != "ddim":
@@ -383,8 +384,7 @@ def check_settings(sampler: str, eta: float = 0.0, resample: int = 1, staggered:
     if not (is_whole(resample) and resample >= 1):
         raise ValueError(f"{prefix}resample={resample}: the times each step is taken, an integer >= 1")
     if staggered and sampler != "dpm_solver_pp":
-        raise ValueError(f"a delay per item (a staggered schedule) only applies to the dpm_solver_pp sampler, "
-                         f"not to {sampler!r}")
+        raise ValueError(f"{staggered} needs the dpm_solver_pp sampler, not {sampler!r}")
 
 
 def sample(
@@ -427,7 +427,7 @@ def sample(
     ``delay`` (dpm_solver_pp only) starts each item that many steps later, its known items clean throughout (see
     :func:`dpm_solver_pp`).
     """
-    check_settings(sampler, eta, resample, staggered=delay is not None)
+    check_settings(sampler, eta, resample, staggered="" if delay is None else "a delay per item (a staggered schedule)")
     if known is not None and delay is None:  # a staggered sampler's mask is one per item (see dpm_solver_pp)
         known.check(tuple(shape))
     if not temperature >= 0:

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from multigen import samplers
 from multigen.config import ConfigError, DiffusionConfig, TrainConfig, at_least, choice, speed_only
 from multigen.domain import GaussianDomain, check_count, no_condition
 from multigen.samplers import Known
@@ -185,9 +186,8 @@ class Video(GaussianDomain):
     def _check_frame_delay(self, settings: VideoSampleConfig) -> None:
         """A ``frame_delay`` needs dpm_solver_pp and a model trained with a level per frame."""
         if settings.frame_delay:
-            if settings.sampler != "dpm_solver_pp":  # the one sampler with a time per frame
-                raise ValueError(f"frame_delay={settings.frame_delay} (frames farther from the observed ones start "
-                                 f"later) needs the dpm_solver_pp sampler, not {settings.sampler!r}")
+            samplers.check_settings(settings.sampler, staggered=f"frame_delay={settings.frame_delay} (frames "
+                                    "farther from the observed ones start later)")
             if self.cfg.task.per_frame == 0:
                 raise ValueError(f"frame_delay={settings.frame_delay} needs a model trained with task.per_frame > 0 "
                                  "(frames at different levels, observed frames clean); this one was not (use 0)")
