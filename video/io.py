@@ -11,6 +11,7 @@ their names, so ``frame_2`` comes before ``frame_10``). Videos are written as ``
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -187,25 +188,43 @@ def _open_gif(path: Path):
     return image
 
 
-def _read_gif(path: Path, indices: list[int]) -> np.ndarray:
-    """The frames at ``indices`` of a GIF as RGB (Pillow composes each frame over the previous ones)."""
+@contextmanager
+def _decoding_gif(path: Path):
+    """Pillow's errors on a GIF cut short (raised deep inside it, an IndexError among them) as a VideoReadError."""
+    try:
+        yield
+    except (IndexError, EOFError, OSError, ValueError) as e:
+        raise VideoReadError(f"{path}: cannot decode the GIF ({first_line(e, 200) or type(e).__name__})") from None
+
+
+def _read_gif(path: Path, indices: list[int] | None) -> np.ndarray:
+    """The frames at ``indices`` (None: all) of a GIF as RGB (Pillow composes each frame over the previous ones),
+    from one opening of the file."""
     frames = []
     with _open_gif(path) as image:
-        try:
-            for i in indices:
+        with _decoding_gif(path):
+            count = getattr(image, "n_frames", 1)
+        wanted = _wanted(path, indices, count)
+        with _decoding_gif(path):
+            for i in wanted:
                 image.seek(i)
                 frames.append(_to_array(image, grey=False))
-        except (IndexError, EOFError, OSError, ValueError) as e:  # a file cut short fails deep inside Pillow
-            raise VideoReadError(f"{path}: cannot decode the GIF ({first_line(e, 200) or type(e).__name__})") from None
     return np.stack(frames)
 
 
 def _gif_frames(path: Path) -> int:
-    with _open_gif(path) as image:
-        try:
-            return getattr(image, "n_frames", 1)
-        except (IndexError, EOFError, OSError, ValueError) as e:
-            raise VideoReadError(f"{path}: cannot decode the GIF ({first_line(e, 200) or type(e).__name__})") from None
+    with _open_gif(path) as image, _decoding_gif(path):
+        return getattr(image, "n_frames", 1)
+
+
+def _wanted(path: Path, indices: list[int] | None, count: int) -> list[int]:
+    """``indices`` (None: all ``count`` frames), checked to name frames of the video at ``path``."""
+    wanted = list(range(count)) if indices is None else indices
+    if not wanted:
+        raise ValueError(f"{path}: no frame indices given")
+    if any(not 0 <= i < count for i in wanted):
+        raise VideoReadError(f"{path}: frame indices {min(wanted)}..{max(wanted)} outside its {count} frames")
+    return wanted
 
 
 def count_frames(path: str | Path, video: int | None = None) -> int:
@@ -228,15 +247,11 @@ def read_video(path: str | Path, indices: list[int] | None = None, video: int | 
     path = Path(path)
     _check(path, video)
     suffix = path.suffix.lower()
-    if path.is_dir() or suffix == ".gif":
-        files = _frames_of_folder(path) if path.is_dir() else []  # listed, not opened: read on every item
-        count = len(files) if path.is_dir() else count_frames(path)
-        wanted = list(range(count)) if indices is None else indices
-        if not wanted:
-            raise ValueError(f"{path}: no frame indices given")
-        if any(not 0 <= i < count for i in wanted):
-            raise VideoReadError(f"{path}: frame indices {min(wanted)}..{max(wanted)} outside its {count} frames")
-        return _read_frames([files[i] for i in wanted]) if path.is_dir() else _read_gif(path, wanted)
+    if path.is_dir():
+        files = _frames_of_folder(path)  # listed, not opened: read on every item
+        return _read_frames([files[i] for i in _wanted(path, indices, len(files))])
+    if suffix == ".gif":
+        return _read_gif(path, indices)
     if suffix == ".npy":
         arr = _load_npy(path, video)
         return np.array(arr if indices is None else arr[indices])  # a writable copy of the memory map
