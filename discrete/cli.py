@@ -1,11 +1,14 @@
-"""``multigen-discrete``: sample, infill and score text with an exported D3PM model.
+"""``multigen-discrete``: sample, infill and score text, tokens and label maps with an exported D3PM model.
 
     multigen-discrete sample --checkpoint EXPORT --num N [--length L] [--steps S] [--prompt TEXT]
-                             [--infill TEXT --mask-char _] [--temperature T]
+                             [--infill TEXT --mask-char _] [--temperature T] [--out DIR]
     multigen-discrete eval   --checkpoint EXPORT --data FILE [--steps S | --any-order | --orders K]
 
 ``--prompt`` keeps TEXT as the start of every sample; ``--infill`` keeps every character of TEXT
-except the mask characters, which are generated. ``eval`` prints the negative ELBO in bits per token
+except the mask characters, which are generated. Grid models (label maps, digits) write their samples to
+``--out DIR``: one image a sample (label maps as palette PNGs whose pixel values are the class ids, which
+``eval --data DIR`` reads back), and ``DIR.png`` beside the folder showing them all; their ``eval --data`` is a folder of label images or a ``.npy`` (N, H, W).
+``eval`` prints the negative ELBO in bits per token
 (bits per character for text models) with its standard error over the scored sequences: every one of
 the T terms (S with ``--steps``) is kept, but each is a one-sample Monte Carlo estimate, so the
 figure is an unbiased estimate of the bound, not its exact value. ``--orders K`` (absorbing models)
@@ -16,15 +19,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
+from torch.utils.data import Dataset
 
 from multigen import load_pretrained
 from multigen.cli import add_export_arguments, positive_int, run_command, seeded_generator
 from multigen.samplers import Known
 
 from .data import TokenWindows, read_text, read_tokens
-from .domain import mean_and_stderr
+from .domain import mean_and_stderr, save_grid_picture
+from .labels import LabelMaps, check_ids, read_label_maps, write_label_image
 
 
 def _load(args: argparse.Namespace):
@@ -55,11 +61,13 @@ def _known(domain, args: argparse.Namespace, length: int) -> Known | None:
     return Known(given.expand(args.num, -1).to(args.device), values.expand(args.num, -1).to(args.device))
 
 
-def cmd_sample(args: argparse.Namespace) -> None:
+def cmd_sample(args: argparse.Namespace) -> Path | None:
     p = _load(args)
     domain = p.domain
-    if domain.cfg.data.source == "digits":
-        raise ValueError("this is a digit-grid model; sample it through the library (Pretrained.sample)")
+    if domain.grid:
+        return _sample_grids(p, args)
+    if args.out is not None:
+        raise ValueError("--out is for grid models (label maps, digits); text and token samples are printed")
     if len(args.mask_char) != 1:
         raise ValueError(f"--mask-char must be one character, got {args.mask_char!r}")
     limit = domain.cfg.data.length
@@ -79,6 +87,32 @@ def cmd_sample(args: argparse.Namespace) -> None:
         print(f"--- sample {i} ---\n{text}")
 
 
+def _sample_grids(p, args: argparse.Namespace) -> Path:
+    """``--num`` grids as ``sample_000.png``... in the folder ``--out`` (refused where samples already are), and all
+    of them in one picture beside it, ``<out>.png``."""
+    domain = p.domain
+    if args.out is None:
+        raise ValueError(f"this model draws {domain.cfg.data.source} grids: name a folder for them with --out")
+    if args.prompt is not None or args.infill is not None or args.length:
+        raise ValueError("--prompt, --infill and --length are for text and token models; this one draws "
+                         f"{domain.cfg.data.source} grids of shape {domain.sample_shape()}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if any(out.glob("sample_*.png")):
+        raise ValueError(f"{out} already holds samples (sample_*.png); name a new folder")
+    with torch.no_grad():
+        grids = domain.sample(p.model, args.num, steps=args.steps, temperature=args.temperature,
+                              generator=seeded_generator(args), progress=True).cpu()
+    pictures = domain.picture(grids)
+    for i, (grid, picture) in enumerate(zip(grids, pictures)):
+        if domain.cfg.data.source == "labels":
+            write_label_image(grid, out / f"sample_{i:03d}.png", domain.data_vocab)
+        else:
+            save_grid_picture(picture[None], out / f"sample_{i:03d}.png")
+    print(f"wrote {len(grids)} samples to {out}")
+    return save_grid_picture(pictures, out.resolve().with_suffix(".png"))
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     if args.orders > 1:
         args.any_order = True  # the weighted bound is the continuous-time one's
@@ -87,14 +121,20 @@ def cmd_eval(args: argparse.Namespace) -> None:
     p = _load(args)
     domain = p.domain
     d = domain.cfg.data
-    if d.source == "text":
-        tokens = domain.tokenizer.encode(read_text(args.data), source=args.data)
-    elif d.source == "tokens":
-        tokens = read_tokens(args.data, d.vocab_size)
+    if d.source == "labels":
+        if args.length:
+            raise ValueError(f"--length is for text and token models; label maps are scored as {d.size}x{d.size} "
+                             f"centred squares")
+        maps, names = read_label_maps(args.data, args.pattern or d.pattern)
+        check_ids(maps, names, d.vocab_size)
+        scored: Dataset = LabelMaps(maps, d.size, random_crop=False)
+    elif d.source in ("text", "tokens"):
+        tokens = (domain.tokenizer.encode(read_text(args.data), source=args.data) if d.source == "text"
+                  else read_tokens(args.data, d.vocab_size))
+        scored = TokenWindows(tokens, args.length or d.length)
     else:
-        raise ValueError("eval reads text or token files; this is a digit-grid model")
-    windows = TokenWindows(tokens, args.length or d.length)
-    data = torch.stack([windows[i] for i in range(len(windows))])
+        raise ValueError("eval reads text or token files and label maps; this is a digit-grid model")
+    data = torch.stack([scored[i] for i in range(len(scored))])  # type: ignore[arg-type]
     if args.max_sequences:
         data = data[: args.max_sequences]
     if args.any_order and domain.cfg.process.transition != "absorbing":
@@ -103,7 +143,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     bits = domain.elbo_bits(p.model, data, args.batch_size, steps=args.steps, progress=True, any_order=args.any_order,
                             orders=args.orders)
     mean, stderr = mean_and_stderr(bits)
-    unit = "bits/char" if d.source == "text" else "bits/token"
+    unit = {"text": "bits/char", "labels": "bits/pixel"}.get(d.source, "bits/token")
     spread = (f" ± {stderr:.4f}", "; ± one standard error over sequences") if len(data) > 1 else ("", "")
     scored = f"over {data.numel()} tokens in {len(data)} sequence(s)"
     if args.orders > 1:
@@ -129,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="denoising steps, at most the model's timesteps; 0: every timestep (default: config)")
     p.add_argument("--temperature", type=float, help="scales the model's x0 logits (default: config)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="grid models: the folder for the samples' images")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--prompt", help="text every sample starts with")
     group.add_argument("--infill", help="text whose --mask-char characters are generated, the rest kept")
@@ -138,7 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="negative ELBO in bits per token of a file (an unbiased estimate, with its s.e.)")
     add_export_arguments(p)
-    p.add_argument("--data", required=True, help="a UTF-8 text file (text models) or a 1-D .npy token array")
+    p.add_argument("--data", required=True, help="a UTF-8 text file (text models), a 1-D .npy token array, or "
+                                                 "label maps: a folder of label images or a .npy (N, H, W)")
+    p.add_argument("--pattern", help="label maps: the names of the label images in the folder (default: the "
+                                     "model's data.pattern)")
     p.add_argument("--length", type=positive_int, help="tokens per scored sequence (default: the model's length)")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--max-sequences", type=positive_int, help="score only the first N sequences")

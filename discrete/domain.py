@@ -1,7 +1,7 @@
-"""The ``discrete`` domain: D3PM over character text, ``.npy`` token streams or quantised digit grids.
+"""The ``discrete`` domain: D3PM over character text, ``.npy`` token streams, quantised digit grids or label maps.
 
 Samples are int64 tokens: sequences ``(L,)`` (text, tokens) or grids ``(8, 8)``
-(digits). With the absorbing transition the vocabulary gains one mask token,
+(digits) and ``(size, size)`` (label maps). With the absorbing transition the vocabulary gains one mask token,
 the last id. The character tokenizer is built from the training text and stored
 in the config (``data.vocab``), so an export decodes without the data.
 """
@@ -23,20 +23,26 @@ from multigen.domain import Domain, check_count, no_condition
 from multigen.samplers import Known
 
 from .data import CharTokenizer, DigitGrids, TokenError, TokenWindows, builtin_text, read_text, read_tokens
+from .labels import SCENE_CLASSES, LabelMaps, SceneMaps, check_ids, colour, read_label_maps
 from .d3pm import D3PM, TRANSITIONS, d3pm_betas, random_known
 from .model import GridUNet, SequenceTransformer
 
 
 @dataclass
 class DiscreteDataConfig:
-    source: str = choice("text", "text", "tokens", "digits")
-    path: str = ""  # text: a UTF-8 file (empty: the built-in English text); tokens: a 1-D .npy token array
-    val_path: str = ""  # held-out file (empty: the last tenth of `path`)
+    source: str = choice("text", "text", "tokens", "digits", "labels")
+    # text: a UTF-8 file (empty: the built-in English text); tokens: a 1-D .npy token array; labels: a folder of
+    # label images (PNG, BMP, TIFF: palette or grey, pixel values are class ids) or a .npy (N, H, W) integer array
+    # (empty: the built-in procedural street scenes)
+    path: str = ""
+    val_path: str = ""  # held-out file or folder (empty: the last tenth of `path`)
+    pattern: str = "*"  # labels: the names of the label images in a folder (e.g. '*_labelIds.png')
     vocab: str = ""  # text: the tokenizer's characters in id order (empty: built from the training text)
-    vocab_size: int = at_least(0, 0)  # tokens: ids are in [0, vocab_size)
+    vocab_size: int = at_least(0, 0)  # tokens, labels: ids are in [0, vocab_size) (labels, 0: the largest id + 1)
     length: int = at_least(128, 2)  # tokens per training sequence
-    num_train: int = at_least(100_000, 1)  # sequences per epoch (random windows of the training stream)
+    num_train: int = at_least(100_000, 1)  # sequences per epoch (random windows of the training stream; scenes)
     levels: int = at_least(8, 2)  # digits: grey levels
+    size: int = at_least(32, 2)  # labels: maps are resized so their short side is this and cut square (even)
 
 
 @dataclass
@@ -115,11 +121,17 @@ class Discrete(Domain):
     def __init__(self, cfg: DiscreteConfig) -> None:
         super().__init__(cfg)
         self._streams: dict[str, Tensor] = {}  # encoded once: by fit()'s checks, then by build_dataset
+        self._labels: dict[str, tuple[list[Tensor], list[str]]] = {}  # label maps and their names, read once
         d, p = cfg.data, cfg.process
         if d.source == "tokens" and d.vocab_size < 2:
             raise ConfigError("data.vocab_size: must be set (>= 2) when data.source=tokens")
         if d.source == "tokens" and not d.path:
             raise ConfigError("data.path: data.source=tokens reads a 1-D .npy token array from it; none given")
+        if d.source == "labels" and d.size % 2:
+            raise ConfigError(f"data.size: label maps are cut to size x size for a U-Net that halves them once, so "
+                              f"it must be even; got {d.size}")
+        if d.source == "labels" and d.val_path and not d.path:
+            raise ConfigError("data.val_path: given without data.path (the built-in scenes hold out their own)")
         try:  # here, not at the first sampling of a long run
             self.sample_settings()
         except ConfigError:
@@ -150,11 +162,15 @@ class Discrete(Domain):
         """The characters of the training and held-out text become ``data.vocab`` (text source, unless given: a
         character only the held-out part has needs an id to be scored); then each split of a token stream must
         encode and hold one ``data.length`` window, so a bad file fails here, before training, not at the final
-        evaluation. Last, the transition is built over the fitted categories (a dense one has a size limit)."""
+        evaluation. Label maps: their ids must be below ``data.vocab_size`` (0: it becomes the largest id of either
+        split + 1; 6 for the built-in scenes). Last, the transition is built over the fitted categories (a dense
+        one has a size limit)."""
         d = self.cfg.data
         if d.source == "text" and not d.vocab:
             d.vocab = CharTokenizer.from_text(self._text("train") + self._text("val")).chars
-        for split in ("train", "val") if d.source != "digits" else ():
+        if d.source == "labels":
+            self._fit_labels()
+        for split in ("train", "val") if d.source in ("text", "tokens") else ():
             n = len(self.stream(split))
             if n < d.length:
                 raise TokenError(f"{self._source(split)} holds {n} tokens, fewer than one window of data.length="
@@ -164,6 +180,39 @@ class Discrete(Domain):
         except ValueError as e:
             raise ConfigError(f"process.transition={self.cfg.process.transition} over {self.vocab} categories: {e}"
                               ) from None
+
+    def _fit_labels(self) -> None:
+        d = self.cfg.data
+        if not d.path:
+            d.vocab_size = d.vocab_size or len(SCENE_CLASSES)
+            return
+        splits = [self._label_maps(split) for split in ("train", "val")]
+        if not d.vocab_size:
+            d.vocab_size = max(int(m.max()) for maps, _ in splits for m in maps) + 1
+        for maps, names in splits:
+            check_ids(maps, names, d.vocab_size)
+
+    def _label_maps(self, split: str) -> tuple[list[Tensor], list[str]]:
+        """``split``'s label maps and their names, read once: all of ``data.val_path`` for held-out maps where it is
+        given, else the last tenth of ``data.path``'s (at least one)."""
+        if split not in self._labels:
+            d = self.cfg.data
+            if split == "val" and d.val_path:
+                self._labels[split] = read_label_maps(d.val_path, d.pattern)
+            else:
+                maps, names = read_label_maps(d.path, d.pattern)
+                cut = len(maps) if d.val_path else len(maps) - max(1, len(maps) // 10)
+                if cut < 1:
+                    raise TokenError(f"{d.path} holds one label map: it cannot be split into training and held-out "
+                                     f"maps; give more, or the held-out ones as data.val_path")
+                part = slice(0, cut) if split == "train" else slice(cut, None)
+                self._labels[split] = (maps[part], names[part])
+        return self._labels[split]
+
+    @property
+    def grid(self) -> bool:
+        """Whether the data are 2-D grids (digits, label maps) rather than sequences."""
+        return self.cfg.data.source in ("digits", "labels")
 
     @cached_property
     def tokenizer(self) -> CharTokenizer | None:
@@ -181,7 +230,9 @@ class Discrete(Domain):
         d = self.cfg.data
         if d.source == "text":
             return len(self.tokenizer)  # type: ignore[arg-type]
-        return d.vocab_size if d.source == "tokens" else d.levels
+        if d.source == "labels" and not d.vocab_size:
+            raise ValueError("data.vocab_size is 0: call fit() first (the trainer does), or give data.vocab_size")
+        return d.levels if d.source == "digits" else d.vocab_size
 
     @property
     def vocab(self) -> int:
@@ -236,7 +287,7 @@ class Discrete(Domain):
     def build_model(self) -> nn.Module:
         m, p = self.cfg.model, self.cfg.process
         flag = p.infill_rate > 0
-        if self.cfg.data.source == "digits":
+        if self.grid:
             return GridUNet(self.vocab, p.timesteps, base=m.dim, blocks=m.depth, known_flag=flag,
                             time_conditioning=m.time_conditioning, self_condition=m.self_condition)
         return SequenceTransformer(self.vocab, self.cfg.data.length, p.timesteps, dim=m.dim, depth=m.depth,
@@ -250,10 +301,15 @@ class Discrete(Domain):
             raise ValueError(f"unknown split {split!r}; use 'train' or 'val'")
         if d.source == "digits":
             return DigitGrids(d.levels, split)
+        if d.source == "labels" and not d.path:
+            return SceneMaps(d.num_train if split == "train" else 1024, d.size, split)
+        if d.source == "labels":
+            return LabelMaps(self._label_maps(split)[0], d.size, random_crop=split == "train")
         return TokenWindows(self.stream(split), d.length, num=d.num_train if split == "train" else 0)
 
     def sample_shape(self) -> tuple[int, ...]:
-        return (8, 8) if self.cfg.data.source == "digits" else (self.cfg.data.length,)
+        d = self.cfg.data
+        return (8, 8) if d.source == "digits" else (d.size, d.size) if d.source == "labels" else (d.length,)
 
     def training_loss(self, model: nn.Module, batch: Tensor) -> Tensor:
         if self.objective == "masked":
@@ -269,13 +325,13 @@ class Discrete(Domain):
 
     def sample_settings(self, **overrides: Any) -> DiscreteSampleConfig:
         """:meth:`Domain.sample_settings`; ``steps`` at most the process's timesteps, ``length`` at most
-        ``data.length`` (the longest sequence the model takes) and 0 for digit grids."""
+        ``data.length`` (the longest sequence the model takes) and 0 for grids."""
         s = super().sample_settings(**overrides)
         d, T = self.cfg.data, self.cfg.process.timesteps
         if s.steps > T:
             raise ValueError(f"steps={s.steps}: at most process.timesteps={T}")
-        if s.length and d.source == "digits":
-            raise ValueError(f"length={s.length}: digit grids have a fixed shape {self.sample_shape()} (use 0)")
+        if s.length and self.grid:
+            raise ValueError(f"length={s.length}: {d.source} grids have a fixed shape {self.sample_shape()} (use 0)")
         if s.length > d.length:
             raise ValueError(f"length={s.length}: at most data.length={d.length}, the longest sequence the model "
                              f"takes")
@@ -334,21 +390,39 @@ class Discrete(Domain):
 
     def evaluate(self, model: nn.Module, dataset: Dataset) -> dict[str, float]:
         """Held-out negative ELBO (bits per token; mean and standard error over sequences) next to the training
-        data's unigram cross-entropy of the same tokens."""
+        data's unigram cross-entropy of the same tokens, and for grids the cross-entropy under each position's own
+        training frequencies (a layout baseline: sky above, road below)."""
         e = self.cfg.eval
         n = min(e.num_sequences, len(dataset))  # type: ignore[arg-type]
         data = torch.stack([dataset[i] for i in range(n)])
         mean, stderr = mean_and_stderr(self.elbo_bits(model, data, e.batch_size))
-        return {"elbo_bits_per_token": mean, "elbo_bits_stderr": stderr,
-                "baseline_unigram_bits": self.unigram_bits(data)}
+        scores = {"elbo_bits_per_token": mean, "elbo_bits_stderr": stderr,
+                  "baseline_unigram_bits": self.unigram_bits(data)}
+        if self.grid:
+            scores["baseline_position_bits"] = self.unigram_bits(data, per_position=True)
+        return scores
 
-    def unigram_bits(self, data: Tensor) -> float:
-        """Cross-entropy (bits per token) of ``data`` under the training data's token frequencies (add-one)."""
+    def unigram_bits(self, data: Tensor, per_position: bool = False) -> float:
+        """Cross-entropy (bits per token) of ``data`` ``(N, *shape)`` under the training data's token frequencies
+        (add-one), or with ``per_position`` (grids) each position's own frequencies."""
+        ref = self._training_tokens
+        K = self.data_vocab
+        if not per_position:
+            counts = torch.bincount(ref.flatten(), minlength=K).double() + 1
+            return -(counts / counts.sum()).log2()[data.flatten()].mean().item()
+        onehot = torch.nn.functional.one_hot(ref.flatten(1), K).double()  # (N, positions, K)
+        counts = onehot.sum(0) + 1
+        logp = (counts / counts.sum(-1, keepdim=True)).log2()  # (positions, K)
+        return -logp.gather(1, data.flatten(1).T).mean().item()
+
+    @cached_property
+    def _training_tokens(self) -> Tensor:
+        """What the baselines count: the training stream ``(N,)``, or the first 4 096 training grids ``(n, H, W)``
+        (label maps cut as training cuts them)."""
         train = self.build_dataset("train")
-        ref = train.tokens if isinstance(train, TokenWindows) else train.grids  # type: ignore[attr-defined]
-        counts = torch.bincount(ref.flatten(), minlength=self.data_vocab).double() + 1
-        logp = (counts / counts.sum()).log2()
-        return -logp[data.flatten()].mean().item()
+        if isinstance(train, TokenWindows):
+            return train.tokens
+        return torch.stack([train[i] for i in range(min(len(train), 4096))])  # type: ignore[arg-type]
 
     def decode(self, tokens: Tensor) -> list[str]:
         """Text of each sequence ``(n, L)`` (mask ids print as ``_``)."""
@@ -356,9 +430,19 @@ class Discrete(Domain):
             raise ValueError("decode needs a text model (data.source=text)")
         return [self.tokenizer.decode(row) for row in tokens.cpu()]
 
+    def picture(self, grids: Tensor) -> Tensor:
+        """Grids ``(n, H, W)`` as uint8 RGB ``(n, H, W, 3)``: digits in grey (black 0 to white levels - 1), label
+        maps in :func:`~discrete.labels.palette`'s colours; a mask token (absorbing chains) shows as the last."""
+        grids = grids.cpu()
+        if self.cfg.data.source == "labels":
+            return colour(grids, self.data_vocab)
+        levels = self.cfg.data.levels
+        grey = (grids.clamp(max=levels - 1) * 255 / (levels - 1)).round().to(torch.uint8)
+        return grey[..., None].expand(*grey.shape, 3)
+
     def save_samples(self, samples: Tensor, path: Path) -> Path:
-        if self.cfg.data.source == "digits":
-            return _save_grids(samples, self.cfg.data.levels, path.with_suffix(".png"))
+        if self.grid:
+            return save_grid_picture(self.picture(samples), path.with_suffix(".png"))
         out = path.with_suffix(".txt")
         rows = self.decode(samples) if self.tokenizer else [" ".join(map(str, r.tolist())) for r in samples]
         out.write_text("\n\n".join(f"--- sample {i} ---\n{r}" for i, r in enumerate(rows)) + "\n")
@@ -371,17 +455,18 @@ def mean_and_stderr(values: Tensor) -> tuple[float, float]:
     return values.mean().item(), (values.std() / math.sqrt(len(values))).item() if len(values) > 1 else math.nan
 
 
-def _save_grids(grids: Tensor, levels: int, out: Path) -> Path:
-    """Tile grids ``(n, H, W)`` into a grey PNG, upscaled 4x."""
+def save_grid_picture(pictures: Tensor, out: Path) -> Path:
+    """Tile uint8 RGB pictures ``(n, H, W, 3)`` into one PNG, a pixel apart, each grid cell drawn as a square of
+    ``max(1, 64 // max(H, W))`` pixels (8x8 digits: 8, 32x32 maps: 2)."""
     from PIL import Image
 
-    n, H, W = grids.shape
+    n, H, W, _ = pictures.shape
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    canvas = torch.zeros(rows * (H + 1), cols * (W + 1))
-    for i, g in enumerate(grids.float().clamp(max=levels - 1) / (levels - 1)):
+    canvas = torch.zeros(rows * (H + 1), cols * (W + 1), 3, dtype=torch.uint8)
+    for i, g in enumerate(pictures):
         r, c = divmod(i, cols)
         canvas[r * (H + 1) : r * (H + 1) + H, c * (W + 1) : c * (W + 1) + W] = g
-    img = Image.fromarray((canvas * 255).byte().numpy()).resize((canvas.shape[1] * 4, canvas.shape[0] * 4), 0)
-    img.save(out)
+    scale = max(1, 64 // max(H, W))
+    Image.fromarray(canvas.numpy()).resize((canvas.shape[1] * scale, canvas.shape[0] * scale), 0).save(out)
     return out
