@@ -1,18 +1,20 @@
 """``multigen-discrete``: sample, infill and score text, tokens and label maps with an exported D3PM model.
 
     multigen-discrete sample --checkpoint EXPORT --num N [--length L] [--steps S] [--prompt TEXT]
-                             [--infill TEXT --mask-char _] [--temperature T] [--out DIR]
+                             [--infill TEXT --mask-char _] [--temperature T]
+                             [--out DIR [--infill-map MAP --hole-id 255]]
     multigen-discrete eval   --checkpoint EXPORT --data FILE [--steps S | --any-order | --orders K]
 
-``--prompt`` keeps TEXT as the start of every sample; ``--infill`` keeps every character of TEXT
-except the mask characters, which are generated. Grid models (label maps, digits) write their samples to
-``--out DIR``: one image a sample (label maps as palette PNGs whose pixel values are the class ids, which
-``eval --data DIR`` reads back), and ``DIR.png`` beside the folder showing them all; their ``eval --data`` is a folder of label images or a ``.npy`` (N, H, W).
-``eval`` prints the negative ELBO in bits per token
-(bits per character for text models) with its standard error over the scored sequences: every one of
-the T terms (S with ``--steps``) is kept, but each is a one-sample Monte Carlo estimate, so the
-figure is an unbiased estimate of the bound, not its exact value. ``--orders K`` (absorbing models)
-prints the tighter bound importance-weighted over K random orders instead.
+``--prompt`` keeps TEXT as the start of every sample; ``--infill`` keeps every character of TEXT except the mask
+characters, which are generated. Grid models (label maps, digits) write their samples to ``--out DIR``: one image a
+sample (label maps as palette PNGs whose pixel values are the class ids, which ``eval --data DIR`` reads back), and
+``DIR.png`` beside the folder showing them all; ``--infill-map MAP`` keeps every pixel of the label image MAP except
+those of ``--hole-id`` (255), which are generated. Their ``eval --data`` is a folder of label images or a ``.npy``
+(N, H, W). ``eval`` prints the negative ELBO in bits per token (bits per character for text models, per pixel for
+label maps) with its standard error over the scored sequences: every one of the T terms (S with ``--steps``) is
+kept, but each is a one-sample Monte Carlo estimate, so the figure is an unbiased estimate of the bound, not its
+exact value. ``--orders K`` (absorbing models) prints the tighter bound importance-weighted over K random orders
+instead.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from multigen.samplers import Known
 
 from .data import TokenWindows, read_text, read_tokens
 from .domain import mean_and_stderr, save_grid_picture
-from .labels import LabelMaps, check_ids, read_label_maps, write_label_image
+from .labels import LabelMaps, check_ids, read_label_image, read_label_maps, write_label_image
 
 
 def _load(args: argparse.Namespace):
@@ -66,8 +68,9 @@ def cmd_sample(args: argparse.Namespace) -> Path | None:
     domain = p.domain
     if domain.grid:
         return _sample_grids(p, args)
-    if args.out is not None:
-        raise ValueError("--out is for grid models (label maps, digits); text and token samples are printed")
+    if args.out is not None or args.infill_map is not None:
+        raise ValueError("--out and --infill-map are for grid models (label maps, digits); text and token samples "
+                         "are printed")
     if len(args.mask_char) != 1:
         raise ValueError(f"--mask-char must be one character, got {args.mask_char!r}")
     limit = domain.cfg.data.length
@@ -96,12 +99,13 @@ def _sample_grids(p, args: argparse.Namespace) -> Path:
     if args.prompt is not None or args.infill is not None or args.length:
         raise ValueError("--prompt, --infill and --length are for text and token models; this one draws "
                          f"{domain.cfg.data.source} grids of shape {domain.sample_shape()}")
+    known = _known_map(domain, Path(args.infill_map), args.hole_id) if args.infill_map is not None else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if any(out.glob("sample_*.png")):
         raise ValueError(f"{out} already holds samples (sample_*.png); name a new folder")
     with torch.no_grad():
-        grids = domain.sample(p.model, args.num, steps=args.steps, temperature=args.temperature,
+        grids = domain.sample(p.model, args.num, known=known, steps=args.steps, temperature=args.temperature,
                               generator=seeded_generator(args), progress=True).cpu()
     pictures = domain.picture(grids)
     for i, (grid, picture) in enumerate(zip(grids, pictures)):
@@ -111,6 +115,21 @@ def _sample_grids(p, args: argparse.Namespace) -> Path:
             save_grid_picture(picture[None], out / f"sample_{i:03d}.png")
     print(f"wrote {len(grids)} samples to {out}")
     return save_grid_picture(pictures, out.resolve().with_suffix(".png"))
+
+
+def _known_map(domain, path: Path, hole_id: int) -> Known:
+    """The pixels of the label image ``path`` to keep: all but those of ``hole_id``, after the image is resized and
+    cut as held-out maps are (``mask`` and ``values`` ``(size, size)``)."""
+    if domain.cfg.data.source != "labels":
+        raise ValueError(f"--infill-map is for label-map models; this one draws {domain.cfg.data.source} grids")
+    m = LabelMaps([read_label_image(path)], domain.cfg.data.size, random_crop=False)[0]
+    hole = m == hole_id
+    if not hole.any():
+        raise ValueError(f"{path} has no pixel of --hole-id {hole_id} (after it is cut to {tuple(m.shape)}): "
+                         f"nothing to generate")
+    values = m.masked_fill(hole, 0)
+    check_ids([values], [str(path)], domain.data_vocab)
+    return Known(~hole, values)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -170,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, help="scales the model's x0 logits (default: config)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="grid models: the folder for the samples' images")
+    p.add_argument("--infill-map", help="label-map models: a label image whose --hole-id pixels are generated, the "
+                                        "rest kept (resized and cut to the model's size as held-out maps are)")
+    p.add_argument("--hole-id", type=int, default=255,
+                   help="the --infill-map value that marks a pixel to generate (default %(default)s)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--prompt", help="text every sample starts with")
     group.add_argument("--infill", help="text whose --mask-char characters are generated, the rest kept")

@@ -269,3 +269,29 @@ def test_a_tiny_model_beats_the_layout_baseline_on_held_out_scenes(tmp_path):
     m = [r for r in read_log(tmp_path) if "eval/elbo_bits_per_token" in r][-1]
     assert m["eval/elbo_bits_per_token"] + 4 * m["eval/elbo_bits_stderr"] < 0.6 * m["eval/baseline_position_bits"], m
     assert m["eval/baseline_position_bits"] < m["eval/baseline_unigram_bits"] - 0.5, m
+
+
+def test_cli_infills_the_hole_of_a_label_map_and_keeps_the_rest_exactly(label_export, tmp_path, capsys):
+    from discrete.cli import main
+
+    ids = np.tile(np.arange(16) % 6, (16, 1))  # 16x16, cut by the model (size 8) to its centred 8x8 after halving
+    ids[4:12, 4:12] = 255  # the hole: the middle half, which halving makes the middle 4x4
+    _png(tmp_path / "edit.png", ids)
+    out = tmp_path / "filled"
+    assert main(["sample", "--checkpoint", label_export, "--num", "2", "--steps", "4", "--out", str(out),
+                 "--infill-map", str(tmp_path / "edit.png")]) == 0
+    kept = short_side_to(torch.tensor(ids, dtype=torch.long), 8)
+    hole = kept == 255
+    assert hole.sum() == 16
+    for m in read_label_maps(out)[0]:
+        assert torch.equal(m[~hole], kept[~hole]) and (m[hole] < 6).all()
+    _png(tmp_path / "full.png", np.zeros((8, 8)))
+    assert main(["sample", "--checkpoint", label_export, "--out", str(tmp_path / "x"), "--infill-map",
+                 str(tmp_path / "full.png")]) == 2
+    assert "full.png has no pixel of --hole-id 255 (after it is cut to (8, 8)): nothing to generate" in \
+        capsys.readouterr().err
+    ids[1, 1] = 7  # a pixel the halving keeps
+    _png(tmp_path / "bad.png", ids)
+    assert main(["sample", "--checkpoint", label_export, "--out", str(tmp_path / "y"), "--infill-map",
+                 str(tmp_path / "bad.png")]) == 2
+    assert "bad.png: class id 7 is outside [0, 6)" in capsys.readouterr().err
