@@ -387,7 +387,7 @@ class AutoregressiveText(Discrete):
 
     def build_model(self) -> torch.nn.Module:
         m, d = self.cfg.model, self.cfg.data
-        if d.source == "digits":
+        if self.grid:
             raise ValueError("the autoregressive twin is for sequences (data.source=text or tokens)")
         return SequenceTransformer(self.data_vocab + 1, d.length, self.cfg.process.timesteps, dim=m.dim,
                                    depth=m.depth, heads=m.heads, dropout=m.dropout, causal=True, mlp=m.mlp,

@@ -7,10 +7,11 @@
 
 ``--prompt`` keeps TEXT as the start of every sample; ``--infill`` keeps every character of TEXT except the mask
 characters, which are generated. Grid models (label maps, digits) write their samples to ``--out DIR``: one image a
-sample (label maps as palette PNGs whose pixel values are the class ids, which ``eval --data DIR`` reads back), and
-``DIR.png`` beside the folder showing them all; ``--infill-map MAP`` keeps every pixel of the label image MAP except
-those of ``--hole-id`` (255), which are generated. Their ``eval --data`` is a folder of label images or a ``.npy``
-(N, H, W). ``eval`` prints the negative ELBO in bits per token (bits per character for text models, per pixel for
+sample (label maps as label images whose pixel values are the class ids, palette PNGs up to 256 classes, which
+``eval --data DIR`` reads back), and ``DIR.png`` beside the folder showing them all; ``--infill-map MAP`` keeps
+every pixel of the label image MAP except those of ``--hole-id`` (255), which are generated. A label-map model's
+``eval --data`` is a folder of label images, one of them, or a ``.npy`` (N, H, W); digit models are not scored here.
+``eval`` prints the negative ELBO in bits per token (bits per character for text models, per pixel for
 label maps) with its standard error over the scored sequences: every one of the T terms (S with ``--steps``) is
 kept, but each is a one-sample Monte Carlo estimate, so the figure is an unbiased estimate of the bound, not its
 exact value. ``--orders K`` (absorbing models) prints the tighter bound importance-weighted over K random orders
@@ -27,7 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from multigen import load_pretrained
-from multigen.cli import add_export_arguments, positive_int, run_command, seeded_generator
+from multigen.cli import add_export_arguments, output_folder, positive_int, run_command, seeded_generator
 from multigen.samplers import Known
 
 from .data import TokenWindows, read_text, read_tokens
@@ -101,7 +102,10 @@ def _sample_grids(p, args: argparse.Namespace) -> Path:
                          f"{domain.cfg.data.source} grids of shape {domain.sample_shape()}")
     known = _known_map(domain, Path(args.infill_map), args.hole_id) if args.infill_map is not None else None
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".png":
+        raise ValueError(f"--out {out} names a picture; it is the folder for the samples (their overview is written "
+                         f"beside it as <folder>.png)")
+    out = output_folder(out)
     if any(out.glob("sample_*.png")):
         raise ValueError(f"{out} already holds samples (sample_*.png); name a new folder")
     with torch.no_grad():
@@ -114,7 +118,8 @@ def _sample_grids(p, args: argparse.Namespace) -> Path:
         else:
             save_grid_picture(picture[None], out / f"sample_{i:03d}.png")
     print(f"wrote {len(grids)} samples to {out}")
-    return save_grid_picture(pictures, out.resolve().with_suffix(".png"))
+    out = out.resolve()
+    return save_grid_picture(pictures, out.with_name(out.name + ".png"))
 
 
 def _known_map(domain, path: Path, hole_id: int) -> Known:
@@ -140,20 +145,22 @@ def cmd_eval(args: argparse.Namespace) -> None:
     p = _load(args)
     domain = p.domain
     d = domain.cfg.data
+    if args.pattern is not None and d.source != "labels":
+        raise ValueError(f"--pattern picks label images; this is a {d.source} model")
     if d.source == "labels":
         if args.length:
             raise ValueError(f"--length is for text and token models; label maps are scored as {d.size}x{d.size} "
                              f"centred squares")
         maps, names = read_label_maps(args.data, args.pattern or d.pattern)
         check_ids(maps, names, d.vocab_size)
-        scored: Dataset = LabelMaps(maps, d.size, random_crop=False)
+        items: Dataset = LabelMaps(maps, d.size, random_crop=False)
     elif d.source in ("text", "tokens"):
         tokens = (domain.tokenizer.encode(read_text(args.data), source=args.data) if d.source == "text"
                   else read_tokens(args.data, d.vocab_size))
-        scored = TokenWindows(tokens, args.length or d.length)
+        items = TokenWindows(tokens, args.length or d.length)
     else:
         raise ValueError("eval reads text or token files and label maps; this is a digit-grid model")
-    data = torch.stack([scored[i] for i in range(len(scored))])  # type: ignore[arg-type]
+    data = torch.stack([items[i] for i in range(len(items))])  # type: ignore[arg-type]
     if args.max_sequences:
         data = data[: args.max_sequences]
     if args.any_order and domain.cfg.process.transition != "absorbing":

@@ -23,7 +23,7 @@ from multigen.domain import Domain, check_count, no_condition
 from multigen.samplers import Known
 
 from .data import CharTokenizer, DigitGrids, TokenError, TokenWindows, builtin_text, read_text, read_tokens
-from .labels import SCENE_CLASSES, LabelMaps, SceneMaps, check_ids, colour, read_label_maps
+from .labels import SCENE_CLASSES, LabelMaps, SceneMaps, check_ids, colour, infer_classes, read_label_maps
 from .d3pm import D3PM, TRANSITIONS, d3pm_betas, random_known
 from .model import GridUNet, SequenceTransformer
 
@@ -121,7 +121,7 @@ class Discrete(Domain):
     def __init__(self, cfg: DiscreteConfig) -> None:
         super().__init__(cfg)
         self._streams: dict[str, Tensor] = {}  # encoded once: by fit()'s checks, then by build_dataset
-        self._labels: dict[str, tuple[list[Tensor], list[str]]] = {}  # label maps and their names, read once
+        self._labels: dict[tuple[str, ...], tuple[list[Tensor], list[str]]] = {}  # label maps, names; read once
         d, p = cfg.data, cfg.process
         if d.source == "tokens" and d.vocab_size < 2:
             raise ConfigError("data.vocab_size: must be set (>= 2) when data.source=tokens")
@@ -132,6 +132,9 @@ class Discrete(Domain):
                               f"it must be even; got {d.size}")
         if d.source == "labels" and d.val_path and not d.path:
             raise ConfigError("data.val_path: given without data.path (the built-in scenes hold out their own)")
+        if d.source == "labels" and not d.path and 0 < d.vocab_size < len(SCENE_CLASSES):
+            raise ConfigError(f"data.vocab_size={d.vocab_size}: the built-in scenes have {len(SCENE_CLASSES)} classes "
+                              f"({', '.join(SCENE_CLASSES)})")
         try:  # here, not at the first sampling of a long run
             self.sample_settings()
         except ConfigError:
@@ -188,26 +191,28 @@ class Discrete(Domain):
             return
         splits = [self._label_maps(split) for split in ("train", "val")]
         if not d.vocab_size:
-            d.vocab_size = max(int(m.max()) for maps, _ in splits for m in maps) + 1
+            d.vocab_size = infer_classes(*(sum(part, []) for part in zip(*splits)))
         for maps, names in splits:
             check_ids(maps, names, d.vocab_size)
 
     def _label_maps(self, split: str) -> tuple[list[Tensor], list[str]]:
-        """``split``'s label maps and their names, read once: all of ``data.val_path`` for held-out maps where it is
-        given, else the last tenth of ``data.path``'s (at least one)."""
-        if split not in self._labels:
-            d = self.cfg.data
+        """``split``'s label maps and their names, read once (for these ``data.path``, ``val_path`` and ``pattern``):
+        all of ``data.val_path`` for held-out maps where it is given (and then never trained on, even inside
+        ``data.path``), else the last tenth of ``data.path``'s (at least one)."""
+        d = self.cfg.data
+        key = (split, d.path, d.val_path, d.pattern)
+        if key not in self._labels:
             if split == "val" and d.val_path:
-                self._labels[split] = read_label_maps(d.val_path, d.pattern)
+                self._labels[key] = read_label_maps(d.val_path, d.pattern)
             else:
-                maps, names = read_label_maps(d.path, d.pattern)
+                maps, names = read_label_maps(d.path, d.pattern, exclude=d.val_path or None)
                 cut = len(maps) if d.val_path else len(maps) - max(1, len(maps) // 10)
                 if cut < 1:
                     raise TokenError(f"{d.path} holds one label map: it cannot be split into training and held-out "
                                      f"maps; give more, or the held-out ones as data.val_path")
                 part = slice(0, cut) if split == "train" else slice(cut, None)
-                self._labels[split] = (maps[part], names[part])
-        return self._labels[split]
+                self._labels[key] = (maps[part], names[part])
+        return self._labels[key]
 
     @property
     def grid(self) -> bool:
@@ -389,37 +394,45 @@ class Discrete(Domain):
         return torch.cat([bits(chunk.to(device)).cpu() for chunk in data.split(batch_size)])
 
     def evaluate(self, model: nn.Module, dataset: Dataset) -> dict[str, float]:
-        """Held-out negative ELBO (bits per token; mean and standard error over sequences) next to the training
-        data's unigram cross-entropy of the same tokens, and for grids the cross-entropy under each position's own
-        training frequencies (a layout baseline: sky above, road below)."""
+        """Held-out negative ELBO (bits per token; mean and standard error over sequences) next to
+        :meth:`baselines` on the same tokens."""
         e = self.cfg.eval
         n = min(e.num_sequences, len(dataset))  # type: ignore[arg-type]
         data = torch.stack([dataset[i] for i in range(n)])
         mean, stderr = mean_and_stderr(self.elbo_bits(model, data, e.batch_size))
-        scores = {"elbo_bits_per_token": mean, "elbo_bits_stderr": stderr,
-                  "baseline_unigram_bits": self.unigram_bits(data)}
-        if self.grid:
-            scores["baseline_position_bits"] = self.unigram_bits(data, per_position=True)
+        return {"elbo_bits_per_token": mean, "elbo_bits_stderr": stderr, **self.baselines(data)}
+
+    def baselines(self, data: Tensor) -> dict[str, float]:
+        """Cross-entropies (bits per token) of ``data`` ``(N, *shape)`` under the training data's token frequencies
+        (add-one; ``baseline_unigram_bits``), and for grids under each position's own training frequencies (a
+        layout baseline: sky above, road below; ``baseline_position_bits``)."""
+        ref, K = self._training_tokens(), self.data_vocab
+        counts = torch.bincount(ref.flatten(), minlength=K).double() + 1
+        scores = {"baseline_unigram_bits": -(counts / counts.sum()).log2()[data.flatten()].mean().item()}
+        if not self.grid:
+            return scores
+        if data.shape[1:] != ref.shape[1:]:
+            raise ValueError(f"grids of shape {tuple(data.shape[1:])} scored against training grids of shape "
+                             f"{tuple(ref.shape[1:])}: position by position they do not match")
+        positions = ref[0].numel()
+        at = torch.arange(positions) * K  # each position's block of K counts
+        counts = torch.bincount((at + ref.flatten(1)).flatten(), minlength=positions * K).view(positions, K) + 1
+        logp = (counts.double() / counts.sum(-1, keepdim=True)).log2()
+        scores["baseline_position_bits"] = -logp.gather(1, data.flatten(1).T).mean().item()
         return scores
 
-    def unigram_bits(self, data: Tensor, per_position: bool = False) -> float:
-        """Cross-entropy (bits per token) of ``data`` ``(N, *shape)`` under the training data's token frequencies
-        (add-one), or with ``per_position`` (grids) each position's own frequencies."""
-        ref = self._training_tokens
-        K = self.data_vocab
-        if not per_position:
-            counts = torch.bincount(ref.flatten(), minlength=K).double() + 1
-            return -(counts / counts.sum()).log2()[data.flatten()].mean().item()
-        onehot = torch.nn.functional.one_hot(ref.flatten(1), K).double()  # (N, positions, K)
-        counts = onehot.sum(0) + 1
-        logp = (counts / counts.sum(-1, keepdim=True)).log2()  # (positions, K)
-        return -logp.gather(1, data.flatten(1).T).mean().item()
+    def unigram_bits(self, data: Tensor) -> float:
+        """:meth:`baselines`' unigram cross-entropy (bits per token) of ``data``."""
+        return self.baselines(data)["baseline_unigram_bits"]
 
-    @cached_property
     def _training_tokens(self) -> Tensor:
         """What the baselines count: the training stream ``(N,)``, or the first 4 096 training grids ``(n, H, W)``
-        (label maps cut as training cuts them)."""
-        train = self.build_dataset("train")
+        (label maps cut centred, as held-out ones are, so the global random state is left alone)."""
+        d = self.cfg.data
+        if d.source == "labels" and d.path:
+            train: Dataset = LabelMaps(self._label_maps("train")[0], d.size, random_crop=False)
+        else:
+            train = self.build_dataset("train")
         if isinstance(train, TokenWindows):
             return train.tokens
         return torch.stack([train[i] for i in range(min(len(train), 4096))])  # type: ignore[arg-type]
@@ -432,7 +445,7 @@ class Discrete(Domain):
 
     def picture(self, grids: Tensor) -> Tensor:
         """Grids ``(n, H, W)`` as uint8 RGB ``(n, H, W, 3)``: digits in grey (black 0 to white levels - 1), label
-        maps in :func:`~discrete.labels.palette`'s colours; a mask token (absorbing chains) shows as the last."""
+        maps in :func:`~discrete.labels.palette`'s colours."""
         grids = grids.cpu()
         if self.cfg.data.source == "labels":
             return colour(grids, self.data_vocab)
@@ -463,7 +476,7 @@ def save_grid_picture(pictures: Tensor, out: Path) -> Path:
     n, H, W, _ = pictures.shape
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    canvas = torch.zeros(rows * (H + 1), cols * (W + 1), 3, dtype=torch.uint8)
+    canvas = torch.zeros(rows * (H + 1) - 1, cols * (W + 1) - 1, 3, dtype=torch.uint8)
     for i, g in enumerate(pictures):
         r, c = divmod(i, cols)
         canvas[r * (H + 1) : r * (H + 1) + H, c * (W + 1) : c * (W + 1) + W] = g

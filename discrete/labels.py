@@ -1,7 +1,8 @@
 """Label maps for categorical diffusion: int64 grids ``(size, size)`` of class ids in ``[0, classes)``.
 
 * :func:`read_label_maps` reads a folder of label images (PNG, BMP, TIFF; palette images give their palette
-  indices, grey ones, 8- or 16-bit, their values) or a ``.npy`` integer array ``(N, H, W)``;
+  indices, grey ones, 8- or 16-bit, their values), one label image, or a ``.npy`` integer array ``(N, H, W)``;
+  :func:`infer_classes` counts their classes;
 * :class:`LabelMaps` resizes them (nearest neighbour) so their short side is ``size`` and cuts a square: a random
   one in training, the centred one for held-out maps;
 * :class:`SceneMaps` are the built-in data: procedural street scenes (:data:`SCENE_CLASSES`) in perspective, a
@@ -26,6 +27,7 @@ from .data import TokenError
 SCENE_CLASSES = ("sky", "grass", "road", "building", "tree", "car")
 LABEL_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
 _ID_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B")  # Pillow modes whose pixel values are ids
+MAX_CLASSES = 65536  # what a 16-bit label image holds
 
 
 def read_label_image(path: Path) -> Tensor:
@@ -35,9 +37,11 @@ def read_label_image(path: Path) -> Tensor:
 
     try:
         with Image.open(path) as img:
-            mode, ids = img.mode, np.asarray(img)
+            mode, ids, pages = img.mode, np.asarray(img), getattr(img, "n_frames", 1)
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise TokenError(f"{path} is not a readable label image: {e}") from e
+    if pages > 1:
+        raise TokenError(f"{path} holds {pages} images; a label image holds one map (save each page as a file)")
     if mode not in _ID_MODES:
         raise TokenError(f"{path} is a {mode} image; a label map holds one class id a pixel: save it as a palette "
                          f"(P) or grey (8- or 16-bit) image, or choose the id images with data.pattern (e.g. "
@@ -45,31 +49,37 @@ def read_label_image(path: Path) -> Tensor:
     return torch.from_numpy(ids.astype(np.int64))
 
 
-def label_files(folder: Path, pattern: str = "*") -> list[Path]:
+def label_files(folder: Path, pattern: str = "*", exclude: Path | None = None) -> list[Path]:
     """The label images under ``folder`` (any depth) whose names match ``pattern``, in sorted order of their paths;
-    hidden files and folders are skipped."""
+    hidden files and folders, and the folder ``exclude`` (held-out maps inside the training folder), are skipped."""
     found = []
+    skip = exclude.resolve() if exclude is not None else None
     for root, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (Path(root) / d).resolve() != skip)
         found += [Path(root) / n for n in names if not n.startswith(".") and n.lower().endswith(LABEL_SUFFIXES)
                   and fnmatch(n, pattern)]
     return sorted(found)
 
 
-def read_label_maps(path: str | Path, pattern: str = "*") -> tuple[list[Tensor], list[str]]:
-    """Every label map of ``path`` (a folder of label images, or a ``.npy`` integer array ``(N, H, W)``) as int64
-    ``(H, W)`` tensors, with the name of each (its file, or ``path[i]``) for errors."""
+def read_label_maps(path: str | Path, pattern: str = "*", exclude: str | Path | None = None
+                    ) -> tuple[list[Tensor], list[str]]:
+    """Every label map of ``path`` (a folder of label images, less the folder ``exclude`` if inside it; one label
+    image; or a ``.npy`` integer array ``(N, H, W)``) as int64 ``(H, W)`` tensors, with the name of each (its file,
+    or ``path[i]``) for errors."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"label maps {path} not found")
     if path.is_dir():
-        files = label_files(path, pattern)
+        files = label_files(path, pattern, Path(exclude) if exclude else None)
         if not files:
             raise TokenError(f"{path} holds no label images matching {pattern!r} (suffixes {', '.join(LABEL_SUFFIXES)};"
                              f" JPEG is not one: its compression changes the ids)")
         return [read_label_image(f) for f in files], [str(f) for f in files]
+    if path.suffix.lower() in LABEL_SUFFIXES:
+        return [read_label_image(path)], [str(path)]
     if path.suffix.lower() != ".npy":
-        raise TokenError(f"{path}: label maps are a folder of label images or a .npy array (N, H, W)")
+        raise TokenError(f"{path}: label maps are a folder of label images ({', '.join(LABEL_SUFFIXES)}), one of "
+                         f"them, or a .npy array (N, H, W)")
     try:
         arr = np.load(path, allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - numpy raises many types for a bad file
@@ -77,6 +87,8 @@ def read_label_maps(path: str | Path, pattern: str = "*") -> tuple[list[Tensor],
     if arr.ndim != 3 or not np.issubdtype(arr.dtype, np.integer) or 0 in arr.shape:
         raise TokenError(f"{path} must hold label maps as a non-empty integer array (N, H, W), not {arr.dtype} "
                          f"{arr.shape}")
+    if arr.max() >= MAX_CLASSES:  # also before int64 could wrap a large uint64
+        raise TokenError(f"{path}: class id {arr.max()}; a label map's ids are below {MAX_CLASSES}")
     maps = torch.from_numpy(arr.astype(np.int64))
     return list(maps), [f"{path}[{i}]" for i in range(len(maps))]
 
@@ -91,11 +103,31 @@ def check_ids(maps: list[Tensor], names: list[str], classes: int) -> None:
             raise TokenError(f"{name}: class id {value} is outside [0, {classes}) (data.vocab_size){hint}")
 
 
+def infer_classes(maps: list[Tensor], names: list[str]) -> int:
+    """The number of classes of ``maps``: their largest id + 1, which must be 2 to :data:`MAX_CLASSES`. A negative id
+    is an error naming its map, and so is a largest id of 255 among few others (Pascal VOC's and Cityscapes'
+    'ignore' value would become a class of its own and make 256)."""
+    lows, highs = [int(m.min()) for m in maps], [int(m.max()) for m in maps]
+    if min(lows) < 0:
+        raise TokenError(f"{names[lows.index(min(lows))]}: class id {min(lows)} is negative")
+    top = max(highs)
+    where = names[highs.index(top)]
+    if top + 1 < 2:
+        raise TokenError(f"the label maps hold one class id ({top}); a model needs at least two classes")
+    if top >= MAX_CLASSES:
+        raise TokenError(f"{where}: class id {top}; a label map's ids are below {MAX_CLASSES}")
+    used = torch.cat([m.flatten().unique() for m in maps]).unique()
+    if top == 255 and len(used) < 128:
+        raise TokenError(f"{where}: class id 255 among {len(used) - 1} others is likely the 'ignore' value of Pascal "
+                         f"VOC and Cityscapes: map it to a class, or give data.vocab_size=256 to keep it as one")
+    return top + 1
+
+
 def short_side_to(m: Tensor, size: int) -> Tensor:
     """``m`` ``(H, W)`` resized by nearest neighbour so that its short side is ``size`` (the aspect kept)."""
     h, w = m.shape
     scale = size / min(h, w)
-    H, W = (size, max(size, round(w * scale))) if h <= w else (max(size, round(h * scale)), size)
+    H, W = (size, round(w * scale)) if h <= w else (round(h * scale), size)
     rows = ((torch.arange(H) + 0.5) * h / H).long().clamp(max=h - 1)
     cols = ((torch.arange(W) + 0.5) * w / W).long().clamp(max=w - 1)
     return m[rows[:, None], cols[None, :]]
@@ -106,8 +138,6 @@ class LabelMaps(Dataset):
     of it (``random_crop``; drawn from torch's global generator) or the centred one."""
 
     def __init__(self, maps: list[Tensor], size: int, random_crop: bool) -> None:
-        if not maps:
-            raise TokenError("no label maps")
         self.maps = [short_side_to(m, size).to(torch.int32) for m in maps]
         self.size, self.random_crop = size, random_crop
 
@@ -193,8 +223,8 @@ def write_label_image(m: Tensor, path: Path, classes: int) -> Path:
     :func:`palette`'s colours for up to 256 classes, else a 16-bit grey PNG (up to 65 536)."""
     from PIL import Image
 
-    if classes > 65536:
-        raise ValueError(f"{classes} classes: a PNG label image holds at most 65 536")
+    if classes > MAX_CLASSES:
+        raise ValueError(f"{classes} classes: a PNG label image holds at most {MAX_CLASSES}")
     ids = m.cpu().numpy()
     if classes <= 256:
         img = Image.fromarray(ids.astype(np.uint8))

@@ -87,7 +87,7 @@ def test_a_npy_of_label_maps_and_its_refusals(tmp_path):
         with pytest.raises(TokenError, match=r"bad\.npy must hold label maps as a non-empty integer array \(N, H, W\)"):
             read_label_maps(tmp_path / "bad.npy")
     (tmp_path / "m.txt").write_text("0 1")
-    with pytest.raises(TokenError, match=r"a folder of label images or a \.npy"):
+    with pytest.raises(TokenError, match=r"a folder of label images \(\.png, .*\), one of them, or a \.npy"):
         read_label_maps(tmp_path / "m.txt")
 
 
@@ -151,7 +151,9 @@ def test_the_domain_fits_classes_from_both_splits_and_holds_out_the_last_tenth(t
     assert domain.sample_shape() == (4, 4)
     with pytest.raises(TokenError, match=r"m09\.png: class id 4 is outside \[0, 4\)"):
         _domain(f"data.path={tmp_path}", "data.vocab_size=4").fit()
-    assert _domain(f"data.path={tmp_path}", f"data.val_path={tmp_path / 'm09.png'}").cfg.data.val_path
+    one_held_out = _domain(f"data.path={tmp_path}", f"data.val_path={tmp_path / 'm09.png'}", "data.size=4")
+    one_held_out.fit()  # one label image as the held-out maps; the training folder's ten all trained on
+    assert len(one_held_out.build_dataset("train")) == 10 and len(one_held_out.build_dataset("val")) == 1
     one = tmp_path / "one"
     one.mkdir()
     _png(one / "m.png", [[0]])
@@ -187,16 +189,23 @@ def test_label_configs_are_checked_before_a_run():
 
 def test_the_layout_baseline_is_each_positions_add_one_cross_entropy(tmp_path):
     maps = np.zeros((10, 2, 2), dtype=np.uint8)
-    maps[:, 0, 0] = 1  # position (0, 0) always class 1, the rest class 0
+    maps[:, 0, 1] = 1  # position (row 0, column 1) always class 1, the rest class 0
+    maps[:5, 1, 0] = 2  # (row 1, column 0) class 2 in half of the training maps
     np.save(tmp_path / "m.npy", maps)
     domain = _domain(f"data.path={tmp_path / 'm.npy'}", "data.size=2", "data.vocab_size=3")
     domain.fit()
-    data = torch.stack([domain.build_dataset("val")[0]])
+    data = torch.tensor([[[0, 1], [2, 0]]])
     n = 9  # training maps; add-one over 3 classes at every position
-    assert abs(domain.unigram_bits(data, per_position=True) - (-np.log2((n + 1) / (n + 3)))) < 1e-12
-    counts = np.array([27 + 1, 9 + 1, 1])  # over all 36 training pixels
-    expected = -(3 * np.log2(counts[0] / counts.sum()) + np.log2(counts[1] / counts.sum())) / 4
-    assert abs(domain.unigram_bits(data) - expected) < 1e-12
+    expected = -np.mean([np.log2((n + 1) / (n + 3)), np.log2((n + 1) / (n + 3)), np.log2(6 / (n + 3)),
+                         np.log2((n + 1) / (n + 3))])
+    scores = domain.baselines(data)
+    assert abs(scores["baseline_position_bits"] - expected) < 1e-12
+    counts = np.array([22 + 1, 9 + 1, 5 + 1])  # over all 36 training pixels
+    expected = -(2 * np.log2(counts[0] / counts.sum()) + np.log2(counts[1] / counts.sum())
+                 + np.log2(counts[2] / counts.sum())) / 4
+    assert abs(scores["baseline_unigram_bits"] - expected) < 1e-12
+    with pytest.raises(ValueError, match=r"grids of shape \(1, 4\) scored against training grids of shape \(2, 2\)"):
+        domain.baselines(torch.zeros(1, 1, 4, dtype=torch.long))
 
 
 def test_a_model_evaluates_against_both_baselines_and_draws_pictures(tmp_path):
@@ -211,7 +220,7 @@ def test_a_model_evaluates_against_both_baselines_and_draws_pictures(tmp_path):
     assert grids.shape == (3, 8, 8) and ((grids >= 0) & (grids < 6)).all()
     out = domain.save_samples(grids, tmp_path / "step")
     picture = np.asarray(Image.open(out))
-    assert out.suffix == ".png" and picture.shape == (2 * 9 * 8, 2 * 9 * 8, 3)  # 2x2 tiles of 8 + gap, drawn 8x
+    assert out.suffix == ".png" and picture.shape == (17 * 8, 17 * 8, 3)  # 2x2 tiles of 8, a gap between, 8x
     assert (picture[:64, :64] == palette(6)[grids[0]].numpy().repeat(8, 0).repeat(8, 1)).all()
 
 
@@ -239,6 +248,13 @@ def test_cli_samples_label_maps_as_images_it_scores_back(label_export, tmp_path,
     assert "--prompt, --infill and --length are for text and token models" in capsys.readouterr().err
     assert main(["sample", "--checkpoint", label_export]) == 2
     assert "name a folder for them with --out" in capsys.readouterr().err
+    assert main(["sample", "--checkpoint", label_export, "--out", str(tmp_path / "p.png")]) == 2
+    assert "names a picture; it is the folder for the samples" in capsys.readouterr().err
+    assert not (tmp_path / "p.png").exists()
+    assert main(["sample", "--checkpoint", label_export, "--num", "1", "--steps", "2", "--out",
+                 str(tmp_path / "run.v2")]) == 0
+    assert (tmp_path / "run.v2.png").is_file() and (tmp_path / "run.v2" / "sample_000.png").is_file()
+    capsys.readouterr()
     assert main(["eval", "--checkpoint", label_export, "--data", str(out), "--batch-size", "2"]) == 0
     assert f"{out}: " in (printed := capsys.readouterr().out) and "bits/pixel" in printed and "3 sequence(s)" in printed
 
@@ -295,3 +311,59 @@ def test_cli_infills_the_hole_of_a_label_map_and_keeps_the_rest_exactly(label_ex
     assert main(["sample", "--checkpoint", label_export, "--out", str(tmp_path / "y"), "--infill-map",
                  str(tmp_path / "bad.png")]) == 2
     assert "bad.png: class id 7 is outside [0, 6)" in capsys.readouterr().err
+
+
+def test_class_counts_are_inferred_within_limits_and_the_ignore_value_is_named():
+    from discrete.labels import infer_classes
+
+    assert infer_classes([torch.tensor([[0, 2]]), torch.tensor([[1]])], ["a", "b"]) == 3
+    with pytest.raises(TokenError, match="^b: class id -1 is negative$"):
+        infer_classes([torch.tensor([[0]]), torch.tensor([[-1]])], ["a", "b"])
+    with pytest.raises(TokenError, match=r"one class id \(0\); a model needs at least two"):
+        infer_classes([torch.zeros(2, 2, dtype=torch.long)], ["a"])
+    with pytest.raises(TokenError, match="^b: class id 70000; a label map's ids are below 65536$"):
+        infer_classes([torch.tensor([[1]]), torch.tensor([[70000]])], ["a", "b"])
+    with pytest.raises(TokenError, match=r"^b: class id 255 among 4 others is likely the 'ignore' value .*"
+                                         r"data\.vocab_size=256"):
+        infer_classes([torch.tensor([[0, 1, 2]]), torch.tensor([[3, 255]])], ["a", "b"])
+    assert infer_classes([torch.arange(256).view(16, 16)], ["a"]) == 256  # every id used: 256 real classes
+
+
+def test_held_out_maps_inside_the_training_folder_are_never_trained_on(tmp_path):
+    (tmp_path / "val").mkdir()
+    for i in range(4):
+        _png(tmp_path / f"t{i}.png", np.full((4, 4), 1))
+    _png(tmp_path / "val" / "v.png", np.full((4, 4), 2))
+    domain = _domain(f"data.path={tmp_path}", f"data.val_path={tmp_path / 'val'}", "data.size=4")
+    domain.fit()
+    train = domain.build_dataset("train")
+    assert len(train) == 4 and all(train[i].unique().tolist() == [1] for i in range(4))
+    assert domain.cfg.data.vocab_size == 3  # the held-out class still counted
+
+
+def test_scenes_refuse_fewer_classes_and_odd_files_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"data.vocab_size=3: the built-in scenes have 6 classes \(sky, grass"):
+        _domain("data.vocab_size=3")
+    frames = [Image.fromarray(np.full((2, 2), i, dtype=np.uint8)) for i in range(3)]
+    frames[0].save(tmp_path / "pages.tif", save_all=True, append_images=frames[1:])
+    with pytest.raises(TokenError, match=r"pages\.tif holds 3 images; a label image holds one map"):
+        read_label_image(tmp_path / "pages.tif")
+    np.save(tmp_path / "u.npy", np.full((1, 2, 2), 2**64 - 1, dtype=np.uint64))
+    with pytest.raises(TokenError, match=r"u\.npy: class id 18446744073709551615; a label map's ids are below"):
+        read_label_maps(tmp_path / "u.npy")
+
+
+def test_evaluating_label_folders_leaves_the_random_state_alone(tmp_path):
+    for i in range(10):
+        _png(tmp_path / f"m{i}.png", np.arange(48).reshape(6, 8) % 3)
+    domain = _domain(f"data.path={tmp_path}", "data.size=4", "eval.num_sequences=1")
+    domain.fit()
+    model = domain.build_model()
+    torch.manual_seed(0)
+    first = domain.evaluate(model, domain.build_dataset("val"))
+    after = torch.rand(1)
+    torch.manual_seed(1)
+    second = domain.evaluate(model, domain.build_dataset("val"))
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.rand(1))
+    assert first["baseline_position_bits"] == second["baseline_position_bits"]
