@@ -268,13 +268,19 @@ def load_config(
         for item in overrides:
             if "=" not in item or item.startswith("="):
                 raise ConfigError(f"override {item!r} is not of the form key.sub=value")
-            parsed = OmegaConf.from_dotlist([item])
             key, _, text = item.partition("=")
             kind = _text_kind(schema, key)
+            try:
+                parsed = OmegaConf.from_dotlist([item])
+            except yaml.YAMLError as e:  # `*_labelIds.png` reads as a YAML alias: a string field takes it as typed
+                if kind != "str":
+                    raise ConfigError(f"{key}: {text!r} is not a YAML value ({first_line(e)})") from None
+                parsed = None
             # a string field takes `no`, `1e-3` as typed, not as YAML's false, 0.001; a list of strings its items
             # (`[03001627]` is a synset, not the octal 787351)
             typed: Any = text if kind == "str" else yaml.load(text, Loader=yaml.BaseLoader) if kind == "list" else None
-            if (kind == "str" and not isinstance(OmegaConf.select(parsed, key), str)) or isinstance(typed, list):
+            if (kind == "str" and (parsed is None or not isinstance(OmegaConf.select(parsed, key), str))
+                    or isinstance(typed, list)):
                 for part in reversed(key.split(".")):
                     typed = {part: typed}
                 parsed = OmegaConf.create(typed)

@@ -45,6 +45,11 @@ def test_string_fields_take_override_text_as_typed(tmp_path):
     assert (cfg.train.mixed_precision, cfg.train.output_dir, cfg.train.lr) == ("no", "1e-3", 0.001)
     with pytest.raises(ConfigError, match="train.max_steps"):
         load_config(Toy2DConfig, overrides=["train.max_steps=no"])
+    # text that is no YAML value at all (`*x` reads as an alias) is a string field's as typed, else an error naming it
+    cfg = load_config(Toy2DConfig, overrides=["train.output_dir=*_labelIds.png", "train.mixed_precision='no'"])
+    assert (cfg.train.output_dir, cfg.train.mixed_precision) == ("*_labelIds.png", "no")
+    with pytest.raises(ConfigError, match=r"^train\.lr: '\*x' is not a YAML value \("):
+        load_config(Toy2DConfig, overrides=["train.lr=*x"])
     f = tmp_path / "c.yaml"
     f.write_text("train:\n  mixed_precision: no\n  output_dir: 0755\n  max_steps: 0x10\n")  # a file's too
     cfg = load_config(Toy2DConfig, f)
