@@ -367,3 +367,21 @@ def test_evaluating_label_folders_leaves_the_random_state_alone(tmp_path):
     torch.manual_seed(0)
     assert torch.equal(after, torch.rand(1))
     assert first["baseline_position_bits"] == second["baseline_position_bits"]
+
+
+def test_cli_samples_digit_grids_as_grey_pictures(tmp_path, capsys):
+    from discrete.cli import main
+    from multigen.export import export_model
+
+    domain = Discrete(load_config(DiscreteConfig, overrides=["data.source=digits", "data.levels=4",
+                                                             "process.timesteps=8", "model.dim=8", "model.depth=1"]))
+    domain.fit()
+    export = export_model(domain.build_model(), domain, tmp_path / "export")
+    assert main(["sample", "--checkpoint", str(export), "--num", "2", "--steps", "2", "--out",
+                 str(tmp_path / "d")]) == 0
+    one = np.asarray(Image.open(tmp_path / "d" / "sample_001.png"))
+    assert one.shape == (64, 64, 3) and set(np.unique(one)) <= {0, 85, 170, 255}  # 4 grey levels, 8x, no gap
+    assert (one[..., 0] == one[..., 2]).all()
+    assert np.asarray(Image.open(tmp_path / "d.png")).shape == (8 * 8, 8 * 17, 3)  # the two side by side
+    assert main(["sample", "--checkpoint", str(export), "--out", str(tmp_path / "e"), "--infill-map", "x.png"]) == 2
+    assert "--infill-map is for label-map models; this one draws digits grids" in capsys.readouterr().err
