@@ -23,7 +23,8 @@ from multigen.domain import Domain, check_count, no_condition
 from multigen.samplers import Known
 
 from .data import CharTokenizer, DigitGrids, TokenError, TokenWindows, builtin_text, read_text, read_tokens
-from .labels import SCENE_CLASSES, LabelMaps, SceneMaps, check_ids, colour, infer_classes, read_label_maps
+from .labels import (SCENE_CLASSES, LabelMaps, SceneMaps, boundary_rate, check_ids, class_distance, colour,
+                     infer_classes, read_label_maps)
 from .d3pm import D3PM, TRANSITIONS, d3pm_betas, random_known
 from .model import GridUNet, SequenceTransformer
 
@@ -94,6 +95,9 @@ class DiscreteSampleConfig:
 class DiscreteEvalConfig:
     num_sequences: int = at_least(32, 1)  # held-out sequences whose negative ELBO is estimated
     batch_size: int = at_least(32, 1)
+    # label maps: samples drawn (seeded, the sample settings) and compared with the held-out maps: edge share
+    # (stray pixels raise it) and class-frequency distance; 0: none
+    num_samples: int = at_least(0, 0)
 
 
 @dataclass
@@ -400,7 +404,22 @@ class Discrete(Domain):
         n = min(e.num_sequences, len(dataset))  # type: ignore[arg-type]
         data = torch.stack([dataset[i] for i in range(n)])
         mean, stderr = mean_and_stderr(self.elbo_bits(model, data, e.batch_size))
-        return {"elbo_bits_per_token": mean, "elbo_bits_stderr": stderr, **self.baselines(data)}
+        scores = {"elbo_bits_per_token": mean, "elbo_bits_stderr": stderr, **self.baselines(data)}
+        if self.cfg.data.source == "labels" and e.num_samples:
+            scores.update(self.sample_statistics(model, data, e.num_samples))
+        return scores
+
+    def sample_statistics(self, model: nn.Module, held_out: Tensor, n: int) -> dict[str, float]:
+        """``n`` samples (the config's sample settings, seeded by ``sample.seed``) against the held-out label maps
+        ``held_out`` ``(N, H, W)``: each one's :func:`~discrete.labels.boundary_rate` (``sample_boundary_rate``,
+        ``held_out_boundary_rate``) and the :func:`~discrete.labels.class_distance` between them
+        (``sample_class_distance``)."""
+        device = next(model.parameters()).device
+        g = torch.Generator(device=device).manual_seed(self.cfg.sample.seed)
+        samples = torch.cat([self.sample(model, len(chunk), generator=g).cpu()
+                             for chunk in torch.arange(n).split(self.cfg.eval.batch_size)])
+        return {"sample_boundary_rate": boundary_rate(samples), "held_out_boundary_rate": boundary_rate(held_out),
+                "sample_class_distance": class_distance(samples, held_out, self.data_vocab)}
 
     def baselines(self, data: Tensor) -> dict[str, float]:
         """Cross-entropies (bits per token) of ``data`` ``(N, *shape)`` under the training data's token frequencies

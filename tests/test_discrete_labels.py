@@ -10,14 +10,16 @@ from PIL import Image
 
 from discrete.data import TokenError
 from discrete.domain import Discrete, DiscreteConfig
-from discrete.labels import (SCENE_CLASSES, LabelMaps, SceneMaps, check_ids, label_files, palette, read_label_image,
-                             read_label_maps, scene_map, short_side_to, write_label_image)
+from discrete.labels import (SCENE_CLASSES, LabelMaps, SceneMaps, boundary_rate, check_ids, class_distance,
+                             label_files, palette, read_label_image, read_label_maps, scene_map, short_side_to,
+                             write_label_image)
 from multigen.config import ConfigError, load_config
 
 
 def _domain(*overrides: str) -> Discrete:
     return Discrete(load_config(DiscreteConfig, overrides=["data.source=labels", "process.timesteps=8",
-                                                           "model.dim=8", "model.depth=1", *overrides]))
+                                                           "model.dim=8", "model.depth=1", "data.num_train=256",
+                                                           *overrides]))
 
 
 def _png(path, ids, mode: str = "L") -> None:
@@ -385,3 +387,29 @@ def test_cli_samples_digit_grids_as_grey_pictures(tmp_path, capsys):
     assert np.asarray(Image.open(tmp_path / "d.png")).shape == (8 * 8, 8 * 17, 3)  # the two side by side
     assert main(["sample", "--checkpoint", str(export), "--out", str(tmp_path / "e"), "--infill-map", "x.png"]) == 2
     assert "--infill-map is for label-map models; this one draws digits grids" in capsys.readouterr().err
+
+
+def test_edges_and_class_mix_of_label_maps():
+    halves = torch.zeros(1, 4, 4, dtype=torch.long)
+    halves[..., 2:] = 1  # one vertical edge: 4 of the 12 side-by-side pairs, none of the 12 stacked ones
+    assert boundary_rate(halves) == pytest.approx(4 / 24)
+    assert boundary_rate(halves.transpose(1, 2)) == pytest.approx(4 / 24)
+    assert boundary_rate(torch.zeros(2, 3, 5, dtype=torch.long)) == 0
+    assert boundary_rate(torch.tensor([[[0, 1], [1, 0]]])) == 1
+    zeros, ones = torch.zeros(2, 2, 2, dtype=torch.long), torch.ones(1, 2, 2, dtype=torch.long)
+    assert class_distance(zeros, ones, 3) == 1 and class_distance(zeros, zeros[:1], 3) == 0
+    assert class_distance(halves, zeros, 2) == 0.5
+
+
+def test_evaluation_draws_samples_against_the_held_out_maps():
+    domain = _domain("data.size=8", "eval.num_sequences=3", "eval.num_samples=2", "sample.steps=2")
+    domain.fit()
+    model = domain.build_model()
+    val = domain.build_dataset("val")
+    scores = domain.evaluate(model, val)
+    assert scores["held_out_boundary_rate"] == boundary_rate(torch.stack([val[i] for i in range(3)]))
+    assert 0 < scores["sample_boundary_rate"] <= 1 and 0 <= scores["sample_class_distance"] <= 1
+    assert scores == domain.evaluate(model, val)  # seeded samples
+    domain.cfg.eval.num_samples = 0
+    assert set(domain.evaluate(model, val)) == {"elbo_bits_per_token", "elbo_bits_stderr", "baseline_unigram_bits",
+                                                "baseline_position_bits"}
