@@ -52,13 +52,16 @@ def read_label_image(path: Path) -> Tensor:
 
 def label_files(folder: Path, pattern: str = "*", exclude: Path | None = None) -> list[Path]:
     """The label images under ``folder`` (any depth) whose names match ``pattern``, in sorted order of their paths;
-    hidden files and folders, and the folder ``exclude`` (held-out maps inside the training folder), are skipped."""
+    hidden files and folders, and the file or folder ``exclude`` (held-out maps inside the training folder), are
+    skipped."""
     found = []
     skip = exclude.resolve() if exclude is not None else None
+    if skip == folder.resolve():
+        raise TokenError(f"{folder}: the held-out maps are the training maps themselves")
     for root, dirs, names in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (Path(root) / d).resolve() != skip)
         found += [Path(root) / n for n in names if not n.startswith(".") and n.lower().endswith(LABEL_SUFFIXES)
-                  and fnmatch(n, pattern)]
+                  and fnmatch(n, pattern) and (Path(root) / n).resolve() != skip]
     return sorted(found)
 
 

@@ -225,3 +225,9 @@ def test_an_exports_config_trains_anew_in_its_own_domain_only(tmp_path, capsys):
     assert (printed["model"]["hidden"], printed["sample"]["steps"], printed["train"]["max_steps"]) == (48, 17, 7)
     assert main(["--domain", "video", "--config", str(config)]) == 2
     assert f"{config} is the config of a toy2d export, not of a video model" in capsys.readouterr().err
+
+
+def test_a_list_field_refuses_text_that_is_no_yaml_value():
+    from pointcloud.domain import PointCloudConfig
+    with pytest.raises(ConfigError, match=r"categories: '\*x' is not a YAML value"):
+        load_config(PointCloudConfig, overrides=["data.categories=*x"])

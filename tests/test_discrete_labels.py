@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 
 from discrete.data import TokenError
-from discrete.domain import Discrete, DiscreteConfig
-from discrete.labels import (SCENE_CLASSES, LabelMaps, SceneMaps, boundary_rate, check_ids, class_distance,
-                             label_files, palette, read_label_image, read_label_maps, scene_map, short_side_to,
-                             write_label_image)
+from discrete.domain import Discrete, DiscreteConfig, save_grid_picture
+from discrete.labels import (SCENE_CLASSES, LabelMaps, SceneMaps, boundary_rate, check_ids, class_distance, colour,
+                             infer_classes, label_files, palette, read_label_image, read_label_maps, scene_map,
+                             short_side_to, write_label_image)
 from multigen.config import ConfigError, load_config
 
 
@@ -154,8 +154,11 @@ def test_the_domain_fits_classes_from_both_splits_and_holds_out_the_last_tenth(t
     with pytest.raises(TokenError, match=r"m09\.png: class id 4 is outside \[0, 4\)"):
         _domain(f"data.path={tmp_path}", "data.vocab_size=4").fit()
     one_held_out = _domain(f"data.path={tmp_path}", f"data.val_path={tmp_path / 'm09.png'}", "data.size=4")
-    one_held_out.fit()  # one label image as the held-out maps; the training folder's ten all trained on
-    assert len(one_held_out.build_dataset("train")) == 10 and len(one_held_out.build_dataset("val")) == 1
+    one_held_out.fit()  # one label image as the held-out maps, left out of the training folder's ten
+    assert len(one_held_out.build_dataset("train")) == 9 and len(one_held_out.build_dataset("val")) == 1
+    assert one_held_out.cfg.data.vocab_size == 5
+    with pytest.raises(TokenError, match="the held-out maps are the training maps themselves"):
+        _domain(f"data.path={tmp_path}", f"data.val_path={tmp_path}/").fit()
     one = tmp_path / "one"
     one.mkdir()
     _png(one / "m.png", [[0]])
@@ -316,8 +319,6 @@ def test_cli_infills_the_hole_of_a_label_map_and_keeps_the_rest_exactly(label_ex
 
 
 def test_class_counts_are_inferred_within_limits_and_the_ignore_value_is_named():
-    from discrete.labels import infer_classes
-
     assert infer_classes([torch.tensor([[0, 2]]), torch.tensor([[1]])], ["a", "b"]) == 3
     with pytest.raises(TokenError, match="^b: class id -1 is negative$"):
         infer_classes([torch.tensor([[0]]), torch.tensor([[-1]])], ["a", "b"])
@@ -413,3 +414,192 @@ def test_evaluation_draws_samples_against_the_held_out_maps():
     domain.cfg.eval.num_samples = 0
     assert set(domain.evaluate(model, val)) == {"elbo_bits_per_token", "elbo_bits_stderr", "baseline_unigram_bits",
                                                 "baseline_position_bits"}
+
+
+# Found by mutation testing (each fails on a mutant of the code it names)
+
+def test_two_page_tiff_refused(tmp_path):
+    frames = [Image.fromarray(np.full((2, 2), i, dtype=np.uint8)) for i in range(2)]
+    frames[0].save(tmp_path / "two.tif", save_all=True, append_images=frames[1:])
+    with pytest.raises(TokenError, match=r"two\.tif holds 2 images"):
+        read_label_image(tmp_path / "two.tif")
+
+
+def test_32bit_grey_tiff_gives_its_ids(tmp_path):
+    ids = np.array([[0, 70000], [3, 1]], dtype=np.int32)
+    Image.fromarray(ids).save(tmp_path / "i.tif")  # mode I
+    assert torch.equal(read_label_image(tmp_path / "i.tif"), torch.tensor(ids, dtype=torch.long))
+
+
+def test_relative_held_out_folder_inside_training_folder(tmp_path, monkeypatch):
+    (tmp_path / "val").mkdir()
+    for i in range(4):
+        _png(tmp_path / f"t{i}.png", np.full((4, 4), 1))
+    _png(tmp_path / "val" / "v.png", np.full((4, 4), 2))
+    monkeypatch.chdir(tmp_path)
+    domain = _domain("data.path=.", "data.val_path=val", "data.size=4")
+    domain.fit()
+    assert len(domain.build_dataset("train")) == 4
+
+
+def test_one_upper_case_label_image(tmp_path):
+    _png(tmp_path / "M.PNG", [[0, 1]])
+    maps, names = read_label_maps(tmp_path / "M.PNG")
+    assert len(maps) == 1 and maps[0].tolist() == [[0, 1]]
+
+
+def test_npy_id_65536_refused(tmp_path):
+    np.save(tmp_path / "m.npy", np.array([[[0, 65536]]], dtype=np.int32))
+    with pytest.raises(TokenError, match="class id 65536; a label map's ids are below 65536"):
+        read_label_maps(tmp_path / "m.npy")
+
+
+def test_two_classes_are_enough():
+    assert infer_classes([torch.tensor([[0, 1]])], ["a"]) == 2
+
+
+def test_id_65536_refused_by_infer():
+    with pytest.raises(TokenError, match="^a: class id 65536; a label map's ids are below 65536$"):
+        infer_classes([torch.tensor([[0, 65536]])], ["a"])
+
+
+def test_ids_above_255_are_not_the_ignore_value():
+    assert infer_classes([torch.tensor([[0, 300]])], ["a"]) == 301
+
+
+def test_ignore_heuristic_threshold_is_128_used_ids():
+    with pytest.raises(TokenError, match="class id 255 among 126 others"):
+        infer_classes([torch.cat([torch.arange(126), torch.tensor([255])])[None]], ["a"])  # 127 ids used
+    assert infer_classes([torch.cat([torch.arange(127), torch.tensor([255])])[None]], ["a"]) == 256  # 128 used
+
+
+def test_held_out_scenes_start_at_seed_1e9():
+    assert torch.equal(SceneMaps(2, 16, "val")[1], scene_map(16, 10**9 + 1))
+
+
+def test_negative_scene_index_refused():
+    with pytest.raises(IndexError):
+        SceneMaps(4, 8)[-1]
+
+
+def test_colour_clamps_ids_outside_the_classes():
+    assert torch.equal(colour(torch.tensor([[6, -1]]), 6), palette(6)[[5, 0]][None])
+
+
+def test_65536_classes_write_16_bit(tmp_path):
+    m = torch.tensor([[0, 65535]])
+    write_label_image(m, tmp_path / "m.png", 65536)
+    assert torch.equal(read_label_image(tmp_path / "m.png"), m)
+
+
+def test_scenes_keep_a_larger_vocab_size():
+    domain = _domain("data.vocab_size=8")
+    domain.fit()
+    assert domain.data_vocab == 8
+
+
+def test_label_maps_are_reread_when_the_pattern_changes(tmp_path):
+    for i in range(10):
+        _png(tmp_path / f"{'a' if i < 5 else 'b'}{i}.png", np.full((4, 4), i % 2))
+    domain = _domain(f"data.path={tmp_path}", "data.size=4")
+    domain.fit()
+    assert len(domain.build_dataset("train")) == 9
+    domain.cfg.data.pattern = "a*"
+    assert len(domain.build_dataset("train")) == 4
+
+
+def test_the_pattern_picks_held_out_images_too(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "val").mkdir()
+    for i in range(3):
+        _png(tmp_path / "train" / f"{i}_labelIds.png", np.full((4, 4), i))
+    _png(tmp_path / "val" / "v_labelIds.png", np.full((4, 4), 1))
+    Image.new("RGB", (4, 4)).save(tmp_path / "val" / "v_color.png")
+    domain = _domain(f"data.path={tmp_path / 'train'}", f"data.val_path={tmp_path / 'val'}", "data.size=4",
+                     "data.pattern=*_labelIds.png")
+    domain.fit()
+    assert len(domain.build_dataset("val")) == 1
+
+
+def test_scenes_refuse_one_class():
+    with pytest.raises(ConfigError, match="data.vocab_size=1: the built-in scenes have 6 classes"):
+        _domain("data.vocab_size=1")
+
+
+def test_large_grids_are_drawn_one_pixel_a_cell(tmp_path):
+    out = save_grid_picture(torch.zeros(1, 128, 128, 3, dtype=torch.uint8), tmp_path / "big.png")
+    assert Image.open(out).size == (128, 128)
+
+
+def test_pictures_are_tiled_row_by_row(tmp_path):
+    pictures = torch.stack([torch.full((2, 2, 3), 50 * (i + 1), dtype=torch.uint8) for i in range(3)])
+    out = np.asarray(Image.open(save_grid_picture(pictures, tmp_path / "t.png")))  # 2x2 tiles, 32x scale
+    assert out[0, -1, 0] == 100 and out[-1, 0, 0] == 150 and out[-1, -1, 0] == 0
+
+
+def test_infill_map_is_cut_centred(label_export, tmp_path):
+    from discrete.cli import main
+    ids = np.tile(np.arange(16) % 6, (8, 1))  # 8x16: the model (size 8) keeps its columns 4:12
+    ids[2:6, 6:10] = 255
+    _png(tmp_path / "edit.png", ids)
+    torch.manual_seed(0)
+    assert main(["sample", "--checkpoint", label_export, "--num", "1", "--steps", "2", "--out", str(tmp_path / "o"),
+                 "--infill-map", str(tmp_path / "edit.png")]) == 0
+    kept = torch.tensor(ids[:, 4:12], dtype=torch.long)
+    m = read_label_maps(tmp_path / "o")[0][0]
+    assert torch.equal(m[kept != 255], kept[kept != 255])
+
+
+def test_sample_refuses_length_for_grids(label_export, tmp_path, capsys):
+    from discrete.cli import main
+    assert main(["sample", "--checkpoint", label_export, "--length", "4", "--out", str(tmp_path / "x")]) == 2
+    assert "--prompt, --infill and --length are for text and token models" in capsys.readouterr().err
+
+
+def test_out_refuses_an_upper_case_png_name(label_export, tmp_path, capsys):
+    from discrete.cli import main
+    assert main(["sample", "--checkpoint", label_export, "--out", str(tmp_path / "P.PNG")]) == 2
+    assert "names a picture" in capsys.readouterr().err
+
+
+def test_eval_refuses_length_for_label_maps(label_export, tmp_path, capsys):
+    from discrete.cli import main
+    _png(tmp_path / "m.png", np.zeros((8, 8)))
+    assert main(["eval", "--checkpoint", label_export, "--data", str(tmp_path), "--length", "4"]) == 2
+    assert "--length is for text and token models; label maps are scored as 8x8" in capsys.readouterr().err
+
+
+def test_eval_scores_the_centred_square(label_export, tmp_path, capsys):
+    from discrete.cli import main
+    ids = np.tile(np.arange(16) % 6, (8, 1))
+    (tmp_path / "wide").mkdir()
+    (tmp_path / "centre").mkdir()
+    _png(tmp_path / "wide" / "m.png", ids)
+    _png(tmp_path / "centre" / "m.png", ids[:, 4:12])
+    torch.manual_seed(0)
+    printed = []
+    for d in ("wide", "centre"):
+        assert main(["eval", "--checkpoint", label_export, "--data", str(tmp_path / d)]) == 0
+        printed.append(capsys.readouterr().out.split(": ", 1)[1])
+    assert printed[0] == printed[1]
+
+
+def test_out_dot_writes_the_overview_beside_the_folder(label_export, tmp_path, monkeypatch):
+    from discrete.cli import main
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    assert main(["sample", "--checkpoint", label_export, "--num", "1", "--steps", "2", "--out", "."]) == 0
+    assert (tmp_path / "here.png").is_file() and (tmp_path / "here" / "sample_000.png").is_file()
+
+
+def test_eval_refuses_pattern_for_text(tmp_path, capsys):
+    from discrete.cli import main
+    from multigen.export import export_model
+
+    domain = Discrete(load_config(DiscreteConfig, overrides=["process.timesteps=8", "model.dim=8", "model.depth=1",
+                                                             "data.length=16"]))
+    domain.fit()
+    export = str(export_model(domain.build_model(), domain, tmp_path / "export"))
+    (tmp_path / "t.txt").write_text("the cat sat on the mat, " * 4)
+    assert main(["eval", "--checkpoint", export, "--data", str(tmp_path / "t.txt"), "--pattern", "*"]) == 2
+    assert "--pattern picks label images; this is a text model" in capsys.readouterr().err
