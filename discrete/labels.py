@@ -23,6 +23,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from multigen.domain import natural_key
+
 from .data import TokenError
 
 SCENE_CLASSES = ("sky", "grass", "road", "building", "tree", "car")
@@ -51,9 +53,9 @@ def read_label_image(path: Path) -> Tensor:
 
 
 def label_files(folder: Path, pattern: str = "*", exclude: Path | None = None) -> list[Path]:
-    """The label images under ``folder`` (any depth) whose names match ``pattern``, in sorted order of their paths;
-    hidden files and folders, and the file or folder ``exclude`` (held-out maps inside the training folder), are
-    skipped."""
+    """The label images under ``folder`` (any depth) whose names match ``pattern``, in natural order of their paths
+    (``m2`` before ``m10``); hidden files and folders, and the file or folder ``exclude`` (held-out maps inside the
+    training folder), are skipped."""
     found = []
     skip = exclude.resolve() if exclude is not None else None
     if skip == folder.resolve():
@@ -62,7 +64,7 @@ def label_files(folder: Path, pattern: str = "*", exclude: Path | None = None) -
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (Path(root) / d).resolve() != skip)
         found += [Path(root) / n for n in names if not n.startswith(".") and n.lower().endswith(LABEL_SUFFIXES)
                   and fnmatch(n, pattern) and (Path(root) / n).resolve() != skip]
-    return sorted(found)
+    return sorted(found, key=natural_key)
 
 
 def read_label_maps(path: str | Path, pattern: str = "*", exclude: str | Path | None = None

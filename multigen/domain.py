@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import operator
+import re
 from abc import ABC, abstractmethod
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -36,6 +37,13 @@ class UnknownDomainError(LookupError):
 class DataError(ValueError):
     """A domain's input data cannot be used (unreadable, empty, non-finite, too short); the message names it. Each
     domain's own error (``VideoReadError``, ``PointCloudError``, ``TokenError``) is one."""
+
+
+def natural_key(path: Path) -> list[list[str | int]]:
+    """Sort key of a path that orders the numbers in its names by value (``frame_2`` before ``frame_10``), folder by
+    folder, case aside: how a person lists numbered frames or label images."""
+    return [[int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+            for name in path.parts]
 
 
 class Domain(ABC):

@@ -72,6 +72,11 @@ def test_a_folder_lists_label_images_by_pattern_in_path_order_skipping_hidden_an
     assert names == ["a/y_color.png", "a/y_labelIds.png", "b/x_labelIds.png", "c.PNG"]
     names = [p.relative_to(tmp_path).as_posix() for p in label_files(tmp_path, "*_labelIds.png")]
     assert names == ["a/y_labelIds.png", "b/x_labelIds.png"]
+    for name in ["n/m10.png", "n/m2.png", "n/m1.png", "n2/m1.png", "n10/m1.png"]:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        _png(tmp_path / name, [[1]])
+    names = [p.relative_to(tmp_path).as_posix() for p in label_files(tmp_path, "*m*")]
+    assert names == ["n/m1.png", "n/m2.png", "n/m10.png", "n2/m1.png", "n10/m1.png"]  # numbers by value
     with pytest.raises(TokenError, match=r"no label images matching '\*\.tif' .*JPEG is not one"):
         read_label_maps(tmp_path, "*.tif")
     with pytest.raises(FileNotFoundError, match="label maps .*nothing not found"):

@@ -10,7 +10,6 @@ their names, so ``frame_2`` comes before ``frame_10``). Videos are written as ``
 
 from __future__ import annotations
 
-import re
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 from torch import Tensor
 
 from multigen.config import first_line
-from multigen.domain import DataError
+from multigen.domain import DataError, natural_key
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".webm", ".mov", ".mkv")
 READ_SUFFIXES = VIDEO_SUFFIXES + (".gif", ".npy")
@@ -33,11 +32,6 @@ class VideoReadError(DataError):
     """A video file could not be decoded, is empty, or has the wrong layout; the message names it."""
 
 
-def _natural_key(path: Path) -> list:
-    """Sort key that orders the numbers in a name by value: ``frame_2`` before ``frame_10``."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
-
-
 def frame_files(folder: Path) -> list[Path]:
     """The frame images directly inside ``folder``, in natural order of their names (hidden files skipped);
     remembered until the folder changes (a frame added, removed or renamed changes its modification time)."""
@@ -48,7 +42,7 @@ def frame_files(folder: Path) -> list[Path]:
 def _listed_frames(folder: Path, mtime_ns: int) -> tuple[Path, ...]:
     images = [p for p in folder.iterdir()
               if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")]
-    return tuple(sorted(images, key=_natural_key))
+    return tuple(sorted(images, key=natural_key))
 
 
 def _frames_of_folder(folder: Path) -> list[Path]:
