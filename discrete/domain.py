@@ -125,7 +125,7 @@ class Discrete(Domain):
     def __init__(self, cfg: DiscreteConfig) -> None:
         super().__init__(cfg)
         self._streams: dict[str, Tensor] = {}  # encoded once: by fit()'s checks, then by build_dataset
-        self._labels: dict[tuple[str, ...], tuple[list[Tensor], list[str]]] = {}  # label maps, names; read once
+        self._labels: dict[tuple[str, str, str | None], tuple[list[Tensor], list[str]]] = {}  # see _read_labels
         d, p = cfg.data, cfg.process
         if d.source == "tokens" and d.vocab_size < 2:
             raise ConfigError("data.vocab_size: must be set (>= 2) when data.source=tokens")
@@ -200,22 +200,24 @@ class Discrete(Domain):
             check_ids(maps, names, d.vocab_size)
 
     def _label_maps(self, split: str) -> tuple[list[Tensor], list[str]]:
-        """``split``'s label maps and their names, read once (for these ``data.path``, ``val_path`` and ``pattern``):
-        all of ``data.val_path`` for held-out maps where it is given (and then never trained on, even inside
-        ``data.path``), else the last tenth of ``data.path``'s (at least one)."""
+        """``split``'s label maps and their names: all of ``data.val_path`` for held-out maps where it is given (and
+        then never trained on, even inside ``data.path``), else the last tenth of ``data.path``'s (at least one)."""
         d = self.cfg.data
-        key = (split, d.path, d.val_path, d.pattern)
+        if split == "val" and d.val_path:
+            return self._read_labels(d.val_path, d.pattern, None)
+        maps, names = self._read_labels(d.path, d.pattern, d.val_path or None)
+        cut = len(maps) if d.val_path else len(maps) - max(1, len(maps) // 10)
+        if cut < 1:
+            raise TokenError(f"{d.path} holds one label map: it cannot be split into training and held-out maps; "
+                             f"give more, or the held-out ones as data.val_path")
+        part = slice(0, cut) if split == "train" else slice(cut, None)
+        return maps[part], names[part]
+
+    def _read_labels(self, path: str, pattern: str, exclude: str | None) -> tuple[list[Tensor], list[str]]:
+        """:func:`~discrete.labels.read_label_maps`, read once for these arguments (both splits of one folder)."""
+        key = (path, pattern, exclude)
         if key not in self._labels:
-            if split == "val" and d.val_path:
-                self._labels[key] = read_label_maps(d.val_path, d.pattern)
-            else:
-                maps, names = read_label_maps(d.path, d.pattern, exclude=d.val_path or None)
-                cut = len(maps) if d.val_path else len(maps) - max(1, len(maps) // 10)
-                if cut < 1:
-                    raise TokenError(f"{d.path} holds one label map: it cannot be split into training and held-out "
-                                     f"maps; give more, or the held-out ones as data.val_path")
-                part = slice(0, cut) if split == "train" else slice(cut, None)
-                self._labels[key] = (maps[part], names[part])
+            self._labels[key] = read_label_maps(path, pattern, exclude=exclude)
         return self._labels[key]
 
     @property
