@@ -41,9 +41,10 @@ def resolve_config_file(domain: str, config: str | None) -> Path | None:
     raise ConfigError(f"config {config!r} is neither a file nor a name in {CONFIG_ROOT / domain}")
 
 
-def read_config(domain_cls: type[Domain], file: Path | None, overrides: list[str]) -> Any:
+def read_config(domain_cls: type[Domain], file: Path | None, overrides: list[str], training: bool = True) -> Any:
     """The run's config: ``domain_cls``'s defaults, ``file`` and ``overrides``. ``file`` may be an export's
-    ``config.yaml``, whose first key names its domain (it must be ``domain_cls``'s): to train anew as it was."""
+    ``config.yaml``, whose first key names its domain (it must be ``domain_cls``'s): to train anew as it was. To be
+    ``training`` on it, the run that wrote it must be gone or ``train.output_dir`` given (it would resume it)."""
     raw = read_yaml(file) if file is not None and file.is_file() else None
     if not (isinstance(raw, dict) and "domain" in raw):
         return load_config(domain_cls.config_class, file, overrides)
@@ -51,10 +52,17 @@ def read_config(domain_cls: type[Domain], file: Path | None, overrides: list[str
         raise ConfigError(f"{file} is the config of a {raw['domain']} export, not of a {domain_spec(domain_cls)} "
                           f"model")
     try:
-        return load_config(domain_cls.config_class, None, overrides, values={k: v for k, v in raw.items()
-                                                                             if k != "domain"})
+        cfg = load_config(domain_cls.config_class, None, overrides, values={k: v for k, v in raw.items()
+                                                                            if k != "domain"})
     except ConfigError as e:
         raise ConfigError(f"{file}: {e}") from None
+    run = Path(cfg.train.output_dir)
+    given = any(o.partition("=")[0] == "train.output_dir" for o in overrides)
+    if training and not given and run.is_dir() and any(run.iterdir()):
+        raise ConfigError(f"{file} is the config of the run in {run}, which is still there: training with it would "
+                          f"resume that run and replace its export. Give train.output_dir=<a new folder> to train "
+                          f"anew (or that folder itself to go on with it)")
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         domain_cls = get_domain(args.domain)
-        cfg = read_config(domain_cls, resolve_config_file(args.domain, args.config), args.overrides)
+        cfg = read_config(domain_cls, resolve_config_file(args.domain, args.config), args.overrides,
+                          training=not args.print_config)
     except (ConfigError, UnknownDomainError) as e:
         print(f"multigen-train: error: {e}", file=sys.stderr)
         return 2

@@ -227,6 +227,27 @@ def test_an_exports_config_trains_anew_in_its_own_domain_only(tmp_path, capsys):
     assert f"{config} is the config of a toy2d export, not of a video model" in capsys.readouterr().err
 
 
+def test_an_exports_config_does_not_resume_the_run_that_wrote_it(tmp_path, capsys):
+    """The export's config names the run's output folder: training on it while that run is there would resume the
+    run and replace its export. It is refused unless train.output_dir is given; printing it is not training."""
+    from multigen.export import export_model
+    from multigen.train import main, read_config
+
+    run = tmp_path / "run"
+    domain = Toy2D(load_config(Toy2DConfig, overrides=[f"train.output_dir={run}"]))
+    config = export_model(domain.build_model(), domain, run / "export") / "config.yaml"
+    assert main(["--domain", "toy2d", "--config", str(config)]) == 2
+    assert (f"{config} is the config of the run in {run}, which is still there: training with it would resume that "
+            f"run and replace its export. Give train.output_dir=<a new folder>") in capsys.readouterr().err
+    assert main(["--domain", "toy2d", "--config", str(config), "--print-config"]) == 0
+    fresh = read_config(Toy2D, config, [f"train.output_dir={tmp_path / 'new'}"])
+    assert fresh.train.output_dir == str(tmp_path / "new")
+    assert read_config(Toy2D, config, [f"train.output_dir={run}"]).train.output_dir == str(run)  # go on, asked
+    moved = tmp_path / "copied.yaml"  # the run gone (the export taken elsewhere): its folder is free to train in
+    moved.write_text(config.read_text().replace(str(run), str(tmp_path / "gone")))
+    assert read_config(Toy2D, moved, []).train.output_dir == str(tmp_path / "gone")
+
+
 def test_a_list_field_refuses_text_that_is_no_yaml_value():
     from pointcloud.domain import PointCloudConfig
     with pytest.raises(ConfigError, match=r"categories: '\*x' is not a YAML value"):
