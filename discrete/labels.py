@@ -23,26 +23,30 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from multigen.domain import natural_key
+from multigen.domain import load_npy, natural_key
 
 from .data import TokenError
 
 SCENE_CLASSES = ("sky", "grass", "road", "building", "tree", "car")
 LABEL_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
 _ID_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B")  # Pillow modes whose pixel values are ids
+_ID_FORMATS = ("PNG", "BMP", "TIFF")  # lossless: the ids read back as written
 MAX_CLASSES = 65536  # what a 16-bit label image holds
 
 
 def read_label_image(path: Path) -> Tensor:
     """One label image as int64 ``(H, W)``: a palette image's indices, a grey image's values (8 or 16 bits).
-    Colour and float images are refused: their pixels are not class ids."""
+    Colour and float images are refused (their pixels are not class ids), and so are lossy ones (JPEG)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            mode, ids, pages = img.mode, np.asarray(img), getattr(img, "n_frames", 1)
+            kind, mode, ids, pages = img.format, img.mode, np.asarray(img), getattr(img, "n_frames", 1)
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise TokenError(f"{path} is not a readable label image: {e}") from e
+    if kind not in _ID_FORMATS:
+        raise TokenError(f"{path} is a {kind} image; label images are {', '.join(_ID_FORMATS)}"
+                         + " (JPEG's compression changes the ids)" * (kind == "JPEG"))
     if pages > 1:
         raise TokenError(f"{path} holds {pages} images; a label image holds one map (save each page as a file)")
     if mode not in _ID_MODES:
@@ -87,7 +91,7 @@ def read_label_maps(path: str | Path, pattern: str = "*", exclude: str | Path | 
         raise TokenError(f"{path}: label maps are a folder of label images ({', '.join(LABEL_SUFFIXES)}), one of "
                          f"them, or a .npy array (N, H, W)")
     try:
-        arr = np.load(path, allow_pickle=False)
+        arr = load_npy(path)
     except Exception as e:  # noqa: BLE001 - numpy raises many types for a bad file
         raise TokenError(f"{path} is not a readable .npy array: {e}") from e
     if arr.ndim != 3 or not np.issubdtype(arr.dtype, np.integer) or 0 in arr.shape:

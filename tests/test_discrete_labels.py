@@ -42,7 +42,7 @@ def test_label_images_give_their_ids_not_their_colours(tmp_path):
     assert read_label_image(tmp_path / "p.png").dtype == torch.int64
 
 
-def test_colour_float_and_corrupt_images_are_refused_by_name(tmp_path):
+def test_colour_float_lossy_and_corrupt_images_are_refused_by_name(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "rgb.png")
     with pytest.raises(TokenError, match=r"rgb\.png is a RGB image; .*palette .*data\.pattern"):
         read_label_image(tmp_path / "rgb.png")
@@ -52,6 +52,13 @@ def test_colour_float_and_corrupt_images_are_refused_by_name(tmp_path):
     (tmp_path / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 10)
     with pytest.raises(TokenError, match=r"cut\.png is not a readable label image"):
         read_label_image(tmp_path / "cut.png")
+    Image.new("L", (4, 4)).save(tmp_path / "grey.png", format="JPEG", quality=100)  # lossy whatever its name
+    with pytest.raises(TokenError, match=r"grey\.png is a JPEG image; label images are PNG, BMP, TIFF \(JPEG's "
+                                         r"compression changes the ids\)"):
+        read_label_image(tmp_path / "grey.png")
+    Image.new("P", (4, 4)).save(tmp_path / "p.gif")
+    with pytest.raises(TokenError, match=r"p\.gif is a GIF image; label images are PNG, BMP, TIFF$"):
+        read_label_image(tmp_path / "p.gif")
 
 
 @pytest.mark.parametrize("classes", [6, 256, 300])
