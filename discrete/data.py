@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from multigen.domain import DataError
+from multigen.domain import DataError, load_npy
 
 
 class TokenError(DataError):
@@ -86,7 +86,7 @@ def read_tokens(path: str | Path, vocab_size: int) -> Tensor:
     if not path.is_file():
         raise FileNotFoundError(f"token file {path} not found")
     try:
-        arr = np.load(path, allow_pickle=False)
+        arr = load_npy(path)
     except Exception as e:  # noqa: BLE001 - numpy raises many types for a bad file
         raise TokenError(f"{path} is not a readable .npy array: {e}") from e
     if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer) or arr.size == 0:

@@ -17,6 +17,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
@@ -44,6 +45,15 @@ def natural_key(path: Path) -> list[list[str | int]]:
     folder, case aside: how a person lists numbered frames or label images."""
     return [[int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
             for name in path.parts]
+
+
+def load_npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+    """The array of the ``.npy`` file ``path``, never unpickled. A file without the ``.npy`` header (a text or an
+    empty file) is a ``ValueError`` saying so, where numpy's own message would suggest ``allow_pickle``."""
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            raise ValueError("no .npy header: not a NumPy array file")
+    return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
 
 
 class Domain(ABC):

@@ -113,8 +113,11 @@ def lr_factor(step: int, warmup: int, max_steps: int, decay: str, decay_steps: i
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """``record`` as one line of strict JSON: a value that is not finite (a standard error of one sequence) is
+    written as null, not as the bare ``NaN`` that JSON has no word for."""
+    finite = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
     with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json.dumps(finite, allow_nan=False) + "\n")
 
 
 def read_log(output_dir: str | Path) -> list[dict[str, Any]]:

@@ -17,6 +17,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from multigen.domain import load_npy
+
 from .io import MESH_SUFFIXES, POINT_SUFFIXES, PointCloudError, check_points, read_points
 from .shapes import normalize
 
@@ -83,7 +85,7 @@ class ShapeNetPC15k(Dataset):
     def __getitem__(self, i: int) -> Tensor:
         path = self.files[i]
         try:
-            cloud = np.load(path, allow_pickle=False)
+            cloud = load_npy(path)
         except (OSError, ValueError) as e:
             raise PointCloudError(f"{path} could not be read: {e}") from e
         cloud = check_points(np.asarray(cloud, dtype=np.float64), str(path), need_extent=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from multigen.config import first_line
-from multigen.domain import DataError
+from multigen.domain import DataError, load_npy
 
 POINT_SUFFIXES = (".npy", ".xyz", ".txt", ".ply", ".pt")
 MESH_SUFFIXES = (".obj", ".off", ".stl", ".ply")
@@ -54,7 +54,7 @@ def read_points(path: str | Path, num_points: int = 2048, seed: int = 0, need_ex
         raise PointCloudError(f"{path}: unknown suffix {suffix!r}; use {sorted(set(POINT_SUFFIXES + MESH_SUFFIXES))}")
     try:
         if suffix == ".npy":
-            points = np.load(path, allow_pickle=False)
+            points = load_npy(path)
         elif suffix in (".xyz", ".txt"):
             with warnings.catch_warnings():  # an empty file: check_points says so, naming it
                 warnings.filterwarnings("ignore", "loadtxt: input contained no data", UserWarning)

@@ -83,3 +83,32 @@ def test_a_schedule_refuses_what_breaks_it_and_compares_without_error():
     diffusion = GaussianDiffusion(a)
     with pytest.raises(ValueError, match=r"steps: integer levels in 0..100 \(t = steps / T\), got torch.float32"):
         diffusion.loss(lambda x, t: x, torch.zeros(2, 3), steps=torch.tensor([0.5, 0.5]))
+
+
+def _shapenet_cloud(path):
+    from pointcloud.datasets import ShapeNetPC15k
+    (path.parent / "03001627" / "train").mkdir(parents=True)  # chair
+    path.rename(path.parent / "03001627" / "train" / path.name)
+    return ShapeNetPC15k(path.parent, ["chair"], "train", points=8)[0]
+
+
+def _npy_readers():
+    from discrete.data import read_tokens
+    from discrete.labels import read_label_maps
+    from pointcloud.io import read_points
+    from video.io import videos_in
+    return {"tokens": lambda p: read_tokens(p, 4), "labels": read_label_maps, "points": read_points,
+            "video": videos_in, "shapenet": _shapenet_cloud}
+
+
+@pytest.mark.parametrize("reader", ["tokens", "labels", "points", "video", "shapenet"])
+@pytest.mark.parametrize("content", [b"1 2 3\n", b""])
+def test_a_file_named_npy_that_is_no_array_is_called_so_by_every_reader(tmp_path, reader, content):
+    """A text (or empty) file named ``.npy``: numpy's own message says it holds pickled data and suggests
+    ``allow_pickle``; every reader says instead that it is no NumPy array file (``multigen.domain.load_npy``)."""
+    from multigen.domain import DataError
+    bad = tmp_path / "x.npy"
+    bad.write_bytes(content)
+    with pytest.raises(DataError, match="no .npy header") as e:
+        _npy_readers()[reader](bad)
+    assert "allow_pickle" not in str(e.value) and "x.npy" in str(e.value)

@@ -577,3 +577,15 @@ def test_a_loaded_export_is_in_eval_mode(tmp_path):
     domain = Toy2D(load_config(Toy2DConfig))
     out = export_model(domain.build_model().train(), domain, tmp_path / "export")
     assert not load_pretrained(out).model.training
+
+
+def test_the_log_is_strict_json_with_null_for_a_value_that_is_not_finite(tmp_path):
+    """A standard error of one held-out sequence is NaN: the log writes null, which every JSON reader takes (a bare
+    NaN is no JSON)."""
+    from multigen.trainer import _append_jsonl
+
+    _append_jsonl(tmp_path / "log.jsonl", {"step": 3, "eval/bits": 1.5, "eval/stderr": float("nan"),
+                                           "eval/far": float("inf")})
+    line = (tmp_path / "log.jsonl").read_text()
+    assert json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in {line}")) == read_log(tmp_path)[0]
+    assert read_log(tmp_path) == [{"step": 3, "eval/bits": 1.5, "eval/stderr": None, "eval/far": None}]

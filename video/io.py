@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from multigen.config import first_line
-from multigen.domain import DataError, natural_key
+from multigen.domain import DataError, load_npy, natural_key
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".webm", ".mov", ".mkv")
 READ_SUFFIXES = VIDEO_SUFFIXES + (".gif", ".npy")
@@ -66,7 +66,7 @@ def _check(path: Path, video: int | None = None) -> None:
 
 def _open_npy(path: Path) -> np.ndarray:
     try:
-        return np.load(path, mmap_mode="r")
+        return load_npy(path, mmap_mode="r")
     except (ValueError, OSError, EOFError) as e:  # EOFError: an empty file
         raise VideoReadError(f"{path}: not a readable .npy array ({first_line(e)})") from None
 
