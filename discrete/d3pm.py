@@ -338,6 +338,11 @@ def _check_temperature(temperature: float) -> None:
                          f"is near-greedy), got {temperature}")
 
 
+def _check_min_p(min_p: float) -> None:
+    if not 0 <= min_p <= 1:
+        raise ValueError(f"min_p must be in [0, 1] (a share of each token's most likely class), got {min_p}")
+
+
 def random_known(x0: Tensor, rate: float, generator: torch.Generator | None = None) -> Tensor:
     """Known parts for infilling training: bool ``x0``'s shape ``(B, *S)``.
 
@@ -392,16 +397,22 @@ class D3PM:
         :meth:`model_log_probs`); float64."""
         return self.transition.posterior_log_probs(x_t, x0_log_probs, s, t)
 
-    def model_log_probs(self, logits: Tensor, temperature: float = 1.0) -> Tensor:
+    def model_log_probs(self, logits: Tensor, temperature: float = 1.0, min_p: float = 0.0) -> Tensor:
         """``log p̃(x_0 | x_t)`` ``(B, *S, K)`` float64 from the model's logits divided by ``temperature``
         (> 0; 0 is an error, not argmax: a small value such as 0.1 is near-greedy); the absorbing mask is
-        never a data token."""
+        never a data token. ``min_p`` (min-p truncation, Nguyen et al. 2024): each token's classes less likely than
+        ``min_p`` times its most likely one get probability 0, the rest renormalised (0: none dropped)."""
         _check_temperature(temperature)
+        _check_min_p(min_p)
         logits = logits.double() / temperature
         if isinstance(self.transition, Absorbing):
             logits = logits.clone()
             logits[..., self.transition.mask_id] = -math.inf
-        return torch.log_softmax(logits, dim=-1)
+        log_p = torch.log_softmax(logits, dim=-1)
+        if min_p == 0:
+            return log_p
+        rare = log_p < log_p.amax(-1, keepdim=True) + math.log(min_p)
+        return torch.log_softmax(log_p.masked_fill(rare, -math.inf), dim=-1)
 
     # -- training
     def loss_terms(self, model, x0: Tensor, t: Tensor, generator: torch.Generator | None = None,
@@ -535,11 +546,13 @@ class D3PM:
         generator: torch.Generator | None = None,
         progress: bool = False,
         device: torch.device | str | None = None,
+        min_p: float = 0.0,
     ) -> Tensor:
         """Ancestral sampling of int64 tokens ``shape`` over ``steps`` evenly spaced times (default all T).
 
         From ``t`` to ``s < t`` it draws from ``p(x_s | x_t)`` built with ``q(x_t | x_s)``, so
-        skipping steps needs no retraining. ``temperature`` (> 0) divides the model's x0 logits.
+        skipping steps needs no retraining. ``temperature`` (> 0) divides the model's x0 logits, and ``min_p``
+        drops each token's unlikely classes (:meth:`model_log_probs`).
         ``known`` (a :class:`multigen.samplers.Known`: bool ``mask`` broadcastable to ``shape``, int64
         ``values``) fixes those tokens: the model sees them clean at every level, and they are returned
         bit-exactly. Clean is exact for absorbing (the x0 posterior of a masked token depends only on the
@@ -550,6 +563,7 @@ class D3PM:
         """
         grid = self.grid(steps)
         _check_temperature(temperature)
+        _check_min_p(min_p)
         if device is None:  # a module's device; a plain function's: the CPU (give device= for another)
             device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else torch.device("cpu")
         B = shape[0]
@@ -565,7 +579,7 @@ class D3PM:
             t = torch.full((B,), t_now, device=device)
             if known is not None:
                 x = torch.where(mask, values, x)
-            log_x0 = self.model_log_probs(model(x, t), temperature)
+            log_x0 = self.model_log_probs(model(x, t), temperature, min_p)
             s = None if t_next == t_now - 1 else torch.full_like(t, t_next)
             x = _gumbel_sample(self.posterior_log_probs(x, log_x0, s, t), generator)
         return x if known is None else torch.where(mask, values, x)

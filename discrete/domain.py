@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from multigen.config import ConfigError, TrainConfig, at_least, choice
+from multigen.config import ConfigError, TrainConfig, at_least, between, choice
 from multigen.domain import Domain, check_count, no_condition
 from multigen.samplers import Known
 
@@ -87,6 +87,7 @@ class DiscreteSampleConfig:
     num: int = at_least(8, 1)
     steps: int = at_least(0, 0)  # 0: every timestep
     temperature: float = at_least(1.0, 0.0)  # divides the x0 logits; must be > 0 (0 is an error, not argmax)
+    min_p: float = between(0.0, 0.0, 1.0)  # each token's classes below this share of its likeliest are dropped
     length: int = at_least(0, 0)  # tokens per sampled sequence; 0: data.length (token sources only)
     seed: int = 1234
 
@@ -332,7 +333,7 @@ class Discrete(Domain):
         known = random_known(batch, rate)
         return self.process.loss(partial(model, known=known), batch, known=known).mean()
 
-    SETTINGS = ("steps", "temperature", "length")
+    SETTINGS = ("steps", "temperature", "min_p", "length")
 
     def sample_settings(self, **overrides: Any) -> DiscreteSampleConfig:
         """:meth:`Domain.sample_settings`; ``steps`` at most the process's timesteps, ``length`` at most
@@ -361,9 +362,10 @@ class Discrete(Domain):
     ) -> Tensor:
         """``n`` token arrays ``(n, *shape)`` int64; ``known`` (bool ``mask``, int64 ``values``) keeps given tokens.
 
-        ``settings`` (see :meth:`sample_settings`): ``steps`` (0: every timestep), ``temperature`` (> 0) and
-        ``length`` (tokens per sequence, for text and token data; 0: ``data.length``). D3PM has one
-        ancestral sampler: ``sampler``, ``eta``, ``resample`` and ``guidance`` are the Gaussian domains'.
+        ``settings`` (see :meth:`sample_settings`): ``steps`` (0: every timestep), ``temperature`` (> 0),
+        ``min_p`` (each token's classes below this share of its likeliest dropped; 0: none) and ``length`` (tokens
+        per sequence, for text and token data; 0: ``data.length``). D3PM has one ancestral sampler: ``sampler``,
+        ``eta``, ``resample`` and ``guidance`` are the Gaussian domains'.
         """
         check_count(n)
         no_condition(self.name, condition)
@@ -380,7 +382,7 @@ class Discrete(Domain):
         if known is not None and self.cfg.process.infill_rate > 0:  # trained to be told which tokens are known
             model = partial(model, known=known.mask.to(device).bool().expand(shape))
         return self.process.sample(model, shape, steps=s.steps or None, temperature=s.temperature, known=known,
-                                   generator=generator, progress=progress, device=device)
+                                   generator=generator, progress=progress, device=device, min_p=s.min_p)
 
     @torch.no_grad()
     def elbo_bits(self, model: nn.Module, data: Tensor, batch_size: int, steps: int | None = None,

@@ -515,6 +515,36 @@ def test_reverse_step_stays_bayes_when_the_model_underflows(kind, path):
             assert torch.allclose(got[0, 0], expected, atol=1e-12), (sure, xt, got)
 
 
+def test_min_p_drops_each_tokens_unlikely_classes_and_renormalises_the_rest():
+    process, _ = build("absorbing")
+    logits = torch.randn(3, 7, K, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    p = torch.softmax(logits.clone().index_fill_(-1, torch.tensor([K - 1]), -math.inf) / 0.7, -1)
+    for min_p in (0.05, 0.3, 1.0):
+        kept = p * (p >= min_p * p.amax(-1, keepdim=True))
+        got = process.model_log_probs(logits, temperature=0.7, min_p=min_p).exp()
+        assert torch.allclose(got, kept / kept.sum(-1, keepdim=True), atol=1e-12, rtol=0), min_p
+    assert torch.equal(process.model_log_probs(logits, 0.7, min_p=0.0), process.model_log_probs(logits, 0.7))
+    assert (process.model_log_probs(logits, min_p=1.0).exp().amax(-1) == 1).all()  # the argmax alone (no ties)
+
+
+def test_min_p_samples_the_exact_predictors_truncated_distribution():
+    """Absorbing, the exact x0 predictor of i.i.d. tokens: each token is revealed once from ``p``, so with min-p the
+    samples follow ``p`` without its classes below ``min_p`` times its largest, renormalised; the dropped class never
+    appears, which it does without min-p."""
+    process, _ = build("absorbing", T=20)
+    p = torch.tensor([0.6, 0.34, 0.06, 0.0, 0.0], dtype=torch.float64)  # K = 5: four classes and the mask
+    model = iid_posterior_model(process, p)
+    g = torch.Generator().manual_seed(3)
+    for min_p, expected in ((0.2, torch.tensor([0.6, 0.34, 0.0, 0.0, 0.0]) / 0.94), (0.0, p)):
+        x = process.sample(model, (400, 50), steps=5, generator=g, min_p=min_p)
+        freq = torch.bincount(x.flatten(), minlength=K).double() / x.numel()
+        assert (freq - expected.double()).abs().max() < 0.01, (min_p, freq)  # 20 000 tokens
+        assert (freq[2] == 0) == (min_p > 0)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="min_p must be in \\[0, 1\\]"):
+            process.sample(model, (2, 3), min_p=bad)
+
+
 def test_temperature_must_be_positive():
     process, _ = build("absorbing")
     model = LogitModel(lambda x, t: torch.zeros(*x.shape, K))

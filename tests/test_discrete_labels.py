@@ -306,6 +306,23 @@ def test_a_tiny_model_beats_the_layout_baseline_on_held_out_scenes(tmp_path):
     assert m["eval/baseline_position_bits"] < m["eval/baseline_unigram_bits"] - 0.5, m
 
 
+def test_cli_min_p_reaches_the_sampler_and_a_share_outside_0_1_is_refused(label_export, tmp_path, capsys):
+    from discrete.cli import main
+    from multigen import load_pretrained
+
+    p = load_pretrained(label_export)
+    assert main(["sample", "--checkpoint", label_export, "--num", "3", "--steps", "4", "--min-p", "0.5", "--out",
+                 str(tmp_path / "cut")]) == 0
+    drawn = torch.stack(read_label_maps(tmp_path / "cut")[0])
+    for min_p, same in ((0.5, True), (0.0, False)):  # an untrained network: min-p 0.5 changes what is drawn
+        expected = p.domain.sample(p.model, 3, steps=4, min_p=min_p, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(drawn, expected) == same, min_p
+    assert main(["sample", "--checkpoint", label_export, "--out", str(tmp_path / "x"), "--min-p", "1.5"]) == 2
+    assert "sample.min_p" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="sample.min_p"):
+        _domain("sample.min_p=-0.1")
+
+
 def test_cli_infills_the_hole_of_a_label_map_and_keeps_the_rest_exactly(label_export, tmp_path, capsys):
     from discrete.cli import main
 
