@@ -192,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num", type=positive_int, default=4)
     p.add_argument("--length", type=positive_int, help="tokens per sample (default: the model's length)")
     p.add_argument("--steps", type=int,
-                   help="denoising steps, at most the model's timesteps; 0: every timestep (default: config)")
+                   help="denoising steps, at most the model's timesteps unless it is of the masked objective (then "
+                        "more run a finer chain); 0: every timestep (default: config)")
     p.add_argument("--temperature", type=float, help="scales the model's x0 logits (default: config)")
     p.add_argument("--min-p", type=float, help="drops each token's classes less likely than this share of its most "
                                                "likely one; 0: none (default: config)")

@@ -25,7 +25,7 @@ from multigen.samplers import Known
 from .data import CharTokenizer, DigitGrids, TokenError, TokenWindows, builtin_text, read_text, read_tokens
 from .labels import (SCENE_CLASSES, LabelMaps, SceneMaps, boundary_rate, check_ids, class_distance, colour,
                      infer_classes, read_label_maps)
-from .d3pm import D3PM, TRANSITIONS, d3pm_betas, random_known
+from .d3pm import D3PM, TRANSITIONS, Absorbing, d3pm_betas, random_known
 from .model import GridUNet, SequenceTransformer
 
 
@@ -140,12 +140,6 @@ class Discrete(Domain):
         if d.source == "labels" and not d.path and 0 < d.vocab_size < len(SCENE_CLASSES):
             raise ConfigError(f"data.vocab_size={d.vocab_size}: the built-in scenes have {len(SCENE_CLASSES)} classes "
                               f"({', '.join(SCENE_CLASSES)})")
-        try:  # here, not at the first sampling of a long run
-            self.sample_settings()
-        except ConfigError:
-            raise
-        except ValueError as e:
-            raise ConfigError(f"sample.{e}") from None
         if not cfg.sample.temperature > 0:
             raise ConfigError(f"sample.temperature: must be > 0 (it divides the model's logits), "
                               f"got {cfg.sample.temperature}")
@@ -165,6 +159,12 @@ class Discrete(Domain):
         if p.infill_rate > 0 and self.objective == "masked":
             raise ConfigError("process.infill_rate applies to the d3pm objective (uniform and gaussian transitions); "
                               "the masked objective's visible tokens are already clean, so it infills without it")
+        try:  # here, not at the first sampling of a long run
+            self.sample_settings()
+        except ConfigError:
+            raise
+        except ValueError as e:
+            raise ConfigError(f"sample.{e}") from None
 
     def fit(self) -> None:
         """The characters of the training and held-out text become ``data.vocab`` (text source, unless given: a
@@ -336,12 +336,14 @@ class Discrete(Domain):
     SETTINGS = ("steps", "temperature", "min_p", "length")
 
     def sample_settings(self, **overrides: Any) -> DiscreteSampleConfig:
-        """:meth:`Domain.sample_settings`; ``steps`` at most the process's timesteps, ``length`` at most
-        ``data.length`` (the longest sequence the model takes) and 0 for grids."""
+        """:meth:`Domain.sample_settings`; ``steps`` at most the process's timesteps unless the model is of
+        continuous time (the masked objective), ``length`` at most ``data.length`` (the longest sequence the model
+        takes) and 0 for grids."""
         s = super().sample_settings(**overrides)
         d, T = self.cfg.data, self.cfg.process.timesteps
-        if s.steps > T:
-            raise ValueError(f"steps={s.steps}: at most process.timesteps={T}")
+        if s.steps > T and self.objective != "masked":
+            raise ValueError(f"steps={s.steps}: at most process.timesteps={T}, the chain this model was trained on "
+                             f"(a model of the masked objective, which trains in continuous time, takes more)")
         if s.length and self.grid:
             raise ValueError(f"length={s.length}: {d.source} grids have a fixed shape {self.sample_shape()} (use 0)")
         if s.length > d.length:
@@ -362,7 +364,8 @@ class Discrete(Domain):
     ) -> Tensor:
         """``n`` token arrays ``(n, *shape)`` int64; ``known`` (bool ``mask``, int64 ``values``) keeps given tokens.
 
-        ``settings`` (see :meth:`sample_settings`): ``steps`` (0: every timestep), ``temperature`` (> 0),
+        ``settings`` (see :meth:`sample_settings`): ``steps`` (0: every timestep; above the process's T, for the
+        masked objective's models of continuous time, the finer chain of that many steps), ``temperature`` (> 0),
         ``min_p`` (each token's classes below this share of its likeliest dropped; 0: none) and ``length`` (tokens
         per sequence, for text and token data; 0: ``data.length``). D3PM has one ancestral sampler: ``sampler``,
         ``eta``, ``resample`` and ``guidance`` are the Gaussian domains'.
@@ -381,8 +384,12 @@ class Discrete(Domain):
                                  f"{values[outside][0].item()}")
         if known is not None and self.cfg.process.infill_rate > 0:  # trained to be told which tokens are known
             model = partial(model, known=known.mask.to(device).bool().expand(shape))
-        return self.process.sample(model, shape, steps=s.steps or None, temperature=s.temperature, known=known,
-                                   generator=generator, progress=progress, device=device, min_p=s.min_p)
+        process, T = self.process, self.cfg.process.timesteps
+        if s.steps > T:  # a masked model: the chain of s.steps steps, its times told to the network in units of T
+            process = D3PM(Absorbing(self.vocab, d3pm_betas("jsd", s.steps)))
+            model = partial(_on_time_scale, model, T / s.steps)
+        return process.sample(model, shape, steps=s.steps or None, temperature=s.temperature, known=known,
+                              generator=generator, progress=progress, device=device, min_p=s.min_p)
 
     @torch.no_grad()
     def elbo_bits(self, model: nn.Module, data: Tensor, batch_size: int, steps: int | None = None,
@@ -483,6 +490,12 @@ class Discrete(Domain):
         rows = self.decode(samples) if self.tokenizer else [" ".join(map(str, r.tolist())) for r in samples]
         out.write_text("\n\n".join(f"--- sample {i} ---\n{r}" for i, r in enumerate(rows)) + "\n")
         return out
+
+
+def _on_time_scale(model: nn.Module, scale: float, x: Tensor, t: Tensor) -> Tensor:
+    """``model(x, t · scale)``: a network of T steps asked at the times of a finer chain (the jsd schedule's
+    ``ᾱ_t = 1 − t/T`` makes step ``t`` of ``T'`` the time ``t · T / T'`` of ``T``)."""
+    return model(x, t * scale)
 
 
 def mean_and_stderr(values: Tensor) -> tuple[float, float]:

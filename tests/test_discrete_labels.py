@@ -621,3 +621,37 @@ def test_eval_refuses_pattern_for_text(tmp_path, capsys):
     (tmp_path / "t.txt").write_text("the cat sat on the mat, " * 4)
     assert main(["eval", "--checkpoint", export, "--data", str(tmp_path / "t.txt"), "--pattern", "*"]) == 2
     assert "--pattern picks label images; this is a text model" in capsys.readouterr().err
+
+
+class _Recorder(torch.nn.Module):
+    """Uniform logits over a label map's classes; keeps the times it is asked at and how many pixels are masked."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.vocab, self.times, self.masked = vocab, [], []
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # the domain reads the device of the model's parameters
+
+    def forward(self, x, t):
+        self.times.append(t[0].item())
+        self.masked.append((x == self.vocab - 1).float().mean().item())
+        return torch.zeros(*x.shape, self.vocab)
+
+
+def test_a_masked_model_samples_a_finer_chain_than_the_one_it_was_trained_on():
+    """The masked objective trains in continuous time: ``steps`` above T run the chain of that many steps, the
+    network asked at each step's time in its own units (step j of 4T is the time j / 4 of T), the masked share
+    falling by about 1/(4T) a step; a model of the d3pm objective (its chain fixed) refuses."""
+    domain = _domain("data.size=16", "process.timesteps=4")
+    domain.fit()
+    net = _Recorder(domain.vocab)
+    out = domain.sample(net, 8, steps=16, generator=torch.Generator().manual_seed(0))
+    assert net.times == [j / 4 for j in range(16, 0, -1)]
+    assert out.shape == (8, 16, 16) and (out < domain.data_vocab).all()
+    assert net.masked[0] == 1 and all(abs(m - j / 16) < 0.05 for m, j in zip(net.masked, range(16, 0, -1)))
+    net = _Recorder(domain.vocab)
+    domain.sample(net, 2, steps=2, generator=torch.Generator().manual_seed(0))  # at most T: the trained chain
+    assert net.times == [4, 2]
+    uniform = _domain("process.transition=uniform", "process.timesteps=4")
+    uniform.fit()
+    with pytest.raises(ValueError, match="steps=16: at most process.timesteps=4, the chain this model was trained on"):
+        uniform.sample(_Recorder(uniform.vocab), 1, steps=16)
