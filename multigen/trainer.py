@@ -274,10 +274,10 @@ class Trainer:
             info = check_resumable(resume_from, t.optimizer, t.max_steps)
             try:
                 acc.load_state(str(resume_from))
-            except (SafetensorError, pickle.UnpicklingError, EOFError, KeyError, RuntimeError) as e:
+            except (SafetensorError, pickle.UnpicklingError, EOFError, KeyError, RuntimeError, FileNotFoundError) as e:
                 if isinstance(e, torch.OutOfMemoryError):
                     raise
-                # a file damaged on disk, or weights of another network (whose config.yaml is gone)
+                # a file damaged on disk or lost, or weights of another network (whose config.yaml is gone)
                 raise ConfigError(f"{resume_from} could not be loaded ({type(e).__name__}: {first_line(e)}): move "
                                   f"it out of {self.checkpoint_dir} to resume from the one before it, or set "
                                   f"train.resume=false") from e

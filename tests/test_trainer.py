@@ -142,6 +142,12 @@ def test_a_damaged_checkpoint_is_named_and_the_config_of_its_run_kept(toy_cfg):
     out = REPO.joinpath(cfg.train.output_dir)
     train(Toy2D, cfg)
     config = (out / "config.yaml").read_text()
+    optimizer = out / "checkpoints" / "step_10" / "optimizer.bin"
+    optimizer.rename(optimizer.with_suffix(".away"))  # a file lost in a copy
+    with pytest.raises(ConfigError, match=r"step_10 could not be loaded \(FileNotFoundError.*optimizer.bin.*move it "
+                                          r"out of"):
+        train(Toy2D, toy_cfg("train.max_steps=20", out="damaged"))
+    optimizer.with_suffix(".away").rename(optimizer)
     weights = out / "checkpoints" / "step_10" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # a file cut short as its disk filled
     with pytest.raises(ConfigError, match=r"step_10 could not be loaded \(SafetensorError.*move it out of"):
