@@ -25,7 +25,7 @@ from multigen.samplers import Known
 from .data import CharTokenizer, DigitGrids, TokenError, TokenWindows, builtin_text, read_text, read_tokens
 from .labels import (SCENE_CLASSES, LabelMaps, SceneMaps, boundary_rate, check_ids, class_distance, colour,
                      infer_classes, read_label_maps)
-from .d3pm import D3PM, TRANSITIONS, Absorbing, d3pm_betas, random_known
+from .d3pm import D3PM, TRANSITIONS, d3pm_betas, random_known
 from .model import GridUNet, SequenceTransformer
 
 
@@ -254,9 +254,14 @@ class Discrete(Domain):
     @cached_property
     def process(self) -> D3PM:
         """The categorical diffusion over :attr:`vocab` categories."""
+        return self._chain(self.cfg.process.timesteps)
+
+    def _chain(self, timesteps: int) -> D3PM:
+        """The config's diffusion on a chain of ``timesteps`` steps: the process's own, or the finer chain a
+        masked model samples (its jsd schedule, ``ᾱ_t = 1 − t/T``, is one in continuous time)."""
         p = self.cfg.process
         schedule = {"absorbing": "jsd", "uniform": "cosine", "gaussian": "linear"}[p.transition]
-        betas = d3pm_betas(schedule if p.schedule == "auto" else p.schedule, p.timesteps)
+        betas = d3pm_betas(schedule if p.schedule == "auto" else p.schedule, timesteps)
         return D3PM(TRANSITIONS[p.transition](self.vocab, betas), hybrid_lambda=p.hybrid_lambda)
 
     def _source(self, split: str) -> str:
@@ -386,7 +391,7 @@ class Discrete(Domain):
             model = partial(model, known=known.mask.to(device).bool().expand(shape))
         process, T = self.process, self.cfg.process.timesteps
         if s.steps > T:  # a masked model: the chain of s.steps steps, its times told to the network in units of T
-            process = D3PM(Absorbing(self.vocab, d3pm_betas("jsd", s.steps)))
+            process = self._chain(s.steps)
             model = partial(_on_time_scale, model, T / s.steps)
         return process.sample(model, shape, steps=s.steps or None, temperature=s.temperature, known=known,
                               generator=generator, progress=progress, device=device, min_p=s.min_p)
