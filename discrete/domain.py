@@ -441,24 +441,34 @@ class Discrete(Domain):
         """Cross-entropies (bits per token) of ``data`` ``(N, *shape)`` under the training data's token frequencies
         (add-one; ``baseline_unigram_bits``), and for grids under each position's own training frequencies (a
         layout baseline: sky above, road below; ``baseline_position_bits``)."""
-        ref, K = self._training_tokens(), self.data_vocab
-        counts = torch.bincount(ref.flatten(), minlength=K).double() + 1
-        scores = {"baseline_unigram_bits": -(counts / counts.sum()).log2()[data.flatten()].mean().item()}
+        scores = {"baseline_unigram_bits": self.unigram_bits(data)}
         if not self.grid:
             return scores
-        if data.shape[1:] != ref.shape[1:]:
+        counts = self._training_counts[1]
+        if data.shape[1:] != counts.shape[:-1]:
             raise ValueError(f"grids of shape {tuple(data.shape[1:])} scored against training grids of shape "
-                             f"{tuple(ref.shape[1:])}: position by position they do not match")
-        positions = ref[0].numel()
-        at = torch.arange(positions) * K  # each position's block of K counts
-        counts = torch.bincount((at + ref.flatten(1)).flatten(), minlength=positions * K).view(positions, K) + 1
-        logp = (counts.double() / counts.sum(-1, keepdim=True)).log2()
+                             f"{tuple(counts.shape[:-1])}: position by position they do not match")
+        logp = (counts.flatten(0, -2) / counts.flatten(0, -2).sum(-1, keepdim=True)).log2()
         scores["baseline_position_bits"] = -logp.gather(1, data.flatten(1).T).mean().item()
         return scores
 
     def unigram_bits(self, data: Tensor) -> float:
-        """:meth:`baselines`' unigram cross-entropy (bits per token) of ``data``."""
-        return self.baselines(data)["baseline_unigram_bits"]
+        """:meth:`baselines`' unigram cross-entropy (bits per token) of ``data`` ``(N, *shape)``."""
+        counts = self._training_counts[0]
+        return -(counts / counts.sum()).log2()[data.flatten()].mean().item()
+
+    @cached_property
+    def _training_counts(self) -> tuple[Tensor, Tensor | None]:
+        """Add-one counts (float64) the baselines score under, counted once: of each category in the training data
+        ``(K,)``, and for grids of each category at each position ``(*shape, K)`` (else None)."""
+        ref, K = self._training_tokens(), self.data_vocab
+        unigram = torch.bincount(ref.flatten(), minlength=K).double() + 1
+        if not self.grid:
+            return unigram, None
+        positions = ref[0].numel()
+        at = torch.arange(positions) * K  # each position's block of K counts
+        counts = torch.bincount((at + ref.flatten(1)).flatten(), minlength=positions * K).double() + 1
+        return unigram, counts.view(*ref.shape[1:], K)
 
     def _training_tokens(self) -> Tensor:
         """What the baselines count: the training stream ``(N,)``, or the first 4 096 training grids ``(n, H, W)``

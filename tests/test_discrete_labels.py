@@ -227,6 +227,19 @@ def test_the_layout_baseline_is_each_positions_add_one_cross_entropy(tmp_path):
         domain.baselines(torch.zeros(1, 1, 4, dtype=torch.long))
 
 
+def test_the_baselines_read_the_training_maps_once_per_domain(tmp_path, monkeypatch):
+    np.save(tmp_path / "m.npy", np.arange(40, dtype=np.uint8).reshape(10, 2, 2) % 3)
+    domain = _domain(f"data.path={tmp_path / 'm.npy'}", "data.size=2", "data.vocab_size=3")
+    domain.fit()
+    reads = []
+    read = Discrete._training_tokens
+    monkeypatch.setattr(Discrete, "_training_tokens", lambda self: reads.append(1) or read(self))
+    data = torch.tensor([[[0, 1], [2, 0]]])
+    first = domain.baselines(data)
+    assert domain.baselines(data) == first and domain.unigram_bits(data) == first["baseline_unigram_bits"]
+    assert len(reads) == 1
+
+
 def test_a_model_evaluates_against_both_baselines_and_draws_pictures(tmp_path):
     domain = _domain("data.size=8", "eval.num_sequences=2")
     domain.fit()
