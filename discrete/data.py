@@ -85,10 +85,7 @@ def read_tokens(path: str | Path, vocab_size: int) -> Tensor:
         raise IsADirectoryError(f"token file {path} is a folder; name a 1-D .npy token array")
     if not path.is_file():
         raise FileNotFoundError(f"token file {path} not found")
-    try:
-        arr = load_npy(path)
-    except Exception as e:  # noqa: BLE001 - numpy raises many types for a bad file
-        raise TokenError(f"{path} is not a readable .npy array: {e}") from e
+    arr = load_npy(path, TokenError)
     if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer) or arr.size == 0:
         raise TokenError(f"{path} must hold a non-empty 1-D integer array, not {arr.dtype} {arr.shape}")
     bad = np.flatnonzero((arr < 0) | (arr >= vocab_size))

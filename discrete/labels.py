@@ -90,10 +90,7 @@ def read_label_maps(path: str | Path, pattern: str = "*", exclude: str | Path | 
     if path.suffix.lower() != ".npy":
         raise TokenError(f"{path}: label maps are a folder of label images ({', '.join(LABEL_SUFFIXES)}), one of "
                          f"them, or a .npy array (N, H, W)")
-    try:
-        arr = load_npy(path)
-    except Exception as e:  # noqa: BLE001 - numpy raises many types for a bad file
-        raise TokenError(f"{path} is not a readable .npy array: {e}") from e
+    arr = load_npy(path, TokenError)
     if arr.ndim != 3 or not np.issubdtype(arr.dtype, np.integer) or 0 in arr.shape:
         raise TokenError(f"{path} must hold label maps as a non-empty integer array (N, H, W), not {arr.dtype} "
                          f"{arr.shape}")

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from . import samplers
-from .config import ConfigError, SampleConfig, validate
+from .config import ConfigError, SampleConfig, first_line, validate
 from .diffusion import GaussianDiffusion
 from .samplers import Known
 from .schedules import NoiseSchedule
@@ -47,13 +47,17 @@ def natural_key(path: Path) -> list[list[str | int]]:
             for name in path.parts]
 
 
-def load_npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
-    """The array of the ``.npy`` file ``path``, never unpickled. A file without the ``.npy`` header (a text or an
-    empty file) is a ``ValueError`` saying so, where numpy's own message would suggest ``allow_pickle``."""
+def load_npy(path: Path, error: type[DataError] = DataError, mmap_mode: str | None = None) -> np.ndarray:
+    """The array of the ``.npy`` file ``path``, never unpickled. A file numpy cannot read as an array is ``error``
+    naming ``path`` and why: one without the ``.npy`` header (a text or an empty file: numpy's own message would
+    suggest ``allow_pickle``), a truncated one, one of Python objects."""
     with open(path, "rb") as f:
         if f.read(6) != b"\x93NUMPY":
-            raise ValueError("no .npy header: not a NumPy array file")
-    return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+            raise error(f"{path}: not a readable .npy array (no .npy header: not a NumPy array file)")
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise error(f"{path}: not a readable .npy array ({first_line(e)})") from None
 
 
 class Domain(ABC):

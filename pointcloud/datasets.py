@@ -84,11 +84,8 @@ class ShapeNetPC15k(Dataset):
 
     def __getitem__(self, i: int) -> Tensor:
         path = self.files[i]
-        try:
-            cloud = load_npy(path)
-        except (OSError, ValueError) as e:
-            raise PointCloudError(f"{path} could not be read: {e}") from e
-        cloud = check_points(np.asarray(cloud, dtype=np.float64), str(path), need_extent=True)
+        cloud = check_points(np.asarray(load_npy(path, PointCloudError), dtype=np.float64), str(path),
+                             need_extent=True)
         return torch.from_numpy(_subsample(cloud, self.points, _seed_of(path, self.seed), str(path), self.least))
 
 

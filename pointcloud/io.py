@@ -54,7 +54,7 @@ def read_points(path: str | Path, num_points: int = 2048, seed: int = 0, need_ex
         raise PointCloudError(f"{path}: unknown suffix {suffix!r}; use {sorted(set(POINT_SUFFIXES + MESH_SUFFIXES))}")
     try:
         if suffix == ".npy":
-            points = load_npy(path)
+            points = load_npy(path, PointCloudError)
         elif suffix in (".xyz", ".txt"):
             with warnings.catch_warnings():  # an empty file: check_points says so, naming it
                 warnings.filterwarnings("ignore", "loadtxt: input contained no data", UserWarning)

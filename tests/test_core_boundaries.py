@@ -1,6 +1,7 @@
 """The shared command-line helpers, domain lookup, sampler settings and toy2d's splits at their boundaries (each test
 was written against a one-line change the rest of the suite let through)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -112,3 +113,19 @@ def test_a_file_named_npy_that_is_no_array_is_called_so_by_every_reader(tmp_path
     with pytest.raises(DataError, match="no .npy header") as e:
         _npy_readers()[reader](bad)
     assert "allow_pickle" not in str(e.value) and "x.npy" in str(e.value)
+
+
+@pytest.mark.parametrize("reader", ["tokens", "labels", "points", "video", "shapenet"])
+@pytest.mark.parametrize("fault", ["truncated", "objects"])
+def test_a_truncated_or_pickled_npy_is_the_readers_own_error_naming_it(tmp_path, reader, fault):
+    """Whatever numpy raises for a ``.npy`` it cannot read (a cut-off download, an array of Python objects), each
+    reader raises its domain's ``DataError`` naming the file."""
+    from multigen.domain import DataError
+    bad = tmp_path / "x.npy"
+    if fault == "truncated":
+        np.save(bad, np.zeros((4, 8, 8, 8, 3), dtype=np.uint8))
+        bad.write_bytes(bad.read_bytes()[:-100])
+    else:
+        np.save(bad, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match="x.npy: not a readable .npy array"):
+        _npy_readers()[reader](bad)

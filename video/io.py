@@ -64,17 +64,10 @@ def _check(path: Path, video: int | None = None) -> None:
         raise VideoReadError(f"{path}: unsupported video type {path.suffix!r}; supported: {READABLE}")
 
 
-def _open_npy(path: Path) -> np.ndarray:
-    try:
-        return load_npy(path, mmap_mode="r")
-    except (ValueError, OSError, EOFError) as e:  # EOFError: an empty file
-        raise VideoReadError(f"{path}: not a readable .npy array ({first_line(e)})") from None
-
-
 def _load_npy(path: Path, video: int | None = None) -> np.ndarray:
     """The memory-mapped uint8 ``(T, H, W, C)`` video of a ``.npy``; of a ``.npy`` of several videos
     ``(N, T, H, W, C)``, the one at index ``video``."""
-    arr = _open_npy(path)
+    arr = load_npy(path, VideoReadError, mmap_mode="r")
     if arr.dtype != np.uint8 or arr.ndim not in (4, 5) or arr.shape[-1] not in (1, 3):
         hint = ("; for grey videos stored (T, N, H, W) as Moving MNIST's mnist_test_seq.npy, save "
                 "a.transpose(1, 0, 2, 3)[..., None]" if arr.ndim == 4 and arr.dtype == np.uint8 else "")
@@ -102,7 +95,7 @@ def videos_in(path: str | Path) -> int | None:
     if path.is_dir() or path.suffix.lower() != ".npy":
         return None
     _check(path)
-    arr = _open_npy(path)
+    arr = load_npy(path, VideoReadError, mmap_mode="r")
     return arr.shape[0] if arr.ndim == 5 else None
 
 
