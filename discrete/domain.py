@@ -61,7 +61,7 @@ class DiscreteProcessConfig:
     # d3pm objective: share of training sequences given a random known part (scattered tokens, or all but one
     # hidden run), kept clean, marked to the model and left out of the loss. Uniform and gaussian models then
     # infill with the known part marked; absorbing models infill exactly without it (visible tokens are clean).
-    infill_rate: float = at_least(0.0, 0.0)
+    infill_rate: float = between(0.0, 0.0, 1.0)
 
 
 @dataclass
@@ -151,8 +151,6 @@ class Discrete(Domain):
                               f"it for the absorbing transition): it trains at the jsd schedule's times, where a "
                               f"token is masked at step t with probability t/T, so sampling and the bound need that "
                               f"chain; use process.schedule=auto (or jsd), or process.objective=d3pm")
-        if not p.infill_rate <= 1:
-            raise ConfigError(f"process.infill_rate: a share of the training sequences, in [0, 1]; got {p.infill_rate}")
         if not cfg.model.time_conditioning and p.transition != "absorbing":
             raise ConfigError(f"model.time_conditioning=false needs process.transition=absorbing: the denoiser of a "
                               f"{p.transition} chain depends on t")

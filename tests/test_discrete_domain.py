@@ -176,7 +176,7 @@ def test_masked_objective_needs_absorbing():
 @pytest.mark.parametrize("overrides, message", [
     (["process.infill_rate=0.5"], "masked objective"),
     (["process.transition=uniform", "model.time_conditioning=false"], "needs process.transition=absorbing"),
-    (["process.transition=uniform", "process.infill_rate=1.5"], "in \\[0, 1\\]"),
+    (["process.transition=uniform", "process.infill_rate=1.5"], "process.infill_rate: must be <= 1.0"),
     (["process.schedule=linear"], "process.schedule=linear with the masked objective"),
     (["data.source=tokens", "data.vocab_size=5"], "data.path: data.source=tokens"),
 ])
