@@ -376,6 +376,24 @@ def test_stratified_times_lower_the_batch_loss_variance():
     assert spread[True] < 0.5 * spread[False]
 
 
+def test_the_any_order_bound_asks_the_model_at_the_time_of_its_masked_share():
+    """``any_order_bits`` shows the model ``x`` with ``m`` of ``L`` tokens masked at time ``m / L · T`` (where the jsd
+    chain masks that share), once for each ``m`` in ``1..L``; a model that ignores ``t`` cannot tell."""
+    T, V, L = 50, 3, 5
+    process = D3PM(Absorbing(V + 1, d3pm_betas("jsd", T)))
+    seen = []
+
+    def model(x, t):
+        seen.append(((x == V).sum(1).double(), t.double()))
+        return torch.zeros(*x.shape, V + 1, dtype=torch.float64)
+
+    x0 = torch.randint(0, V, (3, L), generator=torch.Generator().manual_seed(0))
+    process.any_order_bits(model, x0, generator=torch.Generator().manual_seed(1))
+    for masked, t in seen:
+        torch.testing.assert_close(t, masked * T / L)
+    assert sorted(int(masked[0]) for masked, _ in seen) == list(range(1, L + 1))
+
+
 def test_any_order_bound_is_its_enumerated_value_and_the_limit_of_the_chains():
     """Absorbing, 4 tokens of 3 symbols: a predictor that reads every visible token (and not the time). The any-order
     estimate, averaged over orders, equals its definition summed over every masked subset, ``Σ_m (1/m) mean over

@@ -3,6 +3,7 @@ no host sync per step on CUDA), torch.compile, export, 2 processes."""
 
 import copy
 import json
+import math
 import os
 import subprocess
 import sys
@@ -99,6 +100,31 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(toy_cfg):
     assert sorted(p.name for p in ckpt_dir.iterdir()) == ["step_10"]
     weights = load_file(ckpt_dir / "step_10" / "model.safetensors")
     assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_the_error_names_the_first_bad_step_not_a_later_one(toy_cfg):
+    """Steps 13 (NaN) and 14 (inf) both fail between two log steps: the error reports step 13's loss."""
+
+    class TwoBad(Toy2D):
+        calls = 0
+
+        def training_loss(self, model, batch):
+            TwoBad.calls += 1
+            return super().training_loss(model, batch) * {13: math.nan, 14: math.inf}.get(TwoBad.calls, 1.0)
+
+    trainer = Trainer(TwoBad, toy_cfg("train.checkpoint_every=0"))
+    trainer.resume()
+    for _ in range(15):
+        trainer.step()
+    with pytest.raises(NonFiniteLossError, match=r"\(loss nan, gradient norm nan\) at step 13;"):
+        trainer.check_finite()
+
+
+def test_the_step_returns_its_loss_detached_from_every_micro_batchs_graph(toy_cfg):
+    trainer = Trainer(Toy2D, toy_cfg("train.checkpoint_every=0", "train.grad_accum=2"))
+    trainer.resume()
+    loss = trainer.step()
+    assert loss.ndim == 0 and not loss.requires_grad
 
 
 def test_a_failed_final_evaluation_keeps_the_final_checkpoint_and_the_export(toy_cfg):
@@ -484,21 +510,59 @@ def test_export_and_load_name_a_model_that_is_not_its_configs(toy_cfg, tmp_path)
         load_pretrained(export)
 
 
+def launch_two_processes(script: str, *args: str) -> str:
+    """``accelerate launch`` of ``script`` (relative to the repository) with ``args`` on two CPU processes; its
+    output, after checking it succeeded."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / script), *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout + r.stderr
+
+
+TWO_PROCESS_TOY = ["train.tensorboard=false", "sample.num=64", "data.num_val=200", "model.hidden=32"]
+
+
 @pytest.mark.slow
 def test_two_process_cpu_launch(tmp_path):
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           str(REPO / "multigen/train.py"), "--domain", "toy2d", f"train.output_dir={out}", "train.max_steps=20",
-           "train.checkpoint_every=10", "train.tensorboard=false", "sample.num=64", "data.num_val=200",
-           "model.hidden=32"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "2 process(es)" in r.stdout + r.stderr
+    log = launch_two_processes("multigen/train.py", "--domain", "toy2d", f"train.output_dir={out}",
+                               "train.max_steps=20", "train.checkpoint_every=10", *TWO_PROCESS_TOY)
+    assert "2 process(es)" in log
     assert (out / "export" / "model.safetensors").is_file()
     assert {p.name for p in (out / "checkpoints" / "step_20").glob("random_states_*.pkl")} == {
         "random_states_0.pkl", "random_states_1.pkl"}
+
+
+@pytest.mark.slow
+def test_two_processes_resume_bit_exactly_where_they_stopped(tmp_path):
+    """Two processes stopped at step 10 and resumed to 20 end with the weights of 20 steps straight through: each
+    process's data stream goes on from its own share of what was consumed."""
+    def run(out: str, steps: int) -> None:
+        launch_two_processes("multigen/train.py", "--domain", "toy2d", f"train.output_dir={tmp_path / out}",
+                             f"train.max_steps={steps}", "train.checkpoint_every=10", "train.sample_every=0",
+                             "train.lr_decay=none", *TWO_PROCESS_TOY)
+
+    run("straight", 20)
+    run("resumed", 10)
+    run("resumed", 20)
+    straight, resumed = (load_file(tmp_path / out / "checkpoints/step_20/model.safetensors")
+                         for out in ("straight", "resumed"))
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+@pytest.mark.slow
+def test_two_processes_accumulating_two_half_batches_take_the_whole_batchs_steps(tmp_path):
+    """Two processes, ``train.grad_accum=2`` at batch 16 against 1 at batch 32 (a loss without noise, so the split
+    alone differs): the same weights after 5 steps, so every micro-batch's gradient is averaged over the processes."""
+    for accum, batch in ((1, 32), (2, 16)):
+        launch_two_processes("tests/two_process_toy2d.py", f"train.output_dir={tmp_path / str(accum)}",
+                             "train.max_steps=5", "train.checkpoint_every=5", f"train.grad_accum={accum}",
+                             f"train.batch_size={batch}", "train.sample_every=0", *TWO_PROCESS_TOY)
+    whole, halves = (load_file(tmp_path / out / "checkpoints/step_5/model.safetensors") for out in ("1", "2"))
+    for k in whole:
+        torch.testing.assert_close(halves[k], whole[k], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("clip", [0.0, 1e-4])
@@ -506,6 +570,27 @@ def test_the_log_has_the_gradient_norm_before_clipping(toy_cfg, clip):
     cfg = toy_cfg(f"train.grad_clip={clip}", "train.max_steps=20", "train.checkpoint_every=0")
     norms = [r["grad_norm"] for r in read_log(train(Toy2D, cfg).parent) if "loss" in r]
     assert len(norms) == 2 and all(1e-2 < n < 1e3 for n in norms), norms  # measured, not the clipped 1e-4
+
+
+def test_grad_clip_0_gives_the_optimiser_the_gradient_unclipped(toy_cfg, monkeypatch):
+    """With ``train.grad_clip=0`` the optimiser steps on the whole gradient (norms far above 1), the norm logged."""
+
+    class Steep(Toy2D):
+        def training_loss(self, model, batch):
+            return super().training_loss(model, batch) * 1e4
+
+    seen, step = [], torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        seen.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    cfg = toy_cfg("train.grad_clip=0", "train.max_steps=10", "train.checkpoint_every=0", "train.optimizer=adamw")
+    logged = [r["grad_norm"] for r in read_log(train(Steep, cfg).parent) if "loss" in r]
+    assert len(seen) == 10 and min(seen) > 10, seen
+    assert logged[-1] == pytest.approx(seen[-1], rel=1e-4)
 
 
 def test_lr_factor_warmup_then_constant_or_cosine():
