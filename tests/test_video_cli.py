@@ -216,8 +216,10 @@ def test_frames_equal_to_the_context_are_refused(tmp_path, export, capsys):
     assert "--frames 3 must exceed --context 3" in capsys.readouterr().err
 
 
-def test_between_must_leave_room_for_both_keyframes_in_the_window(tmp_path, export, capsys):
+def test_a_gap_longer_than_the_window_is_filled_with_the_keyframes_kept(tmp_path, export):
+    """Window 5: ``--between 4`` does not fit one window, so the gap is filled hierarchically."""
     np.save(tmp_path / "keys.npy", _gray(2))
     assert main(["interpolate", "--checkpoint", str(export), "--input", str(tmp_path / "keys.npy"),
-                 "--between", "4", "--out", str(tmp_path / "o.npy")]) == 2
-    assert "--between 4 does not fit the model's window of 5 frames" in capsys.readouterr().err
+                 "--between", "4", "--steps", "2", "--out", str(tmp_path / "o.npy")]) == 0
+    out = np.load(tmp_path / "o.npy")
+    assert out.shape[0] == 6 and np.array_equal(out[[0, 5]], _gray(2))

@@ -190,6 +190,30 @@ def test_hierarchical_gap_windows_observe_both_ends(setup, past):
     assert sorted(made) == sorted(set(range(17)) - set(keys))  # every other frame generated exactly once
 
 
+def test_interpolation_fills_a_gap_longer_than_the_window_hierarchically(setup):
+    """3 keyframes, 6 new frames between each pair, windows of 5: every window observes both its ends and holds at
+    most 5 frames, each new frame is made once, and the keyframes come back bit-exactly at 0, 7 and 14."""
+    model, domain = setup
+    windows = []
+
+    def recording(x, t, cond, frame_index=None, independent=None):
+        windows.append((tuple(frame_index[0].tolist()), tuple(cond[0, :, -1, 0, 0].bool().tolist())))
+        return model(x, t, cond, frame_index, independent)
+
+    recording.parameters = model.parameters
+    keys = _clips(t=3, seed=1)
+    filled = interpolate(recording, domain.diffusion, keys, 6, domain.sample_settings(sampler="ddim", steps=2),
+                         window=5)
+    assert filled.shape == (2, 15, 1, 16, 16) and torch.equal(filled[:, [0, 7, 14]], keys)
+    made = []
+    for index, observed in dict.fromkeys(windows):  # one entry per window (each is called once per sampler step)
+        assert len(index) <= 5 and observed == (True,) + (False,) * (len(index) - 2) + (True,), (index, observed)
+        made += index[1:-1]
+    assert sorted(made) == sorted(set(range(15)) - {0, 7, 14})
+    with pytest.raises(ValueError, match="a window needs at least 3 frames"):
+        interpolate(model, domain.diffusion, keys, 2, domain.sample_settings(), window=2)
+
+
 def test_float64_frames_are_taken_in_the_networks_precision(setup):
     """Frames in float64 (a NumPy clip, say) go into a float32 network as float32 (they failed inside its first
     convolution), and come back as exactly those float32 frames, by every sampler of video/sampling.py."""

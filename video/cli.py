@@ -90,12 +90,9 @@ def cmd_interpolate(args: argparse.Namespace) -> Path:
     clip = _read_clip(args, p.domain)
     if clip.shape[1] < 2:
         raise ValueError(f"{args.input} has {clip.shape[1]} frame(s); interpolation needs at least 2")
-    window = p.domain.cfg.data.frames
-    if args.between + 2 > window:
-        raise ValueError(f"--between {args.between} does not fit the model's window of {window} frames")
     with torch.no_grad():
         video = interpolate(p.model, p.domain.diffusion, clip, args.between, _settings(args, p.domain),
-                            progress=False, **_options(args, p.domain))
+                            window=p.domain.cfg.data.frames, progress=False, **_options(args, p.domain))
     return write_video(args.out, to_uint8(video[0]), fps=args.fps)
 
 
@@ -158,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--input", required=True, help="keyframes: a video file (.mp4/.avi/.webm/.mov/.mkv/.gif), a uint8 "
                                                   ".npy (T, H, W, C) or a folder of frame images")
-    p.add_argument("--between", type=int, default=3, help="frames inserted between consecutive input frames")
+    p.add_argument("--between", type=int, default=3, help="frames inserted between consecutive input frames (a gap "
+                   "longer than the model's window: evenly spaced frames first, then the gaps between them)")
     p.add_argument("--out", required=True, help=".mp4, .gif, .npy, or a new folder (no suffix) of PNG frames")
     p.set_defaults(func=cmd_interpolate)
 

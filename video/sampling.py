@@ -175,16 +175,26 @@ def predict(model, diffusion, context: Tensor, frames: int, settings: VideoSampl
     return generate(model, diffusion, observed, idx >= frames - K if past else idx < K, settings, **kw)
 
 
-def interpolate(model, diffusion, keyframes: Tensor, between: int, settings: VideoSampleConfig, **kw) -> Tensor:
+def interpolate(model, diffusion, keyframes: Tensor, between: int, settings: VideoSampleConfig,
+                window: int | None = None, **kw) -> Tensor:
     """Insert ``between`` frames between each pair of consecutive ``keyframes`` ``(B, K, C, H, W)``.
 
-    Each gap is one window ``[key_i, between frames, key_{i+1}]``; returns
-    ``(B, (K - 1) * (between + 1) + 1, C, H, W)`` with the keyframes unchanged.
+    Each gap is one window ``[key_i, between frames, key_{i+1}]``, unless it is longer than the model's ``window``
+    (frames; None: no limit): then it is filled as :func:`extend_hierarchical` fills its gaps, evenly spaced frames
+    first. Returns ``(B, (K - 1) * (between + 1) + 1, C, H, W)`` with the keyframes unchanged.
     """
     B, K = keyframes.shape[:2]
     if K < 2 or between < 1:
         raise ValueError("interpolation needs at least 2 keyframes and between >= 1")
     keyframes = in_network_dtype(model, keyframes)
+    if window is not None and between + 2 > window:
+        if window < 3:
+            raise ValueError(f"a gap of {between} frames in windows of {window}: a window needs at least 3 frames "
+                             f"(both ends and one new)")
+        keys = list(range(0, (K - 1) * (between + 1) + 1, between + 1))
+        video = keyframes.new_zeros(B, keys[-1] + 1, *keyframes.shape[2:])
+        video[:, keys] = keyframes
+        return _fill_gaps(model, diffusion, video, keys, window, settings, tqdm(disable=True), **kw)
     out = [keyframes[:, :1]]
     for i in range(K - 1):
         window = torch.zeros(B, between + 2, *keyframes.shape[2:], device=keyframes.device, dtype=keyframes.dtype)
@@ -271,18 +281,29 @@ def extend_hierarchical(
 
     video = first.new_zeros(B, length, *first.shape[2:])
     video[:, key_index] = keys
-    gaps = [(a, b) for a, b in zip(key_index[:-1], key_index[1:]) if b - a > 1]
     with tqdm(total=length - window, desc="frames", disable=not progress) as bar:
-        while gaps:
-            a, b = gaps.pop()
-            inner = list(range(a + 1, b)) if b - a - 1 <= window - 2 else _spread(a, b, window - 2)
-            idx = [a, *inner, b]
-            ends = torch.tensor([True] + [False] * len(inner) + [True], device=device).expand(B, -1)
-            index = torch.tensor(idx, device=device)
-            video[:, index] = clamp_generated(generate(model, diffusion, video[:, index], ends, settings,
-                                                       frame_index=index.expand(B, -1), **kw), ends)
-            bar.update(len(inner))
-            gaps += [(i, j) for i, j in zip(idx[:-1], idx[1:]) if j - i > 1]
+        return _fill_gaps(model, diffusion, video, key_index, window, settings, bar, **kw)
+
+
+def _fill_gaps(model, diffusion, video: Tensor, known: list[int], window: int, settings: VideoSampleConfig,
+               bar: tqdm, **kw) -> Tensor:
+    """Fill, in place, the frames of ``video`` ``(B, T, C, H, W)`` between its ``known`` frame indices
+    (increasing), FDM's way: every gap ``(a, b)`` by one window ``[a, new frames..., b]`` that observes both ends; a
+    gap with at most ``window - 2`` missing frames at once, a longer one first gets ``window - 2`` evenly spaced
+    frames, which split it into shorter gaps filled the same way. Frames carry their real indices, so the relative
+    frame encoding sees the true distances; generated frames are clamped before they become ends."""
+    B, device = video.shape[0], video.device
+    gaps = [(a, b) for a, b in zip(known[:-1], known[1:]) if b - a > 1]
+    while gaps:
+        a, b = gaps.pop()
+        inner = list(range(a + 1, b)) if b - a - 1 <= window - 2 else _spread(a, b, window - 2)
+        idx = [a, *inner, b]
+        ends = torch.tensor([True] + [False] * len(inner) + [True], device=device).expand(B, -1)
+        index = torch.tensor(idx, device=device)
+        video[:, index] = clamp_generated(generate(model, diffusion, video[:, index], ends, settings,
+                                                   frame_index=index.expand(B, -1), **kw), ends)
+        bar.update(len(inner))
+        gaps += [(i, j) for i, j in zip(idx[:-1], idx[1:]) if j - i > 1]
     return video
 
 
