@@ -1,6 +1,8 @@
 """Domain.fit: what the training data decides (discrete vocabulary, point-cloud normalisation) is in the run's
 config.yaml as in the export's, because the trainer fits the domain before it writes the config."""
 
+import warnings
+
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
@@ -54,3 +56,26 @@ def test_an_unfitted_domain_says_so():
     cfg = load_config(pointcloud.config_class, None, ["data.source=folder", "data.root=/nowhere"])
     with pytest.raises(ValueError, match=r"data.scale is not set: call fit\(\)"):
         pointcloud(cfg).normalizer  # noqa: B018
+
+
+@pytest.mark.parametrize("content, channels, warned", [
+    ("colour", 1, True), ("grey as RGB", 1, False), ("colour", 3, False), ("grey", 1, False)])
+def test_a_folder_of_colour_videos_trained_in_grey_is_warned_of(tmp_path, content, channels, warned):
+    """Colour videos at the default ``data.channels=1`` would be learnt in grey without a word; a grey video
+    decoded as RGB (channels a level apart, as chroma rounding leaves them) is not colour."""
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (16, 16, 16, 1), dtype=np.uint8)
+    frames = {"colour": rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8),
+              "grey as RGB": np.concatenate([grey, np.clip(grey.astype(int) + 1, 0, 255).astype(np.uint8), grey], -1),
+              "grey": grey}[content]
+    (tmp_path / "videos").mkdir()
+    np.save(tmp_path / "videos" / "clip.npy", frames)
+    video = get_domain("video")
+    domain = video(load_config(video.config_class, REPO / "configs" / "video" / "tiny.yaml", [
+        "data.source=folder", f"data.root={tmp_path / 'videos'}", f"data.channels={channels}"]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        domain.fit()
+    said = [str(w.message) for w in caught if "data.channels=3" in str(w.message)]
+    assert said == ([f"data.channels=1: the videos in {tmp_path / 'videos'} are in colour and are trained on in "
+                     f"grey; give data.channels=3 to keep their colour"] if warned else [])

@@ -270,6 +270,15 @@ class VideoFolder(Dataset):
         return len(self.clips)
 
     def __getitem__(self, i: int) -> Tensor:
+        return frames_to_clip(self.frames_of(i), self.size, self.channels)
+
+    def frames_of(self, i: int) -> np.ndarray:
+        """Clip ``i``'s frames as read, uint8 ``(T, H, W, C)`` (before resizing and the channel conversion)."""
         path, video, start = self.clips[i]
-        indices = list(range(start, start + (self.frames - 1) * self.stride + 1, self.stride))
-        return frames_to_clip(read_video(path, indices, video), self.size, self.channels)
+        return read_video(path, list(range(start, start + (self.frames - 1) * self.stride + 1, self.stride)), video)
+
+    def first_clip_in_colour(self) -> bool:
+        """Whether the first clip's channels differ (by more than 12 of 255 levels anywhere): a colour video, not a
+        grey one decoded as RGB (whose chroma rounding moves a channel a level or two)."""
+        frames = self.frames_of(0).astype(np.int16)
+        return frames.shape[-1] == 3 and bool((frames.max(-1) - frames.min(-1)).max() > 12)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,6 +228,14 @@ class Video(GaussianDomain):
             temporal_attention=m.temporal_attention, channels_last=m.channels_last, fold_frame_bias=m.fold_frame_bias,
             reference_input=m.reference_input, self_condition=m.self_condition, rotary=m.rotary,
         )
+
+    def fit(self) -> None:
+        """Nothing is fitted; a folder of colour videos trained at ``data.channels=1`` is warned of (it would be
+        learnt in grey, by ITU-R 601 luma)."""
+        d = self.cfg.data
+        if d.source == "folder" and d.channels == 1 and self.build_dataset("train").first_clip_in_colour():
+            warnings.warn(f"data.channels=1: the videos in {d.root} are in colour and are trained on in grey; give "
+                          f"data.channels=3 to keep their colour", stacklevel=2)
 
     def build_dataset(self, split: str) -> Dataset:
         d = self.cfg.data
