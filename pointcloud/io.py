@@ -56,9 +56,9 @@ def read_points(path: str | Path, num_points: int = 2048, seed: int = 0, need_ex
         if suffix == ".npy":
             points = load_npy(path, PointCloudError)
         elif suffix in (".xyz", ".txt"):
-            with warnings.catch_warnings():  # an empty file: check_points says so, naming it
+            with warnings.catch_warnings(), open(path) as f:  # an empty file: check_points says so, naming it
                 warnings.filterwarnings("ignore", "loadtxt: input contained no data", UserWarning)
-                points = np.loadtxt(path, ndmin=2)
+                points = np.loadtxt((line.replace(",", " ") for line in f), ndmin=2)  # spaces, tabs or commas
         elif suffix == ".pt":
             points = _read_torch(path)
         else:

@@ -165,6 +165,18 @@ def test_a_small_folder_holds_out_its_last_file_and_a_degenerate_file_is_named(t
         ShapeFolder(tmp_path, "val", 32)
 
 
+def test_point_text_files_are_read_with_spaces_tabs_or_commas(tmp_path):
+    """The same cloud (with normals, which are dropped) as ``x y z``, tab- and comma-separated text."""
+    cloud = np.random.default_rng(0).normal(size=(50, 6))
+    read = {}
+    for name, sep in (("spaces.xyz", " "), ("tabs.txt", "\t"), ("commas.xyz", ",")):
+        np.savetxt(tmp_path / name, cloud, delimiter=sep, fmt="%.9e")
+        read[name] = read_points(tmp_path / name)
+    assert read["spaces.xyz"].shape == (50, 3)
+    assert all(np.array_equal(r, read["spaces.xyz"]) for r in read.values())
+    np.testing.assert_allclose(read["commas.xyz"], cloud[:, :3], rtol=1e-8)
+
+
 def test_empty_point_files_say_so(tmp_path):
     for name in ("empty.xyz", "empty.txt"):
         (tmp_path / name).write_text("")
