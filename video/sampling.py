@@ -197,11 +197,11 @@ def interpolate(model, diffusion, keyframes: Tensor, between: int, settings: Vid
         return _fill_gaps(model, diffusion, video, keys, window, settings, tqdm(disable=True), **kw)
     out = [keyframes[:, :1]]
     for i in range(K - 1):
-        window = torch.zeros(B, between + 2, *keyframes.shape[2:], device=keyframes.device, dtype=keyframes.dtype)
-        window[:, 0], window[:, -1] = keyframes[:, i], keyframes[:, i + 1]
+        gap = torch.zeros(B, between + 2, *keyframes.shape[2:], device=keyframes.device, dtype=keyframes.dtype)
+        gap[:, 0], gap[:, -1] = keyframes[:, i], keyframes[:, i + 1]
         mask = torch.zeros(B, between + 2, dtype=torch.bool, device=keyframes.device)
         mask[:, [0, -1]] = True
-        filled = generate(model, diffusion, window, mask, settings, **kw)
+        filled = generate(model, diffusion, gap, mask, settings, **kw)
         out.append(filled[:, 1:])
     return torch.cat(out, dim=1)
 
