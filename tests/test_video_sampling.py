@@ -14,6 +14,7 @@ from video.conditioning import (
 from video.domain import Video, VideoConfig
 from video.sampling import VideoSampleConfig, extend_autoregressive, extend_hierarchical, generate, interpolate, predict
 
+from .conftest import REPO
 from .test_video_model import tiny_unet
 
 
@@ -111,6 +112,28 @@ def test_long_video_chaining_keeps_context_and_keyframes(setup):
     assert torch.equal(filled[:, [0, 3, 6]], keys)
     uncond = extend_hierarchical(model, domain.diffusion, context[:, :0], 9, window=5, settings=s)
     assert uncond.shape == (2, 9, 1, 16, 16)
+
+
+def test_the_helpers_read_a_residual_network_as_its_domain_does():
+    """A network the domain built carries how its output is read (residual to the blend, scaled by 2, the reference
+    shown to it): predict, interpolate and the chaining take that from it, as the domain's own sampling does; told
+    otherwise, they read it otherwise."""
+    cfg = load_config(VideoConfig, REPO / "configs" / "video" / "tiny.yaml", [
+        "data.frames=5", "data.size=16", "model.residual=true", "model.reference=blend", "model.residual_scale=2",
+        "model.reference_input=true"])
+    domain = Video(cfg)
+    torch.manual_seed(0)
+    model = domain.build_model().eval()
+    s, context = domain.sample_settings(sampler="ddim", steps=2), _clips(b=1, t=2)
+    opts = domain.model_options()
+
+    def run(fn, *args, **kw):
+        return fn(model, domain.diffusion, *args, s, generator=torch.Generator().manual_seed(3), **kw)
+
+    for fn, args in ((predict, (context, 5)), (interpolate, (context, 2)), (extend_hierarchical, (context, 9, 5)),
+                     (extend_autoregressive, (context, 8, 5))):
+        assert torch.equal(run(fn, *args), run(fn, *args, **opts)), fn.__name__
+    assert not torch.equal(run(predict, context, 5), run(predict, context, 5, residual_scale=1.0))
 
 
 @pytest.mark.parametrize("past", [False, True])

@@ -227,6 +227,7 @@ class Video(GaussianDomain):
             attn_levels=tuple(m.attn_levels), head_channels=m.head_channels, dropout=m.dropout,
             temporal_attention=m.temporal_attention, channels_last=m.channels_last, fold_frame_bias=m.fold_frame_bias,
             reference_input=m.reference_input, self_condition=m.self_condition, rotary=m.rotary,
+            residual=m.residual, reference=m.reference, residual_scale=m.residual_scale,
         )
 
     def fit(self) -> None:

@@ -150,6 +150,9 @@ class SpaceTimeUNet(nn.Module):
             ``C`` more input channels; self-conditioning, Chen et al., 2023).
         rotary: the temporal attention also turns queries and keys by the frames' positions (rotary
             embeddings, beside the relative frame bias).
+        residual, reference, residual_scale: how a sampler reads the output (``model.residual`` and the rest
+            of its config: the residual to a reference of the observed frames, scaled), kept here so that
+            :func:`video.sampling.generate` takes them from the network; ``forward`` does not use them.
     """
 
     def __init__(
@@ -167,9 +170,14 @@ class SpaceTimeUNet(nn.Module):
         reference_input: bool = False,
         self_condition: bool = False,
         rotary: bool = False,
+        residual: bool = False,
+        reference: str = "nearest",
+        residual_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.channels, self.channels_last, self.self_condition = channels, channels_last, self_condition
+        self.reference_input, self.residual, self.reference, self.residual_scale = (reference_input, residual,
+                                                                                    reference, residual_scale)
         self.cond_channels = (2 if reference_input else 1) * channels + 1
         emb_dim = base * 4
         self.time_embed = TimestepEmbedding(emb_dim)

@@ -67,11 +67,11 @@ def generate(
     observed: Tensor,
     mask: Tensor | None,
     settings: VideoSampleConfig,
-    residual: bool = False,
-    reference: str = "nearest",
-    residual_scale: float = 1.0,
-    reference_input: bool = False,
-    self_condition: bool = False,
+    residual: bool | None = None,
+    reference: str | None = None,
+    residual_scale: float | None = None,
+    reference_input: bool | None = None,
+    self_condition: bool | None = None,
     frame_index: Tensor | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
@@ -92,7 +92,9 @@ def generate(
     frames) times ``residual_scale`` (``model.residual_scale``), and the output is that divided by the scale plus
     the reference, clamped to ``[-1, 1]``; ``reference_input`` (``model.reference_input``) shows the network those
     reference frames too. ``self_condition`` (``model.self_condition``) shows the network its x0 estimate of the
-    step before (each guidance branch its own: :class:`~multigen.diffusion.EstimateHistory`).
+    step before (each guidance branch its own: :class:`~multigen.diffusion.EstimateHistory`). Each of these five
+    left None is the network's own (a :class:`~video.model.SpaceTimeUNet` built by the domain carries them; a
+    network without them: off, ``nearest``, 1), so :func:`predict` and the others read a trained model right.
     Guidance (``settings.guidance`` other than 1, at the times in ``settings.guidance_interval``) mixes the x0
     estimates of the conditional and unconditional branches; a residual model's unconditional branch (nothing
     observed, reference 0) drew whole frames times the scale, that is the residual plus ``residual_scale`` times
@@ -101,6 +103,10 @@ def generate(
     Every tensor is made on the model's device; ``generator`` must be on it too.
     """
     check_observed(observed, mask)
+    residual, reference, residual_scale, reference_input, self_condition = (
+        getattr(model, name, default) if given is None else given for name, given, default in (
+            ("residual", residual, False), ("reference", reference, "nearest"), ("residual_scale", residual_scale, 1.0),
+            ("reference_input", reference_input, False), ("self_condition", self_condition, False)))
     B, T = observed.shape[:2]
     observed = in_network_dtype(model, observed).to(next(model.parameters()).device)
     free = mask is None
