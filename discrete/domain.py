@@ -294,7 +294,7 @@ class Discrete(Domain):
         if d.source == "text":
             return self.tokenizer.encode(self._text(split), source=self._source(split))
         tokens = read_tokens(d.val_path if split == "val" and d.val_path else d.path, d.vocab_size)
-        if split == "val" and d.val_path:
+        if d.val_path:  # each split a file of its own
             return tokens
         cut = int(0.9 * len(tokens))
         return tokens[:cut] if split == "train" else tokens[cut:]

@@ -8,6 +8,7 @@ import torch
 from discrete.cli import main as discrete_cli
 from discrete.data import CharTokenizer, TokenError, TokenWindows, builtin_text, read_tokens
 from discrete.domain import Discrete, DiscreteConfig
+from discrete.labels import boundary_rate, class_distance, scene_map, short_side_to
 from multigen.config import load_config
 from multigen.export import export_model
 
@@ -64,3 +65,65 @@ def test_eval_scores_only_max_sequences(export, tmp_path, capsys):
     assert discrete_cli(["eval", "--checkpoint", export, "--data", str(text), "--steps", "2",
                          "--max-sequences", "2"]) == 0
     assert "over 64 tokens in 2 sequence(s)" in capsys.readouterr().out
+
+
+def test_the_long_side_is_rounded_to_the_nearest_pixel():
+    # 6x10 to a short side of 4: the long side is 10 * 4/6 = 6.67 -> 7 (not cut down to 6)
+    assert short_side_to(torch.zeros(6, 10, dtype=torch.long), 4).shape == (4, 7)
+    assert short_side_to(torch.zeros(10, 6, dtype=torch.long), 4).shape == (7, 4)
+
+
+def test_the_masked_objective_takes_the_jsd_schedule_by_name():
+    domain = Discrete(load_config(DiscreteConfig, overrides=["process.schedule=jsd", "process.timesteps=8"]))
+    assert domain.objective == "masked"
+
+
+def test_the_built_in_held_out_scenes_are_not_the_training_scenes():
+    domain = Discrete(load_config(DiscreteConfig, overrides=["data.source=labels", "data.size=8",
+                                                             "data.num_train=4"]))
+    train, val = domain.build_dataset("train"), domain.build_dataset("val")
+    assert len(val) == 1024
+    assert torch.equal(val[0], scene_map(8, 10**9)) and torch.equal(train[0], scene_map(8, 0))
+
+
+def test_a_d3pm_model_samples_with_every_one_of_its_timesteps_and_no_more():
+    domain = Discrete(load_config(DiscreteConfig, overrides=["process.objective=d3pm", "process.timesteps=8",
+                                                             "sample.steps=8"]))
+    assert domain.sample_settings(steps=8).steps == 8
+    with pytest.raises(ValueError, match="steps=9: at most process.timesteps=8"):
+        domain.sample_settings(steps=9)
+
+
+def test_sample_statistics_draw_their_samples_from_sample_seed():
+    domain = Discrete(load_config(DiscreteConfig, overrides=[
+        "data.source=labels", "data.size=8", "data.num_train=4", "process.timesteps=8", "model.dim=8",
+        "model.depth=1", "sample.steps=2", "sample.seed=5"]))
+    domain.fit()
+    torch.manual_seed(0)
+    model = domain.build_model()
+    held_out = torch.stack([domain.build_dataset("val")[i] for i in range(2)])
+    stats = domain.sample_statistics(model, held_out, 3)
+    expected = domain.sample(model, 3, generator=torch.Generator().manual_seed(5))
+    assert stats["sample_boundary_rate"] == boundary_rate(expected)
+    assert stats["sample_class_distance"] == class_distance(expected, held_out, 6)
+
+
+def test_fit_takes_a_held_out_split_of_exactly_one_window(tmp_path):
+    np.save(tmp_path / "t.npy", np.arange(100) % 5)  # 90 training tokens, 10 held out
+    domain = Discrete(load_config(DiscreteConfig, overrides=[
+        "data.source=tokens", f"data.path={tmp_path / 't.npy'}", "data.vocab_size=5", "data.length=10"]))
+    domain.fit()
+    assert len(domain.stream("val")) == 10 and len(domain.build_dataset("val")) == 1
+
+
+def test_with_a_held_out_token_file_each_split_is_a_whole_file(tmp_path):
+    """``data.val_path`` given: the held-out file is the held-out split and all of ``data.path`` is trained on (its
+    last tenth was still cut away from training)."""
+    np.save(tmp_path / "train.npy", np.zeros(50, dtype=np.int64))
+    np.save(tmp_path / "val.npy", np.arange(20) % 5)
+    domain = Discrete(load_config(DiscreteConfig, overrides=[
+        "data.source=tokens", f"data.path={tmp_path / 'train.npy'}", f"data.val_path={tmp_path / 'val.npy'}",
+        "data.vocab_size=5", "data.length=10"]))
+    domain.fit()
+    assert torch.equal(domain.stream("val"), torch.arange(20) % 5)
+    assert torch.equal(domain.stream("train"), torch.zeros(50, dtype=torch.long))
