@@ -50,6 +50,14 @@ def expand_like(v: Tensor, x: Tensor) -> Tensor:
     return v.to(device=x.device, dtype=x.dtype).reshape(v.shape + (1,) * (x.ndim - v.ndim))
 
 
+def same_shape(out: Tensor, x_t: Tensor, what: str = "the network") -> Tensor:
+    """``out``, after checking that ``what`` returned ``x_t``'s shape (broadcasting would hide a wrong one)."""
+    if out.shape != x_t.shape:
+        raise ValueError(f"{what} returned shape {tuple(out.shape)} for x_t of shape {tuple(x_t.shape)}; its output "
+                         f"must have x_t's shape")
+    return out
+
+
 def convert(out: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor, src: str, dst: str) -> Tensor:
     """Convert a prediction between the ``eps``, ``x0`` and ``v`` parameterisations.
 
@@ -228,6 +236,7 @@ class GaussianDiffusion:
             out = self._self_conditioned(model_fn, x_t, time, alpha, sigma, self_condition).float()
         else:
             out = model_fn(x_t, time).float()
+        same_shape(out, x_t)
         target = self.target(x0, noise, alpha, sigma).float()
         err = (out - target) ** 2 * expand_like(self.loss_weight(steps), out)
         if loss_mask is None:
@@ -249,7 +258,7 @@ class GaussianDiffusion:
     def _x0(self, out: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
         """The network's ``out`` as an x0 estimate in ``x_t``'s dtype (``alpha``, ``sigma`` broadcast in it), clamped
         to ``clip_x0`` when it is set."""
-        x0 = convert(out.to(x_t.dtype), x_t, alpha, sigma, self.parameterization, "x0")
+        x0 = convert(same_shape(out, x_t).to(x_t.dtype), x_t, alpha, sigma, self.parameterization, "x0")
         return x0.clamp(-self.clip_x0, self.clip_x0) if self.clip_x0 is not None else x0
 
     def target(self, x0: Tensor, noise: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:

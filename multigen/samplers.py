@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .diffusion import Denoiser, gaussian_posterior
+from .diffusion import Denoiser, gaussian_posterior, same_shape
 from .schedules import NoiseSchedule
 
 
@@ -215,7 +215,7 @@ def ddpm(
             if r:
                 back = float(abar_t / abar_s)
                 x = back**0.5 * x + (1 - back) ** 0.5 * _randn_like(x, generator)
-            x0 = denoiser(x, _time(grid, k, x))
+            x0 = same_shape(denoiser(x, _time(grid, k, x)), x, "the denoiser")
             # 0-dim CPU levels: scalars that combine with tensors on any device, and `var` is read without a sync
             mean, var = gaussian_posterior(x0, x, abar_s, abar_t)
             x = mean + temperature * var.sqrt() * _randn_like(x, generator) if float(var) > 0 else mean
@@ -237,10 +237,11 @@ def ddim(
 ) -> Tensor:
     """DDIM (Song et al., 2021): deterministic at ``eta = 0``, ancestral DDPM at ``eta = 1``.
     ``temperature`` scales the noise that ``eta > 0`` draws at each step."""
+    check_settings("ddim", eta)
     x = _impose(noise, known, grid.alpha_bar[0], generator)
     for k in tqdm(range(grid.steps), desc="ddim", disable=not progress):
         abar_t, abar_s = float(grid.alpha_bar[k]), float(grid.alpha_bar[k + 1])
-        x0 = denoiser(x, _time(grid, k, x))
+        x0 = same_shape(denoiser(x, _time(grid, k, x)), x, "the denoiser")
         eps = (x - abar_t**0.5 * x0) / (1.0 - abar_t) ** 0.5
         sigma = eta * ((1.0 - abar_s) / (1.0 - abar_t) * (1.0 - abar_t / abar_s)) ** 0.5
         x = abar_s**0.5 * x0 + max(1.0 - abar_s - sigma**2, 0.0) ** 0.5 * eps
@@ -281,7 +282,7 @@ def dpm_solver_pp(
     x0_prev: Tensor | None = None
     for k in tqdm(range(grid.steps), desc="dpm-solver++", disable=not progress):
         a_t, s_t, a_s, s_s = (float(v) for v in (alphas[k], sigmas[k], alphas[k + 1], sigmas[k + 1]))
-        x0 = denoiser(x, _time(grid, k, x))
+        x0 = same_shape(denoiser(x, _time(grid, k, x)), x, "the denoiser")
         second = x0_prev is not None and s_s > 0.0  # first order on the first step and onto clean data
         c = 0.5 / (float(lambdas[k] - lambdas[k - 1]) / float(lambdas[k + 1] - lambdas[k])) if second else 0.0
         x = _dpm_solver_step(x, x0, x0_prev if second else None, c, a_t, s_t, a_s, s_s)
@@ -326,7 +327,7 @@ def _staggered_dpm_solver_pp(denoiser: Denoiser, noise: Tensor, grid: TimeGrid, 
     last = S if delay.is_meta else S + max(int(delay.max()), 0)  # one read; meta has no values: one pass still
     for n in tqdm(range(last), desc="dpm-solver++ (staggered)", disable=not progress):  # runs every operation
         i, j = (n - delay).clamp(0, S), (n + 1 - delay).clamp(0, S)
-        x0 = denoiser(x, times[i])
+        x0 = same_shape(denoiser(x, times[i]), x, "the denoiser")
         a_t, s_t, a_s, s_s = alphas[i], sigmas[i], alphas[j], sigmas[j]
         # second order where the item moved on the previous step too (i > 0) and does not land on clean data
         r = (lambdas[i] - lambdas[(i - 1).clamp(min=0)]) / (lambdas[j] - lambdas[i])

@@ -21,16 +21,27 @@ from multigen.metrics import one_nna
 from .ops import chamfer_distance, knn, square_distance
 
 
+def check_pair(x: Tensor, y: Tensor, equal_size: bool = False) -> None:
+    """Refuse what a per-pair metric would silently misread: clouds whose points are not 3-D (channels-first
+    ``(B, 3, N)`` clouds would be read as 3 points of N coordinates), empty clouds, and with ``equal_size`` (EMD)
+    clouds of unequal shapes. :func:`~pointcloud.ops.square_distance` checks the rest (``(B, N, 3)``, the same B)."""
+    for name, c in (("x", x), ("y", y)):
+        if c.ndim < 2 or c.shape[-1] != 3 or c.shape[-2] == 0:
+            raise ValueError(f"{name}: clouds are (B, N, 3) with N >= 1, got {tuple(c.shape)}")
+    if equal_size and x.shape != y.shape:
+        raise ValueError(f"EMD needs clouds of equal size, got {tuple(x.shape)} and {tuple(y.shape)}")
+
+
 def chamfer(x: Tensor, y: Tensor) -> Tensor:
     """PointFlow's Chamfer distance (mean squared nearest-neighbour distance, both ways): ``(B,)``."""
+    check_pair(x, y)
     return chamfer_distance(x, y)
 
 
 def emd_exact(x: Tensor, y: Tensor) -> Tensor:
     """Exact earth mover's distance between equal-size clouds: the mean Euclidean distance of the
     optimal one-to-one matching (Hungarian algorithm on the CPU; for small N). ``(B,)``."""
-    if x.shape != y.shape:
-        raise ValueError(f"EMD needs clouds of equal size, got {tuple(x.shape)} and {tuple(y.shape)}")
+    check_pair(x, y, equal_size=True)
     dist = square_distance(x.detach().double(), y.detach().double()).clamp_min(0).sqrt().cpu().numpy()
     out = [d[linear_sum_assignment(d)].mean() for d in dist]
     return torch.tensor(np.array(out), dtype=x.dtype, device=x.device)
@@ -48,8 +59,7 @@ def emd_approx(x: Tensor, y: Tensor, epsilon: float = 3e-3, scaling: float = 0.5
     ``tol`` of uniform in L1 (0 to 2), read every ``check_every`` iterations (one host read each), or
     ``max_iterations`` in all. ``tol=None`` never reads the device (a fixed ``max_iterations``, as on ``meta``).
     The measured gap to :func:`emd_exact` is in ``benchmarks/RESULTS.md`` and bounded in the tests."""
-    if x.shape != y.shape:
-        raise ValueError(f"EMD needs clouds of equal size, got {tuple(x.shape)} and {tuple(y.shape)}")
+    check_pair(x, y, equal_size=True)
     if not (0 < epsilon <= 1 and 0 < scaling < 1 and 0 < overrelax < 2):
         raise ValueError(f"need 0 < epsilon <= 1, 0 < scaling < 1 and 0 < overrelax < 2, got epsilon={epsilon}, "
                          f"scaling={scaling}, overrelax={overrelax}")
@@ -95,6 +105,7 @@ def emd_approx(x: Tensor, y: Tensor, epsilon: float = 3e-3, scaling: float = 0.5
 def fscore(x: Tensor, y: Tensor, threshold: float = 0.01) -> Tensor:
     """F-score at ``threshold`` (Tatarchenko et al. 2019): harmonic mean of the fraction of ``x``
     within ``threshold`` of ``y`` (precision) and of ``y`` within it of ``x`` (recall). ``(B,)``."""
+    check_pair(x, y)
     precision = (knn(x, y, 1)[0][..., 0] <= threshold**2).double().mean(1)
     recall = (knn(y, x, 1)[0][..., 0] <= threshold**2).double().mean(1)
     return (2 * precision * recall / (precision + recall).clamp_min(1e-12)).to(x.dtype)

@@ -242,3 +242,12 @@ def test_estimate_history_fits_the_last_estimate_to_each_call():
     assert not history.previous(x).requires_grad and torch.equal(history.previous(x[:2]), x[:2])
     grown = history.previous(torch.zeros(6, 3))
     assert torch.equal(grown[:4], x) and torch.equal(grown[4:], torch.zeros(2, 3))
+
+
+def test_a_network_output_of_the_wrong_shape_is_refused_in_training_and_sampling():
+    d = GaussianDiffusion(NoiseSchedule("cosine", 100))
+    drops_a_column = lambda x, t: x[:, :1]  # noqa: E731
+    with pytest.raises(ValueError, match=r"the network returned shape \(8, 1\) for x_t of shape \(8, 2\)"):
+        d.loss(drops_a_column, torch.randn(8, 2))
+    with pytest.raises(ValueError, match=r"the network returned shape \(8, 1\) for x_t of shape \(8, 2\)"):
+        d.denoiser(drops_a_column)(torch.randn(8, 2), torch.full((8,), 0.5))

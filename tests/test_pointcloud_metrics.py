@@ -126,3 +126,19 @@ def test_point_set_inputs_that_cannot_be_measured_are_named():
         set_metrics(a, a, groups=["x"])
     assert set_metrics(a, a, metrics="cd").keys() == set_metrics(a, a).keys()
     assert torch.equal(emd_exact(a.requires_grad_(), a.detach() + 0.1), emd_exact(a.detach(), a.detach() + 0.1))
+
+
+@pytest.mark.parametrize("metric", [chamfer, fscore, emd_exact, emd_approx])
+def test_clouds_that_are_not_b_n_3_are_refused_by_every_pair_metric(metric):
+    """Channels-first clouds ``(B, 3, N)`` would be read as 3 points of N coordinates; unequal batches, empty
+    clouds and (EMD) unequal sizes are refused too."""
+    x = torch.rand(2, 64, 3)
+    with pytest.raises(ValueError, match=r"x: clouds are \(B, N, 3\) with N >= 1, got \(2, 3, 64\)"):
+        metric(x.transpose(1, 2), x)
+    with pytest.raises(ValueError, match=r"y: clouds are \(B, N, 3\) with N >= 1, got \(2, 0, 3\)"):
+        metric(x, x[:, :0])
+    with pytest.raises(ValueError, match=r"the same B and D|clouds of equal size"):
+        metric(x, x[:1])
+    if metric in (emd_exact, emd_approx):
+        with pytest.raises(ValueError, match=r"clouds of equal size, got \(2, 64, 3\) and \(2, 32, 3\)"):
+            metric(x, x[:, :32])

@@ -361,3 +361,17 @@ def test_a_start_below_one_needs_an_init_of_the_samples_shape(kw, match):
     sampler = "dpm_solver_pp" if "delay" in kw else "ddpm"
     with pytest.raises(ValueError, match=match):
         sample(lambda x, t: x, (4, 2), SCHEDULE, sampler=sampler, steps=10, **kw)
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_a_denoiser_of_the_wrong_shape_is_refused_not_broadcast(sampler):
+    """A network that drops a dimension would broadcast into samples that look right in shape (every column equal)."""
+    with pytest.raises(ValueError, match=r"the denoiser returned shape \(4, 1\) for x_t of shape \(4, 2\)"):
+        sample(lambda x, t: x[:, :1], (4, 2), SCHEDULE, sampler=sampler, steps=3)
+
+
+def test_ddim_called_directly_checks_its_eta():
+    grid, noise = sampling_grid(SCHEDULE, 5), torch.randn(4, 2)
+    for eta in (-1.0, 5.0):
+        with pytest.raises(ValueError, match=rf"eta={eta}: DDIM's eta lies in \[0, 1\]"):
+            ddim(lambda x, t: x, noise, grid, eta=eta)
