@@ -93,7 +93,9 @@ def test_temperatures_reach_the_sampler(setup, monkeypatch):
     mask[:, :2] = True
     domain.sample(model, 2, known=Known(mask, _clips()), steps=2, temperature=0.3, unconditional_temperature=0.7)
     domain.sample(model, 2, steps=2, temperature=0.3, unconditional_temperature=0.7)
-    assert seen == [0.3, 0.7]
+    domain.sample(model, 2, known=Known(torch.zeros(2, 5, dtype=torch.bool), _clips()), steps=2, temperature=0.3,
+                  unconditional_temperature=0.7)  # a mask that observes nothing: unconditional clips
+    assert seen == [0.3, 0.7, 0.7]
 
 
 def test_long_video_chaining_keeps_context_and_keyframes(setup):

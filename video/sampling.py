@@ -79,7 +79,7 @@ def generate(
     """Generate the frames where ``mask`` (bool ``(B, T)``) is False; keep the others exactly.
 
     ``observed`` ``(B, T, C, H, W)`` holds the observed frames (other entries are ignored);
-    ``mask=None`` observes nothing (unconditional clips of ``observed``'s shape);
+    ``mask=None`` (or one all False) observes nothing (unconditional clips of ``observed``'s shape);
     ``frame_index`` ``(B, T)`` gives the frames' positions in the video (default ``0..T-1``).
     ``settings`` come from the domain's ``sample_settings`` (sampler, steps, spacing, eta, resample, guidance and
     its interval, temperature; with nothing observed, ``unconditional_temperature`` where it is set; a
@@ -109,7 +109,7 @@ def generate(
             ("reference_input", reference_input, False), ("self_condition", self_condition, False)))
     B, T = observed.shape[:2]
     observed = in_network_dtype(model, observed).to(next(model.parameters()).device)
-    free = mask is None
+    free = mask is None or (not mask.is_meta and not bool(mask.any()))  # nothing observed (one read of the mask)
     mask = observed.new_zeros(B, T, dtype=torch.bool) if free else mask.to(observed.device)
     observed = torch.where(mask[:, :, None, None, None], observed, 0.0)  # the others are ignored, a NaN there too
     target, base = (scaled_residual(observed, mask, reference, residual_scale, frame_index) if residual
