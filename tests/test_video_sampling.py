@@ -184,12 +184,9 @@ def test_past_prediction_keeps_the_context_at_the_end(setup):
                                       generator=torch.Generator().manual_seed(0)))
 
 
-@pytest.mark.parametrize("past", [False, True])
-def test_hierarchical_gap_windows_observe_both_ends(setup, past):
-    """Issue 17 item 6: length 17, window 5, 3 observed frames leaves a gap longer than a window; every
-    window after the keyframes' must observe its first and last frame (FDM), and make each frame once. Past
-    prediction mirrors the keyframes: the observed frames are the last three."""
-    model, domain = setup
+def _window_recorder(model):
+    """``model`` wrapped to record, at each call, the frame indices of its window and which of them it observes
+    (clip 0's); the wrapper and that list."""
     windows = []
 
     def recording(x, t, cond, frame_index=None, independent=None):
@@ -197,6 +194,16 @@ def test_hierarchical_gap_windows_observe_both_ends(setup, past):
         return model(x, t, cond, frame_index, independent)
 
     recording.parameters = model.parameters
+    return recording, windows
+
+
+@pytest.mark.parametrize("past", [False, True])
+def test_hierarchical_gap_windows_observe_both_ends(setup, past):
+    """Issue 17 item 6: length 17, window 5, 3 observed frames leaves a gap longer than a window; every
+    window after the keyframes' must observe its first and last frame (FDM), and make each frame once. Past
+    prediction mirrors the keyframes: the observed frames are the last three."""
+    model, domain = setup
+    recording, windows = _window_recorder(model)
     hier = extend_hierarchical(recording, domain.diffusion, _clips(t=3), 17, window=5,
                                settings=domain.sample_settings(sampler="ddim", steps=2), past=past)
     assert hier.shape == (2, 17, 1, 16, 16)
@@ -219,13 +226,7 @@ def test_interpolation_fills_a_gap_longer_than_the_window_hierarchically(setup):
     """3 keyframes, 6 new frames between each pair, windows of 5: every window observes both its ends and holds at
     most 5 frames, each new frame is made once, and the keyframes come back bit-exactly at 0, 7 and 14."""
     model, domain = setup
-    windows = []
-
-    def recording(x, t, cond, frame_index=None, independent=None):
-        windows.append((tuple(frame_index[0].tolist()), tuple(cond[0, :, -1, 0, 0].bool().tolist())))
-        return model(x, t, cond, frame_index, independent)
-
-    recording.parameters = model.parameters
+    recording, windows = _window_recorder(model)
     keys = _clips(t=3, seed=1)
     filled = interpolate(recording, domain.diffusion, keys, 6, domain.sample_settings(sampler="ddim", steps=2),
                          window=5)
