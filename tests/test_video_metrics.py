@@ -1,10 +1,12 @@
-"""video.metrics.frame_one_nna: leave-one-out 1-NNA of frames under the pixel L2 distance, on hand-computed sets."""
+"""video.metrics: frame_one_nna (leave-one-out 1-NNA of frames under the pixel L2 distance) on hand-computed sets;
+psnr and ssim refuse integer frames."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from video.metrics import frame_one_nna
+from video.metrics import frame_one_nna, psnr, ssim
 
 
 def frames(*pixels: tuple[float, ...]) -> torch.Tensor:
@@ -29,3 +31,11 @@ def test_frame_one_nna_separated_sets_and_same_set() -> None:
     assert frame_one_nna(real + 10, real) == 1.0
     same = frame_one_nna(torch.rand(64, 1, 4, 4, generator=g), real)
     assert 0.3 < same < 0.7
+
+
+def test_frame_metrics_refuse_integer_frames():
+    """uint8 frames (0..255) scored as if in [-1, 1] gave PSNR of about -35 dB without a word."""
+    frames = torch.randint(0, 256, (2, 1, 16, 16), dtype=torch.uint8)
+    for metric in (psnr, ssim):
+        with pytest.raises(ValueError, match=r"frames are floats in \[-1, 1\], got torch.uint8"):
+            metric(frames, frames)

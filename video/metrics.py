@@ -20,27 +20,38 @@ there. Identical frames (a copy of a static scene, an exact motion-compensated p
 ``inf`` and make every mean over frames ``inf``."""
 
 
+def _check_frames(x: Tensor, y: Tensor) -> None:
+    """Refuse integer frames (uint8 ``0..255`` would be scored as if in ``[-1, 1]``, silently wrong)."""
+    if not (x.is_floating_point() and y.is_floating_point()):
+        raise ValueError(f"frames are floats in [-1, 1], got {x.dtype} and {y.dtype} (video.io.from_uint8 converts "
+                         f"uint8 frames)")
+
+
 def psnr(x: Tensor, y: Tensor, data_range: float = 2.0) -> Tensor:
-    """Peak signal-to-noise ratio per frame, ``(...)``, at most :data:`PSNR_CAP` (identical frames score it)."""
+    """Peak signal-to-noise ratio per frame, ``(...)``, at most :data:`PSNR_CAP` (identical frames score it);
+    ``data_range`` is the span of the frames' values."""
+    _check_frames(x, y)
     mse = ((x.float() - y.float()) ** 2).flatten(-3).mean(-1)
     return (10 * torch.log10(data_range**2 / mse)).clamp(max=PSNR_CAP)
 
 
 @float32
-def ssim(x: Tensor, y: Tensor, data_range: float = 2.0) -> Tensor:
-    """Structural similarity per frame, ``(...)``, via ``pytorch_msssim``, in float32 also under autocast.
+def ssim(x: Tensor, y: Tensor) -> Tensor:
+    """Structural similarity per frame, ``(...)``, via ``pytorch_msssim``, in float32 also under autocast, of
+    frames in ``[-1, 1]`` (moved to ``[0, 2]``: SSIM's luminance term depends on where the values lie).
 
     The Gaussian window is 11 px (the standard) or, for frames smaller than that, the
     largest odd size that fits.
     """
     from pytorch_msssim import ssim as _ssim
 
+    _check_frames(x, y)
     lead = x.shape[:-3]
     C, H, W = x.shape[-3:]
     win = min(11, H - (1 - H % 2), W - (1 - W % 2))
     a = x.float().reshape(-1, C, H, W)
     b = y.float().reshape(-1, C, H, W)
-    return _ssim(a + 1, b + 1, data_range=data_range, size_average=False, win_size=win).reshape(lead)
+    return _ssim(a + 1, b + 1, data_range=2.0, size_average=False, win_size=win).reshape(lead)
 
 
 def best_and_mean_scores(samples: Tensor, target: Tensor, generated: Tensor) -> dict[str, Tensor]:
