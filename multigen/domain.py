@@ -219,9 +219,9 @@ class GaussianDomain(Domain):
     ) -> Tensor:
         check_count(n)
         no_condition(self.name, condition)
-        device = next(model.parameters()).device
+        weight = next(model.parameters())
         return self.run_sampler(model, (n, *self.sample_shape()), self.sample_settings(**settings), known=known,
-                                generator=generator, device=device, progress=progress)
+                                generator=generator, device=weight.device, dtype=weight.dtype, progress=progress)
 
     def run_sampler(
         self,
@@ -232,13 +232,14 @@ class GaussianDomain(Domain):
         known: Known | None,
         generator: torch.Generator | None,
         device: torch.device,
+        dtype: torch.dtype,
         progress: bool,
         init: Tensor | None = None,
         start: float = 1.0,
     ) -> Tensor:
         """The core sampler that ``settings`` (from :meth:`sample_settings`) name over the network
-        ``model_fn(x_t, t)``, drawing a batch of ``shape``; ``known`` parts are held fixed; ``init`` and ``start``
-        (in the network's frame): see :func:`multigen.samplers.sample`."""
+        ``model_fn(x_t, t)``, drawing a batch of ``shape`` in ``dtype`` (the network's); ``known`` parts are held
+        fixed; ``init`` and ``start`` (in the network's frame): see :func:`multigen.samplers.sample`."""
         return samplers.sample(
             self.diffusion.denoiser(model_fn),
             shape,
@@ -247,6 +248,7 @@ class GaussianDomain(Domain):
             known=known,
             generator=generator,
             device=device,
+            dtype=dtype,
             progress=progress,
             init=init,
             start=start,

@@ -349,7 +349,8 @@ class PointCloud(GaussianDomain):
         if start < 1 and known is None:
             raise ValueError(f"start={start}: a completion's start (the nearest training shape holding the known "
                              f"points); give a known part, or start=1 to generate from noise")
-        device = next(model.parameters()).device
+        weight = next(model.parameters())
+        device = weight.device
         label = self.sample_labels(n, condition, known is None, generator, device)
         shape = (n, *self.sample_shape())
         if known is None:
@@ -363,7 +364,7 @@ class PointCloud(GaussianDomain):
         guided = self.network(model, scaled, mask, label, settings.guidance, tuple(settings.guidance_interval))
         init = None if start == 1 else self.start_clouds(observed, mask, label) * self.scale
         out = self.run_sampler(guided, shape, settings, known=kept, generator=generator, device=device,
-                               progress=progress, init=init, start=start)
+                               dtype=weight.dtype, progress=progress, init=init, start=start)
         return torch.where(mask[..., None], observed, out / self.scale)  # observed points bit-exact
 
     def sample_labels(self, n: int, condition: Any, draw: bool, generator: torch.Generator | None,

@@ -46,7 +46,7 @@ class RelativeFrameBias(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(1, hidden), nn.SiLU(), nn.Linear(hidden, heads))
 
     def forward(self, distances: Tensor) -> Tensor:
-        return self.mlp(distances).permute(0, 3, 1, 2)
+        return self.mlp(distances.to(self.mlp[0].weight.dtype)).permute(0, 3, 1, 2)
 
 
 class SpatialAttention(nn.Module):

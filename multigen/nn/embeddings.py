@@ -22,7 +22,8 @@ def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10000.0, scale
 
 
 class TimestepEmbedding(nn.Module):
-    """Sinusoidal features followed by a two-layer MLP: ``(B,)`` -> ``(B, dim)``."""
+    """Sinusoidal features followed by a two-layer MLP: ``(B,)`` -> ``(B, dim)`` (the features in the MLP's dtype:
+    times come as float32 whatever the network's)."""
 
     def __init__(self, dim: int, freq_dim: int = 128) -> None:
         super().__init__()
@@ -30,4 +31,4 @@ class TimestepEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.mlp(sinusoidal_embedding(t, self.freq_dim))
+        return self.mlp(sinusoidal_embedding(t, self.freq_dim).to(self.mlp[0].weight.dtype))
