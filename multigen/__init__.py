@@ -7,6 +7,11 @@ configs (:mod:`multigen.config`), domains (:mod:`multigen.domain`), the
 Accelerate trainer (:mod:`multigen.trainer`) and exports (:mod:`multigen.export`).
 """
 
+import importlib
+import importlib.util
+from collections.abc import Callable
+from types import ModuleType
+
 from .config import ConfigError, DiffusionConfig, SampleConfig, TrainConfig, load_config
 from .diffusion import GaussianDiffusion, convert, gaussian_posterior
 from .domain import DataError, Domain, GaussianDomain, available_domains, get_domain
@@ -16,6 +21,21 @@ from .samplers import SAMPLERS, Known, TimeGrid, ddim, ddpm, dpm_solver_pp, samp
 from .schedules import NoiseSchedule
 
 __version__ = "0.1.0"
+
+
+def import_on_access(package: str) -> Callable[[str], ModuleType]:
+    """A module ``__getattr__`` (PEP 562) for ``package`` that imports its submodules when first named, so that
+    ``import video; video.sampling.predict(...)`` works without importing every submodule up front."""
+
+    def __getattr__(name: str) -> ModuleType:
+        if name.startswith("_") or importlib.util.find_spec(f"{package}.{name}") is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return importlib.import_module(f"{package}.{name}")
+
+    return __getattr__
+
+
+__getattr__ = import_on_access(__name__)
 
 __all__ = [
     "SAMPLERS",

@@ -1,7 +1,7 @@
 """The README and benchmarks/RESULTS.md: every table row has its header's number of cells (a ``|`` inside a cell, even
 in backticks, splits it and shifts the rest of the row), every name of ours they cite or import exists, every
 config override they write is a key of some domain's config, the README's commands parse (its training commands
-resolve their configs), and its layout lists every module."""
+resolve their configs), and its layout lists every module, each one reachable from its package alone."""
 
 import contextlib
 import dataclasses
@@ -9,6 +9,8 @@ import importlib
 import io
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -186,3 +188,23 @@ def test_the_readme_layout_lists_every_module_of_each_package():
         modules = {p.name for p in (REPO / package).glob("*.py") if p.name != "__init__.py"}
         modules |= {f"{p.name}/" for p in (REPO / package).iterdir() if (p / "__init__.py").exists()}
         assert listed[package] == modules, package
+
+
+def test_every_module_is_an_attribute_of_its_package_after_importing_the_package_alone():
+    """``import video; video.sampling.predict`` works in a fresh interpreter (submodules import on first access),
+    and a name that is no submodule is an AttributeError naming it."""
+    names = [f"{package}.{p.stem}" for package in ("multigen", "video", "pointcloud", "discrete")
+             for p in (REPO / package).glob("*.py") if p.name != "__init__.py"]
+    script = f"""
+import types, multigen, video, pointcloud, discrete
+for name in {names!r}:
+    assert isinstance(eval(name), types.ModuleType), name
+assert callable(video.sampling.predict)
+try:
+    video.nope
+except AttributeError as e:
+    assert "'video' has no attribute 'nope'" in str(e), e
+else:
+    raise AssertionError("video.nope")
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO)
