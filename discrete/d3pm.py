@@ -404,6 +404,9 @@ class D3PM:
         ``min_p`` times its most likely one get probability 0, the rest renormalised (0: none dropped)."""
         _check_temperature(temperature)
         _check_min_p(min_p)
+        if logits.ndim == 0 or logits.shape[-1] != self.K:
+            raise ValueError(f"model logits: one per class of the K = {self.K} in the last dimension, got shape "
+                             f"{tuple(logits.shape)}")
         logits = logits.double() / temperature
         if isinstance(self.transition, Absorbing):
             logits = logits.clone()

@@ -251,7 +251,12 @@ def load_config(
     Raises:
         ConfigError: a missing file, an unknown key, a wrong type or value, or a
             malformed override; the message names the file or the dotted key.
+        TypeError: ``schema`` is not a config dataclass (a domain's is ``get_domain(name).config_class``).
     """
+    if not (isinstance(schema, type) and dataclasses.is_dataclass(schema)):
+        raise TypeError(f"load_config: schema must be a config dataclass such as "
+                        f"get_domain({schema!r}).config_class, got {schema!r}" if isinstance(schema, str) else
+                        f"load_config: schema must be a config dataclass, got {schema!r}")
     try:
         merged = OmegaConf.structured(schema)
         if file is not None:

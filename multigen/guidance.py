@@ -18,7 +18,9 @@ def drop_condition(cond: Tensor, null: Tensor, p: float, generator: torch.Genera
 
     ``cond`` is ``(B, ...)``; ``null`` broadcasts to one sample's shape.
     """
-    if p <= 0:
+    if not 0 <= p <= 1:
+        raise ValueError(f"drop_condition: p is a probability in [0, 1], got {p}")
+    if p == 0:
         return cond
     drop = torch.rand(cond.shape[0], device=cond.device, generator=generator) < p
     drop = drop.reshape((-1,) + (1,) * (cond.ndim - 1))

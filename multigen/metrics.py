@@ -36,6 +36,8 @@ def one_nna(d_ss: Tensor, d_rr: Tensor, d_sr: Tensor) -> float:
     ``d_sr`` ``(n, m)`` between them, on the CPU. Each item is classified by its nearest other item; ties go
     to the first (samples before references)."""
     n, m = d_sr.shape
+    if not (n and m):
+        raise ValueError(f"1-NNA compares two sets, got {n} samples and {m} references")
     inf = torch.tensor(float("inf"), dtype=d_ss.dtype)
     top = torch.cat([d_ss.clone().fill_diagonal_(inf), d_sr], 1)  # samples' distances to everything
     bottom = torch.cat([d_sr.T, d_rr.clone().fill_diagonal_(inf)], 1)  # references' distances

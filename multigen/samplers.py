@@ -131,7 +131,9 @@ class Known:
                              f"{tuple(shape)}")
 
     def impose(self, x: Tensor, alpha_bar: Tensor, generator: torch.Generator | None) -> Tensor:
-        """Replace the known entries of ``x`` by the values noised to level ``alpha_bar``."""
+        """Replace the known entries of ``x`` by the values noised to level ``alpha_bar`` (an error naming the shapes
+        where the mask or values do not fit ``x``)."""
+        self.check(tuple(x.shape))
         mask = self.mask.to(x.device).bool()
         values = self.values.to(device=x.device, dtype=x.dtype).expand_as(x)
         if float(alpha_bar) >= 1.0:
@@ -429,8 +431,6 @@ def sample(
     :func:`dpm_solver_pp`).
     """
     check_settings(sampler, eta, resample, staggered="" if delay is None else "a delay per item (a staggered schedule)")
-    if known is not None and delay is None:  # a staggered sampler's mask is one per item (see dpm_solver_pp)
-        known.check(tuple(shape))
     if not temperature >= 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if not 0.0 < start <= 1.0:

@@ -164,6 +164,9 @@ def set_metrics(samples: Tensor, refs: Tensor, metrics: tuple[str, ...] = ("cd",
     (:func:`share_by_group`)."""
     if isinstance(metrics, str):
         metrics = (metrics,)
+    if not (len(samples) and len(refs)):  # before any distance is computed (EMD takes minutes on many clouds)
+        raise ValueError(f"set metrics compare two sets of clouds, got {len(samples)} samples and {len(refs)} "
+                         f"references")
     if groups is not None and len(groups) != len(refs):
         raise ValueError(f"groups: one name per reference cloud, got {len(groups)} for {len(refs)}")
     out: dict[str, float] = {}

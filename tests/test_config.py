@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from multigen.config import ConfigError, flatten, load_config, to_yaml
+from multigen.config import ConfigError, TrainConfig, flatten, load_config, to_yaml
 from multigen.domain import UnknownDomainError, get_domain
 from multigen.toy2d import Toy2D, Toy2DConfig
 
@@ -29,6 +29,14 @@ from .conftest import REPO
 def test_bad_override_names_the_key(override, named):
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
         load_config(Toy2DConfig, overrides=[override])
+
+
+def test_a_schema_that_is_no_config_class_is_named():
+    """``load_config("video")`` (a domain's name for its config class) says what to pass instead."""
+    with pytest.raises(TypeError, match=r"get_domain\('video'\)\.config_class, got 'video'"):
+        load_config("video")
+    with pytest.raises(TypeError, match="schema must be a config dataclass, got TrainConfig"):
+        load_config(TrainConfig())
 
 
 def test_file_then_overrides(tmp_path):

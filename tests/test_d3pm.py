@@ -533,6 +533,21 @@ def test_reverse_step_stays_bayes_when_the_model_underflows(kind, path):
             assert torch.allclose(got[0, 0], expected, atol=1e-12), (sure, xt, got)
 
 
+@pytest.mark.parametrize("kind", ["uniform", "absorbing"])
+def test_a_model_with_another_number_of_classes_is_named_in_the_loss_and_the_sampler(kind):
+    """Logits of K - 1 or K + 1 classes (a vocabulary off by one) are an error naming K and the shape, not a
+    broadcast or an index error deep in the posterior."""
+    process, _ = build(kind)
+    x0 = torch.randint(0, K - 1, (2, 5), generator=torch.Generator().manual_seed(0))
+    for classes in (K - 1, K + 1):
+        model = lambda x, t, c=classes: torch.zeros(*x.shape, c)  # noqa: E731
+        message = rf"model logits: one per class of the K = {K} in the last dimension, got shape \(2, 5, {classes}\)"
+        with pytest.raises(ValueError, match=message):
+            process.loss(model, x0)
+        with pytest.raises(ValueError, match=message):
+            process.sample(model, (2, 5))
+
+
 def test_min_p_drops_each_tokens_unlikely_classes_and_renormalises_the_rest():
     process, _ = build("absorbing")
     logits = torch.randn(3, 7, K, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3

@@ -52,6 +52,10 @@ def test_drop_condition_rate():
     assert abs(dropped - 0.2) < 0.015
     assert ((out == 0).all(1) | (out == 1).all(1)).all(), "whole samples are dropped"
     assert drop_condition(cond, torch.zeros(2), 0.0) is cond
+    assert torch.equal(drop_condition(cond, torch.zeros(2), 1.0), torch.zeros_like(cond))
+    for p in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"p is a probability in \[0, 1\], got"):
+            drop_condition(cond, torch.zeros(2), p)
 
 
 def _gaussian_denoiser(mean: torch.Tensor, var: float, alpha: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -104,6 +104,18 @@ def test_one_nna_half_for_one_distribution_and_one_for_separated_sets():
     assert one_nna(d["aa"], pairwise(far, far), d_far) == 1.0
 
 
+def test_set_metrics_and_one_nna_name_an_empty_set():
+    """An empty set of samples or references is named (it was an IndexError of min() or argmin())."""
+    clouds = torch.randn(3, 8, 3, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="got 0 samples and 3 references"):
+        set_metrics(clouds[:0], clouds)
+    with pytest.raises(ValueError, match="got 3 samples and 0 references"):
+        set_metrics(clouds, clouds[:0])
+    d = pairwise(clouds, clouds)
+    with pytest.raises(ValueError, match="1-NNA compares two sets, got 3 samples and 0 references"):
+        one_nna(d, d[:0, :0], d[:, :0])
+
+
 def test_point_set_inputs_that_cannot_be_measured_are_named():
     """Misshapen or out-of-range inputs are errors that say what is wrong (they were IndexErrors and RuntimeErrors
     from deep inside), and the exact EMD of clouds that carry gradients is computed (on detached values)."""

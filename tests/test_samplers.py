@@ -130,6 +130,18 @@ def test_ddim_eta_zero_is_deterministic_given_the_start_noise():
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_each_plain_sampler_names_a_known_part_that_does_not_fit_its_state(name):
+    """Called directly (not through ``sample``), a sampler names the shapes of a known mask or values that do not
+    fit ``x`` rather than failing inside ``expand``."""
+    grid, noise = sampling_grid(SCHEDULE, 3), _noise(0)
+    fits, wrong = torch.ones(noise.shape, dtype=torch.bool), torch.ones(noise.shape[0], 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"known values of shape \(\d+, 3\) do not fit samples of shape"):
+        SAMPLERS[name](lambda x, t: x, noise, grid, known=Known(fits, torch.zeros(wrong.shape)))
+    with pytest.raises(ValueError, match=r"known mask of shape \(\d+, 3\) does not fit samples of shape"):
+        SAMPLERS[name](lambda x, t: x, noise, grid, known=Known(wrong, torch.zeros(noise.shape)))
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_known_entries_are_kept_bit_exactly(name, dtype):
     D = gaussian_mixture_denoiser(ONE, MEAN, COV, SCHEDULE)
