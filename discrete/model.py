@@ -62,7 +62,11 @@ class SelfCondition(nn.Module):
         return step(previous)
 
     def forward(self, h: Tensor, previous: Tensor | None) -> Tensor:
-        return h if previous is None else h + self.project(previous.to(h.dtype))
+        """``h`` plus the projected estimate; with none shown, of zeros (so that the map takes part in every step,
+        as distributed training needs: a map left out on some steps stalls DDP's gradient reduction)."""
+        if previous is None:
+            previous = h.new_zeros(*h.shape[:-1], self.project.in_features)
+        return h + self.project(previous.to(h.dtype))
 
 
 def run_self_conditioned(module: SelfCondition | None, step: Callable[[Tensor | None], Tensor]) -> Tensor:

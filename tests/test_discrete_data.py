@@ -164,6 +164,18 @@ def test_self_conditioned_denoisers_see_their_own_first_estimate():
         assert set(passes) == {1, 2} and 10 <= passes.count(2) <= 30
 
 
+@pytest.mark.parametrize("first_pass", [True, False])
+def test_every_parameter_of_a_self_conditioned_denoiser_takes_part_in_every_training_step(first_pass, monkeypatch):
+    """DDP reduces the gradients of every parameter on every step: a step shown no estimate must still use the
+    estimate's projection (of zeros), or two processes stall (one that drew the first pass, one that did not)."""
+    monkeypatch.setattr("discrete.model.host_coin", lambda p: first_pass)
+    tokens, grid, t = torch.randint(0, 28, (2, 20)), torch.randint(0, 9, (2, 8, 8)), torch.tensor([3, 700])
+    for model, x in ((SequenceTransformer(28, 32, 1000, dim=32, depth=2, self_condition=True), tokens),
+                     (GridUNet(9, 1000, base=16, blocks=1, self_condition=True), grid)):
+        model.train()(x, t).square().mean().backward()
+        assert [n for n, p in model.named_parameters() if p.grad is None] == [], type(model).__name__
+
+
 def test_the_autoregressive_twin_never_samples_its_start_token_and_checks_its_count():
     from multigen.config import load_config
 
