@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
+from torch.utils.data import default_collate
 
 from multigen.config import ConfigError, SampleConfig, load_config
 from multigen.export import export_model, load_pretrained
@@ -49,6 +50,22 @@ def test_every_domain_names_an_unknown_setting_and_refuses_a_condition(name):
     for n in (0, -2, 1.5, True):
         with pytest.raises(ValueError, match=f"number of samples must be a positive integer, got {n!r}"):
             domain.sample(model, n)
+
+
+@pytest.mark.parametrize("name", sorted(set(SMALL) - {"toy2d"}))
+@pytest.mark.parametrize("first_pass", [True, False])
+def test_every_parameter_takes_part_in_every_training_step(name, first_pass, monkeypatch):
+    """DDP reduces every parameter's gradient on every step: none may be left out of a step, whichever way the
+    self-conditioning coin falls (two processes whose coins differ would stall)."""
+    monkeypatch.setattr("multigen.diffusion.host_coin", lambda p: first_pass)
+    monkeypatch.setattr("discrete.model.host_coin", lambda p: first_pass)
+    domain = _domain(name, *([] if name == "pointcloud" else ["model.self_condition=true"]))  # class-conditional
+    model = domain.build_model().train()
+    data = domain.build_dataset("train")
+    batch = (domain.collate_fn or default_collate)([data[i] for i in range(2)])
+    torch.manual_seed(0)
+    domain.training_loss(model, batch).backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
