@@ -13,6 +13,7 @@ over retrieval), instead of from noise.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -150,7 +151,8 @@ class PointCloudConfig:
 def check_known_points(points: Tensor | None) -> None:
     """A :class:`PointCloudError` unless the known points ``(K, 3)`` (None: not checked) are finite and lie within
     1 000 units of the origin of the model's frame (its clouds fill the unit sphere): a scan in another frame, or
-    a NaN, would otherwise fail deep inside the voxel grid."""
+    a NaN, would otherwise fail deep inside the voxel grid. Points beyond twice the unit sphere are warned of: the
+    model completes them by extrapolating far from anything it was trained on."""
     if points is None or not points.numel():
         return
     if not torch.isfinite(points).all():
@@ -158,6 +160,9 @@ def check_known_points(points: Tensor | None) -> None:
     if (reach := points.abs().max().item()) > 1e3:
         raise PointCloudError(f"known points reach {reach:.3g} from the origin; the model's clouds fill the unit "
                               f"sphere: normalise the scan first (multigen-complete --normalize does)")
+    if reach > 2:
+        warnings.warn(f"known points reach {reach:.3g} from the origin, beyond twice the unit sphere the model's "
+                      f"clouds fill: is the scan normalised (multigen-complete --normalize)?", stacklevel=3)
 
 
 class PointCloud(GaussianDomain):

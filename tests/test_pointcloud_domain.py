@@ -1,5 +1,7 @@
 """The point-cloud domain: masked loss, partial kept exactly, CLI completion and its errors."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -82,8 +84,13 @@ def test_known_points_outside_the_model_frame_and_unknown_families_are_errors():
         values[0, 7, 1] = bad
         with pytest.raises(PointCloudError, match=message):
             domain.sample(model, 1, known=Known(mask, values), steps=2, sampler="ddim")
-    values[0, 7, 1], values[0, 100] = 0.0, float("nan")  # an unobserved point's value is not read
-    assert torch.isfinite(domain.sample(model, 1, known=Known(mask, values), steps=2, sampler="ddim")).all()
+    values[0, 7, 1] = 5.0  # a scan in centimetres, say: completed, with a warning
+    with pytest.warns(UserWarning, match="known points reach 5 from the origin, beyond twice the unit sphere"):
+        domain.sample(model, 1, known=Known(mask, values), steps=2, sampler="ddim")
+    values[0, 7, 1], values[0, 100] = 1.5, float("nan")  # an unobserved point's value is not read
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.isfinite(domain.sample(model, 1, known=Known(mask, values), steps=2, sampler="ddim")).all()
     with pytest.raises(ConfigError, match=r"data.families: unknown \['chiar'\]"):
         small_domain("data.families=[chiar]")
 
@@ -334,7 +341,7 @@ def test_loss_and_sampling_keep_to_the_device(device, sampler):
     assert domain.sample(model, 2, generator=generator).shape == (2, 256, 3)
     mask = torch.zeros(2, 256, dtype=torch.bool, device=device)
     mask[:, :40] = True
-    values = torch.randn(2, 256, 3, device=device)
+    values = 0.3 * torch.randn(2, 256, 3, device=device)  # a scan inside the unit sphere
     out = domain.sample(model, 2, known=Known(mask, values), generator=generator)
     assert out.device == device
     if device.type != "meta":
