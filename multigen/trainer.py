@@ -42,7 +42,9 @@ from typing import Any, Iterator
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, gather_object, send_to_device, set_seed
+from accelerate.utils import (InitProcessGroupKwargs, ProjectConfiguration, gather_object, load, send_to_device,
+                               set_seed)
+from accelerate.utils.constants import RNG_STATE_NAME
 from safetensors import SafetensorError
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -84,8 +86,8 @@ class ShardedStreamSampler(Sampler[int]):
     """
 
     def __init__(self, size: int, seed: int, rank: int = 0, world: int = 1, start: int = 0) -> None:
-        if size < world:
-            raise ValueError(f"dataset of {size} items cannot be split over {world} processes")
+        if size < world:  # a DataError: the command line reports it in one line
+            raise DataError(f"the training set has {size} item(s), too few to split over {world} processes")
         self.size, self.seed, self.rank, self.world = size, seed, rank, world
         self.per_rank = size // world
         self.start = start
@@ -118,6 +120,23 @@ def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
     finite = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
     with open(path, "a") as f:
         f.write(json.dumps(finite, allow_nan=False) + "\n")
+
+
+def _cut_log(path: Path, step: int) -> None:
+    """Keep the records of ``path`` (a run's ``log.jsonl``) up to ``step``, where a resumed run goes on: it logs the
+    steps after it again. A line cut short as the run was killed goes too. Rewritten under a temporary name."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text("".join(kept))
+    temporary.replace(path)
 
 
 def read_log(output_dir: str | Path) -> list[dict[str, Any]]:
@@ -215,7 +234,10 @@ class Trainer:
         self.domain.fit()  # vocabulary, normalisation: into the config before it is written
         if t.resume and latest_checkpoint(self.checkpoint_dir) and (self.out / "config.yaml").is_file():
             if changes := check_same_network(self.out / "config.yaml", cfg):
-                acc.print(f"resuming with settings changed since the checkpoints were written: {changes}")
+                stretched = "train.max_steps:" in changes and t.lr_decay != "none"
+                acc.print(f"resuming with settings changed since the checkpoints were written: {changes}"
+                          + (f" (train.lr_decay={t.lr_decay} now ends at the new train.max_steps: the learning rate "
+                             f"rises again where the decay had brought it down)" if stretched else ""))
         if self.main and not t.resume and (aside := set_aside_earlier_run(self.out)):
             acc.print(f"train.resume=false: moved the earlier run's files in {self.out} to {aside}")
         acc.wait_for_everyone()
@@ -272,7 +294,10 @@ class Trainer:
         consumed = 0  # training items drawn by all processes so far (batches and processes may have changed)
         if resume_from is not None:
             info = check_resumable(resume_from, t.optimizer, t.max_steps)
+            written_by = info.get("processes", acc.num_processes)
             try:
+                if acc.process_index < written_by:  # read first: load_state logs one it cannot read, and goes on
+                    load(resume_from / f"{RNG_STATE_NAME}_{acc.process_index}.pkl")
                 acc.load_state(str(resume_from))
             except (SafetensorError, pickle.UnpicklingError, EOFError, KeyError, RuntimeError, FileNotFoundError) as e:
                 if isinstance(e, torch.OutOfMemoryError):
@@ -282,8 +307,9 @@ class Trainer:
                                   f"it out of {self.checkpoint_dir} to resume from the one before it, or set "
                                   f"train.resume=false") from e
             acc.print(f"resumed from {resume_from} at step {self.state.step}")
+            if self.main:
+                _cut_log(self.out / "log.jsonl", self.state.step)
             consumed = info.get("consumed", self.state.step * self.samples_per_step)
-            written_by = info.get("processes", acc.num_processes)
             regrouped = []
             if written_by != acc.num_processes:
                 regrouped.append(f"the checkpoint was written by {written_by} process(es), this run has "
@@ -436,8 +462,8 @@ class Trainer:
         )
 
     def periodic(self, loss: Tensor) -> None:
-        """After a step: when anything is due, check the losses were finite, then log, sample, evaluate and
-        checkpoint as ``train.*_every`` say (each one not set to 0 also at the last step). At a log step past
+        """After a step: when anything is due, check the losses were finite, then log, checkpoint, sample and
+        evaluate as ``train.*_every`` say (each one not set to 0 also at the last step). At a log step past
         ``train.max_minutes``, that step becomes the last: ``train.max_steps`` is set to it."""
         t, acc, step = self.t, self.accelerator, self.state.step
         self.bar.update(1)
@@ -459,29 +485,37 @@ class Trainer:
             acc.log(logs, step=step)
             if self.main:
                 _append_jsonl(self.out / "log.jsonl", {"step": step, **logs})
-        try:
-            if self.main and sample:
-                _write_samples(self.domain, self.ema.module, self.out / "samples" / f"step_{step:06d}", acc)
-            if self.main and evaluate:
-                if type(self.domain).evaluate is not Domain.evaluate:  # one with metrics: minutes, at times
-                    self.bar.write(f"step {step}: evaluating the EMA model on the held-out data")
-                began = time.monotonic()
-                with acc.autocast():  # the held-out set: built by check_held_out_data before training
-                    metrics = self.domain.evaluate(self.ema.module, self.val_set)
-                if metrics:
-                    logs = {f"eval/{k}": v for k, v in metrics.items()}
-                    acc.log(logs, step=step)
-                    _append_jsonl(self.out / "log.jsonl", {"step": step, **logs})
-                    self.bar.write(f"step {step} (evaluated in {time.monotonic() - began:.0f} s): "
-                                   + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-        except Exception:  # a sampling or evaluation that fails loses no training: the step's checkpoint is
-            if checkpoint:  # written, and at the last step the export (with checkpoints off, the weights' only copy)
-                self.save_checkpoint()
-            if end and self.main:
-                export_model(self.ema.module, self.domain, self.out / "export")
-            raise
-        if checkpoint:
-            self.save_checkpoint()
+        if checkpoint:  # first: a sampling or evaluation that fails, or that outlasts train.process_timeout_min
+            self.save_checkpoint()  # while the other processes wait, loses no training
+        if not (self.main and (sample or evaluate)):
+            return
+        # on the main process alone, and drawing nothing from the training's random streams: a run trains the same
+        # whether or how often it samples and evaluates, and resumes exactly from a checkpoint written before them
+        with torch.random.fork_rng(devices=[acc.device] if acc.device.type == "cuda" else []):
+            try:
+                if sample:
+                    _write_samples(self.domain, self.ema.module, self.out / "samples" / f"step_{step:06d}", acc)
+                if evaluate:
+                    self.evaluate(step)
+            except Exception:  # at the last step, the export (with checkpoints off, the weights' only copy) first
+                if end:
+                    export_model(self.ema.module, self.domain, self.out / "export")
+                raise
+
+    def evaluate(self, step: int) -> None:
+        """Evaluate the EMA model on the held-out set (built by :meth:`check_held_out_data` before training); log
+        and print its metrics (main process)."""
+        if type(self.domain).evaluate is not Domain.evaluate:  # one with metrics: minutes, at times
+            self.bar.write(f"step {step}: evaluating the EMA model on the held-out data")
+        began = time.monotonic()
+        with self.accelerator.autocast():
+            metrics = self.domain.evaluate(self.ema.module, self.val_set)
+        if metrics:
+            logs = {f"eval/{k}": v for k, v in metrics.items()}
+            self.accelerator.log(logs, step=step)
+            _append_jsonl(self.out / "log.jsonl", {"step": step, **logs})
+            self.bar.write(f"step {step} (evaluated in {time.monotonic() - began:.0f} s): "
+                           + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
     def save_checkpoint(self) -> Path:
         """:func:`~multigen.checkpoints.save_checkpoint` of this step, with the items drawn so far (on every

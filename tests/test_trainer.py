@@ -16,9 +16,9 @@ from multigen import load_pretrained
 from multigen.toy2d import Toy2D, Toy2DConfig
 from multigen.checkpoints import latest_checkpoint
 from multigen.config import ConfigError, load_config
-from multigen.domain import get_domain
+from multigen.domain import DataError, get_domain
 from multigen.export import export_model
-from multigen.trainer import EMA, NonFiniteLossError, Trainer, lr_factor, read_log, train
+from multigen.trainer import EMA, NonFiniteLossError, ShardedStreamSampler, Trainer, lr_factor, read_log, train
 
 from .conftest import REPO, reset_accelerate
 
@@ -71,16 +71,19 @@ def test_toy2d_learns_the_distribution(toy_cfg):
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_resume_after_interruption_is_bit_exact(toy_cfg, optimizer):
-    steps = ["train.max_steps=30", "train.checkpoint_every=10", f"train.optimizer={optimizer}"]
+    steps = ["train.max_steps=30", "train.checkpoint_every=10", "train.log_every=5", f"train.optimizer={optimizer}"]
     straight = train(Toy2D, toy_cfg(*steps, out="straight"))
 
     cfg = toy_cfg(*steps, out="resumed")
     with pytest.raises(Interrupted):
-        train(crashing_domain(25), cfg)  # dies during step 26, after checkpoint 20
+        train(crashing_domain(25), cfg)  # dies during step 26, after checkpoint 20 and the log of step 25
     ckpt = latest_checkpoint(REPO.joinpath(cfg.train.output_dir) / "checkpoints")
     assert ckpt is not None and ckpt.name == "step_20"
+    with open(REPO.joinpath(cfg.train.output_dir) / "log.jsonl", "a") as log:
+        log.write('{"step": 26, "lo')  # and was killed as it wrote a line
     reset_accelerate()
     resumed = train(Toy2D, cfg)
+    assert read_log(resumed.parent) == read_log(straight.parent)  # each step logged once, step 25 too
 
     a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert a.keys() == b.keys()
@@ -90,6 +93,11 @@ def test_resume_after_interruption_is_bit_exact(toy_cfg, optimizer):
     mb = load_file(resumed.parent / "checkpoints/step_30/model.safetensors")
     for k in ma:
         assert torch.equal(ma[k], mb[k]), f"weight {k} differs after resume"
+
+
+def test_a_training_set_smaller_than_the_process_count_is_a_data_error():
+    with pytest.raises(DataError, match=r"the training set has 1 item\(s\), too few to split over 2 processes"):
+        ShardedStreamSampler(1, seed=0, rank=0, world=2)
 
 
 def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(toy_cfg):
@@ -125,6 +133,27 @@ def test_the_step_returns_its_loss_detached_from_every_micro_batchs_graph(toy_cf
     trainer.resume()
     loss = trainer.step()
     assert loss.ndim == 0 and not loss.requires_grad
+
+
+def test_a_checkpoint_is_written_before_its_steps_evaluation_and_evaluating_changes_no_training(toy_cfg):
+    """The main process evaluates while the others wait (at most train.process_timeout_min): the step's checkpoint
+    is already written then, so an evaluation that outlasts the wait loses no training. Evaluations and samples draw
+    nothing from the training's random streams: a run ends with the same weights however often it evaluates."""
+    checkpoints = []
+
+    class Evaluated(Toy2D):
+        def evaluate(self, model, dataset):
+            checkpoints.append(sorted(p.name for p in (out / "checkpoints").iterdir()))
+            torch.rand(8)  # an evaluation drawing from the global stream
+            return super().evaluate(model, dataset)
+
+    cfg = toy_cfg("train.max_steps=20", "train.eval_every=10", "train.sample_every=5")
+    out = REPO.joinpath(cfg.train.output_dir)
+    evaluated = load_file(train(Evaluated, cfg) / "model.safetensors")
+    assert checkpoints == [["step_10"], ["step_10", "step_20"]]
+    quiet = toy_cfg("train.max_steps=20", out="quiet")
+    quiet_weights = load_file(train(Toy2D, quiet) / "model.safetensors")
+    assert all(torch.equal(evaluated[k], quiet_weights[k]) for k in quiet_weights)
 
 
 def test_a_failed_final_evaluation_keeps_the_final_checkpoint_and_the_export(toy_cfg):
@@ -175,10 +204,17 @@ def test_a_damaged_checkpoint_is_named_and_the_config_of_its_run_kept(toy_cfg):
         train(Toy2D, toy_cfg("train.max_steps=20", out="damaged"))
     optimizer.with_suffix(".away").rename(optimizer)
     weights = out / "checkpoints" / "step_10" / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:100])  # a file cut short as its disk filled
+    intact = weights.read_bytes()
+    weights.write_bytes(intact[:100])  # a file cut short as its disk filled
     with pytest.raises(ConfigError, match=r"step_10 could not be loaded \(SafetensorError.*move it out of"):
         train(Toy2D, toy_cfg("train.max_steps=20", out="damaged"))
     assert (out / "config.yaml").read_text() == config
+    weights.write_bytes(intact)
+    states = out / "checkpoints" / "step_10" / "random_states_0.pkl"  # Accelerate goes on without one it cannot read
+    for damage in (b"garbage", states.read_bytes()[:50]):
+        states.write_bytes(damage)
+        with pytest.raises(ConfigError, match=r"step_10 could not be loaded \(\w+Error.*move it out of"):
+            train(Toy2D, toy_cfg("train.max_steps=20", out="damaged"))
     (out / "checkpoints" / "step_10" / "multigen.json").write_text("{")
     with pytest.raises(ConfigError, match=r"multigen.json is damaged"):
         train(Toy2D, toy_cfg("train.max_steps=20", out="damaged"))
@@ -286,6 +322,9 @@ def test_resuming_another_network_is_an_error_and_other_changes_are_named(toy_cf
     assert "settings changed since the checkpoints were written: train.max_steps: 10 -> 20" in capsys.readouterr().out
     train(Toy2D, toy_cfg("train.max_steps=30", "diffusion.beta_start=0.0002", out="changed"))  # the linear schedule's
     assert "diffusion.beta_start: 0.0001 -> 0.0002" in capsys.readouterr().out  # setting: this run's cosine ignores it
+    train(Toy2D, toy_cfg("train.max_steps=40", "diffusion.beta_start=0.0002", "train.lr_decay=linear", out="changed"))
+    assert ("train.max_steps: 30 -> 40 (train.lr_decay=linear now ends at the new train.max_steps: the learning rate "
+            "rises again") in capsys.readouterr().out
     from multigen.config import speed_only_keys
     from video.domain import VideoConfig
 
