@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         domain_cls = get_domain(args.domain)
         cfg = read_config(domain_cls, resolve_config_file(args.domain, args.config), args.overrides,
                           training=not args.print_config)
+        if args.print_config:
+            domain_cls(cfg)  # the domain's own checks of how its settings go together, as a run makes them
     except (ConfigError, UnknownDomainError) as e:
         print(f"multigen-train: error: {e}", file=sys.stderr)
         return 2

@@ -149,6 +149,8 @@ def test_cli_errors_exit_nonzero_naming_the_problem():
     assert r.returncode == 0 and "max_steps: 3" in r.stdout
     r = run("--domain", "toy2d", "sample.steps=20", "--config", "tiny", "--print-config", "train.max_steps=3")
     assert r.returncode == 0 and "  steps: 20" in r.stdout and "max_steps: 3" in r.stdout  # overrides anywhere
+    r = run("--domain", "toy2d", "--print-config", "sample.eta=0.5")  # checked as a run checks it
+    assert r.returncode == 2 and "sample.eta=0.5 only applies to the ddim sampler" in r.stderr and not r.stdout
 
 
 def test_training_on_bad_data_stops_with_one_line_naming_it(tmp_path, capsys):
