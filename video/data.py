@@ -242,21 +242,26 @@ class VideoFolder(Dataset):
             cached = json.loads(cache.read_text()) if cache.is_file() else {}
         except (OSError, ValueError):
             cached = {}
-        out: dict[str, tuple[int | None, int] | str] = {}
         fresh: dict[str, dict] = {}
-        for path in tqdm(files, desc="indexing videos", disable=len(files) < 50):
+        stale = []
+        for path in files:
             key, (size, mtime) = str(path.relative_to(self.root)), _signature(path)
             entry = cached.get(key)
-            if not (entry and entry["size"] == size and entry["mtime"] == mtime and "videos" in entry):
-                videos, frames, error = None, None, None
-                try:
-                    videos = videos_in(path)  # None: one video
-                    frames = count_frames(path, None if videos is None else 0)  # the videos of a .npy share it
-                except VideoReadError as e:
-                    error = str(e).removeprefix(f"{path}: ")
-                entry = {"size": size, "mtime": mtime, "videos": videos, "frames": frames, "error": error}
-            fresh[key] = entry
-            out[key] = (entry["videos"], entry["frames"]) if entry["error"] is None else entry["error"]
+            fresh[key] = entry if entry and entry["size"] == size and entry["mtime"] == mtime and "videos" in entry \
+                else {"size": size, "mtime": mtime}
+            if "videos" not in fresh[key]:
+                stale.append((path, fresh[key]))
+        # a bar for many files to read, on the first process of each machine (every process indexes)
+        quiet = len(stale) < 50 or int(os.environ.get("LOCAL_RANK", "0")) > 0
+        for path, entry in tqdm(stale, desc="indexing videos", disable=quiet):
+            videos, frames, error = None, None, None
+            try:
+                videos = videos_in(path)  # None: one video
+                frames = count_frames(path, None if videos is None else 0)  # the videos of a .npy share it
+            except VideoReadError as e:
+                error = str(e).removeprefix(f"{path}: ")
+            entry.update(videos=videos, frames=frames, error=error)
+        out = {key: (e["videos"], e["frames"]) if e["error"] is None else e["error"] for key, e in fresh.items()}
         if fresh != cached:
             tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")  # the processes of a run index at once
             try:
