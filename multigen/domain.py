@@ -43,7 +43,7 @@ class DataError(ValueError):
 def natural_key(path: Path) -> list[list[str | int]]:
     """Sort key of a path that orders the numbers in its names by value (``frame_2`` before ``frame_10``), folder by
     folder, case aside: how a person lists numbered frames or label images."""
-    return [[int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+    return [[int(part) if part.isdecimal() else part.lower() for part in re.split(r"(\d+)", name)]
             for name in path.parts]
 
 

@@ -7,7 +7,7 @@ import torch
 
 from multigen.cli import output_folder
 from multigen.config import load_config
-from multigen.domain import UnknownDomainError, get_domain
+from multigen.domain import UnknownDomainError, get_domain, natural_key
 from multigen.toy2d import Toy2D, Toy2DConfig
 
 
@@ -129,3 +129,13 @@ def test_a_truncated_or_pickled_npy_is_the_readers_own_error_naming_it(tmp_path,
         np.save(bad, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
     with pytest.raises(DataError, match="x.npy: not a readable .npy array"):
         _npy_readers()[reader](bad)
+
+
+def test_natural_order_reads_numbers_by_value_and_other_digit_signs_as_text():
+    """``frame_2`` before ``frame_10``, case aside; a sign that is a digit but no decimal (a superscript two) is text,
+    not a number int() refuses."""
+    from pathlib import Path
+
+    names = ["Frame_10.png", "frame_2.png", "frame_1²2.png", "frame_1.png", "frame_١٢.png"]
+    assert [p.name for p in sorted(map(Path, names), key=natural_key)] == [
+        "frame_1.png", "frame_1²2.png", "frame_2.png", "Frame_10.png", "frame_١٢.png"]

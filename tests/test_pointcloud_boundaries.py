@@ -148,6 +148,13 @@ def test_a_coincident_partial_is_completed_where_nothing_scales_it_by_its_extent
         read_points(tmp_path / "p.npy", need_extent=True)
 
 
+def test_a_npy_point_file_numpy_cannot_read_is_a_point_cloud_error(tmp_path):
+    """The point reader's own error (which the command lines report in one line), not the core's plain DataError."""
+    (tmp_path / "scan.npy").write_text("0 0 0\n1 1 1\n")
+    with pytest.raises(PointCloudError, match=r"scan.npy: not a readable .npy array"):
+        read_points(tmp_path / "scan.npy")
+
+
 def test_scan_writes_an_upper_case_ply_suffix(tmp_path):
     np.save(tmp_path / "cloud.npy", np.random.default_rng(0).normal(size=(500, 3)))
     out = tmp_path / "scan.PLY"

@@ -380,6 +380,9 @@ def test_a_denoiser_of_the_wrong_shape_is_refused_not_broadcast(sampler):
     """A network that drops a dimension would broadcast into samples that look right in shape (every column equal)."""
     with pytest.raises(ValueError, match=r"the denoiser returned shape \(4, 1\) for x_t of shape \(4, 2\)"):
         sample(lambda x, t: x[:, :1], (4, 2), SCHEDULE, sampler=sampler, steps=3)
+    if sampler == "dpm_solver_pp":  # the staggered solver too
+        with pytest.raises(ValueError, match=r"the denoiser returned shape \(4, 1\) for x_t of shape \(4, 2\)"):
+            sample(lambda x, t: x[:, :1], (4, 2), SCHEDULE, sampler=sampler, steps=3, delay=torch.tensor([0, 1, 0, 2]))
 
 
 def test_ddim_called_directly_checks_its_eta():

@@ -37,5 +37,16 @@ def test_frame_metrics_refuse_integer_frames():
     """uint8 frames (0..255) scored as if in [-1, 1] gave PSNR of about -35 dB without a word."""
     frames = torch.randint(0, 256, (2, 1, 16, 16), dtype=torch.uint8)
     for metric in (psnr, ssim):
-        with pytest.raises(ValueError, match=r"frames are floats in \[-1, 1\], got torch.uint8"):
-            metric(frames, frames)
+        for x, y in ((frames, frames), (frames.float() / 127.5 - 1, frames), (frames, frames.float() / 127.5 - 1)):
+            with pytest.raises(ValueError, match=r"frames are floats in \[-1, 1\], got torch\.(uint8|float32) and"):
+                metric(x, y)
+
+
+@pytest.mark.parametrize("a, b", [(-1.0, 1.0), (0.5, -0.2), (0.0, 0.0)])
+def test_ssim_of_flat_frames_is_the_luminance_term_over_a_range_of_two(a, b):
+    """Flat frames have no contrast or structure: SSIM is its luminance term, (2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2
+    + C1), with the frames moved from [-1, 1] to [0, 2] and C1 = (0.01 * 2)^2."""
+    x, y = torch.full((2, 1, 16, 16), a), torch.full((2, 1, 16, 16), b)
+    mx, my, c1 = a + 1, b + 1, (0.01 * 2) ** 2
+    expected = torch.full((2,), (2 * mx * my + c1) / (mx**2 + my**2 + c1))
+    torch.testing.assert_close(ssim(x, y), expected, rtol=1e-3, atol=1e-6)  # float32 variances: ~1e-7 off

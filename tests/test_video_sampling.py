@@ -138,6 +138,33 @@ def test_the_helpers_read_a_residual_network_as_its_domain_does():
     assert not torch.equal(run(predict, context, 5), run(predict, context, 5, residual_scale=1.0))
 
 
+
+def test_a_residual_network_without_the_attributes_reads_at_scale_one_and_carries_its_own_settings():
+    """A network that does not carry how it is read (wrapped, say) is read at residual scale 1 when told only that it
+    is residual; a domain-built network carries each setting as configured (residual without the reference input
+    too), and a network built directly is at scale 1."""
+    cfg = load_config(VideoConfig, REPO / "configs" / "video" / "tiny.yaml", [
+        "data.frames=5", "data.size=16", "model.residual=true", "model.reference_input=false"])
+    domain = Video(cfg)
+    torch.manual_seed(0)
+    model = domain.build_model().eval()
+    assert (model.residual, model.reference_input, model.residual_scale) == (True, False, cfg.model.residual_scale)
+    assert tiny_unet(residual=True).residual_scale == 1.0
+
+    class Wrapped(nn.Module):  # as DDP is: the network inside, its attributes not
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = model
+
+        def forward(self, *args, **kw):
+            return self.module(*args, **kw)
+
+    s, context = domain.sample_settings(sampler="ddim", steps=2), _clips(b=1, t=2)
+    draw = lambda **kw: predict(Wrapped(), domain.diffusion, context, 5, s,  # noqa: E731
+                                generator=torch.Generator().manual_seed(3), residual=True, **kw)
+    assert torch.equal(draw(), draw(residual_scale=1.0))
+
+
 @pytest.mark.parametrize("past", [False, True])
 def test_each_chained_window_conditions_on_the_frames_nearest_the_new_ones(monkeypatch, past):
     """A stand-in for ``predict`` that continues a ramp (each new frame 0.01 past its neighbour) and records its
@@ -236,8 +263,15 @@ def test_interpolation_fills_a_gap_longer_than_the_window_hierarchically(setup):
         assert len(index) <= 5 and observed == (True,) + (False,) * (len(index) - 2) + (True,), (index, observed)
         made += index[1:-1]
     assert sorted(made) == sorted(set(range(15)) - {0, 7, 14})
+    assert max(len(index) for index, _ in dict.fromkeys(windows)) == 5  # the windows are used whole
     with pytest.raises(ValueError, match="a window needs at least 3 frames"):
         interpolate(model, domain.diffusion, keys, 2, domain.sample_settings(), window=2)
+    settings = domain.sample_settings(sampler="ddim", steps=2)
+    draw = lambda between, **kw: interpolate(model, domain.diffusion, keys, between, settings,  # noqa: E731
+                                             generator=torch.Generator().manual_seed(0), **kw)
+    assert torch.equal(draw(3, window=5), draw(3))  # a gap that fills the window exactly is that one window
+    smallest = draw(4, window=3)  # one new frame a window
+    assert smallest.shape == (2, 11, 1, 16, 16) and torch.equal(smallest[:, [0, 5, 10]], keys)
 
 
 def test_float64_frames_are_taken_in_the_networks_precision(setup):
