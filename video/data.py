@@ -247,10 +247,10 @@ class VideoFolder(Dataset):
         for path in files:
             key, (size, mtime) = str(path.relative_to(self.root)), _signature(path)
             entry = cached.get(key)
-            fresh[key] = entry if entry and entry["size"] == size and entry["mtime"] == mtime and "videos" in entry \
-                else {"size": size, "mtime": mtime}
-            if "videos" not in fresh[key]:
-                stale.append((path, fresh[key]))
+            if not (entry and entry["size"] == size and entry["mtime"] == mtime and "videos" in entry):
+                entry = {"size": size, "mtime": mtime}  # read below
+                stale.append((path, entry))
+            fresh[key] = entry
         # a bar for many files to read, on the first process of each machine (every process indexes)
         quiet = len(stale) < 50 or int(os.environ.get("LOCAL_RANK", "0")) > 0
         for path, entry in tqdm(stale, desc="indexing videos", disable=quiet):
