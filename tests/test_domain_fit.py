@@ -79,3 +79,18 @@ def test_a_folder_of_colour_videos_trained_in_grey_is_warned_of(tmp_path, conten
     said = [str(w.message) for w in caught if "data.channels=3" in str(w.message)]
     assert said == ([f"data.channels=1: the videos in {tmp_path / 'videos'} are in colour and are trained on in "
                      f"grey; give data.channels=3 to keep their colour"] if warned else [])
+
+
+
+def test_the_colour_warning_reads_the_training_videos_not_the_held_out_ones(tmp_path):
+    """Grey training videos beside a colour ``data.val_root``: what is trained on is grey, so nothing is said."""
+    rng = np.random.default_rng(0)
+    for folder, channels in (("videos", 1), ("held", 3)):
+        (tmp_path / folder).mkdir()
+        np.save(tmp_path / folder / "clip.npy", rng.integers(0, 256, (16, 16, 16, channels), dtype=np.uint8))
+    video = get_domain("video")
+    domain = video(load_config(video.config_class, REPO / "configs" / "video" / "tiny.yaml", [
+        "data.source=folder", f"data.root={tmp_path / 'videos'}", f"data.val_root={tmp_path / 'held'}"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        domain.fit()
