@@ -56,6 +56,7 @@ from discrete.d3pm import D3PM, Absorbing, DiscretizedGaussian, Uniform, d3pm_be
 from discrete.domain import Discrete, mean_and_stderr  # noqa: E402
 from discrete.model import SequenceTransformer  # noqa: E402
 from multigen.benchmarking import markdown_table, timed, write_results  # noqa: E402
+from multigen.cli import available_device  # noqa: E402
 from multigen.domain import check_count  # noqa: E402
 
 
@@ -460,7 +461,7 @@ def versus_autoregressive(device: str, seeds: list[int], overrides: list[str], a
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=available_device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--vocab", type=int, nargs="+", default=[27, 256, 8192])
     parser.add_argument("--tokens", type=int, default=16384)
     parser.add_argument("--predicted-tokens", type=int, default=1024,

@@ -53,6 +53,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
 from multigen.benchmarking import markdown_table, matmul_tflops, time_train_steps, write_results  # noqa: E402
+from multigen.cli import available_device  # noqa: E402
 
 DOMAINS = ("video", "pointcloud", "discrete")
 TAIL = 3000  # characters of a failed job's output kept in the JSON
@@ -553,7 +554,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=450, help="seconds for everything this script does")
     parser.add_argument("--train-seconds", type=float, default=60, help="training time of each domain's run")
     parser.add_argument("--dry-run", action="store_true", help="on the CPU: tiny configs and sizes, no peer")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=available_device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--work", help="folder for the runs and raw outputs (default: a new temporary one)")
     parser.add_argument("--train-one", choices=DOMAINS, help=argparse.SUPPRESS)  # internal: one trainer run
     parser.add_argument("--seconds", type=float, help=argparse.SUPPRESS)  # internal: --train-one's, --mfu-hook's

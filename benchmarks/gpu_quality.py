@@ -174,8 +174,9 @@ def video_figures(trainer: Any, frames: int, with_nna: bool) -> dict[str, dict[s
     val = domain.build_dataset("val")
     with trainer.accelerator.autocast():
         m = domain.evaluate(model, val)
-    out = {"future PSNR (dB)": {"value": m["future/psnr_mean"], "baseline": m["future/baseline_psnr"]},
-           "interpolation PSNR (dB)": {"value": m["interp/psnr_mean"], "baseline": m["interp/baseline_psnr"]}}
+    out = {f"{name} PSNR (dB)": {"value": m[f"{task}/psnr_mean"], "baseline": m[f"{task}/baseline_psnr"],
+                                 "reference": m[f"{task}/baseline_motion_psnr"]}  # the baseline moved with the clip
+           for name, task in (("future", "future"), ("interpolation", "interp"))}
     if not with_nna:
         return out
     if len(val) < frames:
@@ -292,6 +293,9 @@ def summarise(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             rows.append({"recipe": recipe, "figure": figure, "value": v[0], "value_spread": v[1],
                          "baseline": b[0], "baseline_spread": b[1], "goal": goal.text(),
                          "pass": bool(ok), "seeds": values})
+            if any("reference" in g for g in got):  # video: the motion-compensated reference, beside the goal
+                rows[-1]["reference"], rows[-1]["reference_spread"] = mean_spread(
+                    [g.get("reference", float("nan")) for g in got])
     return rows
 
 
@@ -307,7 +311,9 @@ def markdown(results: dict[str, Any]) -> str:
     rows = [{"recipe": r["recipe"], "figure": r["figure"],
              "model (mean ± spread)": f"{r['value']:.3f} ± {r['value_spread']:.3f}",
              "baseline (mean ± spread)": f"{r['baseline']:.3f} ± {r['baseline_spread']:.3f}",
-             "goal": r["goal"], "pass": "pass" if r["pass"] else "FAIL"} for r in results["figures"]]
+             "goal": r["goal"], "pass": "pass" if r["pass"] else "FAIL",
+             "motion reference (mean ± spread)": f"{r['reference']:.3f} ± {r['reference_spread']:.3f}"
+             if "reference" in r else ""} for r in results["figures"]]
     runs = [{"run": name, "status": r["status"], **{k: r.get("info", {}).get(k) for k in
                                                     ("params_M", "steps", "train_seconds", "eval_seconds")},
              "wall_s": r.get("wall_s")} for name, r in results["runs"].items()]

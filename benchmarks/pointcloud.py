@@ -42,7 +42,7 @@ from multigen.benchmarking import (  # noqa: E402
     markdown_table, override_sample_settings, quality_by_sampler, sampler_setting, time_train_steps, timed,
     write_results,
 )
-from multigen.cli import diffusion_time  # noqa: E402
+from multigen.cli import available_device, diffusion_time  # noqa: E402
 from pointcloud import ops, reference  # noqa: E402
 from pointcloud.metrics import emd_approx, emd_exact  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
@@ -317,7 +317,7 @@ def metric_rows(device: str, sizes: tuple[int, ...] = (256, 1024, 2048)) -> list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=available_device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--configs", nargs="+", default=["tiny", "default", "gpu"])
     parser.add_argument("--batch", type=int, default=8, help="clouds per train step and per op call")
     parser.add_argument("--points", type=int, default=2048)
@@ -342,7 +342,9 @@ def main() -> None:
                              "diffusion time, or 1 from noise (default: the export's task.completion_start)")
     parser.add_argument("--profile", metavar="CONFIG", help="print torch.profiler's table of one train step")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one config, print JSON
-    parser.add_argument("--out", default="benchmarks/out/pointcloud.json")
+    parser.add_argument("--out", default="benchmarks/out/pointcloud.json",
+                        help="the JSON (--quality, --completion and --denoising write it with _quality, _completion "
+                             "or _denoising before .json)")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure_config(args.one, args.device, args.batch, args.points, args.steps)))
@@ -361,7 +363,8 @@ def main() -> None:
             "blob COV-CD": f"{r['baseline_gaussian/COV-CD']:.2f}",
             "blob 1-NNA-CD": f"{r['baseline_gaussian/1-NNA-CD']:.2f}", "seconds": f"{r['seconds']:.0f}"}
             for r in rows]))
-        write_results(args.out.replace(".json", "_quality.json"), {"export": args.quality, "results": rows})
+        write_results(args.out.replace(".json", "_quality.json"),
+                      {"export": args.quality, "device": args.device, "shapes": args.shapes, "results": rows})
         return
 
     if args.completion:
@@ -390,12 +393,13 @@ def main() -> None:
         write_results(args.out.replace(".json", "_denoising.json"), {"export": args.denoising, "results": rows})
         return
 
-    train = []
+    train, failed = [], []
     for config in args.configs:
         cmd = [sys.executable, __file__, "--one", config, "--device", args.device, "--steps", str(args.steps),
                "--batch", str(args.batch), "--points", str(args.points)]
         result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
         if result.returncode != 0:
+            failed.append(config)
             print(f"{config}: failed\n{result.stderr[-2000:]}", file=sys.stderr)
             continue
         train.append(json.loads(result.stdout.strip().splitlines()[-1]))
@@ -424,6 +428,8 @@ def main() -> None:
         "EMD exact / Sinkhorn (ms)": f"{r['emd_exact_ms']:.0f} / {r['emd_sinkhorn_ms']:.0f}",
         "Sinkhorn gap": f"{100 * r['emd_relative_gap']:.2f}%"} for r in metrics]))
     write_results(args.out, result)
+    if failed:
+        raise SystemExit(f"failed: {', '.join(failed)} (the reasons are above)")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from multigen.benchmarking import markdown_table, write_results
+from multigen.cli import available_device
 from multigen.metrics import sliced_wasserstein
 from multigen.samplers import DEFAULT_SPACING, sample
 from multigen.schedules import SCHEDULES, NoiseSchedule
@@ -63,7 +64,7 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=20000, help="samples per run")
     parser.add_argument("--schedule", choices=SCHEDULES, default="cosine")
     parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20, 50, 100, 250, 1000])
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--device", type=available_device, default="cpu", help="cpu or cuda")
     parser.add_argument("--out", default="benchmarks/out/samplers_2d.json")
     args = parser.parse_args()
 

@@ -57,16 +57,26 @@ def steps_per_second(domain: str, config: str, overrides: list[str], steps: int,
                 "final_loss": loss.item()}
 
 
+def domain_and_config(text: str) -> tuple[str, str]:
+    """``"video:default"`` as ``("video", "default")``: an argparse ``type`` for ``--runs``."""
+    domain, colon, config = text.partition(":")
+    if not (domain and colon and config) or ":" in config:
+        raise argparse.ArgumentTypeError(f"{text!r} is not DOMAIN:CONFIG (video:default, toy2d:tiny...)")
+    return domain, config
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", nargs="+", default=["video:default", "discrete:default"],
-                        help="DOMAIN:CONFIG pairs (configs/<domain>/<config>.yaml)")
+    parser.add_argument("--runs", nargs="+", type=domain_and_config,
+                        default=[("video", "default"), ("discrete", "default")],
+                        help="DOMAIN:CONFIG pairs (configs/<domain>/<config>.yaml; default video:default "
+                             "discrete:default)")
     parser.add_argument("--steps", type=int, default=300, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (allocation, compilation)")
     parser.add_argument("--out", default="benchmarks/out/trainer.json")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args()
-    rows = [steps_per_second(*run.split(":"), args.overrides, args.steps, args.warmup) for run in args.runs]
+    rows = [steps_per_second(*run, args.overrides, args.steps, args.warmup) for run in args.runs]
     print(markdown_table([{"run": f"{r['domain']}:{r['config']}", "device": r["device"], "batch": r["batch"],
                            "precision": r["mixed_precision"], "compile": r["compile"],
                            "steps/s": f"{r['steps_per_s']:.1f}", "ms/step": f"{r['ms_per_step']:.2f}"} for r in rows]))

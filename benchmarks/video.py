@@ -15,7 +15,8 @@ a stand-in module is registered so that the network can be built.
 
 With ``--quality EXPORT_DIR``, a trained model's held-out future prediction, interpolation
 and past prediction (PSNR/SSIM, MCVD best/mean of samples, next to copy-last-frame, linear
-blend and copy-first-frame) is measured for each sampler setting (DDPM 250, DDIM 50, DPM-Solver++ 10/25).
+blend and copy-first-frame, and each one moved along the clip's motion) is measured for each
+sampler setting (DDPM 250, DDIM 50, DPM-Solver++ 10/25).
 
     python benchmarks/video.py [--device cpu|cuda] [--configs tiny default gpu] [--batch N] [--peer] [--out ...]
     python benchmarks/video.py --quality runs/video/export [--clips 8] [--samplers ddim:50 ...] [--temperatures 1 0.5]
@@ -48,6 +49,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchm
 from multigen.benchmarking import (  # noqa: E402
     markdown_table, quality_by_sampler, sampler_setting, time_train_steps, write_results,
 )
+from multigen.cli import available_device  # noqa: E402
 
 
 def video_config(config: str, batch: int | None, overrides: list[str] | tuple[str, ...] = ()):
@@ -99,7 +101,12 @@ def peer_model(cfg, target_params: int, clips: torch.Tensor):
         stub = Absent("torchvision")
         stub.transforms, stub.utils = Absent("transforms"), Absent("utils")
         sys.modules["torchvision"] = stub
-    from video_diffusion_pytorch import GaussianDiffusion, Unet3D
+    try:
+        from video_diffusion_pytorch import GaussianDiffusion, Unet3D
+    except ImportError:
+        raise SystemExit("--peer needs video-diffusion-pytorch: pip install --no-deps video-diffusion-pytorch "
+                         "einops-exts rotary-embedding-torch (--no-deps: its torchvision would replace the CPU "
+                         "torch)") from None
 
     d, mults = cfg.data, tuple(cfg.model.channel_mults)
 
@@ -269,16 +276,20 @@ def mfu_table(rows: list[dict]) -> str:
 
 def quality_table(rows: list[dict]) -> str:
     """The rows of :func:`quality_by_sampler` as a markdown table: PSNR (dB) best / mean of the samples of a clip,
-    SSIM of the best, and each task's trivial baseline."""
+    SSIM of the best, each task's trivial baseline and its motion-compensated reference (the trivial baseline's
+    frames moved along the clip's global motion)."""
     def pair(r: dict, task: str) -> str:
         return f"{r[task + '/psnr_best']:.2f} / {r[task + '/psnr_mean']:.2f}"
 
     return markdown_table([{
         "sampler": r["sampler"], "steps": r["steps"], "temperature": f"{r['temperature']:g}",
         "future PSNR best / mean": pair(r, "future"), "copy-last PSNR": f"{r['future/baseline_psnr']:.2f}",
+        "future motion-ref PSNR": f"{r['future/baseline_motion_psnr']:.2f}",
         "future SSIM best": f"{r['future/ssim_best']:.3f}", "copy-last SSIM": f"{r['future/baseline_ssim']:.3f}",
         "interp PSNR best / mean": pair(r, "interp"), "linear-blend PSNR": f"{r['interp/baseline_psnr']:.2f}",
+        "interp motion-ref PSNR": f"{r['interp/baseline_motion_psnr']:.2f}",
         "past PSNR best / mean": pair(r, "past"), "copy-first PSNR": f"{r['past/baseline_psnr']:.2f}",
+        "past motion-ref PSNR": f"{r['past/baseline_motion_psnr']:.2f}",
         "seconds": f"{r['seconds']:.0f}"} for r in rows])
 
 
@@ -287,7 +298,7 @@ SAMPLER_SETTINGS = [("ddpm", 250), ("ddim", 50), ("dpm_solver_pp", 10), ("dpm_so
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=available_device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--configs", nargs="+", default=["tiny", "default", "gpu"])
     parser.add_argument("--batch", type=int, help="override every config's batch size")
     parser.add_argument("--steps", type=int, default=3)
@@ -319,17 +330,18 @@ def main() -> None:
     if args.quality:
         rows = quality_by_sampler(args.quality, args.device, args.samplers, args.temperatures, num_clips=args.clips)
         print(quality_table(rows))
-        write_json(args, rows)
+        write_json(args, rows, export=args.quality, clips=args.clips)
         return
 
-    rows = []
+    rows, failed = [], []
     for config in args.configs:
         for peer in [False, True] if args.peer else [False]:
             cmd = [sys.executable, __file__, "--one", config, "--device", args.device, "--steps", str(args.steps)]
             cmd += (["--batch", str(args.batch)] if args.batch else []) + (["--peer"] if peer else [])
             result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
             if result.returncode != 0:
-                print(f"{config}{' (peer)' if peer else ''}: failed\n{result.stderr[-2000:]}", file=sys.stderr)
+                failed.append(f"{config}{' (peer)' if peer else ''}")
+                print(f"{failed[-1]}: failed\n{result.stderr[-2000:]}", file=sys.stderr)
                 continue
             rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
             write_json(args, rows)  # after each row: a run stopped from outside keeps what it measured
@@ -338,10 +350,12 @@ def main() -> None:
                            "s/step": f"{r['step_seconds']:.3f}", "clips/s": f"{r['clips_per_second']:.2f}",
                            "peak memory": f"{r['peak_memory_MB']:.0f} MB"} for r in rows]))
     write_json(args, rows)
+    if failed:
+        raise SystemExit(f"failed: {', '.join(failed)} (the reasons are above)")
 
 
-def write_json(args: argparse.Namespace, rows: list[dict]) -> None:
-    write_results(args.out, {"results": rows})
+def write_json(args: argparse.Namespace, rows: list[dict], **settings: object) -> None:
+    write_results(args.out, {"device": args.device, **settings, "results": rows})
 
 
 if __name__ == "__main__":

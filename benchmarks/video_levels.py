@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
 from multigen.benchmarking import load_export_of, markdown_table, write_results  # noqa: E402
-from multigen.cli import positive_int  # noqa: E402
+from multigen.cli import available_device, positive_int  # noqa: E402
 from video.conditioning import pack_condition, scaled_residual  # noqa: E402
 from video.domain import Video  # noqa: E402
 
@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("export", help="a residual video model's export directory")
     parser.add_argument("--clips", type=positive_int, default=64, help="held-out clips")
     parser.add_argument("--levels", nargs="+", type=positive_int, default=list(LEVELS), help="noise levels t in 1..T")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=available_device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0, help="the noise draws")
     parser.add_argument("--out", default="benchmarks/out/video_levels.json")
     args = parser.parse_args()

@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
 from multigen.benchmarking import load_export_of, markdown_table, override_sample_settings, write_results  # noqa: E402
+from multigen.cli import available_device  # noqa: E402
 from video.conditioning import motion_compensated  # noqa: E402
 from video.domain import Video  # noqa: E402
 from video.io import save_clip_grid  # noqa: E402
@@ -91,7 +92,7 @@ def long_rows(domain: Video, model: torch.nn.Module, clips: torch.Tensor, contex
                 save_clip_grid(pairs.cpu(), Path(pictures) / f"{direction}_{mode}")
             scores = {"model": _frame_scores(out, clips), **baselines}
             bands = [(lo, min(lo + band - 1, L - context)) for lo in range(1, L - context + 1, band)]
-            for lo, hi in [*bands, (1, L - context)]:
+            for lo, hi in dict.fromkeys([*bands, (1, L - context)]):  # all generated frames, unless one band is
                 frames = (distance >= lo) & (distance <= hi)
                 row = {"direction": direction, "mode": mode, "frames": f"{lo}-{hi}", "seconds": seconds}
                 for name, (p, s) in scores.items():
@@ -124,7 +125,7 @@ def main() -> None:
                         help="override the export's sample settings, e.g. guidance=2 steps=10")
     parser.add_argument("--modes", nargs="+", choices=sorted(MODES), default=sorted(MODES),
                         help="how long videos are built (default: both)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=available_device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0, help="the sampling draws")
     parser.add_argument("--out", default="benchmarks/out/video_long.json")
     parser.add_argument("--pictures", help="folder for the first clips' pictures (default: --out without .json)")
@@ -136,8 +137,9 @@ def main() -> None:
     pictures = Path(args.pictures or Path(args.out).with_suffix(""))
     rows = long_rows(domain, model, clips, args.context, args.band, args.seed, tuple(args.modes), pictures)
     print(table(rows))
-    write_results(args.out, {"export": args.export, "clips": len(clips), "length": args.length,
-                             "context": args.context, "sample": dataclasses.asdict(domain.cfg.sample), "results": rows,
+    sample = {k: v for k, v in dataclasses.asdict(domain.cfg.sample).items() if k != "seed"}  # --seed draws here
+    write_results(args.out, {"export": args.export, "device": args.device, "seed": args.seed, "clips": len(clips),
+                             "length": args.length, "context": args.context, "sample": sample, "results": rows,
                              "pictures": str(pictures)})
 
 

@@ -152,11 +152,14 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
 
 
 def write_results(path: str | Path, results: dict) -> Path:
-    """``results`` as JSON at ``path``, with the date, torch version, thread count and command line."""
+    """``results`` as JSON at ``path``, with the date, torch version, thread count, the machine's GPU (None: none)
+    and command line."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = {"date": datetime.date.today().isoformat(), "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "command": " ".join(["python", *sys.argv])}
+              "threads": torch.get_num_threads(),
+              "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+              "command": " ".join(["python", *sys.argv])}
     path.write_text(json.dumps({**header, **results}, indent=2))
     print(f"wrote {path}")
     return path

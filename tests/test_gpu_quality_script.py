@@ -38,13 +38,16 @@ def test_gpu_quality_dry_run_writes_every_figure(tmp_path: Path) -> None:
         numbers = [f["value"], f["value_spread"], f["baseline"], f["baseline_spread"], *f["seeds"]]
         assert all(math.isfinite(x) for x in numbers) and len(f["seeds"]) == 2, key
         assert f["goal"] and isinstance(f["pass"], bool), key
+        if key[0] in ("video", "natural") and "PSNR" in key[1]:  # the motion-compensated reference beside them
+            assert math.isfinite(f["reference"]) and math.isfinite(f["reference_spread"]), key
     text = runs["text_seed0"]["figures"]["bits/char"]
     assert math.isfinite(text["value_stderr"]) and math.isfinite(text["baseline_stderr"])
     # the twin's baseline is its best held-out evaluation, taken at one of its steps
     assert text["baseline"] <= text["baseline_last"]
     assert 1 <= text["baseline_step"] <= runs["text_seed0"]["info"]["steps"]
     md = (tmp_path / "out" / "gpu_quality.md").read_text()
-    assert "| recipe | figure | model (mean ± spread) | baseline (mean ± spread) | goal | pass |" in md
+    assert ("| recipe | figure | model (mean ± spread) | baseline (mean ± spread) | goal | pass | motion reference "
+            "(mean ± spread) |") in md
     for recipe, figure in got:
         assert f"| {recipe} | {figure} | " in md
     for name in runs:

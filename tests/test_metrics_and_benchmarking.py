@@ -3,6 +3,7 @@ timing after warm-up, FLOP counts, precision, settings overrides, result files a
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
@@ -85,7 +86,8 @@ def test_override_sample_settings_keeps_the_settings_it_does_not_name():
 
 def test_write_results_makes_its_folder(tmp_path):
     path = benchmarking.write_results(tmp_path / "a" / "b" / "r.json", {"x": 1})
-    assert json.loads(path.read_text())["x"] == 1
+    written = json.loads(path.read_text())
+    assert written["x"] == 1 and written["gpu"] == (torch.cuda.get_device_name() if torch.cuda.is_available() else None)
 
 
 def test_table_cells_format_the_numbers_inside_a_dict():
@@ -102,3 +104,13 @@ def test_quality_by_sampler_evaluates_at_each_sampler_and_temperature(tmp_path, 
     expected = [("ddim", 2, 0.5), ("ddim", 2, 1.0), ("ddpm", 3, 0.5), ("ddpm", 3, 1.0)]
     assert seen == expected
     assert [(r["sampler"], r["steps"], r["temperature"]) for r in rows] == expected
+
+
+def test_the_trainer_benchmark_reads_its_runs_as_domain_and_config():
+    from .conftest import load_benchmark
+
+    bench = load_benchmark("trainer")
+    assert bench.domain_and_config("toy2d:tiny") == ("toy2d", "tiny")
+    for bad in ("toy2d", ":tiny", "toy2d:", "a:b:c"):
+        with pytest.raises(argparse.ArgumentTypeError, match="is not DOMAIN:CONFIG"):
+            bench.domain_and_config(bad)

@@ -40,5 +40,23 @@ def test_quality_rows_and_table_of_an_untrained_export(bench, tmp_path):
     rows = quality_by_sampler(export, "cpu", [("ddim", 2), ("dpm_solver_pp", 2)], (0.5,), num_clips=2)
     assert [(r["sampler"], r["steps"], r["temperature"]) for r in rows] == [("ddim", 2, 0.5), ("dpm_solver_pp", 2, 0.5)]
     table = bench.quality_table(rows).splitlines()
-    assert len(table) == 2 + 2 and all(line.count("|") == 13 for line in table)
+    assert len(table) == 2 + 2 and all(line.count("|") == 16 for line in table)
+    assert "future motion-ref PSNR" in table[0] and f"{rows[0]['past/baseline_motion_psnr']:.2f}" in table[2]
     assert table[2].startswith("| ddim | 2 | 0.5 | ") and " / " in table[2].split("|")[4]
+
+
+def test_the_cost_table_exits_non_zero_naming_the_rows_that_failed_and_refuses_an_absent_device(bench, tmp_path):
+    """A row that fails (an unknown config here; a peer package not installed) leaves the table and the JSON of the
+    others, and the command fails naming it; a device this machine lacks is an argparse error, before any work."""
+    import subprocess
+    import sys
+
+    import torch
+
+    script = str(bench.REPO / "benchmarks" / "video.py")
+    run = subprocess.run([sys.executable, script, "--configs", "nosuch", "--steps", "1", "--device", "cpu",
+                          "--out", str(tmp_path / "v.json")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1 and "failed: nosuch" in run.stderr and (tmp_path / "v.json").is_file()
+    if not torch.cuda.is_available():
+        run = subprocess.run([sys.executable, script, "--device", "cuda"], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 2 and "this machine has no cuda device (use cpu)" in run.stderr

@@ -54,6 +54,8 @@ def test_rows_score_each_band_of_frames_away_from_the_context(bench, monkeypatch
     monkeypatch.setattr(bench, "MODES", {"copy": copying})
     for r in bench.long_rows(domain, domain.build_model(), clips, context=3, band=3):
         assert r["model_psnr"] == pytest.approx(r["copy_psnr"]) and r["model_ssim"] == pytest.approx(r["copy_ssim"])
+    one_band = bench.long_rows(domain, domain.build_model(), clips, context=3, band=8)  # one band holds all 8
+    assert [(r["direction"], r["frames"]) for r in one_band] == [("future", "1-8"), ("past", "1-8")]
 
 
 def test_the_chaining_runs_and_keeps_the_context(bench, tmp_path):

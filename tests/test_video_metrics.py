@@ -3,6 +3,8 @@ psnr and ssim refuse integer frames."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -50,3 +52,10 @@ def test_ssim_of_flat_frames_is_the_luminance_term_over_a_range_of_two(a, b):
     mx, my, c1 = a + 1, b + 1, (0.01 * 2) ** 2
     expected = torch.full((2,), (2 * mx * my + c1) / (mx**2 + my**2 + c1))
     torch.testing.assert_close(ssim(x, y), expected, rtol=1e-3, atol=1e-6)  # float32 variances: ~1e-7 off
+
+
+def test_ssim_without_pytorch_msssim_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pytorch_msssim", None)  # as if not installed
+    frames = torch.zeros(1, 1, 8, 8)
+    with pytest.raises(ImportError, match=r"needs pytorch-msssim: pip install multigen-diffusion\[video\]"):
+        ssim(frames, frames)

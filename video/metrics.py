@@ -43,8 +43,10 @@ def ssim(x: Tensor, y: Tensor) -> Tensor:
     The Gaussian window is 11 px (the standard) or, for frames smaller than that, the
     largest odd size that fits.
     """
-    from pytorch_msssim import ssim as _ssim
-
+    try:
+        from pytorch_msssim import ssim as _ssim
+    except ImportError as e:
+        raise ImportError("video.metrics.ssim needs pytorch-msssim: pip install multigen-diffusion[video]") from e
     _check_frames(x, y)
     lead = x.shape[:-3]
     C, H, W = x.shape[-3:]
