@@ -42,7 +42,7 @@ from multigen.benchmarking import (  # noqa: E402
     markdown_table, override_sample_settings, quality_by_sampler, sampler_setting, time_train_steps, timed,
     write_results,
 )
-from multigen.cli import available_device, diffusion_time  # noqa: E402
+from multigen.cli import available_device, diffusion_time, positive_int  # noqa: E402
 from pointcloud import ops, reference  # noqa: E402
 from pointcloud.metrics import emd_approx, emd_exact  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
@@ -329,7 +329,7 @@ def main() -> None:
                         metavar="SAMPLER:STEPS", help="--quality: the sampler settings to compare")
     parser.add_argument("--temperatures", nargs="+", type=float, default=[1.0],
                         help="--quality: sampling temperatures (sample.temperature) for each sampler setting")
-    parser.add_argument("--shapes", type=int, default=64, help="--quality, --denoising: held-out shapes")
+    parser.add_argument("--shapes", type=positive_int, default=64, help="--quality, --denoising: held-out shapes")
     parser.add_argument("--denoising", metavar="EXPORT_DIR",
                         help="off-surface error of the x0 estimate at small noise (procedural shapes)")
     parser.add_argument("--completion", metavar="EXPORT_DIR",
@@ -354,7 +354,9 @@ def main() -> None:
         return
 
     if args.quality:
-        rows = quality_by_sampler(args.quality, args.device, args.samplers, args.temperatures,
+        from pointcloud.domain import PointCloud
+
+        rows = quality_by_sampler(args.quality, args.device, args.samplers, args.temperatures, domain=PointCloud,
                                   num_shapes=args.shapes)
         print(markdown_table([{
             "sampler": r["sampler"], "steps": r["steps"], "temperature": f"{r['temperature']:g}",

@@ -49,7 +49,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchm
 from multigen.benchmarking import (  # noqa: E402
     markdown_table, quality_by_sampler, sampler_setting, time_train_steps, write_results,
 )
-from multigen.cli import available_device  # noqa: E402
+from multigen.cli import available_device, positive_int  # noqa: E402
 
 
 def video_config(config: str, batch: int | None, overrides: list[str] | tuple[str, ...] = ()):
@@ -308,7 +308,7 @@ def main() -> None:
                         metavar="SAMPLER:STEPS", help="--quality: the sampler settings to compare")
     parser.add_argument("--temperatures", nargs="+", type=float, default=[1.0],
                         help="--quality: sampling temperatures (sample.temperature) for each sampler setting")
-    parser.add_argument("--clips", type=int, default=8, help="--quality: held-out clips")
+    parser.add_argument("--clips", type=positive_int, default=8, help="--quality: held-out clips")
     parser.add_argument("--mfu", action="store_true", help="model FLOPs utilisation of the gpu config (mfu_rows)")
     parser.add_argument("--variants", nargs="+", choices=list(MFU_VARIANTS), help="--mfu: the variants (default all)")
     parser.add_argument("--batches", nargs="+", type=int, help="--mfu: the batch sweep (default 8 16 32 64)")
@@ -328,7 +328,10 @@ def main() -> None:
         return
 
     if args.quality:
-        rows = quality_by_sampler(args.quality, args.device, args.samplers, args.temperatures, num_clips=args.clips)
+        from video.domain import Video
+
+        rows = quality_by_sampler(args.quality, args.device, args.samplers, args.temperatures, domain=Video,
+                                  num_clips=args.clips)
         print(quality_table(rows))
         write_json(args, rows, export=args.quality, clips=args.clips)
         return

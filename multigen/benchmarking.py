@@ -72,12 +72,14 @@ def time_train_steps(loss_fn: Callable[[], torch.Tensor], params, device: str, d
 
 
 def quality_by_sampler(export: str | Path, device: str, settings: list[tuple[str, int]],
-                       temperatures: Sequence[float] = (1.0,), **eval_settings: Any) -> list[dict]:
+                       temperatures: Sequence[float] = (1.0,), domain: type | None = None,
+                       **eval_settings: Any) -> list[dict]:
     """The domain's held-out ``evaluate`` of the model in ``export`` for each ``(sampler, steps)`` and
-    sampling temperature, with ``eval_settings`` overriding fields of its ``eval`` config (e.g. ``num_clips=8``)."""
+    sampling temperature, with ``eval_settings`` overriding fields of its ``eval`` config (e.g. ``num_clips=8``).
+    With ``domain`` (a domain class), an export of another domain exits naming it (:func:`load_export_of`)."""
     from .export import load_pretrained
 
-    p = load_pretrained(export, device=device)
+    p = load_pretrained(export, device=device) if domain is None else load_export_of(domain, export, device)
     for key, value in eval_settings.items():
         setattr(p.domain.cfg.eval, key, value)
     val = p.domain.build_dataset("val")

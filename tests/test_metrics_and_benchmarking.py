@@ -104,6 +104,10 @@ def test_quality_by_sampler_evaluates_at_each_sampler_and_temperature(tmp_path, 
     expected = [("ddim", 2, 0.5), ("ddim", 2, 1.0), ("ddpm", 3, 0.5), ("ddpm", 3, 1.0)]
     assert seen == expected
     assert [(r["sampler"], r["steps"], r["temperature"]) for r in rows] == expected
+    from video.domain import Video
+
+    with pytest.raises(SystemExit, match="toy2d"):  # another domain's export, asked for video quality
+        benchmarking.quality_by_sampler(out, "cpu", [("ddim", 2)], domain=Video)
 
 
 def test_the_trainer_benchmark_reads_its_runs_as_domain_and_config():
