@@ -28,7 +28,7 @@ def import_on_access(package: str) -> Callable[[str], ModuleType]:
     ``import video; video.sampling.predict(...)`` works without importing every submodule up front."""
 
     def __getattr__(name: str) -> ModuleType:
-        if name.startswith("_") or importlib.util.find_spec(f"{package}.{name}") is None:
+        if name.startswith("_") or "." in name or importlib.util.find_spec(f"{package}.{name}") is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         return importlib.import_module(f"{package}.{name}")
 

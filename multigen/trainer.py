@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from .checkpoints import (check_resumable, check_same_network, latest_checkpoint, save_checkpoint,
                           set_aside_earlier_run)
-from .config import ConfigError, first_line, flatten, to_yaml
+from .config import ConfigError, first_line, flatten, read_yaml, to_yaml
 from .domain import DataError, Domain
 from .export import export_model
 from .optim import Muon, hidden_matrices
@@ -233,11 +233,13 @@ class Trainer:
         self.domain = domain_cls(cfg)
         self.domain.fit()  # vocabulary, normalisation: into the config before it is written
         if t.resume and latest_checkpoint(self.checkpoint_dir) and (self.out / "config.yaml").is_file():
+            before = read_yaml(self.out / "config.yaml")["train"]["max_steps"]
             if changes := check_same_network(self.out / "config.yaml", cfg):
-                stretched = "train.max_steps:" in changes and t.lr_decay != "none"
-                acc.print(f"resuming with settings changed since the checkpoints were written: {changes}"
-                          + (f" (train.lr_decay={t.lr_decay} now ends at the new train.max_steps: the learning rate "
-                             f"rises again where the decay had brought it down)" if stretched else ""))
+                if t.lr_decay != "none" and t.max_steps != before:  # the decay's end moves with max_steps
+                    rises = ": the learning rate rises again where the decay had brought it down"
+                    changes += (f" (train.lr_decay={t.lr_decay} now ends at the new train.max_steps"
+                                f"{rises if t.max_steps > before else ''})")
+                acc.print(f"resuming with settings changed since the checkpoints were written: {changes}")
         if self.main and not t.resume and (aside := set_aside_earlier_run(self.out)):
             acc.print(f"train.resume=false: moved the earlier run's files in {self.out} to {aside}")
         acc.wait_for_everyone()

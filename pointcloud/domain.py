@@ -157,7 +157,7 @@ def check_known_points(points: Tensor | None) -> None:
         return
     if not torch.isfinite(points).all():
         raise PointCloudError("known points: some are NaN or infinite")
-    if (reach := points.abs().max().item()) > 1e3:
+    if (reach := points.double().norm(dim=-1).max().item()) > 1e3:  # float64: 1e20 squared is no inf
         raise PointCloudError(f"known points reach {reach:.3g} from the origin; the model's clouds fill the unit "
                               f"sphere: normalise the scan first (multigen-complete --normalize does)")
     if reach > 2:

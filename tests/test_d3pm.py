@@ -546,6 +546,8 @@ def test_a_model_with_another_number_of_classes_is_named_in_the_loss_and_the_sam
             process.loss(model, x0)
         with pytest.raises(ValueError, match=message):
             process.sample(model, (2, 5))
+    with pytest.raises(ValueError, match=r"got shape \(\)"):
+        process.model_log_probs(torch.tensor(1.0))
 
 
 def test_min_p_drops_each_tokens_unlikely_classes_and_renormalises_the_rest():

@@ -174,6 +174,8 @@ def test_every_parameter_of_a_self_conditioned_denoiser_takes_part_in_every_trai
                      (GridUNet(9, 1000, base=16, blocks=1, self_condition=True), grid)):
         model.train()(x, t).square().mean().backward()
         assert [n for n, p in model.named_parameters() if p.grad is None] == [], type(model).__name__
+        h = torch.randn(2, 20, model.self_condition.project.out_features)
+        assert torch.equal(model.self_condition(h, None), h)  # an estimate of zeros changes nothing
 
 
 def test_the_autoregressive_twin_never_samples_its_start_token_and_checks_its_count():

@@ -206,5 +206,6 @@ except AttributeError as e:
     assert "'video' has no attribute 'nope'" in str(e), e
 else:
     raise AssertionError("video.nope")
+assert not hasattr(video, "nope.x") and not hasattr(video, "sampling.predict")  # a dotted name is no submodule
 """
     subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO)

@@ -87,7 +87,10 @@ def test_known_points_outside_the_model_frame_and_unknown_families_are_errors():
     values[0, 7, 1] = 5.0  # a scan in centimetres, say: completed, with a warning
     with pytest.warns(UserWarning, match="known points reach 5 from the origin, beyond twice the unit sphere"):
         domain.sample(model, 1, known=Known(mask, values), steps=2, sampler="ddim")
-    values[0, 7, 1], values[0, 100] = 1.5, float("nan")  # an unobserved point's value is not read
+    values[0, 7] = 1.5  # 2.6 from the origin, though no coordinate passes 2
+    with pytest.warns(UserWarning, match="known points reach 2.6 from the origin"):
+        domain.sample(model, 1, known=Known(mask, values), steps=2, sampler="ddim")
+    values[0, 7], values[0, 100] = torch.tensor([0.0, 1.5, 0.0]), float("nan")  # an unobserved point: not read
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert torch.isfinite(domain.sample(model, 1, known=Known(mask, values), steps=2, sampler="ddim")).all()

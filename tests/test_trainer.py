@@ -95,9 +95,18 @@ def test_resume_after_interruption_is_bit_exact(toy_cfg, optimizer):
         assert torch.equal(ma[k], mb[k]), f"weight {k} differs after resume"
 
 
+def test_a_run_whose_log_was_removed_resumes_and_logs_from_its_checkpoint_on(toy_cfg):
+    cfg = toy_cfg("train.max_steps=10", out="no_log")
+    out = train(Toy2D, cfg).parent
+    (out / "log.jsonl").unlink()
+    train(Toy2D, toy_cfg("train.max_steps=20", out="no_log"))
+    assert [r["step"] for r in read_log(out) if "loss" in r] == [20]
+
+
 def test_a_training_set_smaller_than_the_process_count_is_a_data_error():
     with pytest.raises(DataError, match=r"the training set has 1 item\(s\), too few to split over 2 processes"):
         ShardedStreamSampler(1, seed=0, rank=0, world=2)
+    assert ShardedStreamSampler(2, seed=0, rank=1, world=2).per_rank == 1  # one item each is enough
 
 
 def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(toy_cfg):
@@ -151,6 +160,7 @@ def test_a_checkpoint_is_written_before_its_steps_evaluation_and_evaluating_chan
     out = REPO.joinpath(cfg.train.output_dir)
     evaluated = load_file(train(Evaluated, cfg) / "model.safetensors")
     assert checkpoints == [["step_10"], ["step_10", "step_20"]]
+    assert sorted(p.name for p in (out / "samples").glob("*.png")) == [f"step_{s:06d}.png" for s in (5, 10, 15, 20)]
     quiet = toy_cfg("train.max_steps=20", out="quiet")
     quiet_weights = load_file(train(Toy2D, quiet) / "model.safetensors")
     assert all(torch.equal(evaluated[k], quiet_weights[k]) for k in quiet_weights)
@@ -319,12 +329,16 @@ def test_resuming_another_network_is_an_error_and_other_changes_are_named(toy_cf
                              out="changed"))
     assert (run / "config.yaml").read_text() == before
     train(Toy2D, toy_cfg("train.max_steps=20", out="changed"))
-    assert "settings changed since the checkpoints were written: train.max_steps: 10 -> 20" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "settings changed since the checkpoints were written: train.max_steps: 10 -> 20\n" in said  # no decay
     train(Toy2D, toy_cfg("train.max_steps=30", "diffusion.beta_start=0.0002", out="changed"))  # the linear schedule's
     assert "diffusion.beta_start: 0.0001 -> 0.0002" in capsys.readouterr().out  # setting: this run's cosine ignores it
     train(Toy2D, toy_cfg("train.max_steps=40", "diffusion.beta_start=0.0002", "train.lr_decay=linear", out="changed"))
     assert ("train.max_steps: 30 -> 40 (train.lr_decay=linear now ends at the new train.max_steps: the learning rate "
             "rises again") in capsys.readouterr().out
+    train(Toy2D, toy_cfg("train.max_steps=40", "diffusion.beta_start=0.0002", "train.lr_decay=linear",
+                         "train.log_every=5", out="changed"))  # the decay's end stays
+    assert "train.log_every: 10 -> 5\n" in capsys.readouterr().out
     from multigen.config import speed_only_keys
     from video.domain import VideoConfig
 

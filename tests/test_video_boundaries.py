@@ -60,6 +60,24 @@ def test_the_index_cache_notices_a_rewritten_file_of_the_same_size(tmp_path):
     assert len(VideoFolder(tmp_path, frames=2, size=16, channels=1)) == 6
 
 
+def test_the_indexing_bar_counts_the_files_read_and_shows_on_the_first_process_of_a_machine(tmp_path, monkeypatch):
+    """55 videos: a bar the first time; none once the index is cached (nothing to read), nor on a second process."""
+    import video.data
+
+    bars = []
+    monkeypatch.setattr(video.data, "tqdm", lambda items, **kw: bars.append((len(items), kw["disable"])) or items)
+    for i in range(55):
+        np.save(tmp_path / f"v{i:02d}.npy", np.zeros((2, 16, 16, 1), np.uint8))
+    VideoFolder(tmp_path, frames=2, size=16, channels=1)
+    VideoFolder(tmp_path, frames=2, size=16, channels=1)
+    assert bars == [(55, False), (0, True)]
+    for i in range(55):  # all to read again, on the machine's second process
+        os.utime(tmp_path / f"v{i:02d}.npy", ns=(2, 2))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    VideoFolder(tmp_path, frames=2, size=16, channels=1)
+    assert bars[2:] == [(55, True)]
+
+
 def test_natural_video_caches_photos_with_the_shorter_side_three_sizes():
     ds = NaturalVideo(4, size=16, split="val")
     assert all(min(p.shape[1:]) == 48 and max(p.shape[1:]) >= 48 for p in ds.photos)
