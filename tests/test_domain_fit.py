@@ -14,7 +14,6 @@ from multigen.trainer import Trainer
 from .conftest import REPO
 
 
-
 def cloud_folder(root):
     """Train/val folders of random clouds around (5, 5, 5), about 2 units across: global statistics to fit."""
     rng = np.random.default_rng(0)
@@ -79,7 +78,6 @@ def test_a_folder_of_colour_videos_trained_in_grey_is_warned_of(tmp_path, conten
     said = [str(w.message) for w in caught if "data.channels=3" in str(w.message)]
     assert said == ([f"data.channels=1: the videos in {tmp_path / 'videos'} are in colour and are trained on in "
                      f"grey; give data.channels=3 to keep their colour"] if warned else [])
-
 
 
 def test_the_colour_warning_reads_the_training_videos_not_the_held_out_ones(tmp_path):

@@ -138,7 +138,6 @@ def test_the_helpers_read_a_residual_network_as_its_domain_does():
     assert not torch.equal(run(predict, context, 5), run(predict, context, 5, residual_scale=1.0))
 
 
-
 def test_a_residual_network_without_the_attributes_reads_at_scale_one_and_carries_its_own_settings():
     """A network that does not carry how it is read (wrapped, say) is read at residual scale 1 when told only that it
     is residual; a domain-built network carries each setting as configured (residual without the reference input
