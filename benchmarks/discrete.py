@@ -56,7 +56,7 @@ from discrete.d3pm import D3PM, Absorbing, DiscretizedGaussian, Uniform, d3pm_be
 from discrete.domain import Discrete, mean_and_stderr  # noqa: E402
 from discrete.model import SequenceTransformer  # noqa: E402
 from multigen.benchmarking import markdown_table, timed, write_results  # noqa: E402
-from multigen.cli import available_device  # noqa: E402
+from multigen.cli import available_device, positive_int  # noqa: E402
 from multigen.domain import check_count  # noqa: E402
 
 
@@ -462,7 +462,7 @@ def versus_autoregressive(device: str, seeds: list[int], overrides: list[str], a
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", type=available_device, default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--vocab", type=int, nargs="+", default=[27, 256, 8192])
+    parser.add_argument("--vocab", type=positive_int, nargs="+", default=[27, 256, 8192])
     parser.add_argument("--tokens", type=int, default=16384)
     parser.add_argument("--predicted-tokens", type=int, default=1024,
                         help="tokens for the reverse step from a predicted x0 (its dense form is a K x K matmul)")

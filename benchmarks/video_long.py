@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
 from multigen.benchmarking import load_export_of, markdown_table, override_sample_settings, write_results  # noqa: E402
-from multigen.cli import available_device  # noqa: E402
+from multigen.cli import available_device, positive_int  # noqa: E402
 from video.conditioning import motion_compensated  # noqa: E402
 from video.domain import Video  # noqa: E402
 from video.io import save_clip_grid  # noqa: E402
@@ -117,10 +117,12 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("export", help="a video model's export directory")
-    parser.add_argument("--length", type=int, default=24, help="frames per held-out clip")
-    parser.add_argument("--context", type=int, default=4, help="observed frames at the start (future) or end (past)")
-    parser.add_argument("--clips", type=int, default=32, help="held-out clips")
-    parser.add_argument("--band", type=int, default=4, help="generated frames per row, by distance from the context")
+    parser.add_argument("--length", type=positive_int, default=24, help="frames per held-out clip")
+    parser.add_argument("--context", type=positive_int, default=4,
+                        help="observed frames at the start (future) or end (past)")
+    parser.add_argument("--clips", type=positive_int, default=32, help="held-out clips")
+    parser.add_argument("--band", type=positive_int, default=4,
+                        help="generated frames per row, by distance from the context")
     parser.add_argument("--sample", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override the export's sample settings, e.g. guidance=2 steps=10")
     parser.add_argument("--modes", nargs="+", choices=sorted(MODES), default=sorted(MODES),
