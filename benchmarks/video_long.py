@@ -53,6 +53,14 @@ def _frame_scores(frames: torch.Tensor, clips: torch.Tensor) -> tuple[torch.Tens
     return psnr(frames.float(), clips.float()), ssim(frames.float(), clips.float())
 
 
+def check_context(context: int, window: int, length: int) -> None:
+    """Raise ValueError unless ``context`` observed frames leave frames to generate in the model's ``window`` and in
+    clips of ``length`` frames."""
+    if not 0 < context < min(window, length):
+        raise ValueError(f"--context {context} must be at least 1 and below the model's window ({window}) and the "
+                         f"--length ({length})")
+
+
 @torch.no_grad()
 def long_rows(domain: Video, model: torch.nn.Module, clips: torch.Tensor, context: int, band: int = 4,
               seed: int = 0, modes: tuple[str, ...] | None = None, pictures: Path | None = None,
@@ -63,9 +71,7 @@ def long_rows(domain: Video, model: torch.nn.Module, clips: torch.Tensor, contex
     to ``{direction}_{mode}.png`` / ``.gif`` there, each real clip above the generated one."""
     window = domain.cfg.data.frames
     n, L = clips.shape[:2]
-    if not 0 < context < min(window, L):
-        raise ValueError(f"--context {context} must be at least 1 and below the model's window ({window}) and the "
-                         f"length ({L})")
+    check_context(context, window, L)
     device = next(model.parameters()).device
     clips = clips.to(device)
     settings, options = domain.sample_settings(), domain.model_options()
@@ -135,6 +141,10 @@ def main() -> None:
     pretrained = load_export_of(Video, args.export, args.device)
     domain, model = pretrained.domain, pretrained.model
     override_sample_settings(domain, args.sample)
+    try:
+        check_context(args.context, domain.cfg.data.frames, args.length)
+    except ValueError as e:
+        parser.error(str(e))
     clips = held_out_clips(domain, args.length, args.clips)
     pictures = Path(args.pictures or Path(args.out).with_suffix(""))
     rows = long_rows(domain, model, clips, args.context, args.band, args.seed, tuple(args.modes), pictures)

@@ -120,3 +120,17 @@ def test_an_export_of_another_domain_is_refused(bench, tmp_path):
     other = export_model(toy.build_model(), toy, tmp_path / "toy")
     with pytest.raises(SystemExit, match="holds a toy2d model, not a video model"):
         bench.load_export_of(Video, other, "cpu")
+
+
+def test_a_context_as_long_as_the_clips_is_a_usage_error_before_any_work(bench, monkeypatch, tmp_path, capsys):
+    from multigen.export import export_model
+
+    export = export_model(_domain().build_model(), _domain(), tmp_path / "video")
+    monkeypatch.setattr(bench, "held_out_clips", lambda *a: pytest.fail("clips were built"))
+    monkeypatch.setattr("sys.argv", ["video_long.py", str(export), "--length", "4", "--context", "4",
+                                     "--device", "cpu", "--out", str(tmp_path / "long.json")])
+    with pytest.raises(SystemExit) as exit_:
+        bench.main()
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--context 4 must be at least 1 and below the model's window (5) and the --length (4)" in err
