@@ -110,6 +110,11 @@ class Job:
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-TAIL:] if self.log.exists() else ""
 
+    def last_line(self) -> str:
+        """The last non-blank line of its output (a failure's exception, as a rule), cut to 200 characters."""
+        lines = [line.strip() for line in self.tail().splitlines() if line.strip()]
+        return lines[-1][:200] if lines else ""
+
 
 @dataclass
 class Section:
@@ -184,7 +189,9 @@ class Check:
                     result.setdefault("status", worst(job.status() for job in jobs))
                     result.setdefault("seconds", max((job.seconds for job in jobs), default=0.0))
                     if result["status"] != "ok" and jobs:
-                        result.setdefault("output_tail", jobs[0].tail())
+                        bad = next((job for job in jobs if job.status() != "ok"), jobs[0])
+                        result.setdefault("output_tail", bad.tail())
+                        result.setdefault("note", bad.last_line())
                     self.record(name, result)
                     print(f"[{time.monotonic() - self.start:5.0f} s] {name}: {result['status']} "
                           f"in {result['seconds']:.0f} s", flush=True)

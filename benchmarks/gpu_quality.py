@@ -316,7 +316,7 @@ def markdown(results: dict[str, Any]) -> str:
              if "reference" in r else ""} for r in results["figures"]]
     runs = [{"run": name, "status": r["status"], **{k: r.get("info", {}).get(k) for k in
                                                     ("params_M", "steps", "train_seconds", "eval_seconds")},
-             "wall_s": r.get("wall_s")} for name, r in results["runs"].items()]
+             "wall_s": r.get("wall_s"), "note": r.get("note")} for name, r in results["runs"].items()]
     return "\n".join([
         f"# GPU quality (issue 18): {env['device_name']}{' (dry run on a CPU)' if results['dry_run'] else ''}", "",
         f"{env['utc']}; torch {env['torch']}, CUDA {env['cuda']}; commit {env['commit']}; {len(SEEDS)} seeds per "
@@ -366,7 +366,7 @@ def main() -> None:
             status = "running" if job.proc is None or job.seconds is None else job.status()
             run = {"status": status, "wall_s": job.seconds, **(json.loads(part.read_text()) if part.exists() else {})}
             if status not in ("ok", "running"):
-                run["output_tail"] = job.tail()
+                run["output_tail"], run["note"] = job.tail(), job.last_line()
             results["runs"][name] = run
         results["figures"] = summarise(results["runs"])
         results["elapsed_s"] = time.monotonic() - start

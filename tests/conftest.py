@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -22,6 +23,7 @@ def load_benchmark(name: str) -> ModuleType:
     """``benchmarks/<name>.py`` as a module (the folder is no package, and its names shadow the packages')."""
     spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # where dataclasses look up the module of the classes it defines
     spec.loader.exec_module(module)
     return module
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import load_benchmark
+
 REPO = Path(__file__).resolve().parent.parent
 FIGURES = {
     "video": {"future PSNR (dB)", "interpolation PSNR (dB)", "frame 1-NNA"},
@@ -52,3 +54,12 @@ def test_gpu_quality_dry_run_writes_every_figure(tmp_path: Path) -> None:
         assert f"| {recipe} | {figure} | " in md
     for name in runs:
         assert f"| {name} | ok |" in md
+
+
+def test_a_failed_run_names_its_error_in_the_runs_table() -> None:
+    bench = load_benchmark("gpu_quality")
+    env = {"device_name": "cpu", "utc": "2026-12-07T00:00:00+00:00", "torch": "2", "cuda": None, "commit": "abc"}
+    failed = {"status": "failed", "wall_s": 3.0, "note": "ModuleNotFoundError: No module named 'omegaconf'"}
+    md = bench.markdown({"environment": env, "dry_run": False, "train_seconds": 330.0, "budget_s": 465.0,
+                         "figures": [], "runs": {"text_seed0": failed}})
+    assert "| text_seed0 | failed |" in md and "| 3 | ModuleNotFoundError: No module named 'omegaconf' |" in md

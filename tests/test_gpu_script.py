@@ -3,12 +3,16 @@ the GPU check's JSON and its markdown, so that the one script a GPU run depends 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+from .conftest import load_benchmark
 
 REPO = Path(__file__).resolve().parent.parent
 SECTIONS = ("matmul", "video", "mfu", "pointcloud", "discrete", "tests", "train")
@@ -38,3 +42,20 @@ def test_gpu_script_dry_run_writes_every_section(tmp_path: Path) -> None:
     for name in SECTIONS:
         assert f"| {name} | {sections[name]['status']} |" in md
     assert "## trainer runs" in md and "## point clouds: ops" in md
+
+
+def test_a_failed_section_names_its_error_in_the_table(tmp_path: Path) -> None:
+    """A section whose job fails shows that job's last line (its exception) as the table's note, not only in the
+    JSON's output tail, and a failing job after a good one is the one named."""
+    gpu = load_benchmark("gpu")
+    args = argparse.Namespace(dry_run=True, device="cpu", out=str(tmp_path / "out"), work=str(tmp_path / "work"),
+                              budget=120.0)
+    check = gpu.Check(args)
+    good = gpu.Job([sys.executable, "-c", "print('fine')"], tmp_path / "good.log")
+    bad = gpu.Job([sys.executable, "-c", "print('loading')\nimport no_such_peer"], tmp_path / "bad.log")
+    check.run_phase([gpu.Section("peer", 30, lambda: [good, bad], lambda jobs: {})])
+    result = check.results["sections"]["peer"]
+    assert result["status"] == "failed" and "loading" in result["output_tail"]
+    assert result["note"] == "ModuleNotFoundError: No module named 'no_such_peer'"
+    assert "| peer | failed |" in (tmp_path / "out" / "gpu.md").read_text()
+    assert "No module named 'no_such_peer' |" in (tmp_path / "out" / "gpu.md").read_text()
