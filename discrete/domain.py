@@ -378,13 +378,6 @@ class Discrete(Domain):
         s = self.sample_settings(**settings)
         shape = (n, s.length) if s.length else (n, *self.sample_shape())
         device = next(model.parameters()).device
-        if known is not None:
-            known.check(shape)
-            values, mask = known.values_for(shape).to(device), known.mask.to(device).bool().expand(shape)
-            outside = mask & ((values < 0) | (values >= self.data_vocab))
-            if not outside.is_meta and outside.any():  # meta tensors hold no values to check
-                raise ValueError(f"known tokens must be ids in [0, {self.data_vocab}), the data's vocabulary; got "
-                                 f"{values[outside][0].item()}")
         if known is not None and self.cfg.process.infill_rate > 0:  # trained to be told which tokens are known
             model = partial(model, known=known.mask.to(device).bool().expand(shape))
         process, T = self.process, self.cfg.process.timesteps

@@ -110,7 +110,8 @@ def test_known_tokens_outside_the_vocabulary_are_named():
     domain = _domain("discrete")
     shape = (1, *domain.sample_shape())
     known = Known(torch.ones(shape, dtype=torch.bool), torch.full(shape, 9999))
-    with pytest.raises(ValueError, match=r"known tokens must be ids in \[0, 4\).*got 9999"):
+    message = r"known.values: token ids in \[0, 4\) \(the data's categories; the mask token is 4\), got 9999"
+    with pytest.raises(ValueError, match=message):
         domain.sample(domain.build_model(), 1, known=known, steps=2)
 
 
