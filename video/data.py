@@ -34,18 +34,25 @@ def frames_to_clip(frames: np.ndarray, size: int, channels: int) -> Tensor:
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     clip = from_uint8(frames)
-    _, c, h, w = clip.shape
+    h, w = clip.shape[-2:]
     if (h, w) != (size, size):
         scale = size / min(h, w)
         nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
         clip = F.interpolate(clip, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
         top, left = (nh - size) // 2, (nw - size) // 2
         clip = clip[:, :, top : top + size, left : left + size].clamp(-1, 1)
+    return to_channels(clip, channels).contiguous()
+
+
+def to_channels(images: Tensor, channels: int) -> Tensor:
+    """``(..., C, H, W)`` -> ``(..., channels, H, W)``: RGB to grey by ITU-R 601 luma, grey to RGB by repetition (a
+    view); other counts unchanged."""
+    c = images.shape[-3]
     if c == 3 and channels == 1:
-        clip = (clip * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    elif c == 1 and channels == 3:
-        clip = clip.expand(-1, 3, -1, -1)
-    return clip.contiguous()
+        return (images * images.new_tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(-3, keepdim=True)
+    if c == 1 and channels == 3:
+        return images.expand(*images.shape[:-3], 3, -1, -1)
+    return images
 
 
 @lru_cache(maxsize=1)

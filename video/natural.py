@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .data import item_generator
+from .data import item_generator, to_channels
 from .io import from_uint8
 
 try:
@@ -38,7 +38,6 @@ TRAIN_PHOTOS = (
 )
 VAL_PHOTOS = ("chelsea", "coffee", "coins")  # held out (3 of 13, 23 %): a colour animal, colour indoor, grey objects
 KINDS = ("pan", "zoom", "pan_zoom")
-_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as video.data.frames_to_clip
 
 
 @lru_cache(maxsize=None)
@@ -51,16 +50,6 @@ def _photo(name: str) -> Tensor:
     if image.ndim == 2:
         image = image[..., None]
     return from_uint8(image[None, ..., :3])[0]
-
-
-def _to_channels(image: Tensor, channels: int) -> Tensor:
-    """``(C, H, W)`` -> ``(channels, H, W)``: RGB to grey by ITU-R 601 luma, grey to RGB by repetition."""
-    c = image.shape[0]
-    if c == 3 and channels == 1:
-        return (image * image.new_tensor(_LUMA).view(3, 1, 1)).sum(0, keepdim=True)
-    if c == 1 and channels == 3:
-        return image.expand(3, -1, -1)
-    return image
 
 
 @dataclass
@@ -120,7 +109,7 @@ class NaturalVideo(Dataset):
         scale = 3 * self.size / min(h, w)
         resized = F.interpolate(image[None], size=(round(h * scale), round(w * scale)), mode="bilinear",
                                 antialias=True, align_corners=False)[0].clamp(-1, 1)
-        return _to_channels(resized, self.channels).contiguous()
+        return to_channels(resized, self.channels).contiguous()
 
     def __len__(self) -> int:
         return self.length
