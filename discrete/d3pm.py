@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from multigen.diffusion import uniform_times
 from multigen.samplers import Known, is_whole
+from multigen.schedules import kept_on
 
 LN2 = math.log(2.0)
 TINY = 1e-30  # floor inside logs of normalised probabilities: an impossible entry gets log-probability ~ -69
@@ -99,12 +100,7 @@ class Transition(ABC):
 
     def _table(self, name: str, device: torch.device) -> Tensor:
         """The float64 tensor attribute ``name`` on ``device``, copied there once and kept (no copy per call)."""
-        device = torch.device(device)
-        if device.type == "cpu":
-            return getattr(self, name)
-        if (name, device) not in self._on_device:
-            self._on_device[(name, device)] = getattr(self, name).to(device)
-        return self._on_device[(name, device)]
+        return kept_on(self._on_device, name, getattr(self, name), device)
 
     @abstractmethod
     def marginal(self, p: Tensor, s: Tensor) -> Tensor:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 import torch
@@ -35,6 +36,18 @@ PARAMETERS = {"linear": ("beta_start", "beta_end"), "cosine": ("cosine_s",),
 MAX_TERMINAL_ALPHA_BAR = 1e-3
 """A schedule must end this close to pure noise: samplers start from ``N(0, I)``. The linear
 schedule's default betas (DDPM's, for ``T = 1000``) end at 4e-5 but at 0.36 for ``T = 100``."""
+
+
+def kept_on(copies: dict[tuple[Hashable, torch.device], Tensor], key: Hashable, tensor: Tensor,
+            device: torch.device | str) -> Tensor:
+    """The CPU ``tensor`` on ``device``: itself on the CPU, elsewhere its copy kept in ``copies`` under ``(key,
+    device)``, made on first use (no host-to-device copy per call)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return tensor
+    if (key, device) not in copies:
+        copies[(key, device)] = tensor.to(device)
+    return copies[(key, device)]
 
 
 @dataclass(eq=False)  # its tables are tensors: two schedules are compared by their parameters, not by ==
@@ -60,7 +73,7 @@ class NoiseSchedule:
     sigmoid_tau: float = 1.0
     max_beta: float = 0.999
     _alpha_bars: Tensor = field(init=False, repr=False)
-    _on_device: dict[torch.device, Tensor] = field(init=False, repr=False, compare=False, default_factory=dict)
+    _on_device: dict[tuple[str, torch.device], Tensor] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULES:
@@ -149,12 +162,7 @@ class NoiseSchedule:
 
     def table(self, device: torch.device) -> Tensor:
         """:attr:`alpha_bars` on ``device``, copied there once and kept (no host-to-device copy per call)."""
-        device = torch.device(device)
-        if device.type == "cpu":
-            return self._alpha_bars
-        if device not in self._on_device:
-            self._on_device[device] = self._alpha_bars.to(device)
-        return self._on_device[device]
+        return kept_on(self._on_device, "alpha_bars", self._alpha_bars, device)
 
     def alpha(self, t: Tensor) -> Tensor:
         """Signal scale ``sqrt(alpha_bar)``."""

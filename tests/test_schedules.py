@@ -109,3 +109,11 @@ def test_an_export_records_and_rebuilds_the_whole_schedule(tmp_path):
     expected = NoiseSchedule("cosine", 1000, cosine_s=0.02, max_beta=0.99)
     torch.testing.assert_close(rebuilt.alpha_bars, expected.alpha_bars, rtol=0, atol=0)
     assert not torch.equal(rebuilt.alpha_bars, NoiseSchedule("cosine", 1000).alpha_bars)
+
+
+def test_the_table_is_copied_to_another_device_once_and_kept():
+    s = NoiseSchedule("cosine", 50)
+    assert s.table("cpu") is s.alpha_bars
+    on_meta = s.table("meta")
+    assert on_meta.device.type == "meta" and on_meta.shape == s.alpha_bars.shape
+    assert s.table(torch.device("meta")) is on_meta
