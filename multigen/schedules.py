@@ -73,7 +73,8 @@ class NoiseSchedule:
     sigmoid_tau: float = 1.0
     max_beta: float = 0.999
     _alpha_bars: Tensor = field(init=False, repr=False)
-    _on_device: dict[tuple[str, torch.device], Tensor] = field(init=False, repr=False, compare=False, default_factory=dict)
+    _on_device: dict[tuple[str, torch.device], Tensor] = field(init=False, repr=False, compare=False,
+                                                               default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULES:
