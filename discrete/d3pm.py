@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from multigen.diffusion import uniform_times
+from multigen.diffusion import ModelFn, uniform_times
 from multigen.samplers import Known, is_whole
 from multigen.schedules import kept_on
 
@@ -414,7 +414,7 @@ class D3PM:
         return torch.log_softmax(log_p.masked_fill(rare, -math.inf), dim=-1)
 
     # -- training
-    def loss_terms(self, model, x0: Tensor, t: Tensor, generator: torch.Generator | None = None,
+    def loss_terms(self, model: ModelFn, x0: Tensor, t: Tensor, generator: torch.Generator | None = None,
                    s: Tensor | None = None, known: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Per-sample ``(L_vb, CE)`` ``(B,)`` for the step ``t -> s`` (``None``: ``s = t - 1``), each a mean over
         tokens (nats), on one draw ``x_t ~ q(x_t | x_0)``. ``L_vb`` is ``KL(q(x_s | x_t, x_0) || p(x_s | x_t))``,
@@ -434,7 +434,7 @@ class D3PM:
             vb, ce = vb.masked_fill(known, 0), ce.masked_fill(known, 0)
         return vb.flatten(1).mean(1), ce.flatten(1).mean(1)
 
-    def loss(self, model, x0: Tensor, generator: torch.Generator | None = None,
+    def loss(self, model: ModelFn, x0: Tensor, generator: torch.Generator | None = None,
              known: Tensor | None = None) -> Tensor:
         """Hybrid loss ``L_vb + λ·CE`` at a uniformly drawn t, per sample ``(B,)``; ``known`` as in
         :meth:`loss_terms` (infilling training: ``model`` is then told which tokens are known)."""
@@ -442,7 +442,7 @@ class D3PM:
         vb, ce = self.loss_terms(model, x0, t, generator, known=known)
         return (vb + self.hybrid_lambda * ce).float()
 
-    def masked_diffusion_loss(self, model, x0: Tensor, generator: torch.Generator | None = None,
+    def masked_diffusion_loss(self, model: ModelFn, x0: Tensor, generator: torch.Generator | None = None,
                               stratified: bool = False) -> Tensor:
         """Continuous-time masked diffusion (MDLM / MD4), absorbing only, per sample ``(B,)``.
 
@@ -463,7 +463,7 @@ class D3PM:
 
     # -- likelihood
     @torch.no_grad()
-    def elbo_bits(self, model, x0: Tensor, steps: int | None = None, generator: torch.Generator | None = None,
+    def elbo_bits(self, model: ModelFn, x0: Tensor, steps: int | None = None, generator: torch.Generator | None = None,
                   progress: bool = False) -> Tensor:
         """Negative ELBO per sample in bits per token ``(B,)`` of the ``steps``-step chain that
         :meth:`sample` runs (default all T) on times ``T = τ_S > … > τ_1 > τ_0 = 0``:
@@ -484,7 +484,7 @@ class D3PM:
         return (total / (tokens * LN2)).float()
 
     @torch.no_grad()
-    def any_order_bits(self, model, x0: Tensor, generator: torch.Generator | None = None,
+    def any_order_bits(self, model: ModelFn, x0: Tensor, generator: torch.Generator | None = None,
                        progress: bool = False, orders: int = 1) -> Tensor:
         """Continuous-time negative ELBO of an absorbing model in bits per token ``(B,)``, in its any-order form;
         with ``orders`` above 1, the tighter importance-weighted bound over that many orders.
@@ -537,7 +537,7 @@ class D3PM:
     @torch.no_grad()
     def sample(
         self,
-        model,
+        model: ModelFn,
         shape: tuple[int, ...],
         steps: int | None = None,
         temperature: float = 1.0,

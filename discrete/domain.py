@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from multigen.config import ConfigError, TrainConfig, at_least, between, choice
+from multigen.diffusion import ModelFn
 from multigen.domain import Domain, check_count, no_condition
 from multigen.samplers import Known
 
@@ -498,7 +499,7 @@ class Discrete(Domain):
         return out
 
 
-def _on_time_scale(model: nn.Module, scale: float, x: Tensor, t: Tensor) -> Tensor:
+def _on_time_scale(model: ModelFn, scale: float, x: Tensor, t: Tensor) -> Tensor:
     """``model(x, t · scale)``: a network of T steps asked at the times of a finer chain (the jsd schedule's
     ``ᾱ_t = 1 − t/T`` makes step ``t`` of ``T'`` the time ``t · T / T'`` of ``T``)."""
     return model(x, t * scale)

@@ -46,7 +46,8 @@ def host_coin(p: float) -> bool:
 
 
 def expand_like(v: Tensor, x: Tensor) -> Tensor:
-    """Reshape per-sample ``v`` of shape ``(B,)`` to ``(B, 1, ..., 1)`` on ``x``'s device, in its dtype."""
+    """Reshape per-sample ``v`` of shape ``(B,)`` to ``(B, 1, ..., 1)`` (per-item ``(B, N)``: ``(B, N, 1, ...)``),
+    the number of dims of ``x``, on its device and in its dtype."""
     return v.to(device=x.device, dtype=x.dtype).reshape(v.shape + (1,) * (x.ndim - v.ndim))
 
 
@@ -183,7 +184,8 @@ class GaussianDiffusion:
 
     # ------------------------------------------------------------ forward process
     def coefficients(self, steps: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-        """``alpha``, ``sigma`` at integer ``steps`` (B,), broadcast to ``like``."""
+        """``alpha``, ``sigma`` at integer ``steps`` ``(B,)`` (or ``(B, N)``: one per item, e.g. per frame), broadcast
+        to ``like``."""
         abar = self.schedule.alpha_bar(steps.to(like.device))
         return expand_like(abar.sqrt(), like), expand_like((1.0 - abar).sqrt(), like)
 
@@ -296,8 +298,7 @@ class GaussianDiffusion:
         """Wrap ``model_fn`` as ``denoiser(x_t, t) -> x0_hat`` for the samplers (t float time)."""
 
         def denoise(x_t: Tensor, t: Tensor) -> Tensor:
-            abar = self.schedule.alpha_bar(self.steps_of(t))
-            return self._x0(model_fn(x_t, t), x_t, expand_like(abar.sqrt(), x_t), expand_like((1.0 - abar).sqrt(), x_t))
+            return self._x0(model_fn(x_t, t), x_t, *self.coefficients(self.steps_of(t), x_t))
 
         return denoise
 

@@ -257,11 +257,7 @@ class GaussianDomain(Domain):
 
 def check_count(n: Any) -> None:
     """Raise for a number of samples ``n`` that is not a positive integer (NumPy and 0-d tensor ints pass)."""
-    try:
-        count = -1 if isinstance(n, bool) else operator.index(n)
-    except TypeError:
-        count = -1
-    if count < 1:
+    if not (samplers.is_whole(n) and operator.index(n) >= 1):
         raise ValueError(f"the number of samples must be a positive integer, got {n!r}")
 
 

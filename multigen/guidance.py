@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 from .diffusion import Denoiser, expand_like
 
-ConditionalDenoiser = Callable[[Tensor, Tensor, Any], Tensor]
+ConditionalDenoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
 """``denoiser(x_t, t, cond) -> x0_hat``; ``cond`` is a tensor with a leading batch dimension."""
 
 

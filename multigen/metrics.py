@@ -6,6 +6,13 @@ import torch
 from torch import Tensor
 
 
+def gaussian_fit(points: Tensor, shape: tuple[int, ...], seed: int = 0) -> Tensor:
+    """A trivial baseline: ``shape`` draws (last size ``D``) from the Gaussian with the mean and covariance of
+    ``points`` ``(N, D)``, the noise drawn on the CPU from ``seed``."""
+    chol = torch.linalg.cholesky(torch.cov(points.T))
+    return points.mean(0) + torch.randn(shape, generator=torch.Generator().manual_seed(seed)) @ chol.T
+
+
 def sliced_wasserstein(x: Tensor, y: Tensor, projections: int = 256, seed: int = 0) -> float:
     """Sliced 2-Wasserstein distance between point sets ``x`` ``(N, D)`` and ``y`` ``(M, D)``.
 

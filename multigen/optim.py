@@ -16,7 +16,7 @@ every parameter and momentum bit-identical without a host sync.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -80,8 +80,13 @@ class Muon(torch.optim.Optimizer):
                                      f"{tuple(p.shape)}")
 
     @torch.no_grad()
-    def step(self, closure=None) -> None:  # noqa: ANN001 (torch's signature)
-        """One update; ``self.found_inf`` (if set: a float tensor, 1 = skip) makes it a no-op on the device."""
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One update, after re-evaluating the loss with ``closure`` if given (its value is returned, as torch's
+        optimizers do); ``self.found_inf`` (if set: a float tensor, 1 = skip) makes it a no-op on the device."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         found_inf = getattr(self, "found_inf", None)
         skip = None if found_inf is None else found_inf > 0
         for group in self.param_groups:
@@ -94,6 +99,7 @@ class Muon(torch.optim.Optimizer):
                 per_stack = max(1, STACK_ELEMENTS // (rows * cols))
                 for start in range(0, len(same_shape), per_stack):
                     self._update(same_shape[start:start + per_stack], rows, cols, group, skip)
+        return loss
 
     def _update(self, params: list[Tensor], rows: int, cols: int, group: dict, skip: Tensor | None) -> None:
         """One step of ``params``, all of one shape, taken as ``(rows, cols)`` matrices, as one batch."""

@@ -138,8 +138,7 @@ class Known:
         values = self.values.to(device=x.device, dtype=x.dtype).expand_as(x)
         if float(alpha_bar) >= 1.0:
             return torch.where(mask, values, x)
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        noised = float(alpha_bar) ** 0.5 * values + float(1.0 - alpha_bar) ** 0.5 * noise
+        noised = float(alpha_bar) ** 0.5 * values + float(1.0 - alpha_bar) ** 0.5 * _randn_like(x, generator)
         return torch.where(mask, noised, x)
 
     def item_mask(self, shape: tuple[int, ...], item_dims: int) -> Tensor:

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from .config import DiffusionConfig, SampleConfig, TrainConfig, at_least, choice
 from .domain import GaussianDomain
-from .metrics import sliced_wasserstein
+from .metrics import gaussian_fit, sliced_wasserstein
 from .nn import TimestepEmbedding
 
 DISTRIBUTIONS = ("eight_gaussians", "two_moons", "checkerboard", "swiss_roll", "rings")
@@ -132,11 +132,9 @@ class Toy2D(GaussianDomain):
         device = next(model.parameters()).device
         g = torch.Generator(device=device).manual_seed(self.cfg.sample.seed + 1)
         samples = self.sample(model, len(data), generator=g).float().cpu()
-        chol = torch.linalg.cholesky(torch.cov(data.T))
-        baseline = data.mean(0) + torch.randn(data.shape, generator=torch.Generator().manual_seed(0)) @ chol.T
         return {
             "sliced_w2": sliced_wasserstein(samples, data),
-            "sliced_w2_gaussian_baseline": sliced_wasserstein(baseline, data),
+            "sliced_w2_gaussian_baseline": sliced_wasserstein(gaussian_fit(data, data.shape), data),
         }
 
     def save_samples(self, samples: Tensor, path: Path) -> Path:

@@ -26,9 +26,10 @@ from torch.utils.data import Dataset
 
 from multigen import Known
 from multigen.config import ConfigError, DiffusionConfig, SampleConfig, TrainConfig, at_least, between, choice
-from multigen.diffusion import uniform_times
+from multigen.diffusion import ModelFn, uniform_times
 from multigen.domain import DataError, GaussianDomain, check_count, no_condition
 from multigen.guidance import classifier_free_guidance, drop_condition
+from multigen.metrics import gaussian_fit
 
 from .datasets import Labelled, NormalizedClouds, Normalizer, Resampled, ShapeFolder, ShapeNetPC15k
 from .io import PointCloudError, render_clouds, write_plys
@@ -90,7 +91,7 @@ class PointModelConfig:
 
 @dataclass
 class PointTaskConfig:
-    completion: float = at_least(0.0, 0.0)  # fraction of training shapes given a partial view (<= 1)
+    completion: float = between(0.0, 0.0, 1.0)  # fraction of training shapes given a partial view
     partial_points: int = at_least(40, 1)  # observed points of a partial view (PVD: 200 of 2048)
     # class-conditional models: share of training clouds shown with no class (classifier-free guidance, unlabelled
     # completion)
@@ -287,7 +288,7 @@ class PointCloud(GaussianDomain):
         return (self.cfg.data.points, 3)
 
     def network(self, model: nn.Module, observed: Tensor, mask: Tensor, label: Tensor | None = None,
-                guidance: float = 1.0, interval: tuple[float, float] = (0.0, 1.0)):
+                guidance: float = 1.0, interval: tuple[float, float] = (0.0, 1.0)) -> ModelFn:
         """``model_fn(x_t, t)`` that feeds the observed points clean and flags them (``mask`` ``(B, N)``); for a
         class-conditional model, of class ``label`` ``(B,)``, guided by ``guidance`` against no class at the times
         in ``interval``."""
@@ -429,10 +430,7 @@ class PointCloud(GaussianDomain):
         ref = torch.stack([dataset[i] for i in range(n)]).float()
         g = torch.Generator(device=device).manual_seed(self.cfg.sample.seed + 1)
         samples = torch.cat([self.sample(model, len(c), generator=g).float().cpu() for c in ref.split(e.batch_size)])
-        flat = ref.reshape(-1, 3)
-        chol = torch.linalg.cholesky(torch.cov(flat.T))
-        blob = flat.mean(0) + torch.randn(ref.shape, generator=torch.Generator().manual_seed(0)) @ chol.T
-        return ref, samples, blob, g
+        return ref, samples, gaussian_fit(ref.reshape(-1, 3), ref.shape), g
 
     def evaluate_completion(self, model: nn.Module, shapes: Tensor, generator: torch.Generator) -> dict[str, float]:
         """Chamfer of completed partial views to the full shapes, and of two baselines: the nearest of

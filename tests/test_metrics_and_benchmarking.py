@@ -13,7 +13,7 @@ from torch import nn
 import multigen.benchmarking as benchmarking
 from multigen.config import load_config
 from multigen.export import export_model
-from multigen.metrics import sliced_wasserstein
+from multigen.metrics import gaussian_fit, sliced_wasserstein
 from multigen.toy2d import Toy2D, Toy2DConfig
 
 
@@ -118,3 +118,13 @@ def test_the_trainer_benchmark_reads_its_runs_as_domain_and_config():
     for bad in ("toy2d", ":tiny", "toy2d:", "a:b:c"):
         with pytest.raises(argparse.ArgumentTypeError, match="is not DOMAIN:CONFIG"):
             bench.domain_and_config(bad)
+
+
+def test_the_gaussian_baseline_has_the_data_s_mean_and_covariance():
+    g = torch.Generator().manual_seed(1)
+    points = torch.randn(5000, 2, generator=g) @ torch.tensor([[2.0, 0.0], [1.0, 0.5]]) + torch.tensor([3.0, -1.0])
+    draws = gaussian_fit(points, (40000, 2), seed=3)
+    assert draws.shape == (40000, 2)
+    assert torch.allclose(draws.mean(0), points.mean(0), atol=0.05)
+    assert torch.allclose(torch.cov(draws.T), torch.cov(points.T), rtol=0.05, atol=0.03)
+    assert torch.equal(gaussian_fit(points, (40000, 2), seed=3), draws)  # the noise is drawn from the seed

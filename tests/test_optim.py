@@ -27,6 +27,29 @@ def test_muon_equals_torchs_muon_at_adamw_matched_rates(shape):
     assert torch.equal(ours, theirs)
 
 
+
+def test_a_closure_computes_the_gradient_and_its_loss_is_returned():
+    """As torch's optimizers: ``step(closure)`` evaluates the loss (with gradients on, even under no_grad) before
+    the update, which then equals a step on the gradient computed outside."""
+    torch.manual_seed(0)
+    w, x = torch.randn(8, 6), torch.randn(6, 4)
+    by_closure, by_hand = nn.Parameter(w.clone()), nn.Parameter(w.clone())
+    opt_closure, opt_hand = Muon([by_closure], lr=0.02), Muon([by_hand], lr=0.02)
+
+    def closure() -> torch.Tensor:
+        opt_closure.zero_grad()
+        loss = (by_closure @ x).square().mean()
+        loss.backward()
+        return loss
+
+    (by_hand @ x).square().mean().backward()
+    opt_hand.step()
+    with torch.no_grad():
+        loss = opt_closure.step(closure)
+    assert loss.item() == (w @ x).square().mean().item()
+    assert torch.equal(by_closure, by_hand) and not torch.equal(by_hand, w)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("shape", [(32, 96), (96, 32)])
 def test_orthogonalize_maps_every_singular_value_near_one(shape, dtype):

@@ -170,6 +170,8 @@ def test_a_completion_started_late_stays_near_its_start_and_keeps_the_partial():
         domain.sample(model, 2, start=0.5)
     with pytest.raises(ConfigError, match="task.completion_start"):
         small_domain("task.completion_start=0")
+    with pytest.raises(ConfigError, match="task.completion: must be <= 1.0, got 1.5"):  # a share of the shapes
+        small_domain("task.completion=1.5")
 
 
 def test_the_retrieval_baseline_with_the_partial_holds_it_exactly_in_place_of_its_nearest_points():

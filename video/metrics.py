@@ -78,11 +78,6 @@ def best_and_mean_scores(samples: Tensor, target: Tensor, generated: Tensor) -> 
     return out
 
 
-def best_and_mean(samples: Tensor, target: Tensor, generated: Tensor) -> dict[str, float]:
-    """:func:`best_and_mean_scores` as floats."""
-    return {k: v.item() for k, v in best_and_mean_scores(samples, target, generated).items()}
-
-
 def linear_blend(clip: Tensor, observed: Tensor) -> Tensor:
     """Baseline of every evaluated task: unobserved frames blend linearly between the nearest observed ones
     (interpolation), and frames outside the observed range copy the nearest observed frame (prediction: the last

@@ -162,14 +162,14 @@ def generate(
     return out if base is None else (out / residual_scale + base).clamp(-1, 1)  # observed frames: 0 + themselves
 
 
-def in_network_dtype(model, frames: Tensor) -> Tensor:
+def in_network_dtype(model: nn.Module, frames: Tensor) -> Tensor:
     """``frames`` in the network's dtype (float64 clips into a float32 network as float32), as every sampler here
     returns them: observed frames come back exactly as these."""
     return frames.to(next(model.parameters()).dtype)
 
 
-def predict(model, diffusion, context: Tensor, frames: int, settings: VideoSampleConfig, past: bool = False,
-            **kw) -> Tensor:
+def predict(model: nn.Module, diffusion: GaussianDiffusion, context: Tensor, frames: int, settings: VideoSampleConfig,
+            past: bool = False, **kw) -> Tensor:
     """Continue ``context`` ``(B, K, C, H, W)`` by ``frames - K`` frames in one window of ``frames``: after it,
     or with ``past`` before it (the context is then the window's last ``K`` frames)."""
     B, K = context.shape[:2]
@@ -181,8 +181,8 @@ def predict(model, diffusion, context: Tensor, frames: int, settings: VideoSampl
     return generate(model, diffusion, observed, idx >= frames - K if past else idx < K, settings, **kw)
 
 
-def interpolate(model, diffusion, keyframes: Tensor, between: int, settings: VideoSampleConfig,
-                window: int | None = None, **kw) -> Tensor:
+def interpolate(model: nn.Module, diffusion: GaussianDiffusion, keyframes: Tensor, between: int,
+                settings: VideoSampleConfig, window: int | None = None, **kw) -> Tensor:
     """Insert ``between`` frames between each pair of consecutive ``keyframes`` ``(B, K, C, H, W)``.
 
     Each gap is one window ``[key_i, between frames, key_{i+1}]``, unless it is longer than the model's ``window``
@@ -213,8 +213,8 @@ def interpolate(model, diffusion, keyframes: Tensor, between: int, settings: Vid
 
 
 def extend_autoregressive(
-    model, diffusion, context: Tensor, length: int, window: int, settings: VideoSampleConfig, progress: bool = False,
-    past: bool = False, **kw,
+    model: nn.Module, diffusion: GaussianDiffusion, context: Tensor, length: int, window: int,
+    settings: VideoSampleConfig, progress: bool = False, past: bool = False, **kw,
 ) -> Tensor:
     """Extend ``context`` ``(B, K, C, H, W)`` to ``length`` frames with windows of ``window`` frames.
 
@@ -241,8 +241,8 @@ def extend_autoregressive(
 
 
 def extend_hierarchical(
-    model, diffusion, first: Tensor, length: int, window: int, settings: VideoSampleConfig, progress: bool = False,
-    past: bool = False, **kw,
+    model: nn.Module, diffusion: GaussianDiffusion, first: Tensor, length: int, window: int,
+    settings: VideoSampleConfig, progress: bool = False, past: bool = False, **kw,
 ) -> Tensor:
     """Generate ``length`` frames from observed ``first`` frames ``(B, K, C, H, W)`` hierarchically.
 
@@ -291,8 +291,8 @@ def extend_hierarchical(
         return _fill_gaps(model, diffusion, video, key_index, window, settings, bar, **kw)
 
 
-def _fill_gaps(model, diffusion, video: Tensor, known: list[int], window: int, settings: VideoSampleConfig,
-               bar: tqdm, **kw) -> Tensor:
+def _fill_gaps(model: nn.Module, diffusion: GaussianDiffusion, video: Tensor, known: list[int], window: int,
+               settings: VideoSampleConfig, bar: tqdm, **kw) -> Tensor:
     """Fill, in place, the frames of ``video`` ``(B, T, C, H, W)`` between its ``known`` frame indices
     (increasing), FDM's way: every gap ``(a, b)`` by one window ``[a, new frames..., b]`` that observes both ends; a
     gap with at most ``window - 2`` missing frames at once, a longer one first gets ``window - 2`` evenly spaced

@@ -15,7 +15,7 @@ def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
 
 
 class ResBlock(nn.Module):
-    """``norm -> SiLU -> conv -> (scale, shift from the time embedding) -> norm -> SiLU -> dropout -> conv`` + skip.
+    """``norm -> SiLU -> conv -> norm -> (scale, shift from the time embedding) -> SiLU -> dropout -> conv`` + skip.
 
     Works on ``(B, C, *spatial)`` for ``dims`` = 1, 2 or 3 spatial dimensions;
     ``emb`` is ``(B, emb_dim)``.
