@@ -27,17 +27,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from multigen import load_pretrained
-from multigen.cli import add_export_arguments, output_folder, positive_int, run_command, seeded_generator
+from multigen.cli import add_export_arguments, load_export, output_folder, positive_int, run_command, seeded_generator
 from multigen.samplers import Known
 
 from .data import TokenWindows, read_text, read_tokens
 from .domain import mean_and_stderr, save_grid_picture
 from .labels import LabelMaps, check_ids, read_label_image, read_label_maps, write_label_image
-
-
-def _load(args: argparse.Namespace):
-    return load_pretrained(args.checkpoint, args.device, domain="discrete")
 
 
 def _known(domain, args: argparse.Namespace, length: int) -> Known | None:
@@ -65,7 +60,7 @@ def _known(domain, args: argparse.Namespace, length: int) -> Known | None:
 
 
 def cmd_sample(args: argparse.Namespace) -> Path | None:
-    p = _load(args)
+    p = load_export(args, "discrete")
     domain = p.domain
     if domain.grid:
         return _sample_grids(p, args)
@@ -142,7 +137,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         args.any_order = True  # the weighted bound is the continuous-time one's
     if args.any_order and args.steps:
         raise ValueError("--any-order and --orders score the continuous-time bound: they take no --steps")
-    p = _load(args)
+    p = load_export(args, "discrete")
     domain = p.domain
     d = domain.cfg.data
     if args.pattern is not None and d.source != "labels":

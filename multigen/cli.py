@@ -1,6 +1,6 @@
 """What the domains' command lines (``multigen-video``, ``multigen-pointcloud``, ``multigen-discrete``) share:
-the options naming an export and its sampler, the seeded generator, and turning errors into one line. Each
-loads its export with ``load_pretrained(args.checkpoint, args.device, domain=...)``."""
+the options naming an export and its sampler, loading that export, the seeded generator, and turning errors into
+one line."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .export import Pretrained, load_pretrained
 from .samplers import SAMPLERS
 
 # errors a path given on the command line causes (missing, a file where a folder should be, no permission): one line
@@ -24,6 +25,12 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="export directory (model.safetensors + config.yaml)")
     p.add_argument("--device", type=available_device, default="cuda" if torch.cuda.is_available() else "cpu",
                    help="where to run (default: %(default)s, cuda when present)")
+
+
+def load_export(args: argparse.Namespace, domain: str) -> Pretrained:
+    """The export of :func:`add_export_arguments`' ``--checkpoint`` on ``--device``; an error unless it holds a
+    ``domain`` model."""
+    return load_pretrained(args.checkpoint, args.device, domain=domain)
 
 
 def available_device(text: str) -> str:

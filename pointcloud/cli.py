@@ -31,19 +31,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from multigen import Known, load_pretrained
-from multigen.cli import (add_export_arguments, add_sampler_arguments, diffusion_time, output_folder, positive_float,
-                          positive_int, run_command, seeded_generator)
+from multigen import Known
+from multigen.cli import (add_export_arguments, add_sampler_arguments, diffusion_time, load_export, output_folder,
+                          positive_float, positive_int, run_command, seeded_generator)
 
 from .domain import GENERATED_COLOR, PARTIAL_COLOR
 from .io import PointCloudError, read_points, render_clouds, write_ply, write_plys
 from .ops import farthest_point_sample, gather_points
 from .pyg import to_batch
 from .views import visible_points, viewpoint_towards
-
-
-def _load(args: argparse.Namespace):
-    return load_pretrained(args.checkpoint, args.device, domain="pointcloud")
 
 
 def _to_model_frame(points: np.ndarray, how: str, radius: float, normalizer,
@@ -74,7 +70,7 @@ def _check_class(args: argparse.Namespace, names: list[str]) -> None:
 
 def cmd_complete(args: argparse.Namespace) -> Path:
     out = output_folder(args.out)
-    p = _load(args)
+    p = load_export(args, "pointcloud")
     _check_class(args, p.domain.class_names)
     d, task = p.domain.cfg.data, p.domain.cfg.task
     limit = args.max_partial or task.partial_points
@@ -119,7 +115,7 @@ def cmd_complete(args: argparse.Namespace) -> Path:
 
 def cmd_sample(args: argparse.Namespace) -> Path:
     out = output_folder(args.out)
-    p = _load(args)
+    p = load_export(args, "pointcloud")
     g, names = seeded_generator(args), p.domain.class_names
     _check_class(args, names)
     # a class-conditional model's classes are drawn here (unless given), so that each sample's can be named

@@ -20,17 +20,12 @@ from pathlib import Path
 
 import torch
 
-from multigen import load_pretrained
-from multigen.cli import (add_export_arguments, add_sampler_arguments, output_folder, positive_int, run_command,
-                          seeded_generator)
+from multigen.cli import (add_export_arguments, add_sampler_arguments, load_export, output_folder, positive_int,
+                          run_command, seeded_generator)
 
 from .data import frames_to_clip
 from .io import count_frames, read_video, to_uint8, writable, write_video
 from .sampling import VideoSampleConfig, extend_autoregressive, extend_hierarchical, interpolate
-
-
-def _load(args: argparse.Namespace):
-    return load_pretrained(args.checkpoint, args.device, domain="video")
 
 
 def _settings(args: argparse.Namespace, domain) -> VideoSampleConfig:
@@ -55,7 +50,7 @@ def _read_clip(args: argparse.Namespace, domain, indices: list[int] | None = Non
 
 def cmd_predict(args: argparse.Namespace) -> Path:
     writable(args.out)
-    p = _load(args)
+    p = load_export(args, "video")
     K, window = args.context, p.domain.cfg.data.frames
     stride = args.stride or p.domain.cfg.data.stride
     n = count_frames(args.input)
@@ -86,7 +81,7 @@ def cmd_predict(args: argparse.Namespace) -> Path:
 
 def cmd_interpolate(args: argparse.Namespace) -> Path:
     writable(args.out)
-    p = _load(args)
+    p = load_export(args, "video")
     clip = _read_clip(args, p.domain)
     if clip.shape[1] < 2:
         raise ValueError(f"{args.input} has {clip.shape[1]} frame(s); interpolation needs at least 2")
@@ -98,7 +93,7 @@ def cmd_interpolate(args: argparse.Namespace) -> Path:
 
 def cmd_sample(args: argparse.Namespace) -> Path:
     out = output_folder(args.out)
-    p = _load(args)
+    p = load_export(args, "video")
     d = p.domain.cfg.data
     empty = torch.zeros(args.num, 0, d.channels, d.size, d.size, device=args.device)
     settings = _settings(args, p.domain)
