@@ -240,8 +240,12 @@ class Trainer:
                     changes += (f" (train.lr_decay={t.lr_decay} now ends at the new train.max_steps"
                                 f"{rises if t.max_steps > before else ''})")
                 acc.print(f"resuming with settings changed since the checkpoints were written: {changes}")
-        if self.main and not t.resume and (aside := set_aside_earlier_run(self.out)):
-            acc.print(f"train.resume=false: moved the earlier run's files in {self.out} to {aside}")
+        # a run that does not resume (train.resume=false, or no checkpoint to resume from: deleted to save space, or
+        # never written) starts over beside nothing an earlier run wrote there, and deletes none of it
+        resumes = t.resume and latest_checkpoint(self.checkpoint_dir) is not None
+        if self.main and not resumes and (aside := set_aside_earlier_run(self.out)):
+            why = "train.resume=false" if not t.resume else f"no checkpoint in {self.checkpoint_dir} to resume from"
+            acc.print(f"{why}: moved the earlier run's files in {self.out} to {aside}")
         acc.wait_for_everyone()
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)

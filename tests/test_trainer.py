@@ -5,6 +5,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -15,7 +16,7 @@ from safetensors.torch import load_file, save_model
 from multigen import load_pretrained
 from multigen.toy2d import Toy2D, Toy2DConfig
 from multigen.checkpoints import latest_checkpoint
-from multigen.config import ConfigError, load_config
+from multigen.config import ConfigError, load_config, read_yaml
 from multigen.domain import DataError, get_domain
 from multigen.export import export_model
 from multigen.trainer import EMA, NonFiniteLossError, ShardedStreamSampler, Trainer, lr_factor, read_log, train
@@ -315,6 +316,23 @@ def test_starting_over_sets_the_earlier_run_aside(toy_cfg):
     assert [r["step"] for r in read_log(aside) if "loss" in r] == [10, 20] and (aside / "export" / "model.safetensors").is_file()
     train(Toy2D, again)
     assert len(list(first.glob("earlier_*"))) == 2
+
+
+def test_a_run_with_no_checkpoint_to_resume_sets_the_earlier_run_aside(toy_cfg, capsys):
+    """Its checkpoints deleted (or never written), an earlier run's export, config and log are set aside, not
+    overwritten by a run that starts over in its folder."""
+    first = train(Toy2D, toy_cfg("train.max_steps=10", out="no_checkpoints")).parent
+    weights = (first / "export" / "model.safetensors").read_bytes()
+    shutil.rmtree(first / "checkpoints")
+    train(Toy2D, toy_cfg("train.max_steps=5", "model.hidden=32", out="no_checkpoints"))
+    (aside,) = first.glob("earlier_*")
+    assert f"no checkpoint in {first / 'checkpoints'} to resume from: moved the earlier run's files" in (
+        capsys.readouterr().out)
+    assert (aside / "export" / "model.safetensors").read_bytes() == weights
+    assert [r["step"] for r in read_log(aside) if "loss" in r] == [10]
+    assert [r["step"] for r in read_log(first) if "loss" in r] == [5]
+    assert read_yaml(first / "config.yaml")["model"]["hidden"] == 32
+    assert read_yaml(aside / "config.yaml")["model"]["hidden"] == 64
 
 
 def test_resuming_another_network_is_an_error_and_other_changes_are_named(toy_cfg, capsys):
