@@ -81,10 +81,10 @@ def set_aside_earlier_run(out: Path) -> Path | None:
 
 def process_keys(cfg: Any) -> set[str]:
     """The settings of ``cfg`` that say what a trained network's input time and output mean (its noise process, the
-    parameters its schedule reads, and its target): a checkpoint trained under other values is another model,
-    however alike the weights' shapes."""
+    parameters its schedule reads, its target, and a token domain's vocabulary): a checkpoint trained under other
+    values is another model, however alike the weights' shapes."""
     keys = {"diffusion.schedule", "diffusion.timesteps", "diffusion.max_beta", "diffusion.parameterization",
-            "process.transition", "process.timesteps", "process.schedule"}
+            "process.transition", "process.timesteps", "process.schedule", "data.vocab", "data.vocab_size"}
     if (diffusion := getattr(cfg, "diffusion", None)) is not None:
         keys |= {f"diffusion.{name}" for name in schedules.PARAMETERS[diffusion.schedule]}
     return keys

@@ -45,6 +45,12 @@ def _shapes(model: nn.Module) -> dict[str, torch.Size]:
     return {k: v.shape for k, v in model.state_dict().items()}
 
 
+def config_text(domain: Domain) -> str:
+    """``domain``'s config as YAML under a first key ``domain:`` naming it (:func:`~multigen.domain.domain_spec`):
+    what an export's and a run's ``config.yaml`` hold."""
+    return f"domain: {domain_spec(type(domain))}\n" + to_yaml(domain.cfg)
+
+
 def export_model(model: nn.Module, domain: Domain, out_dir: str | Path) -> Path:
     """Write ``out_dir/model.safetensors`` and ``out_dir/config.yaml`` (written aside, then renamed).
 
@@ -60,7 +66,7 @@ def export_model(model: nn.Module, domain: Domain, out_dir: str | Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_model(model, str(tmp / WEIGHTS))
-    (tmp / CONFIG).write_text(f"domain: {domain_spec(type(domain))}\n" + to_yaml(domain.cfg))
+    (tmp / CONFIG).write_text(config_text(domain))
     replace_dir(tmp, out_dir)
     return out_dir
 

@@ -52,9 +52,9 @@ from tqdm.auto import tqdm
 
 from .checkpoints import (check_resumable, check_same_network, latest_checkpoint, save_checkpoint,
                           set_aside_earlier_run)
-from .config import ConfigError, first_line, flatten, read_yaml, to_yaml
-from .domain import DataError, Domain
-from .export import export_model
+from .config import ConfigError, first_line, flatten, read_yaml
+from .domain import DataError, Domain, domain_spec, names_domain
+from .export import config_text, export_model
 from .optim import Muon, hidden_matrices
 
 log = logging.getLogger("multigen")
@@ -233,7 +233,12 @@ class Trainer:
         self.domain = domain_cls(cfg)
         self.domain.fit()  # vocabulary, normalisation: into the config before it is written
         if t.resume and latest_checkpoint(self.checkpoint_dir) and (self.out / "config.yaml").is_file():
-            before = read_yaml(self.out / "config.yaml")["train"]["max_steps"]
+            earlier = read_yaml(self.out / "config.yaml")
+            if "domain" in earlier and not names_domain(str(earlier["domain"]), domain_cls):  # (older runs: no key)
+                raise ConfigError(f"{self.out} holds checkpoints of a {earlier['domain']} run, not of a "
+                                  f"{domain_spec(domain_cls)} one: set a new train.output_dir, or train.resume=false "
+                                  f"to start over there")
+            before = earlier["train"]["max_steps"]
             if changes := check_same_network(self.out / "config.yaml", cfg):
                 if t.lr_decay != "none" and t.max_steps != before:  # the decay's end moves with max_steps
                     rises = ": the learning rate rises again where the decay had brought it down"
@@ -335,7 +340,7 @@ class Trainer:
         self.set_learning_rate()
         self.consumed_at, self.step_at = consumed, self.state.step  # items drawn at this start, and its step
         if self.main:  # after a successful load: a failed resume leaves the config of its checkpoints in place
-            (self.out / "config.yaml").write_text(to_yaml(self.domain.cfg))
+            (self.out / "config.yaml").write_text(config_text(self.domain))
         self.check_held_out_data()
 
         train_set = self.domain.build_dataset("train")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from discrete.domain import DiscreteConfig
 from multigen.checkpoints import check_same_network
 from multigen.config import ConfigError, load_config, to_yaml
 from multigen.toy2d import Toy2DConfig
@@ -33,3 +34,17 @@ def test_settings_the_earlier_config_lacks_are_not_compared(tmp_path, drop):
     if drop[0] == "train":
         with pytest.raises(ConfigError, match=r"another network or process \(model.hidden: 32 -> \d+\)"):
             check_same_network(_earlier_config(tmp_path, cfg, drop, model__hidden=32), cfg)
+
+
+def test_another_vocabulary_is_another_network(tmp_path):
+    """Text of other characters, as many as before, gives the embeddings other meanings: an error, as a changed noise
+    process is (a vocabulary of another size too, before its weights fail to load as if damaged)."""
+    cfg = load_config(DiscreteConfig, overrides=["data.vocab=abcdefgh"])
+    earlier = tmp_path / "config.yaml"
+    earlier.write_text(to_yaml(load_config(DiscreteConfig, overrides=["data.vocab=stuvwxyz"])))
+    with pytest.raises(ConfigError, match=r"another network or process \(data.vocab: stuvwxyz -> abcdefgh\)"):
+        check_same_network(earlier, cfg)
+    tokens = load_config(DiscreteConfig, overrides=["data.source=tokens", "data.vocab_size=12"])
+    earlier.write_text(to_yaml(load_config(DiscreteConfig, overrides=["data.source=tokens", "data.vocab_size=10"])))
+    with pytest.raises(ConfigError, match=r"another network or process \(data.vocab_size: 10 -> 12\)"):
+        check_same_network(earlier, tokens)

@@ -335,6 +335,19 @@ def test_a_run_with_no_checkpoint_to_resume_sets_the_earlier_run_aside(toy_cfg, 
     assert read_yaml(aside / "config.yaml")["model"]["hidden"] == 64
 
 
+def test_checkpoints_of_another_domain_are_named_as_such(toy_cfg):
+    """A run's config.yaml names its domain, as an export's does; resuming a run of another domain in its folder is
+    an error saying so (not that its checkpoint is damaged), before anything is written there."""
+    run = train(Toy2D, toy_cfg("train.max_steps=10", out="domains")).parent
+    config = (run / "config.yaml").read_text()
+    assert config.startswith("domain: toy2d\n")
+    (run / "config.yaml").write_text(config.replace("domain: toy2d\n", "domain: video\n"))
+    with pytest.raises(ConfigError, match=rf"{run} holds checkpoints of a video run, not of a toy2d one: set a new "
+                                          r"train.output_dir, or train.resume=false"):
+        train(Toy2D, toy_cfg("train.max_steps=20", out="domains"))
+    assert [r["step"] for r in read_log(run) if "loss" in r] == [10]
+
+
 def test_resuming_another_network_is_an_error_and_other_changes_are_named(toy_cfg, capsys):
     """Checkpoints of another network in the output folder (shapes alike or not) are refused before anything is
     written there; other changed settings (training longer, say) are allowed and listed."""
