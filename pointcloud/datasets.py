@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from multigen.config import first_line
 from multigen.domain import load_npy
 
 from .io import MESH_SUFFIXES, POINT_SUFFIXES, PointCloudError, check_points, read_points
@@ -135,8 +137,13 @@ class ShapeFolder(Dataset):
         key = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{self.points}:{self.seed}{least}"
                            .encode())
         cached = self.cache / f"{key.hexdigest()}.npy"
-        if cached.is_file():  # checked again: a cache an older multigen wrote may hold what it let through
-            return torch.from_numpy(check_points(np.load(cached), f"{path} (cached as {cached})", need_extent=True))
+        if cached.is_file():
+            try:
+                array = np.load(cached)
+            except (ValueError, EOFError, OSError) as e:  # cut short (a killed run, a full disk): made anew below
+                warnings.warn(f"{cached}, the cache of {path}, is damaged ({first_line(e)}): reading {path} again")
+            else:  # checked again: a cache an older multigen wrote may hold what it let through
+                return torch.from_numpy(check_points(array, f"{path} (cached as {cached})", need_extent=True))
         seed = _seed_of(path, self.seed)
         points = read_points(path, num_points=self.points, seed=seed, need_extent=True)
         cloud = _subsample(points, self.points, seed, str(path), self.least)

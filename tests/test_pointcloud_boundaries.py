@@ -68,6 +68,18 @@ def test_a_cached_cloud_is_checked_as_a_read_one(tmp_path):
         folder[0]
 
 
+def test_a_cache_file_cut_short_is_named_and_made_anew(tmp_path):
+    _points(tmp_path, "a.npy")
+    _points(tmp_path, "b.npy", seed=1)
+    folder = ShapeFolder(tmp_path, "train", 64)
+    first = folder[0]
+    (cached,) = (tmp_path / ".multigen_cache").glob("*.npy")
+    cached.write_bytes(cached.read_bytes()[:100])  # a run killed as it wrote, or a full disk
+    with pytest.warns(UserWarning, match=r"the cache of .*a.npy, is damaged \(.*\): reading .*a.npy again"):
+        again = folder[0]
+    assert torch.equal(again, first) and np.array_equal(np.load(cached), first.numpy())
+
+
 def test_global_normalization_without_a_scale_is_refused():
     for scale in (0.0, -1.0):
         with pytest.raises(ValueError, match="global normalization needs its statistics"):
