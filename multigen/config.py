@@ -224,6 +224,33 @@ def _as_typed(schema: type, loaded: Any, raw: Any, prefix: str = "") -> None:
             _as_typed(schema, value, typed, dotted + ".")
 
 
+def _omegaconf_message(e: OmegaConfBaseException) -> str:
+    return first_line(getattr(e, "msg", None) or e)
+
+
+def _merge(merged: Any, data: Mapping[str, Any]) -> Any:
+    """``data`` (a config file's sections and keys) merged into ``merged``; a :class:`ConfigError` naming the dotted
+    key of a value that does not fit (OmegaConf's own message names none for some, such as a tuple's length or a
+    section given as one value)."""
+    try:
+        return OmegaConf.merge(merged, data)
+    except OmegaConfBaseException as e:
+        if key := getattr(e, "full_key", None):
+            raise ConfigError(f"{key}: {_omegaconf_message(e)}") from None
+        for section, keys in data.items():  # find the value at fault, one at a time
+            is_section = OmegaConf.is_config(merged.get(section)) if section in merged else False
+            if is_section and not isinstance(keys, Mapping):
+                raise ConfigError(f"{section}: a section of keys, got {keys!r}") from None
+            parts = keys.items() if is_section else [(None, keys)]
+            for key, value in parts:
+                try:
+                    OmegaConf.merge(merged, {section: value} if key is None else {section: {key: value}})
+                except OmegaConfBaseException as inner:
+                    raise ConfigError(f"{section if key is None else f'{section}.{key}'}: "
+                                      f"{_omegaconf_message(inner)}") from None
+        raise ConfigError(_omegaconf_message(e)) from None
+
+
 def first_line(error: BaseException, limit: int = 300) -> str:
     """The first line of ``error``'s message (at most ``limit`` characters), or its type's name when it has none:
     what a one-line error quotes of the error it replaces."""
@@ -267,9 +294,12 @@ def load_config(
             if not isinstance(loaded, Mapping) and loaded is not None:
                 raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
             _as_typed(schema, loaded, raw)
-            merged = OmegaConf.merge(merged, loaded or {})
+            try:
+                merged = _merge(merged, loaded or {})
+            except ConfigError as e:
+                raise ConfigError(f"{path}: {e}") from None
         if values:
-            merged = OmegaConf.merge(merged, OmegaConf.create(dict(values)))
+            merged = _merge(merged, dict(values))
         for item in overrides:
             if "=" not in item or item.startswith("="):
                 raise ConfigError(f"override {item!r} is not of the form key.sub=value")
@@ -292,12 +322,11 @@ def load_config(
             try:
                 merged = OmegaConf.merge(merged, parsed)
             except OmegaConfBaseException as e:  # some (a tuple's length, say) do not name the key themselves
-                raise ConfigError(f"{key}: {first_line(getattr(e, 'msg', None) or e)}") from None
+                raise ConfigError(f"{key}: {_omegaconf_message(e)}") from None
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
-        msg = first_line(getattr(e, "msg", None) or e)
-        raise ConfigError(f"{key}: {msg}" if key else msg) from None
+        raise ConfigError(f"{key}: {_omegaconf_message(e)}" if key else _omegaconf_message(e)) from None
     validate(cfg)
     return cfg  # type: ignore[return-value]
 

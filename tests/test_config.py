@@ -102,6 +102,22 @@ def test_missing_file_and_bad_file(tmp_path):
         load_config(Toy2DConfig, bad)
 
 
+@pytest.mark.parametrize("text, named", [
+    ("train:\n  adam_betas: [0.9]\n", r"train\.adam_betas: TupleConfig length 1 does not match"),  # no key of its own
+    ("train: 5\n", r"train: a section of keys, got 5"),
+    ("train:\n  max_steps: abc\n", r"train\.max_steps: Value 'abc'"),
+    ("train:\n  nosuch: 3\n", r"train\.nosuch: Key 'nosuch' not in 'TrainConfig'"),
+    ("trian:\n  max_steps: 3\n", r"trian: Key 'trian' not in"),
+])
+def test_a_value_in_a_file_that_does_not_fit_names_the_file_and_the_key(tmp_path, text, named):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=rf"bad\.yaml: {named}"):
+        load_config(Toy2DConfig, bad)
+    with pytest.raises(ConfigError, match=rf"^{named}"):  # an export's values, which its loader names the file of
+        load_config(Toy2DConfig, values=yaml.safe_load(text))
+
+
 def test_an_interval_setting_must_lie_in_zero_one_in_order():
     cfg = load_config(Toy2DConfig, overrides=["sample.guidance_interval=[0.2,0.8]"])
     assert tuple(cfg.sample.guidance_interval) == (0.2, 0.8)
