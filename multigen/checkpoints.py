@@ -114,9 +114,14 @@ def check_resumable(checkpoint: Path, optimizer: str, max_steps: int) -> dict[st
     """``checkpoint``'s :data:`CHECKPOINT_INFO`; a :class:`ConfigError` unless it says this trainer can load it into
     a run with ``train.optimizer=optimizer`` that ends at ``train.max_steps=max_steps``."""
     info_path = checkpoint / CHECKPOINT_INFO
-    if not info_path.is_file() and not any(checkpoint.glob("model*")):  # not a checkpoint of an older format either
-        raise ConfigError(f"{checkpoint} is incomplete (no weights, no {CHECKPOINT_INFO}): move it out of "
-                          f"{checkpoint.parent} to resume from the checkpoint before it, or set train.resume=false")
+    has_weights = any(checkpoint.glob("model*"))
+    # format 1 wrote no info file, but the learning-rate schedule's state (Accelerate's scheduler*.bin)
+    has_info = info_path.is_file() or any(checkpoint.glob("scheduler*.bin"))
+    if not (has_weights and has_info):
+        lost = ", ".join(f"no {what}" for what, there in (("weights", has_weights), (CHECKPOINT_INFO, has_info))
+                         if not there)
+        raise ConfigError(f"{checkpoint} is incomplete ({lost}): move it out of {checkpoint.parent} to resume from "
+                          f"the checkpoint before it, or set train.resume=false")
     try:
         info = json.loads(info_path.read_text()) if info_path.is_file() else {"format": 1}
     except ValueError as e:  # written by a run killed as its disk failed, say

@@ -496,11 +496,18 @@ def test_resuming_a_checkpoint_of_another_format_is_an_error_naming_it(toy_cfg):
     checkpoint = checkpoint.parent / "checkpoints" / "step_10"
     assert json.loads((checkpoint / "multigen.json").read_text()) == {
         "format": 2, "step": 10, "optimizer": "adamw", "processes": 1, "consumed": 640, "samples_per_step": 64}
-    (checkpoint / "multigen.json").unlink()  # as written before the format was recorded
+    (checkpoint / "multigen.json").unlink()  # lost
+    with pytest.raises(ConfigError, match=r"step_10 is incomplete \(no multigen.json\): move it out of .* to resume "
+                                          r"from the checkpoint before it"):
+        train(Toy2D, toy_cfg("train.max_steps=20", "train.checkpoint_every=10", out="old_format"))
+    (checkpoint / "scheduler.bin").write_bytes(b"")  # as written before the format was recorded
     with pytest.raises(ConfigError, match=r"step_10 is in checkpoint format 1 \(this multigen reads 2\)"):
         train(Toy2D, toy_cfg("train.max_steps=20", "train.checkpoint_every=10", out="old_format"))
     (checkpoint.parent / "step_15").mkdir()  # made by hand, or emptied: no checkpoint of any format
     with pytest.raises(ConfigError, match=r"step_15 is incomplete \(no weights, no multigen.json\): move it out"):
+        train(Toy2D, toy_cfg("train.max_steps=20", "train.checkpoint_every=10", out="old_format"))
+    (checkpoint.parent / "step_15" / "multigen.json").write_text('{"format": 2}')  # its weights lost
+    with pytest.raises(ConfigError, match=r"step_15 is incomplete \(no weights\): move it out"):
         train(Toy2D, toy_cfg("train.max_steps=20", "train.checkpoint_every=10", out="old_format"))
 
 
