@@ -89,10 +89,16 @@ def main(argv: list[str] | None = None) -> int:
         print(to_yaml(cfg), end="")
         return 0
 
+    from multigen.checkpoints import latest_checkpoint
     from multigen.trainer import NonFiniteLossError, train
 
     try:
         train(domain_cls, cfg)
+    except KeyboardInterrupt:  # Ctrl-C: what was saved is complete (checkpoints are renamed into place when written)
+        newest = latest_checkpoint(Path(cfg.train.output_dir) / "checkpoints")
+        print("multigen-train: interrupted; " + (f"the same command resumes from {newest}" if newest else
+                                                 "before the first checkpoint"), file=sys.stderr)
+        return 130
     except NonFiniteLossError as e:
         print(f"multigen-train: error: {e}", file=sys.stderr)
         return 1

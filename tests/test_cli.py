@@ -123,3 +123,22 @@ def test_every_cli_refuses_another_domains_export_naming_both(main, prog, argv, 
     argv = [a.format(tmp=tmp_path) for a in argv] + ["--checkpoint", str(toy_export), "--device", "cpu"]
     assert main(argv) == 2
     assert capsys.readouterr().err == f"{prog}: error: {toy_export} holds a toy2d model, not a {domain} model\n"
+
+
+def test_an_interrupted_training_run_ends_in_one_line_naming_its_newest_checkpoint(tmp_path, capsys, monkeypatch):
+    import multigen.trainer
+    from multigen.train import main as train_main
+
+    def interrupted(domain_cls, cfg, checkpoint: bool = True):
+        if checkpoint:  # as a run writes one, then Ctrl-C
+            (Path(cfg.train.output_dir) / "checkpoints" / "step_20").mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(multigen.trainer, "train", interrupted)
+    out = tmp_path / "run"
+    assert train_main(["--domain", "toy2d", f"train.output_dir={out}"]) == 130
+    assert capsys.readouterr().err == (f"multigen-train: interrupted; the same command resumes from "
+                                       f"{out / 'checkpoints' / 'step_20'}\n")
+    monkeypatch.setattr(multigen.trainer, "train", lambda domain_cls, cfg: interrupted(domain_cls, cfg, False))
+    assert train_main(["--domain", "toy2d", f"train.output_dir={tmp_path / 'new'}"]) == 130
+    assert capsys.readouterr().err == "multigen-train: interrupted; before the first checkpoint\n"
