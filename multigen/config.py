@@ -40,6 +40,11 @@ def between(default: float, minimum: float, maximum: float) -> Any:
     return field(default=default, metadata={"min": minimum, "max": maximum})
 
 
+def nonempty(default: str) -> Any:
+    """A string field that must hold more than blanks (a folder, say: empty would mean the current one)."""
+    return field(default=default, metadata={"nonempty": True})
+
+
 def speed_only(default: bool) -> Any:
     """A switch of how fast a network runs that keeps its weights and outputs (up to rounding): a run may resume with
     it changed."""
@@ -74,7 +79,7 @@ def decay_rates(default: tuple[float, float]) -> Any:
 class TrainConfig:
     """Settings of the shared training loop (:mod:`multigen.trainer`)."""
 
-    output_dir: str = "runs/default"
+    output_dir: str = nonempty("runs/default")
     max_steps: int = at_least(1000, 1)
     # > 0: the run ends at the first log step past this many minutes of training (sampling, evaluation, a
     # checkpoint and the export as at max_steps; a learning-rate decay is cut short there); 0: no limit
@@ -171,7 +176,7 @@ class SampleConfig:
 
 
 def validate(obj: Any, prefix: str = "") -> None:
-    """Check every field's ``choices``/``min``/``max``/``pair`` metadata, recursively; :class:`ConfigError` names
+    """Check every field's ``choices``/``min``/``max``/``nonempty``/``pair`` metadata, recursively; :class:`ConfigError` names
     the key."""
     for f in dataclasses.fields(obj):
         value, key = getattr(obj, f.name), f"{prefix}{f.name}"
@@ -186,6 +191,8 @@ def validate(obj: Any, prefix: str = "") -> None:
             raise ConfigError(f"{key}: must be >= {minimum}, got {value!r}")
         if maximum is not None and value is not None and value > maximum:
             raise ConfigError(f"{key}: must be <= {maximum}, got {value!r}")
+        if f.metadata.get("nonempty") and not value.strip():
+            raise ConfigError(f"{key}: must not be empty, got {value!r}")
         if (pair := f.metadata.get("pair")) and not _is_pair(value, pair[1]):
             raise ConfigError(f"{key}: must be {pair[0]}, got {value!r}")
 

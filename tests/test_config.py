@@ -84,6 +84,13 @@ def test_numbers_out_of_range_or_nan_are_errors(override):
         load_config(Toy2DConfig, overrides=[override])
 
 
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_an_empty_output_folder_is_an_error(blank):
+    """Empty, the run would write its files into the current folder."""
+    with pytest.raises(ConfigError, match=rf"train.output_dir: must not be empty, got '{blank}'"):
+        load_config(Toy2DConfig, overrides=[f"train.output_dir={blank}"])
+
+
 def test_missing_file_and_bad_file(tmp_path):
     with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
         load_config(Toy2DConfig, tmp_path / "nope.yaml")
