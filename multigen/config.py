@@ -295,6 +295,10 @@ def load_config(
         merged = OmegaConf.structured(schema)
         if file is not None:
             path = Path(file)
+            if path.is_dir():
+                inside = path / "config.yaml"
+                raise ConfigError(f"{path} is a folder, not a config file" + (f": give {inside}" if inside.is_file()
+                                                                               else ""))
             if not path.is_file():
                 raise ConfigError(f"config file not found: {path}")
             loaded, raw = read_yaml(path), yaml.load(path.read_text(), Loader=yaml.BaseLoader)

@@ -103,6 +103,8 @@ class ShapeFolder(Dataset):
     def __init__(self, root: str | Path, split: str, points: int, seed: int = 0, cache_dir: str | Path = "",
                  least: int | None = None) -> None:
         root = Path(root)
+        if root.is_file():
+            raise NotADirectoryError(f"shape folder {root} is a file: give the folder that holds the shapes")
         if not root.is_dir():
             raise FileNotFoundError(f"shape folder {root} not found")
         if split not in ("train", "val"):

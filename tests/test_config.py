@@ -94,6 +94,11 @@ def test_an_empty_output_folder_is_an_error(blank):
 def test_missing_file_and_bad_file(tmp_path):
     with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
         load_config(Toy2DConfig, tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match=r"is a folder, not a config file$"):
+        load_config(Toy2DConfig, tmp_path)
+    (tmp_path / "config.yaml").write_text("train:\n  lr: 0.01\n")  # an export's folder, say
+    with pytest.raises(ConfigError, match=rf"{tmp_path} is a folder, not a config file: give {tmp_path}/config.yaml"):
+        load_config(Toy2DConfig, tmp_path)
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  batch_sise: 3\n")
     with pytest.raises(ConfigError, match=r"train\.batch_sise"):

@@ -39,6 +39,12 @@ def test_a_train_folder_without_a_val_folder_is_split_every_tenth_file(tmp_path)
     assert len(val) == 1 and len(train) == 10 and not set(val.files) & set(train.files)
 
 
+def test_a_file_given_as_the_shape_folder_is_named(tmp_path):
+    _points(tmp_path, "a.npy")
+    with pytest.raises(NotADirectoryError, match=r"shape folder .*a.npy is a file: give the folder"):
+        ShapeFolder(tmp_path / "a.npy", "train", 64)
+
+
 def test_the_cache_keeps_each_seeds_subset_apart(tmp_path):
     """A cached cloud is the subset of its own seed: another seed is not served the first one's cache entry."""
     _points(tmp_path / "shapes", "a.npy", n=500)

@@ -96,6 +96,8 @@ def test_video_folder_clips_corrupt_and_short_files_and_cache(tmp_path, mp4, mon
     (root / "zbroken.mp4").write_bytes(b"\x00" * 3000)
     with pytest.raises(VideoReadError, match="zbroken.mp4"):
         VideoFolder(root, frames=4, size=16, stride=2)
+    with pytest.raises(NotADirectoryError, match="video folder .*zbroken.mp4 is a file: give the folder"):
+        VideoFolder(root / "zbroken.mp4", frames=4, size=16, stride=2)
     (root / "zbroken.mp4").unlink()
     np.save(root / "wide.npy", gradient_video(9, 32, 32).astype(np.uint16))
     with pytest.raises(VideoReadError, match=r"wide.npy cannot be read \(expected uint8 .* got uint16"):

@@ -208,6 +208,8 @@ class VideoFolder(Dataset):
         if split not in ("all", "train", "val"):
             raise ValueError(f"unknown split {split!r}; use 'all', 'train' or 'val'")
         self.root = Path(root)
+        if self.root.is_file():
+            raise NotADirectoryError(f"video folder {self.root} is a file: give the folder that holds the videos")
         if not self.root.is_dir():
             raise FileNotFoundError(f"video folder not found: {self.root}")
         self.frames, self.size, self.channels, self.stride = frames, size, channels, stride
