@@ -176,8 +176,8 @@ class SampleConfig:
 
 
 def validate(obj: Any, prefix: str = "") -> None:
-    """Check every field's ``choices``/``min``/``max``/``nonempty``/``pair`` metadata, recursively; :class:`ConfigError` names
-    the key."""
+    """Check every field's ``choices``/``min``/``max``/``nonempty``/``pair`` metadata, recursively;
+    :class:`ConfigError` names the key."""
     for f in dataclasses.fields(obj):
         value, key = getattr(obj, f.name), f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):
