@@ -152,7 +152,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     elif d.source in ("text", "tokens"):
         tokens = (domain.tokenizer.encode(read_text(args.data), source=args.data) if d.source == "text"
                   else read_tokens(args.data, d.vocab_size))
-        items = TokenWindows(tokens, args.length or d.length)
+        items = TokenWindows(tokens, args.length or d.length, source=args.data)
     else:
         raise ValueError("eval reads text or token files and label maps; this is a digit-grid model")
     data = torch.stack([items[i] for i in range(len(items))])  # type: ignore[arg-type]

@@ -100,12 +100,12 @@ class TokenWindows(Dataset):
 
     ``num`` windows start at seeded random offsets (``num=0``: consecutive
     non-overlapping windows, the held-out protocol: every token scored once, but
-    a last part shorter than a window, which is left out).
+    a last part shorter than a window, which is left out). ``source`` names the stream in errors.
     """
 
-    def __init__(self, tokens: Tensor, length: int, num: int = 0, seed: int = 0) -> None:
+    def __init__(self, tokens: Tensor, length: int, num: int = 0, seed: int = 0, source: str = "the stream") -> None:
         if len(tokens) < length:
-            raise TokenError(f"{len(tokens)} tokens are fewer than one window of {length}")
+            raise TokenError(f"{source} holds {len(tokens)} tokens, fewer than one window of {length}")
         self.tokens, self.length = tokens, length
         if num:
             g = torch.Generator().manual_seed(seed)

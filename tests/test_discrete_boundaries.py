@@ -65,6 +65,9 @@ def test_eval_scores_only_max_sequences(export, tmp_path, capsys):
     assert discrete_cli(["eval", "--checkpoint", export, "--data", str(text), "--steps", "2",
                          "--max-sequences", "2"]) == 0
     assert "over 64 tokens in 2 sequence(s)" in capsys.readouterr().out
+    text.write_text(builtin_text("train")[:2])
+    assert discrete_cli(["eval", "--checkpoint", export, "--data", str(text)]) == 2
+    assert f"{text} holds 2 tokens, fewer than one window of 32" in capsys.readouterr().err
 
 
 def test_the_long_side_is_rounded_to_the_nearest_pixel():

@@ -47,7 +47,7 @@ def test_token_windows():
     assert len(held_out) == 3 and held_out[1].tolist() == list(range(32, 64))
     rand = TokenWindows(tokens, 32, num=50, seed=1)
     assert len(rand) == 50 and all(len(w) == 32 for w in rand)
-    with pytest.raises(TokenError):
+    with pytest.raises(TokenError, match="the stream holds 10 tokens, fewer than one window of 32"):
         TokenWindows(tokens[:10], 32)
 
 
