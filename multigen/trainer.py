@@ -232,7 +232,10 @@ class Trainer:
 
         self.domain = domain_cls(cfg)
         self.domain.fit()  # vocabulary, normalisation: into the config before it is written
-        if t.resume and latest_checkpoint(self.checkpoint_dir) and (self.out / "config.yaml").is_file():
+        # a run that does not resume (train.resume=false, or no checkpoint to resume from: deleted to save space, or
+        # never written) starts over beside nothing an earlier run wrote there, and deletes none of it
+        resumes = t.resume and latest_checkpoint(self.checkpoint_dir) is not None
+        if resumes and (self.out / "config.yaml").is_file():
             earlier = read_yaml(self.out / "config.yaml")
             if "domain" in earlier and not names_domain(str(earlier["domain"]), domain_cls):  # (older runs: no key)
                 raise ConfigError(f"{self.out} holds checkpoints of a {earlier['domain']} run, not of a "
@@ -245,9 +248,6 @@ class Trainer:
                     changes += (f" (train.lr_decay={t.lr_decay} now ends at the new train.max_steps"
                                 f"{rises if t.max_steps > before else ''})")
                 acc.print(f"resuming with settings changed since the checkpoints were written: {changes}")
-        # a run that does not resume (train.resume=false, or no checkpoint to resume from: deleted to save space, or
-        # never written) starts over beside nothing an earlier run wrote there, and deletes none of it
-        resumes = t.resume and latest_checkpoint(self.checkpoint_dir) is not None
         if self.main and not resumes and (aside := set_aside_earlier_run(self.out)):
             why = "train.resume=false" if not t.resume else f"no checkpoint in {self.checkpoint_dir} to resume from"
             acc.print(f"{why}: moved the earlier run's files in {self.out} to {aside}")
