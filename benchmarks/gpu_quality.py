@@ -306,6 +306,16 @@ def mean_spread(values: list[float]) -> tuple[float, float]:
     return sum(values) / len(values), (max(values) - min(values)) / 2
 
 
+def run_record(job: gpu.Job, part: Path) -> dict[str, Any]:
+    """One run's entry in the results: its status and wall time, what it wrote to ``part`` (its JSON), and for one
+    that failed or timed out the end of its output, with its last line as the note."""
+    status = "running" if job.proc is None or job.seconds is None else job.status()
+    run = {"status": status, "wall_s": job.seconds, **(json.loads(part.read_text()) if part.exists() else {})}
+    if status not in ("ok", "running"):
+        run["output_tail"], run["note"] = job.tail(), job.last_line()
+    return run
+
+
 def markdown(results: dict[str, Any]) -> str:
     env = results["environment"]
     rows = [{"recipe": r["recipe"], "figure": r["figure"],
@@ -361,13 +371,7 @@ def main() -> None:
                                "work_dir": str(work), "runs": {}, "figures": []}
 
     def save() -> None:
-        for name, job in jobs.items():
-            part = work / f"{name}.json"
-            status = "running" if job.proc is None or job.seconds is None else job.status()
-            run = {"status": status, "wall_s": job.seconds, **(json.loads(part.read_text()) if part.exists() else {})}
-            if status not in ("ok", "running"):
-                run["output_tail"], run["note"] = job.tail(), job.last_line()
-            results["runs"][name] = run
+        results["runs"] = {name: run_record(job, work / f"{name}.json") for name, job in jobs.items()}
         results["figures"] = summarise(results["runs"])
         results["elapsed_s"] = time.monotonic() - start
         write_results(out / "gpu_quality.json", results)

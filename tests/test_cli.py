@@ -125,6 +125,15 @@ def test_every_cli_refuses_another_domains_export_naming_both(main, prog, argv, 
     assert capsys.readouterr().err == f"{prog}: error: {toy_export} holds a toy2d model, not a {domain} model\n"
 
 
+def test_load_export_loads_on_the_given_device_and_names_the_domain(monkeypatch):
+    import multigen.cli
+
+    seen = []
+    monkeypatch.setattr(multigen.cli, "load_pretrained", lambda *args, **kw: seen.append((args, kw)))
+    multigen.cli.load_export(argparse.Namespace(checkpoint="runs/x/export", device="meta"), "video")
+    assert seen == [(("runs/x/export", "meta"), {"domain": "video"})]
+
+
 def test_an_interrupted_training_run_ends_in_one_line_naming_its_newest_checkpoint(tmp_path, capsys, monkeypatch):
     import multigen.trainer
     from multigen.train import main as train_main

@@ -49,6 +49,7 @@ def test_token_windows():
     assert len(rand) == 50 and all(len(w) == 32 for w in rand)
     with pytest.raises(TokenError, match="the stream holds 10 tokens, fewer than one window of 32"):
         TokenWindows(tokens[:10], 32)
+    assert len(TokenWindows(tokens[:32], 32)) == 1  # exactly one window
 
 
 def test_digit_grids_quantised_and_split():

@@ -7,6 +7,8 @@ import json
 import math
 import os
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,15 @@ def test_a_failed_run_names_its_error_in_the_runs_table() -> None:
     md = bench.markdown({"environment": env, "dry_run": False, "train_seconds": 330.0, "budget_s": 465.0,
                          "figures": [], "runs": {"text_seed0": failed}})
     assert "| text_seed0 | failed |" in md and "| 3 | ModuleNotFoundError: No module named 'omegaconf' |" in md
+
+
+def test_a_failed_run_is_recorded_with_its_last_line_as_the_note(tmp_path: Path) -> None:
+    bench = load_benchmark("gpu_quality")
+    job = bench.gpu.Job([sys.executable, "-c", "print('training')\nimport no_such_peer"], tmp_path / "run.log")
+    job.launch()
+    while not job.poll():
+        time.sleep(0.05)
+    (tmp_path / "run.json").write_text('{"info": {"steps": 3}}')  # what the run wrote before it failed
+    run = bench.run_record(job, tmp_path / "run.json")
+    assert run["status"] == "failed" and run["info"] == {"steps": 3} and "training" in run["output_tail"]
+    assert run["note"] == "ModuleNotFoundError: No module named 'no_such_peer'"

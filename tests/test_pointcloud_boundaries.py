@@ -80,10 +80,11 @@ def test_a_cache_file_cut_short_is_named_and_made_anew(tmp_path):
     folder = ShapeFolder(tmp_path, "train", 64)
     first = folder[0]
     (cached,) = (tmp_path / ".multigen_cache").glob("*.npy")
-    cached.write_bytes(cached.read_bytes()[:100])  # a run killed as it wrote, or a full disk
-    with pytest.warns(UserWarning, match=r"the cache of .*a.npy, is damaged \(.*\): reading .*a.npy again"):
-        again = folder[0]
-    assert torch.equal(again, first) and np.array_equal(np.load(cached), first.numpy())
+    for damaged in (cached.read_bytes()[:100], b""):  # a run killed as it wrote, or a full disk
+        cached.write_bytes(damaged)
+        with pytest.warns(UserWarning, match=r"the cache of .*a.npy, is damaged \(.*\): reading .*a.npy again"):
+            again = folder[0]
+        assert torch.equal(again, first) and np.array_equal(np.load(cached), first.numpy())
 
 
 def test_global_normalization_without_a_scale_is_refused():

@@ -266,6 +266,8 @@ def test_the_known_part_is_noised_to_the_marginal_of_its_level():
     out = known.impose(x, torch.tensor(0.25, dtype=torch.float64), torch.Generator().manual_seed(0))
     assert torch.equal(out[:, 1], x[:, 1])
     assert abs(out[:, 0].mean().item() - 0.5 * 2.0) < 0.01 and abs(out[:, 0].var().item() - 0.75) < 0.01
+    assert torch.equal(known.impose(x, torch.tensor(0.25, dtype=torch.float64), torch.Generator().manual_seed(0)),
+                       out)  # drawn from the generator given
     assert torch.equal(known.impose(x, torch.tensor(1.0), None)[:, 0], x0[0].expand(len(x)))
 
 

@@ -346,6 +346,10 @@ def test_checkpoints_of_another_domain_are_named_as_such(toy_cfg):
                                           r"train.output_dir, or train.resume=false"):
         train(Toy2D, toy_cfg("train.max_steps=20", out="domains"))
     assert [r["step"] for r in read_log(run) if "loss" in r] == [10]
+    (run / "config.yaml").write_text(config.replace("domain: toy2d\n", ""))  # as runs before the key wrote it
+    train(Toy2D, toy_cfg("train.max_steps=20", out="domains"))
+    assert [r["step"] for r in read_log(run) if "loss" in r] == [10, 20]
+    assert (run / "config.yaml").read_text().startswith("domain: toy2d\n")
 
 
 def test_resuming_another_network_is_an_error_and_other_changes_are_named(toy_cfg, capsys):

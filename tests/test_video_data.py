@@ -340,6 +340,10 @@ def test_colour_frames_become_grey_with_the_luma_weights():
         frames[c, ..., c] = 255  # pure red, green, blue
     grey = frames_to_clip(frames, 8, 1)[:, 0, 0, 0]
     torch.testing.assert_close(grey, 2 * torch.tensor([0.299, 0.587, 0.114]) - 1, atol=1e-3, rtol=0)
+    grey_frames = np.arange(2 * 8 * 8, dtype=np.uint8).reshape(2, 8, 8, 1)
+    rgb = frames_to_clip(grey_frames, 8, 3)  # and grey becomes RGB by repetition
+    assert rgb.shape == (2, 3, 8, 8) and all(torch.equal(rgb[:, c], frames_to_clip(grey_frames, 8, 1)[:, 0])
+                                             for c in range(3))
 
 
 def test_natural_video_windows_stay_inside_their_photograph(natural):

@@ -69,6 +69,8 @@ def test_the_chaining_runs_and_keeps_the_context(bench, tmp_path):
     assert all(r["model_psnr"] < PSNR_CAP for r in rows)
     with pytest.raises(ValueError, match="below the model's window"):
         bench.long_rows(domain, domain.build_model(), clips, context=5)
+    with pytest.raises(ValueError, match="--context 0 must be at least 1"):
+        bench.check_context(0, 5, 9)
     lines = bench.table(rows).splitlines()
     assert len(lines) == 2 + len(rows) and all(line.count("|") == 7 for line in lines)
     for name in ("future_autoregressive", "past_hierarchical"):  # 2 clips, each real one above its generated one
