@@ -58,6 +58,6 @@ def test_a_failed_section_names_its_error_in_the_table(tmp_path: Path) -> None:
     assert result["status"] == "failed" and "loading" in result["output_tail"]
     assert result["note"] == "ModuleNotFoundError: No module named 'no_such_peer'"
     assert "| peer | failed |" in (tmp_path / "out" / "gpu.md").read_text()
+    assert "No module named 'no_such_peer' |" in (tmp_path / "out" / "gpu.md").read_text()
     (tmp_path / "blank.log").write_text("boom\n\n   \n")  # blank lines after the error
     assert gpu.Job([], tmp_path / "blank.log").last_line() == "boom"
-    assert "No module named 'no_such_peer' |" in (tmp_path / "out" / "gpu.md").read_text()
