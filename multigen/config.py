@@ -245,16 +245,17 @@ def _merge(merged: Any, data: Mapping[str, Any]) -> Any:
         if key := getattr(e, "full_key", None):
             raise ConfigError(f"{key}: {_omegaconf_message(e)}") from None
         for section, keys in data.items():  # find the value at fault, one at a time
-            is_section = OmegaConf.is_config(merged.get(section)) if section in merged else False
-            if is_section and not isinstance(keys, Mapping):
-                raise ConfigError(f"{section}: a section of keys, got {keys!r}") from None
-            parts = keys.items() if is_section else [(None, keys)]
-            for key, value in parts:
+            if section in merged and OmegaConf.is_config(merged[section]):
+                if not isinstance(keys, Mapping):
+                    raise ConfigError(f"{section}: a section of keys, got {keys!r}") from None
+                parts = {f"{section}.{key}": {section: {key: value}} for key, value in keys.items()}
+            else:
+                parts = {section: {section: keys}}
+            for dotted, part in parts.items():
                 try:
-                    OmegaConf.merge(merged, {section: value} if key is None else {section: {key: value}})
+                    OmegaConf.merge(merged, part)
                 except OmegaConfBaseException as inner:
-                    raise ConfigError(f"{section if key is None else f'{section}.{key}'}: "
-                                      f"{_omegaconf_message(inner)}") from None
+                    raise ConfigError(f"{dotted}: {_omegaconf_message(inner)}") from None
         raise ConfigError(_omegaconf_message(e)) from None
 
 
