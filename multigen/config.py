@@ -203,15 +203,39 @@ def _is_pair(value: Any, check: Callable[[float, float], bool]) -> bool:
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) and check(*value))
 
 
-def _text_kind(schema: type, dotted: str) -> str | None:
-    """``"str"`` or ``"list"`` where ``dotted`` (``"data.categories"``) names a plain ``str`` or ``list[str]`` field of
-    ``schema``, else None."""
+def _field(schema: type, dotted: str) -> tuple[Any, str]:
+    """The config dataclass holding the key ``dotted`` (``"data.categories"``) of ``schema`` (None where no section
+    of that name is one) and the key's last part."""
     cls: Any = schema
     *parents, leaf = dotted.split(".")
     for part in parents:
         cls = get_type_hints(cls).get(part) if dataclasses.is_dataclass(cls) else None
-    hint = get_type_hints(cls).get(leaf) if dataclasses.is_dataclass(cls) else None
+    return (cls if dataclasses.is_dataclass(cls) else None), leaf
+
+
+def _text_kind(schema: type, dotted: str) -> str | None:
+    """``"str"`` or ``"list"`` where ``dotted`` (``"data.categories"``) names a plain ``str`` or ``list[str]`` field of
+    ``schema``, else None."""
+    cls, leaf = _field(schema, dotted)
+    hint = get_type_hints(cls).get(leaf) if cls else None
     return "str" if hint is str else "list" if hint == list[str] else None
+
+
+def _unfit(schema: type, dotted: str, value: Any, e: OmegaConfBaseException) -> ConfigError:
+    """The error for ``value``, which OmegaConf could not put at the key ``dotted`` of ``schema``: a pair's own
+    wording where the key is one (OmegaConf's names neither the length wanted nor the value, or prints a template),
+    else OmegaConf's first line."""
+    cls, leaf = _field(schema, dotted)
+    pair = next((f.metadata.get("pair") for f in dataclasses.fields(cls) if f.name == leaf), None) if cls else None
+    return ConfigError(f"{dotted}: must be {pair[0]}, got {value!r}" if pair else
+                       f"{dotted}: {_omegaconf_message(e)}")
+
+
+def _at(data: Any, dotted: str) -> Any:
+    """The value at ``dotted`` (``"train.adam_betas"``) in the nested mappings ``data``; None where there is none."""
+    for part in dotted.split("."):
+        data = data.get(part) if isinstance(data, Mapping) else None
+    return data
 
 
 def _as_typed(schema: type, loaded: Any, raw: Any, prefix: str = "") -> None:
@@ -235,15 +259,15 @@ def _omegaconf_message(e: OmegaConfBaseException) -> str:
     return first_line(getattr(e, "msg", None) or e)
 
 
-def _merge(merged: Any, data: Mapping[str, Any]) -> Any:
-    """``data`` (a config file's sections and keys) merged into ``merged``; a :class:`ConfigError` naming the dotted
-    key of a value that does not fit (OmegaConf's own message names none for some, such as a tuple's length or a
-    section given as one value)."""
+def _merge(schema: type, merged: Any, data: Mapping[str, Any]) -> Any:
+    """``data`` (a config file's sections and keys) merged into ``merged`` (of ``schema``); a :class:`ConfigError`
+    naming the dotted key of a value that does not fit (OmegaConf's own message names none for some, such as a
+    tuple's length or a section given as one value)."""
     try:
         return OmegaConf.merge(merged, data)
     except OmegaConfBaseException as e:
         if key := getattr(e, "full_key", None):
-            raise ConfigError(f"{key}: {_omegaconf_message(e)}") from None
+            raise _unfit(schema, key, _at(data, key), e) from None
         for section, keys in data.items():  # find the value at fault, one at a time
             if section in merged and OmegaConf.is_config(merged[section]):
                 if not isinstance(keys, Mapping):
@@ -255,7 +279,7 @@ def _merge(merged: Any, data: Mapping[str, Any]) -> Any:
                 try:
                     OmegaConf.merge(merged, part)
                 except OmegaConfBaseException as inner:
-                    raise ConfigError(f"{dotted}: {_omegaconf_message(inner)}") from None
+                    raise _unfit(schema, dotted, _at(part, dotted), inner) from None
         raise ConfigError(_omegaconf_message(e)) from None
 
 
@@ -307,11 +331,11 @@ def load_config(
                 raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
             _as_typed(schema, loaded, raw)
             try:
-                merged = _merge(merged, loaded or {})
+                merged = _merge(schema, merged, loaded or {})
             except ConfigError as e:
                 raise ConfigError(f"{path}: {e}") from None
         if values:
-            merged = _merge(merged, dict(values))
+            merged = _merge(schema, merged, dict(values))
         for item in overrides:
             if "=" not in item or item.startswith("="):
                 raise ConfigError(f"override {item!r} is not of the form key.sub=value")
@@ -334,7 +358,7 @@ def load_config(
             try:
                 merged = OmegaConf.merge(merged, parsed)
             except OmegaConfBaseException as e:  # some (a tuple's length, say) do not name the key themselves
-                raise ConfigError(f"{key}: {_omegaconf_message(e)}") from None
+                raise _unfit(schema, key, _at(OmegaConf.to_container(parsed), key), e) from None
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)

@@ -115,7 +115,10 @@ def test_missing_file_and_bad_file(tmp_path):
 
 
 @pytest.mark.parametrize("text, named", [
-    ("train:\n  adam_betas: [0.9]\n", r"train\.adam_betas: TupleConfig length 1 does not match"),  # no key of its own
+    ("train:\n  adam_betas: [0.9]\n", r"train\.adam_betas: must be \[b1, b2\] .*, got \[0\.9\]"),  # OmegaConf: no key
+    ("train:\n  adam_betas: 0.9\n", r"train\.adam_betas: must be \[b1, b2\] .*, got 0\.9"),
+    ("sample:\n  guidance_interval: [a, 1]\n",  # OmegaConf's message is a template: "Value '$VALUE' of type ..."
+     r"sample\.guidance_interval: must be \[lo, hi\] .*, got \['a', 1\]"),
     ("train: 5\n", r"train: a section of keys, got 5"),
     ("train:\n  max_steps: abc\n", r"train\.max_steps: Value 'abc'"),
     ("train:\n  nosuch: 3\n", r"train\.nosuch: Key 'nosuch' not in 'TrainConfig'"),
@@ -213,7 +216,8 @@ def test_training_on_bad_data_stops_with_one_line_naming_it(tmp_path, capsys):
      "sample.steps=16: at most process.timesteps=8, the chain this model was trained on"),
     ("discrete", ["sample.length=64"], "sample.length=64: at most data.length=32"),
     ("discrete", ["train.adam_betas=[0.9,1.5]"], r"train.adam_betas: must be \[b1, b2\] with each in \[0, 1\)"),
-    ("video", ["sample.guidance_interval=[0.5]"], "sample.guidance_interval: TupleConfig length 1"),
+    ("video", ["sample.guidance_interval=[0.5]"], r"sample.guidance_interval: must be \[lo, hi\] .*, got \[0.5\]"),
+    ("video", ["sample.guidance_interval=[a,b]"], r"sample.guidance_interval: must be .*, got \['a', 'b'\]"),
     ("toy2d", ["diffusion.schedule=linear", "diffusion.timesteps=100"],
      r"diffusion.schedule=linear, diffusion.timesteps=100: .* raise beta_end \(e.g. beta_end >= 0.138"),
     ("toy2d", ["diffusion.schedule=sigmoid", "diffusion.sigmoid_tau=0"],
