@@ -60,11 +60,13 @@ def video_config(config: str, batch: int | None, overrides: list[str] | tuple[st
     return load_config(VideoConfig, REPO / "configs" / "video" / f"{config}.yaml", overrides)
 
 
-def measure(config: str, device: str, batch: int | None, steps: int, peer: bool = False) -> dict:
-    """Time ``steps`` training steps of ``configs/video/<config>.yaml`` (ours, or the peer at equal size)."""
+def measure(config: str, device: str, batch: int | None, steps: int, peer: bool = False,
+            overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Time ``steps`` training steps of ``configs/video/<config>.yaml`` with ``overrides`` (ours, or the peer at equal
+    size)."""
     from video.domain import Video
 
-    cfg = video_config(config, batch)
+    cfg = video_config(config, batch, overrides)
     domain = Video(cfg)
     model = domain.build_model().to(device)
     ours = sum(p.numel() for p in model.parameters())
@@ -79,7 +81,8 @@ def measure(config: str, device: str, batch: int | None, steps: int, peer: bool 
     seconds, peak = time_train_steps(loss_fn, model.parameters(), device, dtype, steps)
     d = cfg.data
     return {
-        "config": config, "model": "video-diffusion-pytorch Unet3D" if peer else "multigen SpaceTimeUNet",
+        "config": " ".join([config, *overrides]),
+        "model": "video-diffusion-pytorch Unet3D" if peer else "multigen SpaceTimeUNet",
         "device": device, "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
         "clip": f"{d.frames}x{d.channels}x{d.size}x{d.size}", "batch": cfg.train.batch_size,
         "step_seconds": seconds, "clips_per_second": cfg.train.batch_size / seconds, "peak_memory_MB": peak / 2**20,
@@ -129,6 +132,7 @@ MFU_VARIANTS = {  # in the order measured: the baseline and the expected best fi
     "fold_bias": (["model.fold_frame_bias=true"], False),
     "compile": ([], True),
     "compile+channels_last": (["model.channels_last=true"], True),
+    "checkpointing": (["model.gradient_checkpointing=true"], False),  # memory, not speed
 }
 MFU_BATCHES = (8, 16, 32, 64)
 DRY_RUN_VARIANTS = ["eager", "compile+channels_last+fold_bias"]  # every code path, in seconds
@@ -303,6 +307,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, help="override every config's batch size")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--peer", action="store_true", help="also measure video-diffusion-pytorch at equal size")
+    parser.add_argument("--override", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every config measured (e.g. model.gradient_checkpointing=true)")
     parser.add_argument("--quality", metavar="EXPORT_DIR", help="sample quality against sampler steps")
     parser.add_argument("--samplers", nargs="+", type=sampler_setting, default=SAMPLER_SETTINGS,
                         metavar="SAMPLER:STEPS", help="--quality: the sampler settings to compare")
@@ -318,7 +324,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/out/video.json")
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one, args.device, args.batch, args.steps, args.peer)))
+        print(json.dumps(measure(args.one, args.device, args.batch, args.steps, args.peer, args.override)))
         return
     if args.mfu:
         rows = mfu_rows(args.device, dry_run=args.dry_run, batches=args.batches, variants=args.variants,
@@ -341,6 +347,7 @@ def main() -> None:
         for peer in [False, True] if args.peer else [False]:
             cmd = [sys.executable, __file__, "--one", config, "--device", args.device, "--steps", str(args.steps)]
             cmd += (["--batch", str(args.batch)] if args.batch else []) + (["--peer"] if peer else [])
+            cmd += ["--override", *args.override] if args.override else []
             result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
             if result.returncode != 0:
                 failed.append(f"{config}{' (peer)' if peer else ''}")

@@ -46,8 +46,8 @@ def nonempty(default: str) -> Any:
 
 
 def speed_only(default: bool) -> Any:
-    """A switch of how fast a network runs that keeps its weights and outputs (up to rounding): a run may resume with
-    it changed."""
+    """A switch of how a network runs (its speed or memory) that keeps its weights and outputs (up to rounding): a run
+    may resume with it changed."""
     return field(default=default, metadata={"speed_only": True})
 
 

@@ -377,7 +377,8 @@ def test_resuming_another_network_is_an_error_and_other_changes_are_named(toy_cf
     from multigen.config import speed_only_keys
     from video.domain import VideoConfig
 
-    assert speed_only_keys(VideoConfig()) == {"model.channels_last", "model.fold_frame_bias"}  # may change on resume
+    assert speed_only_keys(VideoConfig()) == {"model.channels_last", "model.fold_frame_bias",  # may change on resume
+                                              "model.gradient_checkpointing"}
 
 
 def test_a_time_limit_ends_the_run_at_a_log_step_with_its_checkpoint_and_export(toy_cfg, monkeypatch, capsys):

@@ -17,16 +17,23 @@ def test_step_flops_are_per_clip(bench):
 
 
 def test_mfu_dry_run_gives_rows_and_a_table(bench):
-    rows = bench.mfu_rows("cpu", peak_tflops=1.0, dry_run=True, variants=["eager", "fold_bias"])
-    assert [(r["variant"], r["batch"], r["status"]) for r in rows] == [("eager", 1, "ok"), ("fold_bias", 1, "ok")]
+    rows = bench.mfu_rows("cpu", peak_tflops=1.0, dry_run=True, variants=["eager", "fold_bias", "checkpointing"])
+    ran = [("eager", 1, "ok"), ("fold_bias", 1, "ok"), ("checkpointing", 1, "ok")]
+    assert [(r["variant"], r["batch"], r["status"]) for r in rows] == ran
     r = rows[0]
     assert r["step_seconds"] > 0 and r["mfu_percent"] == pytest.approx(100 * r["tflop_per_step"] / r["step_seconds"])
     skipped = bench.mfu_rows("cpu", peak_tflops=1.0, dry_run=True, variants=["compile"], budget_s=-1)
     assert skipped[0]["status"].startswith("skipped")
     table = bench.mfu_table(rows + skipped).splitlines()
-    assert len(table) == 2 + 3 and all(line.count("|") == 10 for line in table)
+    assert len(table) == 2 + 4 and all(line.count("|") == 10 for line in table)
     with pytest.raises(ValueError, match="unknown MFU variant"):
         bench.mfu_rows("cpu", peak_tflops=1.0, dry_run=True, variants=["fast"])
+
+
+def test_a_cost_row_measures_the_config_with_its_overrides_and_names_them(bench):
+    row = bench.measure("tiny", "cpu", 2, 1, overrides=["model.gradient_checkpointing=true", "data.frames=4"])
+    assert row["config"] == "tiny model.gradient_checkpointing=true data.frames=4" and row["clip"].startswith("4x")
+    assert row["batch"] == 2 and row["step_seconds"] > 0
 
 
 def test_quality_rows_and_table_of_an_untrained_export(bench, tmp_path):

@@ -76,6 +76,8 @@ class VideoModelConfig:
     # GPU speed levers, same weights and state dict, outputs equal up to rounding (benchmarks/video.py mfu_rows):
     channels_last: bool = speed_only(False)  # NHWC activations for the per-frame convolutions
     fold_frame_bias: bool = speed_only(False)  # temporal attention as one bias-free call (SDPA's flash kernel)
+    # Memory: each block's activations recomputed in the backward pass, not kept (same weights and gradients).
+    gradient_checkpointing: bool = speed_only(False)
 
 
 @dataclass
@@ -226,7 +228,8 @@ class Video(GaussianDomain):
             channels=d.channels, base=m.base_channels, mults=tuple(m.channel_mults), blocks=m.blocks,
             attn_levels=tuple(m.attn_levels), head_channels=m.head_channels, dropout=m.dropout,
             temporal_attention=m.temporal_attention, channels_last=m.channels_last, fold_frame_bias=m.fold_frame_bias,
-            reference_input=m.reference_input, self_condition=m.self_condition, rotary=m.rotary,
+            gradient_checkpointing=m.gradient_checkpointing, reference_input=m.reference_input,
+            self_condition=m.self_condition, rotary=m.rotary,
             residual=m.residual, reference=m.reference, residual_scale=m.residual_scale,
         )
 
