@@ -203,7 +203,7 @@ def _is_pair(value: Any, check: Callable[[float, float], bool]) -> bool:
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) and check(*value))
 
 
-def _field(schema: type, dotted: str) -> tuple[Any, str]:
+def _key_owner(schema: type, dotted: str) -> tuple[Any, str]:
     """The config dataclass holding the key ``dotted`` (``"data.categories"``) of ``schema`` (None where no section
     of that name is one) and the key's last part."""
     cls: Any = schema
@@ -216,7 +216,7 @@ def _field(schema: type, dotted: str) -> tuple[Any, str]:
 def _text_kind(schema: type, dotted: str) -> str | None:
     """``"str"`` or ``"list"`` where ``dotted`` (``"data.categories"``) names a plain ``str`` or ``list[str]`` field of
     ``schema``, else None."""
-    cls, leaf = _field(schema, dotted)
+    cls, leaf = _key_owner(schema, dotted)
     hint = get_type_hints(cls).get(leaf) if cls else None
     return "str" if hint is str else "list" if hint == list[str] else None
 
@@ -225,7 +225,7 @@ def _unfit(schema: type, dotted: str, value: Any, e: OmegaConfBaseException) -> 
     """The error for ``value``, which OmegaConf could not put at the key ``dotted`` of ``schema``: a pair's own
     wording where the key is one (OmegaConf's names neither the length wanted nor the value, or prints a template),
     else OmegaConf's first line."""
-    cls, leaf = _field(schema, dotted)
+    cls, leaf = _key_owner(schema, dotted)
     pair = next((f.metadata.get("pair") for f in dataclasses.fields(cls) if f.name == leaf), None) if cls else None
     return ConfigError(f"{dotted}: must be {pair[0]}, got {value!r}" if pair else
                        f"{dotted}: {_omegaconf_message(e)}")
