@@ -19,6 +19,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 T = TypeVar("T")
+# what OmegaConf.merge raises for a value that does not fit: its own errors, and a bare TypeError for a mapping put
+# where a list or tuple is ("Cannot merge incompatible container types")
+MERGE_ERRORS = (OmegaConfBaseException, TypeError)
 
 
 class ConfigError(ValueError):
@@ -221,7 +224,7 @@ def _text_kind(schema: type, dotted: str) -> str | None:
     return "str" if hint is str else "list" if hint == list[str] else None
 
 
-def _unfit(schema: type, dotted: str, value: Any, e: OmegaConfBaseException) -> ConfigError:
+def _unfit(schema: type, dotted: str, value: Any, e: Exception) -> ConfigError:
     """The error for ``value``, which OmegaConf could not put at the key ``dotted`` of ``schema``: a pair's own
     wording where the key is one (OmegaConf's names neither the length wanted nor the value, or prints a template),
     else OmegaConf's first line."""
@@ -255,7 +258,7 @@ def _as_typed(schema: type, loaded: Any, raw: Any, prefix: str = "") -> None:
             _as_typed(schema, value, typed, dotted + ".")
 
 
-def _omegaconf_message(e: OmegaConfBaseException) -> str:
+def _omegaconf_message(e: Exception) -> str:
     return first_line(getattr(e, "msg", None) or e)
 
 
@@ -265,7 +268,7 @@ def _merge(schema: type, merged: Any, data: Mapping[str, Any]) -> Any:
     tuple's length or a section given as one value)."""
     try:
         return OmegaConf.merge(merged, data)
-    except OmegaConfBaseException as e:
+    except MERGE_ERRORS as e:
         if key := getattr(e, "full_key", None):
             raise _unfit(schema, key, _at(data, key), e) from None
         for section, keys in data.items():  # find the value at fault, one at a time
@@ -278,7 +281,7 @@ def _merge(schema: type, merged: Any, data: Mapping[str, Any]) -> Any:
             for dotted, part in parts.items():
                 try:
                     OmegaConf.merge(merged, part)
-                except OmegaConfBaseException as inner:
+                except MERGE_ERRORS as inner:
                     raise _unfit(schema, dotted, _at(part, dotted), inner) from None
         raise ConfigError(_omegaconf_message(e)) from None
 
@@ -357,7 +360,7 @@ def load_config(
                 parsed = OmegaConf.create(typed)
             try:
                 merged = OmegaConf.merge(merged, parsed)
-            except OmegaConfBaseException as e:  # some (a tuple's length, say) do not name the key themselves
+            except MERGE_ERRORS as e:  # some (a tuple's length, say) do not name the key themselves
                 raise _unfit(schema, key, _at(OmegaConf.to_container(parsed), key), e) from None
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:

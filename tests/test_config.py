@@ -117,6 +117,9 @@ def test_missing_file_and_bad_file(tmp_path):
 @pytest.mark.parametrize("text, named", [
     ("train:\n  adam_betas: [0.9]\n", r"train\.adam_betas: must be \[b1, b2\] .*, got \[0\.9\]"),  # OmegaConf: no key
     ("train:\n  adam_betas: 0.9\n", r"train\.adam_betas: must be \[b1, b2\] .*, got 0\.9"),
+    ("train:\n  adam_betas: abc\n", r"train\.adam_betas: must be \[b1, b2\] .*, got 'abc'"),
+    ("train:\n  adam_betas:\n    x: 1\n",  # OmegaConf: a bare TypeError, "Cannot merge incompatible container types"
+     r"train\.adam_betas: must be \[b1, b2\] .*, got \{'x': 1\}"),
     ("sample:\n  guidance_interval: [a, 1]\n",  # OmegaConf's message is a template: "Value '$VALUE' of type ..."
      r"sample\.guidance_interval: must be \[lo, hi\] .*, got \['a', 1\]"),
     ("train: 5\n", r"train: a section of keys, got 5"),
@@ -131,6 +134,13 @@ def test_a_value_in_a_file_that_does_not_fit_names_the_file_and_the_key(tmp_path
         load_config(Toy2DConfig, bad)
     with pytest.raises(ConfigError, match=rf"^{named}"):  # an export's values, which its loader names the file of
         load_config(Toy2DConfig, values=yaml.safe_load(text))
+
+
+def test_an_override_below_a_plain_key_is_a_config_error_naming_it():
+    for item, said in (("train.max_steps.sub=3", "could not be converted to Integer"),
+                       ("train.adam_betas.x=1", "Cannot merge incompatible container types")):  # (was a TypeError)
+        with pytest.raises(ConfigError, match=rf"^{item.partition('=')[0]}: .*{said}"):
+            load_config(Toy2DConfig, overrides=[item])
 
 
 def test_an_interval_setting_must_lie_in_zero_one_in_order():
