@@ -44,6 +44,17 @@ def test_gpu_script_dry_run_writes_every_section(tmp_path: Path) -> None:
     assert "## trainer runs" in md and "## point clouds: ops" in md
 
 
+def test_the_mfu_plan_takes_the_baseline_each_lever_and_the_memory_switch(tmp_path: Path) -> None:
+    """The mfu section's plan on a GPU: the baseline, the expected best, each lever alone and activation
+    checkpointing, all variants of benchmarks/video.py (here with no time left: every row skipped, nothing timed)."""
+    gpu = load_benchmark("gpu")
+    gpu.run_mfu_hook(argparse.Namespace(device="cpu", peak=1.0, dry_run=False, seconds=-1, work=str(tmp_path)))
+    rows = json.loads((tmp_path / "mfu.json").read_text())
+    assert all(r["status"].startswith("skipped") for r in rows)
+    planned = {"eager", "compile+channels_last+fold_bias", "channels_last", "fold_bias", "compile", "checkpointing"}
+    assert {r["variant"] for r in rows} == planned and planned <= set(load_benchmark("video").MFU_VARIANTS)
+
+
 def test_a_failed_section_names_its_error_in_the_table(tmp_path: Path) -> None:
     """A section whose job fails shows that job's last line (its exception) as the table's note, not only in the
     JSON's output tail, and a failing job after a good one is the one named."""

@@ -1,6 +1,9 @@
 """benchmarks/video.py's MFU measurement (run on a GPU by benchmarks/gpu.py): its FLOP count and its dry run."""
 
+from unittest.mock import patch
+
 import pytest
+from torch.utils.checkpoint import checkpoint
 
 from .conftest import load_benchmark
 
@@ -17,7 +20,9 @@ def test_step_flops_are_per_clip(bench):
 
 
 def test_mfu_dry_run_gives_rows_and_a_table(bench):
-    rows = bench.mfu_rows("cpu", peak_tflops=1.0, dry_run=True, variants=["eager", "fold_bias", "checkpointing"])
+    with patch("video.model.checkpoint", side_effect=checkpoint) as checkpointed:
+        rows = bench.mfu_rows("cpu", peak_tflops=1.0, dry_run=True, variants=["eager", "fold_bias", "checkpointing"])
+    assert checkpointed.call_count > 0  # by the checkpointing row
     ran = [("eager", 1, "ok"), ("fold_bias", 1, "ok"), ("checkpointing", 1, "ok")]
     assert [(r["variant"], r["batch"], r["status"]) for r in rows] == ran
     r = rows[0]
@@ -28,12 +33,6 @@ def test_mfu_dry_run_gives_rows_and_a_table(bench):
     assert len(table) == 2 + 4 and all(line.count("|") == 10 for line in table)
     with pytest.raises(ValueError, match="unknown MFU variant"):
         bench.mfu_rows("cpu", peak_tflops=1.0, dry_run=True, variants=["fast"])
-
-
-def test_a_cost_row_measures_the_config_with_its_overrides_and_names_them(bench):
-    row = bench.measure("tiny", "cpu", 2, 1, overrides=["model.gradient_checkpointing=true", "data.frames=4"])
-    assert row["config"] == "tiny model.gradient_checkpointing=true data.frames=4" and row["clip"].startswith("4x")
-    assert row["batch"] == 2 and row["step_seconds"] > 0
 
 
 def test_quality_rows_and_table_of_an_untrained_export(bench, tmp_path):
@@ -54,16 +53,21 @@ def test_quality_rows_and_table_of_an_untrained_export(bench, tmp_path):
 
 def test_the_cost_table_exits_non_zero_naming_the_rows_that_failed_and_refuses_an_absent_device(bench, tmp_path):
     """A row that fails (an unknown config here; a peer package not installed) leaves the table and the JSON of the
-    others, and the command fails naming it; a device this machine lacks is an argparse error, before any work."""
+    others, and the command fails naming it; every row measures its config with the overrides given, and is named
+    with them; a device this machine lacks is an argparse error, before any work."""
+    import json
     import subprocess
     import sys
 
     import torch
 
     script = str(bench.REPO / "benchmarks" / "video.py")
-    run = subprocess.run([sys.executable, script, "--configs", "nosuch", "--steps", "1", "--device", "cpu",
+    run = subprocess.run([sys.executable, script, "--configs", "nosuch", "tiny", "--steps", "1", "--device", "cpu",
+                          "--override", "data.frames=4", "model.gradient_checkpointing=true",
                           "--out", str(tmp_path / "v.json")], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 1 and "failed: nosuch" in run.stderr and (tmp_path / "v.json").is_file()
+    assert run.returncode == 1 and "failed: nosuch" in run.stderr
+    [row] = json.loads((tmp_path / "v.json").read_text())["results"]
+    assert row["config"] == "tiny data.frames=4 model.gradient_checkpointing=true" and row["clip"].startswith("4x")
     if not torch.cuda.is_available():
         run = subprocess.run([sys.executable, script, "--device", "cuda"], capture_output=True, text=True, timeout=300)
         assert run.returncode == 2 and "this machine has no cuda device (use cpu)" in run.stderr
