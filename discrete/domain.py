@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from multigen.config import ConfigError, TrainConfig, at_least, between, choice
+from multigen.config import ConfigError, TrainConfig, at_least, between, choice, speed_only
 from multigen.diffusion import ModelFn
 from multigen.domain import Domain, check_count, no_condition
 from multigen.samplers import Known
@@ -81,6 +81,8 @@ class DiscreteModelConfig:
     # learned absolute embeddings, and a learned per-head attention bias for each token offset.
     rotary: bool = True
     relative_bias: bool = True
+    # Memory: each block's activations recomputed in the backward pass, not kept (same weights and gradients).
+    gradient_checkpointing: bool = speed_only(False)
 
 
 @dataclass
@@ -305,11 +307,13 @@ class Discrete(Domain):
         flag = p.infill_rate > 0
         if self.grid:
             return GridUNet(self.vocab, p.timesteps, base=m.dim, blocks=m.depth, known_flag=flag,
-                            time_conditioning=m.time_conditioning, self_condition=m.self_condition)
+                            time_conditioning=m.time_conditioning, self_condition=m.self_condition,
+                            gradient_checkpointing=m.gradient_checkpointing)
         return SequenceTransformer(self.vocab, self.cfg.data.length, p.timesteps, dim=m.dim, depth=m.depth,
                                    heads=m.heads, dropout=m.dropout, known_flag=flag, mlp=m.mlp,
                                    time_conditioning=m.time_conditioning, self_condition=m.self_condition,
-                                   rotary=m.rotary, relative_bias=m.relative_bias)
+                                   rotary=m.rotary, relative_bias=m.relative_bias,
+                                   gradient_checkpointing=m.gradient_checkpointing)
 
     def build_dataset(self, split: str) -> Dataset:
         d = self.cfg.data

@@ -7,7 +7,9 @@ training), they also take a bool ``known`` of the tokens' shape: a learned vecto
 embedding of each known (clean) token, so the model can tell them from noisy ones. Built with
 ``time_conditioning=False`` they ignore ``t`` (for the absorbing chain, whose exact denoiser depends
 on ``x_t`` alone: the masks say how far the chain has gone). Built with ``self_condition=True`` they
-also see their own first estimate of ``x_0`` (:class:`SelfCondition`).
+also see their own first estimate of ``x_0`` (:class:`SelfCondition`). Built with
+``gradient_checkpointing=True`` they recompute each block's activations in the backward pass instead of keeping them
+(:func:`multigen.nn.run_block`: less memory in training, the same outputs and gradients).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torch import Tensor, nn
 
 from multigen.diffusion import host_coin
 from multigen.nn import (Attention, FeedForward, GatedFeedForward, ResBlock, TimestepEmbedding, group_norm,
-                         rotary_tables)
+                         rotary_tables, run_block)
 
 
 class KnownFlag(nn.Module):
@@ -121,9 +123,10 @@ class SequenceTransformer(nn.Module):
     def __init__(self, vocab: int, max_length: int, timesteps: int, dim: int = 256, depth: int = 6,
                  heads: int = 4, dropout: float = 0.0, causal: bool = False, known_flag: bool = False,
                  mlp: str = "gelu", time_conditioning: bool = True, self_condition: bool = False,
-                 rotary: bool = False, relative_bias: bool = True) -> None:
+                 rotary: bool = False, relative_bias: bool = True, gradient_checkpointing: bool = False) -> None:
         super().__init__()
         self.timesteps, self.dim, self.causal, self.max_length = timesteps, dim, causal, max_length
+        self.checkpointing = gradient_checkpointing
         self.tokens = nn.Embedding(vocab, dim)
         self.known = KnownFlag(dim, known_flag)
         self.positions = None if rotary else nn.Parameter(torch.randn(max_length, dim) * 0.02)
@@ -156,7 +159,7 @@ class SequenceTransformer(nn.Module):
         emb = embed_time(self.time, t, self.timesteps, self.dim)
         rotary, biases = positions
         for block, bias in zip(self.blocks, biases):
-            h = block(h, emb, bias, rotary)
+            h = run_block(block, h, emb, bias, rotary, checkpointed=self.checkpointing)
         return self.head(self.norm(h))
 
     def _positions(self, L: int, device: torch.device) -> tuple[tuple[Tensor, Tensor] | None, list[Tensor | None]]:
@@ -181,9 +184,10 @@ class GridUNet(nn.Module):
     """
 
     def __init__(self, vocab: int, timesteps: int, base: int = 64, blocks: int = 2, known_flag: bool = False,
-                 time_conditioning: bool = True, self_condition: bool = False) -> None:
+                 time_conditioning: bool = True, self_condition: bool = False,
+                 gradient_checkpointing: bool = False) -> None:
         super().__init__()
-        self.timesteps = timesteps
+        self.timesteps, self.checkpointing = timesteps, gradient_checkpointing
         emb_dim = self.emb_dim = 4 * base
         self.time = TimestepEmbedding(emb_dim) if time_conditioning else None
         self.tokens = nn.Embedding(vocab, base)
@@ -208,11 +212,11 @@ class GridUNet(nn.Module):
             h = self.self_condition(h, previous)
         h = h.permute(0, 3, 1, 2)
         for block in self.down:
-            h = block(h, emb)
+            h = run_block(block, h, emb, checkpointed=self.checkpointing)
         skip, h = h, self.pool(h)
         for block in self.mid:
-            h = block(h, emb)
+            h = run_block(block, h, emb, checkpointed=self.checkpointing)
         h = torch.cat([skip, self.up(h)], dim=1)
         for block in self.out_blocks:
-            h = block(h, emb)
+            h = run_block(block, h, emb, checkpointed=self.checkpointing)
         return self.head(h).permute(0, 2, 3, 1)

@@ -374,11 +374,13 @@ def test_resuming_another_network_is_an_error_and_other_changes_are_named(toy_cf
     train(Toy2D, toy_cfg("train.max_steps=40", "diffusion.beta_start=0.0002", "train.lr_decay=linear",
                          "train.log_every=5", out="changed"))  # the decay's end stays
     assert "train.log_every: 10 -> 5\n" in capsys.readouterr().out
+    from discrete.domain import DiscreteConfig
     from multigen.config import speed_only_keys
     from video.domain import VideoConfig
 
     assert speed_only_keys(VideoConfig()) == {"model.channels_last", "model.fold_frame_bias",  # may change on resume
                                               "model.gradient_checkpointing"}
+    assert speed_only_keys(DiscreteConfig()) == {"model.gradient_checkpointing"}
 
 
 def test_a_time_limit_ends_the_run_at_a_log_step_with_its_checkpoint_and_export(toy_cfg, monkeypatch, capsys):

@@ -20,7 +20,7 @@ def test_step_flops_are_per_clip(bench):
 
 
 def test_mfu_dry_run_gives_rows_and_a_table(bench):
-    with patch("video.model.checkpoint", side_effect=checkpoint) as checkpointed:
+    with patch("multigen.nn.blocks.checkpoint", side_effect=checkpoint) as checkpointed:
         rows = bench.mfu_rows("cpu", peak_tflops=1.0, dry_run=True, variants=["eager", "fold_bias", "checkpointing"])
     assert checkpointed.call_count > 0  # by the checkpointing row
     ran = [("eager", 1, "ok"), ("fold_bias", 1, "ok"), ("checkpointing", 1, "ok")]

@@ -1,16 +1,13 @@
 """Space-time U-Net and masked conditioning: shapes, what mixes frames, the relative encoding, the loss."""
 
 import math
-from unittest.mock import patch
 
 import pytest
 import torch
 from einops import rearrange
 
-from multigen.config import load_config
 from multigen.nn import attention, rotary_tables
 from video.conditioning import TaskMix, pack_condition, sample_masks
-from video.domain import Video, VideoConfig
 from video.model import SpaceTimeUNet, TemporalAttention, frame_distances
 
 
@@ -141,41 +138,6 @@ def test_speed_levers_keep_the_weights_and_the_outputs(levers, monkeypatch):
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     if levers.get("fold_frame_bias"):
         assert calls and all(c == (4, c[1], 1, True) and c[1] % 8 == 0 for c in calls), calls
-
-
-def test_gradient_checkpointing_keeps_outputs_and_gradients_and_keeps_no_block_activations():
-    """model.gradient_checkpointing: the same state dict, outputs and gradients (dropout's draws replayed in the
-    recomputation), while the autograd graph keeps a small part of the bytes it keeps without (what the checkpointed
-    blocks saved is dropped; their inputs are kept by the checkpoints themselves). No checkpointing without
-    gradients: sampling runs as before."""
-    levers = dict(dropout=0.2, rotary=True)
-    plain = tiny_unet(**levers).train()
-    lean = SpaceTimeUNet(channels=1, base=16, mults=(1, 2), blocks=1, attn_levels=(1,), head_channels=8,
-                         gradient_checkpointing=True, **levers).train()
-    lean.load_state_dict(plain.state_dict())
-    x, t = torch.randn(2, 5, 1, 16, 16), torch.rand(2, 5)
-    fi, independent = torch.tensor([[0, 1, 2, 3, 4], [0, 3, 6, 20, 21]]), torch.tensor([False, True])
-
-    def run(net):
-        saved = []
-        torch.manual_seed(1)
-        with torch.autograd.graph.saved_tensors_hooks(lambda s: saved.append(s.nbytes) or s, lambda s: s):
-            out = net(x, t, frame_index=fi, independent_frames=independent)
-        out.square().sum().backward()
-        return out, [p.grad for p in net.parameters()], sum(saved)
-
-    (out, grads, kept), (lean_out, lean_grads, lean_kept) = run(plain), run(lean)
-    torch.testing.assert_close(lean_out, out, rtol=0, atol=0)
-    assert all(g.abs().sum() > 0 for g in grads[-4:])  # the gradients compared carry signal
-    for g, lean_g in zip(grads, lean_grads):
-        torch.testing.assert_close(lean_g, g, rtol=1e-5, atol=1e-7)
-    assert lean_kept < 0.2 * kept, (lean_kept, kept)
-    with torch.no_grad(), patch("video.model.checkpoint", side_effect=AssertionError("checkpointed without grad")):
-        torch.manual_seed(1)
-        torch.testing.assert_close(lean(x, t, frame_index=fi, independent_frames=independent), out.detach(),
-                                   rtol=0, atol=0)
-    built = Video(load_config(VideoConfig, overrides=["model.gradient_checkpointing=true"])).build_model()
-    assert all(level.checkpointing for level in [*built.down, built.mid, *built.up])
 
 
 def test_independent_frames_attend_only_to_themselves_as_with_a_mask():

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from multigen.nn import Attention, ResBlock, TimestepEmbedding, attention, group_norm, rotary_tables, rotate
+from multigen.nn import (Attention, ResBlock, TimestepEmbedding, attention, group_norm, rotary_tables, rotate,
+                         run_block)
 
 RotaryTables = dict[int, tuple[Tensor, Tensor]]  # head size -> cosines and sines (B, 1, 1, T, head size // 2)
 
@@ -104,8 +104,7 @@ class TemporalAttention(nn.Module):
 
 class Level(nn.Module):
     """ResBlocks at one resolution, each followed by optional spatial and temporal attention. With
-    ``checkpointing``, a block's activations are not kept for the backward pass but recomputed there (activation
-    checkpointing: less memory for about a third more compute; the same gradients, dropout's draws included)."""
+    ``checkpointing``, each block's activations are recomputed in the backward pass (:func:`multigen.nn.run_block`)."""
 
     def __init__(
         self, in_ch: int, out_ch: int, emb_dim: int, blocks: int, spatial: bool, temporal: bool, head_channels: int,
@@ -125,10 +124,7 @@ class Level(nn.Module):
     def forward(self, x: Tensor, emb: Tensor, distances: Tensor, tables: RotaryTables | None,
                 independent: Tensor | None) -> Tensor:
         for i in range(len(self.res)):
-            if self.checkpointing and torch.is_grad_enabled():
-                x = checkpoint(self.block, i, x, emb, distances, tables, independent, use_reentrant=False)
-            else:
-                x = self.block(i, x, emb, distances, tables, independent)
+            x = run_block(self.block, i, x, emb, distances, tables, independent, checkpointed=self.checkpointing)
         return x
 
     def block(self, i: int, x: Tensor, emb: Tensor, distances: Tensor, tables: RotaryTables | None,

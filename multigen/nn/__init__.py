@@ -1,7 +1,7 @@
-"""Network parts shared by the domains: time embeddings, attention, residual blocks."""
+"""Network parts shared by the domains: time embeddings, attention, residual blocks, activation checkpointing."""
 
 from .attention import Attention, attention, rotary_tables, rotate, xformers_available
-from .blocks import FeedForward, GatedFeedForward, ResBlock, group_norm
+from .blocks import FeedForward, GatedFeedForward, ResBlock, group_norm, run_block
 from .embeddings import TimestepEmbedding, sinusoidal_embedding
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "group_norm",
     "rotary_tables",
     "rotate",
+    "run_block",
     "sinusoidal_embedding",
     "xformers_available",
 ]
