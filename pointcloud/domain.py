@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from multigen import Known
-from multigen.config import ConfigError, DiffusionConfig, SampleConfig, TrainConfig, at_least, between, choice
+from multigen.config import (ConfigError, DiffusionConfig, SampleConfig, TrainConfig, at_least, between, choice,
+                             speed_only)
 from multigen.diffusion import ModelFn, uniform_times
 from multigen.domain import DataError, GaussianDomain, check_count, no_condition
 from multigen.guidance import classifier_free_guidance, drop_condition
@@ -87,6 +88,8 @@ class PointModelConfig:
     # 0.27 / 0.23 / 0.27 unconditional), 1-NNA-CD 0.75 / 0.73 / 0.73 against 0.67 / 0.66 / 0.70
     # (benchmarks/RESULTS.md, 2026-12-02).
     class_conditional: bool = True
+    # Memory: each PVConv block's activations recomputed in the backward pass, not kept (same weights and gradients).
+    gradient_checkpointing: bool = speed_only(False)
 
 
 @dataclass
@@ -262,7 +265,8 @@ class PointCloud(GaussianDomain):
     def build_model(self) -> nn.Module:
         m = self.cfg.model
         spec = pvd_spec(m.width, m.voxel_resolution, self.cfg.data.points, m.attention)
-        return PVCNNUNet(spec, extra_channels=1, classes=len(self.class_names))
+        return PVCNNUNet(spec, extra_channels=1, classes=len(self.class_names),
+                         gradient_checkpointing=m.gradient_checkpointing)
 
     def build_dataset(self, split: str) -> Dataset:
         """Clouds ``(data.points, 3)`` in the model's frame; training clouds drawn afresh from ``data.pool``

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from multigen.nn import Attention, TimestepEmbedding, group_norm
+from multigen.nn import Attention, TimestepEmbedding, group_norm, run_block
 
 from .ops import Voxelization, ball_query, farthest_point_sample, gather_points, group, knn, voxelization
 
@@ -116,11 +116,13 @@ class StageSpec:
 
 
 class SetAbstraction(nn.Module):
-    """PVConv blocks on the input points, then FPS centres + ball-query grouping + MLP + max-pool."""
+    """PVConv blocks on the input points, then FPS centres + ball-query grouping + MLP + max-pool. With
+    ``checkpointing``, each PVConv block's activations are recomputed in the backward pass
+    (:func:`multigen.nn.run_block`)."""
 
-    def __init__(self, in_ch: int, spec: StageSpec, emb_dim: int) -> None:
+    def __init__(self, in_ch: int, spec: StageSpec, emb_dim: int, checkpointing: bool = False) -> None:
         super().__init__()
-        self.spec = spec
+        self.spec, self.checkpointing = spec, checkpointing
         self.convs = nn.ModuleList()
         ch = in_ch
         if spec.resolution:
@@ -134,7 +136,7 @@ class SetAbstraction(nn.Module):
     def forward(self, features: Tensor, level: PointLevel, emb: Tensor) -> tuple[Tensor, PointLevel]:
         """``features`` ``(B, C, N)`` on ``level`` -> ``(B, C_out, centres)`` on the centres' level."""
         for conv in self.convs:
-            features = conv(features, level, emb)
+            features = run_block(conv, features, level, emb, checkpointed=self.checkpointing)
         s, xyz = self.spec, level.xyz
         centres = gather_points(xyz, farthest_point_sample(xyz, s.centres))
         idx = ball_query(centres, xyz, s.radius, s.neighbours)
@@ -144,10 +146,13 @@ class SetAbstraction(nn.Module):
 
 
 class FeaturePropagation(nn.Module):
-    """Interpolate coarse features to the fine points (3 nearest, inverse distance), concat the skip, MLP, PVConv."""
+    """Interpolate coarse features to the fine points (3 nearest, inverse distance), concat the skip, MLP, PVConv
+    (``checkpointing``: as in :class:`SetAbstraction`)."""
 
-    def __init__(self, coarse_ch: int, skip_ch: int, mlp: tuple[int, ...], conv: tuple[int, int, int], emb_dim: int):
+    def __init__(self, coarse_ch: int, skip_ch: int, mlp: tuple[int, ...], conv: tuple[int, int, int], emb_dim: int,
+                 checkpointing: bool = False):
         super().__init__()
+        self.checkpointing = checkpointing
         self.mlp = shared_mlp([coarse_ch + skip_ch, *mlp])
         ch, blocks, resolution = conv
         self.convs = nn.ModuleList(
@@ -164,7 +169,7 @@ class FeaturePropagation(nn.Module):
         interp = (group(coarse, idx) * w[:, None]).sum(-1)
         features = self.mlp(torch.cat([interp, skip], dim=1))
         for conv in self.convs:
-            features = conv(features, level, emb)
+            features = run_block(conv, features, level, emb, checkpointed=self.checkpointing)
         return features
 
 
@@ -215,10 +220,13 @@ class PVCNNUNet(nn.Module):
     ``extra_channels`` per-point input features (e.g. a "this point is observed"
     flag for shape completion) can be passed as ``features`` ``(B, extra, N)``. With ``classes`` the network is
     class-conditional: ``label`` ``(B,)`` long in ``[0, classes]``, where ``classes`` itself (and ``label=None``)
-    means no class; its embedding is added to the time embedding (zero at start).
+    means no class; its embedding is added to the time embedding (zero at start). ``gradient_checkpointing``
+    recomputes each PVConv block's activations in the backward pass instead of keeping them (less memory in
+    training; the same weights, outputs and gradients).
     """
 
-    def __init__(self, spec: PVCNNSpec, extra_channels: int = 0, classes: int = 0) -> None:
+    def __init__(self, spec: PVCNNSpec, extra_channels: int = 0, classes: int = 0,
+                 gradient_checkpointing: bool = False) -> None:
         super().__init__()
         self.extra_channels, self.classes = extra_channels, classes
         self.time = TimestepEmbedding(spec.emb_dim)
@@ -230,7 +238,7 @@ class PVCNNUNet(nn.Module):
         skips = [in_ch]
         ch = in_ch
         for stage in spec.stages:
-            sa = SetAbstraction(ch, stage, spec.emb_dim)
+            sa = SetAbstraction(ch, stage, spec.emb_dim, gradient_checkpointing)
             self.encoder.append(sa)
             ch = sa.out_channels
             skips.append(ch)
@@ -238,7 +246,7 @@ class PVCNNUNet(nn.Module):
         self.global_attention = SelfAttention(ch) if spec.global_attention else None
         self.decoder = nn.ModuleList()
         for mlp, conv in spec.decoder:
-            fp = FeaturePropagation(ch, skips.pop(), mlp, conv, spec.emb_dim)
+            fp = FeaturePropagation(ch, skips.pop(), mlp, conv, spec.emb_dim, gradient_checkpointing)
             self.decoder.append(fp)
             ch = fp.out_channels
         self.head = nn.Sequential(nn.Conv1d(ch, ch, 1), group_norm(ch, 8), nn.SiLU(), nn.Conv1d(ch, 3, 1))

@@ -1,4 +1,4 @@
-"""model.gradient_checkpointing (video and discrete networks): the same outputs and gradients, dropout's draws
+"""model.gradient_checkpointing (the networks of every domain): the same outputs and gradients, dropout's draws
 included, while the autograd graph keeps a small part of the bytes; no checkpointing without gradients."""
 
 from unittest.mock import patch
@@ -8,6 +8,7 @@ import torch
 
 from discrete.domain import Discrete, DiscreteConfig
 from multigen.config import load_config
+from pointcloud.domain import PointCloud, PointCloudConfig
 from video.domain import Video, VideoConfig
 
 NETWORKS = {  # domain, overrides, inputs of its network
@@ -22,6 +23,8 @@ NETWORKS = {  # domain, overrides, inputs of its network
     "label-map U-Net": (Discrete, DiscreteConfig, ["data.source=labels", "data.size=8", "data.num_train=16",
                                                    "process.timesteps=8", "model.dim=8", "model.depth=2"],
                         lambda: (torch.randint(0, 7, (2, 8, 8)), torch.tensor([3, 8]))),
+    "point-voxel U-Net": (PointCloud, PointCloudConfig, ["data.points=64", "data.num_train=16", "model.width=0.25"],
+                          lambda: (torch.randn(2, 64, 3), torch.rand(2), torch.zeros(2, 1, 64), None)),
 }
 
 

@@ -376,11 +376,12 @@ def test_resuming_another_network_is_an_error_and_other_changes_are_named(toy_cf
     assert "train.log_every: 10 -> 5\n" in capsys.readouterr().out
     from discrete.domain import DiscreteConfig
     from multigen.config import speed_only_keys
+    from pointcloud.domain import PointCloudConfig
     from video.domain import VideoConfig
 
     assert speed_only_keys(VideoConfig()) == {"model.channels_last", "model.fold_frame_bias",  # may change on resume
                                               "model.gradient_checkpointing"}
-    assert speed_only_keys(DiscreteConfig()) == {"model.gradient_checkpointing"}
+    assert speed_only_keys(DiscreteConfig()) == speed_only_keys(PointCloudConfig()) == {"model.gradient_checkpointing"}
 
 
 def test_a_time_limit_ends_the_run_at_a_log_step_with_its_checkpoint_and_export(toy_cfg, monkeypatch, capsys):
