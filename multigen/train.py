@@ -12,6 +12,7 @@ lists them).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,15 +30,17 @@ CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
 
 
 def resolve_config_file(domain: str, config: str | None) -> Path | None:
-    """``--config`` as a path, or as a name under ``configs/<domain>/``."""
+    """``--config`` as a name under ``configs/<domain>/`` or as a path. A bare name (no folder, no ``.yaml``) is a
+    shipped config's first, whatever the current folder holds (``./NAME`` names a file or folder of that name
+    there); otherwise a path."""
     if config is None:
         return None
-    path = Path(config)
+    path, named = Path(config), CONFIG_ROOT / domain / f"{config}.yaml"
+    bare = path.suffix not in (".yaml", ".yml") and not any(sep in config for sep in ("/", os.sep))
+    if bare and named.is_file():
+        return named
     if path.suffix in (".yaml", ".yml") or path.exists():
         return path
-    named = CONFIG_ROOT / domain / f"{config}.yaml"
-    if named.is_file():
-        return named
     raise ConfigError(f"config {config!r} is neither a file nor a name in {CONFIG_ROOT / domain}")
 
 

@@ -3,6 +3,7 @@
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,6 +193,24 @@ def test_cli_errors_exit_nonzero_naming_the_problem():
     assert r.returncode == 0 and "  steps: 20" in r.stdout and "max_steps: 3" in r.stdout  # overrides anywhere
     r = run("--domain", "toy2d", "--print-config", "sample.eta=0.5")  # checked as a run checks it
     assert r.returncode == 2 and "sample.eta=0.5 only applies to the ddim sampler" in r.stderr and not r.stdout
+
+
+def test_a_bare_config_name_is_the_shipped_config_whatever_the_current_folder_holds(tmp_path, monkeypatch):
+    """A folder of label maps named ``labels`` or a file named ``tiny`` where the command runs does not take the
+    place of the shipped config of that name; ``./NAME`` names them, and a name nothing ships is a path."""
+    from multigen.train import CONFIG_ROOT, resolve_config_file
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "tiny").write_text("")
+    (tmp_path / "mine").write_text("train:\n  max_steps: 3\n")
+    assert resolve_config_file("discrete", "labels") == CONFIG_ROOT / "discrete" / "labels.yaml"
+    assert resolve_config_file("video", "tiny") == CONFIG_ROOT / "video" / "tiny.yaml"
+    assert resolve_config_file("video", "./tiny") == Path("./tiny")
+    assert resolve_config_file("video", "mine") == Path("mine")
+    assert resolve_config_file("video", "tiny.yaml") == Path("tiny.yaml")  # a YAML name is always a path
+    with pytest.raises(ConfigError, match="'nosuch' is neither a file nor a name in"):
+        resolve_config_file("video", "nosuch")
 
 
 def test_training_on_bad_data_stops_with_one_line_naming_it(tmp_path, capsys):
