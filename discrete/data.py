@@ -64,13 +64,15 @@ def builtin_text(split: str) -> str:
 
 
 def read_text(path: str | Path) -> str:
+    """The UTF-8 text of ``path``, line ends read as ``\\n`` and a leading byte-order mark (Windows editors write
+    one) dropped: neither becomes a character of the vocabulary."""
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"text file {path} is a folder; name a UTF-8 text file")
     if not path.is_file():
         raise FileNotFoundError(f"text file {path} not found")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise TokenError(f"{path} is not UTF-8 text: {e}") from e
     if not text:

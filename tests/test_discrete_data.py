@@ -39,6 +39,11 @@ def test_read_tokens_checks_range_and_names_position(tmp_path):
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(TokenError, match="empty"):
         read_text(tmp_path / "empty.txt")
+    (tmp_path / "notepad.txt").write_bytes("\ufeffCafé\r\nnaïve\r\n".encode("utf-8"))  # a BOM and CRLF
+    assert read_text(tmp_path / "notepad.txt") == "Café\nnaïve\n"
+    (tmp_path / "bom_only.txt").write_bytes(b"\xef\xbb\xbf")
+    with pytest.raises(TokenError, match="empty"):
+        read_text(tmp_path / "bom_only.txt")
 
 
 def test_token_windows():
