@@ -195,10 +195,13 @@ class GaussianDomain(Domain):
         """:meth:`Domain.sample_settings`, and the settings fit the sampler: ``eta`` is DDIM's and
         ``resample`` DDPM's (an error for another sampler); ``guidance`` needs a domain with a condition.
         The config's ``eta``/``resample`` belong to the config's sampler: when ``sampler`` is overridden
-        they start from their defaults unless given too."""
+        they start from their defaults unless given too. A ``temperature`` given without an
+        ``unconditional_temperature`` is every sample's, unconditional ones' too (as ``--temperature`` is)."""
         if overrides.get("sampler") not in (None, self.cfg.sample.sampler):
             overrides = {"eta": 0.0, "resample": 1, **{k: v for k, v in overrides.items() if v is not None}}
         settings = super().sample_settings(**overrides)
+        if overrides.get("temperature") is not None and overrides.get("unconditional_temperature") is None:
+            settings = dataclasses.replace(settings, unconditional_temperature=None)  # None: `temperature`
         samplers.check_settings(settings.sampler, settings.eta, settings.resample)
         self._check_guidance(settings.guidance)
         return settings

@@ -77,7 +77,8 @@ def test_residual_scale_scales_what_is_diffused(setup, monkeypatch):
 
 def test_temperatures_reach_the_sampler(setup, monkeypatch):
     """Unconditional clips sample at ``unconditional_temperature`` (1 in the schema), clips with observed frames at
-    ``temperature``; at temperature 0 a deterministic sampler's unconditional clips no longer depend on the draw."""
+    ``temperature``; a call's ``temperature`` alone is every clip's. At temperature 0 a deterministic sampler's
+    unconditional clips no longer depend on the draw."""
     model, domain = setup
 
     def pair(**kw):  # two draws of different seeds
@@ -85,7 +86,9 @@ def test_temperatures_reach_the_sampler(setup, monkeypatch):
                 for seed in (0, 1)]
 
     assert torch.equal(*pair(unconditional_temperature=0.0))
-    assert not torch.allclose(*pair(temperature=0.0))  # unconditional: the unconditional temperature, 1
+    assert not torch.allclose(*pair())  # unconditional: the unconditional temperature, 1
+    assert torch.equal(*pair(temperature=0.0))  # given alone, a call's temperature is the unconditional one too
+    assert not torch.allclose(*pair(temperature=0.0, unconditional_temperature=1.0))
     seen = []
     sampler = video.sampling.sample
     monkeypatch.setattr(video.sampling, "sample", lambda *a, **kw: seen.append(kw["temperature"]) or sampler(*a, **kw))
