@@ -163,10 +163,12 @@ def check_known_points(points: Tensor | None) -> None:
         raise PointCloudError("known points: some are NaN or infinite")
     if (reach := points.double().norm(dim=-1).max().item()) > 1e3:  # float64: 1e20 squared is no inf
         raise PointCloudError(f"known points reach {reach:.3g} from the origin; the model's clouds fill the unit "
-                              f"sphere: normalise the scan first (multigen-complete --normalize does)")
+                              f"sphere: normalise the scan first (multigen-complete --normalize does; from Python, "
+                              f"pretrained.domain.normalizer maps a cloud in the training data's units)")
     if reach > 2:
         warnings.warn(f"known points reach {reach:.3g} from the origin, beyond twice the unit sphere the model's "
-                      f"clouds fill: is the scan normalised (multigen-complete --normalize)?", stacklevel=3)
+                      f"clouds fill: is the scan normalised (multigen-complete --normalize; from Python, "
+                      f"pretrained.domain.normalizer)?", stacklevel=3)
 
 
 class PointCloud(GaussianDomain):
@@ -348,7 +350,9 @@ class PointCloud(GaussianDomain):
         start: float | None = None,
         **settings: Any,
     ) -> Tensor:
-        """``n`` clouds; with ``known`` (mask ``(n, N)`` or ``(n, N, 1)``, values ``(n, N, 3)``) those points are kept.
+        """``n`` clouds ``(n, N, 3)`` in the model's frame (the unit sphere; :attr:`normalizer` maps data into it and
+        ``normalizer.invert`` back into the data's units); with ``known`` (mask ``(n, N)`` or ``(n, N, 1)``, values
+        ``(n, N, 3)`` in that frame too) those points are kept.
         A class-conditional model's ``condition``: see :meth:`sample_labels`. ``settings``: see
         :meth:`sample_settings` (``resample`` acts only with a known part; ``guidance`` scales the class).
         ``start`` (None: ``task.completion_start`` with a known part, else 1): below 1 a completion starts from
