@@ -181,6 +181,9 @@ def test_write_read_round_trips(tmp_path):
         assert im.n_frames == 5 and im.size == (32, 32)
     clip = from_uint8(frames)
     assert np.array_equal(to_uint8(clip), frames)
+    for bad in (frames.astype(np.float32) / 255, frames[..., 0]):  # floats in [0, 1]; grey without its channel axis
+        with pytest.raises(ValueError, match=r"from_uint8: frames must be uint8 \(T, H, W, C\).*got (float32|uint8) "):
+            from_uint8(bad)
     png = save_clip_grid(torch.stack([clip, clip.flip(0)]), tmp_path / "grid")
     with Image.open(png) as im:
         assert im.size == (5 * 32 + 4 * 2, 2 * 32 + 2)

@@ -304,7 +304,9 @@ def test_observed_frames_outside_the_convention_are_errors(setup):
     nan[0, 1, 0, 3, 3] = float("nan")
     for bad, message in [(((clips + 1) * 127.5).to(torch.uint8), "expected floats in \\[-1, 1\\].*from_uint8"),
                          ((clips + 1) * 127.5, "values reach 2.*frames are in \\[-1, 1\\]"),
-                         (nan, "NaN or infinite"), (clips[0], "expected \\(B, T, C, H, W\\)")]:
+                         (nan, "NaN or infinite"), (clips[0], "expected \\(B, T, C, H, W\\)"),
+                         (clips.repeat(1, 1, 3, 1, 1), "C = 3, but the model makes frames of 1 channel"),  # RGB
+                         (clips.movedim(2, -1), "C = 16, but the model makes frames of 1 channel")]:  # (B, T, H, W, C)
         with pytest.raises(ValueError, match=message):
             generate(model, domain.diffusion, bad, mask[: len(bad)] if bad.dim() == 5 else mask, settings)
     nan[0, 3] = float("nan")  # frames to generate are not read: only the observed ones must be frames

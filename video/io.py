@@ -280,6 +280,10 @@ def to_uint8(clip: Tensor) -> np.ndarray:
 
 def from_uint8(frames: np.ndarray) -> Tensor:
     """uint8 ``(T, H, W, C)`` -> float clip ``(T, C, H, W)`` in ``[-1, 1]``."""
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4:
+        raise ValueError(f"from_uint8: frames must be uint8 (T, H, W, C) (grey: C = 1, e.g. frames[..., None]), "
+                         f"got {frames.dtype} {tuple(frames.shape)}")
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 

@@ -42,12 +42,15 @@ class VideoSampleConfig(SampleConfig):
     context_noise: float = at_least(0.0, 0.0)
 
 
-def check_observed(observed: Tensor, mask: Tensor | None) -> None:
-    """A ``ValueError`` unless ``observed`` is float ``(B, T, C, H, W)`` whose observed frames (``mask``; None:
-    none) are finite and in ``[-1, 1]``: a uint8 clip, or one in ``[0, 255]``, would come out saturated, and a NaN
-    would spread to every generated frame."""
+def check_observed(observed: Tensor, mask: Tensor | None, channels: int | None = None) -> None:
+    """A ``ValueError`` unless ``observed`` is float ``(B, T, C, H, W)`` (``C`` = ``channels``, the model's, where
+    given) whose observed frames (``mask``; None: none) are finite and in ``[-1, 1]``: a uint8 clip, or one in
+    ``[0, 255]``, would come out saturated, and a NaN would spread to every generated frame."""
     if observed.dim() != 5:
         raise ValueError(f"observed frames: expected (B, T, C, H, W), got shape {tuple(observed.shape)}")
+    if channels is not None and observed.shape[2] != channels:
+        raise ValueError(f"observed frames (B, T, C, H, W) of shape {tuple(observed.shape)}: C = {observed.shape[2]}, "
+                         f"but the model makes frames of {channels} channel(s)")
     if not observed.is_floating_point():
         raise ValueError(f"observed frames: expected floats in [-1, 1] (video.io.from_uint8 converts uint8 frames), "
                          f"got {observed.dtype}")
@@ -102,7 +105,7 @@ def generate(
     ``null_offset``).
     Every tensor is made on the model's device; ``generator`` must be on it too.
     """
-    check_observed(observed, mask)
+    check_observed(observed, mask, getattr(model, "channels", None))
     residual, reference, residual_scale, reference_input, self_condition = (
         getattr(model, name, default) if given is None else given for name, given, default in (
             ("residual", residual, False), ("reference", reference, "nearest"), ("residual_scale", residual_scale, 1.0),
