@@ -351,7 +351,7 @@ def train_autoregressive(domain, seed: int, device: str, out_dir: Path, override
     start = time.perf_counter()
     trainer = Trainer(AutoregressiveText, cfg)
     trainer.resume()
-    while trainer.state.step < t.max_steps:
+    while trainer.state.step < trainer.t.max_steps:  # the trainer's copy of the config: a time limit ends it
         trainer.periodic(trainer.step())
     trainer.export()
     return trainer.ema.module, time.perf_counter() - start

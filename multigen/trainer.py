@@ -26,6 +26,7 @@ Output directory layout (``train.output_dir``)::
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -52,7 +53,7 @@ from tqdm.auto import tqdm
 
 from .checkpoints import (check_resumable, check_same_network, latest_checkpoint, save_checkpoint,
                           set_aside_earlier_run)
-from .config import ConfigError, first_line, flatten, read_yaml
+from .config import ConfigError, first_line, flatten, load_config, read_yaml
 from .domain import DataError, Domain, domain_spec, names_domain
 from .export import config_text, export_model
 from .optim import Muon, hidden_matrices
@@ -203,7 +204,11 @@ class Trainer:
     def __init__(self, domain_cls: type[Domain], cfg: Any) -> None:
         """Set up Accelerate, the domain (fitted to its data), the model, its EMA copy, the optimisers (AdamW; with
         ``train.optimizer=muon`` also Muon for the hidden matrices), and the device-side record of non-finite
-        losses and gradients."""
+        losses and gradients. ``cfg`` is checked as a config file is, and copied (a config built in Python too)."""
+        if not isinstance(cfg, domain_cls.config_class):
+            raise TypeError(f"train: cfg must be a {domain_cls.config_class.__name__}, the {domain_spec(domain_cls)} "
+                            f"domain's config_class, got {type(cfg).__name__}")
+        cfg = load_config(domain_cls.config_class, values=dataclasses.asdict(cfg))
         t = self.t = cfg.train
         if t.optimizer == "muon" and t.mixed_precision == "fp16":
             raise ConfigError("train.optimizer=muon with train.mixed_precision=fp16: Accelerate's loss scaler "
@@ -552,7 +557,7 @@ def train(domain_cls: type[Domain], cfg: Any) -> Path:
     """Train ``domain_cls`` with ``cfg`` (resuming if a checkpoint exists); return the export directory."""
     trainer = Trainer(domain_cls, cfg)
     trainer.resume()
-    while trainer.state.step < cfg.train.max_steps:
+    while trainer.state.step < trainer.t.max_steps:
         loss = trainer.step()
         trainer.periodic(loss)
     return trainer.export()

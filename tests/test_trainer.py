@@ -384,6 +384,23 @@ def test_resuming_another_network_is_an_error_and_other_changes_are_named(toy_cf
     assert speed_only_keys(DiscreteConfig()) == speed_only_keys(PointCloudConfig()) == {"model.gradient_checkpointing"}
 
 
+def test_a_config_built_in_python_is_checked_as_a_file_is_and_left_as_given(toy_cfg):
+    """``train`` checks a config object made or changed in Python (a value of the wrong type, out of range, or a
+    config of another domain), and trains on a checked copy: the caller's object is not changed by the run."""
+    cfg = toy_cfg()
+    cfg.train.max_steps = "five"
+    with pytest.raises(ConfigError, match="train.max_steps: Value 'five' of type 'str' could not be converted"):
+        train(Toy2D, cfg)
+    cfg.train.max_steps, cfg.train.lr = 5, -1.0
+    with pytest.raises(ConfigError, match=r"train.lr: must be >= 0.0, got -1.0"):
+        train(Toy2D, cfg)
+    with pytest.raises(TypeError, match="cfg must be a VideoConfig, the video domain's config_class, got Toy2DConfig"):
+        Trainer(get_domain("video"), cfg)
+    cfg.train.lr, cfg.train.max_steps = 1e-3, "10"  # text that reads as a whole number trains, as in a file
+    given = copy.deepcopy(cfg)
+    assert read_log(train(Toy2D, cfg).parent)[-1]["step"] == 10 and cfg == given
+
+
 def test_a_time_limit_ends_the_run_at_a_log_step_with_its_checkpoint_and_export(toy_cfg, monkeypatch, capsys):
     """``train.max_minutes``: past it, the next log step is the last (final sampling, evaluation, checkpoint and
     export, as at max_steps); the clock is read at log steps only."""
