@@ -1,8 +1,8 @@
 """The one training loop every domain uses, built on Hugging Face Accelerate.
 
 :func:`train` reads top to bottom: :class:`Trainer` sets up (Accelerate, the domain fitted to its data, the model,
-its EMA copy, the optimiser), resumes from the newest complete checkpoint (then writes the run's config and checks
-its held-out data), then repeats one optimisation step (accumulate gradients, clip, step, update the EMA) and the
+its EMA copy, the optimiser), resumes from the newest complete checkpoint (then checks its held-out data and writes
+the run's config), then repeats one optimisation step (accumulate gradients, clip, step, update the EMA) and the
 periodic work (log, sample, evaluate, checkpoint), and finally exports the EMA weights.
 
 The optimisation step never waits on the accelerator. A non-finite loss (or, without fp16's loss scaler, a
@@ -297,8 +297,9 @@ class Trainer:
 
     def resume(self) -> None:
         """Load the newest complete checkpoint if ``train.resume`` (weights, optimiser, EMA, step and RNG
-        states; the learning rate follows the step), write ``config.yaml`` (the export's config), check the
-        held-out data (:meth:`check_held_out_data`), then start the data stream where the run left off."""
+        states; the learning rate follows the step), check the held-out data (:meth:`check_held_out_data`) and
+        build the training set, write ``config.yaml`` (the export's config), then start the data stream where the run
+        left off."""
         t, acc = self.t, self.accelerator
         resume_from = latest_checkpoint(self.checkpoint_dir) if t.resume else None
         seen = gather_object([resume_from and resume_from.name])  # one per process
@@ -344,11 +345,12 @@ class Trainer:
             set_seed(t.seed, device_specific=True)  # independent noise on every process
         self.set_learning_rate()
         self.consumed_at, self.step_at = consumed, self.state.step  # items drawn at this start, and its step
-        if self.main:  # after a successful load: a failed resume leaves the config of its checkpoints in place
-            (self.out / "config.yaml").write_text(config_text(self.domain))
         self.check_held_out_data()
-
         train_set = self.domain.build_dataset("train")
+        # after a successful load and the data checks: a failed resume leaves the config of its checkpoints in place,
+        # and a run stopped by its data leaves nothing for the next one to set aside
+        if self.main:
+            (self.out / "config.yaml").write_text(config_text(self.domain))
         sampler = ShardedStreamSampler(
             len(train_set),  # type: ignore[arg-type]
             seed=t.seed,

@@ -227,6 +227,25 @@ def test_training_on_bad_data_stops_with_one_line_naming_it(tmp_path, capsys):
         assert re.search(f"^multigen-train: error: {named}", err) and "Traceback" not in err
 
 
+def test_a_run_stopped_by_its_data_leaves_nothing_for_the_next_to_set_aside(tmp_path, capsys):
+    """The data are checked before the run writes its config: a run that stops on them writes no file, so the run
+    that follows finds nothing of an earlier run to move aside."""
+    from multigen.checkpoints import set_aside_earlier_run
+    from multigen.train import main
+
+    from .test_video_data import gradient_video
+
+    (tmp_path / "train").mkdir()
+    (tmp_path / "val").mkdir()
+    np.save(tmp_path / "train" / "clip.npy", gradient_video(12, 16, 16))
+    np.save(tmp_path / "val" / "short.npy", gradient_video(3, 16, 16))  # fewer frames than one clip
+    run = tmp_path / "run"
+    assert main(["--domain", "video", "--config", "tiny", "data.source=folder", f"data.root={tmp_path / 'train'}",
+                 f"data.val_root={tmp_path / 'val'}", f"train.output_dir={run}"]) == 2
+    assert "short.npy" in capsys.readouterr().err
+    assert set_aside_earlier_run(run) is None and not (run / "config.yaml").exists()
+
+
 @pytest.mark.parametrize("domain,overrides,named", [
     ("discrete", ["data.source=tokens", "data.path=tokens.npy"], "data.vocab_size: must be set"),
     ("discrete", ["process.objective=masked", "process.transition=uniform"], "process.objective=masked needs"),
