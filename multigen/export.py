@@ -14,7 +14,7 @@ from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
 from .config import ConfigError, first_line, load_config, read_yaml, to_yaml
-from .domain import Domain, UnknownDomainError, domain_spec, get_domain
+from .domain import Domain, UnknownDomainError, domain_spec, get_domain, names_domain
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
@@ -113,10 +113,12 @@ def _move_renamed_keys(raw: dict) -> None:
             raw.setdefault(new_section, {}).setdefault(new_key, section.pop(old_key))
 
 
-def load_pretrained(path: str | Path, device: str | torch.device = "cpu", domain: str | None = None) -> Pretrained:
+def load_pretrained(path: str | Path, device: str | torch.device = "cpu",
+                    domain: str | type[Domain] | None = None) -> Pretrained:
     """Load an export directory written by :func:`export_model` (or the trainer) onto ``device``, in eval mode;
     with ``domain`` (``"video"``...), an export of another domain (neither that class nor a subclass of it, however
-    the export names it) raises a ``ValueError`` naming both."""
+    the export names it) raises a ``ValueError`` naming both. ``domain`` may be the class itself: that also loads the
+    export of a domain class that no import reaches (defined in a script run as ``__main__`` or in a function)."""
     path = Path(path)
     for name in (CONFIG, WEIGHTS):
         if not (path / name).is_file():
@@ -126,14 +128,20 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu", domain
         raise ValueError(f"{path / CONFIG} has no 'domain' key")
     _move_renamed_keys(raw)
     name = raw.pop("domain")
-    try:
-        domain_cls = get_domain(name)
-    except UnknownDomainError:
-        if domain in (None, name):
-            raise
-        domain_cls = None  # not installed here: certainly not the asked domain
-    if domain is not None and not (domain_cls and issubclass(domain_cls, get_domain(domain))):
-        raise ValueError(f"{path} holds a {name} model, not a {domain} model")
+    if isinstance(domain, type):
+        if not names_domain(str(name), domain):
+            raise ValueError(f"{path} holds a {name} model, not a {domain_spec(domain)} model")
+        domain_cls = domain
+    else:
+        try:
+            domain_cls = get_domain(name)
+        except UnknownDomainError as e:
+            if domain in (None, name):
+                raise UnknownDomainError(f"{e} (an export of a domain class defined in a script or a function loads "
+                                         f"with load_pretrained(path, domain=TheClass))") from None
+            domain_cls = None  # not installed here: certainly not the asked domain
+        if domain is not None and not (domain_cls and issubclass(domain_cls, get_domain(domain))):
+            raise ValueError(f"{path} holds a {name} model, not a {domain} model")
     _fill_earlier_defaults(name, raw)
     try:
         built = domain_cls(load_config(domain_cls.config_class, values=raw))

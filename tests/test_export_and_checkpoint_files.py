@@ -136,6 +136,26 @@ def test_a_leftover_temp_checkpoint_is_not_mixed_into_the_new_one(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_10"]
 
 
+def test_a_domain_class_no_import_reaches_loads_its_export_when_given_the_class(tmp_path):
+    """A domain class defined in a function (or a script run as ``__main__``) exports under its bare name, which
+    nothing can look up: ``load_pretrained(path, domain=TheClass)`` loads it, another class is refused by name, and
+    without the class the error says how to load it."""
+
+    class Local(Toy2D):
+        name = "local-toy"
+
+    domain = Local(load_config(Toy2DConfig, overrides=["model.hidden=16"]))
+    export = export_model(domain.build_model(), domain, tmp_path / "export")
+    assert (export / "config.yaml").read_text().startswith("domain: local-toy\n")
+    loaded = load_pretrained(export, domain=Local)
+    assert type(loaded.domain) is Local and loaded.domain.cfg.model.hidden == 16
+    assert loaded.sample(3, steps=2).shape == (3, 2)
+    with pytest.raises(ValueError, match="holds a local-toy model, not a toy2d model"):
+        load_pretrained(export, domain=Toy2D)
+    with pytest.raises(LookupError, match=r"unknown domain 'local-toy'.*load_pretrained\(path, domain=TheClass\)"):
+        load_pretrained(export)
+
+
 def test_a_domain_given_as_module_and_class_exports_and_loads_without_registering(tmp_path, monkeypatch, capsys):
     """README: ``--domain package.module:Class`` works without registering the domain. Its export names it so
     (``domain: package.module:Class``), so that ``load_pretrained`` and ``--config EXPORT/config.yaml`` find it
