@@ -106,10 +106,16 @@ def sampling_grid(
 
 @dataclass
 class Known:
-    """The observed part of a sample: ``mask`` (bool, broadcastable to x) and clean ``values``."""
+    """The observed part of a sample: ``mask`` (bool, broadcastable to x) and clean ``values``, both tensors."""
 
     mask: Tensor
     values: Tensor
+
+    def __post_init__(self) -> None:
+        for name in ("mask", "values"):
+            if not isinstance(value := getattr(self, name), Tensor):
+                raise TypeError(f"Known: {name} must be a torch tensor (torch.from_numpy or torch.as_tensor converts "
+                                f"an array), got {type(value).__module__}.{type(value).__name__}")
 
     def values_for(self, shape: tuple[int, ...]) -> Tensor:
         """``values`` expanded to samples of ``shape``; an error naming both shapes where they do not fit."""

@@ -3,6 +3,7 @@
 import argparse
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -139,6 +140,8 @@ def test_each_plain_sampler_names_a_known_part_that_does_not_fit_its_state(name)
         SAMPLERS[name](lambda x, t: x, noise, grid, known=Known(fits, torch.zeros(wrong.shape)))
     with pytest.raises(ValueError, match=r"known mask of shape \(\d+, 3\) does not fit samples of shape"):
         SAMPLERS[name](lambda x, t: x, noise, grid, known=Known(wrong, torch.zeros(noise.shape)))
+    with pytest.raises(TypeError, match=r"Known: values must be a torch tensor .* got numpy.ndarray"):
+        Known(fits, np.zeros(noise.shape))  # an array a user read from a file, say
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
