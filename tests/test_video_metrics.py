@@ -35,12 +35,19 @@ def test_frame_one_nna_separated_sets_and_same_set() -> None:
     assert 0.3 < same < 0.7
 
 
-def test_frame_metrics_refuse_integer_frames():
-    """uint8 frames (0..255) scored as if in [-1, 1] gave PSNR of about -35 dB without a word."""
+def test_frame_metrics_refuse_integer_frames_and_frames_of_other_shapes():
+    """uint8 frames (0..255) scored as if in [-1, 1] gave PSNR of about -35 dB without a word; frames without a channel
+    axis, of two shapes, or arrays are named too."""
     frames = torch.randint(0, 256, (2, 1, 16, 16), dtype=torch.uint8)
     for metric in (psnr, ssim):
         for x, y in ((frames, frames), (frames.float() / 127.5 - 1, frames), (frames, frames.float() / 127.5 - 1)):
             with pytest.raises(ValueError, match=r"frames are floats in \[-1, 1\], got torch\.(uint8|float32) and"):
+                metric(x, y)
+        grey = frames.float()[:, 0] / 127.5 - 1  # (B, H, W): no channel axis
+        for x, y, error, message in ((grey[0], grey[0], ValueError, r"got \(16, 16\) and \(16, 16\).*frame\[None\]"),
+                                     (grey[:, None], grey, ValueError, r"both of one shape, got \(2, 1, 16, 16\) and"),
+                                     (grey.numpy(), grey, TypeError, "torch tensors .* got ndarray and Tensor")):
+            with pytest.raises(error, match=message):
                 metric(x, y)
 
 

@@ -21,7 +21,14 @@ there. Identical frames (a copy of a static scene, an exact motion-compensated p
 
 
 def _check_frames(x: Tensor, y: Tensor) -> None:
-    """Refuse integer frames (uint8 ``0..255`` would be scored as if in ``[-1, 1]``, silently wrong)."""
+    """Refuse frames that are not tensors ``(..., C, H, W)`` of one shape, and integer frames (uint8 ``0..255``
+    would be scored as if in ``[-1, 1]``, silently wrong)."""
+    if not (isinstance(x, Tensor) and isinstance(y, Tensor)):
+        raise TypeError(f"frames are torch tensors (torch.from_numpy converts an array), got {type(x).__name__} and "
+                        f"{type(y).__name__}")
+    if x.dim() < 3 or x.shape != y.shape:
+        raise ValueError(f"frames are (..., C, H, W), both of one shape, got {tuple(x.shape)} and {tuple(y.shape)} "
+                         f"(a grey (H, W) frame: frame[None])")
     if not (x.is_floating_point() and y.is_floating_point()):
         raise ValueError(f"frames are floats in [-1, 1], got {x.dtype} and {y.dtype} (video.io.from_uint8 converts "
                          f"uint8 frames)")
