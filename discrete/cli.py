@@ -1,7 +1,7 @@
 """``multigen-discrete``: sample, infill and score text, tokens and label maps with an exported D3PM model.
 
     multigen-discrete sample --checkpoint EXPORT --num N [--length L] [--steps S] [--prompt TEXT]
-                             [--infill TEXT --mask-char _] [--temperature T] [--min-p P]
+                             [--infill TEXT --mask-char _] [--temperature T] [--min-p P] [--remask R]
                              [--out DIR [--infill-map MAP --hole-id 255]]
     multigen-discrete eval   --checkpoint EXPORT --data FILE [--steps S | --any-order | --orders K]
 
@@ -80,7 +80,8 @@ def cmd_sample(args: argparse.Namespace) -> Path | None:
     g = seeded_generator(args)
     with torch.no_grad():
         tokens = domain.sample(p.model, args.num, known=known, steps=args.steps, temperature=args.temperature,
-                               min_p=args.min_p, length=length, generator=g, progress=True)
+                               min_p=args.min_p, remask=args.remask, length=length, generator=g,
+                               progress=True)
     texts = domain.decode(tokens) if domain.tokenizer else [" ".join(map(str, r.tolist())) for r in tokens]
     for i, text in enumerate(texts):
         print(f"--- sample {i} ---\n{text}")
@@ -105,7 +106,8 @@ def _sample_grids(p, args: argparse.Namespace) -> Path:
         raise ValueError(f"{out} already holds samples (sample_*.png); name a new folder")
     with torch.no_grad():
         grids = domain.sample(p.model, args.num, known=known, steps=args.steps, temperature=args.temperature,
-                              min_p=args.min_p, generator=seeded_generator(args), progress=True).cpu()
+                              min_p=args.min_p, remask=args.remask, generator=seeded_generator(args),
+                              progress=True).cpu()
     pictures = domain.picture(grids)
     for i, (grid, picture) in enumerate(zip(grids, pictures)):
         if domain.cfg.data.source == "labels":
@@ -192,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, help="scales the model's x0 logits (default: config)")
     p.add_argument("--min-p", type=float, help="drops each token's classes less likely than this share of its most "
                                                "likely one; 0: none (default: config)")
+    p.add_argument("--remask", type=float, help="absorbing models: the most a visible token is masked again a step, "
+                                                "to be redrawn in a fuller context (ReMDM); 0: never (default: config)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="grid models: the folder for the samples' images")
     p.add_argument("--infill-map", help="label-map models: a label image whose --hole-id pixels are generated, the "

@@ -253,6 +253,22 @@ class Absorbing(MixtureTransition):
         super().__init__(K, betas, F.one_hot(torch.tensor(K - 1), K).double())
         self.mask_id = K - 1
 
+    def remasking_step(self, x_t: Tensor, log_x0: Tensor, s: Tensor, t: Tensor, remask: float,
+                       generator: torch.Generator | None) -> Tensor:
+        """One absorbing step ``t -> s`` with remasking (ReMDM, Wang et al. 2025, its capped schedule): a visible
+        token is masked again with probability ``σ = min(remask, (1 − ᾱ_s) / ᾱ_t)``, and a masked one is revealed,
+        drawn from ``exp(log_x0)``, with probability ``(ᾱ_s − (1 − σ) ᾱ_t) / (1 − ᾱ_t)``. Given the true x0 this keeps
+        ``q(x_s | x0)`` (each token visible with probability ``ᾱ_s``) for every ``σ`` in that range; at ``σ = 0`` it
+        is the plain step. The last step (``ᾱ_0 = 1``) reveals every token and masks none."""
+        like = torch.empty((*x_t.shape, 1), dtype=torch.float64, device=x_t.device)
+        a_t, a_s = self._abar(t, like)[..., 0], self._abar(s, like)[..., 0]
+        sigma = torch.minimum((1 - a_s) / a_t.clamp_min(TINY), torch.full_like(a_t, remask))
+        reveal = (a_s - (1 - sigma) * a_t) / (1 - a_t)
+        u = torch.rand(x_t.shape, generator=generator, device=x_t.device, dtype=torch.float64)
+        masked = x_t == self.mask_id
+        drawn = torch.where(u < reveal, _gumbel_sample(log_x0, generator), self.mask_id)
+        return torch.where(masked, drawn, torch.where(u < sigma, self.mask_id, x_t))
+
 
 class DiscretizedGaussian(Transition):
     """Ordinal noise (D3PM appendix A.2.1): mass moves to nearby categories, dense ``K x K`` matrices."""
@@ -337,6 +353,14 @@ def _check_temperature(temperature: float) -> None:
 def _check_min_p(min_p: float) -> None:
     if not 0 <= min_p <= 1:
         raise ValueError(f"min_p must be in [0, 1] (a share of each token's most likely class), got {min_p}")
+
+
+def _check_remask(remask: float, transition: Transition) -> None:
+    if not 0 <= remask <= 1:
+        raise ValueError(f"remask must be in [0, 1] (the most a visible token is masked again in a step), got {remask}")
+    if remask and not isinstance(transition, Absorbing):
+        raise ValueError(f"remask={remask}: remasking is for the absorbing transition; this model's is "
+                         f"{type(transition).__name__.lower()}")
 
 
 def random_known(x0: Tensor, rate: float, generator: torch.Generator | None = None) -> Tensor:
@@ -546,12 +570,15 @@ class D3PM:
         progress: bool = False,
         device: torch.device | str | None = None,
         min_p: float = 0.0,
+        remask: float = 0.0,
     ) -> Tensor:
         """Ancestral sampling of int64 tokens ``shape`` over ``steps`` evenly spaced times (default all T).
 
         From ``t`` to ``s < t`` it draws from ``p(x_s | x_t)`` built with ``q(x_t | x_s)``, so
         skipping steps needs no retraining. ``temperature`` (> 0) divides the model's x0 logits, and ``min_p``
-        drops each token's unlikely classes (:meth:`model_log_probs`).
+        drops each token's unlikely classes (:meth:`model_log_probs`). ``remask`` (absorbing only; 0: none) lets a
+        step mask visible tokens again, so that a later step redraws them in a fuller context
+        (:meth:`Absorbing.remasking_step`).
         ``known`` (a :class:`multigen.samplers.Known`: bool ``mask`` broadcastable to ``shape``, int64
         ``values``) fixes those tokens: the model sees them clean at every level, and they are returned
         bit-exactly. Clean is exact for absorbing (the x0 posterior of a masked token depends only on the
@@ -563,6 +590,7 @@ class D3PM:
         grid = self.grid(steps)
         _check_temperature(temperature)
         _check_min_p(min_p)
+        _check_remask(remask, self.transition)
         if device is None:  # a module's device; a plain function's: the CPU (give device= for another)
             device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else torch.device("cpu")
         B = shape[0]
@@ -580,5 +608,6 @@ class D3PM:
                 x = torch.where(mask, values, x)
             log_x0 = self.model_log_probs(model(x, t), temperature, min_p)
             s = None if t_next == t_now - 1 else torch.full_like(t, t_next)
-            x = _gumbel_sample(self.posterior_log_probs(x, log_x0, s, t), generator)
+            x = (self.transition.remasking_step(x, log_x0, torch.full_like(t, t_next), t, remask, generator) if remask
+                 else _gumbel_sample(self.posterior_log_probs(x, log_x0, s, t), generator))
         return x if known is None else torch.where(mask, values, x)

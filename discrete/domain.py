@@ -91,6 +91,7 @@ class DiscreteSampleConfig:
     steps: int = at_least(0, 0)  # 0: every timestep
     temperature: float = at_least(1.0, 0.0)  # divides the x0 logits; must be > 0 (0 is an error, not argmax)
     min_p: float = between(0.0, 0.0, 1.0)  # each token's classes below this share of its likeliest are dropped
+    remask: float = between(0.0, 0.0, 1.0)  # absorbing: the most a visible token is masked again a step (ReMDM)
     length: int = at_least(0, 0)  # tokens per sampled sequence; 0: data.length (token sources only)
     seed: int = 1234
 
@@ -341,7 +342,7 @@ class Discrete(Domain):
         known = random_known(batch, rate)
         return self.process.loss(partial(model, known=known), batch, known=known).mean()
 
-    SETTINGS = ("steps", "temperature", "min_p", "length")
+    SETTINGS = ("steps", "temperature", "min_p", "remask", "length")
 
     def sample_settings(self, **overrides: Any) -> DiscreteSampleConfig:
         """:meth:`Domain.sample_settings`; ``steps`` at most the process's timesteps unless the model is of
@@ -357,6 +358,9 @@ class Discrete(Domain):
         if s.length > d.length:
             raise ValueError(f"length={s.length}: at most data.length={d.length}, the longest sequence the model "
                              f"takes")
+        if s.remask and self.cfg.process.transition != "absorbing":
+            raise ValueError(f"remask={s.remask}: remasking is for process.transition=absorbing, not "
+                             f"{self.cfg.process.transition}")
         return s
 
     def sample(
@@ -374,8 +378,9 @@ class Discrete(Domain):
 
         ``settings`` (see :meth:`sample_settings`): ``steps`` (0: every timestep; above the process's T, for the
         masked objective's models of continuous time, the finer chain of that many steps), ``temperature`` (> 0),
-        ``min_p`` (each token's classes below this share of its likeliest dropped; 0: none) and ``length`` (tokens
-        per sequence, for text and token data; 0: ``data.length``). D3PM has one ancestral sampler: ``sampler``,
+        ``min_p`` (each token's classes below this share of its likeliest dropped; 0: none), ``remask`` (absorbing
+        chains: the most a visible token is masked again a step, to be redrawn later; 0: never) and ``length``
+        (tokens per sequence, for text and token data; 0: ``data.length``). D3PM has one ancestral sampler: ``sampler``,
         ``eta``, ``resample`` and ``guidance`` are the Gaussian domains'.
         """
         check_count(n)
@@ -390,7 +395,8 @@ class Discrete(Domain):
             process = self._chain(s.steps)
             model = partial(_on_time_scale, model, T / s.steps)
         return process.sample(model, shape, steps=s.steps or None, temperature=s.temperature, known=known,
-                              generator=generator, progress=progress, device=device, min_p=s.min_p)
+                              generator=generator, progress=progress, device=device, min_p=s.min_p,
+                              remask=s.remask)
 
     @torch.no_grad()
     def elbo_bits(self, model: nn.Module, data: Tensor, batch_size: int, steps: int | None = None,

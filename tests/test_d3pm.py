@@ -580,6 +580,53 @@ def test_min_p_samples_the_exact_predictors_truncated_distribution():
             process.sample(model, (2, 3), min_p=bad)
 
 
+def test_remasking_keeps_the_exact_predictors_distribution_and_masks_visible_tokens_again():
+    """Absorbing, the exact x0 predictor of a correlated distribution over all 27 sequences of 3 tokens (3 classes):
+    with remasking (ReMDM's capped schedule) visible tokens are masked again and redrawn, and the samples still
+    follow the data, as they do without; given tokens stay; a non-absorbing chain or a value outside [0, 1] is
+    refused."""
+    import itertools
+
+    L, V = 3, 3
+    process, _ = build("absorbing", K=V + 1, T=200)
+    seqs = torch.tensor(list(itertools.product(range(V), repeat=L)))  # (27, 3)
+    p = torch.rand(len(seqs), generator=torch.Generator().manual_seed(1), dtype=torch.float64) ** 4
+    p /= p.sum()
+    calls = []
+
+    def logits(x, t):  # p(x0_j = c | the visible tokens of x), by enumeration
+        calls.append(x.clone())
+        fits = ((x[:, None, :] == seqs) | (x[:, None, :] == V)).all(-1)  # (B, 27): agrees where visible
+        w = fits * p
+        post = torch.einsum("bs,sjc->bjc", w, F.one_hot(seqs, V + 1).double()) / w.sum(-1)[:, None, None]
+        return post.clamp_min(1e-300).log()
+
+    model = LogitModel(logits)
+    index = lambda x: (x * torch.tensor([V * V, V, 1])).sum(-1)  # noqa: E731
+    g = torch.Generator().manual_seed(2)
+    for remask in (0.0, 0.2):
+        calls.clear()
+        x = process.sample(model, (20000, L), generator=g, remask=remask)
+        freq = torch.bincount(index(x), minlength=len(seqs)).double() / len(x)
+        assert 0.5 * (freq - p).abs().sum() < 0.02, (remask, 0.5 * (freq - p).abs().sum())  # sampling: ~0.01
+        hidden_again = sum(int(((a != V) & (b == V)).sum()) for a, b in zip(calls, calls[1:]))
+        assert (hidden_again > 0) == (remask > 0), (remask, hidden_again)
+        # q(x_t | x0) kept: at step t the model sees each token visible with probability ᾱ_t (60 000 tokens)
+        abar = process.transition.alpha_bar
+        seen = torch.tensor([float((calls[i] != V).double().mean()) for i in range(0, 200, 10)])
+        assert (seen - abar[200 - torch.arange(0, 200, 10)]).abs().max() < 0.01, (remask, seen)
+    values = torch.tensor([[2, 0, 1]]).expand(50, L)
+    known = Known(torch.tensor([True, False, True]).expand(50, L), values)
+    out = process.sample(model, (50, L), known=known, generator=g, remask=0.5)
+    assert torch.equal(out[:, [0, 2]], values[:, [0, 2]]) and (out != V).all()
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="remask must be in \\[0, 1\\]"):
+            process.sample(model, (2, L), remask=bad)
+    uniform, _ = build("uniform")
+    with pytest.raises(ValueError, match="remask=0.1: remasking is for the absorbing transition; .* uniform"):
+        uniform.sample(LogitModel(lambda x, t: torch.zeros(*x.shape, K)), (2, 3), remask=0.1)
+
+
 def test_temperature_must_be_positive():
     process, _ = build("absorbing")
     model = LogitModel(lambda x, t: torch.zeros(*x.shape, K))
@@ -608,6 +655,8 @@ def test_d3pm_sampling_elbo_and_losses_keep_to_the_device(device, kind, steps):
         for orders in (1, 2):
             bits = process.any_order_bits(model, x0, generator=g, orders=orders)
             assert bits.device == device and bits.shape == (3,)
+        out = process.sample(model, (3, 7), steps=steps, known=Known(mask, x0), generator=g, remask=0.1)
+        assert out.device == device and out.shape == (3, 7)
     losses = [lambda: process.loss(model, x0, g)]
     if kind == "absorbing":
         losses.append(lambda: process.masked_diffusion_loss(model, x0, g))

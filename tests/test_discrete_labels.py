@@ -319,21 +319,25 @@ def test_a_tiny_model_beats_the_layout_baseline_on_held_out_scenes(tmp_path):
     assert m["eval/baseline_position_bits"] < m["eval/baseline_unigram_bits"] - 0.5, m
 
 
-def test_cli_min_p_reaches_the_sampler_and_a_share_outside_0_1_is_refused(label_export, tmp_path, capsys):
+@pytest.mark.parametrize("flag,key", [("--min-p", "min_p"), ("--remask", "remask")])
+def test_cli_sampling_shares_reach_the_sampler_and_one_outside_0_1_is_refused(label_export, tmp_path, capsys, flag,
+                                                                             key):
+    """``--min-p`` and ``--remask`` reach the sampler (on an untrained network each changes what is drawn); a value
+    outside [0, 1] is an error naming the setting."""
     from discrete.cli import main
     from multigen import load_pretrained
 
     p = load_pretrained(label_export)
-    assert main(["sample", "--checkpoint", label_export, "--num", "3", "--steps", "4", "--min-p", "0.5", "--out",
+    assert main(["sample", "--checkpoint", label_export, "--num", "3", "--steps", "4", flag, "0.5", "--out",
                  str(tmp_path / "cut")]) == 0
     drawn = torch.stack(read_label_maps(tmp_path / "cut")[0])
-    for min_p, same in ((0.5, True), (0.0, False)):  # an untrained network: min-p 0.5 changes what is drawn
-        expected = p.domain.sample(p.model, 3, steps=4, min_p=min_p, generator=torch.Generator().manual_seed(0))
-        assert torch.equal(drawn, expected) == same, min_p
-    assert main(["sample", "--checkpoint", label_export, "--out", str(tmp_path / "x"), "--min-p", "1.5"]) == 2
-    assert "sample.min_p" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="sample.min_p"):
-        _domain("sample.min_p=-0.1")
+    for value, same in ((0.5, True), (0.0, False)):
+        expected = p.domain.sample(p.model, 3, steps=4, generator=torch.Generator().manual_seed(0), **{key: value})
+        assert torch.equal(drawn, expected) == same, value
+    assert main(["sample", "--checkpoint", label_export, "--out", str(tmp_path / "x"), flag, "1.5"]) == 2
+    assert f"sample.{key}" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=f"sample.{key}"):
+        _domain(f"sample.{key}=-0.1")
 
 
 def test_cli_infills_the_hole_of_a_label_map_and_keeps_the_rest_exactly(label_export, tmp_path, capsys):
