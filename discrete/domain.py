@@ -405,6 +405,9 @@ class Discrete(Domain):
         ``steps``-step chain, or (``any_order``, absorbing only) its continuous-time limit
         (:meth:`~discrete.d3pm.D3PM.any_order_bits`; ``orders`` above 1: its bound weighted over that many random
         orders, tighter): ``(N,)`` float32 on the CPU (seeded, so a model scores the same twice)."""
+        if data.dim() != 1 + len(self.sample_shape()):
+            raise ValueError(f"data: a batch of {'grids (N, H, W)' if self.grid else 'token sequences (N, L)'}, got "
+                             f"shape {tuple(data.shape)} (one of them: data[None])")
         device = next(model.parameters()).device
         g = torch.Generator(device=device).manual_seed(0)
 
@@ -488,6 +491,9 @@ class Discrete(Domain):
         """Text of each sequence ``(n, L)`` (mask ids print as ``_``)."""
         if self.tokenizer is None:
             raise ValueError("decode needs a text model (data.source=text)")
+        if tokens.dim() != 2:
+            raise ValueError(f"decode: token sequences (n, L), got shape {tuple(tokens.shape)} (one sequence: "
+                             f"tokens[None])")
         return [self.tokenizer.decode(row) for row in tokens.cpu()]
 
     def picture(self, grids: Tensor) -> Tensor:

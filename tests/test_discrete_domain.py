@@ -93,6 +93,9 @@ def test_export_keeps_tokenizer_and_samples_decode(untrained_export):
     tokens = p.sample(3, steps=8, generator=torch.Generator().manual_seed(0))
     assert tokens.shape == (3, 32) and tokens.max() < len(p.domain.tokenizer)  # no mask left
     assert all(len(t) == 32 for t in p.domain.decode(tokens))
+    for call in (lambda: p.domain.decode(tokens[0]), lambda: p.domain.elbo_bits(p.model, tokens[0], 4)):
+        with pytest.raises(ValueError, match=r"\(N, L\)|\(n, L\).*got shape \(32,\) \(one .*\[None\]\)"):
+            call()  # one sequence, not a batch of them
 
 
 def test_an_export_from_before_the_mlp_and_rotary_options_loads_with_gelu_and_learned_positions(untrained_export,
