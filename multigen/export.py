@@ -128,10 +128,13 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu",
         raise ValueError(f"{path / CONFIG} has no 'domain' key")
     _move_renamed_keys(raw)
     name = raw.pop("domain")
-    if isinstance(domain, type):
-        if not names_domain(str(name), domain):
+    if isinstance(domain, type):  # the class itself, or an installed subclass of it that the export names
+        try:
+            domain_cls = domain if names_domain(str(name), domain) else get_domain(name)
+        except UnknownDomainError:
+            domain_cls = None
+        if not (domain_cls and issubclass(domain_cls, domain)):
             raise ValueError(f"{path} holds a {name} model, not a {domain_spec(domain)} model")
-        domain_cls = domain
     else:
         try:
             domain_cls = get_domain(name)

@@ -184,6 +184,7 @@ def test_a_domain_given_as_module_and_class_exports_and_loads_without_registerin
     # a command for toy2d models takes a subclass's export, however the export names it, and builds the subclass
     assert type(load_pretrained(export, domain="toy2d").domain) is big
     assert type(load_pretrained(tmp_path / "export", domain="toy2d").domain) is cls
+    assert type(load_pretrained(tmp_path / "export", domain=Toy2D).domain) is cls  # the class, as the name does
     with pytest.raises(ValueError, match="holds a mytoymod:BigToy model, not a video model"):
         load_pretrained(export, domain="video")
     config = export / "config.yaml"  # a domain not installed here: not the asked one, and unknown when none is asked
