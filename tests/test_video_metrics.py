@@ -45,10 +45,12 @@ def test_frame_metrics_refuse_integer_frames_and_frames_of_other_shapes():
                 metric(x, y)
         grey = frames.float()[:, 0] / 127.5 - 1  # (B, H, W): no channel axis
         for x, y, error, message in ((grey[0], grey[0], ValueError, r"got \(16, 16\) and \(16, 16\).*frame\[None\]"),
-                                     (grey[:, None], grey, ValueError, r"both of one shape, got \(2, 1, 16, 16\) and"),
+                                     (grey[:, None], grey, ValueError, r"of one frame shape, got \(2, 1, 16, 16\) and"),
                                      (grey.numpy(), grey, TypeError, "torch tensors .* got ndarray and Tensor")):
             with pytest.raises(error, match=message):
                 metric(x, y)
+        samples = torch.rand(3, 2, 1, 16, 16) * 2 - 1  # samples of two frames against one target: broadcast
+        assert torch.equal(metric(samples, grey[:, None]), metric(samples, grey[:, None].expand_as(samples)))
 
 
 @pytest.mark.parametrize("a, b", [(-1.0, 1.0), (0.5, -0.2), (0.0, 0.0)])

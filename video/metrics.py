@@ -20,23 +20,29 @@ there. Identical frames (a copy of a static scene, an exact motion-compensated p
 ``inf`` and make every mean over frames ``inf``."""
 
 
-def _check_frames(x: Tensor, y: Tensor) -> None:
-    """Refuse frames that are not tensors ``(..., C, H, W)`` of one shape, and integer frames (uint8 ``0..255``
-    would be scored as if in ``[-1, 1]``, silently wrong)."""
+def _check_frames(x: Tensor, y: Tensor) -> torch.Size:
+    """The shape ``(..., C, H, W)`` that ``x`` and ``y`` broadcast to; an error for anything else (not tensors, no
+    channel axis, shapes that do not broadcast) and for integer frames (uint8 ``0..255`` would be scored as if in
+    ``[-1, 1]``, silently wrong)."""
     if not (isinstance(x, Tensor) and isinstance(y, Tensor)):
         raise TypeError(f"frames are torch tensors (torch.from_numpy converts an array), got {type(x).__name__} and "
                         f"{type(y).__name__}")
-    if x.dim() < 3 or x.shape != y.shape:
-        raise ValueError(f"frames are (..., C, H, W), both of one shape, got {tuple(x.shape)} and {tuple(y.shape)} "
+    try:
+        shape = torch.broadcast_shapes(x.shape, y.shape)
+    except RuntimeError:
+        shape = None
+    if shape is None or min(x.dim(), y.dim()) < 3 or shape[-3:] != x.shape[-3:] or shape[-3:] != y.shape[-3:]:
+        raise ValueError(f"frames are (..., C, H, W) of one frame shape, got {tuple(x.shape)} and {tuple(y.shape)} "
                          f"(a grey (H, W) frame: frame[None])")
     if not (x.is_floating_point() and y.is_floating_point()):
         raise ValueError(f"frames are floats in [-1, 1], got {x.dtype} and {y.dtype} (video.io.from_uint8 converts "
                          f"uint8 frames)")
+    return shape
 
 
 def psnr(x: Tensor, y: Tensor, data_range: float = 2.0) -> Tensor:
-    """Peak signal-to-noise ratio per frame, ``(...)``, at most :data:`PSNR_CAP` (identical frames score it);
-    ``data_range`` is the span of the frames' values."""
+    """Peak signal-to-noise ratio per frame, ``(...)`` (``x`` and ``y`` broadcast), at most :data:`PSNR_CAP`
+    (identical frames score it); ``data_range`` is the span of the frames' values."""
     _check_frames(x, y)
     mse = ((x.float() - y.float()) ** 2).flatten(-3).mean(-1)
     return (10 * torch.log10(data_range**2 / mse)).clamp(max=PSNR_CAP)
@@ -44,7 +50,7 @@ def psnr(x: Tensor, y: Tensor, data_range: float = 2.0) -> Tensor:
 
 @float32
 def ssim(x: Tensor, y: Tensor) -> Tensor:
-    """Structural similarity per frame, ``(...)``, via ``pytorch_msssim``, in float32 also under autocast, of
+    """Structural similarity per frame, ``(...)`` (``x`` and ``y`` broadcast), via ``pytorch_msssim``, in float32 also under autocast, of
     frames in ``[-1, 1]`` (moved to ``[0, 2]``: SSIM's luminance term depends on where the values lie).
 
     The Gaussian window is 11 px (the standard) or, for frames smaller than that, the
@@ -54,9 +60,10 @@ def ssim(x: Tensor, y: Tensor) -> Tensor:
         from pytorch_msssim import ssim as _ssim
     except ImportError as e:
         raise ImportError("video.metrics.ssim needs pytorch-msssim: pip install multigen-diffusion[video]") from e
-    _check_frames(x, y)
-    lead = x.shape[:-3]
-    C, H, W = x.shape[-3:]
+    shape = _check_frames(x, y)
+    x, y = x.expand(shape), y.expand(shape)
+    lead = shape[:-3]
+    C, H, W = shape[-3:]
     win = min(11, H - (1 - H % 2), W - (1 - W % 2))
     a = x.float().reshape(-1, C, H, W)
     b = y.float().reshape(-1, C, H, W)
