@@ -360,7 +360,7 @@ class Discrete(Domain):
                              f"takes")
         if s.remask and self.cfg.process.transition != "absorbing":
             raise ValueError(f"remask={s.remask}: remasking is for process.transition=absorbing, not "
-                             f"{self.cfg.process.transition}")
+                             f"{self.cfg.process.transition}; set sample.remask=0")
         return s
 
     def sample(

@@ -264,7 +264,7 @@ def test_a_run_stopped_by_its_data_leaves_nothing_for_the_next_to_set_aside(tmp_
      "sample.steps=16: at most process.timesteps=8, the chain this model was trained on"),
     ("discrete", ["sample.length=64"], "sample.length=64: at most data.length=32"),
     ("discrete", ["process.transition=uniform", "sample.remask=0.1"],
-     "sample.remask=0.1: remasking is for process.transition=absorbing, not uniform"),
+     "sample.remask=0.1: remasking is for process.transition=absorbing, not uniform; set sample.remask=0"),
     ("discrete", ["train.adam_betas=[0.9,1.5]"], r"train.adam_betas: must be \[b1, b2\] with each in \[0, 1\)"),
     ("video", ["sample.guidance_interval=[0.5]"], r"sample.guidance_interval: must be \[lo, hi\] .*, got \[0.5\]"),
     ("video", ["sample.guidance_interval=[a,b]"], r"sample.guidance_interval: must be .*, got \['a', 'b'\]"),
