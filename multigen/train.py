@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,9 @@ def resolve_config_file(domain: str, config: str | None) -> Path | None:
     path, named = Path(config), CONFIG_ROOT / domain / f"{config}.yaml"
     bare = path.suffix not in (".yaml", ".yml") and not any(sep in config for sep in ("/", os.sep))
     if bare and named.is_file():
+        if path.exists():
+            warnings.warn(f"--config {config}: the shipped {named}, not the {'folder' if path.is_dir() else 'file'} "
+                          f"{config!r} here (./{config} names that)", stacklevel=2)
         return named
     if path.suffix in (".yaml", ".yml") or path.exists():
         return path

@@ -204,8 +204,11 @@ def test_a_bare_config_name_is_the_shipped_config_whatever_the_current_folder_ho
     (tmp_path / "labels").mkdir()
     (tmp_path / "tiny").write_text("")
     (tmp_path / "mine").write_text("train:\n  max_steps: 3\n")
-    assert resolve_config_file("discrete", "labels") == CONFIG_ROOT / "discrete" / "labels.yaml"
-    assert resolve_config_file("video", "tiny") == CONFIG_ROOT / "video" / "tiny.yaml"
+    with pytest.warns(UserWarning, match=r"--config labels: the shipped .*labels.yaml, not the folder 'labels' here "
+                                         r"\(./labels names that\)"):
+        assert resolve_config_file("discrete", "labels") == CONFIG_ROOT / "discrete" / "labels.yaml"
+    with pytest.warns(UserWarning, match="not the file 'tiny' here"):
+        assert resolve_config_file("video", "tiny") == CONFIG_ROOT / "video" / "tiny.yaml"
     assert resolve_config_file("video", "./tiny") == Path("./tiny")
     assert resolve_config_file("video", "mine") == Path("mine")
     assert resolve_config_file("video", "tiny.yaml") == Path("tiny.yaml")  # a YAML name is always a path
