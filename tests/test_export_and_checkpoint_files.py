@@ -136,7 +136,7 @@ def test_a_leftover_temp_checkpoint_is_not_mixed_into_the_new_one(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_10"]
 
 
-def test_a_domain_class_no_import_reaches_loads_its_export_when_given_the_class(tmp_path):
+def test_a_domain_class_no_import_reaches_loads_its_export_when_given_the_class(tmp_path, monkeypatch):
     """A domain class defined in a function (or a script run as ``__main__``) exports under its bare name, which
     nothing can look up: ``load_pretrained(path, domain=TheClass)`` loads it, another class is refused by name, and
     without the class the error says how to load it."""
@@ -152,6 +152,13 @@ def test_a_domain_class_no_import_reaches_loads_its_export_when_given_the_class(
     assert loaded.sample(3, steps=2).shape == (3, 2)
     with pytest.raises(ValueError, match="holds a local-toy model, not a toy2d model"):
         load_pretrained(export, domain=Toy2D)
+    # the script's class imported from its file under a module name (the benchmarks load their scripts so)
+    (tmp_path / "script54.py").write_text("from multigen.toy2d import Toy2D\n\n\nclass Local(Toy2D):\n"
+                                          "    name = 'local-toy'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from script54 import Local as Imported
+
+    assert type(load_pretrained(export, domain=Imported).domain) is Imported
     with pytest.raises(LookupError, match=r"unknown domain 'local-toy'.*load_pretrained\(path, domain=TheClass\)"):
         load_pretrained(export)
 
