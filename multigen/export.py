@@ -129,11 +129,13 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu",
     _move_renamed_keys(raw)
     name = raw.pop("domain")
     if isinstance(domain, type):  # the class itself, or an installed subclass of it that the export names
-        try:
-            found = get_domain(name)
-        except UnknownDomainError:  # a bare name no import reaches: what such a class is exported under
-            found = domain if name == domain.name else None
-        domain_cls = domain if names_domain(str(name), domain) else found
+        if names_domain(str(name), domain):
+            domain_cls = domain
+        else:
+            try:
+                domain_cls = get_domain(name)
+            except UnknownDomainError:  # a bare name no import reaches: what such a class is exported under
+                domain_cls = domain if name == domain.name else None
         if not (domain_cls and issubclass(domain_cls, domain)):
             raise ValueError(f"{path} holds a {name} model, not a {domain_spec(domain)} model")
     else:

@@ -50,11 +50,11 @@ def psnr(x: Tensor, y: Tensor, data_range: float = 2.0) -> Tensor:
 
 @float32
 def ssim(x: Tensor, y: Tensor) -> Tensor:
-    """Structural similarity per frame, ``(...)`` (``x`` and ``y`` broadcast), via ``pytorch_msssim``, in float32 also under autocast, of
-    frames in ``[-1, 1]`` (moved to ``[0, 2]``: SSIM's luminance term depends on where the values lie).
+    """Structural similarity per frame, ``(...)`` (``x`` and ``y`` broadcast), via ``pytorch_msssim``, in float32 also
+    under autocast, of frames in ``[-1, 1]`` (moved to ``[0, 2]``: SSIM's luminance term depends on where the
+    values lie).
 
-    The Gaussian window is 11 px (the standard) or, for frames smaller than that, the
-    largest odd size that fits.
+    The Gaussian window is 11 px (the standard) or, for frames smaller than that, the largest odd size that fits.
     """
     try:
         from pytorch_msssim import ssim as _ssim
