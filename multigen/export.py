@@ -128,26 +128,19 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu",
         raise ValueError(f"{path / CONFIG} has no 'domain' key")
     _move_renamed_keys(raw)
     name = raw.pop("domain")
-    if isinstance(domain, type):  # the class itself, or an installed subclass of it that the export names
-        if names_domain(str(name), domain):
-            domain_cls = domain
-        else:
-            try:
-                domain_cls = get_domain(name)
-            except UnknownDomainError:  # a bare name no import reaches: what such a class is exported under
-                domain_cls = domain if name == domain.name else None
-        if not (domain_cls and issubclass(domain_cls, domain)):
-            raise ValueError(f"{path} holds a {name} model, not a {domain_spec(domain)} model")
-    else:
-        try:
-            domain_cls = get_domain(name)
-        except UnknownDomainError as e:
-            if domain in (None, name):
-                raise UnknownDomainError(f"{e} (an export of a domain class defined in a script or a function loads "
-                                         f"with load_pretrained(path, domain=TheClass))") from None
-            domain_cls = None  # not installed here: certainly not the asked domain
-        if domain is not None and not (domain_cls and issubclass(domain_cls, get_domain(domain))):
-            raise ValueError(f"{path} holds a {name} model, not a {domain} model")
+    asked = get_domain(domain) if isinstance(domain, str) else domain  # a name, or the class itself
+    try:
+        domain_cls = asked if asked is not None and names_domain(str(name), asked) else get_domain(name)
+    except UnknownDomainError as e:
+        if asked is None:
+            raise UnknownDomainError(f"{e} (an export of a domain class defined in a script or a function loads "
+                                     f"with load_pretrained(path, domain=TheClass))") from None
+        # not installed here: the class given itself where the export has its bare name (no import reaches such a
+        # class), else certainly not the asked domain
+        domain_cls = asked if isinstance(domain, type) and name == asked.name else None
+    if asked is not None and not (domain_cls and issubclass(domain_cls, asked)):
+        wanted = domain if isinstance(domain, str) else domain_spec(domain)
+        raise ValueError(f"{path} holds a {name} model, not a {wanted} model")
     _fill_earlier_defaults(name, raw)
     try:
         built = domain_cls(load_config(domain_cls.config_class, values=raw))
