@@ -18,7 +18,7 @@ SMALL = {
     "toy2d": ("multigen.toy2d:Toy2D", ["model.hidden=8"]),
     "video": ("video.domain:Video", ["data.frames=3", "data.size=8", "model.base_channels=8", "model.channel_mults=[1]",
                                      "model.head_channels=8", "model.attn_levels=[]", "diffusion.timesteps=20",
-                                     "sample.steps=4"]),
+                                     "sample.steps=4", "eval.context=2"]),
     "pointcloud": ("pointcloud.domain:PointCloud", ["data.points=64", "model.width=0.25",
                                                     "model.voxel_resolution=0.25", "task.partial_points=10"]),
     "discrete": ("discrete.domain:Discrete", ["data.source=digits", "data.levels=4", "process.timesteps=8",

@@ -130,7 +130,7 @@ def test_video_folder_clips_corrupt_and_short_files_and_cache(tmp_path, mp4, mon
 def test_a_video_folder_holds_out_the_last_tenth_of_each_video(tmp_path, mp4):
     """Without ``data.val_root`` the held-out clips are each video's last tenth (at least one, from videos of two or
     more clips) and training takes the rest; with it, all of each folder. Bad sizes and channels are config
-    errors."""
+    errors; an evaluation context that observes every frame is a warning."""
     from multigen.config import ConfigError, load_config
     from video.domain import Video, VideoConfig
 
@@ -138,7 +138,8 @@ def test_a_video_folder_holds_out_the_last_tenth_of_each_video(tmp_path, mp4):
     root.mkdir()
     (root / "a.mp4").write_bytes(mp4.read_bytes())  # 20 frames, span 7 at stride 2: clips at 0 and 7
     np.save(root / "b.npy", gradient_video(9, 32, 32))  # one clip: training only
-    folder = ["data.source=folder", f"data.root={root}", "data.frames=4", "data.size=16", "data.stride=2"]
+    folder = ["data.source=folder", f"data.root={root}", "data.frames=4", "data.size=16", "data.stride=2",
+              "eval.context=3"]
     domain = Video(load_config(VideoConfig, overrides=folder))
     train, val = domain.build_dataset("train"), domain.build_dataset("val")
     assert [(p.name, s) for p, _, s in train.clips] == [("a.mp4", 0), ("b.npy", 0)]
@@ -159,6 +160,9 @@ def test_a_video_folder_holds_out_the_last_tenth_of_each_video(tmp_path, mp4):
         Video(load_config(VideoConfig, overrides=["data.channels=2"]))
     with pytest.raises(ConfigError, match="data.size=18: .* a multiple of 4"):
         Video(load_config(VideoConfig, overrides=["data.size=18"]))
+    with pytest.warns(UserWarning, match=r"eval.context=4 observes every frame of data.frames=4 clips: future and "
+                      r"past prediction are evaluated from 3"):
+        Video(load_config(VideoConfig, overrides=[*folder, "eval.context=4"]))
 
 
 def test_frames_to_clip_resizes_crops_and_converts_exactly_at_model_size():
@@ -260,7 +264,7 @@ def test_natural_video_train_and_val_use_disjoint_photos(natural):
     from video.domain import Video, VideoConfig
 
     domain = Video(load_config(VideoConfig, overrides=["data.source=natural", "data.size=16", "data.frames=4",
-                                                       "data.num_train=12", "data.num_val=5"]))
+                                                       "eval.context=3", "data.num_train=12", "data.num_val=5"]))
     train, val = domain.build_dataset("train"), domain.build_dataset("val")
     assert (len(train), len(val)) == (12, 5) and val[0].shape == (4, 1, 16, 16)
     assert set(train.names).isdisjoint(val.names) and len(val.names) >= 0.15 * (len(train.names) + len(val.names))

@@ -162,6 +162,10 @@ class Video(GaussianDomain):
         if m.reference_input and not m.residual:
             raise ConfigError("model.reference_input shows a residual model the reference frames its output is "
                               "added to; with model.residual=false there are none")
+        if cfg.eval.context >= d.frames:
+            warnings.warn(f"eval.context={cfg.eval.context} observes every frame of data.frames={d.frames} clips: "
+                          f"future and past prediction are evaluated from {d.frames - 1} observed frames; give "
+                          f"eval.context below data.frames", stacklevel=2)
         task = cfg.task
         self.task_mix = TaskMix(task.unconditional, task.future, task.past, task.interpolate, task.random)
         try:
