@@ -53,11 +53,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
 from discrete.d3pm import D3PM, Absorbing, DiscretizedGaussian, Uniform, d3pm_betas  # noqa: E402
-from discrete.domain import Discrete, mean_and_stderr  # noqa: E402
+from discrete.domain import Discrete, DiscreteConfig, mean_and_stderr  # noqa: E402
 from discrete.model import SequenceTransformer  # noqa: E402
 from multigen.benchmarking import markdown_table, timed, write_results  # noqa: E402
 from multigen.cli import available_device, positive_int  # noqa: E402
+from multigen.config import ConfigError, load_config  # noqa: E402
 from multigen.domain import check_count  # noqa: E402
+from multigen.train import resolve_config_file  # noqa: E402
 
 
 def dense_matrices(process: D3PM, t: int, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -144,9 +146,6 @@ def compare(kind: str, K: int, tokens: int, predicted_tokens: int, device: str) 
 
 
 def throughput(device: str, steps: int) -> list[dict]:
-    from multigen.config import load_config
-    from discrete.domain import DiscreteConfig
-
     rows = []
     for config in ("tiny", "default"):
         cfg = load_config(DiscreteConfig, REPO / "configs" / "discrete" / f"{config}.yaml")
@@ -222,9 +221,6 @@ def infill_exact(seeds: list[int], T: int, n: int) -> list[dict]:
 def _train_tiny(device: str, seed: int, train_steps: int,
                 overrides: list[str]) -> tuple[Discrete, torch.nn.Module, float]:
     """The tiny text config with ``overrides``, trained ``train_steps`` plain AdamW steps: (domain, model, seconds)."""
-    from discrete.domain import DiscreteConfig
-    from multigen.config import load_config
-
     torch.manual_seed(seed)
     cfg = load_config(DiscreteConfig, REPO / "configs" / "discrete" / "tiny.yaml", overrides)
     domain = Discrete(cfg)
@@ -304,20 +300,22 @@ def train_text(device: str, out_dir: Path, overrides: list[str], sequences: int)
     args = [f"train.output_dir={out_dir}", "train.resume=false", "train.tensorboard=false",
             *(["train.cpu=true"] if device == "cpu" else []), *overrides]
     start = time.perf_counter()
-    assert train(["--domain", "discrete", "--config", "default", *args]) == 0
+    if code := train(["--domain", "discrete", "--config", "default", *args]):
+        raise SystemExit(code)  # the trainer has said why
     seconds = time.perf_counter() - start
     p = load_pretrained(out_dir / "export", device)
     val = p.domain.build_dataset("val")
     return p, torch.stack([val[i] for i in range(min(sequences, len(val)))]), seconds
 
 
-def curve(device: str, out_dir: Path, eval_every: int, sampling_steps: list[int], sequences: int) -> dict:
-    """Train the default text config, logging held-out bits/char every ``eval_every`` steps, then score
-    the export's held-out ELBO for the chains that sampling with fewer steps runs."""
+def curve(device: str, out_dir: Path, eval_every: int, sampling_steps: list[int], sequences: int,
+          overrides: list[str] = ()) -> dict:
+    """Train the default text config (``overrides`` applied), logging held-out bits/char every ``eval_every`` steps,
+    then score the export's held-out ELBO for the chains that sampling with fewer steps runs."""
     from multigen.trainer import read_log
 
     p, data, seconds = train_text(device, out_dir, [f"train.eval_every={eval_every}",
-                                                    f"eval.num_sequences={sequences}"], sequences)
+                                                    f"eval.num_sequences={sequences}", *overrides], sequences)
     by_step = [{"step": r["step"], "bits_per_char": r["eval/elbo_bits_per_token"],
                 "unigram_bits": r["eval/baseline_unigram_bits"]}
                for r in read_log(out_dir) if "eval/elbo_bits_per_token" in r]
@@ -339,8 +337,6 @@ def train_autoregressive(domain, seed: int, device: str, out_dir: Path, override
     and steps at which it does best in the same time. Its held-out NLL (``eval.num_sequences`` windows) goes to
     ``out_dir/log.jsonl`` at the end, and every ``eval_every`` steps when > 0 (a twin that over-fits does best
     before its last step: see :func:`best_autoregressive_eval`). Returns the EMA model and the training seconds."""
-    from discrete.domain import DiscreteConfig
-    from multigen.config import load_config
     from multigen.trainer import Trainer
 
     cfg = load_config(DiscreteConfig, values=dataclasses.asdict(domain.cfg), overrides=overrides or [])
@@ -463,39 +459,52 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", type=available_device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--vocab", type=positive_int, nargs="+", default=[27, 256, 8192])
-    parser.add_argument("--tokens", type=int, default=16384)
-    parser.add_argument("--predicted-tokens", type=int, default=1024,
+    parser.add_argument("--tokens", type=positive_int, default=16384)
+    parser.add_argument("--predicted-tokens", type=positive_int, default=1024,
                         help="tokens for the reverse step from a predicted x0 (its dense form is a K x K matmul)")
     parser.add_argument("--throughput", action="store_true")
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=positive_int, default=5)
     parser.add_argument("--curve", action="store_true",
                         help="train configs/discrete/default.yaml and report held-out bits/char against training "
                              "steps and against sampling steps")
-    parser.add_argument("--eval-every", type=int, default=150)
-    parser.add_argument("--sampling-steps", type=int, nargs="+", default=[256, 128, 64, 32, 16, 8, 4])
-    parser.add_argument("--sequences", type=int, default=64, help="held-out sequences scored for the curves")
+    parser.add_argument("--eval-every", type=positive_int, default=150)
+    parser.add_argument("--sampling-steps", type=positive_int, nargs="+", default=[256, 128, 64, 32, 16, 8, 4])
+    parser.add_argument("--sequences", type=positive_int, default=64,
+                        help="held-out sequences scored (--curve, --versus-ar)")
     parser.add_argument("--skip-transitions", action="store_true")
     parser.add_argument("--infill", action="store_true",
                         help="infilling with the known part clean or noised to each level: exact posterior of a "
                              "small joint (TV), then a tiny uniform text model (accuracy)")
-    parser.add_argument("--infill-samples", type=int, default=20000, help="infilled samples per exact-posterior case")
+    parser.add_argument("--infill-samples", type=positive_int, default=20000,
+                        help="infilled samples per exact-posterior case")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--train-steps", type=int, default=4000)
-    parser.add_argument("--windows", type=int, default=256, help="held-out windows infilled per seed")
+    parser.add_argument("--train-steps", type=positive_int, default=4000)
+    parser.add_argument("--windows", type=positive_int, default=256, help="held-out windows infilled per seed")
     parser.add_argument("--hidden", type=float, default=0.25, help="share of characters hidden and generated")
     parser.add_argument("--infill-rate", type=float, default=0.5,
                         help="process.infill_rate of the marked model (share of sequences trained with a known part)")
     parser.add_argument("--versus-ar", action="store_true",
                         help="train the default text config and the same transformer with a causal mask per seed "
                              "(--seeds) and compare held-out bits/char")
-    parser.add_argument("--override", nargs="*", default=[], help="dotted config overrides for --versus-ar")
-    parser.add_argument("--orders", type=int, default=1,
+    parser.add_argument("--override", nargs="*", default=[], help="dotted config overrides for --versus-ar and --curve")
+    parser.add_argument("--orders", type=positive_int, default=1,
                         help="--versus-ar: above 1, also score the diffusion model's bound importance-weighted over "
                              "this many random orders a window (this many times the any-order bound's cost)")
     parser.add_argument("--ar-override", nargs="*", default=[],
                         help="dotted overrides of the autoregressive twin's config only, applied after --override")
     parser.add_argument("--out", default="benchmarks/out/discrete.json")
     args = parser.parse_args()
+    if min(args.vocab) < 2:
+        parser.error(f"--vocab: a transition needs at least 2 classes, got {min(args.vocab)}")
+    if not 0 < args.hidden < 1:
+        parser.error(f"--hidden: a share of the characters in (0, 1), got {args.hidden}")
+    if not 0 <= args.infill_rate <= 1:
+        parser.error(f"--infill-rate: a share of the sequences in [0, 1], got {args.infill_rate}")
+    try:  # before anything trains: the diffusion model's overrides, then its twin's on top
+        Discrete(load_config(DiscreteConfig, resolve_config_file("discrete", "default"),
+                             [*args.override, *args.ar_override]))
+    except ConfigError as e:
+        parser.error(f"--override / --ar-override: {e}")
 
     rows = [] if args.skip_transitions else [compare(kind, K, args.tokens, args.predicted_tokens, args.device)
                                              for kind in ("uniform", "absorbing") for K in args.vocab]
@@ -527,7 +536,7 @@ def main() -> None:
         print("\n" + markdown_table(table))
     if args.curve:
         c = result["curve"] = curve(args.device, Path(args.out).parent / "discrete_run", args.eval_every,
-                                    args.sampling_steps, args.sequences)
+                                    args.sampling_steps, args.sequences, args.override)
         print(f"\ntrained in {c['train_minutes']:.1f} min; held-out bits/char ({c['held_out_sequences']} sequences)")
         by_step, by_steps = c["by_training_step"], c["by_sampling_steps"]
         print(markdown_table([
@@ -574,7 +583,7 @@ def print_transitions(rows: list[dict]) -> None:
         "q(x_s ∣ x_t, x_0) closed / dense (ms)": f"{r['posterior_closed_ms']:.1f} / {r['posterior_dense_ms']:.1f}",
         "posterior speed-up": f"{r['speedup_posterior']:.1f}x",
         reverse: f"{r['reverse_closed_ms']:.1f} / {r['reverse_dense_ms']:.1f}",
-        "reverse speed-up": f"{r['speedup_reverse']:.0f}x",
+        "reverse speed-up": f"{r['speedup_reverse']:.1f}x",
         "dense matrices (one step / all T)": f"{r['dense_matrices_MB']:.1f} MB / {r['dense_all_T_GB']:.1f} GB"}
         for r in rows]))
 

@@ -35,12 +35,13 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO / "configs" / "pointcloud"
 # This script shares its name with the package it measures: import the package, not the script.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
 from multigen.benchmarking import (  # noqa: E402
-    markdown_table, override_sample_settings, quality_by_sampler, sampler_setting, time_train_steps, timed,
-    write_results,
+    load_export_of, markdown_table, override_sample_settings, quality_by_sampler, sampler_setting, time_train_steps,
+    timed, write_results,
 )
 from multigen.cli import available_device, diffusion_time, positive_int  # noqa: E402
 from pointcloud import ops, reference  # noqa: E402
@@ -57,7 +58,7 @@ def train_step_setup(config: str, device: str, batch: int, points: int):
     from multigen.config import load_config
     from pointcloud.domain import PointCloud, PointCloudConfig
 
-    cfg = load_config(PointCloudConfig, REPO / "configs" / "pointcloud" / f"{config}.yaml",
+    cfg = load_config(PointCloudConfig, CONFIG_DIR / f"{config}.yaml",
                       [f"data.points={points}", "data.pool=0", f"train.batch_size={batch}"])
     domain = PointCloud(cfg)
     model = domain.build_model().to(device)
@@ -95,9 +96,9 @@ class OpCount(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def profile_step(config: str, device: str, batch: int, points: int, rows: int = 30) -> None:
+def profile_step(config: str, device: str, batch: int, points: int, trace: Path, rows: int = 30) -> None:
     """Print ``torch.profiler``'s table of one forward+backward of ``config`` (after 2 unprofiled ones), by
-    device time, and write its Chrome trace to ``benchmarks/out/pointcloud_<config>_trace.json``."""
+    device time, and write its Chrome trace to ``trace``."""
     from torch.profiler import ProfilerActivity, profile
 
     cfg, domain, model, clouds, dtype = train_step_setup(config, device, batch, points)
@@ -114,7 +115,6 @@ def profile_step(config: str, device: str, batch: int, points: int, rows: int = 
         step()
     print(prof.key_averages().table(sort_by=f"self_{'cuda' if device == 'cuda' else 'cpu'}_time_total",
                                     row_limit=rows))
-    trace = REPO / "benchmarks" / "out" / f"pointcloud_{config}_trace.json"
     trace.parent.mkdir(parents=True, exist_ok=True)
     prof.export_chrome_trace(str(trace))
     print(f"wrote {trace}")
@@ -130,11 +130,11 @@ def off_surface_rows(export: str, device: str, num_shapes: int, steps: tuple[int
     model-free local denoiser: each point of that cloud replaced by the mean of its ``k`` nearest points
     (itself included), the best of k = 4, 6, 8, 12, 16 per step.
     """
-    from multigen.export import load_pretrained
+    from pointcloud.domain import PointCloud
     from pointcloud.shapes import ProceduralShapes
 
-    p = load_pretrained(export, device=device)
-    domain, model = p.domain, p.model.eval()
+    p = load_export_of(PointCloud, export, device)
+    domain, model = p.domain, p.model
     data = domain.build_dataset("val")
     if not isinstance(data, ProceduralShapes):
         raise SystemExit(f"--denoising needs a model trained on the procedural shapes; {export} was not")
@@ -183,14 +183,13 @@ def completion_rows(export: str, device: str, num_shapes: int, bank: int, sample
     ``task.completion_start`` (None: kept). A completion that starts from the nearest training shape searches
     the same ``bank`` as the baselines.
     """
-    from multigen.export import load_pretrained
-    from pointcloud.domain import with_partial
+    from pointcloud.domain import PointCloud, with_partial
     from pointcloud.metrics import chamfer
     from pointcloud.shapes import ProceduralShapes
     from pointcloud.views import partial_masks
 
-    p = load_pretrained(export, device=device)
-    domain, model = p.domain, p.model.eval()
+    p = load_export_of(PointCloud, export, device)
+    domain, model = p.domain, p.model
     override_sample_settings(domain, sample)
     domain.cfg.task.completion_bank = bank
     if start is not None:
@@ -319,38 +318,44 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", type=available_device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--configs", nargs="+", default=["tiny", "default", "gpu"])
-    parser.add_argument("--batch", type=int, default=8, help="clouds per train step and per op call")
-    parser.add_argument("--points", type=int, default=2048)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--metric-points", type=int, nargs="+",
+    parser.add_argument("--batch", type=positive_int, default=8, help="clouds per train step and per op call")
+    parser.add_argument("--points", type=positive_int, default=2048)
+    parser.add_argument("--steps", type=positive_int, default=3)
+    parser.add_argument("--metric-points", type=positive_int, nargs="+",
                         help="cloud sizes of the Chamfer/EMD table (default: those of 256 1024 2048 up to --points)")
     parser.add_argument("--quality", metavar="EXPORT_DIR", help="sample quality against sampler steps")
     parser.add_argument("--samplers", nargs="+", type=sampler_setting, default=SAMPLER_SETTINGS,
                         metavar="SAMPLER:STEPS", help="--quality: the sampler settings to compare")
     parser.add_argument("--temperatures", nargs="+", type=float, default=[1.0],
                         help="--quality: sampling temperatures (sample.temperature) for each sampler setting")
-    parser.add_argument("--shapes", type=positive_int, default=64, help="--quality, --denoising: held-out shapes")
+    parser.add_argument("--shapes", type=positive_int, default=64,
+                        help="--quality, --denoising, --completion: held-out shapes")
     parser.add_argument("--denoising", metavar="EXPORT_DIR",
                         help="off-surface error of the x0 estimate at small noise (procedural shapes)")
     parser.add_argument("--completion", metavar="EXPORT_DIR",
                         help="completion of held-out partial views against the nearest training shape")
-    parser.add_argument("--bank", type=int, default=4000, help="--completion: training shapes searched")
+    parser.add_argument("--bank", type=positive_int, default=4000, help="--completion: training shapes searched")
     parser.add_argument("--sample", nargs="+", default=[], metavar="KEY=VALUE",
                         help="--completion: override the export's sample settings, e.g. steps=100 resample=3")
     parser.add_argument("--start", type=diffusion_time,
                         help="--completion: start each completion from the nearest training shape noised to this "
                              "diffusion time, or 1 from noise (default: the export's task.completion_start)")
-    parser.add_argument("--profile", metavar="CONFIG", help="print torch.profiler's table of one train step")
+    parser.add_argument("--profile", metavar="CONFIG", help="print torch.profiler's table of one train step and "
+                        "write its Chrome trace beside --out (pointcloud_<CONFIG>_trace.json)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one config, print JSON
     parser.add_argument("--out", default="benchmarks/out/pointcloud.json",
                         help="the JSON (--quality, --completion and --denoising write it with _quality, _completion "
                              "or _denoising before .json)")
     args = parser.parse_args()
+    for name in [*args.configs, *([args.profile] if args.profile else [])]:
+        if not (CONFIG_DIR / f"{name}.yaml").is_file():
+            parser.error(f"no config {name!r} in {CONFIG_DIR}")
     if args.one:
         print(json.dumps(measure_config(args.one, args.device, args.batch, args.points, args.steps)))
         return
     if args.profile:
-        profile_step(args.profile, args.device, args.batch, args.points)
+        profile_step(args.profile, args.device, args.batch, args.points,
+                     Path(args.out).with_name(f"pointcloud_{args.profile}_trace.json"))
         return
 
     if args.quality:

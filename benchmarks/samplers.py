@@ -19,6 +19,7 @@ import time
 import torch
 
 from multigen.benchmarking import markdown_table, write_results
+from multigen.cli import positive_int
 from multigen.samplers import DEFAULT_SPACING, ddim, ddpm, dpm_solver_pp, sampling_grid
 from multigen.schedules import NoiseSchedule
 from multigen.testing import gaussian_mixture_denoiser
@@ -51,9 +52,9 @@ def sampled_error(sampler, denoiser, grid, num: int, seed: int, **kw) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--num", type=int, default=20000, help="samples for the stochastic samplers")
+    parser.add_argument("--num", type=positive_int, default=20000, help="samples for the stochastic samplers")
     parser.add_argument("--schedule", choices=["cosine", "linear"], default="cosine")
-    parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20, 50, 100, 250, 1000])
+    parser.add_argument("--nfe", type=positive_int, nargs="+", default=[5, 10, 20, 50, 100, 250, 1000])
     parser.add_argument("--out", default="benchmarks/out/samplers.json")
     args = parser.parse_args()
 

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from multigen.benchmarking import markdown_table, write_results
-from multigen.cli import available_device
+from multigen.cli import available_device, positive_int
 from multigen.metrics import sliced_wasserstein
 from multigen.samplers import DEFAULT_SPACING, sample
 from multigen.schedules import SCHEDULES, NoiseSchedule
@@ -61,12 +61,14 @@ def errors(x: Tensor, reference: Tensor, mean: Tensor, cov: Tensor) -> dict[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--num", type=int, default=20000, help="samples per run")
+    parser.add_argument("--num", type=positive_int, default=20000, help="samples per run")
     parser.add_argument("--schedule", choices=SCHEDULES, default="cosine")
-    parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20, 50, 100, 250, 1000])
+    parser.add_argument("--nfe", type=positive_int, nargs="+", default=[5, 10, 20, 50, 100, 250, 1000])
     parser.add_argument("--device", type=available_device, default="cpu", help="cpu or cuda")
     parser.add_argument("--out", default="benchmarks/out/samplers_2d.json")
     args = parser.parse_args()
+    if args.num < 2:
+        parser.error(f"--num: at least 2 samples (their covariance is scored), got {args.num}")
 
     schedule = NoiseSchedule(args.schedule, 1000)
     weights, means, covs = mixture()
