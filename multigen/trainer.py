@@ -1,8 +1,9 @@
 """The one training loop every domain uses, built on Hugging Face Accelerate.
 
 :func:`train` reads top to bottom: :class:`Trainer` sets up (Accelerate, the domain fitted to its data, the model,
-its EMA copy, the optimiser), resumes from the newest complete checkpoint (then checks its held-out data and writes
-the run's config), then repeats one optimisation step (accumulate gradients, clip, step, update the EMA) and the
+its EMA copy, the optimiser), resumes from the newest complete checkpoint (then checks its held-out data, writes the
+run's config, or with a resumed run's first checkpoint, and does the samples and evaluation the checkpoint's run was
+stopped before), then repeats one optimisation step (accumulate gradients, clip, step, update the EMA) and the
 periodic work (log, sample, evaluate, checkpoint), and finally exports the EMA weights.
 
 The optimisation step never waits on the accelerator. A non-finite loss (or, without fp16's loss scaler, a
@@ -298,8 +299,9 @@ class Trainer:
     def resume(self) -> None:
         """Load the newest complete checkpoint if ``train.resume`` (weights, optimiser, EMA, step and RNG
         states; the learning rate follows the step), check the held-out data (:meth:`check_held_out_data`) and
-        build the training set, write ``config.yaml`` (the export's config), then start the data stream where the run
-        left off."""
+        build the training set, write ``config.yaml`` (the export's config; a resumed run with its first checkpoint),
+        start the data stream where the run left off, and do the samples and evaluation due at the step resumed from
+        that its run did not finish (:meth:`finish_interrupted_step`)."""
         t, acc = self.t, self.accelerator
         resume_from = latest_checkpoint(self.checkpoint_dir) if t.resume else None
         seen = gather_object([resume_from and resume_from.name])  # one per process
@@ -347,10 +349,12 @@ class Trainer:
         self.consumed_at, self.step_at = consumed, self.state.step  # items drawn at this start, and its step
         self.check_held_out_data()
         train_set = self.domain.build_dataset("train")
-        # after a successful load and the data checks: a failed resume leaves the config of its checkpoints in place,
-        # and a run stopped by its data leaves nothing for the next one to set aside
-        if self.main:
-            (self.out / "config.yaml").write_text(config_text(self.domain))
+        # config.yaml describes the checkpoints: a fresh run writes it after the data checks (a run stopped by its
+        # data leaves nothing for the next one to set aside), a resumed one with its first checkpoint (a resume that
+        # fails before one, on its data or a non-finite loss, leaves the config its checkpoints were written with)
+        self.pending_config = config_text(self.domain) if self.main else None
+        if resume_from is None:
+            self.write_config()
         sampler = ShardedStreamSampler(
             len(train_set),  # type: ignore[arg-type]
             seed=t.seed,
@@ -371,8 +375,9 @@ class Trainer:
         )
         self.data = iter(loader)
 
-        if t.tensorboard:
-            acc.init_trackers("multigen", config=flatten(self.domain.cfg))
+        if t.tensorboard:  # a resumed run hides the events logged after its checkpoint, as log.jsonl drops them
+            acc.init_trackers("multigen", config=flatten(self.domain.cfg),
+                              init_kwargs={"tensorboard": {"purge_step": self.state.step + 1}} if resume_from else {})
         n_params = sum(p.numel() for p in self.raw_model.parameters())
         acc.print(
             f"{self.domain.name}: {n_params / 1e6:.2f}M parameters, {acc.num_processes} process(es) on "
@@ -382,6 +387,34 @@ class Trainer:
                         desc=f"train {self.domain.name}", dynamic_ncols=True)
         self.model.train()
         self.started = time.monotonic()
+        if resume_from is not None:
+            self.finish_interrupted_step()
+
+    def write_config(self) -> None:
+        """Write the run's ``config.yaml`` if it is still to be written (main process; under a temporary name, then
+        renamed)."""
+        if self.pending_config is not None:
+            temporary = self.out / "config.yaml.tmp"
+            temporary.write_text(self.pending_config)
+            temporary.replace(self.out / "config.yaml")
+            self.pending_config = None
+
+    def finish_interrupted_step(self) -> None:
+        """The samples and evaluation due at the step resumed from, if the run that wrote its checkpoint was stopped
+        before them (they follow the checkpoint: see :meth:`periodic`)."""
+        t, step = self.t, self.state.step
+        if not self.main:
+            return
+        end = step == t.max_steps
+        sample = (bool(t.sample_every and step % t.sample_every == 0) or end) and not any(
+            (self.out / "samples").glob(f"step_{step:06d}*"))
+        log = self.out / "log.jsonl"
+        evaluate = (bool(t.eval_every and step % t.eval_every == 0) or end) and not (log.is_file() and any(
+            r["step"] == step and any(k.startswith("eval/") for k in r) for r in read_log(self.out)))
+        if sample or evaluate:
+            self.bar.write(f"step {step}: its {' and '.join(['samples'] * sample + ['evaluation'] * evaluate)} "
+                           f"did not finish before the run stopped; doing them now")
+            self.sample_and_evaluate(step, sample, evaluate, end)
 
     def check_held_out_data(self) -> None:
         """Build the held-out split on the main process and read its first item before training, so that a bad one
@@ -505,10 +538,16 @@ class Trainer:
                 _append_jsonl(self.out / "log.jsonl", {"step": step, **logs})
         if checkpoint:  # first: a sampling or evaluation that fails, or that outlasts train.process_timeout_min
             self.save_checkpoint()  # while the other processes wait, loses no training
+        self.sample_and_evaluate(step, sample, evaluate, end)
+
+    def sample_and_evaluate(self, step: int, sample: bool, evaluate: bool, end: bool) -> None:
+        """Write the EMA model's samples of ``step`` and evaluate it, as asked (main process). At the ``end``, a
+        failure exports the weights before it is raised."""
         if not (self.main and (sample or evaluate)):
             return
         # on the main process alone, and drawing nothing from the training's random streams: a run trains the same
         # whether or how often it samples and evaluates, and resumes exactly from a checkpoint written before them
+        acc = self.accelerator
         with torch.random.fork_rng(devices=[acc.device] if acc.device.type == "cuda" else []):
             try:
                 if sample:
@@ -540,8 +579,10 @@ class Trainer:
         process)."""
         t, step = self.t, self.state.step
         consumed = self.consumed_at + (step - self.step_at) * self.samples_per_step
-        return save_checkpoint(self.accelerator, self.checkpoint_dir, step, t.keep_checkpoints, t.optimizer, consumed,
+        path = save_checkpoint(self.accelerator, self.checkpoint_dir, step, t.keep_checkpoints, t.optimizer, consumed,
                                self.samples_per_step)
+        self.write_config()
+        return path
 
     def export(self) -> Path:
         """Write the EMA weights and the config to ``<output_dir>/export``; return that directory."""

@@ -181,6 +181,7 @@ def test_a_failed_final_evaluation_keeps_the_final_checkpoint_and_the_export(toy
     out = REPO.joinpath(cfg.train.output_dir)
     assert latest_checkpoint(out / "checkpoints").name == "step_12" and (out / "export" / "model.safetensors").is_file()
     assert (train(Toy2D, cfg) / "model.safetensors").is_file()
+    assert [r["step"] for r in read_log(out) if "eval/sliced_w2" in r] == [12]  # the resumed run evaluated step 12
     unsaved = toy_cfg("train.max_steps=12", "train.checkpoint_every=0", out="unsaved")
     with pytest.raises(Interrupted):
         train(FailingEvaluation, unsaved)
@@ -188,6 +189,54 @@ def test_a_failed_final_evaluation_keeps_the_final_checkpoint_and_the_export(toy
     assert toy_cfg("data.num_val=3").data.num_val == 3
     with pytest.raises(ConfigError, match="data.num_val"):  # the Gaussian baseline's covariance needs 3
         toy_cfg("data.num_val=2")
+
+
+def test_a_run_stopped_before_its_steps_samples_or_evaluation_does_them_when_resumed(toy_cfg, capsys):
+    """A step's samples and evaluation follow its checkpoint: a run stopped between them (Ctrl-C while the final
+    samples are drawn) does what its step still lacks when resumed there, and nothing twice."""
+    drawn = []
+
+    class StoppedWhileSampling(Toy2D):
+        def sample(self, model, n, **kw):
+            raise Interrupted
+
+    class Counted(Toy2D):
+        def sample(self, model, n, **kw):
+            drawn.append(n)
+            return super().sample(model, n, **kw)
+
+    cfg = toy_cfg("train.max_steps=12", "train.checkpoint_every=6", "train.sample_every=6", "train.eval_every=0",
+                  "train.tensorboard=true")  # whose resumed log hides the events after the checkpoint
+    out = REPO.joinpath(cfg.train.output_dir)
+    with pytest.raises(Interrupted):
+        train(StoppedWhileSampling, cfg)  # in step 6's samples, after its checkpoint
+    assert latest_checkpoint(out / "checkpoints").name == "step_6" and not (out / "samples").exists()
+    reset_accelerate()
+    train(Counted, cfg)
+    assert "step 6: its samples did not finish before the run stopped; doing them now" in capsys.readouterr().out
+    assert sorted(p.name for p in (out / "samples").glob("*.png")) == ["step_000006.png", "step_000012.png"]
+    assert [r["step"] for r in read_log(out) if "eval/sliced_w2" in r] == [12]
+    assert drawn == [64, 64, 500]  # step 6's samples, step 12's, its evaluation's
+    reset_accelerate()
+    train(Counted, cfg)  # a finished run: nothing is missing, nothing is redone
+    assert drawn == [64, 64, 500] and [r["step"] for r in read_log(out) if "eval/sliced_w2" in r] == [12]
+
+
+def test_a_resume_stopped_before_its_first_checkpoint_keeps_the_config_of_the_checkpoints(toy_cfg, capsys):
+    """config.yaml describes the run's checkpoints: a resume with other settings that fails before it writes one (a
+    non-finite loss at a learning rate raised too far) leaves it as it was, so the next resume names the changes
+    from the checkpoints' settings; one that checkpoints writes its own."""
+    first = toy_cfg("train.max_steps=10", "train.checkpoint_every=10", out="kept")
+    out = train(Toy2D, first).parent
+    config = (out / "config.yaml").read_text()
+    reset_accelerate()
+    with pytest.raises(NonFiniteLossError):
+        train(Toy2D, toy_cfg("train.max_steps=40", "train.checkpoint_every=10", "train.lr=1e30", out="kept"))
+    assert (out / "config.yaml").read_text() == config
+    reset_accelerate()
+    train(Toy2D, toy_cfg("train.max_steps=20", "train.checkpoint_every=10", out="kept"))
+    assert "settings changed since the checkpoints were written: train.max_steps: 10 -> 20" in capsys.readouterr().out
+    assert read_yaml(out / "config.yaml")["train"]["max_steps"] == 20
 
 
 def test_held_out_data_that_cannot_be_used_stops_the_run_before_training(toy_cfg):
