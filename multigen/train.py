@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -99,20 +101,34 @@ def main(argv: list[str] | None = None) -> int:
     from multigen.checkpoints import latest_checkpoint
     from multigen.trainer import NonFiniteLossError, train
 
+    handles_signals = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if handles_signals else None
     try:
         train(domain_cls, cfg)
-    except KeyboardInterrupt:  # Ctrl-C: what was saved is complete (checkpoints are renamed into place when written)
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: what was saved is complete (checkpoints are renamed into place)
         newest = latest_checkpoint(Path(cfg.train.output_dir) / "checkpoints")
-        print("multigen-train: interrupted; " + (f"the same command resumes from {newest}" if newest else
-                                                 "before the first checkpoint"), file=sys.stderr)
-        return 130
+        print(f"multigen-train: {'terminated (SIGTERM)' if isinstance(e, Terminated) else 'interrupted'}; "
+              + (f"the same command resumes from {newest}" if newest else "before the first checkpoint"),
+              file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     except NonFiniteLossError as e:
         print(f"multigen-train: error: {e}", file=sys.stderr)
         return 1
     except (ConfigError, DataError, *PATH_ERRORS) as e:  # a setting, input or folder the run cannot use: named
         print(f"multigen-train: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if handles_signals:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, what a cluster's scheduler sends a job before it kills it: raised where the run is, as Ctrl-C is."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -151,3 +153,23 @@ def test_an_interrupted_training_run_ends_in_one_line_naming_its_newest_checkpoi
     monkeypatch.setattr(multigen.trainer, "train", lambda domain_cls, cfg: interrupted(domain_cls, cfg, False))
     assert train_main(["--domain", "toy2d", f"train.output_dir={tmp_path / 'new'}"]) == 130
     assert capsys.readouterr().err == "multigen-train: interrupted; before the first checkpoint\n"
+
+
+def test_a_terminated_training_run_ends_as_an_interrupted_one_does(tmp_path, capsys, monkeypatch):
+    """SIGTERM (a scheduler stopping the job) ends the run where it is, with one line naming the checkpoint it
+    resumes from and exit status 143; the signal's handler is put back after."""
+    import multigen.trainer
+    from multigen.train import main as train_main
+
+    def terminated(domain_cls, cfg):
+        (Path(cfg.train.output_dir) / "checkpoints" / "step_20").mkdir(parents=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the run")
+
+    monkeypatch.setattr(multigen.trainer, "train", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "run"
+    assert train_main(["--domain", "toy2d", f"train.output_dir={out}"]) == 143
+    assert capsys.readouterr().err == (f"multigen-train: terminated (SIGTERM); the same command resumes from "
+                                       f"{out / 'checkpoints' / 'step_20'}\n")
+    assert signal.getsignal(signal.SIGTERM) is before
