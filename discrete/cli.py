@@ -195,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-p", type=float, help="drops each token's classes less likely than this share of its most "
                                                "likely one; 0: none (default: config)")
     p.add_argument("--remask", type=float, help="absorbing models: the most a visible token is masked again a step, "
-                                                "to be redrawn in a fuller context (ReMDM); 0: never (default: config)")
+                                                "to be redrawn in a fuller context (ReMDM); 0: never (default: config; "
+                                                "unset there, 0.1 for absorbing chains)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="grid models: the folder for the samples' images")
     p.add_argument("--infill-map", help="label-map models: a label image whose --hole-id pixels are generated, the "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from typing import Any
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property, partial
 from pathlib import Path
 
@@ -28,6 +28,10 @@ from .labels import (SCENE_CLASSES, LabelMaps, SceneMaps, boundary_rate, check_i
                      infer_classes, read_label_maps)
 from .d3pm import D3PM, TRANSITIONS, d3pm_betas, random_known
 from .model import GridUNet, SequenceTransformer
+
+REMASK = 0.1
+"""``sample.remask`` of absorbing chains when the config leaves it None: text samples' NLL under the autoregressive
+twin 3.46-3.47 bits/char against 4.08-4.14 without, the character entropy level (benchmarks/RESULTS.md)."""
 
 
 @dataclass
@@ -91,7 +95,8 @@ class DiscreteSampleConfig:
     steps: int = at_least(0, 0)  # 0: every timestep
     temperature: float = at_least(1.0, 0.0)  # divides the x0 logits; must be > 0 (0 is an error, not argmax)
     min_p: float = between(0.0, 0.0, 1.0)  # each token's classes below this share of its likeliest are dropped
-    remask: float = between(0.0, 0.0, 1.0)  # absorbing: the most a visible token is masked again a step (ReMDM)
+    # absorbing: the most a visible token is masked again a step (ReMDM); None: REMASK for absorbing chains, else 0
+    remask: float | None = between(None, 0.0, 1.0)
     length: int = at_least(0, 0)  # tokens per sampled sequence; 0: data.length (token sources only)
     seed: int = 1234
 
@@ -358,7 +363,10 @@ class Discrete(Domain):
         if s.length > d.length:
             raise ValueError(f"length={s.length}: at most data.length={d.length}, the longest sequence the model "
                              f"takes")
-        if s.remask and self.cfg.process.transition != "absorbing":
+        absorbing = self.cfg.process.transition == "absorbing"
+        if s.remask is None:
+            s = replace(s, remask=REMASK if absorbing else 0.0)
+        if s.remask and not absorbing:
             raise ValueError(f"remask={s.remask}: remasking is for process.transition=absorbing, not "
                              f"{self.cfg.process.transition}; set sample.remask=0")
         return s

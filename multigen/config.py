@@ -38,8 +38,8 @@ def at_least(default: float | None, minimum: float) -> Any:
     return field(default=default, metadata={"min": minimum})
 
 
-def between(default: float, minimum: float, maximum: float) -> Any:
-    """A numeric field in ``[minimum, maximum]``."""
+def between(default: float | None, minimum: float, maximum: float) -> Any:
+    """A numeric field in ``[minimum, maximum]`` (None, where the field's type allows it, is not checked)."""
     return field(default=default, metadata={"min": minimum, "max": maximum})
 
 

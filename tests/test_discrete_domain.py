@@ -287,6 +287,34 @@ def test_zero_temperature_is_a_config_error():
         Discrete(load_config(DiscreteConfig, None, ["sample.temperature=0"]))
 
 
+def test_remask_left_unset_is_the_measured_share_for_absorbing_chains_and_none_for_the_others():
+    """``sample.remask`` left unset (null) is :data:`REMASK` for an absorbing chain and 0 for the others, sampled
+    with; a share given in the config or the call is kept, and ``null`` in an override unsets a config's."""
+    from discrete.domain import REMASK
+    from multigen.train import resolve_config_file
+
+    text = Discrete(load_config(DiscreteConfig))
+    assert text.cfg.sample.remask is None and text.sample_settings().remask == REMASK == 0.1
+    assert text.sample_settings(remask=0).remask == 0 and text.sample_settings(remask=0.3).remask == 0.3
+    assert Discrete(load_config(DiscreteConfig, None, ["sample.remask=0"])).sample_settings().remask == 0
+    uniform = Discrete(load_config(DiscreteConfig, None, ["process.transition=uniform"]))
+    digits = Discrete(load_config(DiscreteConfig, resolve_config_file("discrete", "digits")))
+    assert uniform.sample_settings().remask == digits.sample_settings().remask == 0
+    labels = resolve_config_file("discrete", "labels")
+    assert Discrete(load_config(DiscreteConfig, labels)).sample_settings().remask == 0.05
+    assert Discrete(load_config(DiscreteConfig, labels, ["sample.remask=null"])).sample_settings().remask == REMASK
+    drawn = {}
+
+    def spy(model, shape, **kw):
+        drawn.update(kw)
+        return torch.zeros(shape, dtype=torch.long)
+
+    text = Discrete(load_config(DiscreteConfig, None, ["data.vocab=ab"]))  # its chain: known classes
+    text.process.sample = spy
+    text.sample(torch.nn.Linear(1, 1), 2)
+    assert drawn["remask"] == REMASK
+
+
 @pytest.mark.parametrize("overrides", [
     ["process.timesteps=8"],  # absorbing, masked-diffusion objective
     ["process.timesteps=8", "process.transition=uniform"],  # hybrid D3PM loss
