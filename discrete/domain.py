@@ -352,7 +352,7 @@ class Discrete(Domain):
     def sample_settings(self, **overrides: Any) -> DiscreteSampleConfig:
         """:meth:`Domain.sample_settings`; ``steps`` at most the process's timesteps unless the model is of
         continuous time (the masked objective), ``length`` at most ``data.length`` (the longest sequence the model
-        takes) and 0 for grids."""
+        takes) and 0 for grids; ``remask`` left None is :data:`REMASK` for an absorbing chain, 0 for another."""
         s = super().sample_settings(**overrides)
         d, T = self.cfg.data, self.cfg.process.timesteps
         if s.steps > T and self.objective != "masked":
@@ -387,7 +387,8 @@ class Discrete(Domain):
         ``settings`` (see :meth:`sample_settings`): ``steps`` (0: every timestep; above the process's T, for the
         masked objective's models of continuous time, the finer chain of that many steps), ``temperature`` (> 0),
         ``min_p`` (each token's classes below this share of its likeliest dropped; 0: none), ``remask`` (absorbing
-        chains: the most a visible token is masked again a step, to be redrawn later; 0: never) and ``length``
+        chains: the most a visible token is masked again a step, to be redrawn later; 0: never; the config's None:
+        :data:`REMASK` for absorbing chains, 0 for others) and ``length``
         (tokens per sequence, for text and token data; 0: ``data.length``). D3PM has one ancestral sampler: ``sampler``,
         ``eta``, ``resample`` and ``guidance`` are the Gaussian domains'.
         """
