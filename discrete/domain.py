@@ -31,7 +31,8 @@ from .model import GridUNet, SequenceTransformer
 
 REMASK = 0.1
 """``sample.remask`` of absorbing chains when the config leaves it None: text samples' NLL under the autoregressive
-twin 3.46-3.47 bits/char against 4.08-4.14 without, the character entropy level (benchmarks/RESULTS.md)."""
+twin 3.46-3.55 bits/char against 4.08-4.15 without (two models, two draws), the character entropy level
+(benchmarks/RESULTS.md)."""
 
 
 @dataclass

@@ -402,9 +402,9 @@ class Trainer:
     def finish_interrupted_step(self) -> None:
         """The samples and evaluation due at the step resumed from, if the run that wrote its checkpoint was stopped
         before them (they follow the checkpoint: see :meth:`periodic`)."""
-        t, step = self.t, self.state.step
         if not self.main:
             return
+        t, step = self.t, self.state.step
         end = step == t.max_steps
         sample = (bool(t.sample_every and step % t.sample_every == 0) or end) and not any(
             (self.out / "samples").glob(f"step_{step:06d}*"))
