@@ -307,7 +307,9 @@ def get_domain(name: str) -> type[Domain]:
         try:
             obj = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as e:
-            raise UnknownDomainError(f"cannot load domain {name!r}: {e}") from None
+            hint = (" (the module must be importable: put its folder on PYTHONPATH)"
+                    if isinstance(e, ModuleNotFoundError) and e.name == module.partition(".")[0] else "")
+            raise UnknownDomainError(f"cannot load domain {name!r}: {e}{hint}") from None
     else:
         found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
         if not found:

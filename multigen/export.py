@@ -129,8 +129,10 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu",
     _move_renamed_keys(raw)
     name = raw.pop("domain")
     asked = get_domain(domain) if isinstance(domain, str) else domain  # a name, or the class itself
+    # the class itself, given for an export that names it as module:Class (a script's copy of the module's class)
+    copied = isinstance(domain, type) and ":" in str(name) and str(name).partition(":")[2] == asked.__qualname__
     try:
-        domain_cls = asked if asked is not None and names_domain(str(name), asked) else get_domain(name)
+        domain_cls = asked if asked is not None and (copied or names_domain(str(name), asked)) else get_domain(name)
     except UnknownDomainError as e:
         if asked is None:
             raise UnknownDomainError(f"{e} (an export of a domain class defined in a script or a function loads "

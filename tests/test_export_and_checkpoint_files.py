@@ -192,6 +192,15 @@ def test_a_domain_given_as_module_and_class_exports_and_loads_without_registerin
     assert type(load_pretrained(export, domain="toy2d").domain) is big
     assert type(load_pretrained(tmp_path / "export", domain="toy2d").domain) is cls
     assert type(load_pretrained(tmp_path / "export", domain=Toy2D).domain) is cls  # the class, as the name does
+    # a script's copy of the class (another object than the module's), given itself, loads the module's export
+    (tmp_path / "script55.py").write_text("from multigen.toy2d import Toy2D\n\n\nclass MyToy(Toy2D):\n"
+                                          "    name = 'mytoy'\n")
+    from script55 import MyToy as Copy
+
+    assert type(load_pretrained(tmp_path / "export", domain=Copy).domain) is Copy
+    with pytest.raises(LookupError, match=r"No module named 'nosuchmod' \(the module must be importable: put its "
+                                          r"folder on PYTHONPATH\)"):
+        get_domain("nosuchmod:MyToy")
     with pytest.raises(ValueError, match="holds a mytoymod:BigToy model, not a video model"):
         load_pretrained(export, domain="video")
     config = export / "config.yaml"  # a domain not installed here: not the asked one, and unknown when none is asked
