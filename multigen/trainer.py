@@ -321,6 +321,11 @@ class Trainer:
             except (SafetensorError, pickle.UnpicklingError, EOFError, KeyError, RuntimeError, FileNotFoundError) as e:
                 if isinstance(e, torch.OutOfMemoryError):
                     raise
+                if str(e).startswith("Error(s) in loading state_dict"):  # every checkpoint of the run alike
+                    keys = " ".join(" ".join(str(e).splitlines()[1:]).split())
+                    raise ConfigError(f"{resume_from} holds the weights of another network than this code builds "
+                                      f"({keys[:400]}{'...' if len(keys) > 400 else ''}): its code changed since; set "
+                                      f"a new train.output_dir, or train.resume=false to start over there") from e
                 # a file damaged on disk or lost, or weights of another network (whose config.yaml is gone)
                 raise ConfigError(f"{resume_from} could not be loaded ({type(e).__name__}: {first_line(e)}): move "
                                   f"it out of {self.checkpoint_dir} to resume from the one before it, or set "

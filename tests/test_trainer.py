@@ -280,6 +280,24 @@ def test_a_damaged_checkpoint_is_named_and_the_config_of_its_run_kept(toy_cfg):
         train(Toy2D, toy_cfg("train.max_steps=20", out="damaged"))
 
 
+def test_checkpoints_of_a_network_whose_code_changed_are_named_as_such(toy_cfg):
+    """The network's code changed (a layer added) with every ``model.*`` setting as it was: no checkpoint of the run
+    fits, and the error lists the keys that differ and says to start elsewhere, not to move the newest aside."""
+
+    class Extended(Toy2D):
+        def build_model(self):
+            model = super().build_model()
+            model.extra = torch.nn.Linear(2, 2)
+            return model
+
+    cfg = toy_cfg("train.max_steps=10", out="changed")
+    train(Toy2D, cfg)
+    with pytest.raises(ConfigError, match=r"step_10 holds the weights of another network than this code builds "
+                                          r"\(Missing key\(s\) in state_dict: \"extra.bias\", \"extra.weight\"\.?\): "
+                                          r"its code changed since; set a new train.output_dir, or train.resume=false"):
+        train(Extended, toy_cfg("train.max_steps=20", out="changed"))
+
+
 def nan_at_step(step: int, where: str = "loss") -> type[Toy2D]:
     """Toy2D whose loss (``where="loss"``), or only its gradients (``"gradient"``: the loss stays finite), is NaN at
     optimisation step ``step`` only (one micro-batch a step)."""
