@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 
 from .checkpoints import (check_resumable, check_same_network, latest_checkpoint, save_checkpoint,
                           set_aside_earlier_run)
-from .config import ConfigError, first_line, flatten, load_config, read_yaml
+from .config import ConfigError, TrainConfig, first_line, flatten, load_config, read_yaml
 from .domain import DataError, Domain, domain_spec, names_domain
 from .export import config_text, export_model
 from .optim import Muon, hidden_matrices
@@ -209,6 +209,9 @@ class Trainer:
         if not isinstance(cfg, domain_cls.config_class):
             raise TypeError(f"train: cfg must be a {domain_cls.config_class.__name__}, the {domain_spec(domain_cls)} "
                             f"domain's config_class, got {type(cfg).__name__}")
+        if not isinstance(getattr(cfg, "train", None), TrainConfig):
+            raise TypeError(f"train: {type(cfg).__name__} has no train section; a domain's config_class needs one, "
+                            f"train: TrainConfig = field(default_factory=TrainConfig) (multigen.config)")
         cfg = load_config(domain_cls.config_class, values=dataclasses.asdict(cfg))
         t = self.t = cfg.train
         if t.optimizer == "muon" and t.mixed_precision == "fp16":

@@ -280,6 +280,23 @@ def test_a_damaged_checkpoint_is_named_and_the_config_of_its_run_kept(toy_cfg):
         train(Toy2D, toy_cfg("train.max_steps=20", out="damaged"))
 
 
+def test_a_config_class_without_the_trainers_section_is_named(tmp_path):
+    from dataclasses import dataclass, field
+
+    from multigen.config import DiffusionConfig
+
+    @dataclass
+    class NoTrain:
+        diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+
+    class Bare(Toy2D):
+        config_class = NoTrain
+
+    with pytest.raises(TypeError, match=r"train: NoTrain has no train section; a domain's config_class needs one, "
+                                        r"train: TrainConfig = field\(default_factory=TrainConfig\)"):
+        train(Bare, NoTrain())
+
+
 def test_checkpoints_of_a_network_whose_code_changed_are_named_as_such(toy_cfg):
     """The network's code changed (a layer added) with every ``model.*`` setting as it was: no checkpoint of the run
     fits, and the error lists the keys that differ and says to start elsewhere, not to move the newest aside."""
