@@ -47,6 +47,9 @@ def resolve_config_file(domain: str, config: str | None) -> Path | None:
         return named
     if path.suffix in (".yaml", ".yml") or path.exists():
         return path
+    if ":" in domain:  # a module:Class domain has no folder of named configs
+        raise ConfigError(f"config {config!r} is not a file (named configs are the checkout's, for its own domains: "
+                          f"give {domain}'s config as a path)")
     raise ConfigError(f"config {config!r} is neither a file nor a name in {CONFIG_ROOT / domain}")
 
 

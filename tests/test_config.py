@@ -214,6 +214,9 @@ def test_a_bare_config_name_is_the_shipped_config_whatever_the_current_folder_ho
     assert resolve_config_file("video", "tiny.yaml") == Path("tiny.yaml")  # a YAML name is always a path
     with pytest.raises(ConfigError, match="'nosuch' is neither a file nor a name in"):
         resolve_config_file("video", "nosuch")
+    with pytest.raises(ConfigError, match=r"'nosuch' is not a file \(named configs are the checkout's, for its own "
+                                          r"domains: give mymod:MyDomain's config as a path\)"):
+        resolve_config_file("mymod:MyDomain", "nosuch")
 
 
 def test_training_on_bad_data_stops_with_one_line_naming_it(tmp_path, capsys):
