@@ -206,6 +206,9 @@ class Trainer:
         """Set up Accelerate, the domain (fitted to its data), the model, its EMA copy, the optimisers (AdamW; with
         ``train.optimizer=muon`` also Muon for the hidden matrices), and the device-side record of non-finite
         losses and gradients. ``cfg`` is checked as a config file is, and copied (a config built in Python too)."""
+        if not isinstance(getattr(domain_cls, "name", None), str):
+            raise TypeError(f"train: {domain_cls.__qualname__} has no name; a domain class needs one, name = \"...\" "
+                            f"(what its config, samples and exports call it)")
         if not isinstance(cfg, domain_cls.config_class):
             raise TypeError(f"train: cfg must be a {domain_cls.config_class.__name__}, the {domain_spec(domain_cls)} "
                             f"domain's config_class, got {type(cfg).__name__}")

@@ -17,7 +17,7 @@ from multigen import load_pretrained
 from multigen.toy2d import Toy2D, Toy2DConfig
 from multigen.checkpoints import latest_checkpoint
 from multigen.config import ConfigError, load_config, read_yaml
-from multigen.domain import DataError, get_domain
+from multigen.domain import DataError, Domain, get_domain
 from multigen.export import export_model
 from multigen.trainer import EMA, NonFiniteLossError, ShardedStreamSampler, Trainer, lr_factor, read_log, train
 
@@ -280,7 +280,7 @@ def test_a_damaged_checkpoint_is_named_and_the_config_of_its_run_kept(toy_cfg):
         train(Toy2D, toy_cfg("train.max_steps=20", out="damaged"))
 
 
-def test_a_config_class_without_the_trainers_section_is_named(tmp_path):
+def test_a_domain_without_a_name_or_a_config_class_without_the_trainers_section_is_named(toy_cfg):
     from dataclasses import dataclass, field
 
     from multigen.config import DiffusionConfig
@@ -295,6 +295,12 @@ def test_a_config_class_without_the_trainers_section_is_named(tmp_path):
     with pytest.raises(TypeError, match=r"train: NoTrain has no train section; a domain's config_class needs one, "
                                         r"train: TrainConfig = field\(default_factory=TrainConfig\)"):
         train(Bare, NoTrain())
+
+    class Nameless(Domain):  # abstract methods are not reached: the check comes first
+        config_class = Toy2DConfig
+
+    with pytest.raises(TypeError, match=r"train: .*Nameless has no name; a domain class needs one, name = \"...\""):
+        train(Nameless, toy_cfg())
 
 
 def test_checkpoints_of_a_network_whose_code_changed_are_named_as_such(toy_cfg):
