@@ -95,7 +95,7 @@ EARLIER_DEFAULTS = {("video", "model", "reference"): "nearest", ("pointcloud", "
                     ("discrete", "model", "mlp"): "gelu", ("discrete", "model", "rotary"): False,
                     ("video", "sample", "guidance"): 1.0,
                     ("video", "sample", "guidance_interval"): [0.0, 1.0],
-                    ("video", "sample", "unconditional_temperature"): None}
+                    ("video", "sample", "unconditional_temperature"): None, ("discrete", "sample", "remask"): 0.0}
 """Keys whose default changed since exports were first written ``(domain, section, key) -> earlier default``: an
 export without the key was trained before it existed, with the earlier value, not with today's default."""
 
@@ -129,8 +129,9 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu",
     _move_renamed_keys(raw)
     name = raw.pop("domain")
     asked = get_domain(domain) if isinstance(domain, str) else domain  # a name, or the class itself
-    # the class itself, given for an export that names it as module:Class (a script's copy of the module's class)
-    copied = isinstance(domain, type) and ":" in str(name) and str(name).partition(":")[2] == asked.__qualname__
+    # the class itself, given for an export that names it as module:Class: a copy of it in a script run as __main__
+    copied = (isinstance(domain, type) and asked.__module__ == "__main__" and ":" in str(name)
+              and str(name).partition(":")[2] == asked.__qualname__)
     try:
         domain_cls = asked if asked is not None and (copied or names_domain(str(name), asked)) else get_domain(name)
     except UnknownDomainError as e:

@@ -121,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"multigen-train: error: {e}", file=sys.stderr)
         return 2
     finally:
-        if handles_signals:
-            signal.signal(signal.SIGTERM, previous)
+        if handles_signals:  # None: a handler installed from C, which Python cannot put back
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     return 0
 
 

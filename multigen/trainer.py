@@ -136,8 +136,14 @@ def _cut_log(path: Path, step: int) -> None:
                 kept.append(line + "\n")
         except (ValueError, KeyError, TypeError):
             continue
+    _write_text(path, "".join(kept))
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` under a temporary name, then rename it: a killed run leaves the old file or the
+    new one, never half of it."""
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text("".join(kept))
+    temporary.write_text(text)
     temporary.replace(path)
 
 
@@ -405,14 +411,13 @@ class Trainer:
         """Write the run's ``config.yaml`` if it is still to be written (main process; under a temporary name, then
         renamed)."""
         if self.pending_config is not None:
-            temporary = self.out / "config.yaml.tmp"
-            temporary.write_text(self.pending_config)
-            temporary.replace(self.out / "config.yaml")
+            _write_text(self.out / "config.yaml", self.pending_config)
             self.pending_config = None
 
     def finish_interrupted_step(self) -> None:
-        """The samples and evaluation due at the step resumed from, if the run that wrote its checkpoint was stopped
-        before them (they follow the checkpoint: see :meth:`periodic`)."""
+        """The samples and evaluation due at the step resumed from, if they are missing: the run that wrote its
+        checkpoint was stopped before them (they follow the checkpoint: see :meth:`periodic`), or they were not due
+        under its settings."""
         if not self.main:
             return
         t, step = self.t, self.state.step
@@ -420,11 +425,14 @@ class Trainer:
         sample = (bool(t.sample_every and step % t.sample_every == 0) or end) and not any(
             (self.out / "samples").glob(f"step_{step:06d}*"))
         log = self.out / "log.jsonl"
-        evaluate = (bool(t.eval_every and step % t.eval_every == 0) or end) and not (log.is_file() and any(
-            r["step"] == step and any(k.startswith("eval/") for k in r) for r in read_log(self.out)))
+        measures = type(self.domain).evaluate is not Domain.evaluate  # a domain without metrics logs none
+        evaluated = log.is_file() and any(r["step"] == step and any(k.startswith("eval/") for k in r)
+                                          for r in read_log(self.out))
+        evaluate = (bool(t.eval_every and step % t.eval_every == 0) or end) and measures and not evaluated
         if sample or evaluate:
-            self.bar.write(f"step {step}: its {' and '.join(['samples'] * sample + ['evaluation'] * evaluate)} "
-                           f"did not finish before the run stopped; doing them now")
+            what = " and ".join(["samples"] * sample + ["evaluation"] * evaluate)
+            self.bar.write(f"step {step}: its {what} {'are' if sample else 'is'} missing; "
+                           f"doing {'them' if sample else 'it'} now")
             self.sample_and_evaluate(step, sample, evaluate, end)
 
     def check_held_out_data(self) -> None:

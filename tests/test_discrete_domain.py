@@ -110,6 +110,9 @@ def test_an_export_from_before_the_mlp_and_rotary_options_loads_with_gelu_and_le
     assert pretrained.config.model.mlp == "gelu" and DiscreteConfig().model.mlp == "swiglu"
     assert pretrained.config.model.rotary is False and DiscreteConfig().model.rotary is True
     assert pretrained.model.positions is not None
+    config.write_text("\n".join(line for line in config.read_text().splitlines() if "remask" not in line) + "\n")
+    assert "remask" not in config.read_text()  # an export from before remasking: sampled without it, as it was
+    assert load_pretrained(tmp_path / "export").domain.sample_settings().remask == 0.0
 
 
 def test_cli_infill_prompt_and_eval(untrained_export, tmp_path, capsys):

@@ -192,11 +192,15 @@ def test_a_domain_given_as_module_and_class_exports_and_loads_without_registerin
     assert type(load_pretrained(export, domain="toy2d").domain) is big
     assert type(load_pretrained(tmp_path / "export", domain="toy2d").domain) is cls
     assert type(load_pretrained(tmp_path / "export", domain=Toy2D).domain) is cls  # the class, as the name does
-    # a script's copy of the class (another object than the module's), given itself, loads the module's export
+    # a copy of the class in a script run as __main__ (another object than the module's), given itself, loads the
+    # module's export; an importable class of the same name elsewhere is another domain
     (tmp_path / "script55.py").write_text("from multigen.toy2d import Toy2D\n\n\nclass MyToy(Toy2D):\n"
                                           "    name = 'mytoy'\n")
-    from script55 import MyToy as Copy
+    from script55 import MyToy as Elsewhere
 
+    with pytest.raises(ValueError, match="holds a mytoymod:MyToy model, not a script55:MyToy model"):
+        load_pretrained(tmp_path / "export", domain=Elsewhere)
+    Copy = type("MyToy", (Toy2D,), {"name": "mytoy", "__module__": "__main__"})
     assert type(load_pretrained(tmp_path / "export", domain=Copy).domain) is Copy
     with pytest.raises(LookupError, match=r"No module named 'nosuchmod' \(the module must be importable: put its "
                                           r"folder on PYTHONPATH\)"):

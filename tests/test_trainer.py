@@ -206,20 +206,29 @@ def test_a_run_stopped_before_its_steps_samples_or_evaluation_does_them_when_res
             return super().sample(model, n, **kw)
 
     cfg = toy_cfg("train.max_steps=12", "train.checkpoint_every=6", "train.sample_every=6", "train.eval_every=0",
-                  "train.tensorboard=true")  # whose resumed log hides the events after the checkpoint
+                  "train.tensorboard=true")  # the resumed run's TensorBoard writer set up with a purge step
     out = REPO.joinpath(cfg.train.output_dir)
     with pytest.raises(Interrupted):
         train(StoppedWhileSampling, cfg)  # in step 6's samples, after its checkpoint
     assert latest_checkpoint(out / "checkpoints").name == "step_6" and not (out / "samples").exists()
     reset_accelerate()
     train(Counted, cfg)
-    assert "step 6: its samples did not finish before the run stopped; doing them now" in capsys.readouterr().out
+    assert "step 6: its samples are missing; doing them now" in capsys.readouterr().out
     assert sorted(p.name for p in (out / "samples").glob("*.png")) == ["step_000006.png", "step_000012.png"]
     assert [r["step"] for r in read_log(out) if "eval/sliced_w2" in r] == [12]
     assert drawn == [64, 64, 500]  # step 6's samples, step 12's, its evaluation's
     reset_accelerate()
     train(Counted, cfg)  # a finished run: nothing is missing, nothing is redone
     assert drawn == [64, 64, 500] and [r["step"] for r in read_log(out) if "eval/sliced_w2" in r] == [12]
+
+
+    class Unmeasured(Toy2D):  # a domain without metrics (the base class's evaluate) logs no evaluation to miss
+        evaluate = Domain.evaluate
+
+    for _ in range(2):  # a run, then its command again
+        reset_accelerate()
+        train(Unmeasured, toy_cfg("train.max_steps=6", "train.checkpoint_every=6", out="unmeasured"))
+    assert "missing" not in capsys.readouterr().out
 
 
 def test_a_resume_stopped_before_its_first_checkpoint_keeps_the_config_of_the_checkpoints(toy_cfg, capsys):
