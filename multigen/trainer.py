@@ -139,6 +139,12 @@ def _cut_log(path: Path, step: int) -> None:
     _write_text(path, "".join(kept))
 
 
+def _due(every: int, step: int, end: bool) -> bool:
+    """Whether work done every ``every`` steps (0: only at the end) falls on ``step``, ``end`` telling if it is the
+    last."""
+    return bool(every and step % every == 0) or end
+
+
 def _write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` under a temporary name, then rename it: a killed run leaves the old file or the
     new one, never half of it."""
@@ -422,13 +428,13 @@ class Trainer:
             return
         t, step = self.t, self.state.step
         end = step == t.max_steps
-        sample = (bool(t.sample_every and step % t.sample_every == 0) or end) and not any(
+        sample = _due(t.sample_every, step, end) and not any(
             (self.out / "samples").glob(f"step_{step:06d}*"))
         log = self.out / "log.jsonl"
         measures = type(self.domain).evaluate is not Domain.evaluate  # a domain without metrics logs none
         evaluated = log.is_file() and any(r["step"] == step and any(k.startswith("eval/") for k in r)
                                           for r in read_log(self.out))
-        evaluate = (bool(t.eval_every and step % t.eval_every == 0) or end) and measures and not evaluated
+        evaluate = _due(t.eval_every, step, end) and measures and not evaluated
         if sample or evaluate:
             what = " and ".join(["samples"] * sample + ["evaluation"] * evaluate)
             self.bar.write(f"step {step}: its {what} {'are' if sample else 'is'} missing; "
@@ -543,8 +549,7 @@ class Trainer:
             if self.main:
                 self.bar.write(f"train.max_minutes={t.max_minutes} have passed: step {step} is the last")
             t.max_steps, self.bar.total, end = step, step, True
-        sample = bool(t.sample_every and step % t.sample_every == 0) or end
-        evaluate = bool(t.eval_every and step % t.eval_every == 0) or end
+        sample, evaluate = _due(t.sample_every, step, end), _due(t.eval_every, step, end)
         checkpoint = bool(t.checkpoint_every) and (step % t.checkpoint_every == 0 or end)
         if not (log or sample or evaluate or checkpoint):
             return
