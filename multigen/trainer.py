@@ -255,6 +255,7 @@ class Trainer:
             torch.set_num_threads(t.cpu_threads or max(1, (os.cpu_count() or 1) // local))
 
         self.domain = domain_cls(cfg)
+        self.measures = domain_cls.evaluate is not Domain.evaluate  # a domain without metrics logs none
         self.domain.fit()  # vocabulary, normalisation: into the config before it is written
         # a run that does not resume (train.resume=false, or no checkpoint to resume from: deleted to save space, or
         # never written) starts over beside nothing an earlier run wrote there, and deletes none of it
@@ -431,10 +432,9 @@ class Trainer:
         sample = _due(t.sample_every, step, end) and not any(
             (self.out / "samples").glob(f"step_{step:06d}*"))
         log = self.out / "log.jsonl"
-        measures = type(self.domain).evaluate is not Domain.evaluate  # a domain without metrics logs none
         evaluated = log.is_file() and any(r["step"] == step and any(k.startswith("eval/") for k in r)
                                           for r in read_log(self.out))
-        evaluate = _due(t.eval_every, step, end) and measures and not evaluated
+        evaluate = _due(t.eval_every, step, end) and self.measures and not evaluated
         if sample or evaluate:
             what = " and ".join(["samples"] * sample + ["evaluation"] * evaluate)
             self.bar.write(f"step {step}: its {what} {'are' if sample else 'is'} missing; "
@@ -586,7 +586,7 @@ class Trainer:
     def evaluate(self, step: int) -> None:
         """Evaluate the EMA model on the held-out set (built by :meth:`check_held_out_data` before training); log
         and print its metrics (main process)."""
-        if type(self.domain).evaluate is not Domain.evaluate:  # one with metrics: minutes, at times
+        if self.measures:  # minutes, at times
             self.bar.write(f"step {step}: evaluating the EMA model on the held-out data")
         began = time.monotonic()
         with self.accelerator.autocast():
