@@ -10,6 +10,7 @@ field's type and its ``choices``/``min``/``unit_interval`` metadata. Any problem
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar, get_type_hints
@@ -34,7 +35,8 @@ def choice(default: str, *options: str) -> Any:
 
 
 def at_least(default: float | None, minimum: float) -> Any:
-    """A numeric field with a lower bound (None, where the field's type allows it, is not checked; NaN fails)."""
+    """A numeric field with a lower bound (None, where the field's type allows it, is not checked; NaN and infinity
+    fail)."""
     return field(default=default, metadata={"min": minimum})
 
 
@@ -190,8 +192,8 @@ def validate(obj: Any, prefix: str = "") -> None:
         if options is not None and value not in options:
             raise ConfigError(f"{key}: must be one of {list(options)}, got {value!r}")
         minimum, maximum = f.metadata.get("min"), f.metadata.get("max")
-        if minimum is not None and value is not None and not value >= minimum:  # NaN fails too
-            raise ConfigError(f"{key}: must be >= {minimum}, got {value!r}")
+        if minimum is not None and value is not None and not minimum <= value < math.inf:  # NaN fails too
+            raise ConfigError(f"{key}: must be >= {minimum}{' and finite' * (value == math.inf)}, got {value!r}")
         if maximum is not None and value is not None and value > maximum:
             raise ConfigError(f"{key}: must be <= {maximum}, got {value!r}")
         if f.metadata.get("nonempty") and not value.strip():

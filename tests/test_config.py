@@ -79,8 +79,9 @@ def test_lists_of_strings_keep_their_items_as_typed(tmp_path):
         load_config(PointCloudConfig, overrides=["data.families=chair"])
 
 
-@pytest.mark.parametrize("override", ["train.lr=nan", "train.ema_decay=1.5", "sample.eta=2"])
-def test_numbers_out_of_range_or_nan_are_errors(override):
+@pytest.mark.parametrize("override", ["train.lr=nan", "train.ema_decay=1.5", "sample.eta=2", "train.lr=inf",
+                                      "sample.temperature=.inf"])
+def test_numbers_out_of_range_nan_or_infinite_are_errors(override):
     with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
         load_config(Toy2DConfig, overrides=[override])
 

@@ -18,6 +18,30 @@ def test_an_npy_video_without_frames_is_refused(tmp_path):
             read(tmp_path / "none.npy")
 
 
+def test_an_npy_video_of_empty_frames_or_four_channels_is_named(tmp_path):
+    """Frames 0 pixels high were a ZeroDivisionError deep in the resizing; RGBA frames were told the Moving MNIST
+    layout's fix."""
+    np.save(tmp_path / "flat.npy", np.zeros((3, 0, 16, 3), np.uint8))
+    for read in (read_video, count_frames):
+        with pytest.raises(VideoReadError, match=r"flat.npy: its frames are empty, 0x16 pixels"):
+            read(tmp_path / "flat.npy")
+    np.save(tmp_path / "rgba.npy", np.zeros((3, 8, 8, 4), np.uint8))
+    with pytest.raises(VideoReadError, match=r"for RGBA frames, save their colour channels a\[\.\.\., :3\]$"):
+        read_video(tmp_path / "rgba.npy")
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".mp4"])
+def test_frame_indices_outside_a_video_are_named_in_every_format(tmp_path, suffix):
+    """A .npy took -1 as the last frame and raised NumPy's IndexError past the end; an .mp4 failed in decord."""
+    path = write_video(tmp_path / f"v{suffix}", np.zeros((4, 16, 16, 3), np.uint8))
+    for indices in ([-1], [4], [0, 9]):
+        with pytest.raises(VideoReadError, match=rf"v\{suffix}: frame indices .* outside its 4 frames"):
+            read_video(path, indices)
+    with pytest.raises(ValueError, match="no frame indices given"):
+        read_video(path, [])
+    assert read_video(path, [3, 0]).shape == (2, 16, 16, 3)
+
+
 def test_an_output_that_is_a_folder_is_refused(tmp_path):
     (tmp_path / "out.npy").mkdir()
     with pytest.raises(ValueError, match="out.npy: it is a folder"):

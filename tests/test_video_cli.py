@@ -122,10 +122,27 @@ def test_interpolate_keeps_keyframes(tmp_path, export):
 
 
 def test_sample_writes_videos_and_a_grid(tmp_path, export):
+    from PIL import Image
+
     out = tmp_path / "samples"
-    assert main(["sample", "--checkpoint", str(export), "--num", "2", "--frames", "7", "--out", str(out)]) == 0
+    assert main(["sample", "--checkpoint", str(export), "--num", "2", "--frames", "7", "--fps", "5",
+                 "--out", str(out)]) == 0
     assert sorted(p.name for p in out.glob("sample_*.gif")) == ["sample_000.gif", "sample_001.gif"]
     assert (out / "grid.png").is_file()
+    for gif in ("sample_000.gif", "grid.gif"):  # the grid at the asked rate too
+        with Image.open(out / gif) as image:
+            assert image.info["duration"] == 200 and image.n_frames == 7
+
+
+def test_sample_checks_every_output_before_sampling(tmp_path, export, monkeypatch, capsys):
+    """A PNG-frame folder of a later sample that holds frames already stops the command before any sampling,
+    with nothing written."""
+    monkeypatch.setattr("video.cli.extend_hierarchical", lambda *a, **kw: pytest.fail("sampled"))
+    save_frames(tmp_path / "pp" / "sample_001", gray(2))
+    assert main(["sample", "--checkpoint", str(export), "--num", "2", "--format", "png",
+                 "--out", str(tmp_path / "pp")]) == 2
+    assert "pp/sample_001: it already holds frame images" in capsys.readouterr().err
+    assert not list((tmp_path / "pp").glob("sample_000/*"))
 
 
 def test_sample_draws_every_frame_at_the_unconditional_temperature(tmp_path, export, monkeypatch):
@@ -151,6 +168,9 @@ def test_errors_name_the_problem(tmp_path, export, capsys):
     assert main(["predict", "--checkpoint", str(export), "--input", str(tmp_path / "two.npy"), "--context", "1",
                  "--frames", "4", "--temperature", "-1", "--out", str(tmp_path / "o.npy")]) == 2
     assert "sample.temperature: must be >= 0" in capsys.readouterr().err
+    assert main(["predict", "--checkpoint", str(export), "--input", str(tmp_path / "two.npy"), "--context", "1",
+                 "--frames", "4", "--temperature", "inf", "--out", str(tmp_path / "o.npy")]) == 2
+    assert "sample.temperature: must be >= 0.0 and finite, got inf" in capsys.readouterr().err
     assert main(["sample", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "s")]) == 2
     assert "config.yaml" in capsys.readouterr().err
     assert main(["predict", "--checkpoint", str(export), "--input", str(tmp_path / "two.npy"), "--context", "2",

@@ -127,6 +127,24 @@ def test_video_folder_clips_corrupt_and_short_files_and_cache(tmp_path, mp4, mon
         VideoFolder(empty)
 
 
+def test_colour_videos_trained_in_grey_are_warned_of_where_they_open_on_black(tmp_path):
+    """Clips spread over the set are looked at, not the first alone (a fade from black hid a colour video)."""
+    from multigen.config import load_config
+    from video.domain import Video, VideoConfig
+
+    video = gradient_video(40, 32, 32)
+    video[:8] = 0
+    np.save(tmp_path / "fade.npy", video)
+    folder = ["data.source=folder", f"data.root={tmp_path}", "data.frames=4", "data.size=16", "data.channels=1",
+              "eval.context=3"]
+    with pytest.warns(UserWarning, match="are in colour and are trained on in grey"):
+        Video(load_config(VideoConfig, overrides=folder)).fit()
+    np.save(tmp_path / "fade.npy", video[..., :1].repeat(3, axis=-1))  # grey, stored as RGB
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Video(load_config(VideoConfig, overrides=folder)).fit()
+
+
 def test_a_video_folder_holds_out_the_last_tenth_of_each_video(tmp_path, mp4):
     """Without ``data.val_root`` the held-out clips are each video's last tenth (at least one, from videos of two or
     more clips) and training takes the rest; with it, all of each folder. Bad sizes and channels are config
@@ -172,6 +190,8 @@ def test_frames_to_clip_resizes_crops_and_converts_exactly_at_model_size():
     same = frames_to_clip(gradient_video(3, 32, 32), 32, 3)
     assert np.array_equal(to_uint8(same), gradient_video(3, 32, 32))
     assert frames_to_clip(frames, 16, 1).shape == (3, 1, 16, 16)
+    with pytest.raises(ValueError, match="NaN or infinite values"):  # (written as black frames, they were)
+        to_uint8(same.index_fill(0, torch.tensor([2]), math.nan))
 
 
 def test_write_read_round_trips(tmp_path):
@@ -411,13 +431,25 @@ def test_bad_frame_folders_fail_naming_the_frame(tmp_path):
 
 
 def test_gifs_are_read_back_frame_by_frame(tmp_path):
-    """A GIF that multigen writes reads back as the same frames where its colours fit the palette (here 4)."""
+    """A GIF that multigen writes reads back as the same frames where its colours fit the palette (here 4 of a
+    grey video, 216 of a colour one), a frame equal to the one before included, at the asked rate on average."""
+    from PIL import Image
+
     levels = np.array([0, 80, 160, 240], np.uint8)
     video = levels[np.random.default_rng(0).integers(0, 4, (5, 8, 10, 1))].repeat(3, axis=-1)
+    video[2] = video[1]
     path = write_video(tmp_path / "clip.gif", video)
     assert count_frames(path) == 5
     assert np.array_equal(read_video(path), video)
     assert np.array_equal(read_video(path, [4, 1]), video[[4, 1]])
+    colour = (np.random.default_rng(1).integers(0, 6, (8, 12, 9, 3)) * 51).astype(np.uint8)
+    with Image.open(write_video(tmp_path / "colour.gif", colour, fps=8)) as gif:
+        durations = [gif.seek(t) or gif.info["duration"] for t in range(gif.n_frames)]
+        assert gif.info["loop"] == 0
+    assert np.array_equal(read_video(tmp_path / "colour.gif"), colour)
+    assert sorted(set(durations)) == [120, 130] and sum(durations) == 1000  # 8 frames at 8 fps: one second
+    with pytest.warns(UserWarning, match="will not play at that rate"):
+        write_video(tmp_path / "fast.gif", colour, fps=60)
 
 
 def test_a_video_folder_takes_frame_folders_and_skips_hidden_ones(tmp_path, mp4):
@@ -475,7 +507,9 @@ def test_damaged_gifs_deep_frames_and_orientation_are_handled(tmp_path):
     scaled to 8 bits, not clipped; float images are refused; a JPEG's EXIF orientation is applied."""
     from PIL import Image
 
-    gif = write_video(tmp_path / "clip.gif", gradient_video(6, 24, 24))
+    frames = [Image.fromarray(f) for f in gradient_video(6, 24, 24)]  # written as by another program: Pillow's
+    gif = tmp_path / "clip.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=125, loop=0)
     cut = tmp_path / "cut.gif"
     cut.write_bytes(gif.read_bytes()[: gif.stat().st_size * 4 // 10])
     with pytest.raises(VideoReadError, match="cut.gif: cannot decode the GIF"):
@@ -501,6 +535,8 @@ def test_damaged_gifs_deep_frames_and_orientation_are_handled(tmp_path):
     assert read_video(turned).shape == (1, 16, 8, 3)
     with pytest.raises(ValueError, match="no frame indices"):
         read_video(turned, [])
+    Image.fromarray(gradient_video(1, 16, 8)[0]).save(turned / "1.jpg")  # upright as stored, as the first is shown
+    assert count_frames(turned) == 2 and read_video(turned).shape == (2, 16, 8, 3)  # counted as read
 
 
 def test_video_folder_edge_cases_of_the_new_sources(tmp_path, monkeypatch):

@@ -47,11 +47,13 @@ def test_predict_refuses_a_context_that_fills_the_window():
 
 def test_a_long_video_shorter_than_its_context_is_refused():
     """extend_autoregressive returned the context itself (more frames than asked), extend_hierarchical failed on a
-    negative dimension."""
+    negative dimension, or on none."""
     with pytest.raises(ValueError, match="length 2: at least the 3 context frames"):
         extend_autoregressive(None, None, _first(3), 2, 5, None)
     with pytest.raises(ValueError, match="length 2: at least the 3 observed frames"):
         extend_hierarchical(None, None, _first(3), 2, 5, None)
+    with pytest.raises(ValueError, match="length 0: at least 1$"):  # nothing observed (was an IndexError deep inside)
+        extend_hierarchical(None, None, _first(0), 0, 5, None)
 
 
 def test_backward_chaining_clamps_generated_frames_before_they_become_context():
@@ -148,8 +150,8 @@ def test_predict_writes_a_gif_at_the_asked_frame_rate(tmp_path, video_exports, m
     np.save(tmp_path / "in.npy", _gray(3))
     assert video_main(["predict", "--checkpoint", str(video_exports[0]), "--input", str(tmp_path / "in.npy"),
                        "--context", "2", "--frames", "4", "--fps", "4", "--out", str(tmp_path / "o.gif")]) == 0
-    with Image.open(tmp_path / "o.gif") as gif:
-        assert gif.info["duration"] == 250
+    with Image.open(tmp_path / "o.gif") as gif:  # the two generated frames are equal: both kept
+        assert gif.info["duration"] == 250 and gif.n_frames == 4
 
 
 def test_interpolate_accepts_a_gap_that_fills_the_window(tmp_path, video_exports, monkeypatch):

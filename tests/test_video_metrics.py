@@ -63,6 +63,14 @@ def test_ssim_of_flat_frames_is_the_luminance_term_over_a_range_of_two(a, b):
     torch.testing.assert_close(ssim(x, y), expected, rtol=1e-3, atol=1e-6)  # float32 variances: ~1e-7 off
 
 
+def test_ssim_names_frames_too_small_for_it():
+    """A frame 1 pixel high or wide was named by pytorch_msssim as a 3-d tensor; 2x2 has a result."""
+    for h, w in ((1, 16), (16, 1)):
+        with pytest.raises(ValueError, match=rf"ssim: frames of {h}x{w} pixels"):
+            ssim(torch.zeros(2, 1, h, w), torch.zeros(2, 1, h, w))
+    assert ssim(torch.zeros(2, 1, 2, 2), torch.zeros(2, 1, 2, 2)).shape == (2,)
+
+
 def test_ssim_without_pytorch_msssim_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "pytorch_msssim", None)  # as if not installed
     frames = torch.zeros(1, 1, 8, 8)

@@ -24,7 +24,7 @@ from multigen.cli import (add_export_arguments, add_sampler_arguments, load_expo
                           run_command, seeded_generator)
 
 from .data import frames_to_clip
-from .io import count_frames, read_video, to_uint8, writable, write_video
+from .io import count_frames, read_video, save_clip_grid, to_uint8, writable, write_video
 from .sampling import VideoSampleConfig, extend_autoregressive, extend_hierarchical, interpolate
 
 
@@ -101,13 +101,15 @@ def cmd_sample(args: argparse.Namespace) -> Path:
     # (or --temperature); the config's temperature is tuned for prediction
     t = args.temperature if args.temperature is not None else settings.sampler_arguments(observed=False)["temperature"]
     settings = dataclasses.replace(settings, temperature=t, unconditional_temperature=t)
+    # every output checked before the work that fills it (a folder of PNG frames must not hold frames already)
+    paths = [writable(out / (f"sample_{i:03d}" if args.format == "png" else f"sample_{i:03d}.{args.format}"))
+             for i in range(args.num)]
     with torch.no_grad():
         videos = extend_hierarchical(p.model, p.domain.diffusion, empty, args.frames or d.frames, d.frames, settings,
                                      progress=True, **_options(args, p.domain))
-    for i, v in enumerate(videos):
-        name = f"sample_{i:03d}" if args.format == "png" else f"sample_{i:03d}.{args.format}"
-        write_video(out / name, to_uint8(v), fps=args.fps)
-    p.domain.save_samples(videos.float().cpu(), out / "grid")
+    for path, v in zip(paths, videos):
+        write_video(path, to_uint8(v), fps=args.fps)
+    save_clip_grid(videos.float().cpu(), out / "grid", fps=args.fps)
     return out
 
 

@@ -291,8 +291,12 @@ class VideoFolder(Dataset):
         path, video, start = self.clips[i]
         return read_video(path, list(range(start, start + (self.frames - 1) * self.stride + 1, self.stride)), video)
 
-    def first_clip_in_colour(self) -> bool:
-        """Whether the first clip's channels differ (by more than 12 of 255 levels anywhere): a colour video, not a
-        grey one decoded as RGB (whose chroma rounding moves a channel a level or two)."""
-        frames = self.frames_of(0).astype(np.int16)
-        return frames.shape[-1] == 3 and bool((frames.max(-1) - frames.min(-1)).max() > 12)
+    def in_colour(self, clips: int = 8) -> bool:
+        """Whether the channels of any of ``clips`` clips spread evenly over the set differ (by more than 12 of 255
+        levels anywhere): colour videos, not grey ones decoded as RGB (whose chroma rounding moves a channel a level
+        or two). More than the first clip: a video may open on black."""
+        for i in np.unique(np.linspace(0, len(self) - 1, min(clips, len(self))).round().astype(int)):
+            frames = self.frames_of(int(i)).astype(np.int16)
+            if frames.shape[-1] == 3 and (frames.max(-1) - frames.min(-1)).max() > 12:
+                return True
+        return False

@@ -241,7 +241,7 @@ class Video(GaussianDomain):
         """Nothing is fitted; a folder of colour videos trained at ``data.channels=1`` is warned of (it would be
         learnt in grey, by ITU-R 601 luma)."""
         d = self.cfg.data
-        if d.source == "folder" and d.channels == 1 and self.build_dataset("train").first_clip_in_colour():
+        if d.source == "folder" and d.channels == 1 and self.build_dataset("train").in_colour():
             warnings.warn(f"data.channels=1: the videos in {d.root} are in colour and are trained on in grey; give "
                           f"data.channels=3 to keep their colour", stacklevel=2)
 

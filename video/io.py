@@ -10,6 +10,8 @@ their names, so ``frame_2`` comes before ``frame_10``). Videos are written as ``
 
 from __future__ import annotations
 
+import struct
+import warnings
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -69,7 +71,8 @@ def _load_npy(path: Path, video: int | None = None) -> np.ndarray:
     ``(N, T, H, W, C)``, the one at index ``video``."""
     arr = load_npy(path, VideoReadError, mmap_mode="r")
     if arr.dtype != np.uint8 or arr.ndim not in (4, 5) or arr.shape[-1] not in (1, 3):
-        hint = ("; for grey videos stored (T, N, H, W) as Moving MNIST's mnist_test_seq.npy, save "
+        hint = ("; for RGBA frames, save their colour channels a[..., :3]" if arr.shape[-1:] == (4,) else
+                "; for grey videos stored (T, N, H, W) as Moving MNIST's mnist_test_seq.npy, save "
                 "a.transpose(1, 0, 2, 3)[..., None]" if arr.ndim == 4 and arr.dtype == np.uint8 else "")
         raise VideoReadError(f"{path}: expected uint8 (T, H, W, C), or (N, T, H, W, C) for N videos, with C in "
                              f"(1, 3), got {arr.dtype} {arr.shape}{hint}")
@@ -86,6 +89,8 @@ def _load_npy(path: Path, video: int | None = None) -> np.ndarray:
         raise VideoReadError(f"{path}: holds one video (T, H, W, C), not several")
     if arr.shape[0] == 0:
         raise VideoReadError(f"{path}: the video has no frames")
+    if 0 in arr.shape[1:3]:
+        raise VideoReadError(f"{path}: its frames are empty, {arr.shape[1]}x{arr.shape[2]} pixels (T, H, W, C)")
     return arr
 
 
@@ -124,22 +129,32 @@ def _open_image(path: Path, decode: bool = True):
     return image
 
 
-def _check_sizes(files: list[Path], images: list) -> None:
-    for path, image in zip(files, images):
-        if image.size != images[0].size:
-            raise VideoReadError(f"{path}: a frame of {image.size[0]}x{image.size[1]} pixels in a video of "
-                                 f"{images[0].size[0]}x{images[0].size[1]} ({files[0].name}); a folder's frames "
-                                 "share a size")
+def _check_sizes(files: list[Path], sizes: list[tuple[int, int]]) -> None:
+    """A ``VideoReadError`` naming the first frame whose ``(width, height)`` is not the first frame's."""
+    for path, size in zip(files, sizes):
+        if size != sizes[0]:
+            raise VideoReadError(f"{path}: a frame of {size[0]}x{size[1]} pixels in a video of "
+                                 f"{sizes[0][0]}x{sizes[0][1]} ({files[0].name}); a folder's frames share a size")
+
+
+def _upright_size(image) -> tuple[int, int]:
+    """``(width, height)`` of an image as a viewer shows it: swapped where its EXIF orientation turns it a quarter
+    (read from the header alone)."""
+    from PIL import ExifTags
+
+    turned = image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+    return image.size[::-1] if turned else image.size
 
 
 def _count_frame_files(folder: Path) -> int:
-    """The number of frames in a folder, each image's header read to check that it is an image of the first's size."""
+    """The number of frames in a folder, each image's header read to check that it is an image of the first's size
+    (upright, as :func:`_read_frames` reads it)."""
     files = _frames_of_folder(folder)
-    headers = []
+    sizes = []
     for path in files:
         with _open_image(path, decode=False) as image:
-            headers.append(image)
-    _check_sizes(files, headers)
+            sizes.append(_upright_size(image))
+    _check_sizes(files, sizes)
     return len(files)
 
 
@@ -163,7 +178,7 @@ def _read_frames(files: list[Path]) -> np.ndarray:
     for path, image in zip(files, images):
         if image.mode == "F":
             raise VideoReadError(f"{path}: a floating-point image; frames are 8- or 16-bit images")
-    _check_sizes(files, images)
+    _check_sizes(files, [image.size for image in images])
     grey = all(im.mode in GREY_MODES for im in images)
     return np.stack([_to_array(im, grey) for im in images])
 
@@ -241,9 +256,9 @@ def read_video(path: str | Path, indices: list[int] | None = None, video: int | 
         return _read_gif(path, indices)
     if suffix == ".npy":
         arr = _load_npy(path, video)
-        return np.array(arr if indices is None else arr[indices])  # a writable copy of the memory map
+        return np.array(arr if indices is None else arr[_wanted(path, indices, len(arr))])  # a writable copy
     vr = _reader(path)
-    wanted = list(range(len(vr))) if indices is None else indices
+    wanted = _wanted(path, indices, len(vr))
     try:
         return vr.get_batch(wanted).asnumpy()
     except Exception as e:  # decord 0.6 fails on frame widths that are not 32-aligned
@@ -273,9 +288,13 @@ def _read_with_pyav(path: Path, indices: list[int]) -> np.ndarray:
 
 
 def to_uint8(clip: Tensor) -> np.ndarray:
-    """Float clip ``(T, C, H, W)`` in ``[-1, 1]`` -> uint8 ``(T, H, W, C)`` (rounded, so it inverts :func:`from_uint8`)."""
-    x = ((clip.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).numpy()
+    """Float clip ``(T, C, H, W)`` in ``[-1, 1]`` -> uint8 ``(T, H, W, C)`` (rounded, so it inverts :func:`from_uint8`);
+    a clip with NaN or infinite values is a ``ValueError`` (it would be written black)."""
+    x = clip.detach().float().cpu()
+    if not torch.isfinite(x).all():
+        raise ValueError("the frames hold NaN or infinite values: a sample that diverged (a temperature or guidance "
+                         "too large?)")
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def from_uint8(frames: np.ndarray) -> Tensor:
@@ -310,8 +329,10 @@ def writable(path: str | Path) -> Path:
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: int = 8) -> Path:
-    """Write uint8 ``(T, H, W, C)`` frames as ``.mp4`` (H.264), ``.gif`` (looping), ``.npy`` (exact) or, to a path
-    without a suffix, a folder of PNG frames ``frame_00000.png``... (exact; grey frames as grey images)."""
+    """Write uint8 ``(T, H, W, C)`` frames as ``.mp4`` (H.264; an odd height or width padded by repeating the last
+    row or column: its 4:2:0 colour needs even sizes), ``.gif`` (looping, one palette of 256 colours), ``.npy``
+    (exact) or, to a path without a suffix, a folder of PNG frames ``frame_00000.png``... (exact; grey frames as
+    grey images)."""
     path = writable(path)
     suffix = path.suffix.lower()
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] not in (1, 3):
@@ -327,10 +348,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 8) -> Path:
         return path
     rgb = np.repeat(frames, 3, axis=-1) if frames.shape[-1] == 1 else frames
     if suffix == ".gif":
-        from PIL import Image
-
-        images = [Image.fromarray(f) for f in rgb]
-        images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+        _write_gif(path, rgb, fps)
         return path
     import av
 
@@ -345,6 +363,28 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 8) -> Path:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")))
         container.mux(stream.encode())
     return path
+
+
+def _write_gif(path: Path, rgb: np.ndarray, fps: int) -> None:
+    """Write RGB frames ``(T, H, W, 3)`` as a looping GIF: every frame kept (Pillow's writer merges a frame equal to
+    the one before), in one palette fitted to all of them, with delays in whole hundredths of a second that keep the
+    rate ``fps`` on average (8 fps: 13, 12, 13, 12...; Pillow rounds each down, 8 fps played at 8.3)."""
+    from PIL import GifImagePlugin, Image
+
+    if fps > 50:
+        warnings.warn(f"{path}: a GIF frame lasts at least 1/100 s and players show frames shorter than 2/100 s at "
+                      f"about 10 fps: {fps} fps will not play at that rate (write .mp4 instead)", stacklevel=3)
+    T, H, W, _ = rgb.shape
+    fitted = Image.fromarray(rgb.reshape(T * H, W, 3)).quantize(256, dither=Image.Dither.NONE)
+    palette = bytes(fitted.getpalette()[: 3 * 256]).ljust(3 * 256, b"\0")
+    out = [b"GIF89a", struct.pack("<HHBBB", W, H, 0xF7, 0, 0), palette,  # screen: a global table of 256 colours
+           b"!\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"]  # loop for ever
+    for t in range(T):
+        delay = 100 * (t + 1) // fps - 100 * t // fps
+        out.append(b"!\xf9\x04\x00" + struct.pack("<H", delay) + b"\x00\x00")  # graphic control: the delay
+        frame = fitted.crop((0, t * H, W, (t + 1) * H))
+        out += GifImagePlugin.getdata(frame)  # image descriptor (no local table) and LZW data, by Pillow
+    path.write_bytes(b"".join(out) + b";")
 
 
 def save_clip_grid(clips: Tensor, path: str | Path, fps: int = 8) -> Path:

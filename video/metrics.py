@@ -64,6 +64,8 @@ def ssim(x: Tensor, y: Tensor) -> Tensor:
     x, y = x.expand(shape), y.expand(shape)
     lead = shape[:-3]
     C, H, W = shape[-3:]
+    if min(H, W) < 2:  # pytorch_msssim squeezes such an axis away and names a wrong shape
+        raise ValueError(f"ssim: frames of {H}x{W} pixels (H x W); it needs at least 2x2")
     win = min(11, H - (1 - H % 2), W - (1 - W % 2))
     a = x.float().reshape(-1, C, H, W)
     b = y.float().reshape(-1, C, H, W)

@@ -268,8 +268,8 @@ def extend_hierarchical(
         mask = (idx >= frames - K) if past else (idx < K)
         return torch.cat([new, first] if past else [first, new], dim=1), mask.expand(B, frames) if K else None
 
-    if length < K:
-        raise ValueError(f"length {length}: at least the {K} observed frames it starts from")
+    if length < max(K, 1):
+        raise ValueError(f"length {length}: at least " + (f"the {K} observed frames it starts from" if K else "1"))
     first = in_network_dtype(model, first)
     if length <= window:
         return generate(model, diffusion, *place(length), settings, **kw)
