@@ -76,7 +76,8 @@ def cmd_complete(args: argparse.Namespace) -> Path:
     limit = args.max_partial or task.partial_points
     if not 0 < limit < d.points:
         raise PointCloudError(f"--max-partial must be between 1 and {d.points - 1} (the model's cloud size)")
-    partial = read_points(args.input, num_points=limit)  # a mesh is sampled to `limit` surface points
+    # a mesh is sampled to `limit` surface points; a .ply is its points (a scan may be stored triangulated)
+    partial = read_points(args.input, num_points=limit, ply_as_points=True)
     if p.domain.cfg.task.completion == 0:
         print("note: this model was trained for generation only (task.completion=0); completions keep the partial "
               "exactly but were not trained for it")

@@ -27,7 +27,7 @@ def check_points(points: np.ndarray, source: str, need_extent: bool = False) -> 
         raise PointCloudError(f"{source} has no points")
     if points.ndim != 2 or points.shape[1] < 3:
         raise PointCloudError(f"{source}: expected points of shape (N, 3), got {points.shape}")
-    if points.shape[0] == 3 and points.shape[1] > 3:
+    if points.shape[0] == 3 and points.shape[1] > 9:  # more columns than xyz, a normal and a colour
         raise PointCloudError(f"{source}: shape {points.shape} looks channels-first (3, N), as PVD stores clouds; "
                               f"save its transpose, of shape (N, 3)")
     points = points[:, :3]
@@ -43,10 +43,14 @@ def check_points(points: np.ndarray, source: str, need_extent: bool = False) -> 
     return points
 
 
-def read_points(path: str | Path, num_points: int = 2048, seed: int = 0, need_extent: bool = False) -> np.ndarray:
+def read_points(path: str | Path, num_points: int = 2048, seed: int = 0, need_extent: bool = False,
+                ply_as_points: bool = False) -> np.ndarray:
     """Points of a point file, or ``num_points`` area-weighted samples of a mesh's surface (checked by
-    :func:`check_points`)."""
+    :func:`check_points`); with ``ply_as_points`` a ``.ply`` is its vertices also where it has faces (a scan
+    stored triangulated)."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a point cloud file")
     if not path.is_file():
         raise FileNotFoundError(f"point cloud file {path} not found")
     suffix = path.suffix.lower()
@@ -67,7 +71,8 @@ def read_points(path: str | Path, num_points: int = 2048, seed: int = 0, need_ex
             geometry = trimesh.load(path, process=False)
             if isinstance(geometry, trimesh.Scene):
                 geometry = geometry.to_geometry()
-            if isinstance(geometry, trimesh.Trimesh) and len(geometry.faces):
+            if isinstance(geometry, trimesh.Trimesh) and len(geometry.faces) and not (ply_as_points
+                                                                                    and suffix == ".ply"):
                 points, _ = trimesh.sample.sample_surface(geometry, num_points, seed=seed)
             else:
                 points = np.asarray(geometry.vertices)

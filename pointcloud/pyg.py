@@ -69,7 +69,8 @@ def sample(pretrained: Any, n: int, **settings: Any) -> Batch:
 def complete(pretrained: Any, partials: Data | Batch, **settings: Any) -> Batch:
     """Complete each partial cloud of ``partials`` (in the model's frame) to the model's ``data.points``.
 
-    Partial ``i`` of ``P_i < data.points`` points is kept exactly (same values, dtype and order) and
+    Partial ``i`` of ``P_i < data.points`` points is kept exactly (same values and order; float32 and float64
+    partials keep their dtype, others become the float type that holds them: see :func:`float_holding`) and
     followed by ``data.points - P_i`` generated points; all partials are completed in one sampling run.
     Returns a ``Batch`` with ``pos`` ``(B * data.points, 3)``, ``batch`` and ``observed``.
     """
@@ -89,10 +90,19 @@ def complete(pretrained: Any, partials: Data | Batch, **settings: Any) -> Batch:
         done = domain.sample(model, len(clouds), known=Known(mask, values.float()), **settings)
     out = []
     for i, cloud in enumerate(clouds):
-        generated = done[i, len(cloud):].to(device=cloud.device, dtype=cloud.dtype)
+        dtype = float_holding(cloud.dtype)  # an integer partial must not round what is generated
+        generated = done[i, len(cloud):].to(device=cloud.device, dtype=dtype)
         observed = torch.arange(N, device=cloud.device) < len(cloud)
-        out.append(Data(pos=torch.cat([cloud, generated]), observed=observed))
+        out.append(Data(pos=torch.cat([cloud.to(dtype), generated]), observed=observed))
     return Batch.from_data_list(out)
+
+
+def float_holding(dtype: torch.dtype) -> torch.dtype:
+    """The floating dtype that holds every value of ``dtype`` exactly: float32 and float64 themselves, float32 for
+    half precision and integers of up to 16 bits, float64 for wider integers."""
+    if dtype in (torch.float32, torch.float64):
+        return dtype
+    return torch.float32 if dtype.is_floating_point or dtype.itemsize <= 2 else torch.float64
 
 
 class NormalizeUnitSphere(BaseTransform):
@@ -104,5 +114,6 @@ class NormalizeUnitSphere(BaseTransform):
 
     def forward(self, data: Data) -> Data:
         points = check_points(data.pos.detach().double().cpu().numpy(), "the transformed Data's pos", need_extent=True)
-        data.pos = torch.from_numpy(normalize(points)).to(data.pos)
+        dtype = data.pos.dtype if data.pos.is_floating_point() else torch.get_default_dtype()  # (ints: all 0)
+        data.pos = torch.from_numpy(normalize(points)).to(data.pos.device, dtype)
         return data

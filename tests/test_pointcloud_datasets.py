@@ -197,6 +197,23 @@ def test_channels_first_clouds_are_refused(tmp_path):
         read_points(tmp_path / "pvd.npy")
     np.save(tmp_path / "ok.npy", cloud)
     assert read_points(tmp_path / "ok.npy").shape == (500, 3)
+    np.savetxt(tmp_path / "normals.xyz", np.eye(3).repeat(2, axis=1))  # three points with normals: (3, 6)
+    assert read_points(tmp_path / "normals.xyz").shape == (3, 3)
+    with pytest.raises(IsADirectoryError, match="is a folder, not a point cloud file"):  # (it was "not found")
+        read_points(tmp_path)
+
+
+def test_a_ply_scan_stored_triangulated_is_its_points_where_asked(tmp_path):
+    """A completion's partial keeps every scan point: a .ply with faces is read as its vertices there, while a
+    training folder samples its surface."""
+    import trimesh
+
+    y, x = np.mgrid[0:5, 0:5]
+    vertices = np.stack([x.ravel(), y.ravel(), (x * y).ravel() * 0.1], 1).astype(np.float32)  # as PLY stores them
+    faces = [[i * 5 + j, i * 5 + j + 1, i * 5 + j + 5] for i in range(4) for j in range(4)]
+    trimesh.Trimesh(vertices, faces, process=False).export(tmp_path / "scan.ply")
+    assert np.array_equal(read_points(tmp_path / "scan.ply", ply_as_points=True), vertices)
+    assert read_points(tmp_path / "scan.ply", num_points=40).shape == (40, 3)
 
 
 def test_shape_folder_errors(tmp_path):

@@ -40,6 +40,16 @@ def test_ragged_partials_in_a_batch_are_completed_and_kept_exactly(pretrained):
         assert torch.isfinite(cloud).all()
 
 
+def test_integer_partials_do_not_round_what_is_generated(pretrained):
+    """An int64 partial came back as int64, its generated points rounded to -1, 0 and 1."""
+    partial = torch.tensor([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [-1, 0, 0]])
+    done = pyg.complete(pretrained, Data(pos=partial), generator=torch.Generator().manual_seed(1))
+    assert done.pos.dtype == torch.float64 and torch.equal(done.pos[:5], partial.double())
+    assert not torch.equal(done.pos[5:], done.pos[5:].round())
+    assert [pyg.float_holding(d) for d in (torch.float16, torch.int16, torch.int32, torch.float32)] == [
+        torch.float32, torch.float32, torch.float64, torch.float32]
+
+
 def test_bad_partials_are_named(pretrained):
     with pytest.raises(PointCloudError, match="partial 1 has 128 points"):
         pyg.complete(pretrained, Batch.from_data_list([Data(pos=torch.randn(5, 3)), Data(pos=torch.randn(128, 3))]))
@@ -61,6 +71,8 @@ def test_unit_sphere_transform_equals_ours_and_pyg_normalize_scale_does_not():
     np.testing.assert_array_equal(ours.pos.numpy(), normalize(points))
     theirs = NormalizeScale()(Data(pos=torch.from_numpy(points)))
     assert not np.allclose(theirs.pos.numpy(), normalize(points), atol=1e-2)
+    whole = pyg.NormalizeUnitSphere()(Data(pos=torch.tensor([[0, 0, 0], [10, 0, 0], [0, 10, 0], [0, 0, 10]]))).pos
+    assert whole.is_floating_point() and whole.abs().max() > 0.5  # (integers: every point 0, it was)
     for bad, message in [(torch.ones(4, 3), "all 4 points coincide"), (torch.zeros(0, 3), "has no points")]:
         with pytest.raises(PointCloudError, match=f"the transformed Data's pos.*{message}"):
             pyg.NormalizeUnitSphere()(Data(pos=bad))
@@ -80,6 +92,13 @@ def test_cli_reads_a_data_file_and_writes_batches(pretrained, tmp_path):
     assert pointcloud_cli(["sample", "--checkpoint", str(export), "--num", "2", "--steps", "2",
                            "--out", str(tmp_path / "s")]) == 0
     assert torch.load(tmp_path / "s" / "samples.pt", weights_only=False).num_graphs == 2
+    import trimesh  # a scan stored triangulated: its vertices are the partial, not samples of its surface
+
+    scan = np.random.default_rng(0).normal(size=(25, 3)).astype(np.float32)
+    trimesh.Trimesh(scan, [[0, 1, 2], [2, 3, 4]], process=False).export(tmp_path / "scan.ply")
+    assert complete_main(["--checkpoint", str(export), "--input", str(tmp_path / "scan.ply"), "--num", "1",
+                          "--steps", "2", "--out", str(tmp_path / "scan_out")]) == 0
+    assert np.array_equal(read_points(tmp_path / "scan_out" / "completion_000.ply")[:25], scan)
     torch.save(Batch.from_data_list([Data(pos=partial), Data(pos=partial)]), tmp_path / "two.pt")
     with pytest.raises(PointCloudError, match="other than one torch_geometric Data"):
         read_points(tmp_path / "two.pt")
