@@ -368,7 +368,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 8) -> Path:
 def _write_gif(path: Path, rgb: np.ndarray, fps: int) -> None:
     """Write RGB frames ``(T, H, W, 3)`` as a looping GIF: every frame kept (Pillow's writer merges a frame equal to
     the one before), in one palette fitted to all of them, with delays in whole hundredths of a second that keep the
-    rate ``fps`` on average (8 fps: 13, 12, 13, 12...; Pillow rounds each down, 8 fps played at 8.3)."""
+    rate ``fps`` on average (8 fps: 12, 13, 12, 13...; Pillow rounds each down, 8 fps played at 8.3)."""
     from PIL import GifImagePlugin, Image
 
     if fps > 50:
