@@ -391,9 +391,10 @@ class D3PM:
         self.transition, self.hybrid_lambda = transition, hybrid_lambda
         self.K, self.T = transition.K, transition.T
 
-    def check_tokens(self, x: Tensor, name: str = "x0") -> None:
-        """A ``ValueError`` naming ``name`` unless ``x`` holds data tokens: integers in ``[0, K)``, the absorbing
-        chain's mask token ``K - 1`` excluded (a host read: for evaluation and sampling, not the training step)."""
+    def check_tokens(self, x: Tensor, name: str = "x0") -> Tensor:
+        """``x`` as int64 where it holds data tokens: integers (of any width) in ``[0, K)``, the absorbing chain's
+        mask token ``K - 1`` excluded; else a ``ValueError`` naming ``name`` (a host read: for evaluation and
+        sampling, not the training step)."""
         data = self.K - isinstance(self.transition, Absorbing)
         if x.is_floating_point() or x.dtype == torch.bool:
             raise ValueError(f"{name}: integer token ids, got {x.dtype}")
@@ -401,6 +402,7 @@ class D3PM:
             raise ValueError(f"{name}: token ids in [0, {data}) (the data's categories"
                              f"{'; the mask token is ' + str(data) if data < self.K else ''}), got "
                              f"{int(x.min())}..{int(x.max())}")
+        return x.long()
 
     # -- closed forms
     def q_probs(self, x0: Tensor, t: Tensor) -> Tensor:
@@ -494,7 +496,7 @@ class D3PM:
         ``KL(q(x_T|x_0) || stationary) + Σ_{i≥2} KL(q(x_{τ_{i-1}}|x_{τ_i},x_0) || p(x_{τ_{i-1}}|x_{τ_i})) − log p(x_0|x_{τ_1})``.
         Every term is kept (none is subsampled), but each is evaluated on one draw ``x_t ~ q(x_t | x_0)``:
         an unbiased one-sample Monte Carlo estimate of the bound, not its exact value. One model call per step."""
-        self.check_tokens(x0)
+        x0 = self.check_tokens(x0)
         B, tokens = len(x0), x0[0].numel()
         T_all = torch.full((B,), self.T, device=x0.device)
         log_prior = self.transition.stationary().double().to(x0.device).clamp_min(TINY).log()
@@ -531,7 +533,7 @@ class D3PM:
             raise ValueError("the any-order bound is for the absorbing transition")
         if not (is_whole(orders) and orders >= 1):
             raise ValueError(f"orders: a whole number of random orders >= 1, got {orders!r}")
-        self.check_tokens(x0)
+        x0 = self.check_tokens(x0)
         B, L = len(x0), x0[0].numel()
         flat = x0.reshape(B, L)
         paths = torch.zeros(orders, B, dtype=torch.float64, device=x0.device)  # −log p_k(x0), nats

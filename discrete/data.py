@@ -49,8 +49,11 @@ class CharTokenizer:
         return torch.tensor([self.index[c] for c in text], dtype=torch.long)
 
     def decode(self, ids: Tensor, mask_char: str = "_") -> str:
-        """Text of ``ids``; ids outside the vocabulary (the absorbing mask) become ``mask_char``."""
-        return "".join(self.chars[i] if i < len(self.chars) else mask_char for i in ids.tolist())
+        """Text of integer ``ids``; ids outside the vocabulary (the absorbing mask, negative ones) become
+        ``mask_char``."""
+        if ids.is_floating_point() or ids.dtype == torch.bool:
+            raise TokenError(f"decode: integer token ids, got {ids.dtype}")
+        return "".join(self.chars[i] if 0 <= i < len(self.chars) else mask_char for i in ids.tolist())
 
 
 def builtin_text(split: str) -> str:

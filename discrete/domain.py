@@ -18,10 +18,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from multigen.config import ConfigError, TrainConfig, at_least, between, choice, speed_only
+from multigen.config import ConfigError, TrainConfig, above, at_least, between, choice, speed_only
 from multigen.diffusion import ModelFn
 from multigen.domain import Domain, check_count, no_condition
-from multigen.samplers import Known
+from multigen.samplers import Known, is_whole
 
 from .data import CharTokenizer, DigitGrids, TokenError, TokenWindows, builtin_text, read_text, read_tokens
 from .labels import (SCENE_CLASSES, LabelMaps, SceneMaps, boundary_rate, check_ids, class_distance, colour,
@@ -94,7 +94,7 @@ class DiscreteModelConfig:
 class DiscreteSampleConfig:
     num: int = at_least(8, 1)
     steps: int = at_least(0, 0)  # 0: every timestep
-    temperature: float = at_least(1.0, 0.0)  # divides the x0 logits; must be > 0 (0 is an error, not argmax)
+    temperature: float = above(1.0, 0.0)  # divides the x0 logits (0 is an error, not argmax)
     min_p: float = between(0.0, 0.0, 1.0)  # each token's classes below this share of its likeliest are dropped
     # absorbing: the most a visible token is masked again a step (ReMDM); None: REMASK for absorbing chains, else 0
     remask: float | None = between(None, 0.0, 1.0)
@@ -150,9 +150,6 @@ class Discrete(Domain):
         if d.source == "labels" and not d.path and 0 < d.vocab_size < len(SCENE_CLASSES):
             raise ConfigError(f"data.vocab_size={d.vocab_size}: the built-in scenes have {len(SCENE_CLASSES)} classes "
                               f"({', '.join(SCENE_CLASSES)})")
-        if not cfg.sample.temperature > 0:
-            raise ConfigError(f"sample.temperature: must be > 0 (it divides the model's logits), "
-                              f"got {cfg.sample.temperature}")
         if p.objective == "masked" and p.transition != "absorbing":
             raise ConfigError("process.objective=masked needs process.transition=absorbing")
         self.objective = p.objective if p.objective != "auto" else ("masked" if p.transition == "absorbing" else "d3pm")
@@ -184,6 +181,9 @@ class Discrete(Domain):
         d = self.cfg.data
         if d.source == "text" and not d.vocab:
             d.vocab = CharTokenizer.from_text(self._text("train") + self._text("val")).chars
+            if len(d.vocab) < 2:
+                raise TokenError(f"{self._source('train')} and its held-out part hold one distinct character "
+                                 f"({d.vocab!r}): nothing to learn")
         if d.source == "labels":
             self._fit_labels()
         for split in ("train", "val") if d.source in ("text", "tokens") else ():
@@ -271,6 +271,15 @@ class Discrete(Domain):
         schedule = {"absorbing": "jsd", "uniform": "cosine", "gaussian": "linear"}[p.transition]
         betas = d3pm_betas(schedule if p.schedule == "auto" else p.schedule, timesteps)
         return D3PM(TRANSITIONS[p.transition](self.vocab, betas), hybrid_lambda=p.hybrid_lambda)
+
+    def _chain_of(self, model: ModelFn, steps: int) -> tuple[D3PM, ModelFn]:
+        """The chain that ``steps`` steps run and the model on its times: the process's own (``steps`` at most its
+        timesteps; 0: all), or for a masked model the finer chain of ``steps`` steps, its times told to the network
+        in units of the process's T."""
+        T = self.cfg.process.timesteps
+        if steps <= T or self.objective != "masked":  # (the process names a count above T for other models)
+            return self.process, model
+        return self._chain(steps), partial(_on_time_scale, model, T / steps)
 
     def _source(self, split: str) -> str:
         """Where ``split``'s tokens come from, in words (errors name it)."""
@@ -400,10 +409,7 @@ class Discrete(Domain):
         device = next(model.parameters()).device
         if known is not None and self.cfg.process.infill_rate > 0:  # trained to be told which tokens are known
             model = partial(model, known=known.mask.to(device).bool().expand(shape))
-        process, T = self.process, self.cfg.process.timesteps
-        if s.steps > T:  # a masked model: the chain of s.steps steps, its times told to the network in units of T
-            process = self._chain(s.steps)
-            model = partial(_on_time_scale, model, T / s.steps)
+        process, model = self._chain_of(model, s.steps)
         return process.sample(model, shape, steps=s.steps or None, temperature=s.temperature, known=known,
                               generator=generator, progress=progress, device=device, min_p=s.min_p,
                               remask=s.remask)
@@ -412,21 +418,30 @@ class Discrete(Domain):
     def elbo_bits(self, model: nn.Module, data: Tensor, batch_size: int, steps: int | None = None,
                   progress: bool = False, any_order: bool = False, orders: int = 1) -> Tensor:
         """Negative-ELBO estimate in bits per token of each sequence of ``data`` ``(N, *shape)`` under the
-        ``steps``-step chain, or (``any_order``, absorbing only) its continuous-time limit
-        (:meth:`~discrete.d3pm.D3PM.any_order_bits`; ``orders`` above 1: its bound weighted over that many random
-        orders, tighter): ``(N,)`` float32 on the CPU (seeded, so a model scores the same twice)."""
+        ``steps``-step chain that :meth:`sample` runs (above the process's timesteps, for a masked model, the finer
+        chain), or (``any_order``, absorbing only) its continuous-time limit
+        (:meth:`~discrete.d3pm.D3PM.any_order_bits`; ``orders`` other than 1, which implies ``any_order``: its
+        bound weighted over that many random orders, tighter): ``(N,)`` float32 on the CPU (seeded, so a model
+        scores the same twice)."""
         if data.dim() != 1 + len(self.sample_shape()):
             raise ValueError(f"data: a batch of {'grids (N, H, W)' if self.grid else 'token sequences (N, L)'}, got "
                              f"shape {tuple(data.shape)} (one of them: data[None])")
+        if not (is_whole(batch_size) and batch_size >= 1):
+            raise ValueError(f"batch_size: a whole number >= 1, got {batch_size!r}")
+        if steps is not None and not (is_whole(steps) and steps >= 0):
+            raise ValueError(f"steps: a whole number of steps (0: every timestep), got {steps!r}")
+        any_order = any_order or orders != 1  # the bound weighted over random orders is the any-order one's
         device = next(model.parameters()).device
         g = torch.Generator(device=device).manual_seed(0)
+        process, chain_model = self._chain_of(model, steps or 0)
 
         def bits(chunk: Tensor) -> Tensor:
             if any_order:
                 return self.process.any_order_bits(model, chunk, generator=g, progress=progress, orders=orders)
-            return self.process.elbo_bits(model, chunk, steps=steps, generator=g, progress=progress)
+            return process.elbo_bits(chain_model, chunk, steps=steps or None, generator=g, progress=progress)
 
-        return torch.cat([bits(chunk.to(device)).cpu() for chunk in data.split(batch_size)])
+        return torch.cat([bits(chunk.to(device)).cpu() for chunk in data.split(batch_size)]) if len(data) else (
+            torch.zeros(0))
 
     def evaluate(self, model: nn.Module, dataset: Dataset) -> dict[str, float]:
         """Held-out negative ELBO (bits per token; mean and standard error over sequences) next to

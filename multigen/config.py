@@ -40,6 +40,11 @@ def at_least(default: float | None, minimum: float) -> Any:
     return field(default=default, metadata={"min": minimum})
 
 
+def above(default: float, bound: float) -> Any:
+    """A numeric field strictly above ``bound`` (NaN and infinity fail)."""
+    return field(default=default, metadata={"above": bound})
+
+
 def between(default: float | None, minimum: float, maximum: float) -> Any:
     """A numeric field in ``[minimum, maximum]`` (None, where the field's type allows it, is not checked)."""
     return field(default=default, metadata={"min": minimum, "max": maximum})
@@ -181,7 +186,7 @@ class SampleConfig:
 
 
 def validate(obj: Any, prefix: str = "") -> None:
-    """Check every field's ``choices``/``min``/``max``/``nonempty``/``pair`` metadata, recursively;
+    """Check every field's ``choices``/``min``/``above``/``max``/``nonempty``/``pair`` metadata, recursively;
     :class:`ConfigError` names the key."""
     for f in dataclasses.fields(obj):
         value, key = getattr(obj, f.name), f"{prefix}{f.name}"
@@ -194,6 +199,8 @@ def validate(obj: Any, prefix: str = "") -> None:
         minimum, maximum = f.metadata.get("min"), f.metadata.get("max")
         if minimum is not None and value is not None and not minimum <= value < math.inf:  # NaN fails too
             raise ConfigError(f"{key}: must be >= {minimum}{' and finite' * (value == math.inf)}, got {value!r}")
+        if (bound := f.metadata.get("above")) is not None and not bound < value < math.inf:
+            raise ConfigError(f"{key}: must be > {bound}{' and finite' * (value == math.inf)}, got {value!r}")
         if maximum is not None and value is not None and value > maximum:
             raise ConfigError(f"{key}: must be <= {maximum}, got {value!r}")
         if f.metadata.get("nonempty") and not value.strip():
@@ -274,7 +281,7 @@ def _merge(schema: type, merged: Any, data: Mapping[str, Any]) -> Any:
         if key := getattr(e, "full_key", None):
             raise _unfit(schema, key, _at(data, key), e) from None
         for section, keys in data.items():  # find the value at fault, one at a time
-            if section in merged and OmegaConf.is_config(merged[section]):
+            if section in merged and OmegaConf.is_dict(merged[section]):  # (a list-valued key is no section)
                 if not isinstance(keys, Mapping):
                     raise ConfigError(f"{section}: a section of keys, got {keys!r}") from None
                 parts = {f"{section}.{key}": {section: {key: value}} for key, value in keys.items()}

@@ -98,6 +98,31 @@ def test_export_keeps_tokenizer_and_samples_decode(untrained_export):
             call()  # one sequence, not a batch of them
 
 
+def test_library_calls_take_narrow_integers_and_name_what_they_cannot_take(untrained_export):
+    """Found by a walkthrough: negative ids decoded as the last characters, float ids and a float step count were
+    TypeErrors, int16 tokens a scatter error, an empty batch or a batch size of 0 an IndexError or a split error;
+    ``orders`` without ``any_order`` was ignored; more steps than the chain was refused by the ELBO of a masked
+    model, which samples them."""
+    p = load_pretrained(untrained_export / "export")
+    d, tokens = p.domain, p.sample(2, steps=4, generator=torch.Generator().manual_seed(0))
+    assert d.decode(torch.tensor([[0, -1, len(d.tokenizer)]]))[0][1:] == "__"
+    with pytest.raises(TokenError, match="decode: integer token ids, got torch.float32"):
+        d.decode(tokens.float())
+    bits = d.elbo_bits(p.model, tokens, 2, steps=4)
+    assert torch.equal(d.elbo_bits(p.model, tokens.to(torch.int16), 2, steps=4), bits)
+    assert d.elbo_bits(p.model, tokens[:0], 2).shape == (0,)
+    assert torch.equal(d.elbo_bits(p.model, tokens, 2, orders=2), d.elbo_bits(p.model, tokens, 2, any_order=True,
+                                                                              orders=2))
+    assert torch.isfinite(d.elbo_bits(p.model, tokens, 2, steps=64)).all()  # the finer chain (T = 32)
+    for call, message in ((lambda: d.elbo_bits(p.model, tokens, 0), "batch_size: a whole number >= 1, got 0"),
+                          (lambda: d.elbo_bits(p.model, tokens, 2, steps=2.5), "steps: a whole number"),
+                          (lambda: p.sample(1, steps=2.5), "sample.steps: Value '2.5' of type 'float'"),
+                          (lambda: p.sample(1, length=4.0), "sample.length: Value '4.0'"),
+                          (lambda: p.sample(1, steps=True), "sample.steps: Value 'True'")):
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
 def test_an_export_from_before_the_mlp_and_rotary_options_loads_with_gelu_and_learned_positions(untrained_export,
                                                                                                  tmp_path):
     """model.mlp's default became swiglu and model.rotary's true; an export without the keys was trained with the
@@ -148,7 +173,7 @@ def test_cli_infill_prompt_and_eval(untrained_export, tmp_path, capsys):
     assert discrete_cli(["sample", "--checkpoint", ckpt, "--prompt", "Ωmega"]) == 2
     assert "'Ω'" in capsys.readouterr().err
     assert discrete_cli(["sample", "--checkpoint", ckpt, "--prompt", "The", "--temperature", "0"]) == 2
-    assert "temperature must be > 0" in capsys.readouterr().err
+    assert "sample.temperature: must be > 0.0, got 0.0" in capsys.readouterr().err
     assert discrete_cli(["sample", "--checkpoint", ckpt, "--num", "1", "--steps", "2", "--infill", ""]) == 0
     assert discrete_cli(["sample", "--checkpoint", ckpt, "--infill", "the __ fox", "--mask-char", "__"]) == 2
     assert "--mask-char must be one character" in capsys.readouterr().err
@@ -285,9 +310,16 @@ def test_marked_known_part_lets_a_uniform_model_infill():
     assert marked > 0.9 and marked > plain + 0.3, (plain, marked)
 
 
-def test_zero_temperature_is_a_config_error():
-    with pytest.raises(ConfigError, match="sample.temperature: must be > 0"):
-        Discrete(load_config(DiscreteConfig, None, ["sample.temperature=0"]))
+def test_zero_or_negative_temperature_is_a_config_error():
+    for value in ("0", "-1"):  # (-1 was told ">= 0")
+        with pytest.raises(ConfigError, match=r"sample.temperature: must be > 0.0, got"):
+            Discrete(load_config(DiscreteConfig, None, [f"sample.temperature={value}"]))
+
+
+def test_a_text_of_one_character_is_refused(tmp_path):
+    (tmp_path / "nl.txt").write_text("\n" * 400)
+    with pytest.raises(TokenError, match=r"one distinct character \('\\n'\): nothing to learn"):
+        Discrete(load_config(DiscreteConfig, None, [f"data.path={tmp_path / 'nl.txt'}", "data.length=8"])).fit()
 
 
 def test_remask_left_unset_is_the_measured_share_for_absorbing_chains_and_none_for_the_others():
