@@ -37,7 +37,6 @@ same windows (the diffusion model's negative ELBO, the twin's exact NLL).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import sys
 import time
@@ -57,7 +56,7 @@ from discrete.domain import Discrete, DiscreteConfig, mean_and_stderr  # noqa: E
 from discrete.model import SequenceTransformer  # noqa: E402
 from multigen.benchmarking import markdown_table, timed, write_results  # noqa: E402
 from multigen.cli import available_device, positive_int  # noqa: E402
-from multigen.config import ConfigError, load_config  # noqa: E402
+from multigen.config import ConfigError, load_config, replaced  # noqa: E402
 from multigen.domain import check_count  # noqa: E402
 from multigen.train import resolve_config_file  # noqa: E402
 
@@ -339,7 +338,7 @@ def train_autoregressive(domain, seed: int, device: str, out_dir: Path, override
     before its last step: see :func:`best_autoregressive_eval`). Returns the EMA model and the training seconds."""
     from multigen.trainer import Trainer
 
-    cfg = load_config(DiscreteConfig, values=dataclasses.asdict(domain.cfg), overrides=overrides or [])
+    cfg = replaced(domain.cfg, overrides=overrides or [])
     t = cfg.train
     t.seed, t.output_dir, t.cpu, t.resume, t.tensorboard = seed, str(out_dir), device == "cpu", False, False
     t.sample_every = t.checkpoint_every = 0  # samples once, at the end

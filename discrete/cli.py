@@ -135,10 +135,6 @@ def _known_map(domain, path: Path, hole_id: int) -> Known:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    if args.orders > 1:
-        args.any_order = True  # the weighted bound is the continuous-time one's
-    if args.any_order and args.steps:
-        raise ValueError("--any-order and --orders score the continuous-time bound: they take no --steps")
     p = load_export(args, "discrete")
     domain = p.domain
     d = domain.cfg.data
@@ -160,7 +156,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     data = torch.stack([items[i] for i in range(len(items))])  # type: ignore[arg-type]
     if args.max_sequences:
         data = data[: args.max_sequences]
-    if args.any_order and domain.cfg.process.transition != "absorbing":
+    if (args.any_order or args.orders > 1) and domain.cfg.process.transition != "absorbing":
         raise ValueError(f"--any-order and --orders need an absorbing model; this one is "
                          f"{domain.cfg.process.transition}")
     bits = domain.elbo_bits(p.model, data, args.batch_size, steps=args.steps, progress=True, any_order=args.any_order,

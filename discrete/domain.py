@@ -431,6 +431,9 @@ class Discrete(Domain):
         if steps is not None and not (is_whole(steps) and steps >= 0):
             raise ValueError(f"steps: a whole number of steps (0: every timestep), got {steps!r}")
         any_order = any_order or orders != 1  # the bound weighted over random orders is the any-order one's
+        if any_order and steps:
+            raise ValueError(f"steps={steps}: the any-order bound (any_order, or orders={orders}) reveals one token "
+                             f"a step and takes no step count")
         device = next(model.parameters()).device
         g = torch.Generator(device=device).manual_seed(0)
         process, chain_model = self._chain_of(model, steps or 0)

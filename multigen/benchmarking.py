@@ -7,7 +7,6 @@ process when it must be its own); CUDA memory is the allocator's peak.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import itertools
 import json
@@ -110,11 +109,10 @@ def load_export_of(domain_class: type, path: str | Path, device: str) -> Any:
 def override_sample_settings(domain: Any, overrides: Sequence[str]) -> None:
     """Replace ``domain.cfg.sample`` by itself with ``overrides`` (``"steps=100"``, ``"guidance=2"``) applied and
     validated; a bad one exits naming it (``--sample``, the scripts' option for them)."""
-    from .config import ConfigError, load_config
+    from .config import ConfigError, replaced
 
     try:
-        domain.cfg.sample = load_config(type(domain.cfg.sample), values=dataclasses.asdict(domain.cfg.sample),
-                                        overrides=list(overrides))
+        domain.cfg.sample = replaced(domain.cfg.sample, overrides=list(overrides))
     except ConfigError as e:
         raise SystemExit(f"--sample: {e}") from None
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar, get_type_hints
 
+import numpy as np
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -40,8 +41,9 @@ def at_least(default: float | None, minimum: float) -> Any:
     return field(default=default, metadata={"min": minimum})
 
 
-def above(default: float, bound: float) -> Any:
-    """A numeric field strictly above ``bound`` (NaN and infinity fail)."""
+def above(default: float | None, bound: float) -> Any:
+    """A numeric field strictly above ``bound`` (None, where the field's type allows it, is not checked; NaN and
+    infinity fail)."""
     return field(default=default, metadata={"above": bound})
 
 
@@ -197,12 +199,15 @@ def validate(obj: Any, prefix: str = "") -> None:
         if options is not None and value not in options:
             raise ConfigError(f"{key}: must be one of {list(options)}, got {value!r}")
         minimum, maximum = f.metadata.get("min"), f.metadata.get("max")
-        if minimum is not None and value is not None and not minimum <= value < math.inf:  # NaN fails too
-            raise ConfigError(f"{key}: must be >= {minimum}{' and finite' * (value == math.inf)}, got {value!r}")
-        if (bound := f.metadata.get("above")) is not None and not bound < value < math.inf:
-            raise ConfigError(f"{key}: must be > {bound}{' and finite' * (value == math.inf)}, got {value!r}")
+        bound = f.metadata.get("above")
+        if minimum is not None and value is not None and not value >= minimum:  # NaN fails too
+            raise ConfigError(f"{key}: must be >= {minimum}, got {value!r}")
+        if bound is not None and value is not None and not value > bound:
+            raise ConfigError(f"{key}: must be > {bound}, got {value!r}")
         if maximum is not None and value is not None and value > maximum:
             raise ConfigError(f"{key}: must be <= {maximum}, got {value!r}")
+        if (minimum, bound) != (None, None) and value == math.inf:
+            raise ConfigError(f"{key}: must be finite, got {value!r}")
         if f.metadata.get("nonempty") and not value.strip():
             raise ConfigError(f"{key}: must not be empty, got {value!r}")
         if (pair := f.metadata.get("pair")) and not _is_pair(value, pair[1]):
@@ -377,6 +382,16 @@ def load_config(
         raise ConfigError(f"{key}: {_omegaconf_message(e)}" if key else _omegaconf_message(e)) from None
     validate(cfg)
     return cfg  # type: ignore[return-value]
+
+
+def replaced(obj: T, values: Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> T:
+    """A copy of the config object ``obj`` (a section such as ``cfg.sample``, or a whole config) with ``values``
+    and ``overrides`` applied, checked as :func:`load_config` checks a file (types too: ``steps=2.5`` is an error,
+    ``temperature=1`` is 1.0); NumPy and 0-dim tensor scalars among ``values`` count as the Python numbers they
+    hold."""
+    plain = {k: v.item() if isinstance(v, np.generic) or getattr(v, "ndim", None) == 0 else v
+             for k, v in (values or {}).items()}
+    return load_config(type(obj), values={**dataclasses.asdict(obj), **plain}, overrides=overrides)
 
 
 def to_yaml(cfg: Any) -> str:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from . import samplers
-from .config import ConfigError, SampleConfig, first_line, load_config
+from .config import ConfigError, SampleConfig, first_line, replaced
 from .diffusion import GaussianDiffusion
 from .samplers import Known
 from .schedules import NoiseSchedule
@@ -95,16 +95,15 @@ class Domain(ABC):
         """The one settings object sampling uses: a copy of ``cfg.sample`` with ``overrides`` (None: keep).
 
         A setting this domain does not take is an error naming it and the ones it takes; values are
-        checked as the config checks them (types too: ``steps=2.5`` is an error, ``temperature=1`` is 1.0).
+        checked as the config checks them (:func:`~multigen.config.replaced`: types too).
         Subclasses add their own consistency checks.
         """
         unknown = sorted(set(overrides) - set(self.SETTINGS))
         if unknown:
             raise TypeError(f"{self.name} sampling takes no setting {', '.join(map(repr, unknown))}; "
                             f"its settings are {', '.join(self.SETTINGS)}")
-        given = {k: v for k, v in overrides.items() if v is not None}
         try:
-            return load_config(type(self.cfg.sample), values={**dataclasses.asdict(self.cfg.sample), **given})
+            return replaced(self.cfg.sample, {k: v for k, v in overrides.items() if v is not None})
         except ConfigError as e:
             raise ConfigError(f"sample.{e}") from None
 

@@ -27,7 +27,6 @@ Output directory layout (``train.output_dir``)::
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
 import math
@@ -54,7 +53,7 @@ from tqdm.auto import tqdm
 
 from .checkpoints import (check_resumable, check_same_network, latest_checkpoint, save_checkpoint,
                           set_aside_earlier_run)
-from .config import ConfigError, TrainConfig, first_line, flatten, load_config, read_yaml
+from .config import ConfigError, TrainConfig, first_line, flatten, read_yaml, replaced
 from .domain import DataError, Domain, domain_spec, names_domain
 from .export import config_text, export_model
 from .optim import Muon, hidden_matrices
@@ -227,7 +226,7 @@ class Trainer:
         if not isinstance(getattr(cfg, "train", None), TrainConfig):
             raise TypeError(f"train: {type(cfg).__name__} has no train section; a domain's config_class needs one, "
                             f"train: TrainConfig = field(default_factory=TrainConfig) (multigen.config)")
-        cfg = load_config(domain_cls.config_class, values=dataclasses.asdict(cfg))
+        cfg = replaced(cfg)  # checked as a config file is, and copied
         t = self.t = cfg.train
         if t.optimizer == "muon" and t.mixed_precision == "fp16":
             raise ConfigError("train.optimizer=muon with train.mixed_precision=fp16: Accelerate's loss scaler "

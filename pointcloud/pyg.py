@@ -98,8 +98,8 @@ def complete(pretrained: Any, partials: Data | Batch, **settings: Any) -> Batch:
 
 
 def float_holding(dtype: torch.dtype) -> torch.dtype:
-    """The floating dtype that holds every value of ``dtype`` exactly: float32 and float64 themselves, float32 for
-    half precision and integers of up to 16 bits, float64 for wider integers."""
+    """The floating dtype that holds the values of ``dtype`` exactly: float32 and float64 themselves, float32 for
+    half precision and integers of up to 16 bits, float64 for wider integers (int64 ones up to 2**53)."""
     if dtype in (torch.float32, torch.float64):
         return dtype
     return torch.float32 if dtype.is_floating_point or dtype.itemsize <= 2 else torch.float64
@@ -114,6 +114,6 @@ class NormalizeUnitSphere(BaseTransform):
 
     def forward(self, data: Data) -> Data:
         points = check_points(data.pos.detach().double().cpu().numpy(), "the transformed Data's pos", need_extent=True)
-        dtype = data.pos.dtype if data.pos.is_floating_point() else torch.get_default_dtype()  # (ints: all 0)
+        dtype = data.pos.dtype if data.pos.is_floating_point() else float_holding(data.pos.dtype)  # (ints: all 0)
         data.pos = torch.from_numpy(normalize(points)).to(data.pos.device, dtype)
         return data

@@ -79,11 +79,26 @@ def test_lists_of_strings_keep_their_items_as_typed(tmp_path):
         load_config(PointCloudConfig, overrides=["data.families=chair"])
 
 
-@pytest.mark.parametrize("override", ["train.lr=nan", "train.ema_decay=1.5", "sample.eta=2", "train.lr=inf",
-                                      "sample.temperature=.inf"])
-def test_numbers_out_of_range_nan_or_infinite_are_errors(override):
-    with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
+@pytest.mark.parametrize("override, says", [("train.lr=nan", ">= 0"), ("train.ema_decay=1.5", "<= 1"),
+                                             ("sample.eta=2", "<= 1"), ("train.lr=inf", "finite"),
+                                             ("sample.temperature=.inf", "finite"), ("sample.eta=inf", "<= 1.0")])
+def test_numbers_out_of_range_nan_or_infinite_are_errors(override, says):
+    with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.") + f": must be {says}"):
         load_config(Toy2DConfig, overrides=[override])
+
+
+def test_sampling_settings_take_numpy_and_tensor_scalars_and_check_types():
+    """NumPy and 0-dim tensor numbers count as the numbers they hold (a loop over np.linspace); a fraction where a
+    whole number is due and a bool are named."""
+    import torch
+
+    domain = Toy2D(load_config(Toy2DConfig))
+    s = domain.sample_settings(temperature=np.float32(0.5), steps=np.int64(4), eta=torch.tensor(0.25),
+                               sampler="ddim")
+    assert (s.temperature, s.steps, s.eta) == (0.5, 4, 0.25) and type(s.steps) is int
+    for bad, says in ((dict(steps=2.5), "sample.steps: Value '2.5'"), (dict(steps=True), "sample.steps: Value 'True'")):
+        with pytest.raises(ConfigError, match=says):
+            domain.sample_settings(**bad)
 
 
 @pytest.mark.parametrize("blank", ["", "  "])

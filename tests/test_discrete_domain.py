@@ -114,6 +114,8 @@ def test_library_calls_take_narrow_integers_and_name_what_they_cannot_take(untra
     assert torch.equal(d.elbo_bits(p.model, tokens, 2, orders=2), d.elbo_bits(p.model, tokens, 2, any_order=True,
                                                                               orders=2))
     assert torch.isfinite(d.elbo_bits(p.model, tokens, 2, steps=64)).all()  # the finer chain (T = 32)
+    with pytest.raises(ValueError, match="steps=4: the any-order bound .*orders=2"):  # (steps were dropped)
+        d.elbo_bits(p.model, tokens, 2, steps=4, orders=2)
     for call, message in ((lambda: d.elbo_bits(p.model, tokens, 0), "batch_size: a whole number >= 1, got 0"),
                           (lambda: d.elbo_bits(p.model, tokens, 2, steps=2.5), "steps: a whole number"),
                           (lambda: p.sample(1, steps=2.5), "sample.steps: Value '2.5' of type 'float'"),
@@ -169,7 +171,7 @@ def test_cli_infill_prompt_and_eval(untrained_export, tmp_path, capsys):
         assert "bits/char" in line and words in line
     for extra in (["--any-order"], ["--orders", "2"]):
         assert discrete_cli(["eval", "--checkpoint", ckpt, "--data", str(held_out), *extra, "--steps", "4"]) == 2
-        assert "take no --steps" in capsys.readouterr().err
+        assert "steps=4: the any-order bound" in capsys.readouterr().err
     assert discrete_cli(["sample", "--checkpoint", ckpt, "--prompt", "Ωmega"]) == 2
     assert "'Ω'" in capsys.readouterr().err
     assert discrete_cli(["sample", "--checkpoint", ckpt, "--prompt", "The", "--temperature", "0"]) == 2

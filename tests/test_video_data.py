@@ -194,6 +194,13 @@ def test_frames_to_clip_resizes_crops_and_converts_exactly_at_model_size():
         to_uint8(same.index_fill(0, torch.tensor([2]), math.nan))
 
 
+def test_a_preview_grid_of_clips_with_nan_is_drawn_with_a_warning(tmp_path):
+    """The trainer's sample pictures go on (a NaN frame drawn black); only the command line's outputs refuse it."""
+    clips = torch.zeros(2, 3, 1, 8, 8).index_fill(0, torch.tensor([1]), math.nan)
+    with pytest.warns(UserWarning, match="NaN or infinite values, drawn black"):
+        assert save_clip_grid(clips, tmp_path / "grid").is_file()
+
+
 def test_write_read_round_trips(tmp_path):
     frames = gradient_video(5, 32, 32)
     write_video(tmp_path / "v.npy", frames)
@@ -450,6 +457,12 @@ def test_gifs_are_read_back_frame_by_frame(tmp_path):
     assert sorted(set(durations)) == [120, 130] and sum(durations) == 1000  # 8 frames at 8 fps: one second
     with pytest.warns(UserWarning, match="will not play at that rate"):
         write_video(tmp_path / "fast.gif", colour, fps=60)
+    with Image.open(write_video(tmp_path / "slow.gif", colour, fps=7.5)) as gif:  # a fractional rate
+        assert sum(gif.seek(t) or gif.info["duration"] for t in range(gif.n_frames)) == 1060  # 8 / 7.5 s, to 1/100
+    ours = tmp_path / "cut_ours.gif"
+    ours.write_bytes((tmp_path / "colour.gif").read_bytes()[: (tmp_path / "colour.gif").stat().st_size * 9 // 10])
+    with pytest.raises(VideoReadError, match="cut_ours.gif: cannot decode the GIF"):
+        read_video(ours)
 
 
 def test_a_video_folder_takes_frame_folders_and_skips_hidden_ones(tmp_path, mp4):

@@ -71,9 +71,10 @@ def _load_npy(path: Path, video: int | None = None) -> np.ndarray:
     ``(N, T, H, W, C)``, the one at index ``video``."""
     arr = load_npy(path, VideoReadError, mmap_mode="r")
     if arr.dtype != np.uint8 or arr.ndim not in (4, 5) or arr.shape[-1] not in (1, 3):
-        hint = ("; for RGBA frames, save their colour channels a[..., :3]" if arr.shape[-1:] == (4,) else
+        hint = ("" if arr.dtype != np.uint8 else
+                "; for RGBA frames, save their colour channels a[..., :3]" if arr.shape[-1:] == (4,) else
                 "; for grey videos stored (T, N, H, W) as Moving MNIST's mnist_test_seq.npy, save "
-                "a.transpose(1, 0, 2, 3)[..., None]" if arr.ndim == 4 and arr.dtype == np.uint8 else "")
+                "a.transpose(1, 0, 2, 3)[..., None]" if arr.ndim == 4 else "")
         raise VideoReadError(f"{path}: expected uint8 (T, H, W, C), or (N, T, H, W, C) for N videos, with C in "
                              f"(1, 3), got {arr.dtype} {arr.shape}{hint}")
     if arr.ndim == 5:
@@ -380,7 +381,7 @@ def _write_gif(path: Path, rgb: np.ndarray, fps: int) -> None:
     out = [b"GIF89a", struct.pack("<HHBBB", W, H, 0xF7, 0, 0), palette,  # screen: a global table of 256 colours
            b"!\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"]  # loop for ever
     for t in range(T):
-        delay = 100 * (t + 1) // fps - 100 * t // fps
+        delay = int(100 * (t + 1) // fps - 100 * t // fps)
         out.append(b"!\xf9\x04\x00" + struct.pack("<H", delay) + b"\x00\x00")  # graphic control: the delay
         frame = fitted.crop((0, t * H, W, (t + 1) * H))
         out += GifImagePlugin.getdata(frame)  # image descriptor (no local table) and LZW data, by Pillow
@@ -395,6 +396,9 @@ def save_clip_grid(clips: Tensor, path: str | Path, fps: int = 8) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     N, T, C, H, W = clips.shape
+    if not torch.isfinite(clips).all():  # a preview (the trainer's samples) goes on; the CLI's outputs refuse them
+        warnings.warn(f"{path}: the clips hold NaN or infinite values, drawn black (NaN) or clipped", stacklevel=2)
+        clips = torch.nan_to_num(clips, nan=-1.0)
     frames = np.stack([to_uint8(c) for c in clips])  # (N, T, H, W, C)
     if C == 1:
         frames = np.repeat(frames, 3, axis=-1)
