@@ -146,9 +146,9 @@ class DiffusionConfig:
     max_beta: float = 0.999  # upper clip of discrete betas
     parameterization: str = choice("v", "eps", "x0", "v")  # v stays well-conditioned where alpha -> 0
     loss_weighting: str = choice("uniform", "uniform", "snr", "min_snr")
-    min_snr_gamma: float = at_least(5.0, 0.0)
+    min_snr_gamma: float = above(5.0, 0.0)
     time_sampling: str = choice("uniform", "uniform", "stratified")  # training steps: independent or one per stratum
-    clip_x0: float | None = None
+    clip_x0: float | None = above(None, 0.0)  # the largest |x0| the denoiser returns; None: no clipping
 
 
 @dataclass

@@ -140,6 +140,11 @@ class EstimateHistory:
         self.last = x0.detach()
 
 
+def _per_item(v: Tensor) -> Tensor:
+    """``v`` ``(B, ...)`` as ``(B, values)``: data of one value an item, ``(B,)``, as ``(B, 1)``."""
+    return v.flatten(1) if v.dim() > 1 else v[:, None]
+
+
 class GaussianDiffusion:
     """DDPM-style Gaussian diffusion over a :class:`NoiseSchedule`.
 
@@ -171,6 +176,10 @@ class GaussianDiffusion:
             raise ValueError(f"unknown loss weighting {loss_weighting!r}; choose one of {LOSS_WEIGHTINGS}")
         if time_sampling not in TIME_SAMPLINGS:
             raise ValueError(f"unknown time sampling {time_sampling!r}; choose one of {TIME_SAMPLINGS}")
+        if not 0 < min_snr_gamma < math.inf:  # 0 trains nothing, below it the loss is negative
+            raise ValueError(f"min_snr_gamma must be a finite number > 0, got {min_snr_gamma}")
+        if clip_x0 is not None and not 0 < clip_x0 < math.inf:  # 0 or below makes every x0 the same constant
+            raise ValueError(f"clip_x0 must be a finite number > 0 (the largest |x0|) or None, got {clip_x0}")
         self.schedule = schedule
         self.parameterization = parameterization
         self.loss_weighting = loss_weighting
@@ -242,10 +251,10 @@ class GaussianDiffusion:
         target = self.target(x0, noise, alpha, sigma).float()
         err = (out - target) ** 2 * expand_like(self.loss_weight(steps), out)
         if loss_mask is None:
-            per_sample = err.flatten(1).mean(1)
+            per_sample = _per_item(err).mean(1)
         else:
             m = loss_mask.to(err.dtype).expand_as(err)
-            per_sample = (err * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp(min=1.0)
+            per_sample = _per_item(err * m).sum(1) / _per_item(m).sum(1).clamp(min=1.0)
         return per_sample
 
     def _self_conditioned(self, model_fn: SelfConditionedFn, x_t: Tensor, time: Tensor, alpha: Tensor, sigma: Tensor,
@@ -331,7 +340,7 @@ class GaussianDiffusion:
         B, T = x0.shape[0], self.timesteps
         dims = x0[0].numel()
         sched = self.schedule
-        flat_sum = lambda v: v.flatten(1).sum(1)  # noqa: E731
+        flat_sum = lambda v: _per_item(v).sum(1)  # noqa: E731
         denoise = self.denoiser(model_fn)
 
         abar_T = expand_like(sched.alpha_bar(torch.full((B,), T)), x0)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 
 def gaussian_fit(points: Tensor, shape: tuple[int, ...], seed: int = 0) -> Tensor:
     """A trivial baseline: ``shape`` draws (last size ``D``) from the Gaussian with the mean and covariance of
-    ``points`` ``(N, D)``, the noise drawn on the CPU from ``seed``."""
-    chol = torch.linalg.cholesky(torch.cov(points.T))
-    return points.mean(0) + torch.randn(shape, generator=torch.Generator().manual_seed(seed)) @ chol.T
+    ``points`` ``(N, D)``, in their dtype and on their device, the noise drawn on the CPU from ``seed``."""
+    chol = torch.linalg.cholesky(torch.atleast_2d(torch.cov(points.T)))  # (D = 1: a 1 x 1 covariance)
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=points.dtype)
+    return points.mean(0) + noise.to(points.device) @ chol.T
 
 
 def sliced_wasserstein(x: Tensor, y: Tensor, projections: int = 256, seed: int = 0) -> float:
@@ -23,6 +26,9 @@ def sliced_wasserstein(x: Tensor, y: Tensor, projections: int = 256, seed: int =
     """
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
         raise ValueError(f"expected (N, D) and (M, D) point sets, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if not (len(x) and len(y) and projections >= 1):
+        raise ValueError(f"sliced W2 needs two non-empty sets and projections >= 1, got {len(x)} and {len(y)} "
+                         f"points, {projections} projections")
     g = torch.Generator().manual_seed(seed)
     dirs = torch.randn(x.shape[1], projections, generator=g, dtype=torch.float64)
     dirs /= dirs.norm(dim=0, keepdim=True)
@@ -45,9 +51,13 @@ def one_nna(d_ss: Tensor, d_rr: Tensor, d_sr: Tensor) -> float:
     n, m = d_sr.shape
     if not (n and m):
         raise ValueError(f"1-NNA compares two sets, got {n} samples and {m} references")
-    inf = torch.tensor(float("inf"), dtype=d_ss.dtype)
-    top = torch.cat([d_ss.clone().fill_diagonal_(inf), d_sr], 1)  # samples' distances to everything
-    bottom = torch.cat([d_sr.T, d_rr.clone().fill_diagonal_(inf)], 1)  # references' distances
+    if d_ss.shape != (n, n) or d_rr.shape != (m, m):
+        raise ValueError(f"1-NNA: d_sr is {n} x {m}, so d_ss must be {n} x {n} and d_rr {m} x {m}; got "
+                         f"{tuple(d_ss.shape)} and {tuple(d_rr.shape)}")
+    # float64 copies (integer distances, Hamming counts, too): the diagonals are overwritten
+    d_ss, d_rr, d_sr = (d.to(torch.float64, copy=True) for d in (d_ss, d_rr, d_sr))
+    top = torch.cat([d_ss.fill_diagonal_(math.inf), d_sr], 1)  # samples' distances to everything
+    bottom = torch.cat([d_sr.T, d_rr.fill_diagonal_(math.inf)], 1)  # references' distances
     nearest = torch.cat([top, bottom]).argmin(1)
     label = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(m, dtype=torch.bool)])
     return (label[nearest] == label).double().mean().item()

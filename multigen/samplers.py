@@ -349,12 +349,13 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": ddpm, "ddim": ddim, "dpm_s
 
 
 def is_whole(n: Any) -> bool:
-    """Whether ``n`` is an integer (a Python, NumPy or 0-dim torch one; not a float, not a bool)."""
+    """Whether ``n`` is an integer (a Python, NumPy or 0-dim torch one; not a float, not a bool, not a tensor of
+    one element and more dimensions, which ``operator.index`` takes)."""
     try:
         operator.index(n)
     except TypeError:
         return False
-    return not isinstance(n, bool)
+    return not isinstance(n, bool) and getattr(n, "ndim", 0) == 0
 
 
 def check_delay(delay: Tensor, shape: tuple[int, ...]) -> None:
@@ -436,8 +437,8 @@ def sample(
     :func:`dpm_solver_pp`).
     """
     check_settings(sampler, eta, resample, staggered="" if delay is None else "a delay per item (a staggered schedule)")
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0 <= temperature < math.inf:
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
     if not 0.0 < start <= 1.0:
         raise ValueError(f"start must lie in (0, 1], got {start}")
     if (init is None) != (start == 1.0):

@@ -81,8 +81,13 @@ class NoiseSchedule:
             raise ValueError(f"unknown noise schedule {self.kind!r}; choose one of {SCHEDULES}")
         if isinstance(self.timesteps, bool) or not isinstance(self.timesteps, numbers.Integral) or self.timesteps < 1:
             raise ValueError(f"timesteps must be an integer >= 1, got {self.timesteps!r}")
-        if not 0 < self.max_beta <= 1:
-            raise ValueError(f"max_beta caps each step's noise variance: in (0, 1], got {self.max_beta}")
+        for name in ("beta_start", "beta_end", "cosine_s", "sigmoid_start", "sigmoid_end", "sigmoid_tau", "max_beta"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"the schedule's {name} must be a finite number, got {getattr(self, name)}")
+        if not 0 < self.max_beta < 1:  # at 1 the last step is pure noise, alpha_bar_T = 0: eps's x0 divides by it
+            raise ValueError(f"max_beta caps each step's noise variance: in (0, 1), got {self.max_beta}")
+        if self.kind == "cosine" and self.cosine_s < 0:
+            raise ValueError(f"the cosine schedule's offset cosine_s must be >= 0, got {self.cosine_s}")
         if self.kind == "linear" and not min(self.beta_start, self.beta_end) >= 0:  # above 1: clipped to max_beta
             raise ValueError(f"the linear schedule's betas are noise variances, >= 0; got beta_start="
                              f"{self.beta_start}, beta_end={self.beta_end}")
@@ -95,7 +100,7 @@ class NoiseSchedule:
         # index 0 is clean data
         self._alpha_bars = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bars])
         terminal = float(self._alpha_bars[-1])
-        if terminal > MAX_TERMINAL_ALPHA_BAR:
+        if not terminal <= MAX_TERMINAL_ALPHA_BAR * (1 + 1e-9):  # (1 - 0.999 is 0.0010000000000000009)
             # samplers start from N(0, I): a schedule that ends far from pure noise samples from the wrong prior
             advice = "check the schedule's parameters"
             if self.kind == "linear":

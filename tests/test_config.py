@@ -81,7 +81,8 @@ def test_lists_of_strings_keep_their_items_as_typed(tmp_path):
 
 @pytest.mark.parametrize("override, says", [("train.lr=nan", ">= 0"), ("train.ema_decay=1.5", "<= 1"),
                                              ("sample.eta=2", "<= 1"), ("train.lr=inf", "finite"),
-                                             ("sample.temperature=.inf", "finite"), ("sample.eta=inf", "<= 1.0")])
+                                             ("sample.temperature=.inf", "finite"), ("sample.eta=inf", "<= 1.0"),
+                                             ("diffusion.clip_x0=-1", "> 0"), ("diffusion.min_snr_gamma=0", "> 0")])
 def test_numbers_out_of_range_nan_or_infinite_are_errors(override, says):
     with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.") + f": must be {says}"):
         load_config(Toy2DConfig, overrides=[override])

@@ -251,3 +251,16 @@ def test_a_network_output_of_the_wrong_shape_is_refused_in_training_and_sampling
         d.loss(drops_a_column, torch.randn(8, 2))
     with pytest.raises(ValueError, match=r"the network returned shape \(8, 1\) for x_t of shape \(8, 2\)"):
         d.denoiser(drops_a_column)(torch.randn(8, 2), torch.full((8,), 0.5))
+
+
+def test_data_of_one_value_an_item_and_settings_that_ruin_training_or_sampling():
+    """The loss of data (B,) was an IndexError (the samplers take it); min_snr_gamma <= 0 trained nothing or gave
+    negative losses, clip_x0 <= 0 made every x0 one constant: refused."""
+    schedule = NoiseSchedule("cosine", 100)
+    diffusion = GaussianDiffusion(schedule, "eps")
+    assert diffusion.loss(lambda x, t: x, torch.randn(8)).shape == (8,)
+    assert diffusion.variational_bound(lambda x, t: x * 0, torch.randn(8))["total"].shape == (8,)
+    for kwargs, says in ((dict(min_snr_gamma=0.0), "min_snr_gamma must be a finite number > 0"),
+                         (dict(clip_x0=-1.0), "clip_x0 must be a finite number > 0")):
+        with pytest.raises(ValueError, match=says):
+            GaussianDiffusion(schedule, "eps", **kwargs)

@@ -128,3 +128,23 @@ def test_the_gaussian_baseline_has_the_data_s_mean_and_covariance():
     assert torch.allclose(draws.mean(0), points.mean(0), atol=0.05)
     assert torch.allclose(torch.cov(draws.T), torch.cov(points.T), rtol=0.05, atol=0.03)
     assert torch.equal(gaussian_fit(points, (40000, 2), seed=3), draws)  # the noise is drawn from the seed
+
+
+def test_metrics_take_float64_one_dimensional_and_integer_inputs_and_name_empty_ones():
+    """gaussian_fit failed on float64 points and on D = 1; one_nna on integer distances (Hamming counts) and on
+    mismatched matrices deep inside torch.cat; sliced_wasserstein of an empty set was an IndexError, and of no
+    projections NaN."""
+    from multigen.metrics import one_nna
+
+    assert gaussian_fit(torch.randn(100, 2, dtype=torch.float64), (5, 2)).dtype == torch.float64
+    assert gaussian_fit(torch.randn(100, 1), (5, 1)).shape == (5, 1)
+    d_ss = torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
+    ints = torch.tensor([[0, 1], [1, 0]])
+    assert one_nna(d_ss, d_ss.clone(), torch.full((2, 2), 5.0)) == 1.0 == one_nna(ints, ints, ints * 0 + 5)
+    assert d_ss[0, 0] == 0  # the caller's matrix is left as it was
+    for call, says in ((lambda: one_nna(d_ss, torch.zeros(3, 3), torch.zeros(2, 2)), "d_rr 2 x 2"),
+                       (lambda: sliced_wasserstein(torch.zeros(0, 2), torch.ones(4, 2)), "two non-empty sets"),
+                       (lambda: sliced_wasserstein(torch.zeros(3, 2), torch.ones(4, 2), projections=0),
+                        "projections >= 1")):
+        with pytest.raises(ValueError, match=says):
+            call()

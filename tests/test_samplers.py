@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from multigen.benchmarking import sampler_setting
-from multigen.samplers import DEFAULT_SPACING, SAMPLERS, SPACINGS, Known, ddim, ddpm, dpm_solver_pp, sample, sampling_grid
+from multigen.samplers import (DEFAULT_SPACING, SAMPLERS, SPACINGS, Known, ddim, ddpm, dpm_solver_pp, is_whole, sample,
+                               sampling_grid)
 from multigen.schedules import NoiseSchedule
 from multigen.testing import gaussian_mixture_denoiser
 
@@ -280,8 +281,10 @@ def test_temperature_keeps_the_known_part_and_rejects_a_negative_value():
     known = Known(torch.tensor([[True, False]]), values)
     x = sample(D, (4, 2), SCHEDULE, sampler="ddpm", steps=20, temperature=0.3, known=known, dtype=torch.float64)
     assert torch.equal(x[:, 0], values[:, 0])
-    with pytest.raises(ValueError, match="temperature must be >= 0"):
-        sample(D, (4, 2), SCHEDULE, temperature=-0.5)
+    for bad in (-0.5, math.inf):  # (infinity gave NaN samples)
+        with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
+            sample(D, (4, 2), SCHEDULE, temperature=bad)
+    assert not is_whole(torch.tensor([5])) and is_whole(torch.tensor(5))  # (a 1-element tensor failed in linspace)
 
 
 def test_a_staggered_dpm_solver_takes_each_independent_items_own_path():

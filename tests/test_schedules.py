@@ -69,6 +69,19 @@ def test_model_time_and_errors():
         s.alpha_bar(torch.tensor([51]))
 
 
+def test_parameters_that_give_nan_tables_or_a_zero_terminal_level_are_refused():
+    """NaN parameters passed (every alpha_bar NaN), cosine_s = -1 was a ZeroDivisionError, max_beta = 1 made
+    alpha_bar_T 0 (eps prediction's x0 divides by it: every sample NaN); T = 1 at the default max_beta ends at
+    1 - 0.999 = 0.0010000000000000009, which the check refused as above 0.001."""
+    for kwargs, says in ((dict(cosine_s=math.nan), "cosine_s must be a finite number"),
+                         (dict(kind="linear", beta_end=math.inf), "beta_end must be a finite number"),
+                         (dict(kind="sigmoid", sigmoid_tau=math.nan), "sigmoid_tau must be a finite number"),
+                         (dict(cosine_s=-1.0), "cosine_s must be >= 0"), (dict(max_beta=1.0), r"in \(0, 1\)")):
+        with pytest.raises(ValueError, match=says):
+            NoiseSchedule(**kwargs)
+    assert NoiseSchedule("cosine", 1).alpha_bar(torch.tensor(1)).item() == pytest.approx(1e-3)
+
+
 @pytest.mark.parametrize("kind", SCHEDULES)
 @pytest.mark.parametrize("T", [10, 50, 100, 250, 1000])
 def test_every_schedule_ends_near_pure_noise_or_is_rejected(kind, T):
