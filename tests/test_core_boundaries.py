@@ -69,7 +69,7 @@ def test_a_schedule_refuses_what_breaks_it_and_compares_without_error():
     from multigen.schedules import NoiseSchedule
 
     for kw, message in [({"timesteps": 100.0}, "timesteps must be an integer >= 1, got 100.0"),
-                        ({"max_beta": 1.5}, r"max_beta .* in \(0, 1\], got 1.5"),
+                        ({"max_beta": 1.5}, r"max_beta .* in \(0, 1\), got 1.5"),
                         ({"kind": "linear", "beta_start": -1e-3}, "betas are noise variances, >= 0"),
                         ({"kind": "sigmoid", "sigmoid_tau": 0.0}, "sigmoid_tau != 0"),
                         ({"kind": "sigmoid", "sigmoid_start": 1.0, "sigmoid_end": 1.0},
