@@ -213,8 +213,8 @@ def ddpm(
     ``temperature`` scales the noise each step draws (not resampling's return to the step's level, a forward
     step, nor the known part's noise): 0 takes the posterior mean at every step.
     """
-    if resample < 1:
-        raise ValueError(f"resample must be >= 1, got {resample}")
+    check_settings("ddpm", resample=resample)
+    check_temperature(temperature)
     x = _impose(noise, known, grid.alpha_bar[0], generator)
     for k in tqdm(range(grid.steps), desc="ddpm", disable=not progress):
         abar_t, abar_s = grid.alpha_bar[k], grid.alpha_bar[k + 1]
@@ -245,6 +245,7 @@ def ddim(
     """DDIM (Song et al., 2021): deterministic at ``eta = 0``, ancestral DDPM at ``eta = 1``.
     ``temperature`` scales the noise that ``eta > 0`` draws at each step."""
     check_settings("ddim", eta)
+    check_temperature(temperature)
     x = _impose(noise, known, grid.alpha_bar[0], generator)
     for k in tqdm(range(grid.steps), desc="ddim", disable=not progress):
         abar_t, abar_s = float(grid.alpha_bar[k]), float(grid.alpha_bar[k + 1])
@@ -282,6 +283,7 @@ def dpm_solver_pp(
     not depend on the others follows the same path whatever its delay.
     """
     if delay is not None:
+        check_delay(delay, tuple(noise.shape))
         return _staggered_dpm_solver_pp(denoiser, noise, grid, delay, known, progress)
     x = _impose(noise, known, grid.alpha_bar[0], generator)
     alphas, sigmas = grid.alpha_bar.sqrt(), (1.0 - grid.alpha_bar).sqrt()
@@ -375,6 +377,12 @@ def check_delay(delay: Tensor, shape: tuple[int, ...]) -> None:
         raise ValueError("delay: steps >= 0 (an item starts that many steps after the first), got a negative one")
 
 
+def check_temperature(temperature: float) -> None:
+    """The scale of a sampler's noise: a finite number ``>= 0`` (0 takes the mean at every step)."""
+    if not 0 <= temperature < math.inf:
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+
+
 def check_settings(sampler: str, eta: float = 0.0, resample: int = 1, staggered: str = "",
                    prefix: str = "") -> None:
     """Reject a sampler name that does not exist and a setting that the chosen sampler never uses:
@@ -437,15 +445,12 @@ def sample(
     :func:`dpm_solver_pp`).
     """
     check_settings(sampler, eta, resample, staggered="" if delay is None else "a delay per item (a staggered schedule)")
-    if not 0 <= temperature < math.inf:
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    check_temperature(temperature)
     if not 0.0 < start <= 1.0:
         raise ValueError(f"start must lie in (0, 1], got {start}")
     if (init is None) != (start == 1.0):
         raise ValueError(f"init and start < 1 go together (SDEdit: init noised to time start), got "
                          f"{'no init' if init is None else 'an init'} with start={start}")
-    if delay is not None:
-        check_delay(delay, tuple(shape))
     if init is not None and (delay is not None or tuple(init.shape) != tuple(shape)):
         raise ValueError(f"init of shape {tuple(init.shape)} for samples of shape {tuple(shape)}" if delay is None
                          else "init (a start below t = 1) and a delay per item do not go together")

@@ -64,6 +64,24 @@ def test_the_core_samplers_name_settings_they_cannot_use():
     assert sample(zero, (4, 2), schedule, steps=np.int64(5)).shape == (4, 2)  # a NumPy integer is an integer
 
 
+def test_the_plain_sampler_functions_check_their_own_settings():
+    """Called without :func:`sample` (as k-diffusion's samplers are), ddpm refuses a fractional resample (a
+    TypeError in ``range``) and a negative or infinite temperature, ddim such a temperature, and dpm_solver_pp a
+    negative or fractional delay (a negative one started its item below the grid's first level)."""
+    from multigen.samplers import ddim, ddpm, dpm_solver_pp, sampling_grid
+    from multigen.schedules import NoiseSchedule
+
+    grid, zero, noise = sampling_grid(NoiseSchedule("cosine", 100), 5, "time"), lambda x, t: 0 * x, torch.randn(4, 2)
+    for sampler, kw, message in [(ddpm, {"resample": 1.5}, r"resample=1.5: .* an integer >= 1"),
+                                 (ddpm, {"temperature": -1.0}, "temperature must be a finite number >= 0"),
+                                 (ddim, {"temperature": float("inf")}, "temperature must be a finite number >= 0"),
+                                 (dpm_solver_pp, {"delay": torch.tensor([0, 1, -1, 0])}, "delay: steps >= 0"),
+                                 (dpm_solver_pp, {"delay": torch.zeros(4)}, "delay: whole sampler steps")]:
+        with pytest.raises(ValueError, match=message):
+            sampler(zero, noise, grid, **kw)
+    assert ddpm(zero, noise, grid, resample=np.int64(2)).shape == (4, 2)
+
+
 def test_a_schedule_refuses_what_breaks_it_and_compares_without_error():
     from multigen.diffusion import GaussianDiffusion
     from multigen.schedules import NoiseSchedule

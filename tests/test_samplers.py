@@ -206,7 +206,7 @@ def test_grid_and_argument_errors():
         sampling_grid(SCHEDULE, 10, "cubic")
     with pytest.raises(ValueError, match="unknown sampler"):
         sample(lambda x, t: x, (2, 2), SCHEDULE, sampler="euler")
-    with pytest.raises(ValueError, match="resample must be >= 1"):
+    with pytest.raises(ValueError, match="resample=0: .* an integer >= 1"):
         ddpm(lambda x, t: x, torch.zeros(2, 2), sampling_grid(SCHEDULE, 4), resample=0)
 
 
