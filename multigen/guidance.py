@@ -56,13 +56,22 @@ def classifier_free_guidance(
     lo, hi = interval
     if not 0.0 <= lo <= hi <= 1.0:
         raise ValueError(f"guidance interval {interval}: need 0 <= lo <= hi <= 1")
+    def check_batch(x: Tensor) -> None:
+        if cond.shape[0] != x.shape[0]:
+            raise ValueError(f"classifier-free guidance: cond holds {cond.shape[0]} conditions for a batch of "
+                             f"{x.shape[0]} samples (one a sample, along its leading dimension)")
+
     if scale == 1.0:
-        return lambda x, t: denoiser(x, t, cond)
+        def conditional(x: Tensor, t: Tensor) -> Tensor:
+            check_batch(x)
+            return denoiser(x, t, cond)
+        return conditional
     if null_offset is not None and alpha is None:
         raise ValueError("a null_offset needs the schedule's alpha(t) to move x_t into the null branch's frame")
     limited = (lo, hi) != (0.0, 1.0)
 
     def guided(x: Tensor, t: Tensor) -> Tensor:
+        check_batch(x)
         inside = (t >= lo) & (t <= hi) if limited else None
         # one host sync a step, only for a limited interval (meta tensors have no values to test: both branches run)
         if inside is not None and not inside.is_meta and not bool(inside.any()):

@@ -84,3 +84,18 @@ def test_a_null_branch_that_learnt_moved_data_is_moved_back_by_its_offset():
     assert not torch.allclose(classifier_free_guidance(denoiser, cond, null, 0.0)(x, t), d_u), "the offset matters"
     with pytest.raises(ValueError, match="null_offset needs the schedule's alpha"):
         classifier_free_guidance(denoiser, cond, null, 2.0, null_offset=c)
+
+
+def test_a_condition_for_another_batch_is_named():
+    """``cond`` holds one condition a sample: one for another batch size was concatenated with the null ones and
+    reached the user's denoiser as a batch of the wrong size (its own error, or a silent broadcast of one
+    condition to every sample); it is a ValueError naming both sizes, at every scale."""
+    def den(x, t, c):
+        return x + c.sum(-1, keepdim=True)
+
+    x, t = torch.randn(4, 2), torch.rand(4)
+    for scale in (1.0, 2.0):
+        guided = classifier_free_guidance(den, torch.ones(1, 3), torch.zeros(3), scale)
+        with pytest.raises(ValueError, match=r"cond holds 1 conditions for a batch of 4 samples"):
+            guided(x, t)
+    assert classifier_free_guidance(den, torch.ones(4, 3), torch.zeros(3), 2.0)(x, t).shape == (4, 2)
