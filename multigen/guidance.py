@@ -56,6 +56,7 @@ def classifier_free_guidance(
     lo, hi = interval
     if not 0.0 <= lo <= hi <= 1.0:
         raise ValueError(f"guidance interval {interval}: need 0 <= lo <= hi <= 1")
+
     def check_batch(x: Tensor) -> None:
         if cond.shape[0] != x.shape[0]:
             raise ValueError(f"classifier-free guidance: cond holds {cond.shape[0]} conditions for a batch of "
