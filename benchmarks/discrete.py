@@ -54,7 +54,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchm
 from discrete.d3pm import D3PM, Absorbing, DiscretizedGaussian, Uniform, d3pm_betas  # noqa: E402
 from discrete.domain import Discrete, DiscreteConfig, mean_and_stderr  # noqa: E402
 from discrete.model import SequenceTransformer  # noqa: E402
-from multigen.benchmarking import markdown_table, timed, write_results  # noqa: E402
+from multigen.benchmarking import json_path, markdown_table, timed, write_results  # noqa: E402
 from multigen.cli import available_device, positive_int  # noqa: E402
 from multigen.config import ConfigError, load_config, replaced  # noqa: E402
 from multigen.domain import check_count  # noqa: E402
@@ -262,8 +262,9 @@ def infill(device: str, seeds: list[int], train_steps: int, windows: int, hidden
         L, run = truth.shape[1], truth.shape[1] // 4
         starts = torch.randint(0, L - run + 1, (len(truth), 1), generator=g)
         pos = torch.arange(L)
-        hides = {"scattered": torch.rand(truth.shape, generator=g) < hidden,
-                 "run": (pos >= starts) & (pos < starts + run)}
+        scattered = torch.rand(truth.shape, generator=g) < hidden
+        scattered[0, 0] |= ~scattered.any()  # at least one character to generate
+        hides = {"scattered": scattered, "run": (pos >= starts) & (pos < starts + run)}
         row = {"seed": seed, "train_steps": train_steps, "train_seconds": plain_seconds,
                "marked_train_seconds": marked_seconds}
 
@@ -491,8 +492,10 @@ def main() -> None:
                              "this many random orders a window (this many times the any-order bound's cost)")
     parser.add_argument("--ar-override", nargs="*", default=[],
                         help="dotted overrides of the autoregressive twin's config only, applied after --override")
-    parser.add_argument("--out", default="benchmarks/out/discrete.json")
+    parser.add_argument("--out", type=json_path, default="benchmarks/out/discrete.json")
     args = parser.parse_args()
+    if len(set(args.seeds)) < len(args.seeds):
+        parser.error(f"--seeds {args.seeds}: each seed once (a repeated seed repeats its run and hides the spread)")
     if min(args.vocab) < 2:
         parser.error(f"--vocab: a transition needs at least 2 classes, got {min(args.vocab)}")
     if not 0 < args.hidden < 1:
@@ -534,7 +537,7 @@ def main() -> None:
                               "minus clean, paired by seed": mean_std(gain, "+.3f")})
         print("\n" + markdown_table(table))
     if args.curve:
-        c = result["curve"] = curve(args.device, Path(args.out).parent / "discrete_run", args.eval_every,
+        c = result["curve"] = curve(args.device, args.out.parent / "discrete_run", args.eval_every,
                                     args.sampling_steps, args.sequences, args.override)
         print(f"\ntrained in {c['train_minutes']:.1f} min; held-out bits/char ({c['held_out_sequences']} sequences)")
         by_step, by_steps = c["by_training_step"], c["by_sampling_steps"]
@@ -545,7 +548,7 @@ def main() -> None:
                                       **{r["steps"]: f"{r['bits_per_char']:.3f}" for r in by_steps}}]))
     if args.versus_ar:
         v = result["versus_ar"] = versus_autoregressive(args.device, args.seeds, args.override, args.ar_override,
-                                                        args.sequences, Path(args.out).parent / "discrete_ar",
+                                                        args.sequences, args.out.parent / "discrete_ar",
                                                         args.orders)
         score = f"held-out bits/char ({v['held_out_sequences']} windows of {v['length']}), mean ± std over " \
                 f"{len(v['rows'])} seeds"

@@ -40,8 +40,8 @@ CONFIG_DIR = REPO / "configs" / "pointcloud"
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
 from multigen.benchmarking import (  # noqa: E402
-    load_export_of, markdown_table, override_sample_settings, quality_by_sampler, sampler_setting, time_train_steps,
-    timed, write_results,
+    beside, json_path, load_export_of, markdown_table, override_sample_settings, quality_by_sampler, sampler_setting,
+    time_train_steps, timed, write_results,
 )
 from multigen.cli import available_device, diffusion_time, positive_int  # noqa: E402
 from pointcloud import ops, reference  # noqa: E402
@@ -228,11 +228,11 @@ def completion_rows(export: str, device: str, num_shapes: int, bank: int, sample
         rows.append({
             "family": fam, "views": len(idx), "model_chamfer": model_cd[idx].mean().item(),
             "nearest_chamfer": near_cd[idx].mean().item(), "paired_diff": diff.mean().item(),
-            "paired_se": (diff.std() / len(idx) ** 0.5).item() if len(idx) > 1 else float("nan"),
+            "paired_se": (diff.std() / len(idx) ** 0.5).item() if len(idx) > 1 else None,  # None: one view
             "model_wins": (diff < 0).float().mean().item(),
             "nearest_with_partial_chamfer": kept_cd[idx].mean().item(), "paired_diff_with_partial":
                 diff_kept.mean().item(), "paired_se_with_partial": (diff_kept.std() / len(idx) ** 0.5).item()
-                if len(idx) > 1 else float("nan"),
+                if len(idx) > 1 else None,
             "model_to_surface": model_off[idx].mean().item(), "nearest_to_surface": near_off[idx].mean().item(),
             "generated_to_surface_median": generated.median().item(),
             "generated_worst_10pct_share": (worst.sum() / generated.sum()).item(),
@@ -314,12 +314,25 @@ def metric_rows(device: str, sizes: tuple[int, ...] = (256, 1024, 2048)) -> list
     return rows
 
 
+def cloud_size(text: str) -> int:
+    """An argparse ``type``: points a cloud, at least 16 (the domain's ``data.points`` bound)."""
+    value = positive_int(text)
+    if value < 16:
+        raise argparse.ArgumentTypeError(f"must be at least 16, got {value}")
+    return value
+
+
+def spread(se: float | None) -> str:
+    """A paired difference's standard error for the table; none of one view."""
+    return "–" if se is None else f"{se:.4f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", type=available_device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--configs", nargs="+", default=["tiny", "default", "gpu"])
     parser.add_argument("--batch", type=positive_int, default=8, help="clouds per train step and per op call")
-    parser.add_argument("--points", type=positive_int, default=2048)
+    parser.add_argument("--points", type=cloud_size, default=2048, help="points a cloud (at least 16)")
     parser.add_argument("--steps", type=positive_int, default=3)
     parser.add_argument("--metric-points", type=positive_int, nargs="+",
                         help="cloud sizes of the Chamfer/EMD table (default: those of 256 1024 2048 up to --points)")
@@ -343,7 +356,7 @@ def main() -> None:
     parser.add_argument("--profile", metavar="CONFIG", help="print torch.profiler's table of one train step and "
                         "write its Chrome trace beside --out (pointcloud_<CONFIG>_trace.json)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one config, print JSON
-    parser.add_argument("--out", default="benchmarks/out/pointcloud.json",
+    parser.add_argument("--out", type=json_path, default="benchmarks/out/pointcloud.json",
                         help="the JSON (--quality, --completion and --denoising write it with _quality, _completion "
                              "or _denoising before .json)")
     args = parser.parse_args()
@@ -355,7 +368,7 @@ def main() -> None:
         return
     if args.profile:
         profile_step(args.profile, args.device, args.batch, args.points,
-                     Path(args.out).with_name(f"pointcloud_{args.profile}_trace.json"))
+                     args.out.with_name(f"pointcloud_{args.profile}_trace.json"))
         return
 
     if args.quality:
@@ -370,8 +383,8 @@ def main() -> None:
             "blob COV-CD": f"{r['baseline_gaussian/COV-CD']:.2f}",
             "blob 1-NNA-CD": f"{r['baseline_gaussian/1-NNA-CD']:.2f}", "seconds": f"{r['seconds']:.0f}"}
             for r in rows]))
-        write_results(args.out.replace(".json", "_quality.json"),
-                      {"export": args.quality, "device": args.device, "shapes": args.shapes, "results": rows})
+        write_results(beside(args.out, "quality"), {"export": args.quality, "device": args.device,
+                                                    "shapes": rows[0]["num_shapes"], "results": rows})
         return
 
     if args.completion:
@@ -379,17 +392,17 @@ def main() -> None:
         print(markdown_table([{
             "family": r["family"], "views": r["views"], "completion Chamfer": f"{r['model_chamfer']:.4f}",
             "nearest training shape": f"{r['nearest_chamfer']:.4f}",
-            "paired difference": f"{r['paired_diff']:+.4f} ± {r['paired_se']:.4f}",
+            "paired difference": f"{r['paired_diff']:+.4f} ± {spread(r['paired_se'])}",
             "model closer": f"{100 * r['model_wins']:.0f}%",
             "nearest, partial kept": f"{r['nearest_with_partial_chamfer']:.4f}",
-            "paired difference to it": f"{r['paired_diff_with_partial']:+.4f} ± {r['paired_se_with_partial']:.4f}",
+            "paired difference to it": f"{r['paired_diff_with_partial']:+.4f} ± {spread(r['paired_se_with_partial'])}",
             "to surface: model / nearest": f"{r['model_to_surface']:.4f} / {r['nearest_to_surface']:.4f}",
             "generated points: median, worst 10% share":
                 f"{r['generated_to_surface_median']:.5f}, {100 * r['generated_worst_10pct_share']:.0f}%"}
             for r in rows]))
         print(f"nearest of {rows[0]['bank']} training shapes; {rows[0]['sampler']}; completions took "
               f"{rows[0]['seconds']:.0f} s")
-        write_results(args.out.replace(".json", "_completion.json"), {"export": args.completion, "results": rows})
+        write_results(beside(args.out, "completion"), {"export": args.completion, "results": rows})
         return
 
     if args.denoising:
@@ -397,7 +410,7 @@ def main() -> None:
         print(markdown_table([{"t": r["step"] or "clean", "noisy / alpha": f"{r['noisy_over_alpha']:.5f}",
                                "kNN mean (best k)": f"{r['knn_mean']:.5f}", "x0 estimate": f"{r['model']:.5f}"}
                               for r in rows]))
-        write_results(args.out.replace(".json", "_denoising.json"), {"export": args.denoising, "results": rows})
+        write_results(beside(args.out, "denoising"), {"export": args.denoising, "results": rows})
         return
 
     train, failed = [], []

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from multigen.benchmarking import markdown_table, write_results
+from multigen.benchmarking import json_path, markdown_table, write_results
 from multigen.cli import positive_int
 from multigen.samplers import DEFAULT_SPACING, ddim, ddpm, dpm_solver_pp, sampling_grid
 from multigen.schedules import NoiseSchedule
@@ -55,8 +55,10 @@ def main() -> None:
     parser.add_argument("--num", type=positive_int, default=20000, help="samples for the stochastic samplers")
     parser.add_argument("--schedule", choices=["cosine", "linear"], default="cosine")
     parser.add_argument("--nfe", type=positive_int, nargs="+", default=[5, 10, 20, 50, 100, 250, 1000])
-    parser.add_argument("--out", default="benchmarks/out/samplers.json")
+    parser.add_argument("--out", type=json_path, default="benchmarks/out/samplers.json")
     args = parser.parse_args()
+    if too_many := [n for n in args.nfe if n > 1000]:
+        parser.error(f"--nfe {too_many}: at most the schedule's 1000 levels")
 
     schedule = NoiseSchedule(args.schedule, 1000)
     denoiser = gaussian_mixture_denoiser(WEIGHTS, MEANS, torch.full((2, 1, 1), VAR, dtype=torch.float64), schedule)

@@ -26,7 +26,7 @@ import time
 import torch
 from torch import Tensor
 
-from multigen.benchmarking import markdown_table, write_results
+from multigen.benchmarking import json_path, markdown_table, write_results
 from multigen.cli import available_device, positive_int
 from multigen.metrics import sliced_wasserstein
 from multigen.samplers import DEFAULT_SPACING, sample
@@ -65,8 +65,10 @@ def main() -> None:
     parser.add_argument("--schedule", choices=SCHEDULES, default="cosine")
     parser.add_argument("--nfe", type=positive_int, nargs="+", default=[5, 10, 20, 50, 100, 250, 1000])
     parser.add_argument("--device", type=available_device, default="cpu", help="cpu or cuda")
-    parser.add_argument("--out", default="benchmarks/out/samplers_2d.json")
+    parser.add_argument("--out", type=json_path, default="benchmarks/out/samplers_2d.json")
     args = parser.parse_args()
+    if too_many := [n for n in args.nfe if n > 1000]:
+        parser.error(f"--nfe {too_many}: at most the schedule's 1000 levels")
     if args.num < 2:
         parser.error(f"--num: at least 2 samples (their covariance is scored), got {args.num}")
 

@@ -1,12 +1,13 @@
 """Optimisation steps per second through the shared trainer: ``Trainer.step()`` of a domain config, timed after
 warm-up steps with the periodic work (logging, sampling, checkpoints) left out, so the figure is the step itself:
-data loading, forward, backward, clipping, AdamW, EMA and the on-device non-finite check, with no host sync.
+data loading, forward, backward, clipping, the config's optimiser (``train.optimizer``), EMA and the on-device
+non-finite check, with no host sync.
 
-    python benchmarks/trainer.py --runs video:default discrete:default [--steps 300] [KEY=VALUE ...]
+    python benchmarks/trainer.py --runs video:default discrete:default [--steps 300] [--override KEY=VALUE ...]
     python benchmarks/trainer.py --runs toy2d:tiny --steps 200          # a CPU check in seconds
 
-``KEY=VALUE`` overrides apply to every run (e.g. ``train.mixed_precision=bf16 train.compile=true``). Prints a
-table and writes ``benchmarks/out/trainer.json``.
+``--override`` applies to every run (e.g. ``train.mixed_precision=bf16 train.compile=true``). Prints a table and
+writes ``benchmarks/out/trainer.json``.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from accelerate.state import AcceleratorState, GradientState
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
-from multigen.benchmarking import markdown_table, write_results  # noqa: E402
+from multigen.benchmarking import json_path, markdown_table, write_results  # noqa: E402
+from multigen.cli import positive_int  # noqa: E402
 from multigen.config import load_config  # noqa: E402
-from multigen.domain import get_domain  # noqa: E402
+from multigen.domain import UnknownDomainError, get_domain  # noqa: E402
 from multigen.trainer import Trainer  # noqa: E402
 
 
@@ -52,7 +54,8 @@ def steps_per_second(domain: str, config: str, overrides: list[str], steps: int,
         trainer.check_finite()
         t = cfg.train
         return {"domain": domain, "config": config, "device": str(trainer.accelerator.device),
-                "batch": t.batch_size * t.grad_accum, "mixed_precision": t.mixed_precision, "compile": t.compile,
+                "batch": t.batch_size * t.grad_accum, "optimizer": t.optimizer, "mixed_precision": t.mixed_precision,
+                "compile": t.compile,
                 "steps": steps, "steps_per_s": steps / seconds, "ms_per_step": 1e3 * seconds / steps,
                 "final_loss": loss.item()}
 
@@ -71,16 +74,26 @@ def main() -> None:
                         default=[("video", "default"), ("discrete", "default")],
                         help="DOMAIN:CONFIG pairs (configs/<domain>/<config>.yaml; default video:default "
                              "discrete:default)")
-    parser.add_argument("--steps", type=int, default=300, help="timed steps per run")
+    parser.add_argument("--steps", type=positive_int, default=300, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (allocation, compilation)")
-    parser.add_argument("--out", default="benchmarks/out/trainer.json")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    parser.add_argument("--override", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every run (e.g. train.mixed_precision=bf16)")
+    parser.add_argument("--out", type=json_path, default="benchmarks/out/trainer.json")
     args = parser.parse_args()
-    rows = [steps_per_second(*run, args.overrides, args.steps, args.warmup) for run in args.runs]
+    if args.warmup < 0:
+        parser.error(f"--warmup: steps >= 0, got {args.warmup}")
+    for domain, config in args.runs:  # every run's domain and config there before the first is timed
+        try:
+            get_domain(domain)
+        except UnknownDomainError as e:
+            parser.error(f"--runs {domain}:{config}: {e}")
+        if not (REPO / "configs" / domain / f"{config}.yaml").is_file():
+            parser.error(f"--runs {domain}:{config}: no configs/{domain}/{config}.yaml")
+    rows = [steps_per_second(*run, args.override, args.steps, args.warmup) for run in args.runs]
     print(markdown_table([{"run": f"{r['domain']}:{r['config']}", "device": r["device"], "batch": r["batch"],
-                           "precision": r["mixed_precision"], "compile": r["compile"],
+                           "optimizer": r["optimizer"], "precision": r["mixed_precision"], "compile": r["compile"],
                            "steps/s": f"{r['steps_per_s']:.1f}", "ms/step": f"{r['ms_per_step']:.2f}"} for r in rows]))
-    write_results(args.out, {"overrides": args.overrides, "rows": rows})
+    write_results(args.out, {"overrides": args.override, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
 from multigen.benchmarking import (  # noqa: E402
-    markdown_table, quality_by_sampler, sampler_setting, time_train_steps, write_results,
+    json_path, markdown_table, quality_by_sampler, sampler_setting, time_train_steps, write_results,
 )
 from multigen.cli import available_device, positive_int  # noqa: E402
 
@@ -56,7 +56,7 @@ def video_config(config: str, batch: int | None, overrides: list[str] | tuple[st
     from multigen.config import load_config
     from video.domain import VideoConfig
 
-    overrides = ([f"train.batch_size={batch}"] if batch else []) + list(overrides)
+    overrides = ([f"train.batch_size={batch}"] if batch is not None else []) + list(overrides)
     return load_config(VideoConfig, REPO / "configs" / "video" / f"{config}.yaml", overrides)
 
 
@@ -304,8 +304,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", type=available_device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--configs", nargs="+", default=["tiny", "default", "gpu"])
-    parser.add_argument("--batch", type=int, help="override every config's batch size")
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--batch", type=positive_int, help="override every config's batch size")
+    parser.add_argument("--steps", type=positive_int, default=3)
     parser.add_argument("--peer", action="store_true", help="also measure video-diffusion-pytorch at equal size")
     parser.add_argument("--override", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides for every config measured (e.g. model.gradient_checkpointing=true)")
@@ -317,11 +317,11 @@ def main() -> None:
     parser.add_argument("--clips", type=positive_int, default=8, help="--quality: held-out clips")
     parser.add_argument("--mfu", action="store_true", help="model FLOPs utilisation of the gpu config (mfu_rows)")
     parser.add_argument("--variants", nargs="+", choices=list(MFU_VARIANTS), help="--mfu: the variants (default all)")
-    parser.add_argument("--batches", nargs="+", type=int, help="--mfu: the batch sweep (default 8 16 32 64)")
+    parser.add_argument("--batches", nargs="+", type=positive_int, help="--mfu: the batch sweep (default 8 16 32 64)")
     parser.add_argument("--budget", type=float, help="--mfu: start no row after this many seconds (default none)")
     parser.add_argument("--dry-run", action="store_true", help="--mfu: the tiny config at batch 1, in seconds")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one config, print JSON
-    parser.add_argument("--out", default="benchmarks/out/video.json")
+    parser.add_argument("--out", type=json_path, default="benchmarks/out/video.json")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.one, args.device, args.batch, args.steps, args.peer, args.override)))
@@ -339,14 +339,14 @@ def main() -> None:
         rows = quality_by_sampler(args.quality, args.device, args.samplers, args.temperatures, domain=Video,
                                   num_clips=args.clips)
         print(quality_table(rows))
-        write_json(args, rows, export=args.quality, clips=args.clips)
+        write_json(args, rows, export=args.quality, clips=rows[0]["num_clips"])
         return
 
     rows, failed = [], []
     for config in args.configs:
         for peer in [False, True] if args.peer else [False]:
             cmd = [sys.executable, __file__, "--one", config, "--device", args.device, "--steps", str(args.steps)]
-            cmd += (["--batch", str(args.batch)] if args.batch else []) + (["--peer"] if peer else [])
+            cmd += (["--batch", str(args.batch)] if args.batch is not None else []) + (["--peer"] if peer else [])
             cmd += ["--override", *args.override] if args.override else []
             result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
             if result.returncode != 0:
@@ -359,7 +359,6 @@ def main() -> None:
                            "params": f"{r['params_M']:.2f} M", "batch": r["batch"],
                            "s/step": f"{r['step_seconds']:.3f}", "clips/s": f"{r['clips_per_second']:.2f}",
                            "peak memory": f"{r['peak_memory_MB']:.0f} MB"} for r in rows]))
-    write_json(args, rows)
     if failed:
         raise SystemExit(f"failed: {', '.join(failed)} (the reasons are above)")
 

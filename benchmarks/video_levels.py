@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 # benchmarks/video.py shares its name with the package measured here: import the package, not that script.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
-from multigen.benchmarking import load_export_of, markdown_table, write_results  # noqa: E402
+from multigen.benchmarking import json_path, load_export_of, markdown_table, write_results  # noqa: E402
 from multigen.cli import available_device, positive_int  # noqa: E402
 from video.conditioning import pack_condition, scaled_residual  # noqa: E402
 from video.domain import Video  # noqa: E402
@@ -91,16 +91,16 @@ def main() -> None:
     parser.add_argument("--levels", nargs="+", type=positive_int, default=list(LEVELS), help="noise levels t in 1..T")
     parser.add_argument("--device", type=available_device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0, help="the noise draws")
-    parser.add_argument("--out", default="benchmarks/out/video_levels.json")
+    parser.add_argument("--out", type=json_path, default="benchmarks/out/video_levels.json")
     args = parser.parse_args()
     pretrained = load_export_of(Video, args.export, args.device)
-    T = pretrained.domain.diffusion.timesteps
-    if too_high := [level for level in args.levels if level > T]:
-        parser.error(f"--levels {too_high}: this model's schedule has levels 1..{T}")
     domain, model = pretrained.domain, pretrained.model
     val = domain.build_dataset("val")
     clips = torch.stack([val[i] for i in range(min(args.clips, len(val)))])
-    rows = level_errors(domain, model, clips, args.levels, args.seed)
+    try:  # the export and the levels checked before any work
+        rows = level_errors(domain, model, clips, args.levels, args.seed)
+    except ValueError as e:
+        parser.error(f"{args.export}: {e}")
     print(table(rows))
     write_results(args.out, {"export": args.export, "clips": len(clips), "results": rows})
 

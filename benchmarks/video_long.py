@@ -28,7 +28,9 @@ REPO = Path(__file__).resolve().parent.parent
 # benchmarks/video.py shares its name with the package measured here: import the package, not that script.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 
-from multigen.benchmarking import load_export_of, markdown_table, override_sample_settings, write_results  # noqa: E402
+from multigen.benchmarking import (  # noqa: E402
+    json_path, load_export_of, markdown_table, override_sample_settings, write_results,
+)
 from multigen.cli import available_device, positive_int  # noqa: E402
 from video.conditioning import motion_compensated  # noqa: E402
 from video.domain import Video  # noqa: E402
@@ -135,7 +137,7 @@ def main() -> None:
                         help="how long videos are built (default: both)")
     parser.add_argument("--device", type=available_device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0, help="the sampling draws")
-    parser.add_argument("--out", default="benchmarks/out/video_long.json")
+    parser.add_argument("--out", type=json_path, default="benchmarks/out/video_long.json")
     parser.add_argument("--pictures", help="folder for the first clips' pictures (default: --out without .json)")
     args = parser.parse_args()
     pretrained = load_export_of(Video, args.export, args.device)
@@ -146,7 +148,7 @@ def main() -> None:
     except ValueError as e:
         parser.error(str(e))
     clips = held_out_clips(domain, args.length, args.clips)
-    pictures = Path(args.pictures or Path(args.out).with_suffix(""))
+    pictures = Path(args.pictures or args.out.with_suffix(""))
     rows = long_rows(domain, model, clips, args.context, args.band, args.seed, tuple(args.modes), pictures)
     print(table(rows))
     sample = {k: v for k, v in dataclasses.asdict(domain.cfg.sample).items() if k != "seed"}  # --seed draws here

@@ -10,6 +10,8 @@ import argparse
 import datetime
 import itertools
 import json
+import math
+import os
 import resource
 import sys
 import time
@@ -74,23 +76,31 @@ def quality_by_sampler(export: str | Path, device: str, settings: list[tuple[str
                        temperatures: Sequence[float] = (1.0,), domain: type | None = None,
                        **eval_settings: Any) -> list[dict]:
     """The domain's held-out ``evaluate`` of the model in ``export`` for each ``(sampler, steps)`` and
-    sampling temperature, with ``eval_settings`` overriding fields of its ``eval`` config (e.g. ``num_clips=8``).
-    With ``domain`` (a domain class), an export of another domain exits naming it (:func:`load_export_of`)."""
+    sampling temperature, with ``eval_settings`` overriding counts of its ``eval`` config (e.g. ``num_clips=8``;
+    at most the held-out set's size, the count each row records). Every setting is checked first: a bad one exits
+    naming it before any evaluation. With ``domain`` (a domain class), an export of another domain exits naming it
+    (:func:`load_export_of`)."""
     from .export import load_pretrained
 
     p = load_pretrained(export, device=device) if domain is None else load_export_of(domain, export, device)
-    for key, value in eval_settings.items():
-        setattr(p.domain.cfg.eval, key, value)
     val = p.domain.build_dataset("val")
-    rows = []
+    counts = {key: min(value, len(val)) for key, value in eval_settings.items()}  # what is evaluated
+    for key, value in counts.items():
+        setattr(p.domain.cfg.eval, key, value)
+    chosen = []
     for (sampler, steps), temperature in itertools.product(settings, temperatures):
-        # checked, as a user's call
-        p.domain.cfg.sample = p.domain.sample_settings(sampler=sampler, steps=steps, temperature=temperature)
+        try:  # every setting checked, as a user's call, before the first evaluation
+            chosen.append(p.domain.sample_settings(sampler=sampler, steps=steps, temperature=temperature))
+        except ValueError as e:
+            raise SystemExit(f"{sampler}:{steps} at temperature {temperature}: {e}") from None
+    rows = []
+    for setting in chosen:
+        p.domain.cfg.sample = setting
         start = time.perf_counter()
         with torch.no_grad():
             metrics = p.domain.evaluate(p.model, val)
-        rows.append({"sampler": sampler, "steps": steps, "temperature": temperature,
-                     "seconds": time.perf_counter() - start, **metrics})
+        rows.append({"sampler": setting.sampler, "steps": setting.steps, "temperature": setting.temperature,
+                     **counts, "seconds": time.perf_counter() - start, **metrics})
         print(json.dumps(rows[-1]), file=sys.stderr)
     return rows
 
@@ -127,6 +137,38 @@ def sampler_setting(text: str) -> tuple[str, int]:
     return name, int(steps)
 
 
+def json_path(text: str) -> Path:
+    """An argparse ``type`` for ``--out``: the path of a ``.json`` file that can be written (not a folder, no file
+    on its way, a writable folder), checked before the work that fills it."""
+    path = Path(text)
+    if path.suffix.lower() != ".json":
+        raise argparse.ArgumentTypeError(f"{text}: name a .json file")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder")
+    folder = next(parent for parent in path.parents if parent.exists())  # the nearest one there
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: {folder} is a file")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text}: cannot write into {folder}")
+    return path
+
+
+def beside(path: Path, part: str) -> Path:
+    """The result file of a script's ``part`` next to its ``--out``: ``out/video.json`` -> ``out/video_part.json``."""
+    return path.with_name(f"{path.stem}_{part}{path.suffix}")
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float as None (JSON's null: strict parsers refuse ``NaN`` and ``Infinity``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def table_cell(value: Any) -> str:
     """``value`` as one markdown table cell: a float to 4 significant digits, a dict as ``key value`` pairs, ``None``
     empty; a ``|`` (which would split the cell) becomes ``/`` and a newline a space."""
@@ -152,14 +194,14 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
 
 
 def write_results(path: str | Path, results: dict) -> Path:
-    """``results`` as JSON at ``path``, with the date, torch version, thread count, the machine's GPU (None: none)
-    and command line."""
+    """``results`` as strict JSON at ``path`` (a NaN or infinity as null), with the date, torch version, thread
+    count, the machine's GPU (None: none) and command line."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = {"date": datetime.date.today().isoformat(), "torch": torch.__version__,
               "threads": torch.get_num_threads(),
               "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
               "command": " ".join(["python", *sys.argv])}
-    path.write_text(json.dumps({**header, **results}, indent=2))
+    path.write_text(json.dumps(_json_safe({**header, **results}), indent=2, allow_nan=False))
     print(f"wrote {path}")
     return path

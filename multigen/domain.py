@@ -206,6 +206,9 @@ class GaussianDomain(Domain):
             settings = dataclasses.replace(settings, unconditional_temperature=None)  # None: `temperature`
         samplers.check_settings(settings.sampler, settings.eta, settings.resample)
         self._check_guidance(settings.guidance)
+        if settings.steps > self.diffusion.schedule.timesteps:
+            raise ValueError(f"steps={settings.steps}: at most the schedule's {self.diffusion.schedule.timesteps} "
+                             "levels (diffusion.timesteps)")
         return settings
 
     conditional: ClassVar[bool] = False

@@ -49,6 +49,30 @@ def test_quality_rows_and_table_of_an_untrained_export(bench, tmp_path):
     assert len(table) == 2 + 2 and all(line.count("|") == 16 for line in table)
     assert "future motion-ref PSNR" in table[0] and f"{rows[0]['past/baseline_motion_psnr']:.2f}" in table[2]
     assert table[2].startswith("| ddim | 2 | 0.5 | ") and " / " in table[2].split("|")[4]
+    assert rows[0]["num_clips"] == 2
+
+
+def test_quality_settings_are_checked_before_any_evaluation_and_rows_count_what_was_evaluated(bench, tmp_path,
+                                                                                              monkeypatch):
+    """A bad setting anywhere in the list exits naming it before the first evaluation (a long run was lost at its
+    last setting), and a row records the clips evaluated: at most the held-out set (it recorded the count asked)."""
+    from multigen.benchmarking import quality_by_sampler
+    from multigen.config import load_config
+    from multigen.export import export_model
+    from video.domain import Video, VideoConfig
+
+    domain = Video(load_config(VideoConfig, bench.REPO / "configs" / "video" / "tiny.yaml"))
+    export = export_model(domain.build_model(), domain, tmp_path / "export")
+    evaluated = []
+    monkeypatch.setattr(Video, "evaluate", lambda self, model, val: evaluated.append(len(val)) or {})
+    T = domain.cfg.diffusion.timesteps
+    for settings, temperatures, message in [([("ddim", 2), ("ddim", T + 1)], (1.0,), f"ddim:{T + 1} at temperature"),
+                                            ([("ddim", 2)], (1.0, -1.0), "temperature: must be >= 0.0")]:
+        with pytest.raises(SystemExit, match=message):
+            quality_by_sampler(export, "cpu", settings, temperatures, num_clips=2)
+    assert not evaluated
+    [row] = quality_by_sampler(export, "cpu", [("ddim", 2)], num_clips=10**6)
+    assert row["num_clips"] == evaluated[0] < 10**6
 
 
 def test_the_cost_table_exits_non_zero_naming_the_rows_that_failed_and_refuses_an_absent_device(bench, tmp_path):
