@@ -106,16 +106,20 @@ def main(argv: list[str] | None = None) -> int:
 
     handles_signals = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if handles_signals else None
+    # what every process meets together (a signal to the launch, the loss they agree is not finite) is told once
+    first = os.environ.get("RANK", "0") == "0"
     try:
         train(domain_cls, cfg)
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: what was saved is complete (checkpoints are renamed into place)
         newest = latest_checkpoint(Path(cfg.train.output_dir) / "checkpoints")
-        print(f"multigen-train: {'terminated (SIGTERM)' if isinstance(e, Terminated) else 'interrupted'}; "
-              + (f"the same command resumes from {newest}" if newest else "before the first checkpoint"),
-              file=sys.stderr)
+        if first:
+            print(f"multigen-train: {'terminated (SIGTERM)' if isinstance(e, Terminated) else 'interrupted'}; "
+                  + (f"the same command resumes from {newest}" if newest else "before the first checkpoint"),
+                  file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
     except NonFiniteLossError as e:
-        print(f"multigen-train: error: {e}", file=sys.stderr)
+        if first:
+            print(f"multigen-train: error: {e}", file=sys.stderr)
         return 1
     except (ConfigError, DataError, *PATH_ERRORS) as e:  # a setting, input or folder the run cannot use: named
         print(f"multigen-train: error: {e}", file=sys.stderr)

@@ -79,11 +79,13 @@ class TrainState:
 
 
 class ShardedStreamSampler(Sampler[int]):
-    """An endless stream of dataset indices: epoch ``e`` is a permutation seeded by ``seed + e``.
+    """An endless stream of dataset indices: epoch ``e`` is a permutation seeded by ``seed + e`` (cut to a multiple
+    of ``world``).
 
-    Process ``rank`` of ``world`` takes every ``world``-th index of each epoch, and
-    the stream starts ``start`` indices in, so a resumed run reads exactly the
-    data an uninterrupted one would have.
+    Process ``rank`` of ``world`` takes every ``world``-th index of each epoch, from the ``rank``-th, and the
+    stream starts after the first ``start`` indices of all processes together (the items drawn so far), so a
+    resumed run reads exactly the data an uninterrupted one would have, and one resumed on another number of
+    processes goes on with the items not drawn yet.
     """
 
     def __init__(self, size: int, seed: int, rank: int = 0, world: int = 1, start: int = 0) -> None:
@@ -94,7 +96,8 @@ class ShardedStreamSampler(Sampler[int]):
         self.start = start
 
     def __iter__(self) -> Iterator[int]:
-        epoch, offset = divmod(self.start, self.per_rank)
+        epoch, drawn = divmod(self.start, self.per_rank * self.world)
+        offset = max(0, -(-(drawn - self.rank) // self.world))  # this rank's first position at or after `drawn`
         while True:
             g = torch.Generator().manual_seed(self.seed + epoch)
             perm = torch.randperm(self.size, generator=g)[: self.per_rank * self.world]
@@ -228,6 +231,10 @@ class Trainer:
                             f"train: TrainConfig = field(default_factory=TrainConfig) (multigen.config)")
         cfg = replaced(cfg)  # checked as a config file is, and copied
         t = self.t = cfg.train
+        on_cpu = t.cpu or not torch.accelerator.is_available()
+        if on_cpu and t.mixed_precision == "fp16":
+            raise ConfigError("train.mixed_precision=fp16 on a CPU: Accelerate has no fp16 autocast or loss scaler "
+                              "there and would train in fp32 without a word; use bf16 or no")
         if t.optimizer == "muon" and t.mixed_precision == "fp16":
             raise ConfigError("train.optimizer=muon with train.mixed_precision=fp16: Accelerate's loss scaler "
                               "steps one optimiser; use bf16 or no, or train.optimizer=adamw")
@@ -236,7 +243,7 @@ class Trainer:
         self.accelerator = acc = Accelerator(
             # With no accelerator present, processes started by torchrun or `accelerate launch --multi_gpu`
             # form a CPU (gloo) group; Accelerate only does that when told it runs on the CPU.
-            cpu=t.cpu or not torch.accelerator.is_available(),
+            cpu=on_cpu,
             mixed_precision=t.mixed_precision,
             log_with="tensorboard" if t.tensorboard else None,
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
@@ -259,7 +266,11 @@ class Trainer:
         # a run that does not resume (train.resume=false, or no checkpoint to resume from: deleted to save space, or
         # never written) starts over beside nothing an earlier run wrote there, and deletes none of it
         resumes = t.resume and latest_checkpoint(self.checkpoint_dir) is not None
-        if resumes and (self.out / "config.yaml").is_file():
+        if resumes and not (self.out / "config.yaml").is_file():  # every check of what is resumed reads it
+            raise ConfigError(f"{self.out} holds checkpoints but no config.yaml, which says what domain, network and "
+                              f"process they are of: put it back, or set a new train.output_dir, or "
+                              f"train.resume=false to start over there")
+        if resumes:
             earlier = read_yaml(self.out / "config.yaml")
             if "domain" in earlier and not names_domain(str(earlier["domain"]), domain_cls):  # (older runs: no key)
                 raise ConfigError(f"{self.out} holds checkpoints of a {earlier['domain']} run, not of a "
@@ -372,19 +383,19 @@ class Trainer:
         self.consumed_at, self.step_at = consumed, self.state.step  # items drawn at this start, and its step
         self.check_held_out_data()
         train_set = self.domain.build_dataset("train")
+        sampler = ShardedStreamSampler(  # (checks that every process has an item)
+            len(train_set),  # type: ignore[arg-type]
+            seed=t.seed,
+            rank=acc.process_index,
+            world=acc.num_processes,
+            start=consumed,
+        )
         # config.yaml describes the checkpoints: a fresh run writes it after the data checks (a run stopped by its
         # data leaves nothing for the next one to set aside), a resumed one with its first checkpoint (a resume that
         # fails before one, on its data or a non-finite loss, leaves the config its checkpoints were written with)
         self.pending_config = config_text(self.domain) if self.main else None
         if resume_from is None:
             self.write_config()
-        sampler = ShardedStreamSampler(
-            len(train_set),  # type: ignore[arg-type]
-            seed=t.seed,
-            rank=acc.process_index,
-            world=acc.num_processes,
-            start=consumed // acc.num_processes,
-        )
         loader = DataLoader(
             train_set,
             batch_size=t.batch_size,

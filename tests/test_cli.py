@@ -155,6 +155,29 @@ def test_an_interrupted_training_run_ends_in_one_line_naming_its_newest_checkpoi
     assert capsys.readouterr().err == "multigen-train: interrupted; before the first checkpoint\n"
 
 
+def test_what_every_process_meets_together_is_told_by_the_first_alone(tmp_path, capsys, monkeypatch):
+    """Under a multi-process launch, an interrupt and a non-finite loss (which every process stops on) end in one
+    line, the first process's: each process printed it. An error of one process's own (a folder it cannot
+    read) is still told by that process."""
+    import multigen.trainer
+    from multigen.domain import DataError
+    from multigen.train import main as train_main
+
+    def fails(error):
+        def run(domain_cls, cfg):
+            raise error
+        return run
+
+    for error, status in [(KeyboardInterrupt(), 130), (multigen.trainer.NonFiniteLossError("loss nan"), 1),
+                          (DataError("no such folder"), 2)]:
+        monkeypatch.setattr(multigen.trainer, "train", fails(error))
+        for rank in ("1", "0"):
+            monkeypatch.setenv("RANK", rank)
+            assert train_main(["--domain", "toy2d", f"train.output_dir={tmp_path / 'run'}"]) == status
+            told = capsys.readouterr().err
+            assert told.count("\n") == (1 if rank == "0" or status == 2 else 0), (error, rank, told)
+
+
 def test_a_terminated_training_run_ends_as_an_interrupted_one_does(tmp_path, capsys, monkeypatch):
     """SIGTERM (a scheduler stopping the job) ends the run where it is, with one line naming the checkpoint it
     resumes from and exit status 143; the signal's handler is put back after."""

@@ -110,6 +110,34 @@ def test_a_training_set_smaller_than_the_process_count_is_a_data_error():
     assert ShardedStreamSampler(2, seed=0, rank=1, world=2).per_rank == 1  # one item each is enough
 
 
+def test_a_run_stopped_by_too_few_items_for_its_processes_leaves_no_config(toy_cfg, monkeypatch):
+    """The process count's check is one of the data checks: the config was written before it, and the next run in
+    that folder set the lone file aside as an earlier run's."""
+    def too_few(self, size, *args, **kwargs):
+        raise DataError(f"the training set has {size} item(s), too few to split over 2 processes")
+
+    monkeypatch.setattr(ShardedStreamSampler, "__init__", too_few)
+    cfg = toy_cfg(out="too_few")
+    with pytest.raises(DataError, match="too few to split"):
+        Trainer(Toy2D, cfg).resume()  # (where the data is set up)
+    assert not os.path.exists(os.path.join(cfg.train.output_dir, "config.yaml"))
+
+
+def test_the_stream_goes_on_with_the_items_not_drawn_whatever_the_process_count():
+    """After ``start`` items drawn by all processes together, the processes of any count draw the rest of the
+    epoch's permutation, each once: resumed on 2 processes after 15 items drawn on 1, one item was drawn again."""
+    from itertools import islice
+
+    def drawn(world, start, each):
+        return [i for rank in range(world) for i in islice(ShardedStreamSampler(40, 3, rank, world, start), each)]
+
+    first = drawn(1, 0, 15)
+    for world in (1, 2, 3):
+        resumed = drawn(world, 15, 24 // world)
+        assert not set(first) & set(resumed) and len(set(first + resumed)) == 39
+    assert drawn(2, 14, 3) == [i for r in range(2) for i in islice(ShardedStreamSampler(40, 3, r, 2), 7, 10)]
+
+
 def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(toy_cfg):
     cfg = toy_cfg("train.max_steps=30", "train.checkpoint_every=10")
     with pytest.raises(NonFiniteLossError, match=r"non-finite training loss .* step 16.*step_10"):
@@ -451,6 +479,16 @@ def test_checkpoints_of_another_domain_are_named_as_such(toy_cfg):
     assert (run / "config.yaml").read_text().startswith("domain: toy2d\n")
 
 
+def test_checkpoints_without_their_config_are_not_resumed_unchecked(toy_cfg):
+    """Every check of what is resumed (domain, network, process) reads the run's config.yaml: without it a run of
+    another schedule resumed the checkpoints silently. Now an error saying what to do, before anything is written."""
+    run = train(Toy2D, toy_cfg("train.max_steps=10", out="no_config")).parent
+    (run / "config.yaml").unlink()
+    with pytest.raises(ConfigError, match=rf"{run} holds checkpoints but no config.yaml, .* put it back"):
+        train(Toy2D, toy_cfg("train.max_steps=20", "diffusion.timesteps=50", out="no_config"))
+    assert not (run / "config.yaml").exists() and [r["step"] for r in read_log(run) if "loss" in r] == [10]
+
+
 def test_resuming_another_network_is_an_error_and_other_changes_are_named(toy_cfg, capsys):
     """Checkpoints of another network in the output folder (shapes alike or not) are refused before anything is
     written there; other changed settings (training longer, say) are allowed and listed."""
@@ -655,9 +693,18 @@ def test_adamw_lr_scale_applies_beside_muon_only(toy_cfg, optimizer):
     assert logged == pytest.approx([1e-3 * lr_factor(s, 4, 12, "linear") for s in range(1, 13)], rel=1e-12)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 on a CPU is refused before the optimiser is chosen")
 def test_muon_refuses_fp16_loss_scaling(toy_cfg):
     with pytest.raises(ConfigError, match="train.optimizer=muon with train.mixed_precision=fp16"):
         Trainer(Toy2D, toy_cfg("train.optimizer=muon", "train.mixed_precision=fp16"))
+
+
+@pytest.mark.skipif(torch.accelerator.is_available(), reason="fp16 runs where an accelerator is")
+def test_fp16_on_a_cpu_is_refused_not_run_in_fp32(toy_cfg):
+    """Accelerate takes fp16 on a CPU without autocast or a loss scaler: the run trained in fp32 (the losses of
+    mixed_precision=no to the bit) and its export said fp16."""
+    with pytest.raises(ConfigError, match="train.mixed_precision=fp16 on a CPU: .* use bf16 or no"):
+        Trainer(Toy2D, toy_cfg("train.mixed_precision=fp16"))
 
 
 @pytest.mark.slow  # a cold inductor compile takes about a minute on a busy 2-core CPU
