@@ -149,6 +149,8 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu",
         built = domain_cls(load_config(domain_cls.config_class, values=raw))
     except ConfigError as e:
         raise ConfigError(f"{path / CONFIG}: {e}") from None
+    except ValueError as e:  # the domain's own checks of how its settings go together
+        raise ValueError(f"{path / CONFIG}: {e}") from None
     model = built.build_model()
     try:
         with safe_open(path / WEIGHTS, "pt") as f:
@@ -158,4 +160,8 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu",
     if mismatch:
         raise ValueError(f"{path / WEIGHTS} does not match the model its {CONFIG} builds: {mismatch}")
     load_model(model, str(path / WEIGHTS))
+    # a damaged file can still parse: NaN weights give NaN samples, or a discrete model's argmax class 0 everywhere
+    if bad := [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]:
+        raise ValueError(f"{path / WEIGHTS} holds NaN or infinite weights ({', '.join(bad[:3])}"
+                         f"{', ...' if len(bad) > 3 else ''}): a damaged export, or one of a run that diverged")
     return Pretrained(model.to(device).eval(), built)

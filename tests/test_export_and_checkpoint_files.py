@@ -41,6 +41,26 @@ def test_a_loaded_export_holds_the_exported_weights(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), loaded.state_dict().values()))
 
 
+def test_an_export_of_non_finite_weights_or_a_config_its_domain_refuses_is_named(tmp_path, monkeypatch):
+    """A damaged weights file that still parses (NaN bytes) loaded, and a discrete model sampled class 0 everywhere
+    from it; a config the domain's own checks refuse (a label-map export without data.source) was an error about
+    training that named no file."""
+    domain = _toy()
+    model = _randomized(domain.build_model())
+    with torch.no_grad():
+        next(model.parameters())[0] = float("nan")
+    export = export_model(model, domain, tmp_path / "export")
+    with pytest.raises(ValueError, match=r"model.safetensors holds NaN or infinite weights \(\S+\): a damaged"):
+        load_pretrained(export)
+
+    def refuses(self, cfg):
+        raise ValueError("data.vocab is empty")
+
+    monkeypatch.setattr(Toy2D, "__init__", refuses)
+    with pytest.raises(ValueError, match=r"export/config.yaml: data.vocab is empty"):
+        load_pretrained(export)
+
+
 def test_reexporting_replaces_the_export_and_leaves_no_side_folders(tmp_path):
     domain = _toy()
     first, second = _randomized(domain.build_model(), 1), _randomized(domain.build_model(), 2)
