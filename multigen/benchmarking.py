@@ -118,12 +118,15 @@ def load_export_of(domain_class: type, path: str | Path, device: str) -> Any:
 
 def override_sample_settings(domain: Any, overrides: Sequence[str]) -> None:
     """Replace ``domain.cfg.sample`` by itself with ``overrides`` (``"steps=100"``, ``"guidance=2"``) applied and
-    validated; a bad one exits naming it (``--sample``, the scripts' option for them)."""
-    from .config import ConfigError, replaced
+    validated, each and together as the domain's sampling checks them (:meth:`sample_settings`: ``resample`` with
+    another sampler than ddpm, more steps than the schedule's); a bad one exits naming it (``--sample``, the
+    scripts' option for them)."""
+    from .config import replaced
 
     try:
         domain.cfg.sample = replaced(domain.cfg.sample, overrides=list(overrides))
-    except ConfigError as e:
+        domain.sample_settings()
+    except ValueError as e:  # a ConfigError too
         raise SystemExit(f"--sample: {e}") from None
 
 

@@ -109,6 +109,11 @@ def test_sample_overrides_are_validated(bench):
     assert domain.cfg.sample.guidance == 2.0 and domain.cfg.sample.steps == 7
     with pytest.raises(SystemExit, match="--sample: .*nonsense"):
         bench.override_sample_settings(domain, ["nonsense=1"])
+    # the domain's checks of how the settings go together, as a sampling call makes them
+    for bad, message in [(["resample=3"], "resample=3 only applies to the ddpm sampler"),
+                         (["steps=5000"], "steps=5000: at most the schedule's")]:
+        with pytest.raises(SystemExit, match=f"--sample: {message}"):
+            bench.override_sample_settings(_domain(), bad)
 
 
 def test_an_export_of_another_domain_is_refused(bench, tmp_path):
