@@ -47,6 +47,12 @@ def natural_key(path: Path) -> list[list[str | int]]:
             for name in path.parts]
 
 
+def spread(n: int, most: int) -> list[int]:
+    """Up to ``most`` indices of ``n`` items, evenly spread over them, the first and the last among them: a sample
+    of a dataset whose items come grouped (files sorted by category, a folder's clips video by video)."""
+    return np.unique(np.linspace(0, n - 1, min(n, most)).round().astype(int)).tolist()
+
+
 def load_npy(path: Path, error: type[DataError] = DataError, mmap_mode: str | None = None) -> np.ndarray:
     """The array of the ``.npy`` file ``path``, never unpickled. A file numpy cannot read as an array is ``error``
     naming ``path`` and why: one without the ``.npy`` header (a text or an empty file: numpy's own message would
@@ -133,6 +139,11 @@ class Domain(ABC):
     def evaluate(self, model: nn.Module, dataset: Dataset) -> dict[str, float]:
         """Named metrics of ``model`` on ``dataset`` (none by default)."""
         return {}
+
+    def check_held_out(self, dataset: Dataset) -> None:
+        """Read what :meth:`evaluate` will need of the held-out ``dataset`` (by default its first item), so that a
+        bad one stops a run before training, not at its final evaluation; a ``DataError`` naming what is wrong."""
+        dataset[0]
 
     collate_fn: ClassVar[Any] = None
     """``collate_fn`` for the DataLoader (None: PyTorch's default)."""

@@ -452,15 +452,16 @@ class Trainer:
             self.sample_and_evaluate(step, sample, evaluate, end)
 
     def check_held_out_data(self) -> None:
-        """Build the held-out split on the main process and read its first item before training, so that a bad one
-        (missing, empty, unreadable) stops the run at once, on every process, not at its final evaluation."""
+        """Build the held-out split on the main process and read what evaluation needs of it before training
+        (:meth:`~multigen.domain.Domain.check_held_out`), so that a bad one (missing, empty, unreadable) stops the
+        run at once, on every process, not at its final evaluation."""
         error: Exception | None = None
         if self.main:
             try:
                 self.val_set = self.domain.build_dataset("val")
                 if len(self.val_set) == 0:  # type: ignore[arg-type]
                     raise DataError(f"{self.domain.name}: the held-out split has no items")
-                self.val_set[0]
+                self.domain.check_held_out(self.val_set)
             except Exception as e:  # re-raised below, once every process knows
                 error = e
         found = gather_object([None if error is None else f"{type(error).__name__}: {error}"])

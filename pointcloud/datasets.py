@@ -1,7 +1,8 @@
 """Point-cloud datasets from files: PointFlow's ShapeNetCore.v2.PC15k layout and folders of meshes/points.
 
-Both return raw clouds ``(points, 3)`` float32 in the files' units; :class:`Normalizer`
-maps them into the model's frame (the unit ball) and back. A cloud is a fixed,
+Both return raw clouds ``(points, 3)`` float64 in the files' units (float32 would round away a shape that lies far
+from the origin, a scan in map coordinates, before it is normalised); :class:`Normalizer` maps them into the model's
+frame (the unit ball, float32) and back. A cloud is a fixed,
 seeded subset of its file's points (or surface samples of its mesh), so an epoch is
 the same at every resume; :class:`Resampled` draws training clouds afresh from larger ones.
 """
@@ -19,7 +20,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from multigen.config import first_line
-from multigen.domain import load_npy
+from multigen.domain import load_npy, spread
 
 from .io import MESH_SUFFIXES, POINT_SUFFIXES, PointCloudError, check_points, read_points
 from .shapes import normalize
@@ -41,7 +42,7 @@ def _subsample(points: np.ndarray, n: int, seed: int, source: str, least: int | 
         raise PointCloudError(f"{source} has {len(points)} points; the model takes {need}")
     n = min(n, len(points))
     idx = np.random.default_rng(seed).choice(len(points), n, replace=False)
-    return points[np.sort(idx)].astype(np.float32)
+    return points[np.sort(idx)].astype(np.float64)
 
 
 def _seed_of(path: Path, seed: int) -> int:
@@ -95,9 +96,11 @@ class ShapeFolder(Dataset):
     """Every mesh (``.obj/.off/.stl/.ply``) and point file (``.npy/.pt/.xyz/.txt/.ply``) under ``root``,
     recursively. Meshes are sampled to ``points`` surface points (area-weighted) once and cached as
     ``.npy`` under ``cache_dir`` (default ``<root>/.multigen_cache``), keyed by path, size, mtime,
-    ``points``, the seed and ``least``. ``root/train`` and ``root/val`` are the splits when they exist;
-    otherwise every tenth file (sorted) is validation, or the last of 2 to 9 files. With ``least``, point files
-    of fewer than ``points`` points (at least ``least``) give all of theirs.
+    ``points``, the seed and ``least``. Files and folders whose names start with a dot (caches, Jupyter's
+    checkpoints, macOS's ``._`` files) are not shapes. Folders named ``train`` and ``val`` (or, with no ``val``,
+    ``test``: ModelNet's ``<class>/train``, ``<class>/test``) anywhere under ``root`` are the splits when both
+    kinds exist; otherwise every tenth file (sorted) is validation, or the last of 2 to 9 files. With ``least``,
+    point files of fewer than ``points`` points (at least ``least``) give all of theirs.
     """
 
     def __init__(self, root: str | Path, split: str, points: int, seed: int = 0, cache_dir: str | Path = "",
@@ -115,14 +118,15 @@ class ShapeFolder(Dataset):
         # earlier run with another cache_dir may have filled
         caches = {cache.resolve(), (root / ".multigen_cache").resolve()}
 
-        def shapes(folder: Path) -> list[Path]:
-            return sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes
-                          and not any(p.resolve().is_relative_to(c) for c in caches))
-
-        if (root / "train").is_dir() and (root / "val").is_dir():
-            self.files = shapes(root / split)
+        every = sorted(p for p in root.rglob("*") if p.suffix.lower() in suffixes
+                       and not any(part.startswith(".") for part in p.relative_to(root).parts)
+                       and not any(p.resolve().is_relative_to(c) for c in caches))
+        folders = {p: {"train", "val", "test"} & set(p.relative_to(root).parts[:-1]) for p in every}
+        named = set().union(*folders.values())
+        held_out = "val" if "val" in named else "test"
+        if "train" in named and held_out in named:  # split folders: shapes outside them are in neither split
+            self.files = [p for p in every if ("train" if split == "train" else held_out) in folders[p]]
         else:
-            every = shapes(root)
             val = set(range(9, len(every), 10)) or ({len(every) - 1} if len(every) > 1 else set())
             self.files = [p for i, p in enumerate(every) if (i in val) == (split == "val")]
         if not self.files:
@@ -137,7 +141,7 @@ class ShapeFolder(Dataset):
         stat = path.stat()
         least = "" if self.least is None else f":{self.least}"  # a pool's entry (fixed clouds keep their keys)
         key = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{self.points}:{self.seed}{least}"
-                           .encode())
+                           ":float64".encode())  # (float32 caches rounded far-off shapes: made anew)
         cached = self.cache / f"{key.hexdigest()}.npy"
         if cached.is_file():
             try:
@@ -171,24 +175,26 @@ class Normalizer:
             raise ValueError(f"unknown normalization {mode!r}; choose 'shape', 'global' or 'none'")
         if mode == "global" and not scale > 0:
             raise ValueError("global normalization needs its statistics: use Normalizer.fit on the training clouds")
+        if centre is not None and len(centre) not in (0, 3):
+            raise ValueError(f"data.centre: 3 coordinates (x, y, z), got {list(centre)}")
         self.mode, self.scale = mode, scale
-        self.centre = torch.tensor(centre or [0.0, 0.0, 0.0], dtype=torch.float32)
+        self.centre = torch.tensor(centre or [0.0, 0.0, 0.0], dtype=torch.float64)
 
     @classmethod
-    def fit(cls, clouds: Dataset, max_shapes: int = 2000) -> Normalizer:
-        """Global statistics from (up to ``max_shapes`` evenly spread) training clouds."""
-        n = len(clouds)  # type: ignore[arg-type]
-        picks = np.unique(np.linspace(0, n - 1, min(n, max_shapes)).round().astype(int))
-        points = torch.cat([clouds[int(i)].double() for i in picks])
-        centre = points.mean(0)
+    def fit(cls, clouds: Dataset, max_shapes: int = 2000, centre: list[float] | None = None) -> Normalizer:
+        """Global statistics from (up to ``max_shapes`` evenly spread) training clouds: their mean (unless
+        ``centre`` is given) and the largest distance from it."""
+        points = torch.cat([clouds[i].double() for i in spread(len(clouds), max_shapes)])  # type: ignore[arg-type]
+        centre = points.mean(0) if not centre else torch.tensor(centre, dtype=torch.float64)
         scale = float((points - centre).norm(dim=1).max())
         return cls("global", centre.tolist(), scale)
 
     def __call__(self, cloud: Tensor) -> Tensor:
+        """A raw cloud ``(N, 3)`` (float64 from the datasets) in the model's frame, float32."""
         if self.mode == "shape":
             return torch.from_numpy(normalize(cloud.double().numpy()).astype(np.float32))
         if self.mode == "global":
-            return ((cloud - self.centre) / self.scale).float()
+            return ((cloud.double() - self.centre) / self.scale).float()
         return cloud.float()
 
     def invert(self, cloud: Tensor) -> Tensor:

@@ -28,11 +28,11 @@ from multigen import Known
 from multigen.config import (ConfigError, DiffusionConfig, SampleConfig, TrainConfig, at_least, between, choice,
                              speed_only)
 from multigen.diffusion import ModelFn, uniform_times
-from multigen.domain import DataError, GaussianDomain, check_count, no_condition
+from multigen.domain import DataError, GaussianDomain, check_count, no_condition, spread
 from multigen.guidance import classifier_free_guidance, drop_condition
 from multigen.metrics import gaussian_fit
 
-from .datasets import Labelled, NormalizedClouds, Normalizer, Resampled, ShapeFolder, ShapeNetPC15k
+from .datasets import SHAPENET_SYNSETS, Labelled, NormalizedClouds, Normalizer, Resampled, ShapeFolder, ShapeNetPC15k
 from .io import PointCloudError, render_clouds, write_plys
 from .metrics import chamfer, set_metrics
 from .model import PVCNNUNet, pvd_spec
@@ -189,6 +189,12 @@ class PointCloud(GaussianDomain):
             raise ConfigError(f"data.families: empty; name at least one of {list(FAMILIES)}")
         if d.source == "shapenet" and not d.categories:
             raise ConfigError("data.categories: empty; name at least one category (e.g. chair) or synset id")
+        synsets = [SHAPENET_SYNSETS.get(c, c) for c in d.categories]
+        if d.source == "shapenet" and len(set(synsets)) < len(synsets):
+            raise ConfigError(f"data.categories={list(d.categories)}: a category named twice (by name and synset id, "
+                              "say) would be two classes of the same shapes")
+        if len(d.centre) not in (0, 3):
+            raise ConfigError(f"data.centre: 3 coordinates (x, y, z), or none to fit them; got {list(d.centre)}")
         if not cfg.task.completion_start > 0:
             raise ConfigError("task.completion_start: must be > 0 (a diffusion time in (0, 1]; 1 starts from noise)")
         if 0 < d.pool < d.points:
@@ -199,9 +205,15 @@ class PointCloud(GaussianDomain):
         """Global normalisation's ``data.centre`` and ``data.scale`` from the training clouds (unless given), and
         a class-conditional ShapeNet model's ``data.class_counts``."""
         d = self.cfg.data
-        if d.source != "procedural" and d.normalization == "global" and not d.scale > 0:
-            fitted = Normalizer.fit(self._raw_dataset("train", d.pool))  # the points training draws from
-            d.centre, d.scale = fitted.centre.tolist(), fitted.scale
+        if d.source != "procedural" and d.normalization == "global" and not (d.scale > 0 and d.centre):
+            # the points training draws from; a centre given is kept, and the scale measured from it
+            fitted = Normalizer.fit(self._raw_dataset("train", d.pool), centre=list(d.centre))
+            d.centre, d.scale = fitted.centre.tolist(), d.scale if d.scale > 0 else fitted.scale
+        if d.source != "procedural" and d.normalization == "none":
+            train = self._raw_dataset("train", d.pool)
+            if (far := max(float(train[i].norm(dim=1).max()) for i in spread(len(train), 64))) > 1.0 + 1e-6:
+                warnings.warn(f"data.normalization=none: training clouds reach {far:.3g} from the origin, and the "
+                              "model's samples lie in the unit ball; use global or shape")
         if d.source == "shapenet" and self.class_names and not d.class_counts:
             d.class_counts = torch.bincount(self.class_labels("train"), minlength=len(self.class_names)).tolist()
 
@@ -429,16 +441,32 @@ class PointCloud(GaussianDomain):
 
     def generation_sets(self, model: nn.Module, dataset: Dataset
                         ) -> tuple[Tensor, Tensor, Tensor, torch.Generator]:
-        """What generation is scored on, each ``(n, N, 3)`` on the CPU: the first ``eval.num_shapes`` held-out
-        shapes, as many samples (drawn with ``sample.seed + 1``), and a Gaussian blob with the shapes' mean and
-        covariance; then the sampling generator, for any further draws."""
+        """What generation is scored on, each ``(n, N, 3)`` on the CPU: ``eval.num_shapes`` held-out shapes
+        (:meth:`held_out_picks`), as many samples (drawn with ``sample.seed + 1``), and a Gaussian blob with the
+        shapes' mean and covariance; then the sampling generator, for any further draws."""
         e = self.cfg.eval
         device = next(model.parameters()).device
-        n = min(e.num_shapes, len(dataset))  # type: ignore[arg-type]
-        ref = torch.stack([dataset[i] for i in range(n)]).float()
+        ref = torch.stack([dataset[i] for i in self.held_out_picks(len(dataset))]).float()  # type: ignore[arg-type]
         g = torch.Generator(device=device).manual_seed(self.cfg.sample.seed + 1)
         samples = torch.cat([self.sample(model, len(c), generator=g).float().cpu() for c in ref.split(e.batch_size)])
         return ref, samples, gaussian_fit(ref.reshape(-1, 3), ref.shape), g
+
+    def held_out_picks(self, size: int) -> list[int]:
+        """The indices of the ``eval.num_shapes`` held-out shapes of ``size`` that evaluation scores: the first (the
+        procedural families alternate), or spread evenly over file data (sorted by category, its first shapes would
+        be of one)."""
+        n = self.cfg.eval.num_shapes
+        return list(range(min(n, size))) if self.cfg.data.source == "procedural" else spread(size, n)
+
+    def check_held_out(self, dataset: Dataset) -> None:
+        """Read every held-out shape evaluation scores (a bad file stops the run before training), at least two:
+        coverage and 1-NNA compare sets, and of one shape each they score a perfect 1 and 0 for any model."""
+        picks = self.held_out_picks(len(dataset))  # type: ignore[arg-type]
+        if len(picks) < 2:
+            raise DataError(f"the held-out split has {len(picks)} shape; evaluation compares sets of at least 2 "
+                            "(give more files, or a val/ folder)")
+        for i in picks:
+            dataset[i]
 
     def evaluate_completion(self, model: nn.Module, shapes: Tensor, generator: torch.Generator) -> dict[str, float]:
         """Chamfer of completed partial views to the full shapes, and of two baselines: the nearest of

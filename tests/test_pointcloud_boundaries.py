@@ -96,9 +96,9 @@ def test_global_normalization_without_a_scale_is_refused():
 def test_fitted_statistics_include_the_last_training_cloud():
     near, far = torch.zeros(10, 3), torch.full((10, 3), 10.0)
     n = Normalizer.fit([near, far])
-    assert torch.allclose(n.centre, torch.full((3,), 5.0)) and n.scale == pytest.approx(5 * 3**0.5)
+    assert torch.allclose(n.centre, torch.full((3,), 5.0, dtype=torch.float64)) and n.scale == pytest.approx(5 * 3**0.5)
     n = Normalizer.fit([near, near, far], max_shapes=2)  # evenly spread picks: the first and the last
-    assert torch.allclose(n.centre, torch.full((3,), 5.0))
+    assert torch.allclose(n.centre, torch.full((3,), 5.0, dtype=torch.float64))
 
 
 def test_a_pool_of_exactly_the_drawn_size_gives_all_its_points():

@@ -172,8 +172,18 @@ def test_a_video_folder_holds_out_the_last_tenth_of_each_video(tmp_path, mp4):
     with pytest.warns(UserWarning, match="c.npy: it has 3 frames"), pytest.raises(
             VideoReadError, match=r"no usable held-out .* \(1 of its 2 videos skipped as unreadable or too short\)"):
         VideoFolder(one, frames=4, size=16, stride=2, split="val", skip_corrupt=True)
-    domain = Video(load_config(VideoConfig, overrides=[*folder, f"data.val_root={root}"]))
-    assert len(domain.build_dataset("train")) == len(domain.build_dataset("val")) == 3
+    (held := tmp_path / "held").mkdir()
+    np.save(held / "c.npy", gradient_video(9, 32, 32))
+    domain = Video(load_config(VideoConfig, overrides=[*folder, f"data.val_root={held}"]))
+    assert (len(domain.build_dataset("train")), len(domain.build_dataset("val"))) == (3, 1)
+    for inside in (root, root / "val"):  # the held-out videos were trained on too
+        with pytest.raises(ConfigError, match="hold each other's videos: the held-out ones would be trained on"):
+            Video(load_config(VideoConfig, overrides=[*folder, f"data.val_root={inside}"]))
+    with pytest.raises(ConfigError, match="data.root and data.val_root are read with data.source=folder, not with "
+                                          "data.source=moving_digits"):  # it trained on the digits, silently
+        Video(load_config(VideoConfig, overrides=[f"data.root={root}"]))
+    with pytest.raises(ConfigError, match="data.frames: must be >= 3"):  # interpolation of 2 frames scored NaN
+        Video(load_config(VideoConfig, overrides=["data.frames=2"]))
     with pytest.raises(ConfigError, match="data.channels: 1 .* got 2"):
         Video(load_config(VideoConfig, overrides=["data.channels=2"]))
     with pytest.raises(ConfigError, match="data.size=18: .* a multiple of 4"):
@@ -429,6 +439,10 @@ def test_bad_frame_folders_fail_naming_the_frame(tmp_path):
     (folder / "frame_9.png").write_bytes(b"not an image")
     with pytest.raises(VideoReadError, match="frame_9.png: cannot read the image"):
         count_frames(folder)
+    good = (folder / "frame_0.png").read_bytes()
+    (folder / "frame_9.png").write_bytes(good[: len(good) // 2])  # cut short: its header reads, its data does not
+    with pytest.raises(VideoReadError, match="frame_9.png: cannot read the image"):
+        count_frames(folder)
     (tmp_path / "none").mkdir()
     with pytest.raises(VideoReadError, match="none: a folder given as a video holds no frame images"):
         read_video(tmp_path / "none")
@@ -667,3 +681,23 @@ def test_video_folder_links_cache_signatures_and_old_caches(tmp_path):
     (old / ".multigen_index.json").write_text(json.dumps(
         {"a.npy": {"size": st.st_size, "mtime": st.st_mtime, "frames": 9, "error": None}}))
     assert len(VideoFolder(old, frames=4, size=16)) == 2
+
+
+def test_evaluation_spreads_over_a_folders_videos_and_reads_them_before_training(tmp_path):
+    """A folder's held-out clips come video by video: the first eval.num_clips were of the first videos alone (of 5
+    videos, 2 scored). They are spread over all, and every one is read before training (a clip that cannot be
+    decoded stopped the run at its final evaluation)."""
+    from multigen.config import load_config
+    from video.domain import Video, VideoConfig
+
+    for name in "abcde":
+        np.save(tmp_path / f"{name}.npy", gradient_video(60, 16, 16))
+    domain = Video(load_config(VideoConfig, overrides=[
+        "data.source=folder", f"data.root={tmp_path}", "data.frames=4", "data.size=16", "eval.num_clips=5"]))
+    val = domain.build_dataset("val")
+    videos = {val.clips[i][0].name for i in domain.held_out_picks(len(val))}
+    assert len(val) == 10 and videos == {f"{name}.npy" for name in "abcde"}
+    read = []
+    domain.check_held_out(type("Reads", (), {"__len__": lambda s: len(val),
+                                             "__getitem__": lambda s, i: read.append(i) or val[i]})())
+    assert read == domain.held_out_picks(len(val))

@@ -20,6 +20,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from multigen.domain import spread
+
 from .io import (IMAGE_SUFFIXES, READ_SUFFIXES, READABLE, VideoReadError, count_frames, frame_files, from_uint8,
                  read_video, videos_in)
 
@@ -295,8 +297,8 @@ class VideoFolder(Dataset):
         """Whether the channels of any of ``clips`` clips spread evenly over the set differ (by more than 12 of 255
         levels anywhere): colour videos, not grey ones decoded as RGB (whose chroma rounding moves a channel a level
         or two). More than the first clip: a video may open on black."""
-        for i in np.unique(np.linspace(0, len(self) - 1, min(clips, len(self))).round().astype(int)):
-            frames = self.frames_of(int(i)).astype(np.int16)
+        for i in spread(len(self), clips):
+            frames = self.frames_of(i).astype(np.int16)
             if frames.shape[-1] == 3 and (frames.max(-1) - frames.min(-1)).max() > 12:
                 return True
         return False

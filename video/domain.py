@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from multigen import samplers
 from multigen.config import ConfigError, DiffusionConfig, TrainConfig, at_least, choice, speed_only
-from multigen.domain import GaussianDomain, check_count, no_condition
+from multigen.domain import GaussianDomain, check_count, no_condition, spread
 from multigen.samplers import Known
 
 from .conditioning import TaskMix, motion_compensated, pack_condition, per_frame_steps, sample_masks, scaled_residual
@@ -30,7 +30,7 @@ class VideoDataConfig:
     source: str = choice("moving_digits", "moving_digits", "folder", "natural")  # natural: pans/zooms over photos
     root: str = ""  # folder of videos (files, .gif, .npy, folders of frame images) when source=folder
     val_root: str = ""  # held-out folder; empty: the last tenth of each video's clips in `root` (trained on the rest)
-    frames: int = at_least(8, 2)
+    frames: int = at_least(8, 3)  # interpolation generates the frames between the first and the last
     size: int = at_least(32, 8)
     channels: int = 1  # 1 (grayscale) or 3 (RGB)
     stride: int = at_least(1, 1)  # take every `stride`-th frame of a video
@@ -150,6 +150,14 @@ class Video(GaussianDomain):
         d, m = cfg.data, cfg.model
         if d.channels not in (1, 3):
             raise ConfigError(f"data.channels: 1 (grayscale) or 3 (RGB), got {d.channels}")
+        if d.source != "folder" and (d.root or d.val_root):
+            raise ConfigError(f"data.root and data.val_root are read with data.source=folder, not with data.source="
+                              f"{d.source} (which would train on its own clips): give data.source=folder")
+        if d.root and d.val_root:
+            root, val_root = Path(d.root).resolve(), Path(d.val_root).resolve()
+            if val_root.is_relative_to(root) or root.is_relative_to(val_root):
+                raise ConfigError(f"data.val_root={d.val_root} and data.root={d.root} hold each other's videos: the "
+                                  "held-out ones would be trained on too; give folders apart")
         if not m.channel_mults:
             raise ConfigError("model.channel_mults: empty; give one width multiplier per U-Net level (e.g. [1, 2, 2])")
         if bad := sorted(set(m.attn_levels) - set(range(len(m.channel_mults)))):
@@ -344,10 +352,21 @@ class Video(GaussianDomain):
         reference without a model).
         """
         device = next(model.parameters()).device
-        n = min(self.cfg.eval.num_clips, len(dataset))  # type: ignore[arg-type]
-        clips = torch.stack([dataset[i] for i in range(n)]).to(device)
+        clips = torch.stack([dataset[i] for i in self.held_out_picks(len(dataset))]).to(device)  # type: ignore
         g = torch.Generator(device=device).manual_seed(self.cfg.sample.seed + 2)
         return {k: v.item() for k, v in self.evaluation_scores(model, clips, g).items()}
+
+    def held_out_picks(self, size: int) -> list[int]:
+        """The indices of the ``eval.num_clips`` held-out clips of ``size`` that evaluation scores: the first of
+        generated clips, spread evenly over a folder's (which come video by video)."""
+        n = self.cfg.eval.num_clips
+        return spread(size, n) if self.cfg.data.source == "folder" else list(range(min(n, size)))
+
+    def check_held_out(self, dataset: Dataset) -> None:
+        """Read every held-out clip evaluation scores, so that one that cannot be decoded stops the run before
+        training."""
+        for i in self.held_out_picks(len(dataset)):  # type: ignore[arg-type]
+            dataset[i]
 
     def task_masks(self, frames: int, device: torch.device | str = "cpu") -> dict[str, Tensor]:
         """The observed frames (bool ``(frames,)``) of each evaluated task: ``future``, the first ``eval.context``

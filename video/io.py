@@ -154,7 +154,10 @@ def _count_frame_files(folder: Path) -> int:
     sizes = []
     for path in files:
         with _open_image(path, decode=False) as image:
-            sizes.append(_upright_size(image))
+            try:  # (a PNG's EXIF may lie past its pixels: Pillow decodes them to reach it)
+                sizes.append(_upright_size(image))
+            except (OSError, SyntaxError, ValueError) as e:
+                raise VideoReadError(f"{path}: cannot read the image ({first_line(e, 200)})") from None
     _check_sizes(files, sizes)
     return len(files)
 
