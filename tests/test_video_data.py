@@ -554,6 +554,8 @@ def test_damaged_gifs_deep_frames_and_orientation_are_handled(tmp_path):
     Image.fromarray(np.zeros((8, 8), np.float32)).save(floats / "0.tif")
     with pytest.raises(VideoReadError, match="0.tif: a floating-point image"):
         read_video(floats)
+    with pytest.raises(VideoReadError, match="0.tif: a floating-point image"):  # at indexing: skip_corrupt skips it
+        count_frames(floats)
     turned = tmp_path / "turned"
     turned.mkdir()
     exif = Image.Exif()
@@ -701,3 +703,10 @@ def test_evaluation_spreads_over_a_folders_videos_and_reads_them_before_training
     domain.check_held_out(type("Reads", (), {"__len__": lambda s: len(val),
                                              "__getitem__": lambda s, i: read.append(i) or val[i]})())
     assert read == domain.held_out_picks(len(val))
+
+
+def test_an_m4v_is_read_as_the_mp4_it_is(tmp_path, mp4):
+    """decord reads .m4v (iTunes's name for an mp4); a folder skipped it without a word."""
+    (tmp_path / "a.m4v").write_bytes(mp4.read_bytes())
+    ds = VideoFolder(tmp_path, frames=4, size=16)
+    assert [path.name for path, _, _ in ds.clips] == ["a.m4v"] * 5 and len(read_video(tmp_path / "a.m4v")) == 20

@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "backward)")
     common(p)
     p.add_argument("--input", required=True,
-                   help="video: a file (.mp4/.avi/.webm/.mov/.mkv/.gif/.npy) or a folder of frame images")
+                   help="video: a file (.mp4/.m4v/.avi/.webm/.mov/.mkv/.gif/.npy) or a folder of frame images")
     p.add_argument("--context", type=int, required=True,
                    help="observed frames taken from the start of --input (with --past: from its end)")
     p.add_argument("--frames", type=int, required=True, help="total frames of the output, context included")
@@ -150,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("interpolate", help="insert frames between every pair of input frames")
     common(p)
-    p.add_argument("--input", required=True, help="keyframes: a video file (.mp4/.avi/.webm/.mov/.mkv/.gif), a uint8 "
-                                                  ".npy (T, H, W, C) or a folder of frame images")
+    p.add_argument("--input", required=True, help="keyframes: a video file (.mp4/.m4v/.avi/.webm/.mov/.mkv/.gif), a "
+                                                  "uint8 .npy (T, H, W, C) or a folder of frame images")
     p.add_argument("--between", type=int, default=3, help="frames inserted between consecutive input frames (a gap "
                    "longer than the model's window: evenly spaced frames first, then the gaps between them)")
     p.add_argument("--out", required=True, help=".mp4, .gif, .npy, or a new folder (no suffix) of PNG frames")

@@ -23,7 +23,7 @@ from torch import Tensor
 from multigen.config import first_line
 from multigen.domain import DataError, load_npy, natural_key
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".webm", ".mov", ".mkv")
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".avi", ".webm", ".mov", ".mkv")
 READ_SUFFIXES = VIDEO_SUFFIXES + (".gif", ".npy")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 WRITE_SUFFIXES = (".mp4", ".gif", ".npy")
@@ -147,6 +147,12 @@ def _upright_size(image) -> tuple[int, int]:
     return image.size[::-1] if turned else image.size
 
 
+def _check_mode(path: Path, image) -> None:
+    """A ``VideoReadError`` for a frame image whose pixels are not 8- or 16-bit (read from its header)."""
+    if image.mode == "F":
+        raise VideoReadError(f"{path}: a floating-point image; frames are 8- or 16-bit images")
+
+
 def _count_frame_files(folder: Path) -> int:
     """The number of frames in a folder, each image's header read to check that it is an image of the first's size
     (upright, as :func:`_read_frames` reads it)."""
@@ -154,6 +160,7 @@ def _count_frame_files(folder: Path) -> int:
     sizes = []
     for path in files:
         with _open_image(path, decode=False) as image:
+            _check_mode(path, image)
             try:  # (a PNG's EXIF may lie past its pixels: Pillow decodes them to reach it)
                 sizes.append(_upright_size(image))
             except (OSError, SyntaxError, ValueError) as e:
@@ -180,8 +187,7 @@ def _read_frames(files: list[Path]) -> np.ndarray:
 
     images = [ImageOps.exif_transpose(_open_image(path)) for path in files]  # upright, as a viewer shows them
     for path, image in zip(files, images):
-        if image.mode == "F":
-            raise VideoReadError(f"{path}: a floating-point image; frames are 8- or 16-bit images")
+        _check_mode(path, image)
     _check_sizes(files, [image.size for image in images])
     grey = all(im.mode in GREY_MODES for im in images)
     return np.stack([_to_array(im, grey) for im in images])
