@@ -140,10 +140,16 @@ class Domain(ABC):
         """Named metrics of ``model`` on ``dataset`` (none by default)."""
         return {}
 
+    def held_out_picks(self, size: int) -> list[int]:
+        """The indices of the held-out items (of ``size``) that :meth:`evaluate` reads (by default, for this check,
+        the first)."""
+        return list(range(min(1, size)))
+
     def check_held_out(self, dataset: Dataset) -> None:
-        """Read what :meth:`evaluate` will need of the held-out ``dataset`` (by default its first item), so that a
-        bad one stops a run before training, not at its final evaluation; a ``DataError`` naming what is wrong."""
-        dataset[0]
+        """Read the held-out items :meth:`evaluate` will read (:meth:`held_out_picks`), so that a bad one stops a
+        run before training, not at its final evaluation; a ``DataError`` naming what is wrong."""
+        for i in self.held_out_picks(len(dataset)):  # type: ignore[arg-type]
+            dataset[i]
 
     collate_fn: ClassVar[Any] = None
     """``collate_fn`` for the DataLoader (None: PyTorch's default)."""

@@ -175,8 +175,6 @@ class Normalizer:
             raise ValueError(f"unknown normalization {mode!r}; choose 'shape', 'global' or 'none'")
         if mode == "global" and not scale > 0:
             raise ValueError("global normalization needs its statistics: use Normalizer.fit on the training clouds")
-        if centre is not None and len(centre) not in (0, 3):
-            raise ValueError(f"data.centre: 3 coordinates (x, y, z), got {list(centre)}")
         self.mode, self.scale = mode, scale
         self.centre = torch.tensor(centre or [0.0, 0.0, 0.0], dtype=torch.float64)
 

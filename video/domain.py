@@ -362,12 +362,6 @@ class Video(GaussianDomain):
         n = self.cfg.eval.num_clips
         return spread(size, n) if self.cfg.data.source == "folder" else list(range(min(n, size)))
 
-    def check_held_out(self, dataset: Dataset) -> None:
-        """Read every held-out clip evaluation scores, so that one that cannot be decoded stops the run before
-        training."""
-        for i in self.held_out_picks(len(dataset)):  # type: ignore[arg-type]
-            dataset[i]
-
     def task_masks(self, frames: int, device: torch.device | str = "cpu") -> dict[str, Tensor]:
         """The observed frames (bool ``(frames,)``) of each evaluated task: ``future``, the first ``eval.context``
         (at most ``frames - 1``); ``interp``, the first and the last; ``past``, the last ``eval.context`` (in this
