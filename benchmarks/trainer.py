@@ -31,13 +31,18 @@ from multigen.domain import UnknownDomainError, get_domain  # noqa: E402
 from multigen.trainer import Trainer  # noqa: E402
 
 
+def config_file(domain: str, config: str) -> Path:
+    """The shipped config ``configs/<domain>/<config>.yaml`` that a run of ``--runs`` names."""
+    return REPO / "configs" / domain / f"{config}.yaml"
+
+
 def steps_per_second(domain: str, config: str, overrides: list[str], steps: int, warmup: int) -> dict:
     """Steps/s of ``Trainer.step`` for ``configs/<domain>/<config>.yaml`` with ``overrides`` (fresh output dir)."""
     AcceleratorState._reset_state(True)  # one Accelerator per run in this process
     GradientState._reset_state()
     domain_cls = get_domain(domain)
     with tempfile.TemporaryDirectory() as out:
-        cfg = load_config(domain_cls.config_class, REPO / "configs" / domain / f"{config}.yaml", [
+        cfg = load_config(domain_cls.config_class, config_file(domain, config), [
             *overrides, f"train.output_dir={out}", "train.tensorboard=false", "train.checkpoint_every=0",
             f"train.max_steps={warmup + steps}"])
         trainer = Trainer(domain_cls, cfg)
@@ -87,7 +92,7 @@ def main() -> None:
             get_domain(domain)
         except UnknownDomainError as e:
             parser.error(f"--runs {domain}:{config}: {e}")
-        if not (REPO / "configs" / domain / f"{config}.yaml").is_file():
+        if not config_file(domain, config).is_file():
             parser.error(f"--runs {domain}:{config}: no configs/{domain}/{config}.yaml")
     rows = [steps_per_second(*run, args.override, args.steps, args.warmup) for run in args.runs]
     print(markdown_table([{"run": f"{r['domain']}:{r['config']}", "device": r["device"], "batch": r["batch"],
